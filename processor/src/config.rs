@@ -1,0 +1,317 @@
+//! Configuration of the two collector processors this crate provides:
+//! `ratelimit` ([`RateLimitConfig`]) and `tracker` ([`TrackerConfig`]).
+//!
+//! Promises: both deserialize with unknown keys refused
+//! (`deny_unknown_fields`) and every field optional (documented defaults);
+//! durations are strings such as `"2s"` or `"150ms"` (units `ns`, `us`,
+//! `ms`, `s`, `m`, `h`; a bare `"0"` is zero). [`RateLimitConfig::validate`]
+//! and [`TrackerConfig::validate`] report the first invalid field by its
+//! YAML path (`tracker.threshold`, …).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::clock::Clock;
+
+/// A configuration value outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { field, reason: reason.into() }
+    }
+
+    /// The YAML path of the offending field, e.g. `tracker.threshold`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+/// Default minimum interval between admitted beats of one agent (100 beats/s).
+pub const DEFAULT_PER_AGENT_MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Default global admission rate, beats per second.
+pub const DEFAULT_GLOBAL_RATE: u64 = 1_000_000;
+
+/// `processors: ratelimit:` — admission control in front of the tracker.
+///
+/// * `per_agent_min_interval` (default `"10ms"`, i.e. 100 beats/s; `"0"`
+///   disables): beats of one agent closer together than this are refused
+///   (`rate_limited{reason="per_agent"}`).
+/// * `global_rate` (beats/s, default 1,000,000; 0 disables) and
+///   `global_burst` (default 2 × `global_rate`): a token bucket over all
+///   agents (`rate_limited{reason="global"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawRateLimitConfig")]
+pub struct RateLimitConfig {
+    pub per_agent_min_interval: Duration,
+    pub global_rate: u64,
+    pub global_burst: u64,
+}
+
+/// The YAML shape of [`RateLimitConfig`]; `global_burst` defaults to twice
+/// the (possibly configured) rate, which a plain serde default cannot express.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimitConfig {
+    #[serde(default = "default_per_agent_min_interval", deserialize_with = "duration_from_str")]
+    per_agent_min_interval: Duration,
+    #[serde(default = "default_global_rate")]
+    global_rate: u64,
+    #[serde(default)]
+    global_burst: Option<u64>,
+}
+
+fn default_per_agent_min_interval() -> Duration {
+    DEFAULT_PER_AGENT_MIN_INTERVAL
+}
+
+fn default_global_rate() -> u64 {
+    DEFAULT_GLOBAL_RATE
+}
+
+impl From<RawRateLimitConfig> for RateLimitConfig {
+    fn from(raw: RawRateLimitConfig) -> Self {
+        RateLimitConfig {
+            per_agent_min_interval: raw.per_agent_min_interval,
+            global_rate: raw.global_rate,
+            global_burst: raw.global_burst.unwrap_or(raw.global_rate.saturating_mul(2)),
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_agent_min_interval: DEFAULT_PER_AGENT_MIN_INTERVAL,
+            global_rate: DEFAULT_GLOBAL_RATE,
+            global_burst: DEFAULT_GLOBAL_RATE * 2,
+        }
+    }
+}
+
+/// Upper bound of `ratelimit.global_rate` (beats/s); keeps the token
+/// arithmetic (nano-tokens in a `u64`) far from overflow.
+pub const MAX_GLOBAL_RATE: u64 = 1_000_000_000;
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.per_agent_min_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "ratelimit.per_agent_min_interval",
+                format!("must be at most 1h (got {:?})", self.per_agent_min_interval),
+            ));
+        }
+        if self.global_rate > MAX_GLOBAL_RATE {
+            return Err(ConfigError::invalid(
+                "ratelimit.global_rate",
+                format!("must be at most {MAX_GLOBAL_RATE} beats/s (got {})", self.global_rate),
+            ));
+        }
+        if self.global_rate > 0 && self.global_burst == 0 {
+            return Err(ConfigError::invalid(
+                "ratelimit.global_burst",
+                "must be at least 1 while global_rate is enabled (a bucket of 0 admits nothing)",
+            ));
+        }
+        if self.global_burst > MAX_GLOBAL_RATE.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "ratelimit.global_burst",
+                format!("must be at most {} (got {})", MAX_GLOBAL_RATE * 2, self.global_burst),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Smallest accepted stall threshold.
+pub const MIN_THRESHOLD: Duration = Duration::from_millis(10);
+/// Largest accepted stall threshold (keeps deadline arithmetic trivially in range).
+pub const MAX_THRESHOLD: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default stall threshold.
+pub const DEFAULT_THRESHOLD: Duration = Duration::from_secs(2);
+/// Default tracker capacity (agents).
+pub const DEFAULT_CAPACITY: usize = 65_536;
+/// Largest accepted tracker capacity: slot indices are `u32` and memory is
+/// bounded at ≤ 256 bytes per agent (≤ 4 GiB at this bound).
+pub const MAX_CAPACITY: usize = 1 << 24;
+/// Default eviction factor (× threshold).
+pub const DEFAULT_EVICTION_AFTER: u32 = 10;
+
+/// `processors: tracker:` — per-agent liveness state and stall detection.
+///
+/// * `threshold` (default `"2s"`, at least `"10ms"`): an agent with no
+///   accepted beat for this long is stalled.
+/// * `capacity` (default 65,536, at most 16,777,216): agents tracked at once.
+/// * `clock` (`monotonic` (default) or `boottime`): the clock the processor
+///   reads; `boottime` keeps counting while the host is suspended.
+/// * `eviction_after` (default 10): when the tracker is full, a new agent may
+///   replace the oldest stalled agent that has been silent for more than
+///   `eviction_after × threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    #[serde(deserialize_with = "duration_from_str")]
+    pub threshold: Duration,
+    pub capacity: usize,
+    pub clock: Clock,
+    pub eviction_after: u32,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            threshold: DEFAULT_THRESHOLD,
+            capacity: DEFAULT_CAPACITY,
+            clock: Clock::Monotonic,
+            eviction_after: DEFAULT_EVICTION_AFTER,
+        }
+    }
+}
+
+impl TrackerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.threshold < MIN_THRESHOLD || self.threshold > MAX_THRESHOLD {
+            return Err(ConfigError::invalid(
+                "tracker.threshold",
+                format!("must be between 10ms and 7 days (got {:?})", self.threshold),
+            ));
+        }
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(ConfigError::invalid(
+                "tracker.capacity",
+                format!("must be between 1 and {MAX_CAPACITY} (got {})", self.capacity),
+            ));
+        }
+        if self.eviction_after == 0 || self.eviction_after > 1_000 {
+            return Err(ConfigError::invalid(
+                "tracker.eviction_after",
+                format!("must be between 1 and 1000 (× threshold; got {})", self.eviction_after),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The threshold in nanoseconds (validated configs fit easily in `u64`).
+    pub fn threshold_ns(&self) -> u64 {
+        u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Parses `"150ms"`, `"2s"`, `"1.5s"`, `"0"`: a non-negative decimal number
+/// followed by one of `ns`, `us`, `ms`, `s`, `m`, `h` (a bare `0` is allowed).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale_ns: f64 = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: expected a number followed by ns, us, ms, s, m or h (e.g. \"2s\")"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: {number:?} is not a non-negative number"))?;
+    let ns = value * scale_ns;
+    if !ns.is_finite() || ns > u64::MAX as f64 {
+        return Err(format!("invalid duration {text:?}: too large"));
+    }
+    Ok(Duration::from_nanos(ns.round() as u64))
+}
+
+fn duration_from_str<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("150ms"), Ok(Duration::from_millis(150)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("20us"), Ok(Duration::from_micros(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e99h").is_err());
+    }
+
+    #[test]
+    fn defaults_from_empty_maps() -> Result<(), serde_json::Error> {
+        let rl: RateLimitConfig = serde_json::from_str("{}")?;
+        assert_eq!(rl, RateLimitConfig::default());
+        assert_eq!(rl.global_burst, 2_000_000);
+        let tr: TrackerConfig = serde_json::from_str("{}")?;
+        assert_eq!(tr, TrackerConfig::default());
+        assert!(rl.validate().is_ok() && tr.validate().is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn fields_parse_and_burst_follows_rate() -> Result<(), serde_json::Error> {
+        let rl: RateLimitConfig =
+            serde_json::from_str(r#"{"per_agent_min_interval":"0","global_rate":500}"#)?;
+        assert_eq!(rl.per_agent_min_interval, Duration::ZERO);
+        assert_eq!(rl.global_burst, 1000);
+        let rl: RateLimitConfig = serde_json::from_str(r#"{"global_rate":500,"global_burst":7}"#)?;
+        assert_eq!(rl.global_burst, 7);
+        let tr: TrackerConfig = serde_json::from_str(
+            r#"{"threshold":"150ms","capacity":1000000,"clock":"boottime","eviction_after":3}"#,
+        )?;
+        assert_eq!(tr.threshold, Duration::from_millis(150));
+        assert_eq!(tr.capacity, 1_000_000);
+        assert_eq!(tr.clock, Clock::Boottime);
+        assert_eq!(tr.eviction_after, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(serde_json::from_str::<TrackerConfig>(r#"{"treshold":"2s"}"#).is_err());
+        assert!(serde_json::from_str::<RateLimitConfig>(r#"{"rate":1}"#).is_err());
+        assert!(serde_json::from_str::<TrackerConfig>(r#"{"clock":"realtime"}"#).is_err());
+        let err = serde_json::from_str::<TrackerConfig>(r#"{"threshold":"2 parsecs"}"#)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(matches!(&err, Err(msg) if msg.contains("invalid duration")), "{err:?}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let tr = TrackerConfig { threshold: Duration::from_millis(5), ..TrackerConfig::default() };
+        assert_eq!(tr.validate().map_err(|e| e.field()), Err("tracker.threshold"));
+        let tr = TrackerConfig { capacity: 0, ..TrackerConfig::default() };
+        assert_eq!(tr.validate().map_err(|e| e.field()), Err("tracker.capacity"));
+        let tr = TrackerConfig { eviction_after: 0, ..TrackerConfig::default() };
+        let msg = tr.validate().map_err(|e| e.to_string());
+        assert!(matches!(&msg, Err(m) if m.starts_with("tracker.eviction_after:")), "{msg:?}");
+        let rl = RateLimitConfig { global_burst: 0, ..RateLimitConfig::default() };
+        assert_eq!(rl.validate().map_err(|e| e.field()), Err("ratelimit.global_burst"));
+        let rl = RateLimitConfig { global_rate: 0, global_burst: 0, ..RateLimitConfig::default() };
+        assert!(rl.validate().is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! What the processor tells the rest of the collector.
+//!
+//! Promises: every [`Event`] is `Copy`, a little over 100 bytes and owns no
+//! heap memory, so sinks can queue them without allocating. Events are
+//! emitted synchronously, in the order the processor decided them, into an
+//! [`EventSink`]; the sink (exporter fan-out) decides about queueing and
+//! must not block. `Event::at_ns` is processor time (its configured clock,
+//! clamped to never go backwards).
+
+use varta_proto::{Frame, RefusedFrame, Source, Status, Transport};
+
+use crate::clock::ClockAnomalyKind;
+
+/// Who an agent is: where it lives, its pid as it put in its frames, and its
+/// process start time (clock ticks since boot as in `/proc/<pid>/stat` field
+/// 22; 0 when unknown, which is always the case for network sources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AgentId {
+    pub source: Source,
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// An agent as events refer to it: its identity plus the facts later
+/// stages need (recovery acts on `host_pid`, trust follows `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AgentRef {
+    pub id: AgentId,
+    /// The pid in the collector's pid namespace (differs from `id.pid` for
+    /// UDS agents in other pid namespaces).
+    pub host_pid: u32,
+    /// The pinned origin: the strongest transport this agent has used.
+    pub transport: Transport,
+}
+
+/// Why an agent's state was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvictionReason {
+    /// Tracker full; this agent had been stalled and silent for more than
+    /// `eviction_after × threshold`, so a new agent took its place.
+    Stale,
+    /// A UDS beat with a regressing nonce came from a process with a
+    /// different start time: the pid was recycled. A fresh agent follows.
+    PidRecycled,
+    /// A network agent's nonce and timestamp both went backwards: it
+    /// restarted under the same pid. A fresh incarnation follows (counted
+    /// as `incarnations_restarted`, not as an eviction).
+    Restarted,
+}
+
+impl EvictionReason {
+    pub const fn label(self) -> &'static str {
+        match self {
+            EvictionReason::Stale => "stale",
+            EvictionReason::PidRecycled => "pid_recycled",
+            EvictionReason::Restarted => "restarted",
+        }
+    }
+}
+
+/// Which limit refused a beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateLimitReason {
+    PerAgent,
+    Global,
+}
+
+impl RateLimitReason {
+    pub const ALL: [RateLimitReason; 2] = [RateLimitReason::PerAgent, RateLimitReason::Global];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            RateLimitReason::PerAgent => "per_agent",
+            RateLimitReason::Global => "global",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An accepted beat (only produced when the sink [`EventSink::wants_beats`]).
+    Beat { frame: Frame },
+    /// No accepted beat for at least the threshold. `incident` is unique per
+    /// processor run (monotonic, from 1) and shared with the matching
+    /// [`EventKind::Resume`].
+    Stall { incident: u64, last_beat_ns: u64, silence_ns: u64 },
+    /// A stalled agent beat again after `silence_ns` of silence.
+    Resume { incident: u64, silence_ns: u64, frame: Frame },
+    /// The status carried in frames changed (a new agent counts as coming from `Ok`).
+    StatusChange { from: Status, to: Status, frame: Frame },
+    /// A terminal frame (Critical, `NONCE_TERMINAL`) was accepted. The agent
+    /// stays tracked and will stall.
+    Panic { frame: Frame },
+    /// The agent's state was dropped (see [`EvictionReason`]); `agent` is the old identity.
+    Evicted { reason: EvictionReason },
+    /// A new agent could not be tracked: the tracker is full of live agents.
+    CapacityExceeded { pid: u32 },
+    /// A beat was refused by admission control.
+    RateLimited { reason: RateLimitReason },
+    /// A beat for a known agent arrived over a weaker transport than its
+    /// pinned origin and was refused.
+    OriginConflict { from: Transport, to: Transport },
+    /// A beat whose nonce does not advance (and is not a new incarnation) was dropped.
+    StaleNonce { frame: Frame },
+    /// A datagram a receiver refused, forwarded so it appears in the stream.
+    Refused(RefusedFrame),
+    /// The processor's clock misbehaved (see [`crate::clock::ClockGuard`]).
+    ClockAnomaly { kind: ClockAnomalyKind },
+}
+
+/// One event: when (processor time), about whom (if an agent is known), what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub at_ns: u64,
+    pub agent: Option<AgentRef>,
+    pub kind: EventKind,
+}
+
+/// Receives the processor's events, synchronously, on the processor thread.
+pub trait EventSink {
+    fn emit(&mut self, event: &Event);
+
+    /// Whether to produce an [`EventKind::Beat`] per accepted beat (off by
+    /// default: at a million beats per second most sinks do not want them).
+    fn wants_beats(&self) -> bool {
+        false
+    }
+}
+
+/// Collects events into a `Vec` (tests, tools).
+impl EventSink for Vec<Event> {
+    fn emit(&mut self, event: &Event) {
+        self.push(*event);
+    }
+
+    fn wants_beats(&self) -> bool {
+        true
+    }
+}
+
+/// Drops every event (benchmarks, or when only counters matter).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscardSink;
+
+impl EventSink for DiscardSink {
+    fn emit(&mut self, _event: &Event) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_small() {
+        assert!(std::mem::size_of::<Event>() <= 128, "{}", std::mem::size_of::<Event>());
+    }
+}
