@@ -1,1 +1,34 @@
-//! (under construction)
+//! Exporters: views of the processor's event stream.
+//!
+//! Every exporter runs on its own thread behind a bounded queue
+//! ([`queue::ExporterQueue`]); the processor hands events to a [`Fanout`]
+//! that never blocks: when an exporter's queue is full the *oldest* queued
+//! event is dropped and counted, so a slow disk or backend can never slow
+//! ingestion, and what is kept is the most recent.
+//!
+//! * [`file`]: varta-watch-compatible TSV event file with rotation.
+//! * [`debug`]: events as log lines.
+
+pub mod debug;
+pub mod fanout;
+pub mod file;
+pub mod queue;
+
+pub use debug::{DebugExporter, DebugExporterConfig};
+pub use fanout::Fanout;
+pub use file::{FileExporter, FileExporterConfig};
+pub use queue::{ExporterQueue, ExporterStats};
+
+use varta_processor::Event;
+
+/// One destination for events. Implementations run on the exporter's own
+/// thread and may block (on a disk, a socket); the queue in front absorbs it.
+pub trait Exporter: Send + 'static {
+    /// Whether per-beat events should be delivered (they dominate volume).
+    fn wants_beats(&self) -> bool;
+    /// Writes or buffers one event.
+    fn export(&mut self, event: &Event) -> std::io::Result<()>;
+    /// Makes everything exported so far durable/visible. Called whenever the
+    /// queue runs empty and once at shutdown.
+    fn flush(&mut self) -> std::io::Result<()>;
+}

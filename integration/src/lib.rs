@@ -1,1 +1,234 @@
-//! (under construction)
+//! Test harness: runs the real `varta-collector` binary with a config
+//! written to a temporary directory, waits for it through the systemd
+//! notify protocol (so READY=1 is tested too), reads its event file and
+//! counter dump, and stops it with real signals.
+//!
+//! Binaries are taken from the cargo target directory next to the test
+//! executable; the README test command builds them first.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for anything a test waits for; generous so slow CI machines pass.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary (`varta-collector`, `varta`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built; run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Polls `f` until it returns Some, or panics after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One line of the TSV event file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLine {
+    pub ns: u64,
+    pub kind: String,
+    pub pid: String,
+    pub nonce: String,
+    pub status: String,
+    pub payload: String,
+}
+
+pub fn read_events(path: &Path) -> Vec<EventLine> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 6 {
+                return None;
+            }
+            Some(EventLine {
+                ns: f[0].parse().ok()?,
+                kind: f[1].into(),
+                pid: f[2].into(),
+                nonce: f[3].into(),
+                status: f[4].into(),
+                payload: f[5].into(),
+            })
+        })
+        .collect()
+}
+
+/// A running collector under test.
+pub struct Collector {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    stderr_path: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Collector {
+    /// Writes `config` (with `@DIR@` replaced by the temp dir) and starts the
+    /// collector, waiting for READY=1. Panics if it exits first.
+    pub fn start(config: &str) -> Collector {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Collector {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, stderr_path, notify) = spawn(&dir, Some(config), env);
+        let mut c = Collector { dir, child: Some(child), stderr_path, notify };
+        c.wait_ready();
+        c
+    }
+
+    /// Starts the collector without `--config` (the embedded default).
+    pub fn start_default(env: &[(&str, &str)]) -> Collector {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, stderr_path, notify) = spawn(&dir, None, env);
+        let mut c = Collector { dir, child: Some(child), stderr_path, notify };
+        c.wait_ready();
+        c
+    }
+
+    /// Path inside the collector's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = self.notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("collector exited before READY ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "collector not ready; log:\n{}", self.log());
+        }
+    }
+
+    /// The collector's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the status and final log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait();
+        (status, self.log())
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for("collector exit", || child.try_wait().ok().flatten());
+        self.child = None;
+        status
+    }
+
+    /// Asks for a counter dump (SIGUSR1) and returns the value of
+    /// `component`/`name`/`label` once it appears in the log.
+    pub fn counter(&self, component: &str, name: &str, label: &str) -> u64 {
+        let before = self.log().len();
+        self.signal(libc::SIGUSR1);
+        wait_for("counter dump", || {
+            let log = self.log();
+            let fresh = log.get(before..)?;
+            fresh.lines().find_map(|l| counter_value(l, component, name, label))
+        })
+    }
+}
+
+/// The value of a counter-dump log line (JSON logs) if it is the one asked for.
+fn counter_value(line: &str, component: &str, name: &str, label: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str());
+    if field("target")? != "varta::stats" || field("component")? != component {
+        return None;
+    }
+    if field("name")? != name || field("label")? != label {
+        return None;
+    }
+    v.get("value")?.as_u64()
+}
+
+/// Reads a counter from a finished collector's final dump.
+pub fn final_counter(log: &str, component: &str, name: &str, label: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| counter_value(l, component, name, label))
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(dir: &tempfile::TempDir, config: Option<&str>, env: &[(&str, &str)]) -> (Child, PathBuf, UnixDatagram) {
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let stderr_path = dir.path().join("collector.log");
+    let stderr = std::fs::File::create(&stderr_path).expect("log file");
+    let mut cmd = Command::new(binary("varta-collector"));
+    if let Some(config) = config {
+        let config = config.replace("@DIR@", &dir.path().display().to_string());
+        let config_path = dir.path().join("collector.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        cmd.arg("--config").arg(&config_path);
+    }
+    let child = cmd
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn varta-collector");
+    (child, stderr_path, notify)
+}
+
+/// Runs `varta-collector ARGS` to completion.
+pub fn collector_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(binary("varta-collector")).args(args).output().expect("run varta-collector")
+}
+
+/// Starts `varta beat ...` as a separate agent process.
+pub fn varta(args: &[&str]) -> Command {
+    let mut c = Command::new(binary("varta"));
+    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// Lines of a child's piped stdout (for agents that print).
+pub fn lines(child: &mut Child) -> Vec<String> {
+    child.stdout.take().map(|s| BufReader::new(s).lines().map_while(Result::ok).collect()).unwrap_or_default()
+}

@@ -1,0 +1,363 @@
+//! The collector's configuration, in OpenTelemetry Collector form:
+//!
+//! ```yaml
+//! receivers:  { vlp/uds: { transport: uds, path: /run/varta.sock } }
+//! processors: { ratelimit: {}, tracker: { threshold: 2s } }
+//! exporters:  { file: { path: /var/log/varta/events.tsv } }
+//! service:
+//!   pipelines:
+//!     liveness: { receivers: [vlp/uds], processors: [ratelimit, tracker], exporters: [file] }
+//! ```
+//!
+//! Loading is: read file → `${env:VAR}` substitution → YAML parse (unknown
+//! keys and types are errors with line:column) → semantic checks (each
+//! component's own `validate`, pipeline wiring). Every error names the file,
+//! a position where one is known, and the component id.
+
+pub mod components;
+pub mod env;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::MapAccess;
+use serde_saphyr::Spanned;
+
+use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
+use varta_exporters::{DebugExporterConfig, FileExporterConfig};
+use varta_processor::{RateLimitConfig, TrackerConfig};
+use varta_receiver::VlpReceiverConfig;
+
+/// The configuration used when `--config` is not given; also shipped as
+/// `otel-config/varta.yaml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../otel-config/varta.yaml");
+
+#[derive(Debug)]
+pub enum ReceiverConfig {
+    Vlp(VlpReceiverConfig),
+}
+
+impl ComponentFamily for ReceiverConfig {
+    const SECTION: &'static str = "receivers";
+    const TYPES: &'static [&'static str] = &["vlp"];
+    fn body<'de, A: MapAccess<'de>>(_kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
+        spanned_required(map, ReceiverConfig::Vlp)
+    }
+}
+
+#[derive(Debug)]
+pub enum ProcessorConfig {
+    RateLimit(RateLimitConfig),
+    Tracker(TrackerConfig),
+}
+
+impl ComponentFamily for ProcessorConfig {
+    const SECTION: &'static str = "processors";
+    const TYPES: &'static [&'static str] = &["ratelimit", "tracker"];
+    fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
+        match kind {
+            "ratelimit" => spanned_body(map, ProcessorConfig::RateLimit),
+            _ => spanned_body(map, ProcessorConfig::Tracker),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ExporterConfig {
+    File(FileExporterConfig),
+    Debug(DebugExporterConfig),
+}
+
+impl ComponentFamily for ExporterConfig {
+    const SECTION: &'static str = "exporters";
+    const TYPES: &'static [&'static str] = &["file", "debug"];
+    fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
+        match kind {
+            "file" => spanned_body(map, ExporterConfig::File),
+            _ => spanned_body(map, ExporterConfig::Debug),
+        }
+    }
+}
+
+fn default_queue_batches() -> usize {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub receivers: Vec<String>,
+    #[serde(default)]
+    pub processors: Vec<String>,
+    pub exporters: Vec<String>,
+    /// Bound of the receiver → processor queue, in batches of up to 64
+    /// arrivals. When full, receivers drop (and count) what they cannot queue.
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs { level: default_level(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    #[serde(default)]
+    pub logs: Logs,
+}
+
+fn default_shutdown_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub pipelines: BTreeMap<String, Spanned<Pipeline>>,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    /// Longest time an ordered shutdown may take before the collector gives up waiting.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub receivers: Components<ReceiverConfig>,
+    #[serde(default)]
+    pub processors: Components<ProcessorConfig>,
+    #[serde(default)]
+    pub exporters: Components<ExporterConfig>,
+    pub service: Service,
+    /// Accepted and ignored, as in the OpenTelemetry Collector.
+    #[serde(default)]
+    pub extensions: Option<serde::de::IgnoredAny>,
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub at: Option<Position>,
+    pub component: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)?;
+        if let Some(at) = self.at {
+            write!(f, ":{}:{}", at.line, at.column)?;
+        }
+        f.write_str(": ")?;
+        if let Some(c) = &self.component {
+            write!(f, "{c}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            at: None,
+            component: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::parse(&text, &source, |k| std::env::var(k).ok())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default config>", |k| std::env::var(k).ok())
+    }
+
+    /// Parses and checks config text; `source` names it in errors.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |at: Option<Position>, message: String| ConfigError {
+            source: source.to_owned(),
+            at,
+            component: None,
+            message,
+        };
+        let text = env::substitute(text, lookup).map_err(|e| {
+            err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message)
+        })?;
+        let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| {
+            let at = e.location().map(|l| Position { line: l.line(), column: l.column() });
+            err(at, first_line(&e.to_string()))
+        })?;
+        config.source = source.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn error(&self, at: Option<Position>, component: Option<String>, message: String) -> ConfigError {
+        ConfigError { source: self.source.clone(), at, component, message }
+    }
+
+    /// Semantic checks: component settings and pipeline wiring.
+    fn check(&self) -> Result<(), ConfigError> {
+        for c in &self.receivers.0 {
+            let ReceiverConfig::Vlp(cfg) = &c.config;
+            cfg.validate().map_err(|e| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), e.to_string()))?;
+        }
+        for c in &self.processors.0 {
+            let r = match &c.config {
+                ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(|e| e.to_string()),
+                ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(|e| e.to_string()),
+            };
+            r.map_err(|m| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m))?;
+        }
+        for c in &self.exporters.0 {
+            let r = match &c.config {
+                ExporterConfig::File(cfg) => cfg.validate(),
+                ExporterConfig::Debug(_) => Ok(()),
+            };
+            r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
+        }
+        if self.service.pipelines.is_empty() {
+            return Err(self.error(None, None, "service.pipelines: at least one pipeline is required".into()));
+        }
+        let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, p) in &self.service.pipelines {
+            let at = Some(Position { line: p.referenced.line(), column: p.referenced.column() });
+            let perr = |m: String| self.error(at, Some(format!("service::pipelines::{name}")), m);
+            let p = &p.value;
+            if p.receivers.is_empty() || p.exporters.is_empty() {
+                return Err(perr("a pipeline needs at least one receiver and one exporter".into()));
+            }
+            if p.queue_batches == 0 {
+                return Err(perr("queue_batches must be at least 1".into()));
+            }
+            for (section, ids, known) in [
+                ("receivers", &p.receivers, self.receivers.0.iter().map(|c| c.id.to_string()).collect::<Vec<_>>()),
+                ("processors", &p.processors, self.processors.0.iter().map(|c| c.id.to_string()).collect()),
+                ("exporters", &p.exporters, self.exporters.0.iter().map(|c| c.id.to_string()).collect()),
+            ] {
+                for id in ids {
+                    if !known.contains(id) {
+                        return Err(perr(format!("{section} `{id}` is not defined in the top-level `{section}:` section")));
+                    }
+                    let key = format!("{section}::{id}");
+                    if let Some(other) = owner.insert(key, name) {
+                        return Err(perr(format!(
+                            "{section} `{id}` is already used by pipeline `{other}`; each component instance serves one pipeline (define another id, e.g. `{}/2`)",
+                            id.split('/').next().unwrap_or(id)
+                        )));
+                    }
+                }
+            }
+            let kinds: Vec<&str> = p.processors.iter().map(|id| id.split('/').next().unwrap_or(id)).collect();
+            match kinds.as_slice() {
+                ["tracker"] | ["ratelimit", "tracker"] => {}
+                _ => {
+                    return Err(perr(format!(
+                        "processors must be `[tracker]` or `[ratelimit, tracker]` (rate limiting happens before tracking), found {:?}",
+                        p.processors
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the files a config refers to (key files: present, regular,
+    /// owner-only, well-formed; socket directories: present) without binding
+    /// anything. Run by `validate` and before startup.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for c in &self.receivers.0 {
+            let ReceiverConfig::Vlp(cfg) = &c.config;
+            let err = |m: String| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), m);
+            let keys = cfg.key_files.iter().flatten().chain(cfg.master_key_file.iter());
+            for path in keys {
+                varta_receiver::load_key_file(path).map_err(|e| err(e.to_string()))?;
+            }
+            if let Some(dir) = cfg.path.as_deref().and_then(Path::parent)
+                && !dir.as_os_str().is_empty()
+                && !dir.is_dir()
+            {
+                return Err(err(format!("socket directory {} does not exist", dir.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Components defined but not used by any pipeline (they are not started).
+    pub fn unused_components(&self) -> Vec<String> {
+        let pipelines: Vec<&Pipeline> = self.service.pipelines.values().map(|p| &p.value).collect();
+        let mut out = Vec::new();
+        let mut check = |section: &str, ids: Vec<String>, used: &dyn Fn(&Pipeline) -> &Vec<String>| {
+            for id in ids {
+                if !pipelines.iter().any(|p| used(p).contains(&id)) {
+                    out.push(format!("{section}::{id}"));
+                }
+            }
+        };
+        check("receivers", self.receivers.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.receivers);
+        check("processors", self.processors.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.processors);
+        check("exporters", self.exporters.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.exporters);
+        out
+    }
+
+    /// Where a config came from, for messages.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// What `varta-collector components` prints.
+pub fn components_listing() -> String {
+    format!(
+        "receivers:\n  {}\nprocessors:\n  {}\nexporters:\n  {}\n",
+        ReceiverConfig::TYPES.join("\n  "),
+        ProcessorConfig::TYPES.join("\n  "),
+        ExporterConfig::TYPES.join("\n  ")
+    )
+}
+
+/// serde-saphyr renders a source snippet after the first line; the first
+/// line is the message, and the position is reported separately.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_owned()
+}

@@ -1,0 +1,145 @@
+//! `varta-collector`: an OpenTelemetry-style collector for VLP heartbeats.
+//!
+//! Exit status: 0 after a clean shutdown (or a valid config with
+//! `validate`), 2 for a configuration error, 1 for any other failure.
+
+mod config;
+mod logging;
+mod notify;
+mod pipeline;
+mod signals;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "varta-collector", version, about = "Process-liveness collector for VLP heartbeats")]
+struct Cli {
+    /// Configuration file (YAML). Without it the embedded default is used.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector (the default).
+    Run,
+    /// Check a configuration without starting anything.
+    Validate,
+    /// List the component types this build knows.
+    Components,
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+const EXIT_CONFIG: u8 = 2;
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    let loaded = match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded_default(),
+    };
+    loaded.map_err(|e| {
+        eprintln!("varta-collector: configuration error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Components => {
+            print!("{}", config::components_listing());
+            ExitCode::SUCCESS
+        }
+        Command::DefaultConfig => {
+            print!("{}", config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Command::Validate => match load(cli.config.as_ref()) {
+            Ok(c) => match c.check_files() {
+                Ok(()) => {
+                    for unused in c.unused_components() {
+                        println!("note: {unused} is defined but not used by any pipeline");
+                    }
+                    println!("{}: configuration is valid", c.source());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("varta-collector: configuration error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
+            Err(code) => code,
+        },
+        Command::Run => match load(cli.config.as_ref()) {
+            Ok(c) => run(&c),
+            Err(code) => code,
+        },
+    }
+}
+
+fn run(config: &Config) -> ExitCode {
+    if let Err(e) = logging::init(&config.service.telemetry.logs) {
+        eprintln!("varta-collector: configuration error: {}: {e}", config.source());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(e) = config.check_files() {
+        eprintln!("varta-collector: configuration error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(e) = signals::block() {
+        eprintln!("varta-collector: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    for unused in config.unused_components() {
+        tracing::warn!("{unused} is defined but not used by any pipeline; it is not started");
+    }
+    let running = match pipeline::start(config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("startup failed: {e}");
+            eprintln!("varta-collector: startup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let notifier = notify::Notifier::from_env();
+    notifier.send("READY=1");
+    tracing::info!(config = config.source(), "collector started");
+
+    let tick = notifier.watchdog_interval().unwrap_or(std::time::Duration::from_secs(1));
+    let signal = loop {
+        match signals::wait(tick) {
+            Some(signals::Signal::Terminate(sig)) => break sig,
+            Some(signals::Signal::DumpStats) => stats::dump(&running.telemetry),
+            Some(signals::Signal::Hangup) => {
+                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
+            }
+            None => {}
+        }
+        if !running.healthy() {
+            tracing::error!("a pipeline thread stopped unexpectedly; shutting down");
+            break 0;
+        }
+        if notifier.watchdog_interval().is_some() {
+            notifier.send("WATCHDOG=1");
+        }
+    };
+    notifier.send("STOPPING=1");
+    tracing::info!(signal, "shutting down");
+    let (clean, telemetry) = running.shutdown(config.service.shutdown_timeout);
+    stats::dump(&telemetry);
+    if clean && signal != 0 {
+        tracing::info!("shutdown complete");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,173 @@
+//! Pipeline assembly and ordered shutdown.
+//!
+//! Per pipeline: exporters (each on its own thread behind a bounded queue)
+//! ← one processor thread (owns all agent state) ← a bounded batch queue ←
+//! one thread per receiver. Shutdown follows the data: receivers stop and
+//! drop their queue senders; the processor drains what was queued and
+//! returns when the queue disconnects; that drops the exporter queues, so
+//! exporters write what is left, flush and end. Each step is bounded by the
+//! shutdown deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use varta_exporters::{
+    DebugExporter, Exporter, ExporterQueue, ExporterStats, Fanout, FileExporter,
+};
+use varta_processor::{Processor, ProcessorStats};
+use varta_receiver::{ReceiverStats, VlpReceiver};
+
+use crate::config::{
+    Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
+};
+
+/// Live counters of every component, for the stats dump.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub receivers: Vec<(String, Arc<ReceiverStats>)>,
+    pub processors: Vec<(String, Arc<ProcessorStats>)>,
+    pub exporters: Vec<(String, Arc<ExporterStats>)>,
+}
+
+/// A started collector.
+#[derive(Debug)]
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    receivers: Vec<(String, JoinHandle<()>)>,
+    processors: Vec<(String, JoinHandle<()>)>,
+    exporters: Vec<(String, JoinHandle<()>)>,
+    pub telemetry: Telemetry,
+}
+
+fn component_error<T>(config: &Config, section: &str, c: &Component<T>, message: String) -> ConfigError {
+    ConfigError {
+        source: config.source().to_owned(),
+        at: Some(c.at),
+        component: Some(format!("{section}::{}", c.id)),
+        message,
+    }
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Builds and starts every pipeline. Nothing receives until every component
+/// of every pipeline was built, so a startup error leaves nothing running.
+pub fn start(config: &Config) -> Result<Running, ConfigError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut telemetry = Telemetry::default();
+    let mut exporters = Vec::new();
+    let mut ready = Vec::new();
+
+    for (name, pipeline) in &config.service.pipelines {
+        let p = &pipeline.value;
+        // Exporters first: they must be ready before any event exists.
+        let mut queues = Vec::new();
+        for id in &p.exporters {
+            let Some(c) = config.exporters.get(id) else { continue };
+            let err = |m: String| component_error(config, "exporters", c, m);
+            let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
+                ExporterConfig::File(cfg) => {
+                    (Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?), cfg.queue_size)
+                }
+                ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
+            };
+            let (queue, thread) = ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
+            telemetry.exporters.push((id.clone(), queue.stats()));
+            exporters.push((id.clone(), thread));
+            queues.push(queue);
+        }
+
+        let mut ratelimit = None;
+        let mut tracker = None;
+        for id in &p.processors {
+            match config.processors.get(id).map(|c| &c.config) {
+                Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(cfg.clone()),
+                Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(cfg.clone()),
+                None => {}
+            }
+        }
+        let pipeline_err = |m: String| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: Some(format!("service::pipelines::{name}")),
+            message: m,
+        };
+        let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
+        let processor = Processor::new(ratelimit, tracker, Box::new(varta_receiver::procfs::start_time))
+            .map_err(|e| pipeline_err(e.to_string()))?;
+        telemetry.processors.push((name.clone(), processor.stats()));
+
+        let mut bound = Vec::new();
+        for id in &p.receivers {
+            let Some(c) = config.receivers.get(id) else { continue };
+            let ReceiverConfig::Vlp(cfg) = &c.config;
+            let receiver =
+                VlpReceiver::bind(id, cfg).map_err(|e| component_error(config, "receivers", c, e.to_string()))?;
+            tracing::info!(receiver = %id, pipeline = %name, "listening on {}", receiver.describe());
+            telemetry.receivers.push((id.clone(), receiver.stats()));
+            bound.push((id.clone(), receiver));
+        }
+        ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound));
+    }
+
+    let mut running =
+        Running { stop: stop.clone(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
+    for (name, queue_batches, processor, mut fanout, bound) in ready {
+        let (tx, rx) = crossbeam_channel::bounded(queue_batches);
+        let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout))
+            .map_err(|m| ConfigError { source: config.source().to_owned(), at: None, component: None, message: m })?;
+        running.processors.push((name.clone(), handle));
+        for (id, receiver) in bound {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let rid = id.clone();
+            let handle = spawn(format!("recv-{id}"), move || {
+                if let Err(e) = receiver.run(tx, stop) {
+                    tracing::error!(receiver = %rid, "receiver stopped with an error: {e}");
+                }
+            })
+            .map_err(|m| ConfigError { source: config.source().to_owned(), at: None, component: None, message: m })?;
+            running.receivers.push((id, handle));
+        }
+    }
+    Ok(running)
+}
+
+fn join_all(stage: &str, threads: Vec<(String, JoinHandle<()>)>, deadline: Instant) -> bool {
+    let mut clean = true;
+    for (id, t) in threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !t.is_finished() {
+            tracing::error!(component = %id, "{stage} did not stop before the shutdown deadline");
+            clean = false;
+        } else if t.join().is_err() {
+            tracing::error!(component = %id, "{stage} thread panicked");
+            clean = false;
+        }
+    }
+    clean
+}
+
+impl Running {
+    /// True while every processor thread is alive (used to gate watchdog pings).
+    pub fn healthy(&self) -> bool {
+        self.processors.iter().all(|(_, t)| !t.is_finished())
+            && self.receivers.iter().all(|(_, t)| !t.is_finished())
+    }
+
+    /// Ordered shutdown; says whether every stage stopped cleanly in time,
+    /// and hands back the (now final) counters.
+    pub fn shutdown(self, timeout: Duration) -> (bool, Telemetry) {
+        let deadline = Instant::now() + timeout;
+        self.stop.store(true, Ordering::SeqCst);
+        let r = join_all("receiver", self.receivers, deadline);
+        let p = join_all("processor", self.processors, deadline);
+        let e = join_all("exporter", self.exporters, deadline);
+        (r && p && e, self.telemetry)
+    }
+}

@@ -1,0 +1,235 @@
+//! The `file` exporter: one TSV line per event, compatible with
+//! varta-watch's event file so existing tooling keeps working:
+//!
+//! ```text
+//! observer_ns <TAB> kind <TAB> pid <TAB> nonce <TAB> status <TAB> payload
+//! ```
+//!
+//! `observer_ns` is the processor clock (CLOCK_MONOTONIC by default). Kinds
+//! and their columns (`-` where a column does not apply):
+//!
+//! | kind | pid | nonce | status | payload |
+//! |---|---|---|---|---|
+//! | `beat` | pid | nonce | ok/degraded/critical | payload |
+//! | `stall` | pid | last nonce | `stall` | `-` |
+//! | `resume` | pid | nonce | status | silence in ns |
+//! | `status` | pid | nonce | new status | payload |
+//! | `panic` | pid | nonce | `critical` | payload |
+//! | `decode` | claimed pid or `-` | `-` | `-` | error kind (`BadMagic`, …) |
+//! | `mismatch` | claimed pid | `-` | `-` | `auth_failure`, `origin_conflict`, `namespace_conflict`, `uid_mismatch` |
+//! | `refused` | claimed pid | `-` | `-` | reason (`replay`, `decrypt_failed`, …) |
+//! | `eviction` | pid | `-` | `-` | reason |
+//! | `capacity` | pid | `-` | `-` | `-` |
+//! | `ratelimit` | pid | `-` | `-` | reason |
+//! | `stale_nonce` | pid | nonce | status | payload |
+//! | `clock` | `-` | `-` | `-` | anomaly |
+//!
+//! Beat lines can be switched off (`beats: false`). With `rotate_bytes`
+//! set, the file is rotated to `path.1` … `path.N` (`rotate_keep`) when it
+//! grows past that size. The file is created owner-only (0600) and never
+//! through a symlink.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use varta_processor::{Event, EventKind};
+use varta_proto::Refusal;
+
+use crate::Exporter;
+
+fn default_true() -> bool {
+    true
+}
+fn default_keep() -> u32 {
+    5
+}
+fn default_queue() -> usize {
+    65_536
+}
+
+/// Configuration of the `file` exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileExporterConfig {
+    /// Event file path (required).
+    #[serde(default)]
+    pub path: PathBuf,
+    /// Write a line per accepted beat (default true, as varta-watch).
+    #[serde(default = "default_true")]
+    pub beats: bool,
+    /// Rotate when the file exceeds this many bytes; 0 never rotates.
+    #[serde(default)]
+    pub rotate_bytes: u64,
+    /// Rotated generations kept (`path.1` newest).
+    #[serde(default = "default_keep")]
+    pub rotate_keep: u32,
+    /// Events that may wait for the disk; beyond it the oldest are dropped and counted.
+    #[serde(default = "default_queue")]
+    pub queue_size: usize,
+}
+
+impl Default for FileExporterConfig {
+    fn default() -> Self {
+        FileExporterConfig {
+            path: PathBuf::new(),
+            beats: true,
+            rotate_bytes: 0,
+            rotate_keep: default_keep(),
+            queue_size: default_queue(),
+        }
+    }
+}
+
+impl FileExporterConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("`path` is required".into());
+        }
+        if self.queue_size == 0 {
+            return Err("`queue_size` must be at least 1".into());
+        }
+        if self.rotate_bytes > 0 && self.rotate_keep == 0 {
+            return Err("`rotate_keep` must be at least 1 when `rotate_bytes` is set".into());
+        }
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                Err(format!("directory {} of `path` does not exist", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes events as TSV lines through a buffer; see the module docs.
+#[derive(Debug)]
+pub struct FileExporter {
+    config: FileExporterConfig,
+    out: BufWriter<File>,
+    written: u64,
+}
+
+fn open(path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open event file {}: {e}", path.display())))?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+impl FileExporter {
+    /// Opens (creating, owner-only) the event file for appending.
+    pub fn open(config: FileExporterConfig) -> io::Result<FileExporter> {
+        let (file, written) = open(&config.path)?;
+        Ok(FileExporter { out: BufWriter::with_capacity(64 * 1024, file), config, written })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        let keep = self.config.rotate_keep;
+        let generation = |n: u32| {
+            let mut p = self.config.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        for n in (1..keep).rev() {
+            let from = generation(n);
+            if from.exists() {
+                std::fs::rename(&from, generation(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.config.path, generation(1))?;
+        let (file, written) = open(&self.config.path)?;
+        self.out = BufWriter::with_capacity(64 * 1024, file);
+        self.written = written;
+        Ok(())
+    }
+}
+
+/// Counts bytes written through it (for rotation) without allocating.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one TSV line for `ev`.
+pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
+    let ns = ev.at_ns;
+    let pid = ev.agent.as_ref().map_or(0, |a| a.id.pid);
+    match &ev.kind {
+        EventKind::Beat { frame } => {
+            writeln!(w, "{ns}\tbeat\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
+        }
+        EventKind::Stall { last_nonce, .. } => writeln!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\t-"),
+        EventKind::Resume { silence_ns, frame, .. } => {
+            writeln!(w, "{ns}\tresume\t{pid}\t{}\t{}\t{silence_ns}", frame.nonce, frame.status)
+        }
+        EventKind::StatusChange { to, frame, .. } => {
+            writeln!(w, "{ns}\tstatus\t{pid}\t{}\t{to}\t{}", frame.nonce, frame.payload)
+        }
+        EventKind::Panic { frame } => {
+            writeln!(w, "{ns}\tpanic\t{pid}\t{}\tcritical\t{}", frame.nonce, frame.payload)
+        }
+        EventKind::StaleNonce { frame } => {
+            writeln!(w, "{ns}\tstale_nonce\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
+        }
+        EventKind::Evicted { reason } => writeln!(w, "{ns}\teviction\t{pid}\t-\t-\t{}", reason.label()),
+        EventKind::CapacityExceeded { pid } => writeln!(w, "{ns}\tcapacity\t{pid}\t-\t-\t-"),
+        EventKind::RateLimited { reason } => writeln!(w, "{ns}\tratelimit\t{pid}\t-\t-\t{}", reason.label()),
+        EventKind::OriginConflict { .. } => writeln!(w, "{ns}\tmismatch\t{pid}\t-\t-\torigin_conflict"),
+        EventKind::ClockAnomaly { kind } => writeln!(w, "{ns}\tclock\t-\t-\t-\t{}", kind.label()),
+        EventKind::Refused(r) => {
+            let claimed = r.claimed_pid;
+            match r.refusal {
+                Refusal::Decode(kind) if claimed == 0 => writeln!(w, "{ns}\tdecode\t-\t-\t-\t{}", kind.name()),
+                Refusal::Decode(kind) => writeln!(w, "{ns}\tdecode\t{claimed}\t-\t-\t{}", kind.name()),
+                Refusal::AuthFailed => writeln!(w, "{ns}\tmismatch\t{claimed}\t-\t-\tauth_failure"),
+                Refusal::NamespaceMismatch => {
+                    writeln!(w, "{ns}\tmismatch\t{claimed}\t-\t-\tnamespace_conflict")
+                }
+                Refusal::UidMismatch => writeln!(w, "{ns}\tmismatch\t{claimed}\t-\t-\tuid_mismatch"),
+                other => writeln!(w, "{ns}\trefused\t{claimed}\t-\t-\t{}", other.label()),
+            }
+        }
+    }
+}
+
+impl Exporter for FileExporter {
+    fn wants_beats(&self) -> bool {
+        self.config.beats
+    }
+
+    fn export(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
+            return Ok(());
+        }
+        let mut w = Counting { inner: &mut self.out, n: 0 };
+        write_line(&mut w, ev)?;
+        self.written += w.n;
+        if self.config.rotate_bytes > 0 && self.written >= self.config.rotate_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

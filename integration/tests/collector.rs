@@ -1,0 +1,394 @@
+//! End-to-end: the real `varta-collector` with real agents (`varta beat`
+//! processes and raw sockets in this test), one scenario per test.
+
+use std::net::UdpSocket;
+use std::os::unix::net::UnixDatagram;
+use std::process::Child;
+
+use varta_integration::{
+    Collector, EventLine, collector_cmd, final_counter, read_events, varta, wait_for,
+};
+use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
+
+const THRESHOLD_MS: u64 = 300;
+
+fn uds_config(extra_receiver: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/uds:
+    transport: uds
+    path: "@DIR@/varta.sock"
+{extra_receiver}
+processors:
+  tracker:
+    threshold: {THRESHOLD_MS}ms
+exporters:
+  file:
+    path: "@DIR@/events.tsv"
+service:
+  pipelines:
+    liveness:
+      receivers: [vlp/uds]
+      processors: [tracker]
+      exporters: [file]
+  telemetry:
+    logs:
+      level: info
+      format: json
+"#
+    )
+}
+
+fn events_of(c: &Collector, kind: &str, pid: u32) -> Vec<EventLine> {
+    read_events(&c.path("events.tsv"))
+        .into_iter()
+        .filter(|e| e.kind == kind && e.pid == pid.to_string())
+        .collect()
+}
+
+fn wait_events(c: &Collector, kind: &str, pid: u32, n: usize) -> Vec<EventLine> {
+    wait_for(&format!("{n} {kind} event(s) for pid {pid}"), || {
+        let ev = events_of(c, kind, pid);
+        (ev.len() >= n).then_some(ev)
+    })
+}
+
+fn beating_agent(socket: &std::path::Path, every: &str) -> Child {
+    varta(&["beat", "--socket", &socket.display().to_string(), "--every", every]).spawn().expect("spawn agent")
+}
+
+fn kill(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+#[test]
+fn uds_agent_beats_stalls_when_frozen_and_resumes() {
+    let c = Collector::start(&uds_config(""));
+    let mut agent = beating_agent(&c.path("varta.sock"), "20ms");
+    let pid = agent.id();
+    wait_events(&c, "beat", pid, 3);
+
+    kill(&agent, libc::SIGSTOP); // a wedged process: alive, silent
+    let stall = wait_events(&c, "stall", pid, 1).remove(0);
+    let last_beat = events_of(&c, "beat", pid).into_iter().map(|e| e.ns).max().expect("beats");
+    assert!(
+        stall.ns >= last_beat + THRESHOLD_MS * 1_000_000,
+        "stall surfaced before the threshold: last beat {last_beat}, stall {}",
+        stall.ns
+    );
+    assert_eq!(stall.status, "stall");
+
+    kill(&agent, libc::SIGCONT);
+    let resume = wait_events(&c, "resume", pid, 1).remove(0);
+    let silence: u64 = resume.payload.parse().expect("silence ns");
+    assert!(silence >= THRESHOLD_MS * 1_000_000, "silence {silence}");
+    assert_eq!(events_of(&c, "stall", pid).len(), 1, "one stall per silence period");
+
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let beats = final_counter(&log, "pipelines::liveness", "beats_accepted", "").expect("counter");
+    assert!(beats >= 4, "beats_accepted {beats}");
+}
+
+#[test]
+fn uds_frame_claiming_another_pid_is_refused() {
+    let c = Collector::start(&uds_config(""));
+    let sock = UnixDatagram::unbound().expect("socket");
+    let forged = Frame::new(Status::Ok, std::process::id() + 1, 1, 1, 0).encode();
+    sock.send_to(&forged, c.path("varta.sock")).expect("send");
+    let refused = wait_for("auth refusal", || {
+        read_events(&c.path("events.tsv")).into_iter().find(|e| e.kind == "mismatch")
+    });
+    assert_eq!(refused.payload, "auth_failure");
+    assert_eq!(refused.pid, (std::process::id() + 1).to_string());
+    assert_eq!(c.counter("receivers::vlp/uds", "refused", "auth_failed"), 1);
+    assert_eq!(c.counter("pipelines::liveness", "beats_accepted", ""), 0);
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+/// Re-seals the CRC so checks after it are reached.
+fn with_crc(mut b: [u8; 32]) -> [u8; 32] {
+    let crc = varta_proto::crc::crc32c(&b[..28]);
+    b[28..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+#[test]
+fn every_malformed_frame_kind_lands_in_its_counter() {
+    let c = Collector::start(&uds_config(""));
+    let me = std::process::id();
+    let good = Frame::new(Status::Ok, me, 1, 1, 0).encode();
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut b = good;
+    b[0] = b'X';
+    cases.push(("bad_magic", b.to_vec()));
+    let mut b = good;
+    b[2] = 1;
+    cases.push(("bad_version", b.to_vec()));
+    let mut b = good;
+    b[24] ^= 1;
+    cases.push(("bad_crc", b.to_vec()));
+    let mut b = good;
+    b[3] = 9;
+    cases.push(("bad_status", with_crc(b).to_vec()));
+    let mut b = good;
+    b[3] = 3;
+    cases.push(("stall_on_wire", with_crc(b).to_vec()));
+    cases.push(("bad_pid", Frame::new(Status::Ok, 0, 1, 1, 0).encode().to_vec()));
+    cases.push(("bad_timestamp", Frame::new(Status::Ok, me, u64::MAX, 1, 0).encode().to_vec()));
+    cases.push(("bad_nonce", Frame::new(Status::Ok, me, 1, u64::MAX, 0).encode().to_vec()));
+    cases.push(("bad_length", good[..31].to_vec()));
+    cases.push(("truncated", vec![0x56; 200]));
+
+    let sock = UnixDatagram::unbound().expect("socket");
+    for (_, bytes) in &cases {
+        sock.send_to(bytes, c.path("varta.sock")).expect("send");
+    }
+    wait_for("all refusals in the event file", || {
+        (read_events(&c.path("events.tsv")).len() >= cases.len()).then_some(())
+    });
+    for (label, _) in &cases {
+        assert_eq!(c.counter("receivers::vlp/uds", "refused", label), 1, "{label}");
+    }
+    // A valid frame after all that is still accepted.
+    sock.send_to(&good, c.path("varta.sock")).expect("send");
+    wait_events(&c, "beat", me, 1);
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn udp_config(port: u16, opt_in: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/udp:
+    transport: udp
+    endpoint: "127.0.0.1:{port}"
+{opt_in}
+processors:
+  tracker: {{ threshold: 1s }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    )
+}
+
+#[test]
+fn plain_udp_without_opt_in_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, udp_config(free_udp_port(), "")).expect("write");
+    for args in [vec!["--config", path.to_str().expect("utf8")], vec!["validate", "--config", path.to_str().expect("utf8")]] {
+        let out = collector_cmd(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("accept_unauthenticated"), "{stderr}");
+        assert!(stderr.contains("vlp/udp"), "{stderr}");
+    }
+}
+
+#[test]
+fn plain_udp_beats_are_tracked_by_source_and_pid() {
+    let port = free_udp_port();
+    let c = Collector::start(&udp_config(port, "    accept_unauthenticated: true"));
+    let mut agent = varta(&["beat", "--udp", &format!("127.0.0.1:{port}"), "--every", "10ms", "--count", "3"])
+        .spawn()
+        .expect("agent");
+    let pid = agent.id();
+    assert!(agent.wait().expect("agent exit").success());
+    let beats = wait_events(&c, "beat", pid, 3);
+    let nonces: Vec<&str> = beats.iter().map(|e| e.nonce.as_str()).collect();
+    assert_eq!(nonces, ["1", "2", "3"]);
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+fn secure_config(port: u16, keys: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/secure:
+    transport: secure_udp
+    endpoint: "127.0.0.1:{port}"
+{keys}
+processors:
+  tracker: {{ threshold: 1s }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/secure], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    )
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Key) {
+    let path = dir.join(name);
+    let out = varta(&["keygen", "--out", path.to_str().expect("utf8")]).output().expect("keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = Key::from_hex(&std::fs::read_to_string(&path).expect("key")).expect("hex key");
+    (path, key)
+}
+
+#[test]
+fn secure_udp_accepts_sealed_beats_and_refuses_replay_and_tampering() {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let (key_path, key) = keygen(keydir.path(), "shared.key");
+    let port = free_udp_port();
+    let c = Collector::start(&secure_config(port, &format!("    key_files: [\"{}\"]", key_path.display())));
+    let addr = format!("127.0.0.1:{port}");
+
+    // A real agent process with the CLI.
+    let mut agent = varta(&["beat", "--secure-udp", &addr, "--key-file", key_path.to_str().expect("utf8"), "--count", "2", "--every", "10ms"])
+        .spawn()
+        .expect("agent");
+    let pid = agent.id();
+    assert!(agent.wait().expect("exit").success());
+    wait_events(&c, "beat", pid, 2);
+
+    // This test as a second agent, sealing by hand so it can replay and tamper.
+    let me = std::process::id();
+    let cipher = FrameCipher::new(&key);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let iv = Iv { random: [7; 8], counter: 0 };
+    let wire = cipher.seal_shared(iv, &Frame::new(Status::Ok, me, 10, 1, 0).encode());
+    sock.send_to(&wire, &addr).expect("send");
+    wait_events(&c, "beat", me, 1);
+    sock.send_to(&wire, &addr).expect("replay");
+    let mut tampered = cipher.seal_shared(Iv { counter: 1, ..iv }, &Frame::new(Status::Ok, me, 11, 2, 0).encode());
+    tampered[20] ^= 0x01;
+    sock.send_to(&tampered, &addr).expect("tampered");
+
+    wait_for("replay and tamper refusals", || {
+        let ev = read_events(&c.path("events.tsv"));
+        let has = |p: &str| ev.iter().any(|e| e.kind == "refused" && e.payload == p);
+        (has("replay") && has("decrypt_failed")).then_some(())
+    });
+    assert_eq!(c.counter("receivers::vlp/secure", "refused", "replay"), 1);
+    assert_eq!(c.counter("receivers::vlp/secure", "refused", "decrypt_failed"), 1);
+    assert_eq!(events_of(&c, "beat", me).len(), 1, "replayed frame must not count as a beat");
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn secure_udp_master_key_agents() {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let (key_path, _) = keygen(keydir.path(), "master.key");
+    let port = free_udp_port();
+    let c = Collector::start(&secure_config(port, &format!("    master_key_file: \"{}\"", key_path.display())));
+    let addr = format!("127.0.0.1:{port}");
+    let mut agents: Vec<Child> = (0..2)
+        .map(|_| {
+            varta(&["beat", "--secure-udp", &addr, "--master-key-file", key_path.to_str().expect("utf8"), "--count", "2", "--every", "10ms"])
+                .spawn()
+                .expect("agent")
+        })
+        .collect();
+    for a in &mut agents {
+        assert!(a.wait().expect("exit").success());
+        wait_events(&c, "beat", a.id(), 2);
+    }
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_config_reports_line_and_column_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    let text = uds_config("").replace("    threshold:", "    thresold:");
+    std::fs::write(&path, &text).expect("write");
+    let line = text.lines().position(|l| l.contains("thresold")).expect("typo line") + 1;
+    let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("bad.yaml:{line}:")), "expected line {line}: {stderr}");
+    assert!(stderr.contains("thresold"), "{stderr}");
+
+    // A missing key file names the component and where it is configured.
+    std::fs::write(&path, secure_config(free_udp_port(), "    key_files: [\"/nonexistent/k\"]")).expect("write");
+    let out = collector_cmd(&["--config", path.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("receivers::vlp/secure") && stderr.contains("bad.yaml:2:"), "{stderr}");
+
+    let out = collector_cmd(&["--config", dir.path().join("missing.yaml").to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn validate_accepts_the_shipped_configs_and_lists_components() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config");
+    let out = collector_cmd(&["validate", "--config", root.join("varta.yaml").to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = collector_cmd(&["components"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in ["vlp", "ratelimit", "tracker", "file", "debug"] {
+        assert!(text.contains(t), "{text}");
+    }
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_the_socket() {
+    let c = Collector::start(&uds_config(""));
+    let sock = c.path("varta.sock");
+    assert!(sock.exists());
+    let dir = c.dir.path().to_path_buf();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!dir.join("varta.sock").exists(), "socket file left behind");
+}
+
+#[test]
+fn agents_killed_with_frames_in_flight_do_not_disturb_the_collector() {
+    let c = Collector::start(&uds_config(""));
+    let socket = c.path("varta.sock");
+    let mut agents: Vec<Child> = (0..16).map(|_| beating_agent(&socket, "1ms")).collect();
+    for a in &agents {
+        wait_events(&c, "beat", a.id(), 1);
+    }
+    for a in &agents {
+        kill(a, libc::SIGKILL);
+    }
+    for a in &mut agents {
+        let _ = a.wait();
+    }
+    // Still serving: a fresh agent is tracked, and its peers stall normally.
+    let mut fresh = varta(&["beat", "--socket", socket.to_str().expect("utf8"), "--count", "1"]).spawn().expect("agent");
+    assert!(fresh.wait().expect("exit").success());
+    wait_events(&c, "beat", fresh.id(), 1);
+    wait_events(&c, "stall", agents[0].id(), 1);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn default_config_listens_on_the_user_runtime_dir() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let rt = runtime.path().to_str().expect("utf8");
+    let c = Collector::start_default(&[("XDG_RUNTIME_DIR", rt)]);
+    let socket = runtime.path().join("varta.sock");
+    assert!(socket.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let mut agent = varta(&["beat", "--socket", socket.to_str().expect("utf8")]).spawn().expect("agent");
+    assert!(agent.wait().expect("exit").success());
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!socket.exists());
+}
