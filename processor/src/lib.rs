@@ -1,7 +1,35 @@
-//! placeholder
+//! varta-processor — the liveness engine of the varta collector.
+//!
+//! It turns attested beats ([`varta_proto::Batch`]) into per-agent liveness
+//! state and [`Event`]s (stalls, resumes, status changes, panics, refusals).
+//! It owns all agent state, is driven by one thread and knows nothing about
+//! sockets or OTLP. Two collector processors are configured here:
+//! `ratelimit` ([`RateLimitConfig`]) and `tracker` ([`TrackerConfig`]).
+//!
+//! Modules, one job each:
+//! * [`config`]: YAML/serde configuration, defaults and validation
+//!   (errors name the field).
+//! * [`clock`]: `CLOCK_MONOTONIC` / `CLOCK_BOOTTIME` readings and the guard
+//!   that keeps processor time monotonic and counts anomalies.
+//! * [`ratelimit`]: per-agent minimum interval and global token bucket, O(1).
+//! * [`tracker`]: slab of agent slots, hash index, intrusive live/stalled
+//!   recency lists; O(1) per beat, exact next deadline, bounded memory.
+//! * [`event`]: the `Copy`, heap-free events and the [`EventSink`] trait.
+//! * [`stats`]: single-writer atomic counters, every series present at zero.
+//! * [`processor`]: ties them together ([`Processor`]) and runs the loop.
+
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod processor;
 pub mod ratelimit;
 pub mod stats;
 pub mod tracker;
+
+pub use clock::{Clock, ClockAnomalyKind};
+pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
+pub use event::{
+    AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
+};
+pub use processor::{AgentView, NONCE_WRAP_WINDOW, Processor, StartTimeProbe};
+pub use stats::{ProcessorStats, Sample, StatsSnapshot};

@@ -35,7 +35,7 @@ const HAS_NONCE: u8 = 2;
 pub struct Slot {
     source: Source,
     pid: u32,
-    host_pid: u32,
+    pub(crate) host_pid: u32,
     start_time: u64,
     /// Processor time of the last accepted beat (the stall clock).
     pub(crate) last_beat_ns: u64,
@@ -111,6 +111,10 @@ impl Slot {
 
     pub fn start_time(&self) -> u64 {
         self.start_time
+    }
+
+    pub(crate) fn set_start_time(&mut self, start_time: u64) {
+        self.start_time = start_time;
     }
 
     fn key_matches(&self, source: &Source, pid: u32) -> bool {

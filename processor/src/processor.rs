@@ -1,0 +1,445 @@
+//! The liveness engine: admission control + tracker + stall scheduling,
+//! driven by one thread.
+//!
+//! Promises:
+//! * [`Processor::handle_batch`] and [`Processor::fire_due`] are pure logic
+//!   in virtual time (the caller passes the clock reading) and emit events
+//!   synchronously into the sink, in decision order. Both first surface every
+//!   stall that is due at `now`, so a beat arriving after a long silence
+//!   yields `Stall` then `Resume`, whoever drives the clock.
+//! * Per beat: one hash lookup, O(1) list moves, no allocation unless a new
+//!   agent grows the slab. Per due stall: O(1). No scan over agents.
+//! * [`Processor::run`] sleeps on the queue until the next stall deadline
+//!   exactly (no periodic wake-up), and returns once every sender is gone and
+//!   every queued batch has been handled.
+//!
+//! Beat pipeline (first refusal wins, each counted and emitted):
+//! 1. origin: a beat over a weaker transport than the agent's pinned one →
+//!    `OriginConflict` (checked first so a weaker sender cannot use up the
+//!    agent's rate budget); a stronger one upgrades the pin;
+//! 2. per-agent interval, then global token bucket → `RateLimited`;
+//! 3. new agents: capacity (evict the oldest stalled agent silent for more
+//!    than `eviction_after × threshold`, else `CapacityExceeded`), then the
+//!    start time is probed once (UDS only);
+//! 4. sequencing (see [`NONCE_WRAP_WINDOW`]): advancing nonce → accepted;
+//!    panic frame with timestamp ≥ the last accepted → accepted; otherwise a
+//!    regression: UDS → probe the start time: different → the pid was
+//!    recycled (`Evicted{pid_recycled}`, fresh agent); network → timestamp
+//!    also backwards → the agent restarted (`Evicted{restarted}`, fresh
+//!    incarnation, counted as `incarnations_restarted`); else `StaleNonce`.
+//!    A stalled UDS agent that beats again is also re-probed (once per
+//!    incident), which catches recycled pids whose new nonces happen to be
+//!    higher than the old ones.
+//!
+//! Times: the processor uses its own clock (`now`), not `Beat::received_ns`
+//! (which a receiver may stamp from a different clock).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use varta_proto::{Arrival, Batch, Beat, Frame, Status, Transport};
+
+use crate::clock::{Clock, ClockGuard};
+use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
+use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
+use crate::ratelimit::RateLimiter;
+use crate::stats::ProcessorStats;
+use crate::tracker::{Slot, Tracker};
+
+/// How near the ends of the nonce range a wrap must be to be accepted: a
+/// regular nonce `n` below the last accepted `last` is a wrap (accepted)
+/// when `last ≥ NONCE_TERMINAL − 1 − NONCE_WRAP_WINDOW` and
+/// `n < NONCE_WRAP_WINDOW`, i.e. at most ~2²¹ beats were lost around the
+/// wrap (`next_nonce` wraps `u64::MAX − 1` to 0).
+pub const NONCE_WRAP_WINDOW: u64 = 1 << 20;
+
+/// Returns the process start time of a host pid (e.g. field 22 of
+/// `/proc/<pid>/stat`), `None` if it cannot be read.
+pub type StartTimeProbe = Box<dyn Fn(u32) -> Option<u64> + Send>;
+
+/// One agent's state, for metrics views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentView {
+    pub id: AgentId,
+    pub host_pid: u32,
+    /// Pinned origin.
+    pub transport: Transport,
+    /// Status of the last accepted frame, or `Stall` while stalled.
+    pub status: Status,
+    pub beats: u64,
+    pub stalls: u64,
+    pub last_beat_ns: u64,
+    /// Last accepted regular nonce (0 before the first regular frame).
+    pub last_nonce: u64,
+    pub last_payload: u32,
+}
+
+/// The `ratelimit` + `tracker` processors; owns all agent state.
+pub struct Processor {
+    limiter: RateLimiter,
+    tracker: Tracker,
+    probe: StartTimeProbe,
+    clock: Clock,
+    guard: ClockGuard,
+    stats: Arc<ProcessorStats>,
+    eviction_after_ns: u64,
+    next_incident: u64,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("limiter", &self.limiter)
+            .field("agents", &self.tracker.len())
+            .field("clock", &self.clock)
+            .field("next_incident", &self.next_incident)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Sequence {
+    Advances,
+    Regresses,
+}
+
+impl Processor {
+    /// Validates both configs; `ratelimit: None` admits every beat.
+    pub fn new(
+        ratelimit: Option<RateLimitConfig>,
+        tracker: TrackerConfig,
+        probe: StartTimeProbe,
+    ) -> Result<Processor, ConfigError> {
+        if let Some(rl) = &ratelimit {
+            rl.validate()?;
+        }
+        tracker.validate()?;
+        let threshold_ns = tracker.threshold_ns();
+        let stats = Arc::new(ProcessorStats::new());
+        Ok(Processor {
+            limiter: RateLimiter::new(ratelimit.as_ref()),
+            tracker: Tracker::new(tracker.capacity, threshold_ns),
+            probe,
+            clock: tracker.clock,
+            guard: ClockGuard::new(),
+            stats,
+            eviction_after_ns: threshold_ns.saturating_mul(u64::from(tracker.eviction_after)),
+            next_incident: 1,
+        })
+    }
+
+    /// The shared counters (read from any thread).
+    pub fn stats(&self) -> Arc<ProcessorStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The clock `run` reads.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Agents currently tracked.
+    pub fn agents(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Bytes of agent state held (slab + index capacities × sizes, plus this struct).
+    pub fn memory_bytes(&self) -> usize {
+        self.tracker.memory_bytes() + std::mem::size_of::<Processor>()
+    }
+
+    /// Every tracked agent's state (allocates; for metrics views, not the hot path).
+    pub fn snapshot(&self) -> Vec<AgentView> {
+        self.tracker
+            .slots()
+            .map(|s| {
+                let agent = s.agent_ref();
+                AgentView {
+                    id: agent.id,
+                    host_pid: agent.host_pid,
+                    transport: agent.transport,
+                    status: if s.is_stalled() { Status::Stall } else { s.status },
+                    beats: s.beats,
+                    stalls: u64::from(s.stalls),
+                    last_beat_ns: s.last_beat_ns,
+                    last_nonce: s.last_nonce().unwrap_or(0),
+                    last_payload: s.last_payload,
+                }
+            })
+            .collect()
+    }
+
+    /// Handles one batch at processor time `now_ns` (after surfacing due stalls).
+    pub fn handle_batch(&mut self, batch: &Batch, now_ns: u64, out: &mut dyn EventSink) {
+        let now = self.advance_clock(now_ns, out);
+        self.stats.batch();
+        self.fire_stalls(now, out);
+        let wants_beats = out.wants_beats();
+        for arrival in batch.as_slice() {
+            match arrival {
+                Arrival::Beat(beat) => self.on_beat(beat, now, wants_beats, out),
+                Arrival::Refused(refused) => {
+                    self.stats.refusal(refused.refusal);
+                    out.emit(&Event { at_ns: now, agent: None, kind: EventKind::Refused(*refused) });
+                }
+            }
+        }
+        self.stats.set_agents_tracked(self.tracker.len());
+    }
+
+    /// Emits every stall due at `now_ns`; returns the next stall deadline.
+    pub fn fire_due(&mut self, now_ns: u64, out: &mut dyn EventSink) -> Option<u64> {
+        let now = self.advance_clock(now_ns, out);
+        self.fire_stalls(now, out);
+        self.tracker.next_deadline()
+    }
+
+    /// The processor thread: handles batches as they come and wakes exactly
+    /// at the next stall deadline. Returns when every sender has been dropped
+    /// and the queue is drained.
+    pub fn run(mut self, rx: Receiver<Batch>, out: &mut dyn EventSink) {
+        loop {
+            let deadline = self.fire_due(self.clock.now_ns(), out);
+            let received = match deadline {
+                Some(deadline) => {
+                    let now = self.guard.last_ns().unwrap_or(0);
+                    rx.recv_timeout(Duration::from_nanos(deadline.saturating_sub(now)))
+                }
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(batch) => self.handle_batch(&batch, self.clock.now_ns(), out),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn emit(out: &mut dyn EventSink, at_ns: u64, agent: Option<AgentRef>, kind: EventKind) {
+        out.emit(&Event { at_ns, agent, kind });
+    }
+
+    fn advance_clock(&mut self, raw_ns: u64, out: &mut dyn EventSink) -> u64 {
+        let (now, anomaly) = self.guard.observe(raw_ns, self.tracker.next_deadline());
+        if let Some(kind) = anomaly {
+            self.stats.clock_anomaly(kind);
+            Self::emit(out, now, None, EventKind::ClockAnomaly { kind });
+        }
+        now
+    }
+
+    fn fire_stalls(&mut self, now: u64, out: &mut dyn EventSink) {
+        while let Some(idx) = self.tracker.due(now) {
+            self.tracker.mark_stalled(idx);
+            let incident = self.next_incident;
+            self.next_incident += 1;
+            let slot = self.tracker.slot_mut(idx);
+            slot.incident = incident;
+            slot.stalls = slot.stalls.saturating_add(1);
+            let last_beat_ns = slot.last_beat_ns;
+            let agent = slot.agent_ref();
+            self.stats.stall();
+            let silence_ns = now.saturating_sub(last_beat_ns);
+            Self::emit(out, now, Some(agent), EventKind::Stall { incident, last_beat_ns, silence_ns });
+        }
+    }
+
+    fn on_beat(&mut self, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        let hash = self.tracker.hash(&beat.source, beat.frame.pid);
+        match self.tracker.find(hash, &beat.source, beat.frame.pid) {
+            Some(idx) => self.on_known_agent(idx, beat, now, wants_beats, out),
+            None => self.on_new_agent(hash, beat, now, wants_beats, out),
+        }
+    }
+
+    fn on_known_agent(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        let slot = self.tracker.slot(idx);
+        let agent = slot.agent_ref();
+        if beat.transport < slot.transport {
+            self.stats.origin_conflict();
+            let kind = EventKind::OriginConflict { from: slot.transport, to: beat.transport };
+            return Self::emit(out, now, Some(agent), kind);
+        }
+        if !self.limiter.admits_agent(Some(slot.last_admitted_ns), now) {
+            return self.rate_limited(RateLimitReason::PerAgent, agent, now, out);
+        }
+        if !self.limiter.take_global(now) {
+            return self.rate_limited(RateLimitReason::Global, agent, now, out);
+        }
+        let slot = self.tracker.slot_mut(idx);
+        slot.last_admitted_ns = now;
+        slot.transport = slot.transport.max(beat.transport);
+        let pinned_start = slot.start_time();
+        let is_uds = beat.transport == Transport::Uds;
+        match Self::sequence(slot, &beat.frame) {
+            Sequence::Advances => {
+                if is_uds && slot.is_stalled() {
+                    // Once per incident: the process may have died and its pid been reused.
+                    match (self.probe)(beat.host_pid) {
+                        Some(st) if pinned_start != 0 && st != pinned_start => {
+                            let reason = EvictionReason::PidRecycled;
+                            return self.start_incarnation(idx, beat, st, reason, now, wants_beats, out);
+                        }
+                        Some(st) if pinned_start == 0 => self.tracker.slot_mut(idx).set_start_time(st),
+                        _ => {}
+                    }
+                }
+                self.accept(idx, beat, now, wants_beats, out);
+            }
+            Sequence::Regresses => {
+                if is_uds {
+                    if let Some(st) = (self.probe)(beat.host_pid).filter(|&st| st != pinned_start) {
+                        let reason = EvictionReason::PidRecycled;
+                        return self.start_incarnation(idx, beat, st, reason, now, wants_beats, out);
+                    }
+                } else if beat.frame.timestamp < self.tracker.slot(idx).last_timestamp {
+                    let reason = EvictionReason::Restarted;
+                    return self.start_incarnation(idx, beat, 0, reason, now, wants_beats, out);
+                }
+                self.stats.stale_nonce();
+                let agent = self.tracker.slot(idx).agent_ref();
+                Self::emit(out, now, Some(agent), EventKind::StaleNonce { frame: beat.frame });
+            }
+        }
+    }
+
+    fn on_new_agent(&mut self, hash: u64, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        let unpinned = AgentRef {
+            id: AgentId { source: beat.source, pid: beat.frame.pid, start_time: 0 },
+            host_pid: beat.host_pid,
+            transport: beat.transport,
+        };
+        if !self.limiter.take_global(now) {
+            return self.rate_limited(RateLimitReason::Global, unpinned, now, out);
+        }
+        let victim = if self.tracker.is_full() {
+            let stale = self
+                .tracker
+                .oldest_stalled()
+                .filter(|&v| now.saturating_sub(self.tracker.slot(v).last_beat_ns) > self.eviction_after_ns);
+            let Some(victim) = stale else {
+                self.stats.capacity_exceeded();
+                let kind = EventKind::CapacityExceeded { pid: beat.frame.pid };
+                return Self::emit(out, now, Some(unpinned), kind);
+            };
+            Some(victim)
+        } else {
+            None
+        };
+        let start_time = if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
+        let slot = Slot::new(beat.source, beat.frame.pid, beat.host_pid, start_time, beat.transport, now);
+        let idx = match victim {
+            Some(victim) => {
+                let old = self.tracker.slot(victim).agent_ref();
+                self.stats.evicted(EvictionReason::Stale);
+                Self::emit(out, now, Some(old), EventKind::Evicted { reason: EvictionReason::Stale });
+                self.tracker.replace(victim, hash, slot);
+                victim
+            }
+            None => match self.tracker.insert(hash, slot) {
+                Some(idx) => idx,
+                None => {
+                    // Unreachable: the tracker was not full.
+                    self.stats.capacity_exceeded();
+                    let kind = EventKind::CapacityExceeded { pid: beat.frame.pid };
+                    return Self::emit(out, now, Some(unpinned), kind);
+                }
+            },
+        };
+        self.stats.set_agents_tracked(self.tracker.len());
+        self.accept(idx, beat, now, wants_beats, out);
+    }
+
+    fn rate_limited(&mut self, reason: RateLimitReason, agent: AgentRef, now: u64, out: &mut dyn EventSink) {
+        self.stats.rate_limited(reason);
+        Self::emit(out, now, Some(agent), EventKind::RateLimited { reason });
+    }
+
+    fn sequence(slot: &Slot, frame: &Frame) -> Sequence {
+        let advances = if frame.is_panic() {
+            frame.timestamp >= slot.last_timestamp
+        } else {
+            match slot.last_nonce() {
+                None => true,
+                Some(last) => frame.nonce > last || nonce_wrapped(last, frame.nonce),
+            }
+        };
+        if advances { Sequence::Advances } else { Sequence::Regresses }
+    }
+
+    /// Retires the agent in `idx` (its old identity gets `Evicted{reason}`)
+    /// and starts a fresh one in the same slot with this beat.
+    #[allow(clippy::too_many_arguments)]
+    fn start_incarnation(
+        &mut self,
+        idx: u32,
+        beat: &Beat,
+        start_time: u64,
+        reason: EvictionReason,
+        now: u64,
+        wants_beats: bool,
+        out: &mut dyn EventSink,
+    ) {
+        let old = self.tracker.slot(idx).agent_ref();
+        self.stats.evicted(reason);
+        Self::emit(out, now, Some(old), EventKind::Evicted { reason });
+        let fresh = Slot::new(beat.source, beat.frame.pid, beat.host_pid, start_time, beat.transport, now);
+        self.tracker.reincarnate(idx, fresh);
+        self.accept(idx, beat, now, wants_beats, out);
+    }
+
+    fn accept(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        let frame = beat.frame;
+        let slot = self.tracker.slot(idx);
+        let was_stalled = slot.is_stalled();
+        let previous_beat_ns = slot.last_beat_ns;
+        let from = slot.status;
+        self.tracker.touch(idx, now);
+        let slot = self.tracker.slot_mut(idx);
+        slot.beats += 1;
+        slot.status = frame.status;
+        slot.last_timestamp = frame.timestamp;
+        slot.last_payload = frame.payload;
+        slot.host_pid = beat.host_pid;
+        if !frame.is_panic() {
+            slot.set_last_nonce(frame.nonce);
+        }
+        let agent = Some(slot.agent_ref());
+        let incident = slot.incident;
+        self.stats.beat_accepted();
+        if was_stalled {
+            self.stats.resume();
+            let silence_ns = now.saturating_sub(previous_beat_ns);
+            Self::emit(out, now, agent, EventKind::Resume { incident, silence_ns, frame });
+        }
+        if wants_beats {
+            Self::emit(out, now, agent, EventKind::Beat { frame });
+        }
+        if from != frame.status {
+            self.stats.status_change();
+            Self::emit(out, now, agent, EventKind::StatusChange { from, to: frame.status, frame });
+        }
+        if frame.is_panic() {
+            self.stats.panic();
+            Self::emit(out, now, agent, EventKind::Panic { frame });
+        }
+    }
+}
+
+/// Whether `next` after `last` is a wrap of the regular nonce sequence.
+fn nonce_wrapped(last: u64, next: u64) -> bool {
+    last >= varta_proto::NONCE_TERMINAL - 1 - NONCE_WRAP_WINDOW && next < NONCE_WRAP_WINDOW
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_window() {
+        assert!(nonce_wrapped(u64::MAX - 1, 0));
+        assert!(nonce_wrapped(u64::MAX - 10, 5));
+        assert!(!nonce_wrapped(u64::MAX - 1, NONCE_WRAP_WINDOW));
+        assert!(!nonce_wrapped(1 << 40, 0));
+    }
+}
