@@ -1,0 +1,64 @@
+//! Errors of the VLP receiver. Every startup problem (configuration, key
+//! files, sockets) surfaces from [`crate::VlpReceiver::bind`]; `run` only
+//! fails when the processor side of the queue disappears.
+
+use std::path::PathBuf;
+
+/// A configuration the receiver refuses. Messages name the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("`{field}` is required for transport {transport}")]
+    Missing { field: &'static str, transport: &'static str },
+    #[error("`{field}` does not apply to transport {transport}; remove it")]
+    NotApplicable { field: &'static str, transport: &'static str },
+    #[error("`{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(
+        "transport udp needs `accept_unauthenticated: true`: plain UDP lets any host that can reach \
+         the endpoint claim any pid (and so fake or hide any agent's liveness). Prefer transport \
+         secure_udp (key_files / master_key_file) or uds; if you accept the risk, set \
+         `accept_unauthenticated: true` on this receiver"
+    )]
+    UnauthenticatedUdp,
+}
+
+/// Why a key file was refused. Each variant names the rule that failed and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("key file {path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path}: is a symlink; key files must be regular files, not symlinks")]
+    Symlink { path: PathBuf },
+    #[error("key file {path}: is not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error(
+        "key file {path}: mode {mode:04o} gives access to group or others; key files must be owner-only \
+         (chmod 600)"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "key file {path}: owned by uid {owner}, but the collector runs as uid {euid}; key files must be ours"
+    )]
+    Owner { path: PathBuf, owner: u32, euid: u32 },
+    #[error("key file {path}: must contain exactly 64 hex characters (a 32-byte key): {reason}")]
+    Format { path: PathBuf, reason: String },
+}
+
+/// A receiver that could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("receiver {id}: {source}")]
+    Config { id: String, source: ConfigError },
+    #[error("receiver {id}: {source}")]
+    Key { id: String, source: KeyFileError },
+    #[error("receiver {id}: directory {dir} of socket path does not exist (create it first)")]
+    MissingDirectory { id: String, dir: PathBuf },
+    #[error("receiver {id}: {path} exists and is not a socket; refusing to remove it")]
+    NotASocket { id: String, path: PathBuf },
+    #[error("receiver {id}: another process is receiving on {path} (is a collector already running?)")]
+    SocketInUse { id: String, path: PathBuf },
+    #[error("receiver {id}: {what}: {source}")]
+    Io { id: String, what: String, source: std::io::Error },
+    #[error("receiver {id}: the processor queue was closed while the receiver was running")]
+    QueueClosed { id: String },
+}

@@ -1,0 +1,271 @@
+//! Replay protection for secure UDP (VLP v0.2 §2, "Replay protection").
+//!
+//! A *sender* is (source IP, authenticated pid, key kind): the same pid on
+//! two hosts is two senders, and a shared-key holder cannot disturb the
+//! state of a master-key sender with the same pid. Per sender we keep:
+//!
+//! * the current `iv_random` and the last accepted `iv_counter` under it —
+//!   only strictly greater counters are accepted;
+//! * a ring of the last [`PREVIOUS_IVS`] `iv_random`s — a frame under one of
+//!   them is a replay;
+//! * the high-water mark of regular VLP nonces — a frame must exceed it (a
+//!   wrap from near `u64::MAX` to a small value is accepted); a panic frame
+//!   (NONCE_TERMINAL) is accepted once per session.
+//!
+//! **Restarted sessions.** A never-seen `iv_random` whose nonce is at or
+//! below the high-water mark is an agent that restarted with the same pid
+//! (containers do this all the time): it is accepted, the high-water mark is
+//! reset, and it is reported as [`Admitted::restarted`]. Trade-off: frames
+//! recorded under an `iv_random` that has since left the ring (more than
+//! [`PREVIOUS_IVS`] rotations or restarts ago) can be replayed once as a
+//! "restart". Refusing them instead would lock out every restarted agent
+//! until its nonce overtook the old session's.
+//!
+//! **Bounds.** At most `max_senders` senders (table allocated once at
+//! that size). A new sender arriving at a full table triggers a sweep that
+//! evicts every sender idle for longer than `idle_timeout`; sweeps run at
+//! most once per `min(idle_timeout, 1 s)`, so a flood of new senders costs
+//! O(1) per frame. If no room is made, the frame is refused as
+//! `SenderTableFull` (fail closed) — live senders are never forgotten.
+//! Accepting or refusing a frame of a known sender never allocates.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use varta_proto::{Frame, Iv, Refusal};
+
+/// Previous `iv_random`s remembered per sender.
+pub const PREVIOUS_IVS: usize = 8;
+/// A nonce this close to `u64::MAX` may wrap to one this close to zero.
+const NONCE_WRAP_WINDOW: u64 = 1 << 16;
+/// Longest interval between two sweeps of a full table.
+const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Who sent a secure frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SenderId {
+    pub ip: IpAddr,
+    pub pid: u32,
+    /// Master-key frame (per-pid key) rather than shared-key.
+    pub master: bool,
+}
+
+/// An accepted frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Admitted {
+    /// A new session under a known pid (fresh `iv_random`, nonce not above the old mark).
+    pub restarted: bool,
+    /// Idle senders evicted to make room for this one.
+    pub evicted: usize,
+}
+
+#[derive(Debug, Clone)]
+struct SenderState {
+    iv_random: [u8; 8],
+    iv_counter: u32,
+    previous: [[u8; 8]; PREVIOUS_IVS],
+    previous_len: usize,
+    previous_next: usize,
+    nonce_high: u64,
+    terminal_seen: bool,
+    last_seen_ns: u64,
+}
+
+/// `nonce` is after `high` in a sender's sequence (strictly greater, or wrapped).
+fn nonce_after(nonce: u64, high: u64) -> bool {
+    nonce > high || (high >= u64::MAX - NONCE_WRAP_WINDOW && nonce < NONCE_WRAP_WINDOW)
+}
+
+impl SenderState {
+    fn new(iv: Iv, frame: &Frame, now: u64) -> SenderState {
+        let mut s = SenderState {
+            iv_random: iv.random,
+            iv_counter: iv.counter,
+            previous: [[0; 8]; PREVIOUS_IVS],
+            previous_len: 0,
+            previous_next: 0,
+            nonce_high: 0,
+            terminal_seen: false,
+            last_seen_ns: now,
+        };
+        s.record(frame);
+        s
+    }
+
+    fn nonce_fresh(&self, frame: &Frame) -> bool {
+        if frame.is_panic() { !self.terminal_seen } else { nonce_after(frame.nonce, self.nonce_high) }
+    }
+
+    fn record(&mut self, frame: &Frame) {
+        if frame.is_panic() {
+            self.terminal_seen = true;
+        } else {
+            self.nonce_high = frame.nonce;
+        }
+    }
+
+    fn admit(&mut self, iv: Iv, frame: &Frame, now: u64) -> Result<bool, Refusal> {
+        let mut restarted = false;
+        if iv.random == self.iv_random {
+            if iv.counter <= self.iv_counter || !self.nonce_fresh(frame) {
+                return Err(Refusal::Replay);
+            }
+        } else if self.previous[..self.previous_len].contains(&iv.random) {
+            return Err(Refusal::Replay);
+        } else {
+            // A rotation (nonce continues) or a restarted session (nonce starts over).
+            if !self.nonce_fresh(frame) {
+                restarted = true;
+                self.nonce_high = 0;
+                self.terminal_seen = false;
+            }
+            self.previous[self.previous_next] = self.iv_random;
+            self.previous_next = (self.previous_next + 1) % PREVIOUS_IVS;
+            self.previous_len = (self.previous_len + 1).min(PREVIOUS_IVS);
+            self.iv_random = iv.random;
+        }
+        self.iv_counter = iv.counter;
+        self.record(frame);
+        self.last_seen_ns = now;
+        Ok(restarted)
+    }
+}
+
+/// The bounded per-sender replay state of one secure receiver.
+#[derive(Debug)]
+pub struct ReplayTable {
+    senders: HashMap<SenderId, SenderState>,
+    max_senders: usize,
+    idle_ns: u64,
+    sweep_interval_ns: u64,
+    next_sweep_ns: u64,
+}
+
+impl ReplayTable {
+    pub fn new(max_senders: usize, idle_timeout: Duration) -> ReplayTable {
+        let max_senders = max_senders.max(1);
+        let idle_ns = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX).max(1);
+        ReplayTable {
+            senders: HashMap::with_capacity(max_senders),
+            max_senders,
+            idle_ns,
+            sweep_interval_ns: idle_ns.min(MAX_SWEEP_INTERVAL_NS),
+            next_sweep_ns: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Decides whether an authenticated frame is fresh for its sender, and
+    /// records it if so. `now` is the receiver's monotonic clock (ns).
+    pub fn admit(&mut self, id: SenderId, iv: Iv, frame: &Frame, now: u64) -> Result<Admitted, Refusal> {
+        if let Some(s) = self.senders.get_mut(&id) {
+            return s.admit(iv, frame, now).map(|restarted| Admitted { restarted, evicted: 0 });
+        }
+        let mut evicted = 0;
+        if self.senders.len() >= self.max_senders {
+            if now >= self.next_sweep_ns {
+                let before = self.senders.len();
+                let idle_ns = self.idle_ns;
+                self.senders.retain(|_, s| now.saturating_sub(s.last_seen_ns) <= idle_ns);
+                evicted = before - self.senders.len();
+                self.next_sweep_ns = now.saturating_add(self.sweep_interval_ns);
+            }
+            if self.senders.len() >= self.max_senders {
+                return Err(Refusal::SenderTableFull);
+            }
+        }
+        self.senders.insert(id, SenderState::new(iv, frame, now));
+        Ok(Admitted { restarted: false, evicted })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use varta_proto::{NONCE_TERMINAL, Status};
+
+    const A: [u8; 8] = [1; 8];
+    const B: [u8; 8] = [2; 8];
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn id(pid: u32) -> SenderId {
+        SenderId { ip: IP, pid, master: false }
+    }
+
+    fn frame(nonce: u64) -> Frame {
+        Frame::new(Status::Ok, 42, 1, nonce, 0)
+    }
+
+    fn iv(random: [u8; 8], counter: u32) -> Iv {
+        Iv { random, counter }
+    }
+
+    fn table() -> ReplayTable {
+        ReplayTable::new(4, Duration::from_secs(10))
+    }
+
+    #[test]
+    fn counters_and_nonces_must_increase() {
+        let mut t = table();
+        assert!(t.admit(id(42), iv(A, 0), &frame(1), 1).is_ok());
+        assert_eq!(t.admit(id(42), iv(A, 0), &frame(1), 2), Err(Refusal::Replay));
+        assert!(t.admit(id(42), iv(A, 1), &frame(2), 3).is_ok());
+        assert!(t.admit(id(42), iv(A, 3), &frame(4), 3).is_ok());
+        assert_eq!(t.admit(id(42), iv(A, 2), &frame(3), 4), Err(Refusal::Replay), "older counter");
+        assert_eq!(t.admit(id(42), iv(A, 9), &frame(4), 4), Err(Refusal::Replay), "same nonce");
+        // Other ip, other key kind: separate senders.
+        let other = SenderId { ip: "10.0.0.1".parse().expect("ip"), ..id(42) };
+        assert!(t.admit(other, iv(A, 0), &frame(1), 5).is_ok());
+        assert!(t.admit(SenderId { master: true, ..id(42) }, iv(A, 0), &frame(1), 5).is_ok());
+    }
+
+    #[test]
+    fn rotation_restart_and_ring() {
+        let mut t = table();
+        assert!(t.admit(id(42), iv(A, 5), &frame(10), 1).is_ok());
+        assert_eq!(t.admit(id(42), iv(B, 0), &frame(11), 2), Ok(Admitted::default()), "rotation");
+        assert_eq!(t.admit(id(42), iv(A, 6), &frame(12), 3), Err(Refusal::Replay), "old iv_random");
+        let r = t.admit(id(42), iv([3; 8], 0), &frame(1), 4).expect("restart accepted");
+        assert!(r.restarted);
+        assert!(t.admit(id(42), iv([3; 8], 1), &frame(2), 5).is_ok());
+        assert_eq!(t.admit(id(42), iv(B, 1), &frame(99), 6), Err(Refusal::Replay), "B is in the ring");
+        // After PREVIOUS_IVS more rotations, A has left the ring: the documented trade-off.
+        for k in 0..PREVIOUS_IVS as u8 {
+            assert!(t.admit(id(42), iv([10 + k; 8], 0), &frame(3 + u64::from(k)), 7).is_ok());
+        }
+        assert!(t.admit(id(42), iv(A, 7), &frame(1), 8).is_ok_and(|a| a.restarted));
+    }
+
+    #[test]
+    fn nonce_wrap_and_terminal_once() {
+        let mut t = table();
+        assert!(t.admit(id(42), iv(A, 0), &frame(u64::MAX - 1), 1).is_ok());
+        assert!(t.admit(id(42), iv(A, 1), &frame(0), 2).is_ok(), "wrap");
+        let panic = Frame::new(Status::Critical, 42, 2, NONCE_TERMINAL, 0);
+        assert!(t.admit(id(42), iv(A, 2), &panic, 3).is_ok());
+        assert_eq!(t.admit(id(42), iv(A, 3), &panic, 4), Err(Refusal::Replay));
+        assert!(t.admit(id(42), iv(A, 4), &frame(1), 5).is_ok());
+    }
+
+    #[test]
+    fn full_table_evicts_idle_or_refuses() {
+        let mut t = ReplayTable::new(2, Duration::from_nanos(100));
+        assert!(t.admit(id(2), iv(A, 0), &frame(1), 0).is_ok());
+        assert!(t.admit(id(3), iv(A, 0), &frame(1), 50).is_ok());
+        assert_eq!(t.admit(id(4), iv(A, 0), &frame(1), 60), Err(Refusal::SenderTableFull));
+        // Known senders keep working while full.
+        assert!(t.admit(id(3), iv(A, 1), &frame(2), 70).is_ok());
+        // pid 2 idle for > 100 ns: evicted at the next sweep (sweeps are rate-limited).
+        assert_eq!(t.admit(id(4), iv(A, 0), &frame(1), 150), Err(Refusal::SenderTableFull));
+        assert_eq!(t.admit(id(4), iv(A, 0), &frame(1), 161), Ok(Admitted { restarted: false, evicted: 1 }));
+        assert_eq!(t.len(), 2);
+    }
+}
