@@ -252,7 +252,14 @@ impl Processor {
         }
     }
 
-    fn on_known_agent(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+    fn on_known_agent(
+        &mut self,
+        idx: u32,
+        beat: &Beat,
+        now: u64,
+        wants_beats: bool,
+        out: &mut dyn EventSink,
+    ) {
         let slot = self.tracker.slot(idx);
         let agent = slot.agent_ref();
         if beat.transport < slot.transport {
@@ -326,7 +333,8 @@ impl Processor {
         } else {
             None
         };
-        let start_time = if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
+        let start_time =
+            if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
         let slot = Slot::new(beat.source, beat.frame.pid, beat.host_pid, start_time, beat.transport, now);
         let idx = match victim {
             Some(victim) => {

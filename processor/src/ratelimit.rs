@@ -30,7 +30,8 @@ impl RateLimiter {
             return RateLimiter { min_interval_ns: 0, bucket: None };
         };
         let min_interval_ns = u64::try_from(config.per_agent_min_interval.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = (config.global_rate > 0).then(|| TokenBucket::new(config.global_rate, config.global_burst));
+        let bucket =
+            (config.global_rate > 0).then(|| TokenBucket::new(config.global_rate, config.global_burst));
         RateLimiter { min_interval_ns, bucket }
     }
 

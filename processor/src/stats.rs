@@ -241,7 +241,12 @@ impl StatsSnapshot {
             counter("stalls", self.stalls),
             counter("resumes", self.resumes),
             Sample { name: "agents_tracked", label: None, value: self.agents_tracked, is_gauge: true },
-            labelled("rate_limited", "reason", RateLimitReason::PerAgent.label(), self.rate_limited_per_agent),
+            labelled(
+                "rate_limited",
+                "reason",
+                RateLimitReason::PerAgent.label(),
+                self.rate_limited_per_agent,
+            ),
             labelled("rate_limited", "reason", RateLimitReason::Global.label(), self.rate_limited_global),
             counter("capacity_exceeded", self.capacity_exceeded),
             labelled("evicted", "reason", EvictionReason::Stale.label(), self.evicted_stale),
