@@ -422,6 +422,7 @@ fn classify(e: &io::Error) -> BeatOutcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! The `varta` binary, driven as a user would.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! A forked child starts a fresh session before its first beat.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 

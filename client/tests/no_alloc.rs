@@ -1,5 +1,6 @@
 //! `beat()` performs zero heap allocations after connect, on every path:
 //! sent, dropped (queue full / no collector) and sealed.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The panic hook sends Critical + NONCE_TERMINAL, then chains to the
 //! previous hook. The panic happens in a subprocess (this test binary run
 //! again with an environment variable selecting the panicking test).
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Beats over real sockets: UDS with kernel attestation, UDP, secure UDP.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
