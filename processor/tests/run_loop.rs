@@ -1,0 +1,67 @@
+//! `Processor::run` on a real channel with the real clock: a beat, then
+//! silence, produces a Stall; dropping the sender ends the loop after the
+//! queue is drained.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use crossbeam_channel::{Sender, bounded, unbounded};
+use varta_processor::{Event, EventKind, EventSink, Processor};
+
+struct Forward(Sender<Event>);
+
+impl EventSink for Forward {
+    fn emit(&mut self, event: &Event) {
+        let _ = self.0.send(*event);
+    }
+}
+
+#[test]
+fn run_surfaces_stalls_and_returns_on_disconnect() {
+    let p: Processor = processor(None, tracker(20));
+    let stats = p.stats();
+    let (tx, rx) = bounded(16);
+    let (events_tx, events_rx) = unbounded();
+    let (done_tx, done_rx) = bounded(1);
+    let worker = thread::spawn(move || {
+        p.run(rx, &mut Forward(events_tx));
+        let _ = done_tx.send(());
+    });
+
+    assert!(tx.send(batch(&[uds(11, 1)])).is_ok());
+    let stall = events_rx.recv_timeout(Duration::from_secs(10));
+    let stall = match stall {
+        Ok(e) => e,
+        Err(e) => panic!("no stall event: {e}"),
+    };
+    assert!(matches!(stall.kind, EventKind::Stall { incident: 1, silence_ns, .. } if silence_ns >= 20 * MS));
+    assert_eq!(pid_of(&stall), Some(11));
+
+    // Beats sent just before the sender goes away are still handled.
+    assert!(tx.send(batch(&[uds(11, 2)])).is_ok());
+    assert!(tx.send(batch(&[uds(12, 1)])).is_ok());
+    drop(tx);
+    assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok(), "run did not return after disconnect");
+    assert!(worker.join().is_ok());
+    let resumed = events_rx.try_iter().any(|e| matches!(e.kind, EventKind::Resume { incident: 1, .. }));
+    assert!(resumed);
+    let snap = stats.snapshot();
+    assert_eq!((snap.beats_accepted, snap.agents_tracked), (3, 2));
+}
+
+#[test]
+fn run_returns_when_idle_and_disconnected() {
+    let p = processor(None, tracker(2000));
+    let (tx, rx) = bounded::<varta_proto::Batch>(1);
+    let (done_tx, done_rx) = bounded(1);
+    let worker = thread::spawn(move || {
+        p.run(rx, &mut varta_processor::DiscardSink);
+        let _ = done_tx.send(());
+    });
+    drop(tx);
+    assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok());
+    assert!(worker.join().is_ok());
+}
