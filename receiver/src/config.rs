@@ -173,10 +173,8 @@ impl VlpReceiverConfig {
         let invalid =
             |field: &'static str, reason: &str| ConfigError::Invalid { field, reason: reason.into() };
 
-        if let Some(n) = self.recv_buffer_bytes {
-            if n == 0 || n > i32::MAX as usize {
-                return Err(invalid("recv_buffer_bytes", "must be between 1 and 2147483647"));
-            }
+        if self.recv_buffer_bytes.is_some_and(|n| n == 0 || n > i32::MAX as usize) {
+            return Err(invalid("recv_buffer_bytes", "must be between 1 and 2147483647"));
         }
         let uds_only = [
             ("path", self.path.is_some()),
@@ -239,10 +237,8 @@ impl VlpReceiverConfig {
                 }
             }
         }
-        if let Some(e) = &self.endpoint {
-            if !e.contains(':') {
-                return Err(invalid("endpoint", "must be \"host:port\""));
-            }
+        if self.endpoint.as_ref().is_some_and(|e| !e.contains(':')) {
+            return Err(invalid("endpoint", "must be \"host:port\""));
         }
         Ok(())
     }

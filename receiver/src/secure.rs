@@ -48,10 +48,8 @@ impl MasterCiphers {
     fn open(&mut self, wire: &[u8]) -> Result<(varta_proto::Iv, varta_proto::Frame), OpenError> {
         let pid = master_frame_pid(wire)?;
         let slot = &mut self.slots[pid as usize % AGENT_KEY_CACHE];
-        if let Some((cached, cipher)) = slot {
-            if *cached == pid {
-                return cipher.open_master(wire);
-            }
+        if let Some((_, cipher)) = slot.as_ref().filter(|(cached, _)| *cached == pid) {
+            return cipher.open_master(wire);
         }
         let cipher = FrameCipher::new(&self.master.agent_key(pid));
         let opened = cipher.open_master(wire);
