@@ -118,7 +118,7 @@ fn run(config: &Config) -> ExitCode {
     let signal = loop {
         match signals::wait(tick) {
             Some(signals::Signal::Terminate(sig)) => break sig,
-            Some(signals::Signal::DumpStats) => stats::dump(&running.telemetry),
+            Some(signals::Signal::DumpStats) => stats::dump(&running.telemetry, stats::Dump::All),
             Some(signals::Signal::Hangup) => {
                 tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
             }
@@ -135,7 +135,7 @@ fn run(config: &Config) -> ExitCode {
     notifier.send("STOPPING=1");
     tracing::info!(signal, "shutting down");
     let (clean, telemetry) = running.shutdown(config.service.shutdown_timeout);
-    stats::dump(&telemetry);
+    stats::dump(&telemetry, stats::Dump::NonZero);
     if clean && signal != 0 {
         tracing::info!("shutdown complete");
         ExitCode::SUCCESS

@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use varta_exporters::{
-    DebugExporter, Exporter, ExporterQueue, ExporterStats, Fanout, FileExporter,
-};
+use varta_exporters::{DebugExporter, Exporter, ExporterQueue, ExporterStats, Fanout, FileExporter};
 use varta_processor::{Processor, ProcessorStats};
 use varta_receiver::{ReceiverStats, VlpReceiver};
 
@@ -51,7 +49,10 @@ fn component_error<T>(config: &Config, section: &str, c: &Component<T>, message:
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<()>, String> {
-    std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|e| format!("cannot start thread {name}: {e}"))
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
 }
 
 /// Builds and starts every pipeline. Nothing receives until every component
@@ -70,12 +71,14 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             let Some(c) = config.exporters.get(id) else { continue };
             let err = |m: String| component_error(config, "exporters", c, m);
             let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
-                ExporterConfig::File(cfg) => {
-                    (Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?), cfg.queue_size)
-                }
+                ExporterConfig::File(cfg) => (
+                    Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?),
+                    cfg.queue_size,
+                ),
                 ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
             };
-            let (queue, thread) = ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
+            let (queue, thread) =
+                ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
             telemetry.exporters.push((id.clone(), queue.stats()));
             exporters.push((id.clone(), thread));
             queues.push(queue);
@@ -105,9 +108,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         for id in &p.receivers {
             let Some(c) = config.receivers.get(id) else { continue };
             let ReceiverConfig::Vlp(cfg) = &c.config;
-            let receiver =
-                VlpReceiver::bind(id, cfg).map_err(|e| component_error(config, "receivers", c, e.to_string()))?;
-            tracing::info!(receiver = %id, pipeline = %name, "listening on {}", receiver.describe());
+            let receiver = VlpReceiver::bind(id, cfg)
+                .map_err(|e| component_error(config, "receivers", c, e.to_string()))?;
             telemetry.receivers.push((id.clone(), receiver.stats()));
             bound.push((id.clone(), receiver));
         }
@@ -118,8 +120,9 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         Running { stop: stop.clone(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
     for (name, queue_batches, processor, mut fanout, bound) in ready {
         let (tx, rx) = crossbeam_channel::bounded(queue_batches);
-        let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout))
-            .map_err(|m| ConfigError { source: config.source().to_owned(), at: None, component: None, message: m })?;
+        let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
+            ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
+        })?;
         running.processors.push((name.clone(), handle));
         for (id, receiver) in bound {
             let (tx, stop) = (tx.clone(), stop.clone());
@@ -129,7 +132,12 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                     tracing::error!(receiver = %rid, "receiver stopped with an error: {e}");
                 }
             })
-            .map_err(|m| ConfigError { source: config.source().to_owned(), at: None, component: None, message: m })?;
+            .map_err(|m| ConfigError {
+                source: config.source().to_owned(),
+                at: None,
+                component: None,
+                message: m,
+            })?;
             running.receivers.push((id, handle));
         }
     }

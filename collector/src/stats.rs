@@ -1,17 +1,28 @@
 //! The counter dump: every counter of every component as one log line
-//! (target `varta::stats`), on SIGUSR1 and once after shutdown. Zeros are
-//! included so that readers can rely on every series being present. (The
+//! (target `varta::stats`), on SIGUSR1 and once after shutdown. On SIGUSR1
+//! zeros are included so that readers can rely on every series being
+//! present; the shutdown summary lists only counters that moved. (The
 //! Prometheus and OTLP exporters will serve the same counters as metrics.)
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::pipeline::Telemetry;
 
-fn line(component: &str, name: &str, label: &str, value: u64) {
-    tracing::info!(target: "varta::stats", component, name, label, value, "counter");
+/// Which counters a dump includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dump {
+    /// Every counter, zeros included (SIGUSR1).
+    All,
+    /// Only counters that moved (the summary after shutdown).
+    NonZero,
 }
 
-pub fn dump(t: &Telemetry) {
+pub fn dump(t: &Telemetry, which: Dump) {
+    let line = |component: &str, name: &str, label: &str, value: u64| {
+        if value != 0 || which == Dump::All {
+            tracing::info!(target: "varta::stats", component, name, label, value, "counter");
+        }
+    };
     for (id, s) in &t.receivers {
         let c = format!("receivers::{id}");
         for (name, v) in [

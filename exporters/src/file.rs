@@ -177,7 +177,7 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::Beat { frame } => {
             writeln!(w, "{ns}\tbeat\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
         }
-        EventKind::Stall { last_nonce, .. } => writeln!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\t-"),
+        EventKind::Stall { .. } => writeln!(w, "{ns}\tstall\t{pid}\t-\tstall\t-"),
         EventKind::Resume { silence_ns, frame, .. } => {
             writeln!(w, "{ns}\tresume\t{pid}\t{}\t{}\t{silence_ns}", frame.nonce, frame.status)
         }
@@ -198,7 +198,9 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::Refused(r) => {
             let claimed = r.claimed_pid;
             match r.refusal {
-                Refusal::Decode(kind) if claimed == 0 => writeln!(w, "{ns}\tdecode\t-\t-\t-\t{}", kind.name()),
+                Refusal::Decode(kind) if claimed == 0 => {
+                    writeln!(w, "{ns}\tdecode\t-\t-\t-\t{}", kind.name())
+                }
                 Refusal::Decode(kind) => writeln!(w, "{ns}\tdecode\t{claimed}\t-\t-\t{}", kind.name()),
                 Refusal::AuthFailed => writeln!(w, "{ns}\tmismatch\t{claimed}\t-\t-\tauth_failure"),
                 Refusal::NamespaceMismatch => {

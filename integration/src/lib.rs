@@ -191,7 +191,11 @@ impl Drop for Collector {
     }
 }
 
-fn spawn(dir: &tempfile::TempDir, config: Option<&str>, env: &[(&str, &str)]) -> (Child, PathBuf, UnixDatagram) {
+fn spawn(
+    dir: &tempfile::TempDir,
+    config: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf, UnixDatagram) {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
     notify.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");

@@ -5,9 +5,7 @@ use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 
-use varta_integration::{
-    Collector, EventLine, collector_cmd, final_counter, read_events, varta, wait_for,
-};
+use varta_integration::{Collector, EventLine, collector_cmd, final_counter, read_events, varta, wait_for};
 use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
 
 const THRESHOLD_MS: u64 = 300;
@@ -54,7 +52,9 @@ fn wait_events(c: &Collector, kind: &str, pid: u32, n: usize) -> Vec<EventLine> 
 }
 
 fn beating_agent(socket: &std::path::Path, every: &str) -> Child {
-    varta(&["beat", "--socket", &socket.display().to_string(), "--every", every]).spawn().expect("spawn agent")
+    varta(&["beat", "--socket", &socket.display().to_string(), "--every", every])
+        .spawn()
+        .expect("spawn agent")
 }
 
 fn kill(child: &Child, sig: i32) {
@@ -189,7 +189,10 @@ fn plain_udp_without_opt_in_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, udp_config(free_udp_port(), "")).expect("write");
-    for args in [vec!["--config", path.to_str().expect("utf8")], vec!["validate", "--config", path.to_str().expect("utf8")]] {
+    for args in [
+        vec!["--config", path.to_str().expect("utf8")],
+        vec!["validate", "--config", path.to_str().expect("utf8")],
+    ] {
         let out = collector_cmd(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -202,9 +205,10 @@ fn plain_udp_without_opt_in_refuses_to_start() {
 fn plain_udp_beats_are_tracked_by_source_and_pid() {
     let port = free_udp_port();
     let c = Collector::start(&udp_config(port, "    accept_unauthenticated: true"));
-    let mut agent = varta(&["beat", "--udp", &format!("127.0.0.1:{port}"), "--every", "10ms", "--count", "3"])
-        .spawn()
-        .expect("agent");
+    let mut agent =
+        varta(&["beat", "--udp", &format!("127.0.0.1:{port}"), "--every", "10ms", "--count", "3"])
+            .spawn()
+            .expect("agent");
     let pid = agent.id();
     assert!(agent.wait().expect("agent exit").success());
     let beats = wait_events(&c, "beat", pid, 3);
@@ -250,9 +254,19 @@ fn secure_udp_accepts_sealed_beats_and_refuses_replay_and_tampering() {
     let addr = format!("127.0.0.1:{port}");
 
     // A real agent process with the CLI.
-    let mut agent = varta(&["beat", "--secure-udp", &addr, "--key-file", key_path.to_str().expect("utf8"), "--count", "2", "--every", "10ms"])
-        .spawn()
-        .expect("agent");
+    let mut agent = varta(&[
+        "beat",
+        "--secure-udp",
+        &addr,
+        "--key-file",
+        key_path.to_str().expect("utf8"),
+        "--count",
+        "2",
+        "--every",
+        "10ms",
+    ])
+    .spawn()
+    .expect("agent");
     let pid = agent.id();
     assert!(agent.wait().expect("exit").success());
     wait_events(&c, "beat", pid, 2);
@@ -266,7 +280,8 @@ fn secure_udp_accepts_sealed_beats_and_refuses_replay_and_tampering() {
     sock.send_to(&wire, &addr).expect("send");
     wait_events(&c, "beat", me, 1);
     sock.send_to(&wire, &addr).expect("replay");
-    let mut tampered = cipher.seal_shared(Iv { counter: 1, ..iv }, &Frame::new(Status::Ok, me, 11, 2, 0).encode());
+    let mut tampered =
+        cipher.seal_shared(Iv { counter: 1, ..iv }, &Frame::new(Status::Ok, me, 11, 2, 0).encode());
     tampered[20] ^= 0x01;
     sock.send_to(&tampered, &addr).expect("tampered");
 
@@ -287,13 +302,24 @@ fn secure_udp_master_key_agents() {
     let keydir = tempfile::tempdir().expect("tempdir");
     let (key_path, _) = keygen(keydir.path(), "master.key");
     let port = free_udp_port();
-    let c = Collector::start(&secure_config(port, &format!("    master_key_file: \"{}\"", key_path.display())));
+    let c =
+        Collector::start(&secure_config(port, &format!("    master_key_file: \"{}\"", key_path.display())));
     let addr = format!("127.0.0.1:{port}");
     let mut agents: Vec<Child> = (0..2)
         .map(|_| {
-            varta(&["beat", "--secure-udp", &addr, "--master-key-file", key_path.to_str().expect("utf8"), "--count", "2", "--every", "10ms"])
-                .spawn()
-                .expect("agent")
+            varta(&[
+                "beat",
+                "--secure-udp",
+                &addr,
+                "--master-key-file",
+                key_path.to_str().expect("utf8"),
+                "--count",
+                "2",
+                "--every",
+                "10ms",
+            ])
+            .spawn()
+            .expect("agent")
         })
         .collect();
     for a in &mut agents {
@@ -308,7 +334,9 @@ fn secure_udp_master_key_agents() {
 fn bad_config_reports_line_and_column_and_exits_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.yaml");
-    let text = uds_config("").replace("    threshold:", "    thresold:");
+    let text = uds_config("")
+        .replace("    threshold:", "    thresold:")
+        .replace("@DIR@", &dir.path().display().to_string());
     std::fs::write(&path, &text).expect("write");
     let line = text.lines().position(|l| l.contains("thresold")).expect("typo line") + 1;
     let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
@@ -318,11 +346,13 @@ fn bad_config_reports_line_and_column_and_exits_2() {
     assert!(stderr.contains("thresold"), "{stderr}");
 
     // A missing key file names the component and where it is configured.
-    std::fs::write(&path, secure_config(free_udp_port(), "    key_files: [\"/nonexistent/k\"]")).expect("write");
+    let text = secure_config(free_udp_port(), "    key_files: [\"/nonexistent/k\"]")
+        .replace("@DIR@", &dir.path().display().to_string());
+    std::fs::write(&path, text).expect("write");
     let out = collector_cmd(&["--config", path.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("receivers::vlp/secure") && stderr.contains("bad.yaml:2:"), "{stderr}");
+    assert!(stderr.contains("receivers::vlp/secure") && stderr.contains("bad.yaml:3:"), "{stderr}");
 
     let out = collector_cmd(&["--config", dir.path().join("missing.yaml").to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
@@ -367,7 +397,8 @@ fn agents_killed_with_frames_in_flight_do_not_disturb_the_collector() {
         let _ = a.wait();
     }
     // Still serving: a fresh agent is tracked, and its peers stall normally.
-    let mut fresh = varta(&["beat", "--socket", socket.to_str().expect("utf8"), "--count", "1"]).spawn().expect("agent");
+    let mut fresh =
+        varta(&["beat", "--socket", socket.to_str().expect("utf8"), "--count", "1"]).spawn().expect("agent");
     assert!(fresh.wait().expect("exit").success());
     wait_events(&c, "beat", fresh.id(), 1);
     wait_events(&c, "stall", agents[0].id(), 1);

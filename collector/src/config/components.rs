@@ -77,8 +77,35 @@ where
     A: MapAccess<'de>,
     C: Deserialize<'de> + Default,
 {
-    let s: Spanned<Option<C>> = map.next_value()?;
-    Ok(Spanned::new(wrap(s.value.unwrap_or_default()), s.referenced, s.defined))
+    let s: Spanned<Nullable<C>> = map.next_value()?;
+    Ok(Spanned::new(wrap(s.value.0), s.referenced, s.defined))
+}
+
+/// A component body that may be empty (`debug:`), meaning all defaults.
+/// Unlike `Option<C>`, it hands a present map straight to `C`, so errors
+/// inside it keep their exact position.
+struct Nullable<C>(C);
+
+impl<'de, C: Deserialize<'de> + Default> Deserialize<'de> for Nullable<C> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<C>(PhantomData<C>);
+        impl<'de, C: Deserialize<'de> + Default> Visitor<'de> for V<C> {
+            type Value = Nullable<C>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of settings, or nothing for the defaults")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Nullable(C::default()))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Nullable(C::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                C::deserialize(de::value::MapAccessDeserializer::new(map)).map(Nullable)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
 }
 
 /// Deserializes a component body that must be present (no defaults for

@@ -158,9 +158,6 @@ pub struct Config {
     #[serde(default)]
     pub exporters: Components<ExporterConfig>,
     pub service: Service,
-    /// Accepted and ignored, as in the OpenTelemetry Collector.
-    #[serde(default)]
-    pub extensions: Option<serde::de::IgnoredAny>,
     #[serde(skip)]
     pub source: String,
 }
@@ -220,9 +217,8 @@ impl Config {
             component: None,
             message,
         };
-        let text = env::substitute(text, lookup).map_err(|e| {
-            err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message)
-        })?;
+        let text = env::substitute(text, lookup)
+            .map_err(|e| err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message))?;
         let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| {
             let at = e.location().map(|l| Position { line: l.line(), column: l.column() });
             err(at, first_line(&e.to_string()))
@@ -240,7 +236,8 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         for c in &self.receivers.0 {
             let ReceiverConfig::Vlp(cfg) = &c.config;
-            cfg.validate().map_err(|e| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), e.to_string()))?;
+            cfg.validate()
+                .map_err(|e| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), e.to_string()))?;
         }
         for c in &self.processors.0 {
             let r = match &c.config {
@@ -257,7 +254,11 @@ impl Config {
             r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
         }
         if self.service.pipelines.is_empty() {
-            return Err(self.error(None, None, "service.pipelines: at least one pipeline is required".into()));
+            return Err(self.error(
+                None,
+                None,
+                "service.pipelines: at least one pipeline is required".into(),
+            ));
         }
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
         for (name, p) in &self.service.pipelines {
@@ -271,13 +272,19 @@ impl Config {
                 return Err(perr("queue_batches must be at least 1".into()));
             }
             for (section, ids, known) in [
-                ("receivers", &p.receivers, self.receivers.0.iter().map(|c| c.id.to_string()).collect::<Vec<_>>()),
+                (
+                    "receivers",
+                    &p.receivers,
+                    self.receivers.0.iter().map(|c| c.id.to_string()).collect::<Vec<_>>(),
+                ),
                 ("processors", &p.processors, self.processors.0.iter().map(|c| c.id.to_string()).collect()),
                 ("exporters", &p.exporters, self.exporters.0.iter().map(|c| c.id.to_string()).collect()),
             ] {
                 for id in ids {
                     if !known.contains(id) {
-                        return Err(perr(format!("{section} `{id}` is not defined in the top-level `{section}:` section")));
+                        return Err(perr(format!(
+                            "{section} `{id}` is not defined in the top-level `{section}:` section"
+                        )));
                     }
                     let key = format!("{section}::{id}");
                     if let Some(other) = owner.insert(key, name) {
@@ -359,5 +366,11 @@ pub fn components_listing() -> String {
 /// serde-saphyr renders a source snippet after the first line; the first
 /// line is the message, and the position is reported separately.
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_owned()
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // Drop serde-saphyr's own "line L column C: " prefix; we print the position.
+    match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((pos, msg)) if pos.contains(" column ") => msg.to_owned(),
+        _ => line.to_owned(),
+    }
 }
