@@ -1,0 +1,116 @@
+//! Stall-detection latency from a load report and an event file.
+//!
+//! latency = (time the collector emitted the stall event) − (last beat sent
+//! by the stopped agent + threshold). Both sides are CLOCK_MONOTONIC ns on
+//! the same machine. The last-beat time is taken right after `sendmmsg`
+//! returned, so the latency includes nothing the sender did.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+/// Summary of the stall latencies of one run, in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StallSummary {
+    pub stopped: usize,
+    pub detected: usize,
+    /// Stall events for agents that were never stopped (beats lost or late).
+    pub false_stalls: usize,
+    pub min_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// Nearest-rank percentile of sorted values (`q` in 0..=1).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median of unsorted values (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// Computes stall latencies. `stopped` maps pid → last-beat ns; `events`
+/// is the TSV event file (`observer_ns kind pid …`); only the first stall
+/// of each stopped pid after its last beat counts.
+pub fn stall_latency(
+    stopped: &HashMap<u32, u64>,
+    events: impl BufRead,
+    threshold_ns: u64,
+) -> std::io::Result<StallSummary> {
+    let mut first: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
+    let mut false_stalls = 0;
+    for line in events.lines() {
+        let line = line?;
+        let mut cols = line.split('\t');
+        let (Some(ts), Some(kind), Some(pid)) = (cols.next(), cols.next(), cols.next()) else { continue };
+        if kind != "stall" {
+            continue;
+        }
+        let (Ok(ts), Ok(pid)) = (ts.parse::<u64>(), pid.parse::<u32>()) else { continue };
+        match stopped.get(&pid) {
+            Some(&last) if ts >= last => {
+                first.entry(pid).or_insert(ts);
+            }
+            Some(_) => {}
+            None => false_stalls += 1,
+        }
+    }
+    let mut lat: Vec<f64> = first
+        .iter()
+        .filter_map(|(pid, &ts)| {
+            let last = *stopped.get(pid)?;
+            Some((ts as f64 - (last + threshold_ns) as f64) / 1e3)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    Ok(StallSummary {
+        stopped: stopped.len(),
+        detected: lat.len(),
+        false_stalls,
+        min_us: lat.first().copied().unwrap_or(f64::NAN),
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        max_us: lat.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_median() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn latency_uses_first_stall_after_last_beat() {
+        let stopped: HashMap<u32, u64> = [(1000, 5_000_000), (1001, 6_000_000)].into_iter().collect();
+        let events = "1000\tstall\t1000\t3\tstall\t-\n\
+                      6000500\tstall\t1000\t9\tstall\t-\n\
+                      7000500\tstall\t1000\t9\tstall\t-\n\
+                      6100000\tbeat\t1001\t9\tok\t0\n\
+                      6500000\tstall\t2000\t1\tstall\t-\n";
+        let s = stall_latency(&stopped, events.as_bytes(), 1_000_000).unwrap();
+        assert_eq!((s.stopped, s.detected, s.false_stalls), (2, 1, 1));
+        assert_eq!(s.p50_us, 0.5);
+    }
+}
