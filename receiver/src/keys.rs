@@ -124,6 +124,18 @@ mod tests {
     }
 
     #[test]
+    fn file_of_another_user_is_refused() {
+        let d = TempDir::new("keys-owner");
+        let p = write(&d, "k", HEX, 0o600);
+        if crate::mmsg::effective_uid() != 0 {
+            return; // only root can give a file away
+        }
+        std::os::unix::fs::chown(&p, Some(65534), None).expect("chown");
+        let e = err(&p);
+        assert!(e.contains("owned by uid 65534") && e.contains("must be ours"), "{e}");
+    }
+
+    #[test]
     fn directory_is_refused() {
         let d = TempDir::new("keys-dir");
         let e = err(d.path());

@@ -217,3 +217,58 @@ fn full_queue_drops_batches_and_counts_them() {
     let first = run.rx.try_recv().expect("first batch kept");
     assert_eq!(first.len(), 1);
 }
+
+/// Helper run inside a new pid namespace by `cross_namespace_sender_*`: as
+/// pid 1 it re-runs itself (so the sender gets a pid ≥ 2), which then sends
+/// one beat claiming its namespace-local pid. A no-op in a normal test run.
+#[test]
+fn ns_sender_helper() {
+    let Some(path) = std::env::var_os("VARTA_NS_SEND") else { return };
+    if me() == 1 {
+        let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["ns_sender_helper", "--exact", "--test-threads=1"])
+            .status()
+            .expect("re-run helper");
+        assert!(status.success());
+        return;
+    }
+    let tx = UnixDatagram::unbound().expect("client");
+    tx.send_to(&beat(me(), 1), Path::new(&path)).expect("send from namespace");
+}
+
+/// Runs the helper under `unshare --pid --fork`; false when that is not possible here.
+fn send_from_child_namespace(path: &Path) -> bool {
+    let exe = std::env::current_exe().expect("exe");
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(exe)
+        .args(["ns_sender_helper", "--exact", "--test-threads=1"])
+        .env("VARTA_NS_SEND", path)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        other => {
+            eprintln!("skipping cross-namespace check: unshare unavailable: {other:?}");
+            false
+        }
+    }
+}
+
+#[test]
+fn cross_namespace_sender_is_refused_unless_allowed() {
+    let d = TempDir::new("ns");
+    let p = d.join("n.sock");
+    let mut run = Running::start(bind(&p, "").expect("bind"));
+    if !send_from_child_namespace(&p) {
+        return;
+    }
+    let r = run.expect_refusal(Refusal::NamespaceMismatch);
+    assert!(r.claimed_pid >= 2);
+    drop(run);
+
+    let mut run = Running::start(bind(&p, "allow_cross_namespace: true\n").expect("bind"));
+    assert!(send_from_child_namespace(&p));
+    let b = run.next_beat();
+    assert_ne!(b.host_pid, b.frame.pid, "host pid is the kernel's view, frame pid the namespace's");
+    assert!(b.host_pid > 1);
+}
