@@ -235,3 +235,110 @@ impl Exporter for FileExporter {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use varta_processor::{AgentId, AgentRef};
+    use varta_proto::{DecodeErrorKind, Frame, RefusedFrame, Source, Status, Transport};
+
+    fn agent(pid: u32) -> Option<AgentRef> {
+        Some(AgentRef {
+            id: AgentId { source: Source::Local, pid, start_time: 7 },
+            host_pid: pid,
+            transport: Transport::Uds,
+        })
+    }
+
+    fn line(ev: &Event) -> String {
+        let mut out = Vec::new();
+        write_line(&mut out, ev).expect("write to Vec");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn lines_match_varta_watch_format() {
+        let frame = Frame::new(Status::Degraded, 42, 9, 5, 77);
+        let beat = Event { at_ns: 100, agent: agent(42), kind: EventKind::Beat { frame } };
+        assert_eq!(line(&beat), "100\tbeat\t42\t5\tdegraded\t77\n");
+        let stall = Event {
+            at_ns: 200,
+            agent: agent(42),
+            kind: EventKind::Stall { incident: 1, last_beat_ns: 100, silence_ns: 100 },
+        };
+        assert!(line(&stall).starts_with("200\tstall\t42\t"));
+        assert!(line(&stall).ends_with("\tstall\t-\n"));
+        let refused = |refusal| Event {
+            at_ns: 300,
+            agent: None,
+            kind: EventKind::Refused(RefusedFrame {
+                refusal,
+                transport: Transport::Uds,
+                source: Source::Local,
+                claimed_pid: 0,
+                received_ns: 1,
+            }),
+        };
+        assert_eq!(
+            line(&refused(Refusal::Decode(DecodeErrorKind::BadMagic))),
+            "300\tdecode\t-\t-\t-\tBadMagic\n"
+        );
+        assert_eq!(line(&refused(Refusal::AuthFailed)), "300\tmismatch\t0\t-\t-\tauth_failure\n");
+        assert_eq!(line(&refused(Refusal::Replay)), "300\trefused\t0\t-\t-\treplay\n");
+    }
+
+    #[test]
+    fn creates_owner_only_skips_beats_when_asked_and_rotates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.tsv");
+        let config = FileExporterConfig {
+            path: path.clone(),
+            beats: false,
+            rotate_bytes: 64,
+            rotate_keep: 2,
+            ..FileExporterConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let mut exporter = FileExporter::open(config).expect("open");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let frame = Frame::new(Status::Ok, 42, 9, 5, 77);
+        exporter
+            .export(&Event { at_ns: 1, agent: agent(42), kind: EventKind::Beat { frame } })
+            .expect("export");
+        exporter.flush().expect("flush");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "", "beat lines are off");
+        for i in 0..10u64 {
+            let kind = EventKind::Panic { frame };
+            exporter.export(&Event { at_ns: 1_000_000 + i, agent: agent(42), kind }).expect("export");
+        }
+        exporter.flush().expect("flush");
+        let rotated = |n: u32| dir.path().join(format!("events.tsv.{n}"));
+        assert!(rotated(1).exists() && rotated(2).exists(), "two generations kept");
+        assert!(!rotated(3).exists(), "older generations are deleted");
+        let total: usize = [path.clone(), rotated(1), rotated(2)]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read").lines().count())
+            .sum();
+        assert!((4..=10).contains(&total), "{total} lines kept across generations");
+    }
+
+    #[test]
+    fn refuses_to_write_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "").expect("write");
+        let link = dir.path().join("events.tsv");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = FileExporter::open(FileExporterConfig { path: link, ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("cannot open event file"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert!(FileExporterConfig::default().validate().unwrap_err().contains("path"));
+        let c = FileExporterConfig { path: "/nonexistent-dir/x".into(), ..Default::default() };
+        assert!(c.validate().unwrap_err().contains("/nonexistent-dir"));
+    }
+}

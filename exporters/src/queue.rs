@@ -144,3 +144,67 @@ fn drain(id: &str, mut exporter: Box<dyn Exporter>, rx: &Receiver<Event>, stats:
     }
     tracing::debug!(exporter = id, "exporter stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use varta_processor::EventKind;
+    use varta_proto::{Frame, Status};
+
+    /// Records exported `at_ns` values; blocks until released, to fill the queue.
+    struct Slow {
+        seen: Arc<Mutex<Vec<u64>>>,
+        gate: Receiver<()>,
+    }
+
+    impl Exporter for Slow {
+        fn wants_beats(&self) -> bool {
+            true
+        }
+        fn export(&mut self, ev: &Event) -> std::io::Result<()> {
+            let _ = self.gate.recv();
+            self.seen.lock().expect("lock").push(ev.at_ns);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ev(at_ns: u64) -> Event {
+        Event {
+            at_ns,
+            agent: None,
+            kind: EventKind::Panic { frame: Frame::new(Status::Critical, 2, 0, 1, 0) },
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_counts_it_and_drains_on_shutdown() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = crossbeam_channel::unbounded();
+        let (queue, thread) =
+            ExporterQueue::start("slow".into(), Box::new(Slow { seen: seen.clone(), gate }), 4)
+                .expect("start");
+        // The exporter takes event 0 and blocks on the gate; 1..=4 fill the
+        // queue; 5..=9 each evict the oldest waiting event.
+        queue.offer(&ev(0));
+        while queue.evict.len() > 0 {
+            std::thread::yield_now();
+        }
+        for i in 1..10 {
+            queue.offer(&ev(i));
+        }
+        let stats = queue.stats();
+        assert_eq!(stats.dropped.load(Relaxed), 5);
+        assert_eq!(stats.queued.load(Relaxed), 10);
+        for _ in 0..10 {
+            open.send(()).expect("gate");
+        }
+        drop(queue);
+        thread.join().expect("exporter thread");
+        assert_eq!(*seen.lock().expect("lock"), vec![0, 6, 7, 8, 9], "newest kept, in order");
+        assert_eq!(stats.exported.load(Relaxed), 5);
+    }
+}

@@ -374,3 +374,89 @@ fn first_line(s: &str) -> String {
         _ => line.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"receivers:
+  vlp/uds:
+    transport: uds
+    path: /tmp/varta-test.sock
+processors:
+  ratelimit: {}
+  tracker:
+    threshold: ${env:THRESHOLD:-2s}
+exporters:
+  debug:
+service:
+  pipelines:
+    liveness:
+      receivers: [vlp/uds]
+      processors: [ratelimit, tracker]
+      exporters: [debug]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "t.yaml", |k| (k == "THRESHOLD").then(|| "150ms".to_owned()))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    fn good_config_and_embedded_default_parse() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.receivers.0.len(), 1);
+        assert_eq!(c.service.pipelines.len(), 1);
+        assert!(c.unused_components().is_empty());
+        let d = Config::parse(EMBEDDED_DEFAULT, "default", |_| None).expect("embedded default is valid");
+        assert_eq!(d.receivers.0[0].id.to_string(), "vlp/uds");
+    }
+
+    #[test]
+    fn unknown_keys_types_and_ids_have_positions() {
+        let e = error(&GOOD.replace("    threshold:", "    treshold:"));
+        assert!(e.starts_with("t.yaml:8:5: ") && e.contains("treshold"), "{e}");
+        let e = error(&GOOD.replace("  debug:", "  otlp/x:"));
+        assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `otlp`"), "{e}");
+        let e = error(&GOOD.replace("service:", "servce:"));
+        assert!(e.contains("t.yaml:11:1") && e.contains("servce"), "{e}");
+    }
+
+    #[test]
+    fn pipeline_wiring_is_checked() {
+        let e = error(&GOOD.replace("exporters: [debug]", "exporters: [file]"));
+        assert!(e.contains("service::pipelines::liveness") && e.contains("`file` is not defined"), "{e}");
+        let e = error(&GOOD.replace("processors: [ratelimit, tracker]", "processors: [tracker, ratelimit]"));
+        assert!(e.contains("rate limiting happens before tracking"), "{e}");
+        let e = error(&GOOD.replace("processors: [ratelimit, tracker]", "processors: []"));
+        assert!(e.contains("processors must be"), "{e}");
+        let two = format!(
+            "{GOOD}    second:\n      receivers: [vlp/uds]\n      processors: [tracker]\n      exporters: [debug]\n"
+        );
+        assert!(error(&two).contains("already used by pipeline `liveness`"));
+    }
+
+    #[test]
+    fn component_validation_names_the_component() {
+        let e = error(&GOOD.replace("${env:THRESHOLD:-2s}", "1ms"));
+        assert!(e.contains("processors::tracker") && e.contains("threshold"), "{e}");
+        let e = error(&GOOD.replace("transport: uds", "transport: udp"));
+        assert!(e.contains("receivers::vlp/uds"), "{e}");
+    }
+
+    #[test]
+    fn env_errors_have_positions() {
+        let e = Config::parse(&GOOD.replace(":-2s", ""), "t.yaml", |_| None).expect_err("unset");
+        assert_eq!(e.at.map(|p| p.line), Some(8));
+        assert!(e.message.contains("THRESHOLD is not set"));
+    }
+
+    #[test]
+    fn unused_components_are_listed() {
+        let c = parse(&GOOD.replace("  debug:\n", "  debug:\n  debug/spare:\n")).expect("valid");
+        assert_eq!(c.unused_components(), vec!["exporters::debug/spare".to_owned()]);
+    }
+}
