@@ -3,7 +3,7 @@
 //! * [`frame`]: the 32-byte base frame, its encoding and normative decode order.
 //! * [`secure`]: ChaCha20-Poly1305 sealed frames (shared key, master key) and
 //!   the HKDF-SHA256 derivations.
-//! * [`crc`]: CRC-32C.
+//! * [`crc`]: the CRC-32C checksum.
 //! * [`beat`]: the decoded-and-attested beat that receivers hand to the processor.
 //!
 //! Pure functions only: no I/O, no async, no allocation on the frame paths.
