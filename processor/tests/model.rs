@@ -20,8 +20,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..300 * MS).prop_map(Op::Wait),
-        (0..80 * MS, 1..5u32, 0..40u64).prop_map(|(dt, agent, nonce)| Op::Beat { dt, agent, nonce }),
+        // Coarse steps (10 ms / 5 ms) so that times land exactly on deadlines often.
+        (0..30u64).prop_map(|k| Op::Wait(k * 10 * MS)),
+        (0..16u64, 1..5u32, 0..40u64).prop_map(|(k, agent, nonce)| Op::Beat { dt: k * 5 * MS, agent, nonce }),
     ]
 }
 
