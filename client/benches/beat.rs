@@ -69,30 +69,60 @@ fn main() {
     }
     let clock_ns = t.elapsed().as_nanos() as f64 / 100_000.0;
 
-    let mut lat = vec![0u32; beats];
-    let (mut sent, mut dropped, mut failed) = (0u64, 0u64, 0u64);
+    // Back to back: the collector thread cannot keep up (net.unix.max_dgram_qlen
+    // bounds the queue), so this also times the Dropped(QueueFull) path.
+    let mut sent_lat = Vec::with_capacity(beats);
+    let mut dropped_lat = Vec::with_capacity(beats);
     let start = Instant::now();
-    for slot in lat.iter_mut() {
+    for _ in 0..beats {
         let t0 = Instant::now();
         let outcome = client.beat(Status::Ok, 7);
-        let dt = t0.elapsed();
-        *slot = u32::try_from(dt.as_nanos()).unwrap_or(u32::MAX);
+        let ns = u32::try_from(t0.elapsed().as_nanos()).unwrap_or(u32::MAX);
         match outcome {
-            BeatOutcome::Sent => sent += 1,
-            BeatOutcome::Dropped(_) => dropped += 1,
-            BeatOutcome::Failed(_) => failed += 1,
+            BeatOutcome::Sent => sent_lat.push(ns),
+            _ => dropped_lat.push(ns),
         }
     }
     let wall = start.elapsed();
+    println!("beat() to a live UDS collector, {beats} beats back to back in {wall:?}");
+    report("all", sent_lat.iter().chain(&dropped_lat).copied().collect());
+    report("sent", sent_lat);
+    report("dropped", dropped_lat);
+
+    // Paced (one beat every 20 µs, busy-waited): the queue is never full, as
+    // for a real agent beating every few ms.
+    let paced_n = (beats / 10).max(1);
+    let mut paced = Vec::with_capacity(paced_n);
+    let mut not_sent = 0u64;
+    let mut next = Instant::now();
+    for _ in 0..paced_n {
+        next += Duration::from_micros(20);
+        while Instant::now() < next {
+            std::hint::spin_loop();
+        }
+        let t0 = Instant::now();
+        let outcome = client.beat(Status::Ok, 7);
+        paced.push(u32::try_from(t0.elapsed().as_nanos()).unwrap_or(u32::MAX));
+        not_sent += u64::from(!outcome.is_sent());
+    }
+    println!("paced, {paced_n} beats at 20 µs intervals ({not_sent} not sent):");
+    report("paced", paced);
+
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();
+    println!("received by collector thread (incl. warm-up): {}", received.load(Ordering::Relaxed));
+    println!("Instant::now() costs ~{clock_ns:.0} ns (included in every sample)");
+}
 
+fn report(label: &str, mut lat: Vec<u32>) {
+    if lat.is_empty() {
+        println!("  {label:<8} n=0");
+        return;
+    }
     lat.sort_unstable();
-    println!("beat() to a live UDS collector, {beats} beats in {wall:?}");
-    println!("  sent {sent}, dropped (queue full) {dropped}, failed {failed}");
-    println!("  received by collector thread (incl. warm-up) {}", received.load(Ordering::Relaxed));
     println!(
-        "  latency ns: p50 {}  p99 {}  p99.9 {}  max {}  (Instant::now() costs ~{clock_ns:.0} ns)",
+        "  {label:<8} n={:<8} p50 {:>6} ns  p99 {:>6} ns  p99.9 {:>6} ns  max {:>8} ns",
+        lat.len(),
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         percentile(&lat, 0.999),

@@ -48,7 +48,8 @@ proptest! {
     #[test]
     fn accepted_bytes_reencode_to_themselves(bytes in prop::collection::vec(any::<u8>(), FRAME_LEN)) {
         if let Ok(f) = Frame::decode(&bytes) {
-            prop_assert_eq!(f.encode().as_slice(), bytes.as_slice());
+            let again = f.encode();
+            prop_assert_eq!(again.as_slice(), bytes.as_slice());
         }
     }
 
