@@ -4,6 +4,14 @@
 //! by the stopped agent + threshold). Both sides are CLOCK_MONOTONIC ns on
 //! the same machine. The last-beat time is taken right after `sendmmsg`
 //! returned, so the latency includes nothing the sender did.
+//!
+//! Clock origin: our collector writes absolute CLOCK_MONOTONIC ns;
+//! varta-watch 0.2 writes ns since its own start. When the event file has
+//! beat lines for the stopped agents, the origin is estimated as
+//! `max over stopped agents (last beat sent − its last beat line)`: each term
+//! is `origin − transit`, so the maximum is the origin less the smallest
+//! transit time (microseconds on an idle loopback). The estimate is applied
+//! only when it is larger than one second (i.e. the file is not absolute).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -19,6 +27,8 @@ pub struct StallSummary {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// The clock origin added to the file's timestamps (0 when absolute).
+    pub origin_ns: u64,
 }
 
 /// Nearest-rank percentile of sorted values (`q` in 0..=1).
@@ -49,22 +59,40 @@ pub fn stall_latency(
     events: impl BufRead,
     threshold_ns: u64,
 ) -> std::io::Result<StallSummary> {
-    let mut first: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
+    // Per stopped pid: last beat line seen, and (beat line before it, stall ts) pairs.
+    let mut last_beat_line: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
+    let mut stalls: Vec<(u32, u64)> = Vec::new();
     let mut false_stalls = 0;
     for line in events.lines() {
         let line = line?;
         let mut cols = line.split('\t');
         let (Some(ts), Some(kind), Some(pid)) = (cols.next(), cols.next(), cols.next()) else { continue };
-        if kind != "stall" {
+        if kind != "stall" && kind != "beat" {
             continue;
         }
         let (Ok(ts), Ok(pid)) = (ts.parse::<u64>(), pid.parse::<u32>()) else { continue };
-        match stopped.get(&pid) {
-            Some(&last) if ts >= last => {
-                first.entry(pid).or_insert(ts);
+        match (kind, stopped.contains_key(&pid)) {
+            ("beat", true) => {
+                last_beat_line.insert(pid, ts);
             }
-            Some(_) => {}
-            None => false_stalls += 1,
+            ("stall", true) => stalls.push((pid, ts)),
+            ("stall", false) => false_stalls += 1,
+            _ => {}
+        }
+    }
+    let origin = last_beat_line
+        .iter()
+        .filter_map(|(pid, &obs)| stopped.get(pid)?.checked_sub(obs))
+        .max()
+        .filter(|&o| o > 1_000_000_000)
+        .unwrap_or(0);
+    let mut first: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
+    for (pid, ts) in stalls {
+        let ts = ts + origin;
+        if let Some(&last) = stopped.get(&pid)
+            && ts >= last
+        {
+            first.entry(pid).or_insert(ts);
         }
     }
     let mut lat: Vec<f64> = first
@@ -83,6 +111,7 @@ pub fn stall_latency(
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
         max_us: lat.last().copied().unwrap_or(f64::NAN),
+        origin_ns: origin,
     })
 }
 
@@ -112,5 +141,20 @@ mod tests {
         let s = stall_latency(&stopped, events.as_bytes(), 1_000_000).unwrap();
         assert_eq!((s.stopped, s.detected, s.false_stalls), (2, 1, 1));
         assert_eq!(s.p50_us, 0.5);
+        assert_eq!(s.origin_ns, 0);
+    }
+
+    #[test]
+    fn relative_clock_is_calibrated_from_beat_lines() {
+        // The file's clock started at 10 s; beats sent at 15 s and 16 s arrived 2 µs later.
+        let stopped: HashMap<u32, u64> = [(1, 15_000_000_000), (2, 16_000_000_000)].into_iter().collect();
+        let events = "5000002000\tbeat\t1\t1\tok\t0\n\
+                      6000005000\tbeat\t2\t1\tok\t0\n\
+                      6000300000\tstall\t1\t1\tstall\t-\n\
+                      7000305000\tstall\t2\t1\tstall\t-\n";
+        let s = stall_latency(&stopped, events.as_bytes(), 1_000_000_000).unwrap();
+        assert_eq!(s.origin_ns, 9_999_998_000);
+        assert_eq!(s.detected, 2);
+        assert_eq!((s.min_us, s.max_us), (298.0, 303.0));
     }
 }

@@ -2,7 +2,7 @@
 //! harness needs nothing beyond a shell, coreutils and awk.
 //!
 //! * `stall --report R.json --events E.tsv --threshold 1s` → one TSV line:
-//!   `stopped detected false_stalls min_us p50_us p99_us max_us`
+//!   `stopped detected false_stalls min_us p50_us p99_us max_us origin_ns`
 //! * `json --file R.json --key a.b` → the value at that path
 //! * `stats --log collector.stderr` → `component<TAB>name<TAB>label<TAB>value`
 //!   per counter of the collector's last `varta::stats` dump
@@ -96,14 +96,15 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let s = stall_latency(&stopped, open(&events)?, threshold.as_nanos() as u64)
                 .map_err(|e| format!("{}: {e}", events.display()))?;
             println!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 s.stopped,
                 s.detected,
                 s.false_stalls,
                 fmt(s.min_us),
                 fmt(s.p50_us),
                 fmt(s.p99_us),
-                fmt(s.max_us)
+                fmt(s.max_us),
+                s.origin_ns
             );
         }
         Cmd::Json { file, key } => {

@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# Benchmark harness: varta-collector side by side with varta-watch 0.2.0.
+#
+#   bench/run.sh [ingest|stall-latency|fleet|idle|scrape-and-export|profile …]
+#
+# No argument runs ingest, stall-latency, fleet and idle (~12 minutes on
+# 2 cores). Each scenario alternates the two collectors, REPS times, and
+# writes bench/results/<scenario>.md (medians) plus the raw rows in
+# bench/results/<scenario>.tsv. All traffic stays on loopback.
+#
+# Environment knobs (defaults in brackets): REPS [3], INGEST_SECS [5],
+# STALL_BIG_INTERVAL [100ms], FLEET_SECS [60], IDLE_SECS [35], IDLE_REPS [REPS],
+# VW_READ_TIMEOUT_MS [1] (varta-watch's UDS poll timeout; 1 ms is the most
+# favourable setting for its UDP listener and stall latency), KEEP=1 keeps
+# the scratch directory, SKIP_BUILD=1 BIN=DIR uses already built binaries.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+RESULTS=$HERE/results
+REPS=${REPS:-3}
+INGEST_SECS=${INGEST_SECS:-5}
+STALL_BIG_INTERVAL=${STALL_BIG_INTERVAL:-100ms}
+FLEET_SECS=${FLEET_SECS:-60}
+IDLE_SECS=${IDLE_SECS:-35}
+IDLE_REPS=${IDLE_REPS:-$REPS}
+VW_READ_TIMEOUT_MS=${VW_READ_TIMEOUT_MS:-1}
+UDP_PORT=${UDP_PORT:-19444}
+PROM_PORT=${PROM_PORT:-19446}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=${BIN:-$TARGET_DIR/release}
+COLL=$BIN/varta-collector
+LOAD=$BIN/varta-load
+TOOL=$BIN/varta-bench-tool
+CLK_TCK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d /tmp/varta-bench.XXXXXX)
+CHILDREN=()
+
+cleanup() {
+    local p
+    for p in "${CHILDREN[@]}"; do
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    if [[ "${KEEP:-0}" == 1 ]]; then
+        echo "scratch kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '>> %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- setup
+
+build() {
+    if [[ "${SKIP_BUILD:-0}" == 1 ]]; then return; fi
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p varta-collector -p varta-bench)
+}
+
+find_varta_watch() {
+    local c
+    for c in "${VARTA_WATCH:-}" "$HERE/.cache/varta-watch/bin/varta-watch" "$ROOT/.cache/varta-watch/bin/varta-watch"; do
+        if [[ -n "$c" && -x "$c" ]] && "$c" --help 2>&1 | grep -q -- '--master-key-file'; then
+            VW=$c
+            return
+        fi
+    done
+    log "installing varta-watch 0.2.0 into $HERE/.cache/varta-watch"
+    cargo install varta-watch --version 0.2.0 --locked \
+        --features prometheus-exporter,secure-udp,unsafe-plaintext-udp \
+        --root "$HERE/.cache/varta-watch" ||
+        cargo install varta-watch --version 0.2.0 \
+            --features prometheus-exporter,secure-udp,unsafe-plaintext-udp \
+            --root "$HERE/.cache/varta-watch"
+    VW=$HERE/.cache/varta-watch/bin/varta-watch
+}
+
+make_secret() { # 64 hex chars, mode 0600
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1")
+}
+
+# ---------------------------------------------------------------- helpers
+
+udp_rcvbuf_errors() {
+    awk '/^Udp:/ { n++; if (n == 1) { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i }
+                   else if (n == 2) print $c }' /proc/net/snmp
+}
+
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+wait_for() { # wait_for SECONDS COMMAND… — poll until COMMAND succeeds
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        if ((SECONDS > deadline)); then
+            log "timed out waiting for: $*"
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# ours_config FILE RECEIVER_YAML CAPACITY BEATS(true/false) EVENTS
+ours_config() {
+    cat >"$1" <<EOF
+receivers:
+  vlp/bench: $2
+processors:
+  ratelimit: { per_agent_min_interval: "0", global_rate: 0 }
+  tracker: { threshold: 1s, capacity: $3 }
+exporters:
+  file: { path: $5, beats: $4 }
+service:
+  pipelines:
+    liveness: { receivers: [vlp/bench], processors: [ratelimit, tracker], exporters: [file], queue_batches: 4096 }
+  telemetry: { logs: { level: info, format: json } }
+EOF
+}
+
+# receiver_yaml TRANSPORT → the vlp/bench receiver for our collector
+receiver_yaml() {
+    case $1 in
+    uds) echo "{ transport: uds, path: $WORK/ours.sock, recv_buffer_bytes: 8388608 }" ;;
+    udp) echo "{ transport: udp, endpoint: \"127.0.0.1:$UDP_PORT\", accept_unauthenticated: true, recv_buffer_bytes: 8388608 }" ;;
+    secure-shared) echo "{ transport: secure_udp, endpoint: \"127.0.0.1:$UDP_PORT\", key_files: [$WORK/shared.key], recv_buffer_bytes: 8388608, max_senders: 1100000 }" ;;
+    secure-master) echo "{ transport: secure_udp, endpoint: \"127.0.0.1:$UDP_PORT\", master_key_file: $WORK/master.key, recv_buffer_bytes: 8388608, max_senders: 1100000 }" ;;
+    esac
+}
+
+# vw_transport_args TRANSPORT → varta-watch flags for that listener
+vw_transport_args() {
+    case $1 in
+    uds) ;;
+    udp) echo "--udp-port $UDP_PORT --udp-bind-addr 127.0.0.1 --i-accept-plaintext-udp" ;;
+    secure-shared) echo "--udp-port $UDP_PORT --udp-bind-addr 127.0.0.1 --key-file $WORK/shared.key" ;;
+    secure-master) echo "--udp-port $UDP_PORT --udp-bind-addr 127.0.0.1 --master-key-file $WORK/master.key" ;;
+    esac
+}
+
+target_for() { # target_for IMPL TRANSPORT
+    if [[ $2 == uds ]]; then echo "$WORK/$1.sock"; else echo "127.0.0.1:$UDP_PORT"; fi
+}
+
+key_for() {
+    case $1 in
+    secure-shared) echo "--key-file $WORK/shared.key" ;;
+    secure-master) echo "--key-file $WORK/master.key" ;;
+    esac
+}
+
+CPID=
+# start_ours TRANSPORT CAPACITY BEATS EVENTS
+start_ours() {
+    rm -f "$WORK/ours.sock" "$4"
+    ours_config "$WORK/ours.yaml" "$(receiver_yaml "$1")" "$2" "$3" "$4"
+    "$COLL" --config "$WORK/ours.yaml" 2>"$WORK/ours.log" &
+    CPID=$!
+    CHILDREN+=("$CPID")
+    wait_for 20 grep -q '"collector started"' "$WORK/ours.log" || { cat "$WORK/ours.log" >&2; return 1; }
+}
+
+stop_ours() {
+    kill -TERM "$CPID"
+    wait "$CPID" || true
+    "$TOOL" stats --log "$WORK/ours.log" >"$WORK/ours.stats"
+}
+
+# ours_stat NAME-REGEX [COMPONENT-REGEX] → sum of matching counters
+ours_stat() {
+    awk -F'\t' -v n="$1" -v c="${2:-.}" '$2 ~ n && $1 ~ c { s += $4 } END { print s + 0 }' "$WORK/ours.stats"
+}
+
+# start_vw TRANSPORT READ_TIMEOUT_MS EXTRA_ARGS…
+start_vw() {
+    local transport=$1 rt=$2
+    shift 2
+    rm -f "$WORK/vw.sock"
+    # shellcheck disable=SC2046
+    "$VW" --socket "$WORK/vw.sock" --threshold-ms 1000 --tracker-capacity 4096 \
+        --max-beat-rate 0 --global-beat-rate 0 --read-timeout-ms "$rt" --uds-rcvbuf-bytes 8388608 \
+        --prom-addr "127.0.0.1:$PROM_PORT" --prom-token-file "$WORK/prom.token" \
+        $(vw_transport_args "$transport") "$@" >"$WORK/vw.out" 2>"$WORK/vw.log" &
+    CPID=$!
+    CHILDREN+=("$CPID")
+    wait_for 20 test -S "$WORK/vw.sock" || { cat "$WORK/vw.log" >&2; return 1; }
+    sleep 0.2
+}
+
+stop_vw() {
+    curl -s --max-time 5 -H "Authorization: Bearer $(cat "$WORK/prom.token")" \
+        "http://127.0.0.1:$PROM_PORT/metrics" >"$WORK/vw.metrics" || true
+    kill -TERM "$CPID"
+    wait "$CPID" || true
+    "$TOOL" prom --file "$WORK/vw.metrics" >"$WORK/vw.stats"
+}
+
+vw_stat() { awk -F'\t' -v n="$1" '$1 ~ n { s += $2 } END { printf "%d\n", s + 0 }' "$WORK/vw.stats"; }
+
+json() { "$TOOL" json --file "$1" --key "$2"; }
+med() { "$TOOL" median "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "nan" || b == "nan") print "–"; else printf "%.2f×\n", a / b }'; }
+
+# col FILE KEY-COLS… VALUE-COL → values of VALUE-COL in rows whose first columns match
+col() {
+    local file=$1 a=$2 b=$3 c=$4
+    awk -F'\t' -v a="$a" -v b="$b" -v c="$c" '$1 == a && $2 == b { print $c }' "$file"
+}
+
+header() { # header SCENARIO TITLE
+    {
+        echo "### $2"
+        echo
+        echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)."
+        echo "Command: \`bench/run.sh $1\` (REPS=$REPS; medians of alternating runs). $(date -u +%Y-%m-%dT%H:%MZ)."
+        echo
+    } >"$RESULTS/$1.md"
+}
+
+# ---------------------------------------------------------------- ingest
+
+ingest_once() { # ingest_once IMPL TRANSPORT REP
+    local impl=$1 t=$2 rep=$3 agents=1000 k0 k1 rep_json=$WORK/load.json
+    [[ $t == uds ]] && agents=2
+    k0=$(udp_rcvbuf_errors)
+    if [[ $impl == ours ]]; then start_ours "$t" 1000000 false "$WORK/ours.events"; else start_vw "$t" "$VW_READ_TIMEOUT_MS"; fi
+    # shellcheck disable=SC2046
+    "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --rate 0 \
+        --duration "${INGEST_SECS}s" --report "$rep_json" $(key_for "$t") 2>>"$WORK/load.log"
+    sleep 0.5
+    local accepted counted
+    if [[ $impl == ours ]]; then
+        stop_ours
+        accepted=$(ours_stat '^beats_accepted$' pipelines)
+        counted=$(ours_stat 'full|drop|refus|limited|capacity|decode|auth|replay|mismatch|stale|evict' '.')
+    else
+        stop_vw
+        accepted=$(vw_stat '^varta_beats_total$')
+        counted=$(vw_stat 'rate_limited_total|capacity_exceeded|decode_errors_total|auth_failures|decrypt_failures|truncated|replay|nonce')
+    fi
+    k1=$(udp_rcvbuf_errors)
+    local sent eagain secs kernel unacc
+    sent=$(json "$rep_json" sent)
+    eagain=$(json "$rep_json" refused)
+    secs=$(json "$rep_json" duration_s)
+    kernel=$((k1 - k0))
+    unacc=$((sent - accepted - counted - kernel))
+    printf '%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$impl" "$rep" \
+        "$(awk -v a="$accepted" -v s="$secs" 'BEGIN { print a / s }')" \
+        "$sent" "$accepted" "$eagain" "$kernel" "$counted" "$unacc" >>"$RESULTS/ingest.tsv"
+    log "ingest $t $impl rep $rep: accepted=$accepted sent=$sent eagain=$eagain kernel_drops=$kernel counted=$counted unaccounted=$unacc"
+}
+
+scenario_ingest() {
+    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\n' >"$RESULTS/ingest.tsv"
+    local t rep
+    for t in uds udp secure-shared secure-master; do
+        for rep in $(seq "$REPS"); do
+            ingest_once ours "$t" "$rep"
+            ingest_once vw "$t" "$rep"
+        done
+    done
+    header ingest "Ingest: flat-out senders, ${INGEST_SECS}s per run"
+    {
+        echo "Accepted beats/s = beats the collector accepted into its tracker ÷ send time (flat-out sender;"
+        echo "UDS: 2 sender processes, UDP/secure: 1 process simulating 1,000 agents, 64 frames per sendmmsg)."
+        echo "Loss columns are medians per run: sender-seen EAGAIN (UDS), kernel UDP RcvbufErrors, collector-counted drops,"
+        echo "and *unaccounted* = sent − accepted − kernel drops − collector drops (must be ≈ 0)."
+        echo
+        echo "| transport | ours (beats/s) | varta-watch (beats/s) | ratio | ours: EAGAIN / kernel / unaccounted | varta-watch: EAGAIN / kernel / unaccounted |"
+        echo "|---|---:|---:|---:|---|---|"
+        for t in uds udp secure-shared secure-master; do
+            local o v
+            o=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 4))
+            v=$(med $(col "$RESULTS/ingest.tsv" "$t" vw 4))
+            printf '| %s | %.0f | %.0f | %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |\n' "$t" "$o" "$v" "$(ratio "$o" "$v")" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 7))" "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 8))" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 10))" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 7))" "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 8))" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 10))"
+        done
+    } >>"$RESULTS/ingest.md"
+}
+
+# ---------------------------------------------------------------- stall latency
+
+stall_once() { # stall_once IMPL CASE TRANSPORT AGENTS INTERVAL REP
+    local impl=$1 case=$2 t=$3 agents=$4 interval=$5 rep=$6 ev k0 k1
+    k0=$(udp_rcvbuf_errors)
+    if [[ $impl == ours ]]; then
+        ev=$WORK/ours.events
+        start_ours "$t" 1100000 false "$ev"
+    else
+        ev=$WORK/vw.events
+        rm -f "$ev"
+        start_vw "$t" "$VW_READ_TIMEOUT_MS" --export-file "$ev"
+    fi
+    "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --interval "$interval" \
+        --duration 4.5s --stop-fraction 0.1 --stop-after 2s --report "$WORK/load.json" 2>>"$WORK/load.log"
+    if [[ $impl == ours ]]; then stop_ours; else stop_vw; fi
+    k1=$(udp_rcvbuf_errors)
+    local s
+    s=$("$TOOL" stall --report "$WORK/load.json" --events "$ev" --threshold 1s)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$impl" "$rep" "$s" "$(json "$WORK/load.json" achieved_rate)" \
+        "$((k1 - k0))" >>"$RESULTS/stall-latency.tsv"
+    log "stall $case $impl rep $rep: $s"
+}
+
+scenario_stall_latency() {
+    printf 'case\timpl\trep\tstopped\tdetected\tfalse_stalls\tmin_us\tp50_us\tp99_us\tmax_us\torigin_ns\tsent_per_s\tkernel_drops\n' \
+        >"$RESULTS/stall-latency.tsv"
+    local rep
+    for rep in $(seq "$REPS"); do
+        stall_once ours uds-256 uds 256 100ms "$rep"
+        stall_once vw uds-256 uds 256 100ms "$rep"
+        stall_once ours udp-4096 udp 4096 100ms "$rep"
+        stall_once vw udp-4096 udp 4096 100ms "$rep"
+        stall_once ours udp-100000 udp 100000 "$STALL_BIG_INTERVAL" "$rep"
+    done
+    header stall-latency "Stall detection latency (threshold 1 s, 10 % of agents stopped)"
+    {
+        echo "latency = stall event observer_ns − (last beat handed to the kernel + 1 s), per stopped agent;"
+        echo "agents beat every 100 ms (udp-100000: every $STALL_BIG_INTERVAL). uds-256 uses 256 real sender processes."
+        echo "varta-watch's event file counts from its own start; its origin is calibrated from its beat lines (see bench/src/analysis.rs)."
+        echo "*false* = stall events for agents that never stopped (beats lost), *kernel* = UDP RcvbufErrors during the run."
+        echo
+        echo "| case | impl | detected/stopped | p50 (ms) | p99 (ms) | max (ms) | false stalls | kernel drops |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        local c i
+        for c in uds-256 udp-4096 udp-100000; do
+            for i in ours vw; do
+                [[ -z "$(col "$RESULTS/stall-latency.tsv" "$c" "$i" 4)" ]] && continue
+                printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s |\n' "$c" "$([[ $i == vw ]] && echo varta-watch || echo ours)" \
+                    "$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 5))" "$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 4))" \
+                    "$(awk -v x="$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 8))" 'BEGIN { printf "%.3f", x / 1000 }')" \
+                    "$(awk -v x="$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 9))" 'BEGIN { printf "%.3f", x / 1000 }')" \
+                    "$(awk -v x="$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 10))" 'BEGIN { printf "%.3f", x / 1000 }')" \
+                    "$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 6))" "$(med $(col "$RESULTS/stall-latency.tsv" "$c" "$i" 13))"
+            done
+        done
+    } >>"$RESULTS/stall-latency.md"
+}
+
+# ---------------------------------------------------------------- fleet
+
+scenario_fleet() {
+    printf 'metric\tvalue\n' >"$RESULTS/fleet.tsv"
+    log "fleet: 100,000 agents at 1 beat/s for ${FLEET_SECS}s (ours; varta-watch tracks at most 4,096)"
+    local k0 t0 t1 k1
+    k0=$(udp_rcvbuf_errors)
+    start_ours udp 1100000 false "$WORK/ours.events"
+    t0=$(cpu_ticks "$CPID")
+    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 100000 --interval 1s \
+        --duration "${FLEET_SECS}s" --report "$WORK/load.json" 2>>"$WORK/load.log"
+    t1=$(cpu_ticks "$CPID")
+    local hwm
+    hwm=$(status_kb "$CPID" VmHWM)
+    stop_ours
+    k1=$(udp_rcvbuf_errors)
+    local secs cpu
+    secs=$(json "$WORK/load.json" duration_s)
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.2f", 100 * d / hz / s }')
+    {
+        printf 'fleet_cpu_percent\t%s\n' "$cpu"
+        printf 'fleet_peak_rss_kib\t%s\n' "$hwm"
+        printf 'fleet_sent\t%s\n' "$(json "$WORK/load.json" sent)"
+        printf 'fleet_accepted\t%s\n' "$(ours_stat '^beats_accepted$' pipelines)"
+        printf 'fleet_stalls\t%s\n' "$(ours_stat '^stalls$' pipelines)"
+        printf 'fleet_kernel_drops\t%s\n' "$((k1 - k0))"
+    } >>"$RESULTS/fleet.tsv"
+
+    log "fleet: 1,000,000 agents tracked (memory per agent)"
+    start_ours udp 1100000 false "$WORK/ours.events"
+    sleep 1
+    local before after n
+    before=$(status_kb "$CPID" VmRSS)
+    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000000 --rate 250000 \
+        --duration 4s --report "$WORK/load.json" 2>>"$WORK/load.log"
+    sleep 1
+    after=$(status_kb "$CPID" VmRSS)
+    hwm=$(status_kb "$CPID" VmHWM)
+    stop_ours
+    n=$(ours_stat '^agents_tracked$' pipelines)
+    {
+        printf 'million_rss_before_kib\t%s\n' "$before"
+        printf 'million_rss_after_kib\t%s\n' "$after"
+        printf 'million_peak_rss_kib\t%s\n' "$hwm"
+        printf 'million_agents_tracked\t%s\n' "$n"
+        printf 'million_bytes_per_agent\t%s\n' "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "nan" }')"
+    } >>"$RESULTS/fleet.tsv"
+
+    header fleet "Fleet: 100,000 agents at 1 beat/s; 1,000,000 agents tracked"
+    {
+        echo "varta-watch cannot take part: its tracker holds at most 4,096 agents (\"shard above 4,096\")."
+        echo
+        echo "| metric | ours | varta-watch |"
+        echo "|---|---:|---|"
+        awk -F'\t' 'NR > 1 { printf "| %s | %s | n/a |\n", $1, $2 }' "$RESULTS/fleet.tsv"
+    } >>"$RESULTS/fleet.md"
+}
+
+# ---------------------------------------------------------------- idle
+
+idle_once() { # idle_once IMPL REP
+    local impl=$1 rep=$2 t0 t1
+    if [[ $impl == ours ]]; then start_ours uds 1000000 false "$WORK/ours.events"; else start_vw uds 100; fi
+    t0=$(cpu_ticks "$CPID")
+    "$LOAD" --transport uds --target "$(target_for "$impl" uds)" --agents 50 --interval 1s \
+        --duration "${IDLE_SECS}s" --report "$WORK/load.json" 2>>"$WORK/load.log"
+    t1=$(cpu_ticks "$CPID")
+    if [[ $impl == ours ]]; then stop_ours; else stop_vw; fi
+    local secs
+    secs=$(json "$WORK/load.json" duration_s)
+    printf 'idle\t%s\t%s\t%s\t%s\t%s\n' "$impl" "$rep" "$(((t1 - t0) * 1000 / CLK_TCK))" \
+        "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.4f", 100 * d / hz / s }')" \
+        "$(json "$WORK/load.json" sent)" >>"$RESULTS/idle.tsv"
+    log "idle $impl rep $rep: $(((t1 - t0) * 1000 / CLK_TCK)) ms CPU in ${secs}s"
+}
+
+scenario_idle() {
+    printf 'case\timpl\trep\tcpu_ms\tcpu_percent\tsent\n' >"$RESULTS/idle.tsv"
+    local rep
+    for rep in $(seq "$IDLE_REPS"); do
+        idle_once ours "$rep"
+        idle_once vw "$rep"
+    done
+    header idle "Idle: 50 agents (real processes, UDS) at 1 beat/s for ${IDLE_SECS}s"
+    {
+        echo "Collector CPU time (utime + stime from /proc/<pid>/stat, ${CLK_TCK} Hz ticks, so ±10 ms resolution)."
+        echo "varta-watch runs with its default 100 ms poll timeout here (its published idle figure is 0.0552 %)."
+        echo
+        echo "| metric | ours | varta-watch | ratio |"
+        echo "|---|---:|---:|---:|"
+        local o v
+        o=$(med $(col "$RESULTS/idle.tsv" idle ours 4))
+        v=$(med $(col "$RESULTS/idle.tsv" idle vw 4))
+        printf '| CPU time (ms) | %s | %s | %s |\n' "$o" "$v" "$(ratio "$o" "$v")"
+        o=$(med $(col "$RESULTS/idle.tsv" idle ours 5))
+        v=$(med $(col "$RESULTS/idle.tsv" idle vw 5))
+        printf '| CPU %% | %s | %s | %s |\n' "$o" "$v" "$(ratio "$o" "$v")"
+    } >>"$RESULTS/idle.md"
+}
+
+# ---------------------------------------------------------------- profile (optional)
+
+scenario_profile() {
+    command -v perf >/dev/null || { log "perf not installed (Debian: linux-perf)"; return 0; }
+    start_ours udp 1000000 false "$WORK/ours.events"
+    perf record -F 999 -g -p "$CPID" -o "$WORK/perf.data" -- sleep 4 2>/dev/null &
+    local pp=$!
+    CHILDREN+=("$pp")
+    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000 --rate 0 --duration 5s 2>>"$WORK/load.log"
+    wait "$pp" || true
+    stop_ours
+    {
+        echo "### Profile: UDP ingest, flat out (perf record -g, self time)"
+        echo
+        echo '```'
+        perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -25
+        echo '```'
+    } >"$RESULTS/profile.md"
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    local scenarios=("$@")
+    ((${#scenarios[@]})) || scenarios=(ingest stall-latency fleet idle)
+    for s in "${scenarios[@]}"; do
+        case $s in
+        ingest | stall-latency | fleet | idle | profile | scrape-and-export) ;;
+        *)
+            echo "unknown scenario: $s (ingest, stall-latency, fleet, idle, scrape-and-export, profile)" >&2
+            exit 2
+            ;;
+        esac
+    done
+    mkdir -p "$RESULTS"
+    build
+    find_varta_watch
+    make_secret "$WORK/shared.key"
+    make_secret "$WORK/master.key"
+    make_secret "$WORK/prom.token"
+    for s in "${scenarios[@]}"; do
+        log "scenario $s"
+        case $s in
+        ingest) scenario_ingest ;;
+        stall-latency) scenario_stall_latency ;;
+        fleet) scenario_fleet ;;
+        idle) scenario_idle ;;
+        profile) scenario_profile ;;
+        scrape-and-export)
+            echo "scrape-and-export: not yet available (needs the Prometheus/OTLP exporters)" | tee "$RESULTS/scrape-and-export.md"
+            continue
+            ;;
+        esac
+        echo
+        cat "$RESULTS/$s.md"
+        echo
+    done
+}
+
+main "$@"
