@@ -177,7 +177,7 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::Beat { frame } => {
             writeln!(w, "{ns}\tbeat\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
         }
-        EventKind::Stall { .. } => writeln!(w, "{ns}\tstall\t{pid}\t-\tstall\t-"),
+        EventKind::Stall { last_nonce, .. } => writeln!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\t-"),
         EventKind::Resume { silence_ns, frame, .. } => {
             writeln!(w, "{ns}\tresume\t{pid}\t{}\t{}\t{silence_ns}", frame.nonce, frame.status)
         }
@@ -264,10 +264,9 @@ mod tests {
         let stall = Event {
             at_ns: 200,
             agent: agent(42),
-            kind: EventKind::Stall { incident: 1, last_beat_ns: 100, silence_ns: 100 },
+            kind: EventKind::Stall { incident: 1, last_beat_ns: 100, last_nonce: 5, silence_ns: 100 },
         };
-        assert!(line(&stall).starts_with("200\tstall\t42\t"));
-        assert!(line(&stall).ends_with("\tstall\t-\n"));
+        assert_eq!(line(&stall), "200\tstall\t42\t5\tstall\t-\n");
         let refused = |refusal| Event {
             at_ns: 300,
             agent: None,

@@ -237,10 +237,16 @@ impl Processor {
             slot.incident = incident;
             slot.stalls = slot.stalls.saturating_add(1);
             let last_beat_ns = slot.last_beat_ns;
+            let last_nonce = slot.last_nonce().unwrap_or(0);
             let agent = slot.agent_ref();
             self.stats.stall();
             let silence_ns = now.saturating_sub(last_beat_ns);
-            Self::emit(out, now, Some(agent), EventKind::Stall { incident, last_beat_ns, silence_ns });
+            Self::emit(
+                out,
+                now,
+                Some(agent),
+                EventKind::Stall { incident, last_beat_ns, last_nonce, silence_ns },
+            );
         }
     }
 

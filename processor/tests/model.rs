@@ -41,7 +41,7 @@ fn observe(events: &[Event], incidents: &mut HashMap<u32, u64>) -> Vec<Observed>
     for e in events {
         let pid = pid_of(e).unwrap_or(0);
         match e.kind {
-            EventKind::Stall { incident, last_beat_ns, silence_ns } => {
+            EventKind::Stall { incident, last_beat_ns, silence_ns, .. } => {
                 assert_eq!(e.at_ns - last_beat_ns, silence_ns);
                 incidents.insert(pid, incident);
                 out.push((0, pid, last_beat_ns));

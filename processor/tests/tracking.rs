@@ -30,7 +30,10 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].at_ns, T0 + 2 * S);
     assert_eq!(pid_of(&events[0]), Some(7));
-    assert_eq!(events[0].kind, EventKind::Stall { incident: 1, last_beat_ns: T0, silence_ns: 2 * S });
+    assert_eq!(
+        events[0].kind,
+        EventKind::Stall { incident: 1, last_beat_ns: T0, last_nonce: 1, silence_ns: 2 * S }
+    );
 
     // Still silent: no second stall.
     assert_eq!(p.fire_due(T0 + 3 * S, &mut out), None);
@@ -48,7 +51,10 @@ fn resume_carries_silence_and_incident() {
     p.fire_due(T0 + 2 * S, &mut out);
     p.handle_batch(&batch(&[uds(7, 2)]), T0 + 4 * S + 500, &mut out);
     let events = out.take();
-    assert_eq!(kinds(&events)[0], EventKind::Stall { incident: 1, last_beat_ns: T0, silence_ns: 2 * S });
+    assert_eq!(
+        kinds(&events)[0],
+        EventKind::Stall { incident: 1, last_beat_ns: T0, last_nonce: 1, silence_ns: 2 * S }
+    );
     assert_eq!(
         kinds(&events)[1],
         EventKind::Resume { incident: 1, silence_ns: 4 * S + 500, frame: uds(7, 2).frame }
