@@ -323,7 +323,7 @@ scenario_stall_latency() {
     done
     header stall-latency "Stall detection latency (threshold 1 s, 10 % of agents stopped)"
     {
-        echo "latency = stall event observer_ns − (last beat handed to the kernel + 1 s), per stopped agent;"
+        echo "latency = stall event observer_ns − (CLOCK_MONOTONIC just before the sendmmsg carrying the last beat + 1 s), per stopped agent;"
         echo "agents beat every 100 ms (udp-100000: every $STALL_BIG_INTERVAL). uds-256 uses 256 real sender processes."
         echo "varta-watch's event file counts from its own start; its origin is calibrated from its beat lines (see bench/src/analysis.rs)."
         echo "*false* = stall events for agents that never stopped (beats lost), *kernel* = UDP RcvbufErrors during the run."

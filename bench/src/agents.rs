@@ -67,8 +67,8 @@ pub struct Agents {
     frame_len: usize,
     /// Agents chosen to fall silent at the stop time.
     pub stop: Vec<bool>,
-    /// CLOCK_MONOTONIC ns right after the last frame of each agent was
-    /// handed to the kernel (0 = never sent).
+    /// CLOCK_MONOTONIC ns just before the `sendmmsg` call that carried each
+    /// agent's last accepted frame (0 = never sent).
     pub last_sent_ns: Vec<u64>,
 }
 

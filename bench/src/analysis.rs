@@ -2,8 +2,10 @@
 //!
 //! latency = (time the collector emitted the stall event) − (last beat sent
 //! by the stopped agent + threshold). Both sides are CLOCK_MONOTONIC ns on
-//! the same machine. The last-beat time is taken right after `sendmmsg`
-//! returned, so the latency includes nothing the sender did.
+//! the same machine. The last-beat time is taken just before the `sendmmsg`
+//! call that carried the frame, so it can never be later than the
+//! collector's receipt (the latency is conservative by the few microseconds
+//! a batched send takes).
 //!
 //! Clock origin: our collector writes absolute CLOCK_MONOTONIC ns;
 //! varta-watch 0.2 writes ns since its own start. When the event file has

@@ -147,6 +147,10 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
             slot_agent[k] = a;
             k += 1;
         }
+        // The "last beat" time of an agent is taken just before the call that
+        // carries its frame: the collector cannot have received it earlier, so
+        // latencies measured against it are never flattered by preemption.
+        let t_send = monotonic_ns();
         let mut off = 0;
         while off < k {
             stats.syscalls += 1;
@@ -170,9 +174,8 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
             }
             break;
         }
-        let t = monotonic_ns();
         for &a in &slot_agent[..off] {
-            agents.last_sent_ns[a] = t;
+            agents.last_sent_ns[a] = t_send;
         }
         stats.sent += off as u64;
     }

@@ -9,7 +9,7 @@
 //!
 //! With `--stop-fraction F --stop-after D`, `floor(N × F)` evenly spread
 //! agents fall silent D after the start; the report records, for each, the
-//! CLOCK_MONOTONIC ns right after its last frame was handed to the kernel.
+//! CLOCK_MONOTONIC ns just before the send call that carried its last frame.
 //! Only loopback targets are accepted.
 
 use std::collections::BTreeMap;
