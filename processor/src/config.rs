@@ -204,37 +204,7 @@ impl TrackerConfig {
     }
 }
 
-/// Parses `"150ms"`, `"2s"`, `"1.5s"`, `"0"`: a non-negative decimal number
-/// followed by one of `ns`, `us`, `ms`, `s`, `m`, `h` (a bare `0` is allowed).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale_ns: f64 = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number followed by ns, us, ms, s, m or h (e.g. \"2s\")"
-            ));
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: {number:?} is not a non-negative number"))?;
-    let ns = value * scale_ns;
-    if !ns.is_finite() || ns > u64::MAX as f64 {
-        return Err(format!("invalid duration {text:?}: too large"));
-    }
-    Ok(Duration::from_nanos(ns.round() as u64))
-}
+pub use varta_proto::duration::parse_duration;
 
 fn duration_from_str<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
@@ -244,21 +214,6 @@ fn duration_from_str<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Er
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("150ms"), Ok(Duration::from_millis(150)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("20us"), Ok(Duration::from_micros(20)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("1e99h").is_err());
-    }
 
     #[test]
     fn defaults_from_empty_maps() -> Result<(), serde_json::Error> {

@@ -5,6 +5,7 @@
 //!   the HKDF-SHA256 derivations.
 //! * [`crc`]: the CRC-32C checksum.
 //! * [`beat`]: the decoded-and-attested beat that receivers hand to the processor.
+//! * [`duration`]: the one duration grammar (`150ms`, `2s`) every config and CLI uses.
 //!
 //! Pure functions only: no I/O, no async, no allocation on the frame paths.
 //!
@@ -18,6 +19,7 @@
 
 pub mod beat;
 pub mod crc;
+pub mod duration;
 pub mod frame;
 pub mod hex;
 pub mod secure;

@@ -137,20 +137,7 @@ pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
     pub fn parse(s: &str) -> Result<ConfigDuration, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like \"2s\" or \"150ms\""))?;
-        let d = match unit.trim() {
-            "ns" => Duration::from_nanos(n),
-            "us" | "µs" => Duration::from_micros(n),
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(format!("{s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")")),
-        };
-        Ok(ConfigDuration(d))
+        varta_proto::duration::parse_duration(s).map(ConfigDuration)
     }
 }
 
