@@ -88,8 +88,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         let mut tracker = None;
         for id in &p.processors {
             match config.processors.get(id).map(|c| &c.config) {
-                Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(cfg.clone()),
-                Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(cfg.clone()),
+                Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(*cfg),
+                Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(*cfg),
                 None => {}
             }
         }

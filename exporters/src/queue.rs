@@ -190,7 +190,7 @@ mod tests {
         // The exporter takes event 0 and blocks on the gate; 1..=4 fill the
         // queue; 5..=9 each evict the oldest waiting event.
         queue.offer(&ev(0));
-        while queue.evict.len() > 0 {
+        while !queue.evict.is_empty() {
             std::thread::yield_now();
         }
         for i in 1..10 {

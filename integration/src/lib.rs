@@ -69,6 +69,7 @@ pub fn read_events(path: &Path) -> Vec<EventLine> {
 }
 
 /// A running collector under test.
+#[derive(Debug)]
 pub struct Collector {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
