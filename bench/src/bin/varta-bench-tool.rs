@@ -155,7 +155,12 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Median { values } => {
             let v: Vec<f64> = values.iter().filter_map(|s| s.parse().ok()).collect();
-            println!("{}", fmt(median(&v)));
+            let m = median(&v);
+            // Up to 4 decimals, trailing zeros trimmed (CPU % needs them, counts do not).
+            let text = if m.is_finite() { format!("{m:.4}") } else { "nan".into() };
+            let text =
+                if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+            println!("{text}");
         }
     }
     Ok(())
