@@ -228,23 +228,24 @@ header() { # header SCENARIO TITLE
 # ---------------------------------------------------------------- ingest
 
 ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
-    local impl=$1 t=$2 rep=$3 rate=${4:-0} agents=1000 k0 k1 rep_json=$WORK/load.json
-    [[ $t == uds ]] && agents=2
+    local impl=$1 t=$2 rep=$3 rate=${4:-0} agents=1000 k0 k1 rep_json=$WORK/load.json on_full=drop
+    # UDS: two blocking senders (back-pressure, nothing dropped), as an agent SDK would send.
+    [[ $t == uds ]] && agents=2 && on_full=wait
     k0=$(udp_rcvbuf_errors)
     if [[ $impl == ours ]]; then start_ours "$t" 1000000 false "$WORK/ours.events"; else start_vw "$t" "$VW_READ_TIMEOUT_MS"; fi
     # shellcheck disable=SC2046
-    "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --rate "$rate" \
+    "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --rate "$rate" --on-full "$on_full" \
         --duration "${INGEST_SECS}s" --report "$rep_json" $(key_for "$t") 2>>"$WORK/load.log"
     sleep 0.5
     local accepted counted
     if [[ $impl == ours ]]; then
         stop_ours
         accepted=$(ours_stat '^beats_accepted$' pipelines)
-        counted=$(ours_stat 'full|drop|refus|limited|capacity|decode|auth|replay|mismatch|stale|evict' '.')
+        counted=$(ours_stat 'full|drop|refus|limited|capacity|decode|auth|replay|mismatch|conflict|stale|evict' '.')
     else
         stop_vw
         accepted=$(vw_stat '^varta_beats_total$')
-        counted=$(vw_stat 'rate_limited_total|capacity_exceeded|decode_errors_total|auth_failures|decrypt_failures|truncated|replay|nonce')
+        counted=$(vw_stat 'rate_limited_total|capacity_exceeded|decode_errors_total|auth_failures|decrypt_failures|truncated|replay|nonce|conflict|cross_namespace|pid_above|dropped')
     fi
     k1=$(udp_rcvbuf_errors)
     local sent eagain secs kernel unacc
@@ -273,7 +274,7 @@ scenario_ingest() {
     header ingest "Ingest: flat-out senders, ${INGEST_SECS}s per run"
     {
         echo "Accepted beats/s = beats the collector accepted into its tracker ÷ send time (flat-out sender;"
-        echo "UDS: 2 sender processes, UDP/secure: 1 process simulating 1,000 agents, 64 frames per sendmmsg)."
+        echo "UDS: 2 blocking sender processes, UDP/secure: 1 process simulating 1,000 agents, 64 frames per sendmmsg)."
         echo "Loss columns are medians per run: sender-seen EAGAIN (UDS), kernel UDP RcvbufErrors, collector-counted drops,"
         echo "and *unaccounted* = sent − accepted − kernel drops − collector drops (must be ≈ 0)."
         echo

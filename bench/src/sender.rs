@@ -9,7 +9,9 @@
 //! others keep their interval. A frame the kernel refuses is counted by
 //! errno (`EAGAIN` on a full Unix socket is a drop the sender saw) and not
 //! retried; after `EAGAIN` the loop waits (≤ 10 ms) until the socket is
-//! writable again instead of spinning.
+//! writable again instead of spinning. With `wait_when_full` the loop is a
+//! blocking sender instead: it waits and retries the same frames, counting
+//! only the waits.
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -30,6 +32,10 @@ pub struct SendPlan {
     pub stop_at_ns: Option<u64>,
     /// Frames per `sendmmsg` call (1..=1024).
     pub batch: usize,
+    /// On `EAGAIN`/`ENOBUFS`: `true` waits until the socket is writable and
+    /// retries the same frames (a blocking sender, lossless back-pressure);
+    /// `false` counts them as dropped and moves on.
+    pub wait_when_full: bool,
 }
 
 /// What the loop sent and what the kernel refused.
@@ -41,6 +47,8 @@ pub struct SendStats {
     pub errors: BTreeMap<String, u64>,
     /// `sendmmsg` calls made.
     pub syscalls: u64,
+    /// Times the socket was full and the loop waited (`wait_when_full`).
+    pub full_waits: u64,
     /// CLOCK_MONOTONIC ns when the loop ended.
     pub finished_ns: u64,
 }
@@ -50,6 +58,7 @@ impl SendStats {
     pub fn merge(&mut self, other: &SendStats) {
         self.sent += other.sent;
         self.syscalls += other.syscalls;
+        self.full_waits += other.full_waits;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -163,6 +172,15 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
             }
             let e = last_errno();
             if e == libc::EINTR {
+                continue;
+            }
+            if plan.wait_when_full && (e == libc::EAGAIN || e == libc::ENOBUFS) {
+                stats.full_waits += 1;
+                if monotonic_ns() >= plan.end_ns {
+                    *stats.errors.entry(errno_name(e)).or_insert(0) += (k - off) as u64;
+                    break;
+                }
+                wait_writable(fd, 10);
                 continue;
             }
             *stats.errors.entry(errno_name(e)).or_insert(0) += (k - off) as u64;

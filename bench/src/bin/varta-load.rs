@@ -68,6 +68,10 @@ struct Args {
     /// First simulated pid on UDP transports (agents get pid-base .. pid-base+N).
     #[arg(long, default_value_t = 1000)]
     pid_base: u32,
+    /// When the socket is full (EAGAIN): `drop` counts the frames as dropped
+    /// and goes on; `wait` blocks until writable and retries them.
+    #[arg(long, default_value = "drop", value_parser = ["drop", "wait"])]
+    on_full: String,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,7 @@ fn run(args: &Args) -> Result<(), String> {
         "refused": stats.refused(),
         "send_errors": stats.errors,
         "syscalls": stats.syscalls,
+        "full_waits": stats.full_waits,
         "achieved_rate": stats.sent as f64 / secs,
         "stopped": stopped.iter().map(|(pid, ns)| json!({"pid": pid, "last_beat_ns": ns})).collect::<Vec<_>>(),
     });
@@ -167,6 +172,7 @@ fn plan(args: &Args, rate: f64, start_ns: u64) -> SendPlan {
         end_ns: start_ns + args.duration.as_nanos() as u64,
         stop_at_ns: args.stop_after.map(|d| start_ns + d.as_nanos() as u64),
         batch: args.batch,
+        wait_when_full: args.on_full == "wait",
     }
 }
 
@@ -203,6 +209,7 @@ fn worker_line(pid: u32, stopped: bool, last_ns: u64, stats: &SendStats) -> Stri
     let mut v = json!({
         "pid": pid, "stopped": stopped, "last_ns": last_ns, "sent": stats.sent,
         "syscalls": stats.syscalls, "finished_ns": stats.finished_ns, "errors": stats.errors,
+        "full_waits": stats.full_waits,
     })
     .to_string();
     v.push('\n');
@@ -290,6 +297,7 @@ fn run_uds_workers(args: &Args, rate: f64, stop: &[bool]) -> Result<Outcome, Str
         let mut s = SendStats {
             sent: v["sent"].as_u64().unwrap_or(0),
             syscalls: v["syscalls"].as_u64().unwrap_or(0),
+            full_waits: v["full_waits"].as_u64().unwrap_or(0),
             finished_ns: v["finished_ns"].as_u64().unwrap_or(0),
             errors: BTreeMap::new(),
         };
