@@ -42,8 +42,6 @@ use varta_proto::{
 };
 
 mod beating;
-pub mod duration;
-pub mod keyfile;
 
 pub use beating::BeatHandle;
 

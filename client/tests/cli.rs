@@ -233,7 +233,7 @@ fn key_files_must_be_private_regular_files() {
     std::fs::write(&garbage, "not a key\n").unwrap();
     let o = varta(&["beat", "--secure-udp", "127.0.0.1:9", "--key-file", garbage.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("does not hold a key"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("must contain exactly 64 hex characters"), "{}", stderr(&o));
 }
 
 #[test]

@@ -22,35 +22,13 @@ pub enum ConfigError {
     UnauthenticatedUdp,
 }
 
-/// Why a key file was refused. Each variant names the rule that failed and the path.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    #[error("key file {path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("key file {path}: is a symlink; key files must be regular files, not symlinks")]
-    Symlink { path: PathBuf },
-    #[error("key file {path}: is not a regular file")]
-    NotRegular { path: PathBuf },
-    #[error(
-        "key file {path}: mode {mode:04o} gives access to group or others; key files must be owner-only \
-         (chmod 600)"
-    )]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error(
-        "key file {path}: owned by uid {owner}, but the collector runs as uid {euid}; key files must be ours"
-    )]
-    Owner { path: PathBuf, owner: u32, euid: u32 },
-    #[error("key file {path}: must contain exactly 64 hex characters (a 32-byte key): {reason}")]
-    Format { path: PathBuf, reason: String },
-}
-
 /// A receiver that could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
     #[error("receiver {id}: {source}")]
     Config { id: String, source: ConfigError },
     #[error("receiver {id}: {source}")]
-    Key { id: String, source: KeyFileError },
+    Key { id: String, source: varta_secrets::SecretFileError },
     #[error("receiver {id}: directory {dir} of socket path does not exist (create it first)")]
     MissingDirectory { id: String, dir: PathBuf },
     #[error("receiver {id}: {path} exists and is not a socket; refusing to remove it")]

@@ -25,7 +25,6 @@
 
 pub mod config;
 pub mod error;
-pub mod keys;
 pub mod mmsg;
 pub mod procfs;
 pub mod replay;
@@ -33,9 +32,6 @@ mod secure;
 pub mod stats;
 mod udp;
 mod uds;
-
-#[cfg(test)]
-mod test_util;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,9 +42,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use varta_proto::{Arrival, Batch, FrameCipher, MasterKey, Refusal, RefusedFrame, Source, Transport};
 
 pub use config::{ConfigDuration, SocketMode, TransportKind, VlpReceiverConfig};
-pub use error::{ConfigError, KeyFileError, ReceiverError};
-pub use keys::load_key_file;
+pub use error::{ConfigError, ReceiverError};
 pub use stats::ReceiverStats;
+pub use varta_secrets::{SecretFileError, load_key_file};
 
 use mmsg::{Ancillary, RecvBatch};
 use secure::{MasterCiphers, SecureReceiver};

@@ -11,14 +11,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use varta_client::duration::parse_duration;
-use varta_client::keyfile::read_key_file;
 use varta_client::{BeatOutcome, Client, SecureKey};
+use varta_proto::duration::parse_duration;
 use varta_proto::hex::{HexError, decode_hex, encode_hex};
 use varta_proto::{
     Frame, FrameCipher, Iv, MASTER_FRAME_LEN, MasterKey, OpenError, SHARED_FRAME_LEN, Status,
     master_frame_pid,
 };
+use varta_secrets::load_key_file as read_key_file;
 use zeroize::Zeroizing;
 
 #[derive(Debug, Parser)]
