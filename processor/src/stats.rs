@@ -10,48 +10,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use varta_proto::{DecodeErrorKind, Refusal};
+use varta_proto::Refusal;
 
 use crate::clock::ClockAnomalyKind;
 use crate::event::{EvictionReason, RateLimitReason};
 
 /// Every receiver refusal, in counter-index order.
-pub const REFUSALS: [Refusal; 18] = [
-    Refusal::Decode(DecodeErrorKind::BadLength),
-    Refusal::Decode(DecodeErrorKind::BadMagic),
-    Refusal::Decode(DecodeErrorKind::BadVersion),
-    Refusal::Decode(DecodeErrorKind::BadCrc),
-    Refusal::Decode(DecodeErrorKind::BadStatus),
-    Refusal::Decode(DecodeErrorKind::StallOnWire),
-    Refusal::Decode(DecodeErrorKind::BadPid),
-    Refusal::Decode(DecodeErrorKind::BadTimestamp),
-    Refusal::Decode(DecodeErrorKind::BadNonce),
-    Refusal::AuthFailed,
-    Refusal::UidMismatch,
-    Refusal::NamespaceMismatch,
-    Refusal::PidAboveMax,
-    Refusal::DecryptFailed,
-    Refusal::PidMismatch,
-    Refusal::Replay,
-    Refusal::SenderTableFull,
-    Refusal::Truncated,
-];
-
-/// Index of a refusal in [`REFUSALS`] (and in the `refused` counters).
-pub const fn refusal_index(refusal: Refusal) -> usize {
-    match refusal {
-        Refusal::Decode(kind) => kind as usize,
-        Refusal::AuthFailed => 9,
-        Refusal::UidMismatch => 10,
-        Refusal::NamespaceMismatch => 11,
-        Refusal::PidAboveMax => 12,
-        Refusal::DecryptFailed => 13,
-        Refusal::PidMismatch => 14,
-        Refusal::Replay => 15,
-        Refusal::SenderTableFull => 16,
-        Refusal::Truncated => 17,
-    }
-}
+pub const REFUSALS: [Refusal; Refusal::COUNT] = Refusal::ALL;
 
 /// A counter written by exactly one thread.
 #[derive(Debug, Default)]
@@ -174,7 +139,7 @@ impl ProcessorStats {
         self.agents_tracked.get()
     }
     pub fn refused(&self, refusal: Refusal) -> u64 {
-        self.refused[refusal_index(refusal)].get()
+        self.refused[refusal.index()].get()
     }
 
     // Writers (processor thread only).
@@ -216,7 +181,7 @@ impl ProcessorStats {
         self.status_changes.add(1);
     }
     pub(crate) fn refusal(&self, refusal: Refusal) {
-        self.refused[refusal_index(refusal)].add(1);
+        self.refused[refusal.index()].add(1);
     }
     pub(crate) fn clock_anomaly(&self, kind: ClockAnomalyKind) {
         match kind {
@@ -275,7 +240,7 @@ mod tests {
     #[test]
     fn refusal_indices_are_a_bijection() {
         for (i, r) in REFUSALS.iter().enumerate() {
-            assert_eq!(refusal_index(*r), i, "{r:?}");
+            assert_eq!(r.index(), i, "{r:?}");
         }
         let mut labels: Vec<_> = REFUSALS.iter().map(|r| r.label()).collect();
         labels.sort_unstable();

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::frame::Frame;
+use crate::frame::{DecodeErrorKind, Frame};
 
 /// The transport a beat arrived on, ordered from weakest to strongest
 /// sender authentication (the order used for origin pinning: an agent first
@@ -103,6 +103,49 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Number of refusal kinds (size of a per-kind counter array).
+    pub const COUNT: usize = DecodeErrorKind::COUNT + 9;
+
+    /// Every refusal kind, in [`Refusal::index`] order.
+    pub const ALL: [Refusal; Refusal::COUNT] = [
+        Refusal::Decode(DecodeErrorKind::BadLength),
+        Refusal::Decode(DecodeErrorKind::BadMagic),
+        Refusal::Decode(DecodeErrorKind::BadVersion),
+        Refusal::Decode(DecodeErrorKind::BadCrc),
+        Refusal::Decode(DecodeErrorKind::BadStatus),
+        Refusal::Decode(DecodeErrorKind::StallOnWire),
+        Refusal::Decode(DecodeErrorKind::BadPid),
+        Refusal::Decode(DecodeErrorKind::BadTimestamp),
+        Refusal::Decode(DecodeErrorKind::BadNonce),
+        Refusal::AuthFailed,
+        Refusal::UidMismatch,
+        Refusal::NamespaceMismatch,
+        Refusal::PidAboveMax,
+        Refusal::DecryptFailed,
+        Refusal::PidMismatch,
+        Refusal::Replay,
+        Refusal::SenderTableFull,
+        Refusal::Truncated,
+    ];
+
+    /// Stable counter index: decode kinds first (by their own index), then
+    /// the other refusals in declaration order.
+    pub const fn index(self) -> usize {
+        const D: usize = DecodeErrorKind::COUNT;
+        match self {
+            Refusal::Decode(kind) => kind as usize,
+            Refusal::AuthFailed => D,
+            Refusal::UidMismatch => D + 1,
+            Refusal::NamespaceMismatch => D + 2,
+            Refusal::PidAboveMax => D + 3,
+            Refusal::DecryptFailed => D + 4,
+            Refusal::PidMismatch => D + 5,
+            Refusal::Replay => D + 6,
+            Refusal::SenderTableFull => D + 7,
+            Refusal::Truncated => D + 8,
+        }
+    }
+
     /// Stable snake_case label for metrics and event files.
     pub const fn label(self) -> &'static str {
         match self {
@@ -231,5 +274,16 @@ mod tests {
         b.clear();
         assert!(b.is_empty() && b.as_slice().is_empty());
         assert!(Transport::Uds > Transport::SecureMaster && Transport::SecureShared > Transport::Udp);
+    }
+
+    #[test]
+    fn refusal_indexes_are_dense_and_labels_unique() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Refusal::COUNT);
     }
 }

@@ -7,51 +7,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use varta_proto::frame::DecodeErrorKind;
 use varta_proto::{Refusal, RefusedFrame};
 
 /// Number of distinct refusal kinds (size of [`ReceiverStats::refused`]).
-pub const REFUSAL_KINDS: usize = DecodeErrorKind::COUNT + 9;
-
-/// Every refusal kind, in [`refusal_index`] order.
-pub const ALL_REFUSALS: [Refusal; REFUSAL_KINDS] = [
-    Refusal::Decode(DecodeErrorKind::BadLength),
-    Refusal::Decode(DecodeErrorKind::BadMagic),
-    Refusal::Decode(DecodeErrorKind::BadVersion),
-    Refusal::Decode(DecodeErrorKind::BadCrc),
-    Refusal::Decode(DecodeErrorKind::BadStatus),
-    Refusal::Decode(DecodeErrorKind::StallOnWire),
-    Refusal::Decode(DecodeErrorKind::BadPid),
-    Refusal::Decode(DecodeErrorKind::BadTimestamp),
-    Refusal::Decode(DecodeErrorKind::BadNonce),
-    Refusal::AuthFailed,
-    Refusal::UidMismatch,
-    Refusal::NamespaceMismatch,
-    Refusal::PidAboveMax,
-    Refusal::DecryptFailed,
-    Refusal::PidMismatch,
-    Refusal::Replay,
-    Refusal::SenderTableFull,
-    Refusal::Truncated,
-];
-
-/// Stable index of a refusal kind: decode kinds first (by their own index),
-/// then the receiver's refusals in declaration order.
-pub const fn refusal_index(r: Refusal) -> usize {
-    const D: usize = DecodeErrorKind::COUNT;
-    match r {
-        Refusal::Decode(kind) => kind as usize,
-        Refusal::AuthFailed => D,
-        Refusal::UidMismatch => D + 1,
-        Refusal::NamespaceMismatch => D + 2,
-        Refusal::PidAboveMax => D + 3,
-        Refusal::DecryptFailed => D + 4,
-        Refusal::PidMismatch => D + 5,
-        Refusal::Replay => D + 6,
-        Refusal::SenderTableFull => D + 7,
-        Refusal::Truncated => D + 8,
-    }
-}
+pub const REFUSAL_KINDS: usize = Refusal::COUNT;
 
 /// Counters of one receiver.
 #[derive(Debug, Default)]
@@ -60,7 +19,7 @@ pub struct ReceiverStats {
     pub datagrams: AtomicU64,
     /// Accepted beats (including ones later dropped because the queue was full).
     pub beats: AtomicU64,
-    /// Refusals by kind, indexed by [`refusal_index`].
+    /// Refusals by kind, indexed by [`Refusal::index`].
     pub refused: [AtomicU64; REFUSAL_KINDS],
     /// Beats dropped because the processor queue was full.
     pub queue_full_beats: AtomicU64,
@@ -81,12 +40,12 @@ pub struct ReceiverStats {
 impl ReceiverStats {
     /// Count of one refusal kind.
     pub fn refusal(&self, r: Refusal) -> u64 {
-        self.refused[refusal_index(r)].load(Relaxed)
+        self.refused[r.index()].load(Relaxed)
     }
 
     /// `(label, count)` for every refusal kind, zeros included, in index order.
     pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ALL_REFUSALS.iter().map(|r| (r.label(), self.refusal(*r)))
+        Refusal::ALL.iter().map(|r| (r.label(), self.refusal(*r)))
     }
 
     /// Sum over all refusal kinds.
@@ -100,7 +59,7 @@ impl ReceiverStats {
     }
 
     pub(crate) fn count_refusal(&self, r: Refusal) {
-        Self::add(&self.refused[refusal_index(r)], 1);
+        Self::add(&self.refused[r.index()], 1);
     }
 }
 
@@ -121,7 +80,7 @@ impl RefusalLog {
     }
 
     pub(crate) fn note(&mut self, r: &RefusedFrame) {
-        let i = refusal_index(r.refusal);
+        let i = r.refusal.index();
         self.since_last[i] += 1;
         let due = self.last_ns[i].is_none_or(|t| r.received_ns.saturating_sub(t) >= REFUSAL_LOG_INTERVAL_NS);
         if due {
@@ -145,10 +104,10 @@ mod tests {
 
     #[test]
     fn indices_are_dense_and_labels_unique() {
-        for (i, r) in ALL_REFUSALS.iter().enumerate() {
-            assert_eq!(refusal_index(*r), i);
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
         }
-        let mut labels: Vec<&str> = ALL_REFUSALS.iter().map(|r| r.label()).collect();
+        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.label()).collect();
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), REFUSAL_KINDS);
