@@ -37,6 +37,31 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A one-pipeline config: receiver `vlp/<name>` with the given body lines
+/// (already indented by four spaces), a tracker with `threshold`, and the
+/// event file at `@DIR@/events.tsv`; JSON logs so counters can be read.
+pub fn pipeline_config(name: &str, receiver_body: &str, threshold: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/{name}:
+{receiver_body}
+processors:
+  tracker: {{ threshold: {threshold} }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/{name}], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    )
+}
+
+/// A loopback UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
+}
+
 /// One line of the TSV event file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventLine {

@@ -5,7 +5,10 @@ use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 
-use varta_integration::{Collector, EventLine, collector_cmd, final_counter, read_events, varta, wait_for};
+use varta_integration::{
+    Collector, EventLine, collector_cmd, final_counter, free_udp_port, pipeline_config, read_events, varta,
+    wait_for,
+};
 use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
 
 const THRESHOLD_MS: u64 = 300;
@@ -161,27 +164,8 @@ fn every_malformed_frame_kind_lands_in_its_counter() {
     assert!(status.success());
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
-}
-
 fn udp_config(port: u16, opt_in: &str) -> String {
-    format!(
-        r#"receivers:
-  vlp/udp:
-    transport: udp
-    endpoint: "127.0.0.1:{port}"
-{opt_in}
-processors:
-  tracker: {{ threshold: 1s }}
-exporters:
-  file: {{ path: "@DIR@/events.tsv" }}
-service:
-  pipelines:
-    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [file] }}
-  telemetry: {{ logs: {{ format: json }} }}
-"#
-    )
+    pipeline_config("udp", &format!("    transport: udp\n    endpoint: \"127.0.0.1:{port}\"\n{opt_in}"), "1s")
 }
 
 #[test]
@@ -219,21 +203,10 @@ fn plain_udp_beats_are_tracked_by_source_and_pid() {
 }
 
 fn secure_config(port: u16, keys: &str) -> String {
-    format!(
-        r#"receivers:
-  vlp/secure:
-    transport: secure_udp
-    endpoint: "127.0.0.1:{port}"
-{keys}
-processors:
-  tracker: {{ threshold: 1s }}
-exporters:
-  file: {{ path: "@DIR@/events.tsv" }}
-service:
-  pipelines:
-    liveness: {{ receivers: [vlp/secure], processors: [tracker], exporters: [file] }}
-  telemetry: {{ logs: {{ format: json }} }}
-"#
+    pipeline_config(
+        "secure",
+        &format!("    transport: secure_udp\n    endpoint: \"127.0.0.1:{port}\"\n{keys}"),
+        "1s",
     )
 }
 

@@ -2,32 +2,15 @@
 //! VLP implementation from crates.io) beats into our collector over every
 //! transport, unchanged.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
 use reference_client::{BeatOutcome, Varta};
 use reference_vlp::Status;
 use reference_vlp::crypto::Key;
-use varta_integration::{Collector, read_events, wait_for};
+use varta_integration::{Collector, free_udp_port as free_port, pipeline_config, read_events, wait_for};
 
 fn config(receiver: &str) -> String {
-    format!(
-        r#"receivers:
-  vlp/in:
-{receiver}
-processors:
-  tracker: {{ threshold: 5s }}
-exporters:
-  file: {{ path: "@DIR@/events.tsv" }}
-service:
-  pipelines:
-    liveness: {{ receivers: [vlp/in], processors: [tracker], exporters: [file] }}
-  telemetry: {{ logs: {{ format: json }} }}
-"#
-    )
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
+    pipeline_config("in", receiver, "5s")
 }
 
 /// Beats three times with the given status sequence and waits until the
