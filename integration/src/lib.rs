@@ -153,6 +153,16 @@ impl Collector {
         }
     }
 
+    /// Waits for the next systemd notification that satisfies `want`.
+    pub fn wait_notification(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let mut buf = [0u8; 512];
+        wait_for(what, || {
+            let n = self.notify.recv(&mut buf).ok()?;
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            want(&msg).then_some(msg)
+        })
+    }
+
     /// The collector's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

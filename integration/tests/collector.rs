@@ -356,6 +356,18 @@ fn sigterm_exits_zero_and_removes_the_socket() {
 }
 
 #[test]
+fn systemd_watchdog_is_fed_and_stopping_is_announced() {
+    let c = Collector::start_with(&uds_config(""), &[("WATCHDOG_USEC", "200000")]);
+    for _ in 0..2 {
+        c.wait_notification("WATCHDOG=1", |m| m == "WATCHDOG=1");
+    }
+    c.signal(libc::SIGINT);
+    c.wait_notification("STOPPING=1", |m| m == "STOPPING=1");
+    let (status, log) = c.stop();
+    assert!(status.success(), "SIGINT is a clean shutdown too: {log}");
+}
+
+#[test]
 fn agents_killed_with_frames_in_flight_do_not_disturb_the_collector() {
     let c = Collector::start(&uds_config(""));
     let socket = c.path("varta.sock");
