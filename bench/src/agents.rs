@@ -70,6 +70,8 @@ pub struct Agents {
     /// CLOCK_MONOTONIC ns just before the `sendmmsg` call that carried each
     /// agent's last accepted frame (0 = never sent).
     pub last_sent_ns: Vec<u64>,
+    /// The nonce of that frame (matches the collector's beat line).
+    pub last_sent_nonce: Vec<u64>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -110,6 +112,7 @@ impl Agents {
                 .collect(),
             iv_counter: vec![0; n],
             last_sent_ns: vec![0; n],
+            last_sent_nonce: vec![0; n],
             pids,
             sealing,
             frame_len: transport.frame_len(),
@@ -127,6 +130,11 @@ impl Agents {
 
     pub fn pid(&self, i: usize) -> u32 {
         self.pids[i]
+    }
+
+    /// The nonce of agent `i`'s most recently encoded frame.
+    pub fn nonce(&self, i: usize) -> u64 {
+        self.nonces[i]
     }
 
     /// Bytes per frame on this transport.

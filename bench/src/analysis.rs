@@ -9,11 +9,12 @@
 //!
 //! Clock origin: our collector writes absolute CLOCK_MONOTONIC ns;
 //! varta-watch 0.2 writes ns since its own start. When the event file has
-//! beat lines for the stopped agents, the origin is estimated as
-//! `max over stopped agents (last beat sent − its last beat line)`: each term
-//! is `origin − transit`, so the maximum is the origin less the smallest
-//! transit time (microseconds on an idle loopback). The estimate is applied
-//! only when it is larger than one second (i.e. the file is not absolute).
+//! the beat line of a stopped agent's last frame (same pid and nonce), the
+//! origin is estimated as `max over those agents (last beat sent − its beat
+//! line)`: each term is `origin − transit`, so the maximum is the origin
+//! less the smallest transit time (microseconds on an idle loopback). The
+//! estimate is applied only when it is larger than one second (i.e. the
+//! file is not absolute).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -53,46 +54,59 @@ pub fn median(values: &[f64]) -> f64 {
     if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
-/// Computes stall latencies. `stopped` maps pid → last-beat ns; `events`
+/// The last frame a stopped agent sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastBeat {
+    /// CLOCK_MONOTONIC ns just before it was sent.
+    pub sent_ns: u64,
+    pub nonce: u64,
+}
+
+/// Computes stall latencies. `stopped` maps pid → last beat; `events`
 /// is the TSV event file (`observer_ns kind pid …`); only the first stall
 /// of each stopped pid after its last beat counts.
 pub fn stall_latency(
-    stopped: &HashMap<u32, u64>,
+    stopped: &HashMap<u32, LastBeat>,
     events: impl BufRead,
     threshold_ns: u64,
 ) -> std::io::Result<StallSummary> {
-    // Per stopped pid: last beat line seen, and (beat line before it, stall ts) pairs.
+    // Per stopped pid: the beat line of its last frame, and its stall lines.
     let mut last_beat_line: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
     let mut stalls: Vec<(u32, u64)> = Vec::new();
     let mut false_stalls = 0;
     for line in events.lines() {
         let line = line?;
         let mut cols = line.split('\t');
-        let (Some(ts), Some(kind), Some(pid)) = (cols.next(), cols.next(), cols.next()) else { continue };
+        let (Some(ts), Some(kind), Some(pid), nonce) = (cols.next(), cols.next(), cols.next(), cols.next())
+        else {
+            continue;
+        };
         if kind != "stall" && kind != "beat" {
             continue;
         }
         let (Ok(ts), Ok(pid)) = (ts.parse::<u64>(), pid.parse::<u32>()) else { continue };
-        match (kind, stopped.contains_key(&pid)) {
-            ("beat", true) => {
-                last_beat_line.insert(pid, ts);
+        match (kind, stopped.get(&pid)) {
+            ("beat", Some(last)) => {
+                if nonce.and_then(|n| n.parse::<u64>().ok()) == Some(last.nonce) {
+                    last_beat_line.insert(pid, ts);
+                }
             }
-            ("stall", true) => stalls.push((pid, ts)),
-            ("stall", false) => false_stalls += 1,
+            ("stall", Some(_)) => stalls.push((pid, ts)),
+            ("stall", None) => false_stalls += 1,
             _ => {}
         }
     }
     let origin = last_beat_line
         .iter()
-        .filter_map(|(pid, &obs)| stopped.get(pid)?.checked_sub(obs))
+        .filter_map(|(pid, &obs)| stopped.get(pid)?.sent_ns.checked_sub(obs))
         .max()
         .filter(|&o| o > 1_000_000_000)
         .unwrap_or(0);
     let mut first: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
     for (pid, ts) in stalls {
         let ts = ts + origin;
-        if let Some(&last) = stopped.get(&pid)
-            && ts >= last
+        if let Some(last) = stopped.get(&pid)
+            && ts >= last.sent_ns
         {
             first.entry(pid).or_insert(ts);
         }
@@ -100,7 +114,7 @@ pub fn stall_latency(
     let mut lat: Vec<f64> = first
         .iter()
         .filter_map(|(pid, &ts)| {
-            let last = *stopped.get(pid)?;
+            let last = stopped.get(pid)?.sent_ns;
             Some((ts as f64 - (last + threshold_ns) as f64) / 1e3)
         })
         .collect();
@@ -134,7 +148,10 @@ mod tests {
 
     #[test]
     fn latency_uses_first_stall_after_last_beat() {
-        let stopped: HashMap<u32, u64> = [(1000, 5_000_000), (1001, 6_000_000)].into_iter().collect();
+        let stopped: HashMap<u32, LastBeat> = [(1000, 5_000_000), (1001, 6_000_000)]
+            .into_iter()
+            .map(|(p, t)| (p, LastBeat { sent_ns: t, nonce: 9 }))
+            .collect();
         let events = "1000\tstall\t1000\t3\tstall\t-\n\
                       6000500\tstall\t1000\t9\tstall\t-\n\
                       7000500\tstall\t1000\t9\tstall\t-\n\
@@ -149,9 +166,14 @@ mod tests {
     #[test]
     fn relative_clock_is_calibrated_from_beat_lines() {
         // The file's clock started at 10 s; beats sent at 15 s and 16 s arrived 2 µs later.
-        let stopped: HashMap<u32, u64> = [(1, 15_000_000_000), (2, 16_000_000_000)].into_iter().collect();
-        let events = "5000002000\tbeat\t1\t1\tok\t0\n\
-                      6000005000\tbeat\t2\t1\tok\t0\n\
+        let stopped: HashMap<u32, LastBeat> = [(1, 15_000_000_000), (2, 16_000_000_000)]
+            .into_iter()
+            .map(|(p, t)| (p, LastBeat { sent_ns: t, nonce: 4 }))
+            .collect();
+        // Beat lines of earlier nonces (or lost last beats) must not move the origin.
+        let events = "4000000000\tbeat\t1\t3\tok\t0\n\
+                      5000002000\tbeat\t1\t4\tok\t0\n\
+                      6000005000\tbeat\t2\t4\tok\t0\n\
                       6000300000\tstall\t1\t1\tstall\t-\n\
                       7000305000\tstall\t2\t1\tstall\t-\n";
         let s = stall_latency(&stopped, events.as_bytes(), 1_000_000_000).unwrap();

@@ -8,8 +8,8 @@
 //! Agents chosen to stop skip their turn from the stop time on, so the
 //! others keep their interval. A frame the kernel refuses is counted by
 //! errno (`EAGAIN` on a full Unix socket is a drop the sender saw) and not
-//! retried; after `EAGAIN` the loop waits (≤ 10 ms) until the socket is
-//! writable again instead of spinning. With `wait_when_full` the loop is a
+//! retried; after `EAGAIN` a flat-out loop waits (≤ 10 ms) until the socket
+//! is writable again instead of spinning. With `wait_when_full` the loop is a
 //! blocking sender instead: it waits and retries the same frames, counting
 //! only the waits.
 
@@ -110,6 +110,7 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
     }
     let mut bufs = vec![[0u8; MAX_FRAME_LEN]; batch];
     let mut slot_agent = vec![0usize; batch];
+    let mut slot_nonce = vec![0u64; batch];
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid value.
     let mut iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; batch];
     // SAFETY: as above.
@@ -154,6 +155,7 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
             }
             agents.encode_next(a, now, &mut bufs[k]);
             slot_agent[k] = a;
+            slot_nonce[k] = agents.nonce(a);
             k += 1;
         }
         // The "last beat" time of an agent is taken just before the call that
@@ -185,15 +187,21 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
             }
             *stats.errors.entry(errno_name(e)).or_insert(0) += (k - off) as u64;
             if e == libc::EAGAIN || e == libc::ENOBUFS {
-                wait_writable(fd, 10);
+                // Flat out: wait for room rather than spin. Paced: the next beat
+                // is not due yet anyway (and thousands of paced senders all
+                // polling one full socket would only wake each other up).
+                if plan.rate <= 0.0 {
+                    wait_writable(fd, 10);
+                }
             } else {
                 // The peer is missing or refusing: do not spin.
                 sleep_until_ns(monotonic_ns() + 1_000_000);
             }
             break;
         }
-        for &a in &slot_agent[..off] {
+        for (&a, &nonce) in slot_agent[..off].iter().zip(&slot_nonce[..off]) {
             agents.last_sent_ns[a] = t_send;
+            agents.last_sent_nonce[a] = nonce;
         }
         stats.sent += off as u64;
     }

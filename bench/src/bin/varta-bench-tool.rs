@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use varta_bench::analysis::{median, stall_latency};
+use varta_bench::analysis::{LastBeat, median, stall_latency};
 use varta_bench::duration::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -86,12 +86,17 @@ fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Stall { report, events, threshold } => {
             let r = read_json(&report)?;
-            let stopped: HashMap<u32, u64> = r["stopped"]
+            let stopped: HashMap<u32, LastBeat> = r["stopped"]
                 .as_array()
                 .ok_or("report has no `stopped` list")?
                 .iter()
-                .filter_map(|s| Some((u32::try_from(s["pid"].as_u64()?).ok()?, s["last_beat_ns"].as_u64()?)))
-                .filter(|&(_, ns)| ns > 0)
+                .filter_map(|s| {
+                    let pid = u32::try_from(s["pid"].as_u64()?).ok()?;
+                    let last =
+                        LastBeat { sent_ns: s["last_beat_ns"].as_u64()?, nonce: s["last_nonce"].as_u64()? };
+                    Some((pid, last))
+                })
+                .filter(|(_, last)| last.sent_ns > 0)
                 .collect();
             let s = stall_latency(&stopped, open(&events)?, threshold.as_nanos() as u64)
                 .map_err(|e| format!("{}: {e}", events.display()))?;

@@ -127,7 +127,10 @@ fn run(args: &Args) -> Result<(), String> {
         "syscalls": stats.syscalls,
         "full_waits": stats.full_waits,
         "achieved_rate": stats.sent as f64 / secs,
-        "stopped": stopped.iter().map(|(pid, ns)| json!({"pid": pid, "last_beat_ns": ns})).collect::<Vec<_>>(),
+        "stopped": stopped
+            .iter()
+            .map(|(pid, ns, nonce)| json!({"pid": pid, "last_beat_ns": ns, "last_nonce": nonce}))
+            .collect::<Vec<_>>(),
     });
     eprintln!(
         "varta-load: {:?} agents={} sent={} refused={} ({:.0}/s) stopped={}",
@@ -163,7 +166,8 @@ fn set_sndbuf(fd: RawFd, bytes: i32) {
     }
 }
 
-type Outcome = (SendStats, Vec<(u32, u64)>, u64, u64);
+/// (totals, stopped agents as (pid, last beat ns, last nonce), start ns, end ns)
+type Outcome = (SendStats, Vec<(u32, u64, u64)>, u64, u64);
 
 fn plan(args: &Args, rate: f64, start_ns: u64) -> SendPlan {
     SendPlan {
@@ -198,16 +202,16 @@ fn run_udp(args: &Args, rate: f64, stop: Vec<bool>, key: Option<&Key>) -> Result
     let stats = sender::run(sock.as_raw_fd(), &mut agents, &p);
     let stopped = (0..agents.len())
         .filter(|&i| agents.stop[i])
-        .map(|i| (agents.pid(i), agents.last_sent_ns[i]))
+        .map(|i| (agents.pid(i), agents.last_sent_ns[i], agents.last_sent_nonce[i]))
         .collect();
     Ok((stats, stopped, start_ns, p.end_ns))
 }
 
 /// One UDS worker's result, sent to the parent as one JSON line over a pipe
 /// (well below PIPE_BUF, so lines from different workers never interleave).
-fn worker_line(pid: u32, stopped: bool, last_ns: u64, stats: &SendStats) -> String {
+fn worker_line(pid: u32, stopped: bool, last: (u64, u64), stats: &SendStats) -> String {
     let mut v = json!({
-        "pid": pid, "stopped": stopped, "last_ns": last_ns, "sent": stats.sent,
+        "pid": pid, "stopped": stopped, "last_ns": last.0, "last_nonce": last.1, "sent": stats.sent,
         "syscalls": stats.syscalls, "finished_ns": stats.finished_ns, "errors": stats.errors,
         "full_waits": stats.full_waits,
     })
@@ -220,7 +224,7 @@ fn uds_worker(args: &Args, rate: f64, stopped: bool, start_ns: u64, out: RawFd) 
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     let mut stats = SendStats::default();
-    let mut last_ns = 0;
+    let mut last = (0, 0);
     match UnixDatagram::unbound().and_then(|s| s.connect(&args.target).map(|()| s)) {
         Ok(sock) => {
             if sock.set_nonblocking(true).is_ok() {
@@ -228,7 +232,7 @@ fn uds_worker(args: &Args, rate: f64, stopped: bool, start_ns: u64, out: RawFd) 
                 match Agents::new(Transport::Uds, vec![pid], None, vec![stopped], 0) {
                     Ok(mut agents) => {
                         stats = sender::run(sock.as_raw_fd(), &mut agents, &plan(args, rate, start_ns));
-                        last_ns = agents.last_sent_ns[0];
+                        last = (agents.last_sent_ns[0], agents.last_sent_nonce[0]);
                     }
                     Err(e) => {
                         stats.errors.insert(format!("setup: {e}"), 1);
@@ -240,7 +244,7 @@ fn uds_worker(args: &Args, rate: f64, stopped: bool, start_ns: u64, out: RawFd) 
             stats.errors.insert(format!("connect: {}", sender::errno_name(e.raw_os_error().unwrap_or(0))), 1);
         }
     }
-    let line = worker_line(pid, stopped, last_ns, &stats);
+    let line = worker_line(pid, stopped, last, &stats);
     // SAFETY: `out` is the pipe's write end, owned by this process; the buffer is valid.
     let n = unsafe { libc::write(out, line.as_ptr().cast(), line.len()) };
     if n == line.len() as isize { 0 } else { 1 }
@@ -256,7 +260,8 @@ fn run_uds_workers(args: &Args, rate: f64, stop: &[bool]) -> Result<Outcome, Str
     // SAFETY: pipe2 just returned these two fresh descriptors; each is owned exactly once.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let per_worker = rate / k as f64;
-    let start_ns = monotonic_ns() + 100_000_000 + k as u64 * 300_000;
+    // Leave time to fork every worker (about 1 ms each on a busy VM) before the first beat.
+    let start_ns = monotonic_ns() + 100_000_000 + k as u64 * 1_000_000;
     let mut children = Vec::with_capacity(k);
     for (i, &stopped) in stop.iter().enumerate() {
         let offset = if rate > 0.0 { (i as f64 * 1e9 / rate) as u64 } else { 0 };
@@ -308,7 +313,11 @@ fn run_uds_workers(args: &Args, rate: f64, stop: &[bool]) -> Result<Outcome, Str
         }
         total.merge(&s);
         if v["stopped"].as_bool() == Some(true) {
-            stopped.push((v["pid"].as_u64().unwrap_or(0) as u32, v["last_ns"].as_u64().unwrap_or(0)));
+            stopped.push((
+                v["pid"].as_u64().unwrap_or(0) as u32,
+                v["last_ns"].as_u64().unwrap_or(0),
+                v["last_nonce"].as_u64().unwrap_or(0),
+            ));
         }
     }
     if lines != k {
