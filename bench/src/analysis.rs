@@ -86,10 +86,8 @@ pub fn stall_latency(
         }
         let (Ok(ts), Ok(pid)) = (ts.parse::<u64>(), pid.parse::<u32>()) else { continue };
         match (kind, stopped.get(&pid)) {
-            ("beat", Some(last)) => {
-                if nonce.and_then(|n| n.parse::<u64>().ok()) == Some(last.nonce) {
-                    last_beat_line.insert(pid, ts);
-                }
+            ("beat", Some(last)) if nonce.and_then(|n| n.parse::<u64>().ok()) == Some(last.nonce) => {
+                last_beat_line.insert(pid, ts);
             }
             ("stall", Some(_)) => stalls.push((pid, ts)),
             ("stall", None) => false_stalls += 1,
