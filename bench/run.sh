@@ -10,7 +10,7 @@
 #
 # Environment knobs (defaults in brackets): REPS [3], INGEST_SECS [5],
 # STALL_BIG_INTERVAL [100ms], FLEET_SECS [60], IDLE_SECS [35], IDLE_REPS [REPS],
-# VW_READ_TIMEOUT_MS [1] (varta-watch's UDS poll timeout; 1 ms is the most
+# PROFILE_TRANSPORT [udp], VW_READ_TIMEOUT_MS [1] (varta-watch's UDS poll timeout; 1 ms is the most
 # favourable setting for its UDP listener and stall latency), KEEP=1 keeps
 # the scratch directory, SKIP_BUILD=1 BIN=DIR uses already built binaries.
 set -euo pipefail
@@ -463,23 +463,29 @@ scenario_idle() {
 
 scenario_profile() {
     command -v perf >/dev/null || { log "perf not installed (Debian: linux-perf)"; return 0; }
-    start_ours udp 1000000 false "$WORK/ours.events"
+    local t=${PROFILE_TRANSPORT:-udp}
+    start_ours "$t" 1000000 false "$WORK/ours.events"
     # cpu-clock: hardware counters are often unavailable in VMs.
     perf record -e cpu-clock -F 1999 -p "$CPID" -o "$WORK/perf.data" -- sleep 4 2>/dev/null &
     local pp=$!
     CHILDREN+=("$pp")
-    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000 --rate 0 --duration 5s 2>>"$WORK/load.log"
+    # shellcheck disable=SC2046
+    local agents=1000 on_full=drop
+    [[ $t == uds ]] && agents=2 && on_full=wait
+    "$LOAD" --transport "$t" --target "$(target_for ours "$t")" --agents "$agents" --on-full "$on_full" --rate 0 \
+        --duration 5s $(key_for "$t") 2>>"$WORK/load.log"
     wait "$pp" || true
     stop_ours
     {
-        echo "### Profile: UDP ingest, flat out (perf record -e cpu-clock, self time)"
+        echo "### Profile: $t ingest, flat out (perf record -e cpu-clock on the collector, self time)"
         echo
         echo '```'
         perf report -i "$WORK/perf.data" --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8
         echo
         perf report -i "$WORK/perf.data" --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -30
         echo '```'
-    } >"$RESULTS/profile.md"
+    } >"$RESULTS/profile-$t.md"
+    cp "$RESULTS/profile-$t.md" "$RESULTS/profile.md"
 }
 
 # ---------------------------------------------------------------- main
