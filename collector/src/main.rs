@@ -106,7 +106,6 @@ fn run(config: &Config) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("startup failed: {e}");
-            eprintln!("varta-collector: startup failed: {e}");
             return ExitCode::FAILURE;
         }
     };

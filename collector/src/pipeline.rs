@@ -108,8 +108,11 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         for id in &p.receivers {
             let Some(c) = config.receivers.get(id) else { continue };
             let ReceiverConfig::Vlp(cfg) = &c.config;
-            let receiver = VlpReceiver::bind(id, cfg)
-                .map_err(|e| component_error(config, "receivers", c, e.to_string()))?;
+            // ReceiverError messages already name the receiver.
+            let receiver = VlpReceiver::bind(id, cfg).map_err(|e| ConfigError {
+                component: None,
+                ..component_error(config, "receivers", c, e.to_string())
+            })?;
             telemetry.receivers.push((id.clone(), receiver.stats()));
             bound.push((id.clone(), receiver));
         }

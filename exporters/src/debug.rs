@@ -1,11 +1,14 @@
-//! The `debug` exporter: every event as a structured log line (tracing, at
-//! INFO), for trying things out and for tests that read the collector's logs.
+//! The `debug` exporter: every event as one human-readable log line
+//! (tracing, INFO, target `varta::event`), with the agent as structured
+//! fields — for trying things out and for reading a collector's logs.
+
+use std::fmt::{self, Display};
 
 use serde::Deserialize;
 use varta_processor::{Event, EventKind};
+use varta_proto::Refusal;
 
 use crate::Exporter;
-use crate::file::write_line;
 
 /// Configuration of the `debug` exporter.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -21,16 +24,16 @@ pub struct DebugExporterConfig {
 #[derive(Debug)]
 pub struct DebugExporter {
     config: DebugExporterConfig,
-    line: Vec<u8>,
 }
 
 impl DebugExporter {
     pub fn new(config: DebugExporterConfig) -> DebugExporter {
-        DebugExporter { config, line: Vec::with_capacity(128) }
+        DebugExporter { config }
     }
 }
 
-fn kind_name(kind: &EventKind) -> &'static str {
+/// Short name of an event kind (log field `kind`).
+pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::Beat { .. } => "beat",
         EventKind::Stall { .. } => "stall",
@@ -47,6 +50,45 @@ fn kind_name(kind: &EventKind) -> &'static str {
     }
 }
 
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// What happened, in words (the log message).
+struct Describe<'a>(&'a EventKind);
+
+impl Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            EventKind::Beat { frame } => {
+                write!(f, "beat nonce={} status={} payload={}", frame.nonce, frame.status, frame.payload)
+            }
+            EventKind::Stall { incident, silence_ns, .. } => {
+                write!(f, "agent stalled: silent for {:.1} ms (incident {incident})", ms(*silence_ns))
+            }
+            EventKind::Resume { incident, silence_ns, .. } => {
+                write!(f, "agent resumed after {:.1} ms of silence (incident {incident})", ms(*silence_ns))
+            }
+            EventKind::StatusChange { from, to, frame } => {
+                write!(f, "status {from} -> {to} (payload {})", frame.payload)
+            }
+            EventKind::Panic { frame } => write!(f, "agent panicked (payload {})", frame.payload),
+            EventKind::StaleNonce { frame } => write!(f, "stale nonce {} refused", frame.nonce),
+            EventKind::Evicted { reason } => write!(f, "agent state dropped: {}", reason.label()),
+            EventKind::CapacityExceeded { pid } => write!(f, "tracker full: new agent pid {pid} refused"),
+            EventKind::RateLimited { reason } => write!(f, "beat rate-limited ({})", reason.label()),
+            EventKind::OriginConflict { from, to } => {
+                write!(f, "beat over {} refused: agent is pinned to {}", to.as_str(), from.as_str())
+            }
+            EventKind::ClockAnomaly { kind } => write!(f, "clock anomaly: {}", kind.label()),
+            EventKind::Refused(r) => match r.refusal {
+                Refusal::Decode(kind) => write!(f, "frame refused: {}", kind.name()),
+                other => write!(f, "frame refused: {} (claimed pid {})", other.label(), r.claimed_pid),
+            },
+        }
+    }
+}
+
 impl Exporter for DebugExporter {
     fn wants_beats(&self) -> bool {
         self.config.beats
@@ -56,21 +98,20 @@ impl Exporter for DebugExporter {
         if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
             return Ok(());
         }
-        self.line.clear();
-        write_line(&mut self.line, ev)?;
-        let text = String::from_utf8_lossy(&self.line);
-        let (source, transport) = match &ev.agent {
-            Some(a) => (a.id.source.to_string(), a.transport.as_str()),
-            None => (String::from("-"), "-"),
-        };
-        tracing::info!(
-            target: "varta::event",
-            kind = kind_name(&ev.kind),
-            source = %source,
-            transport,
-            "{}",
-            text.trim_end()
-        );
+        let kind = kind_name(&ev.kind);
+        match &ev.agent {
+            Some(a) => tracing::info!(
+                target: "varta::event",
+                kind,
+                pid = a.id.pid,
+                source = %a.id.source,
+                transport = a.transport.as_str(),
+                at_ns = ev.at_ns,
+                "{}",
+                Describe(&ev.kind)
+            ),
+            None => tracing::info!(target: "varta::event", kind, at_ns = ev.at_ns, "{}", Describe(&ev.kind)),
+        }
         Ok(())
     }
 
