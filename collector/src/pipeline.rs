@@ -9,13 +9,12 @@
 //! shutdown deadline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use varta_exporters::{DebugExporter, Exporter, ExporterQueue, ExporterStats, Fanout, FileExporter};
 use varta_processor::{Processor, ProcessorStats};
-use varta_receiver::{ReceiverStats, VlpReceiver};
+use varta_receiver::{ReceiverStats, StopHandle, VlpReceiver};
 
 use crate::config::{
     Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
@@ -32,7 +31,7 @@ pub struct Telemetry {
 /// A started collector.
 #[derive(Debug)]
 pub struct Running {
-    stop: Arc<AtomicBool>,
+    stops: Vec<StopHandle>,
     receivers: Vec<(String, JoinHandle<()>)>,
     processors: Vec<(String, JoinHandle<()>)>,
     exporters: Vec<(String, JoinHandle<()>)>,
@@ -58,7 +57,6 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
 /// Builds and starts every pipeline. Nothing receives until every component
 /// of every pipeline was built, so a startup error leaves nothing running.
 pub fn start(config: &Config) -> Result<Running, ConfigError> {
-    let stop = Arc::new(AtomicBool::new(false));
     let mut telemetry = Telemetry::default();
     let mut exporters = Vec::new();
     let mut ready = Vec::new();
@@ -120,7 +118,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     }
 
     let mut running =
-        Running { stop: stop.clone(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
+        Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
     for (name, queue_batches, processor, mut fanout, bound) in ready {
         let (tx, rx) = crossbeam_channel::bounded(queue_batches);
         let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
@@ -128,10 +126,11 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         })?;
         running.processors.push((name.clone(), handle));
         for (id, receiver) in bound {
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let tx = tx.clone();
+            running.stops.push(receiver.stop_handle());
             let rid = id.clone();
             let handle = spawn(format!("recv-{id}"), move || {
-                if let Err(e) = receiver.run(tx, stop) {
+                if let Err(e) = receiver.run(tx) {
                     tracing::error!(receiver = %rid, "receiver stopped with an error: {e}");
                 }
             })
@@ -175,7 +174,9 @@ impl Running {
     /// and hands back the (now final) counters.
     pub fn shutdown(self, timeout: Duration) -> (bool, Telemetry) {
         let deadline = Instant::now() + timeout;
-        self.stop.store(true, Ordering::SeqCst);
+        for stop in &self.stops {
+            stop.stop();
+        }
         let r = join_all("receiver", self.receivers, deadline);
         let p = join_all("processor", self.processors, deadline);
         let e = join_all("exporter", self.exporters, deadline);

@@ -14,12 +14,13 @@
 //! * **Bounds.** One `recvmmsg` round reads ≤ 64 datagrams into
 //!   preallocated buffers and yields one batch; the steady-state path does
 //!   not allocate. Secure-UDP sender state is bounded by `max_senders`.
-//! * **Shutdown.** [`VlpReceiver::run`] returns within about
-//!   [`POLL_INTERVAL`] of `stop` being set, drops the queue sender, and
-//!   unlinks a UDS socket file it created (only if it is still our inode).
+//! * **Shutdown.** An idle receiver sleeps in the kernel (no polling);
+//!   [`StopHandle::stop`] wakes it at once, and [`VlpReceiver::run`] then
+//!   drops the queue sender and unlinks a UDS socket file it created (only
+//!   if it is still our inode).
 //!
 //! Modules: [`config`] (YAML config + validation), [`error`], [`mmsg`]
-//! (batched receive, the libc edge), [`keys`] (key files), [`procfs`],
+//! (batched receive, the libc edge), [`procfs`],
 //! [`replay`] (secure-UDP replay table), [`stats`]; transports in `uds`,
 //! `udp`, `secure`.
 
@@ -34,6 +35,7 @@ mod udp;
 mod uds;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -52,9 +54,6 @@ use stats::RefusalLog;
 use udp::{BoundUdp, UdpReceiver};
 use uds::UdsReceiver;
 
-/// Receive timeout of the socket: the longest `run` waits before it looks at `stop`.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
 /// Minimum spacing of socket-error warnings.
 const IO_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 
@@ -65,12 +64,51 @@ enum Endpoint {
     Secure(Box<SecureReceiver>),
 }
 
+/// Stops a running receiver from any thread, at once: it records the
+/// request and shuts down the socket's read side, which wakes a receive
+/// blocked in the kernel (so an idle receiver never polls). Holds its own
+/// duplicate of the socket descriptor, so it stays valid after the
+/// receiver is gone.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    requested: Arc<AtomicBool>,
+    socket: Arc<OwnedFd>,
+}
+
+impl StopHandle {
+    fn new(fd: RawFd) -> std::io::Result<StopHandle> {
+        // SAFETY: `fd` is a valid open socket owned by the receiver; F_DUPFD_CLOEXEC
+        // returns a new descriptor (or -1) that we then own exclusively.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a freshly created descriptor nobody else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(dup) };
+        Ok(StopHandle { requested: Arc::new(AtomicBool::new(false)), socket: Arc::new(socket) })
+    }
+
+    /// Asks the receiver to stop; it returns from [`VlpReceiver::run`] promptly.
+    pub fn stop(&self) {
+        self.requested.store(true, Ordering::Release);
+        // Linux wakes blocked receivers on shutdown even for unconnected
+        // datagram sockets (the call itself may report ENOTCONN; harmless).
+        // SAFETY: shutdown on a descriptor we own; no memory is involved.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RD) };
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
 /// A bound `vlp` receiver, ready to [`run`](VlpReceiver::run) on a thread of its own.
 #[derive(Debug)]
 pub struct VlpReceiver {
     id: String,
     endpoint: Endpoint,
     stats: Arc<ReceiverStats>,
+    stop: StopHandle,
 }
 
 impl VlpReceiver {
@@ -86,7 +124,17 @@ impl VlpReceiver {
             }
             TransportKind::SecureUdp => Endpoint::Secure(Box::new(bind_secure(id, cfg)?)),
         };
-        let me = VlpReceiver { id: id.to_owned(), endpoint, stats: Arc::new(ReceiverStats::default()) };
+        let fd = match &endpoint {
+            Endpoint::Uds(u) => u.fd(),
+            Endpoint::Udp(u) => u.socket.fd(),
+            Endpoint::Secure(s) => s.fd(),
+        };
+        let stop = StopHandle::new(fd).map_err(|source| ReceiverError::Io {
+            id: id.to_owned(),
+            what: "duplicate socket descriptor".into(),
+            source,
+        })?;
+        let me = VlpReceiver { id: id.to_owned(), endpoint, stats: Arc::new(ReceiverStats::default()), stop };
         let granted = match &me.endpoint {
             Endpoint::Uds(u) => u.granted,
             Endpoint::Udp(u) => u.socket.granted,
@@ -101,6 +149,11 @@ impl VlpReceiver {
         }
         tracing::info!(receiver = id, listening = %me.describe(), recv_buffer_granted = granted, "vlp receiver bound");
         Ok(me)
+    }
+
+    /// The handle that stops [`VlpReceiver::run`]; take it before running.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Counters, shared with whoever wants to read them.
@@ -128,11 +181,12 @@ impl VlpReceiver {
         }
     }
 
-    /// Receives until `stop` is set (checked at least every [`POLL_INTERVAL`]),
-    /// pushing one batch per receive round with `try_send`. Returns `Ok` on
-    /// stop, [`ReceiverError::QueueClosed`] if the processor dropped the
-    /// queue first. Dropping `queue` on return tells the processor we are done.
-    pub fn run(mut self, queue: Sender<Batch>, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> {
+    /// Receives until [`StopHandle::stop`] is called, blocking in the kernel
+    /// while idle and pushing one batch per receive round with `try_send`.
+    /// Returns `Ok` on stop, [`ReceiverError::QueueClosed`] if the processor
+    /// dropped the queue first. Dropping `queue` on return tells the
+    /// processor we are done.
+    pub fn run(mut self, queue: Sender<Batch>) -> Result<(), ReceiverError> {
         let ancillary = match self.endpoint {
             Endpoint::Uds(_) => Ancillary::Credentials,
             _ => Ancillary::SourceAddress,
@@ -147,8 +201,14 @@ impl VlpReceiver {
         let mut last_io_log: Option<u64> = None;
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
-        while !stop.load(Ordering::Acquire) {
-            if let Err(e) = rx.recv(fd) {
+        let stop = self.stop.clone();
+        while !stop.is_requested() {
+            let received = rx.recv(fd);
+            // A stop wakes the receive with an empty read; never count that.
+            if stop.is_requested() {
+                break;
+            }
+            if let Err(e) = received {
                 use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
                 if !matches!(e.kind(), WouldBlock | TimedOut | Interrupted) {
                     ReceiverStats::add(&stats.io_errors, 1);
@@ -193,7 +253,7 @@ impl VlpReceiver {
                     ReceiverStats::add(&stats.queue_full_refusals, b.len() as u64 - beats);
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    if stop.load(Ordering::Acquire) {
+                    if stop.is_requested() {
                         break;
                     }
                     tracing::warn!(receiver = %self.id, "processor queue closed; receiver stopping");

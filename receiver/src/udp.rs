@@ -11,7 +11,7 @@ use varta_proto::{Arrival, Beat, Frame, Refusal, Source, Transport};
 
 use crate::error::ReceiverError;
 use crate::mmsg::{self, Datagram};
-use crate::{POLL_INTERVAL, refused};
+use crate::refused;
 
 #[derive(Debug)]
 pub(crate) struct UdpReceiver {
@@ -60,7 +60,6 @@ impl BoundUdp {
         let local = socket.local_addr().map_err(io_err("local address".into()))?;
         let granted =
             mmsg::set_recv_buffer(socket.as_raw_fd(), recv_buffer).map_err(io_err("set SO_RCVBUF".into()))?;
-        socket.set_read_timeout(Some(POLL_INTERVAL)).map_err(io_err("set SO_RCVTIMEO".into()))?;
         Ok(BoundUdp { socket, local, granted })
     }
 

@@ -26,7 +26,7 @@ use varta_proto::{Arrival, Beat, Frame, Refusal, Source, Transport};
 use crate::config::VlpReceiverConfig;
 use crate::error::ReceiverError;
 use crate::mmsg::{self, Datagram};
-use crate::{POLL_INTERVAL, procfs, refused};
+use crate::{procfs, refused};
 
 /// `PID_MAX_LIMIT` on 64-bit Linux, used when `/proc/sys/kernel/pid_max` is unreadable.
 const PID_MAX_LIMIT: u32 = 4_194_304;
@@ -81,7 +81,6 @@ impl UdsReceiver {
         let fd = me.socket.as_raw_fd();
         mmsg::set_pass_credentials(fd).map_err(io_err("set SO_PASSCRED".into()))?;
         me.granted = mmsg::set_recv_buffer(fd, cfg.recv_buffer()).map_err(io_err("set SO_RCVBUF".into()))?;
-        me.socket.set_read_timeout(Some(POLL_INTERVAL)).map_err(io_err("set SO_RCVTIMEO".into()))?;
         Ok(me)
     }
 

@@ -105,9 +105,7 @@ fn valid_beat_arrives_and_socket_is_unlinked_on_stop() {
     assert_eq!(stats.refusal(Refusal::AuthFailed), 1);
     assert_eq!((stats.beats.load(Relaxed), stats.datagrams.load(Relaxed)), (1, 2));
 
-    let (res, took) = run.stop();
-    res.expect("clean stop");
-    assert!(took < std::time::Duration::from_secs(1), "stop took {took:?}");
+    run.stop().expect("clean stop");
     assert!(!p.exists(), "socket unlinked on stop");
 }
 

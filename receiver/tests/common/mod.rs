@@ -5,13 +5,13 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use varta_proto::{Arrival, Batch, Refusal, RefusedFrame};
-use varta_receiver::{ReceiverError, ReceiverStats, VlpReceiver, VlpReceiverConfig};
+use varta_receiver::{ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -52,7 +52,7 @@ pub fn yaml(s: &str) -> VlpReceiverConfig {
 pub struct Running {
     pub stats: Arc<ReceiverStats>,
     pub rx: Receiver<Batch>,
-    stop: Arc<AtomicBool>,
+    stop: StopHandle,
     handle: Option<JoinHandle<Result<(), ReceiverError>>>,
     pending: VecDeque<Arrival>,
     pub batches_seen: usize,
@@ -65,10 +65,9 @@ impl Running {
 
     pub fn start_with_queue(recv: VlpReceiver, capacity: usize) -> Running {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = recv.stop_handle();
         let stats = recv.stats();
-        let s = Arc::clone(&stop);
-        let handle = std::thread::spawn(move || recv.run(tx, s));
+        let handle = std::thread::spawn(move || recv.run(tx));
         Running { stats, rx, stop, handle: Some(handle), pending: VecDeque::new(), batches_seen: 0 }
     }
 
@@ -102,18 +101,23 @@ impl Running {
         }
     }
 
-    /// Sets `stop` and joins the thread; returns how long that took.
-    pub fn stop(mut self) -> (Result<(), ReceiverError>, Duration) {
-        self.stop.store(true, Ordering::Release);
-        let t = Instant::now();
-        let r = self.handle.take().expect("running").join().expect("receiver thread panicked");
-        (r, t.elapsed())
+    /// Stops the receiver and joins its thread (panics if it does not
+    /// wake up: an idle receiver blocks in the kernel until stopped).
+    pub fn stop(mut self) -> Result<(), ReceiverError> {
+        self.stop.stop();
+        let handle = self.handle.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        while !handle.is_finished() {
+            assert!(Instant::now() < deadline, "receiver did not wake up on stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        handle.join().expect("receiver thread panicked")
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.stop();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
