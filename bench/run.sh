@@ -94,7 +94,8 @@ udp_rcvbuf_errors() {
 
 # CPU time of every live thread of a process, in ns (schedstat: ns resolution,
 # unlike the 10 ms ticks of /proc/<pid>/stat utime + stime).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
+# (%.0f, not %d: mawk clamps %d to 2^31 − 1.)
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
 wait_for() { # wait_for SECONDS COMMAND… — poll until COMMAND succeeds
@@ -233,10 +234,13 @@ ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
     [[ $t == uds ]] && agents=2 && on_full=wait
     k0=$(udp_rcvbuf_errors)
     if [[ $impl == ours ]]; then start_ours "$t" 1000000 false "$WORK/ours.events"; else start_vw "$t" "$VW_READ_TIMEOUT_MS"; fi
+    local c0 c1
+    c0=$(cpu_ns "$CPID")
     # shellcheck disable=SC2046
     "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --rate "$rate" --on-full "$on_full" \
         --duration "${INGEST_SECS}s" --report "$rep_json" $(key_for "$t") 2>>"$WORK/load.log"
     sleep 0.5
+    c1=$(cpu_ns "$CPID")
     local accepted counted
     if [[ $impl == ours ]]; then
         stop_ours
@@ -254,14 +258,17 @@ ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
     secs=$(json "$rep_json" duration_s)
     kernel=$((k1 - k0))
     unacc=$((sent - accepted - counted - kernel))
-    printf '%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$impl" "$rep" \
+    printf '%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$impl" "$rep" \
         "$(awk -v a="$accepted" -v s="$secs" 'BEGIN { print a / s }')" \
-        "$sent" "$accepted" "$eagain" "$kernel" "$counted" "$unacc" >>"$RESULTS/ingest.tsv"
+        "$sent" "$accepted" "$eagain" "$kernel" "$counted" "$unacc" \
+        "$(awk -v d=$((c1 - c0)) -v s="$secs" 'BEGIN { printf "%.1f", 100 * d / 1e9 / s }')" \
+        "$(awk -v d=$((c1 - c0)) -v a="$accepted" 'BEGIN { if (a > 0) printf "%.0f", d / a; else print "nan" }')" \
+        >>"$RESULTS/ingest.tsv"
     log "ingest $t $impl rep $rep: accepted=$accepted sent=$sent eagain=$eagain kernel_drops=$kernel counted=$counted unaccounted=$unacc"
 }
 
 scenario_ingest() {
-    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\n' >"$RESULTS/ingest.tsv"
+    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\tcollector_cpu_percent\tcpu_ns_per_beat\n' >"$RESULTS/ingest.tsv"
     local t rep
     for t in uds udp secure-shared secure-master; do
         for rep in $(seq "$REPS"); do
@@ -279,14 +286,17 @@ scenario_ingest() {
         echo "and *unaccounted* = sent − accepted − kernel drops − collector drops (must be ≈ 0)."
         echo
         echo "*paced 90 %* = one more run of ours at 90 % of its median, sent / accepted / kernel drops (0 drops = sustainable)."
+        echo "*CPU* = collector CPU time (all threads, schedstat) during the run as % of one core, and per accepted beat."
         echo
-        echo "| transport | ours (beats/s) | varta-watch (beats/s) | ratio | ours: EAGAIN / kernel / unaccounted | varta-watch: EAGAIN / kernel / unaccounted | ours paced 90 %: sent / accepted / kernel |"
-        echo "|---|---:|---:|---:|---|---|---|"
+        echo "| transport | ours (beats/s) | varta-watch (beats/s) | ratio | ours CPU %, ns/beat | varta-watch CPU %, ns/beat | ours: EAGAIN / kernel / unaccounted | varta-watch: EAGAIN / kernel / unaccounted | ours paced 90 %: sent / accepted / kernel |"
+        echo "|---|---:|---:|---:|---:|---:|---|---|---|"
         for t in uds udp secure-shared secure-master; do
             local o v
             o=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 4))
             v=$(med $(col "$RESULTS/ingest.tsv" "$t" vw 4))
-            printf '| %s | %.0f | %.0f | %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | %s |\n' "$t" "$o" "$v" "$(ratio "$o" "$v")" \
+            printf '| %s | %.0f | %.0f | %s | %s %%, %s | %s %%, %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | %s |\n' "$t" "$o" "$v" "$(ratio "$o" "$v")" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 11))" "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 12))" \
+                "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 11))" "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 12))" \
                 "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 7))" "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 8))" \
                 "$(med $(col "$RESULTS/ingest.tsv" "$t" ours 10))" \
                 "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 7))" "$(med $(col "$RESULTS/ingest.tsv" "$t" vw 8))" \
@@ -389,8 +399,8 @@ scenario_fleet() {
     sleep 1
     local before after n
     before=$(status_kb "$CPID" VmRSS)
-    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000000 --rate 250000 \
-        --duration 4.2s --report "$WORK/load.json" 2>>"$WORK/load.log"
+    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000000 --rate 200000 \
+        --duration 5.5s --report "$WORK/load.json" 2>>"$WORK/load.log"
     sleep 1
     after=$(status_kb "$CPID" VmRSS)
     hwm=$(status_kb "$CPID" VmHWM)

@@ -2,9 +2,10 @@
 //! connected datagram socket, batched with `sendmmsg(2)`.
 //!
 //! Pacing is a token bucket evaluated per batch: beat number `k` (counted
-//! over all agents, round-robin) is due at `start + k / rate`; each
-//! iteration sends every beat that is due, at most `batch` per syscall, and
-//! sleeps until the next one is due. With `rate == 0` it sends flat out.
+//! over all agents, round-robin) is due at `start + k / rate`. A batch goes
+//! out when `batch` beats are due or when the oldest due beat has waited
+//! `max_batch_delay` (so slow schedules still send promptly), at most
+//! `batch` per syscall. With `rate == 0` it sends flat out.
 //! Agents chosen to stop skip their turn from the stop time on, so the
 //! others keep their interval. A frame the kernel refuses is counted by
 //! errno (`EAGAIN` on a full Unix socket is a drop the sender saw) and not
@@ -32,6 +33,8 @@ pub struct SendPlan {
     pub stop_at_ns: Option<u64>,
     /// Frames per `sendmmsg` call (1..=1024).
     pub batch: usize,
+    /// Longest a due beat waits for its batch to fill (paced mode).
+    pub max_batch_delay_ns: u64,
     /// On `EAGAIN`/`ENOBUFS`: `true` waits until the socket is writable and
     /// retries the same frames (a blocking sender, lossless back-pressure);
     /// `false` counts them as dropped and moves on.
@@ -136,13 +139,23 @@ pub fn run(fd: RawFd, agents: &mut Agents, plan: &SendPlan) -> SendStats {
         } else {
             seq + batch as u64
         };
-        if due <= seq {
-            let next = plan.start_ns + (seq as f64 * 1e9 / plan.rate) as u64;
-            let next = match plan.stop_at_ns {
-                Some(t) if !stopping => next.min(t),
-                _ => next,
+        let due_at = |k: u64| plan.start_ns + (k as f64 * 1e9 / plan.rate) as u64;
+        let wake = if due <= seq {
+            // Nothing due: sleep until the next beat is.
+            Some(due_at(seq))
+        } else if plan.rate > 0.0 && due - seq < batch as u64 {
+            // Some due, batch not full: wait for it to fill, but not too long.
+            let flush_at = due_at(seq) + plan.max_batch_delay_ns;
+            (now < flush_at).then(|| flush_at.min(due_at(seq + batch as u64)))
+        } else {
+            None
+        };
+        if let Some(wake) = wake {
+            let wake = match plan.stop_at_ns {
+                Some(t) if !stopping => wake.min(t),
+                _ => wake,
             };
-            sleep_until_ns(next.min(plan.end_ns));
+            sleep_until_ns(wake.min(plan.end_ns));
             continue;
         }
         let want = (due - seq).min(batch as u64);

@@ -65,6 +65,9 @@ struct Args {
     /// Frames per sendmmsg call.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Paced mode: longest a due beat waits for its batch to fill.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    max_batch_delay: Duration,
     /// First simulated pid on UDP transports (agents get pid-base .. pid-base+N).
     #[arg(long, default_value_t = 1000)]
     pid_base: u32,
@@ -176,6 +179,7 @@ fn plan(args: &Args, rate: f64, start_ns: u64) -> SendPlan {
         end_ns: start_ns + args.duration.as_nanos() as u64,
         stop_at_ns: args.stop_after.map(|d| start_ns + d.as_nanos() as u64),
         batch: args.batch,
+        max_batch_delay_ns: args.max_batch_delay.as_nanos() as u64,
         wait_when_full: args.on_full == "wait",
     }
 }
