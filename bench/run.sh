@@ -490,9 +490,10 @@ scenario_profile() {
         echo "### Profile: $t ingest, flat out (perf record -e cpu-clock on the collector, self time)"
         echo
         echo '```'
-        perf report -i "$WORK/perf.data" --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8
+        # (|| true: head closing the pipe early must not trip pipefail)
+        perf report -i "$WORK/perf.data" --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8 || true
         echo
-        perf report -i "$WORK/perf.data" --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -30
+        perf report -i "$WORK/perf.data" --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -30 || true
         echo '```'
     } >"$RESULTS/profile-$t.md"
     cp "$RESULTS/profile-$t.md" "$RESULTS/profile.md"
