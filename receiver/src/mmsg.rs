@@ -4,16 +4,17 @@
 //!
 //! Promises:
 //! * One [`RecvBatch::recv`] call reads at most [`BATCH_CAPACITY`] datagrams:
-//!   it blocks (up to the socket's SO_RCVTIMEO) for the first one, then takes
+//!   it blocks until the first one arrives (or the socket is shut down), then takes
 //!   whatever else is already queued, in kernel queue order.
-//! * No allocation: datagram buffers are allocated once; the message
-//!   headers, address and control buffers live on the stack of `recv`.
+//! * No allocation and no per-call setup: datagram buffers, message
+//!   headers, iovecs, address and control buffers are allocated and wired
+//!   together once; a round only resets the lengths the kernel overwrites.
 //! * The true length of every datagram is reported (`MSG_TRUNC`), so a
 //!   datagram longer than the buffer is known to be truncated.
 //! * File descriptors smuggled in with `SCM_RIGHTS` are closed at once.
 
 use std::io;
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
@@ -62,10 +63,28 @@ impl Datagram<'_> {
     }
 }
 
+/// The `recvmmsg` argument arrays, boxed once. The headers point into the
+/// iovecs, names and control buffers of the same allocation and (through
+/// the iovecs) into the datagram buffers; both allocations keep their
+/// addresses for the life of the [`RecvBatch`].
+struct Headers {
+    hdrs: [libc::mmsghdr; BATCH_CAPACITY],
+    iovs: [libc::iovec; BATCH_CAPACITY],
+    names: [libc::sockaddr_storage; BATCH_CAPACITY],
+    controls: [[u64; CMSG_WORDS]; BATCH_CAPACITY],
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Headers { .. }")
+    }
+}
+
 /// Preallocated buffers for one `recvmmsg` round.
 #[derive(Debug)]
 pub struct RecvBatch {
     bufs: Box<[[u8; DATAGRAM_BUF]; BATCH_CAPACITY]>,
+    headers: Box<Headers>,
     lens: [usize; BATCH_CAPACITY],
     credentials: [Option<Credentials>; BATCH_CAPACITY],
     sources: [Option<IpAddr>; BATCH_CAPACITY],
@@ -75,8 +94,24 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     pub fn new(want: Ancillary) -> RecvBatch {
+        let mut bufs = Box::new([[0; DATAGRAM_BUF]; BATCH_CAPACITY]);
+        // SAFETY: all-zero bytes are a valid value for these plain C structs
+        // (integers and null pointers).
+        let mut headers: Box<Headers> = Box::new(unsafe { mem::zeroed() });
+        let h = &mut *headers;
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            h.iovs[i] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: DATAGRAM_BUF };
+            let m = &mut h.hdrs[i].msg_hdr;
+            m.msg_iov = &raw mut h.iovs[i];
+            m.msg_iovlen = 1;
+            match want {
+                Ancillary::SourceAddress => m.msg_name = (&raw mut h.names[i]).cast(),
+                Ancillary::Credentials => m.msg_control = h.controls[i].as_mut_ptr().cast(),
+            }
+        }
         RecvBatch {
-            bufs: Box::new([[0; DATAGRAM_BUF]; BATCH_CAPACITY]),
+            bufs,
+            headers,
             lens: [0; BATCH_CAPACITY],
             credentials: [None; BATCH_CAPACITY],
             sources: [None; BATCH_CAPACITY],
@@ -109,42 +144,28 @@ impl RecvBatch {
     }
 
     /// Receives up to [`BATCH_CAPACITY`] datagrams. Blocks for the first
-    /// one for at most the socket's receive timeout (then `WouldBlock`).
+    /// one until it arrives or the socket is shut down.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.count = 0;
         let want = self.want;
-        // SAFETY: all-zero bytes are a valid value for these plain C structs
-        // (integers, null pointers, zero-length arrays of padding).
-        let mut hdrs: [libc::mmsghdr; BATCH_CAPACITY] = unsafe { mem::zeroed() };
-        // SAFETY: as above; sockaddr_storage is plain data.
-        let mut names: [libc::sockaddr_storage; BATCH_CAPACITY] = unsafe { mem::zeroed() };
-        let mut controls = [[0u64; CMSG_WORDS]; BATCH_CAPACITY];
-        let mut iovs: [MaybeUninit<libc::iovec>; BATCH_CAPACITY] = [MaybeUninit::uninit(); BATCH_CAPACITY];
-
-        for (i, buf) in self.bufs.iter_mut().enumerate() {
-            let iov = iovs[i].write(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: DATAGRAM_BUF });
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
+        let h = &mut *self.headers;
+        // The kernel overwrote these lengths last round; give it the full buffers again.
+        for m in h.hdrs.iter_mut() {
             match want {
                 Ancillary::SourceAddress => {
-                    h.msg_name = (&raw mut names[i]).cast();
-                    h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t
                 }
-                Ancillary::Credentials => {
-                    h.msg_control = controls[i].as_mut_ptr().cast();
-                    h.msg_controllen = mem::size_of::<[u64; CMSG_WORDS]>() as _;
-                }
+                Ancillary::Credentials => m.msg_hdr.msg_controllen = mem::size_of::<[u64; CMSG_WORDS]>() as _,
             }
         }
         let flags = libc::MSG_WAITFORONE | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
-        // SAFETY: `hdrs` holds BATCH_CAPACITY initialised headers whose iovec,
-        // name and control pointers point into buffers (`self.bufs`, `iovs`,
-        // `names`, `controls`) that outlive this call and have the stated sizes.
+        // SAFETY: `h.hdrs` holds BATCH_CAPACITY headers wired in `new` whose
+        // iovec, name and control pointers point into live buffers of the
+        // stated sizes (`self.bufs` and the rest of `*h`, never moved).
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                hdrs.as_mut_ptr(),
+                h.hdrs.as_mut_ptr(),
                 BATCH_CAPACITY as libc::c_uint,
                 flags as _,
                 std::ptr::null_mut(),
@@ -154,12 +175,12 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let n = (n as usize).min(BATCH_CAPACITY);
-        for (i, m) in hdrs.iter().take(n).enumerate() {
+        for (i, m) in h.hdrs.iter().take(n).enumerate() {
             self.lens[i] = m.msg_len as usize;
             match want {
                 Ancillary::Credentials => self.credentials[i] = take_credentials(&m.msg_hdr),
                 Ancillary::SourceAddress => {
-                    self.sources[i] = source_ip(&names[i], m.msg_hdr.msg_namelen as usize)
+                    self.sources[i] = source_ip(&h.names[i], m.msg_hdr.msg_namelen as usize)
                 }
             }
         }
