@@ -120,7 +120,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut running =
         Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
     for (name, queue_batches, processor, mut fanout, bound) in ready {
-        let (tx, rx) = crossbeam_channel::bounded(queue_batches);
+        let (tx, rx) = varta_proto::queue::batch_queue(queue_batches);
         let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
             ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
         })?;

@@ -37,7 +37,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use varta_proto::queue::{BatchReceiver, RecvTimeoutError};
 use varta_proto::{Arrival, Batch, Beat, Frame, Status, Transport};
 
 use crate::clock::{Clock, ClockGuard};
@@ -197,7 +197,7 @@ impl Processor {
     /// The processor thread: handles batches as they come and wakes exactly
     /// at the next stall deadline. Returns when every sender has been dropped
     /// and the queue is drained.
-    pub fn run(mut self, rx: Receiver<Batch>, out: &mut dyn EventSink) {
+    pub fn run(mut self, rx: BatchReceiver, out: &mut dyn EventSink) {
         loop {
             let deadline = self.fire_due(self.clock.now_ns(), out);
             let received = match deadline {
@@ -208,7 +208,10 @@ impl Processor {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(batch) => self.handle_batch(&batch, self.clock.now_ns(), out),
+                Ok(batch) => {
+                    self.handle_batch(&batch, self.clock.now_ns(), out);
+                    rx.recycle(batch);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }

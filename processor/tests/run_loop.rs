@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use crossbeam_channel::{Sender, bounded, unbounded};
 use varta_processor::{Event, EventKind, EventSink, Processor};
+use varta_proto::queue::batch_queue;
 
 struct Forward(Sender<Event>);
 
@@ -23,7 +24,7 @@ impl EventSink for Forward {
 fn run_surfaces_stalls_and_returns_on_disconnect() {
     let p: Processor = processor(None, tracker(20));
     let stats = p.stats();
-    let (tx, rx) = bounded(16);
+    let (tx, rx) = batch_queue(16);
     let (events_tx, events_rx) = unbounded();
     let (done_tx, done_rx) = bounded(1);
     let worker = thread::spawn(move || {
@@ -31,7 +32,7 @@ fn run_surfaces_stalls_and_returns_on_disconnect() {
         let _ = done_tx.send(());
     });
 
-    assert!(tx.send(batch(&[uds(11, 1)])).is_ok());
+    assert!(tx.try_send(Box::new(batch(&[uds(11, 1)]))).is_ok());
     let stall = events_rx.recv_timeout(Duration::from_secs(10));
     let stall = match stall {
         Ok(e) => e,
@@ -41,8 +42,8 @@ fn run_surfaces_stalls_and_returns_on_disconnect() {
     assert_eq!(pid_of(&stall), Some(11));
 
     // Beats sent just before the sender goes away are still handled.
-    assert!(tx.send(batch(&[uds(11, 2)])).is_ok());
-    assert!(tx.send(batch(&[uds(12, 1)])).is_ok());
+    assert!(tx.try_send(Box::new(batch(&[uds(11, 2)]))).is_ok());
+    assert!(tx.try_send(Box::new(batch(&[uds(12, 1)]))).is_ok());
     drop(tx);
     assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok(), "run did not return after disconnect");
     assert!(worker.join().is_ok());
@@ -55,7 +56,7 @@ fn run_surfaces_stalls_and_returns_on_disconnect() {
 #[test]
 fn run_returns_when_idle_and_disconnected() {
     let p = processor(None, tracker(2000));
-    let (tx, rx) = bounded::<varta_proto::Batch>(1);
+    let (tx, rx) = batch_queue(1);
     let (done_tx, done_rx) = bounded(1);
     let worker = thread::spawn(move || {
         p.run(rx, &mut varta_processor::DiscardSink);

@@ -5,9 +5,11 @@
 //!   the HKDF-SHA256 derivations.
 //! * [`crc`]: the CRC-32C checksum.
 //! * [`beat`]: the decoded-and-attested beat that receivers hand to the processor.
+//! * [`queue`]: the bounded, recycling batch queue between receivers and the processor.
 //! * [`duration`]: the one duration grammar (`150ms`, `2s`) every config and CLI uses.
 //!
-//! Pure functions only: no I/O, no async, no allocation on the frame paths.
+//! Pure functions and plain types only: no I/O, no async, no allocation on
+//! the frame paths.
 //!
 //! Decisions where the public spec is silent:
 //! * `Frame::encode` writes fields verbatim (even a pid of 0 or status
@@ -22,6 +24,7 @@ pub mod crc;
 pub mod duration;
 pub mod frame;
 pub mod hex;
+pub mod queue;
 pub mod secure;
 
 pub use beat::{Arrival, BATCH_CAPACITY, Batch, Beat, Refusal, RefusedFrame, Source, Transport};

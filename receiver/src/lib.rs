@@ -1,7 +1,7 @@
 //! `varta-receiver`: the `vlp` receiver component. It turns datagrams on one
 //! socket (`uds`, `udp` or `secure_udp`) into decoded, attested
 //! [`varta_proto::Arrival`]s and hands them to the processor in fixed-size
-//! [`varta_proto::Batch`]es over a bounded crossbeam queue.
+//! [`varta_proto::Batch`]es over the bounded, recycling [`varta_proto::queue`].
 //!
 //! Promises:
 //! * **Delivery.** Every datagram read becomes exactly one arrival: a `Beat`
@@ -40,8 +40,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
-use varta_proto::{Arrival, Batch, FrameCipher, MasterKey, Refusal, RefusedFrame, Source, Transport};
+use varta_proto::queue::{BatchSender, TrySendError};
+use varta_proto::{Arrival, FrameCipher, MasterKey, Refusal, RefusedFrame, Source, Transport};
 
 pub use config::{ConfigDuration, SocketMode, TransportKind, VlpReceiverConfig};
 pub use error::{ConfigError, ReceiverError};
@@ -186,7 +186,7 @@ impl VlpReceiver {
     /// Returns `Ok` on stop, [`ReceiverError::QueueClosed`] if the processor
     /// dropped the queue first. Dropping `queue` on return tells the
     /// processor we are done.
-    pub fn run(mut self, queue: Sender<Batch>) -> Result<(), ReceiverError> {
+    pub fn run(mut self, queue: BatchSender) -> Result<(), ReceiverError> {
         let ancillary = match self.endpoint {
             Endpoint::Uds(_) => Ancillary::Credentials,
             _ => Ancillary::SourceAddress,
@@ -202,6 +202,7 @@ impl VlpReceiver {
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
         let stop = self.stop.clone();
+        let mut batch = queue.empty_batch();
         while !stop.is_requested() {
             let received = rx.recv(fd);
             // A stop wakes the receive with an empty read; never count that.
@@ -223,7 +224,6 @@ impl VlpReceiver {
                 continue;
             }
             let now = mmsg::monotonic_ns();
-            let mut batch = Batch::new();
             let mut beats = 0u64;
             for d in (0..rx.len()).filter_map(|i| rx.get(i)) {
                 let arrival = match &mut self.endpoint {
@@ -247,10 +247,15 @@ impl VlpReceiver {
                 continue;
             }
             match queue.try_send(batch) {
-                Ok(()) => ReceiverStats::add(&stats.batches, 1),
-                Err(TrySendError::Full(b)) => {
+                Ok(()) => {
+                    ReceiverStats::add(&stats.batches, 1);
+                    batch = queue.empty_batch();
+                }
+                Err(TrySendError::Full(mut b)) => {
                     ReceiverStats::add(&stats.queue_full_beats, beats);
                     ReceiverStats::add(&stats.queue_full_refusals, b.len() as u64 - beats);
+                    b.clear();
+                    batch = b;
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     if stop.is_requested() {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use varta_proto::{Arrival, Batch, Refusal, RefusedFrame};
+use varta_proto::queue::{BatchReceiver, batch_queue};
+use varta_proto::{Arrival, Refusal, RefusedFrame};
 use varta_receiver::{ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -51,7 +51,7 @@ pub fn yaml(s: &str) -> VlpReceiverConfig {
 /// A receiver running on its own thread.
 pub struct Running {
     pub stats: Arc<ReceiverStats>,
-    pub rx: Receiver<Batch>,
+    pub rx: BatchReceiver,
     stop: StopHandle,
     handle: Option<JoinHandle<Result<(), ReceiverError>>>,
     pending: VecDeque<Arrival>,
@@ -64,7 +64,7 @@ impl Running {
     }
 
     pub fn start_with_queue(recv: VlpReceiver, capacity: usize) -> Running {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (tx, rx) = batch_queue(capacity);
         let stop = recv.stop_handle();
         let stats = recv.stats();
         let handle = std::thread::spawn(move || recv.run(tx));

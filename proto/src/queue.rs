@@ -1,0 +1,140 @@
+//! The bounded queue where receivers hand batches to the processor — the
+//! one channel both sides share, so neither depends on the other.
+//!
+//! Promises:
+//! * **Bounded.** At most `capacity` batches wait; [`BatchSender::try_send`]
+//!   never blocks and hands the batch back when the queue is full (the
+//!   receiver counts what it could not queue) or closed.
+//! * **Allocation-free in steady state.** Batches are boxed once and moved
+//!   as pointers; the processor returns each handled batch with
+//!   [`BatchReceiver::recycle`] and receivers take it back with
+//!   [`BatchSender::empty_batch`]. A new box is allocated only while the
+//!   pool is still filling (at most `capacity` + [`SPARE_BATCHES`] exist).
+//! * **Ordered shutdown.** When every [`BatchSender`] is dropped, the
+//!   receiver side drains what is queued and then reports disconnection.
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+pub use crossbeam_channel::{RecvError, RecvTimeoutError, TrySendError};
+
+use crate::beat::Batch;
+
+/// Batches beyond the queue capacity the recycling pool keeps (those being
+/// filled by receivers or handled by the processor).
+pub const SPARE_BATCHES: usize = 16;
+
+/// Creates a queue of `capacity` batches (at least 1).
+pub fn batch_queue(capacity: usize) -> (BatchSender, BatchReceiver) {
+    let capacity = capacity.max(1);
+    let (tx, rx) = bounded(capacity);
+    let (free_tx, free_rx) = bounded(capacity + SPARE_BATCHES);
+    (BatchSender { tx, free: free_rx }, BatchReceiver { rx, free: free_tx })
+}
+
+/// The receivers' end; clone one per receiver.
+#[derive(Debug, Clone)]
+pub struct BatchSender {
+    tx: Sender<Box<Batch>>,
+    free: Receiver<Box<Batch>>,
+}
+
+impl BatchSender {
+    /// An empty batch, recycled when one is available.
+    pub fn empty_batch(&self) -> Box<Batch> {
+        match self.free.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Box::new(Batch::new()),
+        }
+    }
+
+    /// Queues `batch` without blocking; gives it back when full or closed.
+    pub fn try_send(&self, batch: Box<Batch>) -> Result<(), TrySendError<Box<Batch>>> {
+        self.tx.try_send(batch)
+    }
+}
+
+/// The processor's end.
+#[derive(Debug)]
+pub struct BatchReceiver {
+    rx: Receiver<Box<Batch>>,
+    free: Sender<Box<Batch>>,
+}
+
+impl BatchReceiver {
+    /// Waits for the next batch; `Err` once every sender is gone and the queue is empty.
+    pub fn recv(&self) -> Result<Box<Batch>, RecvError> {
+        self.rx.recv()
+    }
+
+    /// The next batch if one is waiting.
+    pub fn try_recv(&self) -> Option<Box<Batch>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Like [`BatchReceiver::recv`], giving up after `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Box<Batch>, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Hands a handled batch back for reuse (dropped if the pool is full).
+    pub fn recycle(&self, batch: Box<Batch>) {
+        let _ = self.free.try_send(batch);
+    }
+
+    /// Batches waiting (queue depth, for self-telemetry).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::beat::{Arrival, Refusal, RefusedFrame, Source, Transport};
+
+    fn item() -> Arrival {
+        Arrival::Refused(RefusedFrame {
+            refusal: Refusal::Replay,
+            transport: Transport::Udp,
+            source: Source::Local,
+            claimed_pid: 9,
+            received_ns: 1,
+        })
+    }
+
+    #[test]
+    fn batches_are_recycled_and_the_bound_holds() {
+        let (tx, rx) = batch_queue(2);
+        let mut b = tx.empty_batch();
+        assert!(b.push(item()).is_ok());
+        let first: *const Batch = &*b;
+        assert!(tx.try_send(b).is_ok());
+        assert!(tx.try_send(tx.empty_batch()).is_ok());
+        let third = tx.empty_batch();
+        assert!(matches!(tx.try_send(third), Err(TrySendError::Full(_))), "capacity 2");
+
+        let got = rx.recv().expect("queued");
+        assert_eq!(got.len(), 1);
+        rx.recycle(got);
+        let again = tx.empty_batch();
+        assert_eq!(&*again as *const Batch, first, "the handled box comes back");
+        assert!(again.is_empty(), "recycled batches are cleared");
+    }
+
+    #[test]
+    fn receiver_drains_then_disconnects() {
+        let (tx, rx) = batch_queue(4);
+        assert!(tx.try_send(tx.empty_batch()).is_ok());
+        drop(tx);
+        assert!(rx.recv().is_ok());
+        assert!(rx.recv().is_err());
+    }
+}
