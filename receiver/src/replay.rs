@@ -21,8 +21,10 @@
 //! "restart". Refusing them instead would lock out every restarted agent
 //! until its nonce overtook the old session's.
 //!
-//! **Bounds.** At most `max_senders` senders (table allocated once at
-//! that size). A new sender arriving at a full table triggers a sweep that
+//! **Bounds.** At most `max_senders` senders. The table starts at
+//! [`INITIAL_SENDERS`] and grows (only when a new sender arrives) up to the
+//! bound, so a few thousand senders stay cache-resident instead of being
+//! spread over a table sized for the worst case. A new sender arriving at a full table triggers a sweep that
 //! evicts every sender idle for longer than `idle_timeout`; sweeps run at
 //! most once per `min(idle_timeout, 1 s)`, so a flood of new senders costs
 //! O(1) per frame. If no room is made, the frame is refused as
@@ -35,6 +37,8 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use varta_proto::{Frame, Iv, Refusal};
 
+/// Senders the table has room for before its first growth.
+pub const INITIAL_SENDERS: usize = 1024;
 /// Previous `iv_random`s remembered per sender.
 pub const PREVIOUS_IVS: usize = 8;
 /// A nonce this close to `u64::MAX` may wrap to one this close to zero.
@@ -147,7 +151,7 @@ impl ReplayTable {
         let max_senders = max_senders.max(1);
         let idle_ns = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX).max(1);
         ReplayTable {
-            senders: HashMap::with_capacity(max_senders),
+            senders: HashMap::with_capacity(max_senders.min(INITIAL_SENDERS)),
             max_senders,
             idle_ns,
             sweep_interval_ns: idle_ns.min(MAX_SWEEP_INTERVAL_NS),
