@@ -255,7 +255,10 @@ fn beat_count_every_sends_nonces_1_2_3() {
     assert!(o.status.success(), "{}", stderr(&o));
     let frames: Vec<Frame> = (0..3).map(|_| Frame::decode(&c.recv().0).unwrap()).collect();
     assert_eq!(frames.iter().map(|f| f.nonce).collect::<Vec<_>>(), [1, 2, 3]);
-    assert!(frames.windows(2).all(|w| w[1].timestamp - w[0].timestamp >= 9_000_000), "paced by --every");
+    // Beat k is never sent before its deadline, k × 10 ms after the schedule
+    // starts (just before beat 1 is stamped); a late beat may be followed by
+    // a quicker one, so only the span from beat 1 to beat 3 is bounded.
+    assert!(frames[2].timestamp - frames[0].timestamp >= 19_000_000, "paced by --every");
     assert!(c.try_recv().is_none());
 }
 
