@@ -8,6 +8,9 @@
 //! sender pid: a sender in a child pid namespace whose innermost pid equals the
 //! frame pid is `NamespaceMismatch` unless `allow_cross_namespace` (then
 //! accepted with `host_pid` = the kernel's pid), anything else `AuthFailed`.
+//! The namespace check reads `/proc/<pid>/status` of the sender, so a
+//! sender that already exited when its datagram is classified cannot be
+//! attributed and counts as `AuthFailed` (failing closed).
 //!
 //! Socket file lifecycle: `bind` refuses a path whose directory is missing or
 //! which is a non-socket file (never deleted); a socket file that answers a

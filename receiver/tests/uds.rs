@@ -218,7 +218,9 @@ fn full_queue_drops_batches_and_counts_them() {
 
 /// Helper run inside a new pid namespace by `cross_namespace_sender_*`: as
 /// pid 1 it re-runs itself (so the sender gets a pid ≥ 2), which then sends
-/// one beat claiming its namespace-local pid. A no-op in a normal test run.
+/// one beat claiming its namespace-local pid and stays alive until its stdin
+/// closes (the receiver reads `/proc/<pid>` of live senders only). A no-op
+/// in a normal test run.
 #[test]
 fn ns_sender_helper() {
     let Some(path) = std::env::var_os("VARTA_NS_SEND") else { return };
@@ -232,41 +234,57 @@ fn ns_sender_helper() {
     }
     let tx = UnixDatagram::unbound().expect("client");
     tx.send_to(&beat(me(), 1), Path::new(&path)).expect("send from namespace");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
 }
 
-/// Runs the helper under `unshare --pid --fork`; false when that is not possible here.
-fn send_from_child_namespace(path: &Path) -> bool {
+/// Whether `unshare --pid --fork` works here (it needs privileges).
+fn can_unshare() -> bool {
+    let ok = std::process::Command::new("unshare").args(["--pid", "--fork", "true"]).output();
+    let ok = matches!(&ok, Ok(o) if o.status.success());
+    if !ok {
+        eprintln!("skipping cross-namespace check: `unshare --pid --fork` is not available here");
+    }
+    ok
+}
+
+/// Starts the helper under `unshare --pid --fork`; it sends one beat and
+/// lives until the returned child's stdin is closed (dropped).
+fn send_from_child_namespace(path: &Path) -> std::process::Child {
     let exe = std::env::current_exe().expect("exe");
-    let out = std::process::Command::new("unshare")
+    std::process::Command::new("unshare")
         .args(["--pid", "--fork"])
         .arg(exe)
         .args(["ns_sender_helper", "--exact", "--test-threads=1"])
         .env("VARTA_NS_SEND", path)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => true,
-        other => {
-            eprintln!("skipping cross-namespace check: unshare unavailable: {other:?}");
-            false
-        }
-    }
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn unshare")
+}
+
+fn finish(mut sender: std::process::Child) {
+    drop(sender.stdin.take());
+    assert!(sender.wait().expect("wait").success(), "namespace helper failed");
 }
 
 #[test]
 fn cross_namespace_sender_is_refused_unless_allowed() {
     let d = TempDir::new("ns");
     let p = d.join("n.sock");
-    let mut run = Running::start(bind(&p, "").expect("bind"));
-    if !send_from_child_namespace(&p) {
+    if !can_unshare() {
         return;
     }
+    let mut run = Running::start(bind(&p, "").expect("bind"));
+    let sender = send_from_child_namespace(&p);
     let r = run.expect_refusal(Refusal::NamespaceMismatch);
     assert!(r.claimed_pid >= 2);
+    finish(sender);
     drop(run);
 
     let mut run = Running::start(bind(&p, "allow_cross_namespace: true\n").expect("bind"));
-    assert!(send_from_child_namespace(&p));
+    let sender = send_from_child_namespace(&p);
     let b = run.next_beat();
     assert_ne!(b.host_pid, b.frame.pid, "host pid is the kernel's view, frame pid the namespace's");
     assert!(b.host_pid > 1);
+    finish(sender);
 }
