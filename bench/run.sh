@@ -320,7 +320,7 @@ stall_once() { # stall_once IMPL CASE TRANSPORT AGENTS INTERVAL REP
         start_vw "$t" "$VW_READ_TIMEOUT_MS" --export-file "$ev"
     fi
     "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --interval "$interval" \
-        --duration 4.5s --stop-fraction 0.1 --stop-after 2s --report "$WORK/load.json" 2>>"$WORK/load.log"
+        --duration 4500ms --stop-fraction 0.1 --stop-after 2s --report "$WORK/load.json" 2>>"$WORK/load.log"
     if [[ $impl == ours ]]; then stop_ours; else stop_vw; fi
     k1=$(udp_rcvbuf_errors)
     local s
@@ -400,7 +400,7 @@ scenario_fleet() {
     local before after n
     before=$(status_kb "$CPID" VmRSS)
     "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents 1000000 --rate 200000 \
-        --duration 5.5s --report "$WORK/load.json" 2>>"$WORK/load.log"
+        --duration 5500ms --report "$WORK/load.json" 2>>"$WORK/load.log"
     sleep 1
     after=$(status_kb "$CPID" VmRSS)
     hwm=$(status_kb "$CPID" VmHWM)

@@ -3,7 +3,6 @@
 //!
 //! * [`clock`]: CLOCK_MONOTONIC nanoseconds, the clock both collectors stamp
 //!   their events with, so sender and collector times are comparable.
-//! * [`duration`]: `"100ms"`-style durations on the command line.
 //! * [`agents`]: the simulated agents (pid, nonce, secure IV state) and the
 //!   frame each one sends next.
 //! * [`sender`]: the paced, `sendmmsg`-batched send loop and what it counts.
@@ -17,5 +16,4 @@
 pub mod agents;
 pub mod analysis;
 pub mod clock;
-pub mod duration;
 pub mod sender;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use varta_bench::analysis::{LastBeat, median, stall_latency};
-use varta_bench::duration::parse_duration;
+use varta_proto::duration::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "varta-bench-tool")]

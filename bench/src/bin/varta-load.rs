@@ -25,9 +25,9 @@ use clap::Parser;
 use serde_json::{Value, json};
 use varta_bench::agents::{Agents, Transport, select_stopped};
 use varta_bench::clock::monotonic_ns;
-use varta_bench::duration::parse_duration;
 use varta_bench::sender::{self, SendPlan, SendStats};
 use varta_proto::Key;
+use varta_proto::duration::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "varta-load", about = "VLP load generator (loopback only)")]
