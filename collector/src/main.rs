@@ -114,9 +114,10 @@ fn run(config: &Config) -> ExitCode {
     tracing::info!(config = config.source(), "collector started");
 
     let tick = notifier.watchdog_interval().unwrap_or(std::time::Duration::from_secs(1));
-    let signal = loop {
+    // Why the main loop ended: a termination signal, or a pipeline thread died.
+    let stop: Result<i32, ()> = loop {
         match signals::wait(tick) {
-            Some(signals::Signal::Terminate(sig)) => break sig,
+            Some(signals::Signal::Terminate(sig)) => break Ok(sig),
             Some(signals::Signal::DumpStats) => stats::dump(&running.telemetry, stats::Dump::All),
             Some(signals::Signal::Hangup) => {
                 tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
@@ -125,17 +126,19 @@ fn run(config: &Config) -> ExitCode {
         }
         if !running.healthy() {
             tracing::error!("a pipeline thread stopped unexpectedly; shutting down");
-            break 0;
+            break Err(());
         }
         if notifier.watchdog_interval().is_some() {
             notifier.send("WATCHDOG=1");
         }
     };
     notifier.send("STOPPING=1");
-    tracing::info!(signal, "shutting down");
+    if let Ok(signal) = stop {
+        tracing::info!(signal, "shutting down");
+    }
     let (clean, telemetry) = running.shutdown(config.service.shutdown_timeout);
     stats::dump(&telemetry, stats::Dump::NonZero);
-    if clean && signal != 0 {
+    if clean && stop.is_ok() {
         tracing::info!("shutdown complete");
         ExitCode::SUCCESS
     } else {
