@@ -344,6 +344,23 @@ fn validate_accepts_the_shipped_configs_and_lists_components() {
     }
 }
 
+/// The shipped all-transports example stays valid: its paths are moved into
+/// a temp dir (with real 0600 key files) and `validate` must accept it.
+#[test]
+fn the_all_transports_example_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config/examples");
+    let text = std::fs::read_to_string(root.join("all-transports.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    keygen(dir.path(), "shared.key");
+    keygen(dir.path(), "master.key");
+    let text = text.replace("/etc/varta", d).replace("/var/log/varta", d).replace("/run/varta", d);
+    let path = dir.path().join("all.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn sigterm_exits_zero_and_removes_the_socket() {
     let c = Collector::start(&uds_config(""));
