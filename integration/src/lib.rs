@@ -6,7 +6,6 @@
 //! Binaries are taken from the cargo target directory next to the test
 //! executable; the README test command builds them first.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -266,9 +265,4 @@ pub fn varta(args: &[&str]) -> Command {
     let mut c = Command::new(binary("varta"));
     c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
-}
-
-/// Lines of a child's piped stdout (for agents that print).
-pub fn lines(child: &mut Child) -> Vec<String> {
-    child.stdout.take().map(|s| BufReader::new(s).lines().map_while(Result::ok).collect()).unwrap_or_default()
 }

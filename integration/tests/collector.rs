@@ -210,6 +210,14 @@ fn secure_config(port: u16, keys: &str) -> String {
     )
 }
 
+/// `varta beat --secure-udp ADDR KEY_FLAG KEY --count 2 --every 10ms` as an agent process.
+fn secure_agent(addr: &str, key_flag: &str, key: &std::path::Path) -> Child {
+    let key = key.to_str().expect("utf8");
+    varta(&["beat", "--secure-udp", addr, key_flag, key, "--count", "2", "--every", "10ms"])
+        .spawn()
+        .expect("agent")
+}
+
 fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Key) {
     let path = dir.join(name);
     let out = varta(&["keygen", "--out", path.to_str().expect("utf8")]).output().expect("keygen");
@@ -227,19 +235,7 @@ fn secure_udp_accepts_sealed_beats_and_refuses_replay_and_tampering() {
     let addr = format!("127.0.0.1:{port}");
 
     // A real agent process with the CLI.
-    let mut agent = varta(&[
-        "beat",
-        "--secure-udp",
-        &addr,
-        "--key-file",
-        key_path.to_str().expect("utf8"),
-        "--count",
-        "2",
-        "--every",
-        "10ms",
-    ])
-    .spawn()
-    .expect("agent");
+    let mut agent = secure_agent(&addr, "--key-file", &key_path);
     let pid = agent.id();
     assert!(agent.wait().expect("exit").success());
     wait_events(&c, "beat", pid, 2);
@@ -278,23 +274,8 @@ fn secure_udp_master_key_agents() {
     let c =
         Collector::start(&secure_config(port, &format!("    master_key_file: \"{}\"", key_path.display())));
     let addr = format!("127.0.0.1:{port}");
-    let mut agents: Vec<Child> = (0..2)
-        .map(|_| {
-            varta(&[
-                "beat",
-                "--secure-udp",
-                &addr,
-                "--master-key-file",
-                key_path.to_str().expect("utf8"),
-                "--count",
-                "2",
-                "--every",
-                "10ms",
-            ])
-            .spawn()
-            .expect("agent")
-        })
-        .collect();
+    let mut agents: Vec<Child> =
+        (0..2).map(|_| secure_agent(&addr, "--master-key-file", &key_path)).collect();
     for a in &mut agents {
         assert!(a.wait().expect("exit").success());
         wait_events(&c, "beat", a.id(), 2);
