@@ -164,10 +164,12 @@ fn join_all(stage: &str, threads: Vec<(String, JoinHandle<()>)>, deadline: Insta
 }
 
 impl Running {
-    /// True while every processor thread is alive (used to gate watchdog pings).
+    /// True while every receiver, processor and exporter thread is alive
+    /// (they only end at shutdown; gates the systemd watchdog).
     pub fn healthy(&self) -> bool {
-        self.processors.iter().all(|(_, t)| !t.is_finished())
-            && self.receivers.iter().all(|(_, t)| !t.is_finished())
+        [&self.receivers, &self.processors, &self.exporters]
+            .iter()
+            .all(|threads| threads.iter().all(|(_, t)| !t.is_finished()))
     }
 
     /// Ordered shutdown; says whether every stage stopped cleanly in time,
