@@ -1,14 +1,6 @@
 //! CLOCK_MONOTONIC in nanoseconds (the collectors' `observer_ns` clock).
 
-/// Current CLOCK_MONOTONIC time in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
-}
+pub use varta_pipeline::clock::monotonic_ns;
 
 /// Sleeps until the absolute CLOCK_MONOTONIC time `deadline_ns` (returns at
 /// once when it has passed). Interrupted sleeps are resumed.

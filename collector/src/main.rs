@@ -118,7 +118,7 @@ fn run(config: &Config) -> ExitCode {
     let stop: Result<i32, ()> = loop {
         match signals::wait(tick) {
             Some(signals::Signal::Terminate(sig)) => break Ok(sig),
-            Some(signals::Signal::DumpStats) => stats::dump(&running.telemetry, stats::Dump::All),
+            Some(signals::Signal::DumpStats) => stats::dump(&running.view, stats::Dump::All),
             Some(signals::Signal::Hangup) => {
                 tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
             }
@@ -136,8 +136,8 @@ fn run(config: &Config) -> ExitCode {
     if let Ok(signal) = stop {
         tracing::info!(signal, "shutting down");
     }
-    let (clean, telemetry) = running.shutdown(config.service.shutdown_timeout);
-    stats::dump(&telemetry, stats::Dump::NonZero);
+    let (clean, view) = running.shutdown(config.service.shutdown_timeout);
+    stats::dump(&view, stats::Dump::NonZero);
     if clean && stop.is_ok() {
         tracing::info!("shutdown complete");
         ExitCode::SUCCESS

@@ -8,25 +8,19 @@
 //! exporters write what is left, flush and end. Each step is bounded by the
 //! shutdown deadline.
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use varta_exporters::{DebugExporter, Exporter, ExporterQueue, ExporterStats, Fanout, FileExporter};
-use varta_processor::{Processor, ProcessorStats};
-use varta_receiver::{ReceiverStats, StopHandle, VlpReceiver};
+use varta_exporters::{
+    CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, PipelineView,
+};
+use varta_pipeline::Role;
+use varta_processor::Processor;
+use varta_receiver::{StopHandle, VlpReceiver};
 
 use crate::config::{
     Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
 };
-
-/// Live counters of every component, for the stats dump.
-#[derive(Debug, Default)]
-pub struct Telemetry {
-    pub receivers: Vec<(String, Arc<ReceiverStats>)>,
-    pub processors: Vec<(String, Arc<ProcessorStats>)>,
-    pub exporters: Vec<(String, Arc<ExporterStats>)>,
-}
 
 /// A started collector.
 #[derive(Debug)]
@@ -35,7 +29,8 @@ pub struct Running {
     receivers: Vec<(String, JoinHandle<()>)>,
     processors: Vec<(String, JoinHandle<()>)>,
     exporters: Vec<(String, JoinHandle<()>)>,
-    pub telemetry: Telemetry,
+    /// Every component's metrics and each pipeline's snapshot.
+    pub view: CollectorView,
 }
 
 fn component_error<T>(config: &Config, section: &str, c: &Component<T>, message: String) -> ConfigError {
@@ -57,7 +52,9 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
 /// Builds and starts every pipeline. Nothing receives until every component
 /// of every pipeline was built, so a startup error leaves nothing running.
 pub fn start(config: &Config) -> Result<Running, ConfigError> {
-    let mut telemetry = Telemetry::default();
+    let mut view = CollectorView::default();
+    let mut receivers = Vec::new();
+    let mut exporter_metrics = Vec::new();
     let mut exporters = Vec::new();
     let mut ready = Vec::new();
 
@@ -77,7 +74,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             };
             let (queue, thread) =
                 ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
-            telemetry.exporters.push((id.clone(), queue.stats()));
+            exporter_metrics.push((id.clone(), queue.telemetry()));
             exporters.push((id.clone(), thread));
             queues.push(queue);
         }
@@ -100,7 +97,6 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
         let processor = Processor::new(ratelimit, tracker, Box::new(varta_receiver::procfs::start_time))
             .map_err(|e| pipeline_err(e.to_string()))?;
-        telemetry.processors.push((name.clone(), processor.stats()));
 
         let mut bound = Vec::new();
         for id in &p.receivers {
@@ -111,16 +107,33 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                 component: None,
                 ..component_error(config, "receivers", c, e.to_string())
             })?;
-            telemetry.receivers.push((id.clone(), receiver.stats()));
+            receivers.push((id.clone(), receiver.stats()));
             bound.push((id.clone(), receiver));
         }
         ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound));
     }
 
+    // Metrics are listed in configuration order: receivers, pipelines, exporters.
+    for (id, stats) in receivers {
+        view.add(Role::Receiver, id, stats);
+    }
+    let mut pipelines = Vec::new();
+    for (name, queue_batches, processor, fanout, bound) in ready {
+        let (tx, rx) = varta_pipeline::queue::batch_queue(queue_batches);
+        view.add_pipeline(PipelineView {
+            name: name.clone(),
+            snapshots: processor.snapshots(),
+            queue: rx.depth(),
+        });
+        pipelines.push((name, processor, fanout, bound, tx, rx));
+    }
+    for (id, metrics) in exporter_metrics {
+        view.add(Role::Exporter, id, metrics);
+    }
+
     let mut running =
-        Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, telemetry };
-    for (name, queue_batches, processor, mut fanout, bound) in ready {
-        let (tx, rx) = varta_proto::queue::batch_queue(queue_batches);
+        Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, view };
+    for (name, processor, mut fanout, bound, tx, rx) in pipelines {
         let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
             ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
         })?;
@@ -173,8 +186,9 @@ impl Running {
     }
 
     /// Ordered shutdown; says whether every stage stopped cleanly in time,
-    /// and hands back the (now final) counters.
-    pub fn shutdown(self, timeout: Duration) -> (bool, Telemetry) {
+    /// and hands back the view (processors published their final snapshot
+    /// when they ended).
+    pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
         let deadline = Instant::now() + timeout;
         for stop in &self.stops {
             stop.stop();
@@ -182,6 +196,6 @@ impl Running {
         let r = join_all("receiver", self.receivers, deadline);
         let p = join_all("processor", self.processors, deadline);
         let e = join_all("exporter", self.exporters, deadline);
-        (r && p && e, self.telemetry)
+        (r && p && e, self.view)
     }
 }

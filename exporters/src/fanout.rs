@@ -26,7 +26,7 @@ impl Fanout {
 impl EventSink for Fanout {
     fn emit(&mut self, event: &Event) {
         let is_beat = matches!(event.kind, EventKind::Beat { .. });
-        for q in &self.queues {
+        for q in &mut self.queues {
             if !is_beat || q.wants_beats() {
                 q.offer(event);
             }

@@ -4,20 +4,26 @@
 //! ([`queue::ExporterQueue`]); the processor hands events to a [`Fanout`]
 //! that never blocks: when an exporter's queue is full the *oldest* queued
 //! event is dropped and counted, so a slow disk or backend can never slow
-//! ingestion, and what is kept is the most recent.
+//! ingestion, and what is kept is the most recent. Incident events (stall,
+//! resume, panic, status, eviction) wait in a lane of their own, so a flood
+//! of beats or refusals cannot push them out.
 //!
 //! * [`file`]: varta-watch-compatible TSV event file with rotation.
 //! * [`debug`]: events as log lines.
+//! * [`view`]: what metrics views read (every component's metrics, each
+//!   pipeline's published snapshot).
 
 pub mod debug;
 pub mod fanout;
 pub mod file;
 pub mod queue;
+pub mod view;
 
 pub use debug::{DebugExporter, DebugExporterConfig};
 pub use fanout::Fanout;
 pub use file::{FileExporter, FileExporterConfig};
-pub use queue::{ExporterQueue, ExporterStats};
+pub use queue::{ExporterQueue, ExporterStats, ExporterTelemetry};
+pub use view::{CollectorView, PipelineView};
 
 use varta_processor::Event;
 

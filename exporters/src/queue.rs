@@ -1,32 +1,127 @@
-//! A bounded queue and thread in front of one exporter.
+//! A bounded, two-lane queue and thread in front of one exporter.
 //!
-//! Delivery: events reach the exporter in the order offered. Bound: at most
-//! `capacity` events wait; when full, the oldest waiting event is dropped
-//! and counted (`dropped`), never the producer blocked. Shutdown: dropping
-//! every [`ExporterQueue`] disconnects the channel; the thread exports what
-//! is left, flushes, and ends.
+//! Lanes: *incident* events (stall, resume, panic, status change,
+//! eviction, clock anomaly) and *bulk* events (beats, refusals, rate
+//! limits, stale nonces, origin conflicts, capacity refusals) wait in
+//! separate bounded channels, so a flood of bulk events can never push an
+//! incident out. Delivery: the exporter thread merges both lanes back into
+//! the order the events were offered (each carries a sequence number).
+//! Bound: when a lane is full its *oldest* event is dropped and counted
+//! (`dropped{queue_full}`, and `incidents_dropped` for the incident lane);
+//! the producer never blocks. An event offered after the exporter thread
+//! died is counted as `dropped{exporter_stopped}`. Shutdown: dropping every
+//! [`ExporterQueue`] disconnects the lanes; the thread exports what is
+//! left, flushes, and ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use varta_processor::Event;
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError, bounded};
+use varta_pipeline::clock::monotonic_ns;
+use varta_pipeline::{Instrumented, LogThrottle, Metric, Sample};
+use varta_processor::{Event, EventKind};
 
 use crate::Exporter;
+
+/// Whether an event belongs in the incident lane.
+pub fn is_incident(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Stall { .. }
+            | EventKind::Resume { .. }
+            | EventKind::Panic { .. }
+            | EventKind::StatusChange { .. }
+            | EventKind::Evicted { .. }
+            | EventKind::ClockAnomaly { .. }
+    )
+}
+
+/// Capacity of the incident lane for a bulk capacity of `queue_size`.
+pub fn incident_capacity(queue_size: usize) -> usize {
+    (queue_size / 4).max(1024)
+}
 
 /// Counters of one exporter queue.
 #[derive(Debug, Default)]
 pub struct ExporterStats {
     /// Events accepted into the queue.
     pub queued: AtomicU64,
-    /// Events dropped because the queue was full (oldest first).
-    pub dropped: AtomicU64,
+    /// Events dropped because their lane was full (oldest first).
+    pub dropped_full: AtomicU64,
+    /// Of `dropped_full`, incident events.
+    pub incidents_dropped: AtomicU64,
+    /// Events offered after the exporter thread had stopped.
+    pub dropped_stopped: AtomicU64,
     /// Events handed to the exporter successfully.
     pub exported: AtomicU64,
     /// Export or flush calls that failed.
     pub failed: AtomicU64,
+    /// Set when the exporter thread has ended (normally only at shutdown).
+    pub stopped: AtomicBool,
+}
+
+/// The exporter queue's metrics.
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static QUEUED: Metric = Metric::counter("queued", "Events accepted into the exporter queue.");
+    pub static DROPPED: Metric = Metric::labelled(
+        "dropped",
+        "reason",
+        "Events dropped: queue_full (oldest dropped) or exporter_stopped (its thread had ended).",
+    );
+    pub static INCIDENTS_DROPPED: Metric = Metric::counter(
+        "incidents_dropped",
+        "Incident events (stall, resume, panic, status, eviction) dropped because the incident lane was full.",
+    );
+    pub static EXPORTED: Metric = Metric::counter("exported", "Events the exporter handled successfully.");
+    pub static FAILED: Metric = Metric::counter("failed", "Export or flush calls that failed.");
+    pub static QUEUE_DEPTH: Metric = Metric::gauge("queue_depth", "Events waiting in the exporter queue.");
+    pub static QUEUE_CAPACITY: Metric =
+        Metric::gauge("queue_capacity", "Events the exporter queue can hold (both lanes).");
+}
+
+/// An exporter queue's counters plus its live depth.
+#[derive(Debug)]
+pub struct ExporterTelemetry {
+    stats: Arc<ExporterStats>,
+    lanes: [Receiver<Queued>; 2],
+}
+
+impl Instrumented for ExporterTelemetry {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        let s = &self.stats;
+        let plain: [(&'static Metric, u64); 4] = [
+            (&QUEUED, s.queued.load(Relaxed)),
+            (&INCIDENTS_DROPPED, s.incidents_dropped.load(Relaxed)),
+            (&EXPORTED, s.exported.load(Relaxed)),
+            (&FAILED, s.failed.load(Relaxed)),
+        ];
+        for (metric, value) in plain {
+            out(Sample::new(metric, value));
+        }
+        out(Sample::labelled(&DROPPED, "queue_full", s.dropped_full.load(Relaxed)));
+        out(Sample::labelled(&DROPPED, "exporter_stopped", s.dropped_stopped.load(Relaxed)));
+        let depth: usize = self.lanes.iter().map(Receiver::len).sum();
+        let capacity: usize = self.lanes.iter().filter_map(Receiver::capacity).sum();
+        out(Sample::new(&QUEUE_DEPTH, depth as u64));
+        out(Sample::new(&QUEUE_CAPACITY, capacity as u64));
+    }
+}
+
+/// An event and its place in the order it was offered.
+type Queued = (u64, Event);
+
+const BULK: usize = 0;
+const INCIDENT: usize = 1;
+
+/// One lane: its sender and a receiver clone used only to evict the oldest.
+#[derive(Debug)]
+struct Lane {
+    tx: Sender<Queued>,
+    evict: Receiver<Queued>,
 }
 
 /// Producer side of an exporter's queue. Cheap to use from the processor
@@ -34,28 +129,30 @@ pub struct ExporterStats {
 #[derive(Debug)]
 pub struct ExporterQueue {
     id: String,
-    tx: Sender<Event>,
-    /// A receiver clone used only to evict the oldest event when full.
-    evict: Receiver<Event>,
+    lanes: [Lane; 2],
+    next_seq: u64,
     stats: Arc<ExporterStats>,
     wants_beats: bool,
 }
 
 impl ExporterQueue {
-    /// Starts `exporter` on its own thread behind a queue of `capacity` events.
+    /// Starts `exporter` on its own thread behind a queue of `capacity`
+    /// bulk events plus [`incident_capacity`] incident events.
     pub fn start(
         id: String,
         exporter: Box<dyn Exporter>,
         capacity: usize,
     ) -> std::io::Result<(ExporterQueue, JoinHandle<()>)> {
-        let (tx, rx) = bounded(capacity.max(1));
+        let (bulk_tx, bulk_rx) = bounded(capacity.max(1));
+        let (inc_tx, inc_rx) = bounded(incident_capacity(capacity));
         let stats = Arc::new(ExporterStats::default());
         let wants_beats = exporter.wants_beats();
         let thread = std::thread::Builder::new().name(format!("export-{id}")).spawn({
-            let (rx, stats, id) = (rx.clone(), stats.clone(), id.clone());
-            move || drain(&id, exporter, &rx, &stats)
+            let (lanes, stats, id) = ([bulk_rx.clone(), inc_rx.clone()], stats.clone(), id.clone());
+            move || drain(&id, exporter, &lanes, &stats)
         })?;
-        Ok((ExporterQueue { id, tx, evict: rx, stats, wants_beats }, thread))
+        let lanes = [Lane { tx: bulk_tx, evict: bulk_rx }, Lane { tx: inc_tx, evict: inc_rx }];
+        Ok((ExporterQueue { id, lanes, next_seq: 0, stats, wants_beats }, thread))
     }
 
     pub fn id(&self) -> &str {
@@ -66,28 +163,46 @@ impl ExporterQueue {
         self.stats.clone()
     }
 
+    /// Counters and live depth, for metrics views.
+    pub fn telemetry(&self) -> Arc<dyn Instrumented> {
+        Arc::new(ExporterTelemetry {
+            stats: self.stats.clone(),
+            lanes: [self.lanes[BULK].evict.clone(), self.lanes[INCIDENT].evict.clone()],
+        })
+    }
+
     pub fn wants_beats(&self) -> bool {
         self.wants_beats
     }
 
-    /// Queues an event, dropping the oldest queued one if the queue is full.
-    pub fn offer(&self, event: &Event) {
-        let mut event = *event;
+    /// Queues an event, dropping the oldest queued one of its lane if full.
+    pub fn offer(&mut self, event: &Event) {
+        if self.stats.stopped.load(Relaxed) {
+            self.stats.dropped_stopped.fetch_add(1, Relaxed);
+            return;
+        }
+        let incident = is_incident(&event.kind);
+        let lane = &self.lanes[if incident { INCIDENT } else { BULK }];
+        let mut item = (self.next_seq, *event);
+        self.next_seq += 1;
         loop {
-            match self.tx.try_send(event) {
+            match lane.tx.try_send(item) {
                 Ok(()) => {
                     self.stats.queued.fetch_add(1, Relaxed);
                     return;
                 }
                 Err(TrySendError::Full(back)) => {
-                    if self.evict.try_recv().is_ok() {
-                        self.stats.dropped.fetch_add(1, Relaxed);
+                    if let Ok((_, old)) = lane.evict.try_recv() {
+                        self.stats.dropped_full.fetch_add(1, Relaxed);
+                        if is_incident(&old.kind) {
+                            self.stats.incidents_dropped.fetch_add(1, Relaxed);
+                        }
                     }
-                    event = back;
+                    item = back;
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    // The exporter thread is gone (it only ends on disconnect or panic).
-                    self.stats.dropped.fetch_add(1, Relaxed);
+                    // Unreachable while `evict` lives; counted all the same.
+                    self.stats.dropped_stopped.fetch_add(1, Relaxed);
                     return;
                 }
             }
@@ -95,42 +210,87 @@ impl ExporterQueue {
     }
 }
 
-/// Warns at most once per interval, with the number of failures in between.
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
+/// Merges the two lanes back into offer order. Single consumer.
+struct Merge<'a> {
+    lanes: &'a [Receiver<Queued>; 2],
+    held: [Option<Queued>; 2],
 }
 
-impl FailureLog {
-    fn record(&mut self, id: &str, what: &str, err: &std::io::Error) {
-        let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-            tracing::warn!(exporter = id, suppressed = self.suppressed, "{what} failed: {err}");
-            self.last = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+impl Merge<'_> {
+    /// The next event in offer order, waiting for one when both lanes are
+    /// empty and `wait` is set; `None` once both lanes are disconnected and
+    /// drained (or, without `wait`, when nothing is waiting).
+    fn next(&mut self, wait: bool) -> Option<Event> {
+        loop {
+            let mut closed = 0;
+            for (held, lane) in self.held.iter_mut().zip(self.lanes) {
+                if held.is_none() {
+                    match lane.try_recv() {
+                        Ok(item) => *held = Some(item),
+                        Err(TryRecvError::Disconnected) => closed += 1,
+                        Err(TryRecvError::Empty) => {}
+                    }
+                }
+            }
+            // Both heads were refilled before choosing, and one producer
+            // numbers events in offer order, so the smaller number is the
+            // earlier offer.
+            let pick = match (&self.held[BULK], &self.held[INCIDENT]) {
+                (Some(a), Some(b)) => Some(if a.0 < b.0 { BULK } else { INCIDENT }),
+                (Some(_), None) => Some(BULK),
+                (None, Some(_)) => Some(INCIDENT),
+                (None, None) => None,
+            };
+            if let Some(i) = pick {
+                return self.held[i].take().map(|(_, ev)| ev);
+            }
+            if closed == 2 || !wait {
+                return None;
+            }
+            let mut select = Select::new();
+            for lane in self.lanes {
+                select.recv(lane);
+            }
+            // Ready means a message or a disconnect; the next round tells which.
+            select.ready();
         }
     }
 }
 
-fn drain(id: &str, mut exporter: Box<dyn Exporter>, rx: &Receiver<Event>, stats: &ExporterStats) {
-    let mut failures = FailureLog { last: None, suppressed: 0 };
+/// Marks the exporter stopped when its thread ends, even by a panic.
+struct StoppedOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StoppedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2], stats: &ExporterStats) {
+    let _stopped = StoppedOnDrop(&stats.stopped);
+    let mut failures = LogThrottle::default();
     let mut export = |exporter: &mut Box<dyn Exporter>, ev: &Event| match exporter.export(ev) {
         Ok(()) => {
             stats.exported.fetch_add(1, Relaxed);
         }
         Err(e) => {
             stats.failed.fetch_add(1, Relaxed);
-            failures.record(id, "export", &e);
+            if let Some(count) = failures.note(monotonic_ns()) {
+                tracing::warn!(
+                    exporter = id,
+                    count,
+                    "export failed: {e} (at most one warning per 10 s; count is since the last)"
+                );
+            }
         }
     };
+    let mut merge = Merge { lanes, held: [None, None] };
     // Block for the next event, then take everything already waiting, then
     // flush: one flush per burst keeps latency low when idle and cost low
     // under load.
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = merge.next(true) {
         export(&mut exporter, &first);
-        while let Ok(ev) = rx.try_recv() {
+        while let Some(ev) = merge.next(false) {
             export(&mut exporter, &ev);
         }
         if let Err(e) = exporter.flush() {
@@ -152,9 +312,9 @@ mod tests {
     use varta_processor::EventKind;
     use varta_proto::{Frame, Status};
 
-    /// Records exported `at_ns` values; blocks until released, to fill the queue.
+    /// Records exported events; blocks on the gate before each, to fill the queue.
     struct Slow {
-        seen: Arc<Mutex<Vec<u64>>>,
+        seen: Arc<Mutex<Vec<Event>>>,
         gate: Receiver<()>,
     }
 
@@ -163,8 +323,10 @@ mod tests {
             true
         }
         fn export(&mut self, ev: &Event) -> std::io::Result<()> {
-            let _ = self.gate.recv();
-            self.seen.lock().expect("lock").push(ev.at_ns);
+            if self.gate.recv().is_err() {
+                panic!("gate closed: the test wants this exporter dead");
+            }
+            self.seen.lock().expect("lock").push(*ev);
             Ok(())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -172,7 +334,11 @@ mod tests {
         }
     }
 
-    fn ev(at_ns: u64) -> Event {
+    fn beat(at_ns: u64) -> Event {
+        Event { at_ns, agent: None, kind: EventKind::Beat { frame: Frame::new(Status::Ok, 2, 0, at_ns, 0) } }
+    }
+
+    fn panic_frame(at_ns: u64) -> Event {
         Event {
             at_ns,
             agent: None,
@@ -180,31 +346,102 @@ mod tests {
         }
     }
 
-    #[test]
-    fn full_queue_drops_oldest_counts_it_and_drains_on_shutdown() {
+    type Seen = Arc<Mutex<Vec<Event>>>;
+
+    fn start(capacity: usize) -> (ExporterQueue, JoinHandle<()>, Seen, Sender<()>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (open, gate) = crossbeam_channel::unbounded();
         let (queue, thread) =
-            ExporterQueue::start("slow".into(), Box::new(Slow { seen: seen.clone(), gate }), 4)
+            ExporterQueue::start("slow".into(), Box::new(Slow { seen: seen.clone(), gate }), capacity)
                 .expect("start");
-        // The exporter takes event 0 and blocks on the gate; 1..=4 fill the
-        // queue; 5..=9 each evict the oldest waiting event.
-        queue.offer(&ev(0));
-        while !queue.evict.is_empty() {
+        (queue, thread, seen, open)
+    }
+
+    /// Offers `first`, then waits until the exporter has taken it (it then blocks on the gate).
+    fn occupy(queue: &mut ExporterQueue, first: &Event) {
+        queue.offer(first);
+        while queue.lanes.iter().any(|l| !l.evict.is_empty()) {
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn full_bulk_lane_drops_oldest_counts_it_and_drains_on_shutdown() {
+        let (mut queue, thread, seen, open) = start(4);
+        occupy(&mut queue, &beat(0));
+        // 1..=4 fill the bulk lane; 5..=9 each evict the oldest waiting beat.
         for i in 1..10 {
-            queue.offer(&ev(i));
+            queue.offer(&beat(i));
         }
         let stats = queue.stats();
-        assert_eq!(stats.dropped.load(Relaxed), 5);
+        assert_eq!(stats.dropped_full.load(Relaxed), 5);
+        assert_eq!(stats.incidents_dropped.load(Relaxed), 0);
         assert_eq!(stats.queued.load(Relaxed), 10);
         for _ in 0..10 {
             open.send(()).expect("gate");
         }
         drop(queue);
         thread.join().expect("exporter thread");
-        assert_eq!(*seen.lock().expect("lock"), vec![0, 6, 7, 8, 9], "newest kept, in order");
+        let at: Vec<u64> = seen.lock().expect("lock").iter().map(|e| e.at_ns).collect();
+        assert_eq!(at, vec![0, 6, 7, 8, 9], "newest kept, in order");
         assert_eq!(stats.exported.load(Relaxed), 5);
+    }
+
+    #[test]
+    fn incidents_survive_a_flood_and_keep_their_place_in_order() {
+        let (mut queue, thread, seen, open) = start(4);
+        occupy(&mut queue, &beat(0));
+        queue.offer(&beat(1));
+        queue.offer(&panic_frame(2));
+        for i in 3..1000 {
+            queue.offer(&beat(i));
+        }
+        queue.offer(&panic_frame(1000));
+        queue.offer(&beat(1001));
+        let stats = queue.stats();
+        assert_eq!(stats.incidents_dropped.load(Relaxed), 0);
+        // 999 beats went into a lane of 4.
+        assert_eq!(stats.dropped_full.load(Relaxed), 999 - 4);
+        drop(queue);
+        for _ in 0..10 {
+            open.send(()).expect("gate");
+        }
+        thread.join().expect("exporter thread");
+        let at: Vec<u64> = seen.lock().expect("lock").iter().map(|e| e.at_ns).collect();
+        // Both panics survive, merged back where they were offered.
+        assert_eq!(at, vec![0, 2, 997, 998, 999, 1000, 1001]);
+    }
+
+    #[test]
+    fn incident_lane_overflow_is_counted_separately() {
+        let (mut queue, thread, _seen, open) = start(4);
+        occupy(&mut queue, &beat(0));
+        let cap = incident_capacity(4) as u64;
+        for i in 0..cap + 3 {
+            queue.offer(&panic_frame(i));
+        }
+        let stats = queue.stats();
+        assert_eq!(stats.incidents_dropped.load(Relaxed), 3);
+        assert_eq!(stats.dropped_full.load(Relaxed), 3);
+        drop(open); // the exporter panics at its next event
+        drop(queue);
+        assert!(thread.join().is_err());
+    }
+
+    #[test]
+    fn events_after_the_exporter_died_are_counted_as_such() {
+        let (mut queue, thread, _seen, open) = start(4);
+        drop(open);
+        queue.offer(&beat(0)); // the exporter panics on it
+        assert!(thread.join().is_err());
+        queue.offer(&panic_frame(1));
+        queue.offer(&beat(2));
+        let stats = queue.stats();
+        assert_eq!(stats.dropped_stopped.load(Relaxed), 2);
+        assert_eq!(stats.dropped_full.load(Relaxed), 0);
+        let mut samples = Vec::new();
+        queue.telemetry().samples(&mut |s| samples.push((s.metric.name, s.label, s.value)));
+        assert!(samples.contains(&("dropped", "exporter_stopped", 2)), "{samples:?}");
+        assert!(samples.contains(&("queue_depth", "", 0)), "{samples:?}");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::clock::Clock;
 
@@ -60,7 +60,10 @@ pub struct RateLimitConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimitConfig {
-    #[serde(default = "default_per_agent_min_interval", deserialize_with = "duration_from_str")]
+    #[serde(
+        default = "default_per_agent_min_interval",
+        deserialize_with = "varta_pipeline::config::duration"
+    )]
     per_agent_min_interval: Duration,
     #[serde(default = "default_global_rate")]
     global_rate: u64,
@@ -144,6 +147,9 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// Default eviction factor (× threshold).
 pub const DEFAULT_EVICTION_AFTER: u32 = 10;
 
+/// Default refresh interval of the published snapshot.
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `processors: tracker:` — per-agent liveness state and stall detection.
 ///
 /// * `threshold` (default `"2s"`, at least `"10ms"`): an agent with no
@@ -154,14 +160,20 @@ pub const DEFAULT_EVICTION_AFTER: u32 = 10;
 /// * `eviction_after` (default 10): when the tracker is full, a new agent may
 ///   replace the oldest stalled agent that has been silent for more than
 ///   `eviction_after × threshold`.
+/// * `snapshot_interval` (default `"1s"`, between `"10ms"` and `"1m"`): the
+///   published view of counters and agents (read by the metrics endpoints
+///   and the stats dump) is refreshed at most this often while anything
+///   changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
-    #[serde(deserialize_with = "duration_from_str")]
+    #[serde(deserialize_with = "varta_pipeline::config::duration")]
     pub threshold: Duration,
     pub capacity: usize,
     pub clock: Clock,
     pub eviction_after: u32,
+    #[serde(deserialize_with = "varta_pipeline::config::duration")]
+    pub snapshot_interval: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -171,6 +183,7 @@ impl Default for TrackerConfig {
             capacity: DEFAULT_CAPACITY,
             clock: Clock::Monotonic,
             eviction_after: DEFAULT_EVICTION_AFTER,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
         }
     }
 }
@@ -195,7 +208,19 @@ impl TrackerConfig {
                 format!("must be between 1 and 1000 (× threshold; got {})", self.eviction_after),
             ));
         }
+        if self.snapshot_interval < Duration::from_millis(10)
+            || self.snapshot_interval > Duration::from_secs(60)
+        {
+            return Err(ConfigError::invalid(
+                "tracker.snapshot_interval",
+                format!("must be between 10ms and 1m (got {:?})", self.snapshot_interval),
+            ));
+        }
         Ok(())
+    }
+
+    pub fn snapshot_interval_ns(&self) -> u64 {
+        u64::try_from(self.snapshot_interval.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The threshold in nanoseconds (validated configs fit easily in `u64`).
@@ -205,11 +230,6 @@ impl TrackerConfig {
 }
 
 pub use varta_proto::duration::parse_duration;
-
-fn duration_from_str<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(de)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,8 @@
 //!   recency lists; O(1) per beat, exact next deadline, bounded memory.
 //! * [`event`]: the `Copy`, heap-free events and the [`EventSink`] trait.
 //! * [`stats`]: single-writer atomic counters, every series present at zero.
+//! * [`snapshot`]: the published, immutable view of counters and agents
+//!   that metrics views read without ever blocking the processor.
 //! * [`processor`]: ties them together ([`Processor`]) and runs the loop.
 
 pub mod clock;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod event;
 pub mod processor;
 pub mod ratelimit;
+pub mod snapshot;
 pub mod stats;
 pub mod tracker;
 
@@ -31,5 +34,6 @@ pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
 pub use event::{
     AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
 };
-pub use processor::{AgentView, NONCE_WRAP_WINDOW, Processor, StartTimeProbe};
-pub use stats::{ProcessorStats, Sample, StatsSnapshot};
+pub use processor::{NONCE_WRAP_WINDOW, Processor, StartTimeProbe};
+pub use snapshot::{AgentView, Snapshot, SnapshotReader};
+pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};

@@ -37,13 +37,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use varta_proto::queue::{BatchReceiver, RecvTimeoutError};
-use varta_proto::{Arrival, Batch, Beat, Frame, Status, Transport};
+use varta_pipeline::queue::{BatchReceiver, RecvTimeoutError};
+use varta_proto::{Arrival, Batch, Beat, Frame, Transport};
 
 use crate::clock::{Clock, ClockGuard};
 use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
 use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 use crate::ratelimit::RateLimiter;
+use crate::snapshot::{AgentView, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
 use crate::tracker::{Slot, Tracker};
 
@@ -58,23 +59,6 @@ pub const NONCE_WRAP_WINDOW: u64 = 1 << 20;
 /// `/proc/<pid>/stat`), `None` if it cannot be read.
 pub type StartTimeProbe = Box<dyn Fn(u32) -> Option<u64> + Send>;
 
-/// One agent's state, for metrics views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AgentView {
-    pub id: AgentId,
-    pub host_pid: u32,
-    /// Pinned origin.
-    pub transport: Transport,
-    /// Status of the last accepted frame, or `Stall` while stalled.
-    pub status: Status,
-    pub beats: u64,
-    pub stalls: u64,
-    pub last_beat_ns: u64,
-    /// Last accepted regular nonce (0 before the first regular frame).
-    pub last_nonce: u64,
-    pub last_payload: u32,
-}
-
 /// The `ratelimit` + `tracker` processors; owns all agent state.
 pub struct Processor {
     limiter: RateLimiter,
@@ -83,6 +67,7 @@ pub struct Processor {
     clock: Clock,
     guard: ClockGuard,
     stats: Arc<ProcessorStats>,
+    publisher: Publisher,
     eviction_after_ns: u64,
     next_incident: u64,
 }
@@ -123,6 +108,7 @@ impl Processor {
             clock: tracker.clock,
             guard: ClockGuard::new(),
             stats,
+            publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, threshold_ns),
             eviction_after_ns: threshold_ns.saturating_mul(u64::from(tracker.eviction_after)),
             next_incident: 1,
         })
@@ -148,25 +134,26 @@ impl Processor {
         self.tracker.memory_bytes() + std::mem::size_of::<Processor>()
     }
 
-    /// Every tracked agent's state (allocates; for metrics views, not the hot path).
-    pub fn snapshot(&self) -> Vec<AgentView> {
-        self.tracker
-            .slots()
-            .map(|s| {
-                let agent = s.agent_ref();
-                AgentView {
-                    id: agent.id,
-                    host_pid: agent.host_pid,
-                    transport: agent.transport,
-                    status: if s.is_stalled() { Status::Stall } else { s.status },
-                    beats: s.beats,
-                    stalls: u64::from(s.stalls),
-                    last_beat_ns: s.last_beat_ns,
-                    last_nonce: s.last_nonce().unwrap_or(0),
-                    last_payload: s.last_payload,
-                }
-            })
-            .collect()
+    /// Every tracked agent's state now (allocates; for tests and tools —
+    /// other threads read [`Processor::snapshots`]).
+    pub fn agent_views(&self) -> Vec<AgentView> {
+        self.tracker.slots().map(AgentView::of).collect()
+    }
+
+    /// The read side of the published snapshot (see [`crate::snapshot`]).
+    pub fn snapshots(&self) -> SnapshotReader {
+        self.publisher.reader()
+    }
+
+    /// Publishes a snapshot of the current state now (the run loop does
+    /// this by itself; for callers driving the processor in virtual time).
+    pub fn publish_snapshot(&mut self, now_ns: u64) {
+        self.publisher.publish(now_ns, &mut self.tracker, self.stats.snapshot());
+    }
+
+    fn note_agents(&mut self) {
+        self.stats.set_agents(self.tracker.len(), self.tracker.stalled_len());
+        self.publisher.mark_dirty();
     }
 
     /// Handles one batch at processor time `now_ns` (after surfacing due stalls).
@@ -178,13 +165,13 @@ impl Processor {
         for arrival in batch.as_slice() {
             match arrival {
                 Arrival::Beat(beat) => self.on_beat(beat, now, wants_beats, out),
+                // Counted by the receiver that refused it; forwarded so event views see it.
                 Arrival::Refused(refused) => {
-                    self.stats.refusal(refused.refusal);
                     out.emit(&Event { at_ns: now, agent: None, kind: EventKind::Refused(*refused) });
                 }
             }
         }
-        self.stats.set_agents_tracked(self.tracker.len());
+        self.note_agents();
     }
 
     /// Emits every stall due at `now_ns`; returns the next stall deadline.
@@ -195,11 +182,18 @@ impl Processor {
     }
 
     /// The processor thread: handles batches as they come and wakes exactly
-    /// at the next stall deadline. Returns when every sender has been dropped
-    /// and the queue is drained.
+    /// at the next stall deadline (or snapshot publication, while something
+    /// waits to be published). Returns when every sender has been dropped
+    /// and the queue is drained, after publishing a final snapshot.
     pub fn run(mut self, rx: BatchReceiver, out: &mut dyn EventSink) {
         loop {
-            let deadline = self.fire_due(self.clock.now_ns(), out);
+            let stall = self.fire_due(self.clock.now_ns(), out);
+            let now = self.guard.last_ns().unwrap_or(0);
+            self.publisher.maybe_publish(now, &mut self.tracker, self.stats.snapshot());
+            let deadline = match (stall, self.publisher.due_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let received = match deadline {
                 Some(deadline) => {
                     let now = self.guard.last_ns().unwrap_or(0);
@@ -213,7 +207,11 @@ impl Processor {
                     rx.recycle(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let now = self.guard.last_ns().unwrap_or(0);
+                    self.publish_snapshot(now);
+                    return;
+                }
             }
         }
     }
@@ -225,6 +223,7 @@ impl Processor {
     fn advance_clock(&mut self, raw_ns: u64, out: &mut dyn EventSink) -> u64 {
         let (now, anomaly) = self.guard.observe(raw_ns, self.tracker.next_deadline());
         if let Some(kind) = anomaly {
+            self.publisher.mark_dirty();
             self.stats.clock_anomaly(kind);
             Self::emit(out, now, None, EventKind::ClockAnomaly { kind });
         }
@@ -243,6 +242,7 @@ impl Processor {
             let last_nonce = slot.last_nonce().unwrap_or(0);
             let agent = slot.agent_ref();
             self.stats.stall();
+            self.note_agents();
             let silence_ns = now.saturating_sub(last_beat_ns);
             Self::emit(
                 out,
@@ -363,7 +363,6 @@ impl Processor {
                 }
             },
         };
-        self.stats.set_agents_tracked(self.tracker.len());
         self.accept(idx, beat, now, wants_beats, out);
     }
 
@@ -425,8 +424,8 @@ impl Processor {
         let incident = slot.incident;
         self.stats.beat_accepted();
         if was_stalled {
-            self.stats.resume();
             let silence_ns = now.saturating_sub(previous_beat_ns);
+            self.stats.resume(silence_ns);
             Self::emit(out, now, agent, EventKind::Resume { incident, silence_ns, frame });
         }
         if wants_beats {

@@ -3,20 +3,44 @@
 //! Promises: [`ProcessorStats`] is shared through an `Arc`; the processor
 //! thread is its only writer (plain relaxed load + store, no read-modify-write
 //! contention), any thread may read. Every counter exists from the start at
-//! zero, including one per [`Refusal`] label, so exporters can publish every
-//! series from the first scrape. [`ProcessorStats::snapshot`] copies all
-//! values into a plain [`StatsSnapshot`]; [`StatsSnapshot::samples`] lists
-//! them as `(name, label, value)` for metrics views.
+//! zero, so exporters can publish every series from the first scrape.
+//! [`ProcessorStats::snapshot`] copies all values into a plain
+//! [`StatsSnapshot`]; the published [`crate::Snapshot`] carries one taken on
+//! the processor thread, so its values are a consistent cut.
+//! [`StatsSnapshot::samples`] lists them through the shared metric model.
+//!
+//! Refusals of datagrams are counted by the receiver that refused them (one
+//! owner per counter); the processor only forwards them as events.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use varta_proto::Refusal;
+use varta_pipeline::{Metric, Sample};
 
 use crate::clock::ClockAnomalyKind;
 use crate::event::{EvictionReason, RateLimitReason};
 
-/// Every receiver refusal, in counter-index order.
-pub const REFUSALS: [Refusal; Refusal::COUNT] = Refusal::ALL;
+/// Upper bounds (inclusive, nanoseconds) of the stall-duration histogram
+/// buckets; a last, unbounded bucket follows. Stall duration is the silence
+/// of a stall that ended (the agent resumed).
+pub const STALL_DURATION_BOUNDS_NS: [u64; 14] = [
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+    300_000_000_000,
+    900_000_000_000,
+    3_600_000_000_000,
+];
+
+/// Buckets of the stall-duration histogram (the bounds plus +Inf).
+pub const STALL_DURATION_BUCKETS: usize = STALL_DURATION_BOUNDS_NS.len() + 1;
 
 /// A counter written by exactly one thread.
 #[derive(Debug, Default)]
@@ -47,6 +71,7 @@ pub struct ProcessorStats {
     stalls: Cell,
     resumes: Cell,
     agents_tracked: Cell,
+    agents_stalled: Cell,
     rate_limited: [Cell; 2],
     capacity_exceeded: Cell,
     evicted_stale: Cell,
@@ -55,11 +80,26 @@ pub struct ProcessorStats {
     stale_nonces: Cell,
     panics: Cell,
     status_changes: Cell,
-    refused: [Cell; REFUSALS.len()],
     clock_backwards: Cell,
     clock_jumps: Cell,
     incarnations_restarted: Cell,
     batches: Cell,
+    stall_duration: [Cell; STALL_DURATION_BUCKETS],
+    stall_duration_sum_ns: Cell,
+}
+
+/// The stall-duration histogram: per-bucket counts (not cumulative),
+/// indexed like [`STALL_DURATION_BOUNDS_NS`] plus a last +Inf bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StallDurations {
+    pub buckets: [u64; STALL_DURATION_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl StallDurations {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// A copy of every counter at one moment.
@@ -70,6 +110,8 @@ pub struct StatsSnapshot {
     pub resumes: u64,
     /// Gauge: agents currently tracked.
     pub agents_tracked: u64,
+    /// Gauge: agents currently stalled.
+    pub agents_stalled: u64,
     pub rate_limited_per_agent: u64,
     pub rate_limited_global: u64,
     pub capacity_exceeded: u64,
@@ -79,22 +121,49 @@ pub struct StatsSnapshot {
     pub stale_nonces: u64,
     pub panics: u64,
     pub status_changes: u64,
-    /// Indexed like [`REFUSALS`].
-    pub refused: [u64; REFUSALS.len()],
     pub clock_backwards: u64,
     pub clock_jumps: u64,
     pub incarnations_restarted: u64,
     pub batches: u64,
+    pub stall_durations: StallDurations,
 }
 
-/// One metric value: `name{label.0=label.1} value`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sample {
-    pub name: &'static str,
-    pub label: Option<(&'static str, &'static str)>,
-    pub value: u64,
-    /// Gauges go up and down; everything else is a monotonic counter.
-    pub is_gauge: bool,
+/// The processor's metrics (see [`StatsSnapshot::samples`]).
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static BEATS_ACCEPTED: Metric = Metric::counter("beats_accepted", "Beats accepted by the tracker.");
+    pub static STALLS: Metric =
+        Metric::counter("stalls", "Stalls detected (an agent silent past the threshold).");
+    pub static RESUMES: Metric = Metric::counter("resumes", "Stalled agents that beat again.");
+    pub static AGENTS_TRACKED: Metric = Metric::gauge("agents_tracked", "Agents currently tracked.");
+    pub static AGENTS_STALLED: Metric = Metric::gauge("agents_stalled", "Tracked agents currently stalled.");
+    pub static RATE_LIMITED: Metric =
+        Metric::labelled("rate_limited", "reason", "Beats refused by the ratelimit processor, by limit.");
+    pub static CAPACITY_EXCEEDED: Metric = Metric::counter(
+        "capacity_exceeded",
+        "New agents refused because the tracker was full of live agents.",
+    );
+    pub static EVICTED: Metric =
+        Metric::labelled("evicted", "reason", "Agents whose state was dropped, by reason.");
+    pub static ORIGIN_CONFLICTS: Metric = Metric::counter(
+        "origin_conflicts",
+        "Beats refused for arriving over a weaker transport than the agent's pinned one.",
+    );
+    pub static STALE_NONCES: Metric =
+        Metric::counter("stale_nonces", "Beats dropped because their nonce did not advance.");
+    pub static PANICS: Metric = Metric::counter("panics", "Terminal (panic) frames accepted.");
+    pub static STATUS_CHANGES: Metric =
+        Metric::counter("status_changes", "Changes of the status agents report.");
+    pub static CLOCK_BACKWARDS: Metric =
+        Metric::counter("clock_backwards", "Clock readings below the previous one (clamped).");
+    pub static CLOCK_JUMPS: Metric = Metric::counter(
+        "clock_jumps",
+        "Forward clock jumps past an expected wake-up (suspend or a wedged loop).",
+    );
+    pub static INCARNATIONS_RESTARTED: Metric =
+        Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.");
+    pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
 }
 
 impl ProcessorStats {
@@ -103,8 +172,9 @@ impl ProcessorStats {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut refused = [0; REFUSALS.len()];
-        for (out, cell) in refused.iter_mut().zip(&self.refused) {
+        let mut stall_durations =
+            StallDurations { sum_ns: self.stall_duration_sum_ns.get(), ..Default::default() };
+        for (out, cell) in stall_durations.buckets.iter_mut().zip(&self.stall_duration) {
             *out = cell.get();
         }
         StatsSnapshot {
@@ -112,6 +182,7 @@ impl ProcessorStats {
             stalls: self.stalls.get(),
             resumes: self.resumes.get(),
             agents_tracked: self.agents_tracked.get(),
+            agents_stalled: self.agents_stalled.get(),
             rate_limited_per_agent: self.rate_limited[0].get(),
             rate_limited_global: self.rate_limited[1].get(),
             capacity_exceeded: self.capacity_exceeded.get(),
@@ -121,11 +192,11 @@ impl ProcessorStats {
             stale_nonces: self.stale_nonces.get(),
             panics: self.panics.get(),
             status_changes: self.status_changes.get(),
-            refused,
             clock_backwards: self.clock_backwards.get(),
             clock_jumps: self.clock_jumps.get(),
             incarnations_restarted: self.incarnations_restarted.get(),
             batches: self.batches.get(),
+            stall_durations,
         }
     }
 
@@ -138,9 +209,6 @@ impl ProcessorStats {
     pub fn agents_tracked(&self) -> u64 {
         self.agents_tracked.get()
     }
-    pub fn refused(&self, refusal: Refusal) -> u64 {
-        self.refused[refusal.index()].get()
-    }
 
     // Writers (processor thread only).
     pub(crate) fn beat_accepted(&self) {
@@ -149,11 +217,15 @@ impl ProcessorStats {
     pub(crate) fn stall(&self) {
         self.stalls.add(1);
     }
-    pub(crate) fn resume(&self) {
+    pub(crate) fn resume(&self, silence_ns: u64) {
         self.resumes.add(1);
+        let bucket = STALL_DURATION_BOUNDS_NS.partition_point(|&bound| bound < silence_ns);
+        self.stall_duration[bucket].add(1);
+        self.stall_duration_sum_ns.add(silence_ns);
     }
-    pub(crate) fn set_agents_tracked(&self, n: usize) {
-        self.agents_tracked.set(n as u64);
+    pub(crate) fn set_agents(&self, tracked: usize, stalled: usize) {
+        self.agents_tracked.set(tracked as u64);
+        self.agents_stalled.set(stalled as u64);
     }
     pub(crate) fn rate_limited(&self, reason: RateLimitReason) {
         self.rate_limited[reason as usize].add(1);
@@ -180,9 +252,6 @@ impl ProcessorStats {
     pub(crate) fn status_change(&self) {
         self.status_changes.add(1);
     }
-    pub(crate) fn refusal(&self, refusal: Refusal) {
-        self.refused[refusal.index()].add(1);
-    }
     pub(crate) fn clock_anomaly(&self, kind: ClockAnomalyKind) {
         match kind {
             ClockAnomalyKind::Backwards => self.clock_backwards.add(1),
@@ -195,41 +264,34 @@ impl ProcessorStats {
 }
 
 impl StatsSnapshot {
-    /// Every value as a metric sample (names without prefix; exporters add
-    /// theirs). Labelled families list every label value, zeros included.
-    pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
-        let counter = |name, value| Sample { name, label: None, value, is_gauge: false };
-        let labelled =
-            |name, key, label, value| Sample { name, label: Some((key, label)), value, is_gauge: false };
-        let plain = [
-            counter("beats_accepted", self.beats_accepted),
-            counter("stalls", self.stalls),
-            counter("resumes", self.resumes),
-            Sample { name: "agents_tracked", label: None, value: self.agents_tracked, is_gauge: true },
-            labelled(
-                "rate_limited",
-                "reason",
-                RateLimitReason::PerAgent.label(),
-                self.rate_limited_per_agent,
-            ),
-            labelled("rate_limited", "reason", RateLimitReason::Global.label(), self.rate_limited_global),
-            counter("capacity_exceeded", self.capacity_exceeded),
-            labelled("evicted", "reason", EvictionReason::Stale.label(), self.evicted_stale),
-            labelled("evicted", "reason", EvictionReason::PidRecycled.label(), self.evicted_pid_recycled),
-            counter("origin_conflicts", self.origin_conflicts),
-            counter("stale_nonces", self.stale_nonces),
-            counter("panics", self.panics),
-            counter("status_changes", self.status_changes),
-            counter("clock_backwards", self.clock_backwards),
-            counter("clock_jumps", self.clock_jumps),
-            counter("incarnations_restarted", self.incarnations_restarted),
-            counter("batches", self.batches),
+    /// Every counter and gauge as a metric sample, zeros included, every
+    /// label value of a labelled family listed (the histogram is read from
+    /// [`StatsSnapshot::stall_durations`]).
+    pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        let plain: [(&'static Metric, u64); 14] = [
+            (&BEATS_ACCEPTED, self.beats_accepted),
+            (&STALLS, self.stalls),
+            (&RESUMES, self.resumes),
+            (&AGENTS_TRACKED, self.agents_tracked),
+            (&AGENTS_STALLED, self.agents_stalled),
+            (&CAPACITY_EXCEEDED, self.capacity_exceeded),
+            (&ORIGIN_CONFLICTS, self.origin_conflicts),
+            (&STALE_NONCES, self.stale_nonces),
+            (&PANICS, self.panics),
+            (&STATUS_CHANGES, self.status_changes),
+            (&CLOCK_BACKWARDS, self.clock_backwards),
+            (&CLOCK_JUMPS, self.clock_jumps),
+            (&INCARNATIONS_RESTARTED, self.incarnations_restarted),
+            (&BATCHES, self.batches),
         ];
-        let refused = REFUSALS
-            .iter()
-            .zip(self.refused)
-            .map(move |(r, value)| labelled("refused", "reason", r.label(), value));
-        plain.into_iter().chain(refused)
+        for (metric, value) in plain {
+            out(Sample::new(metric, value));
+        }
+        out(Sample::labelled(&RATE_LIMITED, RateLimitReason::PerAgent.label(), self.rate_limited_per_agent));
+        out(Sample::labelled(&RATE_LIMITED, RateLimitReason::Global.label(), self.rate_limited_global));
+        out(Sample::labelled(&EVICTED, EvictionReason::Stale.label(), self.evicted_stale));
+        out(Sample::labelled(&EVICTED, EvictionReason::PidRecycled.label(), self.evicted_pid_recycled));
     }
 }
 
@@ -238,30 +300,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusal_indices_are_a_bijection() {
-        for (i, r) in REFUSALS.iter().enumerate() {
-            assert_eq!(r.index(), i, "{r:?}");
-        }
-        let mut labels: Vec<_> = REFUSALS.iter().map(|r| r.label()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), REFUSALS.len());
+    fn every_series_present_at_zero() {
+        let stats = ProcessorStats::new();
+        let mut samples = Vec::new();
+        stats.snapshot().samples(&mut |s| samples.push(s));
+        assert_eq!(samples.len(), 18);
+        assert!(samples.iter().all(|s| s.value == 0));
+        stats.rate_limited(RateLimitReason::Global);
+        let mut samples = Vec::new();
+        stats.snapshot().samples(&mut |s| samples.push(s));
+        let global = samples.iter().find(|s| s.metric.name == "rate_limited" && s.label == "global");
+        assert_eq!(global.map(|s| s.value), Some(1));
     }
 
     #[test]
-    fn every_series_present_at_zero() {
+    fn stall_durations_land_in_their_bucket() {
         let stats = ProcessorStats::new();
-        let samples: Vec<_> = stats.snapshot().samples().collect();
-        assert_eq!(samples.len(), 17 + REFUSALS.len());
-        assert!(samples.iter().all(|s| s.value == 0));
-        stats.refusal(Refusal::Replay);
-        stats.rate_limited(RateLimitReason::Global);
-        let snap = stats.snapshot();
-        assert_eq!(stats.refused(Refusal::Replay), 1);
-        assert_eq!(snap.rate_limited_global, 1);
-        assert!(
-            snap.samples()
-                .any(|s| s.name == "refused" && s.label == Some(("reason", "replay")) && s.value == 1)
-        );
+        stats.resume(10_000_000); // exactly on the first bound: first bucket
+        stats.resume(10_000_001);
+        stats.resume(u64::MAX / 2); // beyond every bound: +Inf
+        let h = stats.snapshot().stall_durations;
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[STALL_DURATION_BUCKETS - 1], 1);
+        assert_eq!(h.count(), 3);
+        assert_eq!(stats.snapshot().resumes, 3);
     }
 }

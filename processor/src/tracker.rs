@@ -161,6 +161,10 @@ fn unlink(slots: &mut [Slot], list: &mut List, idx: u32) {
     slots[idx as usize].next = NIL;
 }
 
+/// Slots per view chunk: the published snapshot copies agent views in
+/// chunks of this many slots, and only chunks whose slots changed.
+pub const VIEW_CHUNK: usize = 1024;
+
 /// Initial slab/index reservation bound.
 const INITIAL_RESERVATION: usize = 4096;
 
@@ -174,6 +178,10 @@ pub struct Tracker {
     threshold_ns: u64,
     live: List,
     stalled: List,
+    stalled_len: usize,
+    /// One bit per [`VIEW_CHUNK`] of slots: set when a slot in it changed
+    /// since the last [`Tracker::take_changed_chunks`].
+    changed: Vec<u64>,
 }
 
 impl Tracker {
@@ -189,7 +197,41 @@ impl Tracker {
             threshold_ns,
             live: List::EMPTY,
             stalled: List::EMPTY,
+            stalled_len: 0,
+            changed: Vec::new(),
         }
+    }
+
+    #[inline]
+    fn note_change(&mut self, idx: u32) {
+        let chunk = idx as usize / VIEW_CHUNK;
+        if let Some(word) = self.changed.get_mut(chunk / 64) {
+            *word |= 1 << (chunk % 64);
+        }
+    }
+
+    /// Calls `f` with every chunk index that changed since the last call,
+    /// in ascending order, and clears the marks.
+    pub fn take_changed_chunks(&mut self, mut f: impl FnMut(usize)) {
+        for (w, word) in self.changed.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                f(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// The slots of view chunk `chunk` (empty past the end).
+    pub fn chunk(&self, chunk: usize) -> &[Slot] {
+        let start = (chunk * VIEW_CHUNK).min(self.slots.len());
+        let end = (start + VIEW_CHUNK).min(self.slots.len());
+        &self.slots[start..end]
+    }
+
+    /// Agents currently stalled.
+    pub fn stalled_len(&self) -> usize {
+        self.stalled_len
     }
 
     pub fn threshold_ns(&self) -> u64 {
@@ -227,6 +269,7 @@ impl Tracker {
 
     #[inline]
     pub fn slot_mut(&mut self, idx: u32) -> &mut Slot {
+        self.note_change(idx);
         &mut self.slots[idx as usize]
     }
 
@@ -246,6 +289,11 @@ impl Tracker {
         }
         let idx = u32::try_from(self.slots.len()).ok()?;
         self.slots.push(slot);
+        let words = (self.slots.len().div_ceil(VIEW_CHUNK)).div_ceil(64);
+        if self.changed.len() < words {
+            self.changed.resize(words, 0);
+        }
+        self.note_change(idx);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, idx, |&i| {
             let s = &slots[i as usize];
@@ -265,6 +313,7 @@ impl Tracker {
             entry.remove();
         }
         self.slots[victim as usize] = slot;
+        self.note_change(victim);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, victim, |&i| {
             let s = &slots[i as usize];
@@ -278,12 +327,14 @@ impl Tracker {
     pub fn reincarnate(&mut self, idx: u32, slot: Slot) {
         self.unlink_any(idx);
         self.slots[idx as usize] = slot;
+        self.note_change(idx);
         link_tail(&mut self.slots, &mut self.live, idx);
     }
 
     fn unlink_any(&mut self, idx: u32) {
         if self.slots[idx as usize].is_stalled() {
             unlink(&mut self.slots, &mut self.stalled, idx);
+            self.stalled_len -= 1;
         } else {
             unlink(&mut self.slots, &mut self.live, idx);
         }
@@ -294,6 +345,7 @@ impl Tracker {
     #[inline]
     pub fn touch(&mut self, idx: u32, now_ns: u64) {
         self.unlink_any(idx);
+        self.note_change(idx);
         let slot = &mut self.slots[idx as usize];
         slot.flags &= !STALLED;
         slot.last_beat_ns = now_ns;
@@ -321,6 +373,8 @@ impl Tracker {
         unlink(&mut self.slots, &mut self.live, idx);
         self.slots[idx as usize].flags |= STALLED;
         link_tail(&mut self.slots, &mut self.stalled, idx);
+        self.stalled_len += 1;
+        self.note_change(idx);
     }
 
     /// The agent that stalled first among those still stalled.
@@ -330,7 +384,9 @@ impl Tracker {
 
     /// Bytes held by the slab and the index (capacities × element sizes).
     pub fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.index.allocation_size()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.index.allocation_size()
+            + self.changed.capacity() * std::mem::size_of::<u64>()
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use crossbeam_channel::{Sender, bounded, unbounded};
+use varta_pipeline::queue::batch_queue;
 use varta_processor::{Event, EventKind, EventSink, Processor};
-use varta_proto::queue::batch_queue;
 
 struct Forward(Sender<Event>);
 

@@ -5,7 +5,6 @@
 //!   the HKDF-SHA256 derivations.
 //! * [`crc`]: the CRC-32C checksum.
 //! * [`beat`]: the decoded-and-attested beat that receivers hand to the processor.
-//! * [`queue`]: the bounded, recycling batch queue between receivers and the processor.
 //! * [`duration`]: the one duration grammar (`150ms`, `2s`) every config and CLI uses.
 //!
 //! Pure functions and plain types only: no I/O, no async, no allocation on
@@ -24,7 +23,6 @@ pub mod crc;
 pub mod duration;
 pub mod frame;
 pub mod hex;
-pub mod queue;
 pub mod secure;
 
 pub use beat::{Arrival, BATCH_CAPACITY, Batch, Beat, Refusal, RefusedFrame, Source, Transport};

@@ -89,8 +89,8 @@ pub struct VlpReceiverConfig {
     pub master_key_file: Option<PathBuf>,
     #[serde(default)]
     pub max_senders: Option<usize>,
-    #[serde(default)]
-    pub sender_idle_timeout: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub sender_idle_timeout: Option<Duration>,
 }
 
 /// A Unix permission mode, written in octal: `"0600"`, `"660"`, or an
@@ -128,23 +128,6 @@ impl<'de> Deserialize<'de> for SocketMode {
                 .map_err(|_| format!("{n} is not an octal mode; write it as a quoted string like \"0600\"")),
         }
         .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A duration written like `"150ms"`, `"2s"`, `"10m"` or `"1h"` (also `us`, `ns`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl ConfigDuration {
-    pub fn parse(s: &str) -> Result<ConfigDuration, String> {
-        varta_proto::duration::parse_duration(s).map(ConfigDuration)
-    }
-}
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ConfigDuration::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -219,7 +202,7 @@ impl VlpReceiverConfig {
                 if self.max_senders == Some(0) {
                     return Err(invalid("max_senders", "must be at least 1"));
                 }
-                if self.sender_idle_timeout.is_some_and(|d| d.0.is_zero()) {
+                if self.sender_idle_timeout.is_some_and(|d| d.is_zero()) {
                     return Err(invalid("sender_idle_timeout", "must be greater than zero"));
                 }
             }
@@ -243,7 +226,7 @@ impl VlpReceiverConfig {
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
-        self.sender_idle_timeout.map_or(DEFAULT_SENDER_IDLE_TIMEOUT, |d| d.0)
+        self.sender_idle_timeout.unwrap_or(DEFAULT_SENDER_IDLE_TIMEOUT)
     }
 }
 
@@ -326,8 +309,5 @@ mod tests {
         assert!(invalid("transport: secure_udp\nkey_files: [/k]\nmax_senders: 0\n").contains("max_senders"));
         assert!(invalid("transport: uds\npath: /x\nrecv_buffer_bytes: 0\n").contains("recv_buffer_bytes"));
         assert!(yaml("transport: secure_udp\nkey_files: [/k]\nsender_idle_timeout: 5\n").is_err());
-        assert_eq!(ConfigDuration::parse("2s"), Ok(ConfigDuration(Duration::from_secs(2))));
-        assert_eq!(ConfigDuration::parse("10m"), Ok(ConfigDuration(Duration::from_secs(600))));
-        assert!(ConfigDuration::parse("2 parsecs").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! `varta-receiver`: the `vlp` receiver component. It turns datagrams on one
 //! socket (`uds`, `udp` or `secure_udp`) into decoded, attested
 //! [`varta_proto::Arrival`]s and hands them to the processor in fixed-size
-//! [`varta_proto::Batch`]es over the bounded, recycling [`varta_proto::queue`].
+//! [`varta_proto::Batch`]es over the bounded, recycling [`varta_pipeline::queue`].
 //!
 //! Promises:
 //! * **Delivery.** Every datagram read becomes exactly one arrival: a `Beat`
@@ -40,10 +40,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use varta_proto::queue::{BatchSender, TrySendError};
+use varta_pipeline::LogThrottle;
+use varta_pipeline::clock::monotonic_ns;
+use varta_pipeline::queue::{BatchSender, TrySendError};
 use varta_proto::{Arrival, FrameCipher, MasterKey, Refusal, RefusedFrame, Source, Transport};
 
-pub use config::{ConfigDuration, SocketMode, TransportKind, VlpReceiverConfig};
+pub use config::{SocketMode, TransportKind, VlpReceiverConfig};
 pub use error::{ConfigError, ReceiverError};
 pub use stats::ReceiverStats;
 pub use varta_secrets::{SecretFileError, load_key_file};
@@ -56,9 +58,6 @@ use uds::UdsReceiver;
 
 /// Pause before the next receive after a partial batch under load (UDP only).
 const LINGER: Duration = Duration::from_micros(100);
-
-/// Minimum spacing of socket-error warnings.
-const IO_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 
 #[derive(Debug)]
 enum Endpoint {
@@ -201,7 +200,7 @@ impl VlpReceiver {
         };
         let mut rx = RecvBatch::new(ancillary);
         let mut log = RefusalLog::new(&self.id);
-        let mut last_io_log: Option<u64> = None;
+        let mut io_log = LogThrottle::default();
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
         let stop = self.stop.clone();
@@ -227,17 +226,15 @@ impl VlpReceiver {
                 use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
                 if !matches!(e.kind(), WouldBlock | TimedOut | Interrupted) {
                     ReceiverStats::add(&stats.io_errors, 1);
-                    let now = mmsg::monotonic_ns();
-                    if last_io_log.is_none_or(|t| now.saturating_sub(t) >= IO_LOG_INTERVAL_NS) {
-                        tracing::warn!(receiver = %self.id, error = %e, "receive failed");
-                        last_io_log = Some(now);
+                    if let Some(count) = io_log.note(monotonic_ns()) {
+                        tracing::warn!(receiver = %self.id, error = %e, count, "receive failed (at most one warning per 10 s; count is since the last)");
                     }
                     // Do not spin on a persistent error.
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            let now = mmsg::monotonic_ns();
+            let now = monotonic_ns();
             let mut beats = 0u64;
             for d in (0..rx.len()).filter_map(|i| rx.get(i)) {
                 let arrival = match &mut self.endpoint {

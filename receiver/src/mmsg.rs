@@ -241,14 +241,6 @@ fn source_ip(name: &libc::sockaddr_storage, len: usize) -> Option<IpAddr> {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
-}
-
 fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its exact size is passed.
     let rc = unsafe {
@@ -275,7 +267,9 @@ fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<l
 /// `net.core.rmem_max` does not cap it) and returns what the kernel granted.
 pub fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<u64> {
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    if effective_uid() != 0 || set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+    if varta_secrets::effective_uid() != 0
+        || set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err()
+    {
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)?;
     }
     Ok(get_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?.max(0) as u64)
@@ -284,9 +278,4 @@ pub fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<u64> {
 /// Asks the kernel to attach SCM_CREDENTIALS to every datagram.
 pub fn set_pass_credentials(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
-}
-
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }

@@ -3,10 +3,11 @@
 //! a counter from the start, at zero, so `absent()` alerts work.
 //!
 //! Also home of [`RefusalLog`], which turns refusals into at most one warning
-//! per kind per [`REFUSAL_LOG_INTERVAL_NS`], carrying the count since the last one.
+//! per kind per 10 s, carrying the count since the last one.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use varta_pipeline::{Instrumented, LogThrottle, Metric, Sample};
 use varta_proto::{Refusal, RefusedFrame};
 
 /// Number of distinct refusal kinds (size of [`ReceiverStats::refused`]).
@@ -63,37 +64,76 @@ impl ReceiverStats {
     }
 }
 
-/// Minimum spacing of refusal warnings of one kind (10 s).
-pub const REFUSAL_LOG_INTERVAL_NS: u64 = 10_000_000_000;
+/// The receiver's metrics (see [`ReceiverStats`]'s fields).
+pub mod metric {
+    use varta_pipeline::Metric;
 
-/// Rate-limited refusal warnings, owned by the receiver thread.
+    pub static DATAGRAMS: Metric = Metric::counter("datagrams", "Datagrams read from the socket.");
+    pub static BEATS: Metric =
+        Metric::counter("beats", "Beats accepted (including ones then dropped on a full queue).");
+    pub static REFUSED: Metric = Metric::labelled("refused", "reason", "Datagrams refused, by reason.");
+    pub static QUEUE_FULL_BEATS: Metric =
+        Metric::counter("queue_full_beats", "Beats dropped because the processor queue was full.");
+    pub static QUEUE_FULL_REFUSALS: Metric = Metric::counter(
+        "queue_full_refusals",
+        "Refusal events dropped because the processor queue was full (still counted in refused).",
+    );
+    pub static SESSIONS_RESTARTED: Metric =
+        Metric::counter("sessions_restarted", "Secure UDP senders that restarted their session.");
+    pub static SENDERS_EVICTED: Metric =
+        Metric::counter("senders_evicted", "Idle secure UDP senders evicted from the replay table.");
+    pub static IO_ERRORS: Metric = Metric::counter("io_errors", "Socket errors other than timeouts.");
+    pub static BATCHES: Metric = Metric::counter("batches", "Batches handed to the processor queue.");
+    pub static RECV_BUFFER: Metric =
+        Metric::gauge("recv_buffer_bytes", "Socket receive buffer granted by the kernel, in bytes.");
+}
+
+impl Instrumented for ReceiverStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        let plain: [(&'static Metric, &AtomicU64); 9] = [
+            (&DATAGRAMS, &self.datagrams),
+            (&BEATS, &self.beats),
+            (&QUEUE_FULL_BEATS, &self.queue_full_beats),
+            (&QUEUE_FULL_REFUSALS, &self.queue_full_refusals),
+            (&SESSIONS_RESTARTED, &self.sessions_restarted),
+            (&SENDERS_EVICTED, &self.senders_evicted),
+            (&IO_ERRORS, &self.io_errors),
+            (&BATCHES, &self.batches),
+            (&RECV_BUFFER, &self.recv_buffer_granted),
+        ];
+        for (metric, value) in plain {
+            out(Sample::new(metric, value.load(Relaxed)));
+        }
+        for (label, value) in self.refusals() {
+            out(Sample::labelled(&REFUSED, label, value));
+        }
+    }
+}
+
+/// Rate-limited refusal warnings (one [`LogThrottle`] per kind), owned by
+/// the receiver thread.
 #[derive(Debug)]
 pub(crate) struct RefusalLog {
     id: String,
-    last_ns: [Option<u64>; REFUSAL_KINDS],
-    since_last: [u64; REFUSAL_KINDS],
+    kinds: [LogThrottle; REFUSAL_KINDS],
 }
 
 impl RefusalLog {
     pub(crate) fn new(id: &str) -> RefusalLog {
-        RefusalLog { id: id.to_owned(), last_ns: [None; REFUSAL_KINDS], since_last: [0; REFUSAL_KINDS] }
+        RefusalLog { id: id.to_owned(), kinds: [LogThrottle::default(); REFUSAL_KINDS] }
     }
 
     pub(crate) fn note(&mut self, r: &RefusedFrame) {
-        let i = r.refusal.index();
-        self.since_last[i] += 1;
-        let due = self.last_ns[i].is_none_or(|t| r.received_ns.saturating_sub(t) >= REFUSAL_LOG_INTERVAL_NS);
-        if due {
+        if let Some(count) = self.kinds[r.refusal.index()].note(r.received_ns) {
             tracing::warn!(
                 receiver = %self.id,
                 refusal = r.refusal.label(),
-                count = self.since_last[i],
+                count,
                 last_source = %r.source,
                 last_claimed_pid = r.claimed_pid,
                 "refused VLP datagrams (at most one warning per kind per 10 s; count is since the last)"
             );
-            self.last_ns[i] = Some(r.received_ns);
-            self.since_last[i] = 0;
         }
     }
 }

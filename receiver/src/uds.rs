@@ -74,7 +74,7 @@ impl UdsReceiver {
             socket,
             path,
             inode: (meta.dev(), meta.ino()),
-            allowed_uids: cfg.allowed_uids.clone().unwrap_or_else(|| vec![mmsg::effective_uid()]),
+            allowed_uids: cfg.allowed_uids.clone().unwrap_or_else(|| vec![varta_secrets::effective_uid()]),
             allow_cross_namespace: cfg.allow_cross_namespace.unwrap_or(false),
             pid_max: procfs::pid_max().unwrap_or(PID_MAX_LIMIT),
             granted: 0,

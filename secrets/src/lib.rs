@@ -45,7 +45,8 @@ pub enum SecretFileError {
     Format { path: PathBuf, reason: String },
 }
 
-fn effective_uid() -> u32 {
+/// The uid this process runs as (the owner key files must have).
+pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

@@ -137,11 +137,6 @@ fn default_shutdown_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(5)
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    varta_proto::duration::parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
@@ -149,7 +144,7 @@ pub struct Service {
     #[serde(default)]
     pub telemetry: Telemetry,
     /// Longest time an ordered shutdown may take before the collector gives up waiting.
-    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub shutdown_timeout: std::time::Duration,
 }
 

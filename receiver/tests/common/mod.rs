@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use varta_proto::queue::{BatchReceiver, batch_queue};
+use varta_pipeline::queue::{BatchReceiver, batch_queue};
 use varta_proto::{Arrival, Refusal, RefusedFrame};
 use varta_receiver::{ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 pub use crossbeam_channel::{RecvError, RecvTimeoutError, TrySendError};
 
-use crate::beat::Batch;
+use varta_proto::Batch;
 
 /// Batches beyond the queue capacity the recycling pool keeps (those being
 /// filled by receivers or handled by the processor).
@@ -93,12 +93,40 @@ impl BatchReceiver {
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
+
+    /// A handle that reads this queue's depth from any thread.
+    pub fn depth(&self) -> QueueDepth {
+        QueueDepth { rx: self.rx.clone() }
+    }
+}
+
+/// Reads a batch queue's depth and capacity (self-telemetry). Holding it
+/// does not keep the queue open: disconnection follows the senders.
+#[derive(Debug, Clone)]
+pub struct QueueDepth {
+    rx: Receiver<Box<Batch>>,
+}
+
+impl QueueDepth {
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Batches the queue can hold.
+    pub fn capacity(&self) -> usize {
+        self.rx.capacity().unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::beat::{Arrival, Refusal, RefusedFrame, Source, Transport};
+    use varta_proto::{Arrival, Refusal, RefusedFrame, Source, Transport};
 
     fn item() -> Arrival {
         Arrival::Refused(RefusedFrame {

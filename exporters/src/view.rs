@@ -1,0 +1,113 @@
+//! What metrics views (the Prometheus endpoint, OTLP metrics, the stats
+//! dump) read: every component's metrics through the shared model, and
+//! each pipeline's published snapshot for per-agent state.
+//!
+//! Promises: building a view never touches the hot path — receiver and
+//! exporter counters are atomics, pipeline counters and agents come from
+//! the processor's published [`Snapshot`], queue depths are read from the
+//! queues. Reading is lock-free and never blocks a pipeline thread.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use varta_pipeline::queue::QueueDepth;
+use varta_pipeline::{Component, Instrumented, Metric, Role, Sample};
+use varta_processor::{Snapshot, SnapshotReader};
+
+/// The pipeline's metrics besides the processor's own.
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static QUEUE_DEPTH: Metric =
+        Metric::gauge("queue_depth", "Batches waiting in the receiver → processor queue.");
+    pub static QUEUE_CAPACITY: Metric =
+        Metric::gauge("queue_capacity", "Batches the receiver → processor queue can hold.");
+    pub static SNAPSHOT_SEQ: Metric = Metric::gauge(
+        "snapshot_seq",
+        "Sequence number of the published snapshot these values come from (goes up while the processor publishes).",
+    );
+}
+
+/// One pipeline as views see it: its published snapshot and its queue.
+#[derive(Debug, Clone)]
+pub struct PipelineView {
+    pub name: String,
+    pub snapshots: SnapshotReader,
+    pub queue: QueueDepth,
+}
+
+impl PipelineView {
+    pub fn latest(&self) -> Arc<Snapshot> {
+        self.snapshots.latest()
+    }
+}
+
+impl Instrumented for PipelineView {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        let snapshot = self.snapshots.latest();
+        snapshot.stats.samples(out);
+        out(Sample::new(&metric::QUEUE_DEPTH, self.queue.len() as u64));
+        out(Sample::new(&metric::QUEUE_CAPACITY, self.queue.capacity() as u64));
+        out(Sample::new(&metric::SNAPSHOT_SEQ, snapshot.seq));
+    }
+}
+
+/// Everything a metrics view reads, for the whole collector.
+#[derive(Debug, Clone)]
+pub struct CollectorView {
+    /// Every receiver, pipeline and exporter, in configuration order.
+    pub components: Vec<Component>,
+    /// Pipelines, for per-agent state.
+    pub pipelines: Vec<PipelineView>,
+    /// When the collector started (wall clock).
+    pub started: SystemTime,
+}
+
+impl Default for CollectorView {
+    fn default() -> Self {
+        CollectorView { components: Vec::new(), pipelines: Vec::new(), started: SystemTime::now() }
+    }
+}
+
+impl CollectorView {
+    pub fn add_pipeline(&mut self, pipeline: PipelineView) {
+        self.components.push(Component::new(
+            Role::Pipeline,
+            pipeline.name.clone(),
+            Arc::new(pipeline.clone()),
+        ));
+        self.pipelines.push(pipeline);
+    }
+
+    pub fn add(&mut self, role: Role, id: impl Into<String>, metrics: Arc<dyn Instrumented>) {
+        self.components.push(Component::new(role, id, metrics));
+    }
+
+    /// Every sample of every component: `(component, sample)`.
+    pub fn for_each_sample(&self, mut f: impl FnMut(&Component, Sample)) {
+        for c in &self.components {
+            c.metrics.samples(&mut |s| f(c, s));
+        }
+    }
+
+    /// Sum of one metric (optionally one label value) over every component
+    /// of a role — e.g. refusals of one reason over all receivers.
+    pub fn total(&self, role: Role, metric: &'static Metric, label: Option<&str>) -> u64 {
+        let mut sum = 0u64;
+        for c in self.components.iter().filter(|c| c.role == role) {
+            c.metrics.samples(&mut |s| {
+                if std::ptr::eq(s.metric, metric) && label.is_none_or(|l| l == s.label) {
+                    sum = sum.wrapping_add(s.value);
+                }
+            });
+        }
+        sum
+    }
+
+    /// Asks every processor to publish at its next batch.
+    pub fn request_snapshots(&self) {
+        for p in &self.pipelines {
+            p.snapshots.request();
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The metric model every component reports through.
+//!
+//! Promises: a component describes each of its metrics once, statically
+//! ([`Metric`]: name, help, counter or gauge, optional label key), and lists
+//! its current values through [`Instrumented::samples`] — every series,
+//! zeros included, every label value of a labelled family, in a stable
+//! order. Readers (the SIGUSR1 dump, the Prometheus endpoint, OTLP) add
+//! their own prefix and naming convention; components never format names
+//! for a particular backend. Listing samples never blocks the component
+//! that owns the counters (they are atomics or a published snapshot).
+
+use std::fmt;
+use std::sync::Arc;
+
+/// How a value behaves over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up (until the collector restarts).
+    Counter,
+    /// Goes up and down (a level: queue depth, agents tracked).
+    Gauge,
+}
+
+/// The static description of one metric family of a component.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Metric {
+    /// `snake_case`, no prefix, no unit or `_total` suffix (readers add them).
+    pub name: &'static str,
+    /// One sentence for HELP / descriptions.
+    pub help: &'static str,
+    pub kind: MetricKind,
+    /// The label key when the family is split by a label (e.g. `reason`).
+    pub label: Option<&'static str>,
+}
+
+impl Metric {
+    pub const fn counter(name: &'static str, help: &'static str) -> Metric {
+        Metric { name, help, kind: MetricKind::Counter, label: None }
+    }
+    pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
+        Metric { name, help, kind: MetricKind::Gauge, label: None }
+    }
+    pub const fn labelled(name: &'static str, label: &'static str, help: &'static str) -> Metric {
+        Metric { name, help, kind: MetricKind::Counter, label: Some(label) }
+    }
+}
+
+/// One value of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub metric: &'static Metric,
+    /// The label value (`""` for a family without a label).
+    pub label: &'static str,
+    pub value: u64,
+}
+
+impl Sample {
+    pub const fn new(metric: &'static Metric, value: u64) -> Sample {
+        Sample { metric, label: "", value }
+    }
+    pub const fn labelled(metric: &'static Metric, label: &'static str, value: u64) -> Sample {
+        Sample { metric, label, value }
+    }
+}
+
+/// A component that reports metrics.
+pub trait Instrumented: Send + Sync + fmt::Debug {
+    /// Every sample, zeros included, in a stable order.
+    fn samples(&self, out: &mut dyn FnMut(Sample));
+}
+
+/// Which section of the configuration a component comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Receiver,
+    Pipeline,
+    Exporter,
+}
+
+impl Role {
+    /// Singular, for metric names (`receiver`, `pipeline`, `exporter`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Receiver => "receiver",
+            Role::Pipeline => "pipeline",
+            Role::Exporter => "exporter",
+        }
+    }
+
+    /// The configuration section (`receivers`, `pipelines`, `exporters`).
+    pub const fn section(self) -> &'static str {
+        match self {
+            Role::Receiver => "receivers",
+            Role::Pipeline => "pipelines",
+            Role::Exporter => "exporters",
+        }
+    }
+}
+
+/// One running component and its metrics.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub role: Role,
+    /// The component id from the configuration (`vlp/uds`, a pipeline name).
+    pub id: String,
+    pub metrics: Arc<dyn Instrumented>,
+}
+
+impl Component {
+    pub fn new(role: Role, id: impl Into<String>, metrics: Arc<dyn Instrumented>) -> Component {
+        Component { role, id: id.into(), metrics }
+    }
+
+    /// Every sample of this component, collected (for tests and dumps).
+    pub fn collect(&self) -> Vec<Sample> {
+        let mut v = Vec::new();
+        self.metrics.samples(&mut |s| v.push(s));
+        v
+    }
+}

@@ -1,0 +1,208 @@
+//! The published view of a processor: every counter and every agent's
+//! state, as one immutable [`Snapshot`] that any thread may read.
+//!
+//! Promises:
+//! * **One writer, never blocked.** Only the processor thread builds and
+//!   publishes snapshots ([`Publisher`]); readers ([`SnapshotReader`]) load
+//!   the latest one atomically (`arc-swap`) and can never delay the
+//!   processor, however many there are or however long they hold it.
+//! * **Consistent cut.** A snapshot is built between two batches on the
+//!   processor thread: its counters, its agent list and `agents_tracked`
+//!   agree with each other, and every event it counts was already handed to
+//!   the exporters before it was published.
+//! * **Bounded cost.** Publication happens at most once per
+//!   `snapshot_interval` while something changes (plus once on demand and
+//!   once at shutdown), never per beat, and nothing is published while
+//!   nothing changes. Agent views are kept in chunks of
+//!   [`VIEW_CHUNK`] slots; a publication copies only the chunks whose
+//!   slots changed and shares the rest with the previous snapshot.
+//! * **Freshness.** The latest snapshot is at most `snapshot_interval`
+//!   behind the processor; [`SnapshotReader::request`] asks for the next one
+//!   as soon as the processor next handles a batch (while it is idle nothing
+//!   changes, so the latest snapshot is already current once the interval
+//!   has passed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use varta_proto::{Status, Transport};
+
+use crate::clock::Clock;
+use crate::event::AgentId;
+use crate::stats::StatsSnapshot;
+use crate::tracker::{Slot, Tracker, VIEW_CHUNK};
+
+/// One agent's state, as views see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentView {
+    pub id: AgentId,
+    pub host_pid: u32,
+    /// Pinned origin.
+    pub transport: Transport,
+    /// Status of the last accepted frame, or `Stall` while stalled.
+    pub status: Status,
+    pub beats: u64,
+    pub stalls: u64,
+    /// Processor time of the last accepted beat (or of first admission).
+    pub last_beat_ns: u64,
+    /// Last accepted regular nonce (0 before the first regular frame).
+    pub last_nonce: u64,
+    pub last_payload: u32,
+}
+
+impl AgentView {
+    pub fn of(slot: &Slot) -> AgentView {
+        let agent = slot.agent_ref();
+        AgentView {
+            id: agent.id,
+            host_pid: agent.host_pid,
+            transport: agent.transport,
+            status: if slot.is_stalled() { Status::Stall } else { slot.status },
+            beats: slot.beats,
+            stalls: u64::from(slot.stalls),
+            last_beat_ns: slot.last_beat_ns,
+            last_nonce: slot.last_nonce().unwrap_or(0),
+            last_payload: slot.last_payload,
+        }
+    }
+}
+
+/// Everything a processor knows, at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// 0 for the empty snapshot before the first publication, then 1, 2, …
+    pub seq: u64,
+    /// Processor time (its clock) when the snapshot was taken.
+    pub taken_ns: u64,
+    pub clock: Clock,
+    pub threshold_ns: u64,
+    pub stats: StatsSnapshot,
+    chunks: Vec<Arc<[AgentView]>>,
+}
+
+impl Snapshot {
+    /// Every tracked agent, in slot order.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentView> {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// Number of tracked agents (equals `stats.agents_tracked`).
+    pub fn agent_count(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    latest: ArcSwap<Snapshot>,
+    requested: AtomicBool,
+}
+
+/// Read side: cheap to clone, any thread.
+#[derive(Debug, Clone)]
+pub struct SnapshotReader {
+    shared: Arc<Shared>,
+}
+
+impl SnapshotReader {
+    /// The latest published snapshot.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        self.shared.latest.load_full()
+    }
+
+    /// Asks the processor to publish at its next batch instead of waiting
+    /// for the interval.
+    pub fn request(&self) {
+        self.shared.requested.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Write side, owned by the processor.
+#[derive(Debug)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+    chunks: Vec<Arc<[AgentView]>>,
+    interval_ns: u64,
+    last_ns: Option<u64>,
+    seq: u64,
+    clock: Clock,
+    /// Something changed since the last publication.
+    dirty: bool,
+    /// Scratch list of changed chunk indices (kept to reuse its allocation).
+    changed: Vec<usize>,
+}
+
+impl Publisher {
+    pub fn new(interval_ns: u64, clock: Clock, threshold_ns: u64) -> Publisher {
+        let empty = Snapshot { clock, threshold_ns, ..Snapshot::default() };
+        Publisher {
+            shared: Arc::new(Shared {
+                latest: ArcSwap::from_pointee(empty),
+                requested: AtomicBool::new(false),
+            }),
+            chunks: Vec::new(),
+            interval_ns,
+            last_ns: None,
+            seq: 0,
+            clock,
+            dirty: false,
+            changed: Vec::new(),
+        }
+    }
+
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Notes that the processor's state changed.
+    #[inline]
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// When the next publication is due, if anything waits to be published.
+    pub fn due_at(&self) -> Option<u64> {
+        self.dirty.then(|| self.last_ns.map_or(0, |t| t.saturating_add(self.interval_ns)))
+    }
+
+    /// Publishes if something changed and the interval has passed (or a
+    /// reader asked). Returns whether it published.
+    pub fn maybe_publish(&mut self, now_ns: u64, tracker: &mut Tracker, stats: StatsSnapshot) -> bool {
+        let due = self.due_at().is_some_and(|at| now_ns >= at)
+            || (self.dirty && self.shared.requested.load(Ordering::Relaxed));
+        if due {
+            self.publish(now_ns, tracker, stats);
+        }
+        due
+    }
+
+    /// Publishes now, whatever changed.
+    pub fn publish(&mut self, now_ns: u64, tracker: &mut Tracker, stats: StatsSnapshot) {
+        let wanted = tracker.len().div_ceil(VIEW_CHUNK);
+        self.chunks.truncate(wanted);
+        self.chunks.resize_with(wanted, || Arc::from(Vec::new()));
+        let mut changed = std::mem::take(&mut self.changed);
+        tracker.take_changed_chunks(|c| changed.push(c));
+        for &c in &changed {
+            if let Some(chunk) = self.chunks.get_mut(c) {
+                *chunk = tracker.chunk(c).iter().map(AgentView::of).collect();
+            }
+        }
+        changed.clear();
+        self.changed = changed;
+        self.shared.requested.store(false, Ordering::Relaxed);
+        self.seq += 1;
+        self.last_ns = Some(now_ns);
+        self.dirty = false;
+        let snapshot = Snapshot {
+            seq: self.seq,
+            taken_ns: now_ns,
+            clock: self.clock,
+            threshold_ns: tracker.threshold_ns(),
+            stats,
+            chunks: self.chunks.clone(),
+        };
+        self.shared.latest.store(Arc::new(snapshot));
+    }
+}
