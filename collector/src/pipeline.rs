@@ -11,6 +11,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use varta_exporters::prometheus::{BoundEndpoint, PrometheusServer};
 use varta_exporters::{
     CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, PipelineView,
 };
@@ -29,6 +30,9 @@ pub struct Running {
     receivers: Vec<(String, JoinHandle<()>)>,
     processors: Vec<(String, JoinHandle<()>)>,
     exporters: Vec<(String, JoinHandle<()>)>,
+    /// Metrics endpoints, served on `runtime`.
+    servers: Vec<(String, PrometheusServer)>,
+    runtime: Option<tokio::runtime::Runtime>,
     /// Every component's metrics and each pipeline's snapshot.
     pub view: CollectorView,
 }
@@ -57,6 +61,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut exporter_metrics = Vec::new();
     let mut exporters = Vec::new();
     let mut ready = Vec::new();
+    // Metrics endpoints, bound before anything runs, with the pipelines each serves.
+    let mut endpoints: Vec<(String, BoundEndpoint, Vec<String>)> = Vec::new();
 
     for (name, pipeline) in &config.service.pipelines {
         let p = &pipeline.value;
@@ -71,6 +77,16 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                     cfg.queue_size,
                 ),
                 ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
+                ExporterConfig::Prometheus(cfg) => {
+                    match endpoints.iter_mut().find(|(eid, ..)| eid == id) {
+                        Some((.., served)) => served.push(name.clone()),
+                        None => {
+                            let bound = BoundEndpoint::bind(cfg.clone()).map_err(|e| err(e.to_string()))?;
+                            endpoints.push((id.clone(), bound, vec![name.clone()]));
+                        }
+                    }
+                    continue;
+                }
             };
             let (queue, thread) =
                 ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
@@ -130,9 +146,44 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     for (id, metrics) in exporter_metrics {
         view.add(Role::Exporter, id, metrics);
     }
+    for (id, bound, _) in &endpoints {
+        view.add(Role::Exporter, id.clone(), bound.telemetry());
+    }
 
-    let mut running =
-        Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, view };
+    let runtime = if endpoints.is_empty() {
+        None
+    } else {
+        Some(crate::runtime::start().map_err(|e| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: None,
+            message: format!("cannot start the async runtime: {e}"),
+        })?)
+    };
+    let mut servers = Vec::new();
+    if let Some(rt) = &runtime {
+        for (id, bound, served) in endpoints {
+            let mut own = view.clone();
+            own.pipelines.retain(|p| served.contains(&p.name));
+            let server = bound.serve(own, rt.handle()).map_err(|e| ConfigError {
+                source: config.source().to_owned(),
+                at: None,
+                component: Some(format!("exporters::{id}")),
+                message: e.to_string(),
+            })?;
+            servers.push((id, server));
+        }
+    }
+
+    let mut running = Running {
+        stops: Vec::new(),
+        receivers: Vec::new(),
+        processors: Vec::new(),
+        exporters,
+        servers,
+        runtime,
+        view,
+    };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
         let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
             ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
@@ -183,6 +234,7 @@ impl Running {
         [&self.receivers, &self.processors, &self.exporters]
             .iter()
             .all(|threads| threads.iter().all(|(_, t)| !t.is_finished()))
+            && self.servers.iter().all(|(_, s)| !s.is_finished())
     }
 
     /// Ordered shutdown; says whether every stage stopped cleanly in time,
@@ -196,6 +248,13 @@ impl Running {
         let r = join_all("receiver", self.receivers, deadline);
         let p = join_all("processor", self.processors, deadline);
         let e = join_all("exporter", self.exporters, deadline);
+        // Metrics endpoints last: they serve the final snapshots until here.
+        for (_, server) in &self.servers {
+            server.stop();
+        }
+        if let Some(rt) = self.runtime {
+            rt.shutdown_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
         (r && p && e, self.view)
     }
 }

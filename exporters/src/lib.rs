@@ -10,12 +10,14 @@
 //!
 //! * [`file`]: varta-watch-compatible TSV event file with rotation.
 //! * [`debug`]: events as log lines.
+//! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
 //! * [`view`]: what metrics views read (every component's metrics, each
 //!   pipeline's published snapshot).
 
 pub mod debug;
 pub mod fanout;
 pub mod file;
+pub mod prometheus;
 pub mod queue;
 pub mod view;
 

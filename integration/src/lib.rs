@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
+pub mod peers;
+
 /// Upper bound for anything a test waits for; generous so slow CI machines pass.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -54,6 +57,24 @@ service:
   telemetry: {{ logs: {{ format: json }} }}
 "#
     )
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// Writes an owner-only (0600) secret file, as key and token files must be.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create secret file");
+    f.write_all(text.as_bytes()).expect("write secret file");
 }
 
 /// A loopback UDP port that was free a moment ago.
@@ -109,7 +130,14 @@ impl Collector {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Collector {
+        Self::start_prepared(config, env, |_| {})
+    }
+
+    /// Like [`Collector::start_with`], calling `prepare` with the temp dir
+    /// first (to write token or key files the config refers to).
+    pub fn start_prepared(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Collector {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         let (child, stderr_path, notify) = spawn(&dir, Some(config), env);
         let mut c = Collector { dir, child: Some(child), stderr_path, notify };
         c.wait_ready();

@@ -26,6 +26,7 @@ use serde::de::MapAccess;
 use serde_saphyr::Spanned;
 
 use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
+use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig};
 use varta_processor::{RateLimitConfig, TrackerConfig};
 use varta_receiver::VlpReceiverConfig;
@@ -68,14 +69,24 @@ impl ComponentFamily for ProcessorConfig {
 pub enum ExporterConfig {
     File(FileExporterConfig),
     Debug(DebugExporterConfig),
+    Prometheus(PrometheusConfig),
+}
+
+impl ExporterConfig {
+    /// Views read snapshots instead of consuming events, so one instance
+    /// may serve several pipelines.
+    pub fn is_view(&self) -> bool {
+        matches!(self, ExporterConfig::Prometheus(_))
+    }
 }
 
 impl ComponentFamily for ExporterConfig {
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "debug"];
+    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "file" => spanned_body(map, ExporterConfig::File),
+            "prometheus" => spanned_body(map, ExporterConfig::Prometheus),
             _ => spanned_body(map, ExporterConfig::Debug),
         }
     }
@@ -250,6 +261,7 @@ impl Config {
             let r = match &c.config {
                 ExporterConfig::File(cfg) => cfg.validate(),
                 ExporterConfig::Debug(_) => Ok(()),
+                ExporterConfig::Prometheus(cfg) => cfg.validate(),
             };
             r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
         }
@@ -286,8 +298,10 @@ impl Config {
                             "{section} `{id}` is not defined in the top-level `{section}:` section"
                         )));
                     }
+                    let shared_view = section == "exporters"
+                        && self.exporters.0.iter().any(|c| c.id.to_string() == *id && c.config.is_view());
                     let key = format!("{section}::{id}");
-                    if let Some(other) = owner.insert(key, name) {
+                    if !shared_view && let Some(other) = owner.insert(key, name) {
                         return Err(perr(format!(
                             "{section} `{id}` is already used by pipeline `{other}`; each component instance serves one pipeline (define another id, e.g. `{}/2`)",
                             id.split('/').next().unwrap_or(id)
@@ -325,6 +339,15 @@ impl Config {
                 && !dir.is_dir()
             {
                 return Err(err(format!("socket directory {} does not exist", dir.display())));
+            }
+        }
+        for c in &self.exporters.0 {
+            if let ExporterConfig::Prometheus(cfg) = &c.config
+                && let Some(path) = &cfg.bearer_token_file
+            {
+                varta_secrets::load_key_file(path).map_err(|e| {
+                    self.error(Some(c.at), Some(format!("exporters::{}", c.id)), e.to_string())
+                })?;
             }
         }
         Ok(())

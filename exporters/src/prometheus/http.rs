@@ -1,0 +1,343 @@
+//! The HTTP side of the metrics endpoint: hyper (HTTP/1.1) on the
+//! collector's Tokio runtime, never on a pipeline thread.
+//!
+//! Every request is classified once ([`classify`], the receiver's pattern
+//! for outside input) into a scrape or a typed refusal, and counted:
+//! per-client-IP rate limit → 429 (checked first, so token guessing is
+//! rate-limited too), wrong path → 404, method other than GET → 405 with
+//! `Allow: GET`, missing or wrong bearer token → 401 with
+//! `WWW-Authenticate` (constant-time comparison; scheme and hex digits
+//! case-insensitive). Bounds: open connections (`max_connections`; more
+//! are closed at once and counted), request header size (16 KiB buffer,
+//! 32 headers) and header read time (`header_timeout`, slowloris), and
+//! scrape builds run at most two at a time on the blocking pool so a
+//! flood of scrapes cannot starve the runtime. Beat ingestion and stall
+//! detection never wait for any of this: they run on their own threads and
+//! publish snapshots this side only reads.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, Registry, TextEncoder};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use varta_pipeline::clock::monotonic_ns;
+use varta_pipeline::{Instrumented, Metric, Sample};
+use varta_proto::Key;
+
+use super::config::PrometheusConfig;
+use super::ratelimit::ClientLimiter;
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Scrape,
+    RateLimited,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Scrape,
+        Outcome::RateLimited,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::Unauthorized,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Scrape => "ok",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::NotFound => "not_found",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// Counters of the endpoint (an exporter component in every metrics view).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    requests: [AtomicU64; 5],
+    connections: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_open: AtomicU64,
+    connection_errors: AtomicU64,
+    scrape_failures: AtomicU64,
+}
+
+impl HttpStats {
+    fn count(&self, outcome: Outcome) {
+        self.requests[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].load(Relaxed)
+    }
+
+    pub fn unauthorized(&self) -> u64 {
+        self.requests(Outcome::Unauthorized)
+    }
+}
+
+/// The endpoint's metrics.
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static REQUESTS: Metric =
+        Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.");
+    pub static CONNECTIONS: Metric = Metric::counter("connections", "Metrics HTTP connections accepted.");
+    pub static CONNECTIONS_REFUSED: Metric = Metric::counter(
+        "connections_refused",
+        "Metrics HTTP connections closed at once: max_connections reached.",
+    );
+    pub static CONNECTIONS_OPEN: Metric =
+        Metric::gauge("connections_open", "Metrics HTTP connections open now.");
+    pub static CONNECTION_ERRORS: Metric = Metric::counter(
+        "connection_errors",
+        "Metrics HTTP connections ended by an error (malformed request, header timeout, reset).",
+    );
+    pub static SCRAPE_FAILURES: Metric =
+        Metric::counter("scrape_failures", "Scrapes that could not be encoded (answered 500).");
+}
+
+impl Instrumented for HttpStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        for o in Outcome::ALL {
+            out(Sample::labelled(&REQUESTS, o.label(), self.requests(o)));
+        }
+        let plain: [(&'static Metric, &AtomicU64); 5] = [
+            (&CONNECTIONS, &self.connections),
+            (&CONNECTIONS_REFUSED, &self.connections_refused),
+            (&CONNECTIONS_OPEN, &self.connections_open),
+            (&CONNECTION_ERRORS, &self.connection_errors),
+            (&SCRAPE_FAILURES, &self.scrape_failures),
+        ];
+        for (m, v) in plain {
+            out(Sample::new(m, v.load(Relaxed)));
+        }
+    }
+}
+
+/// Whether `Authorization` carries `token` (`Bearer <64 hex>`; scheme and
+/// hex digits case-insensitive; compared in constant time).
+pub fn token_matches(headers: &HeaderMap, token: &Key) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, credentials)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    // A malformed token reveals nothing about the real one: its length and
+    // alphabet are public.
+    match varta_proto::hex::decode_hex_array::<32>(credentials.trim()) {
+        Ok(given) => bool::from(given.ct_eq(token.expose_bytes())),
+        Err(_) => false,
+    }
+}
+
+/// Everything one request needs to be answered.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub config: PrometheusConfig,
+    pub token: Option<Key>,
+    pub registry: Registry,
+    pub limiter: Mutex<ClientLimiter>,
+    pub stats: Arc<HttpStats>,
+    /// Scrape builds in flight at most.
+    pub builds: Semaphore,
+}
+
+/// Decides what a request gets (see the module docs for the order).
+pub fn classify(ep: &Endpoint, method: &Method, path: &str, headers: &HeaderMap, peer: IpAddr) -> Outcome {
+    let admitted = match ep.limiter.lock() {
+        Ok(mut l) => l.admit(peer, monotonic_ns()),
+        Err(_) => false,
+    };
+    if !admitted {
+        Outcome::RateLimited
+    } else if path != ep.config.path {
+        Outcome::NotFound
+    } else if method != Method::GET {
+        Outcome::MethodNotAllowed
+    } else if ep.token.as_ref().is_some_and(|t| !token_matches(headers, t)) {
+        Outcome::Unauthorized
+    } else {
+        Outcome::Scrape
+    }
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|enc| {
+            let mut parts = enc.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Builds and encodes one scrape (blocking work: run on the blocking pool).
+fn render(registry: &Registry, gzip: bool) -> Result<(Vec<u8>, bool), String> {
+    let families = registry.gather();
+    let mut text = Vec::with_capacity(64 * 1024);
+    TextEncoder::new().encode(&families, &mut text).map_err(|e| e.to_string())?;
+    if !gzip {
+        return Ok((text, false));
+    }
+    let mut z =
+        flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
+    z.write_all(&text).map_err(|e| e.to_string())?;
+    z.finish().map(|b| (b, true)).map_err(|e| e.to_string())
+}
+
+async fn respond(
+    ep: Arc<Endpoint>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let outcome = classify(&ep, req.method(), req.uri().path(), req.headers(), peer);
+    ep.stats.count(outcome);
+    let response = match outcome {
+        Outcome::RateLimited => {
+            let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Outcome::NotFound => plain(StatusCode::NOT_FOUND, "not found\n"),
+        Outcome::MethodNotAllowed => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
+        Outcome::Unauthorized => {
+            let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"varta\""));
+            r
+        }
+        Outcome::Scrape => scrape(&ep, accepts_gzip(req.headers())).await,
+    };
+    Ok(response)
+}
+
+async fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<Full<Bytes>> {
+    let Ok(_permit) = ep.builds.acquire().await else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    };
+    let worker = Arc::clone(ep);
+    let rendered = tokio::task::spawn_blocking(move || render(&worker.registry, gzip)).await;
+    match rendered {
+        Ok(Ok((body, gzipped))) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
+            if gzipped {
+                r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            r
+        }
+        Ok(Err(e)) => {
+            ep.stats.scrape_failures.fetch_add(1, Relaxed);
+            tracing::error!("cannot encode metrics: {e}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+        }
+        Err(e) => {
+            ep.stats.scrape_failures.fetch_add(1, Relaxed);
+            tracing::error!("metrics scrape task failed: {e}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+        }
+    }
+}
+
+/// Keeps `connections_open` exact however a connection ends.
+struct OpenConnection(Arc<HttpStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Accepts and serves connections until `stop` turns true.
+pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ep.config.max_connections));
+    let mut accept_errors = varta_pipeline::LogThrottle::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(count) = accept_errors.note(monotonic_ns()) {
+                    tracing::warn!(count, "metrics endpoint: accept failed: {e}");
+                }
+                // Out of descriptors or similar: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            ep.stats.connections_refused.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        };
+        ep.stats.connections.fetch_add(1, Relaxed);
+        ep.stats.connections_open.fetch_add(1, Relaxed);
+        let open = OpenConnection(Arc::clone(&ep.stats));
+        let ep = Arc::clone(&ep);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = open;
+            let service = {
+                let ep = Arc::clone(&ep);
+                service_fn(move |req| respond(Arc::clone(&ep), req, peer.ip()))
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ep.config.header_timeout)
+                .max_buf_size(16 * 1024)
+                .max_headers(32)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if result.is_err() {
+                ep.stats.connection_errors.fetch_add(1, Relaxed);
+            }
+        });
+    }
+}

@@ -1,0 +1,39 @@
+//! The real third-party programs tests talk to: `promtool` and
+//! `prometheus` (Debian package `prometheus`) and `rotel` (PyPI). The
+//! README test command installs them (`scripts/install-peers.sh`) and
+//! exports their paths; a test that needs one and cannot find it fails
+//! with a message saying so — it never passes without having run.
+
+use std::path::PathBuf;
+
+/// `$VAR` if set, else `name` on `PATH`, else the fallbacks; panics with
+/// what to do when none exists.
+fn find(var: &str, name: &str, fallbacks: &[&str]) -> PathBuf {
+    let candidates = std::env::var_os(var)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()),
+        )
+        .chain(fallbacks.iter().map(PathBuf::from));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!("{name} not found (set {var} or run scripts/install-peers.sh; ./scripts/test.sh does both)")
+}
+
+pub fn promtool() -> PathBuf {
+    find("PROMTOOL", "promtool", &["/usr/bin/promtool"])
+}
+
+pub fn prometheus() -> PathBuf {
+    find("PROMETHEUS", "prometheus", &["/usr/bin/prometheus"])
+}
+
+pub fn rotel() -> PathBuf {
+    find("ROTEL", "rotel-agent", &[])
+}
