@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark harness: varta-collector side by side with varta-watch 0.2.0.
 #
-#   bench/run.sh [ingest|stall-latency|fleet|idle|scrape-and-export|profile …]
+#   bench/run.sh [ingest|stall-latency|fleet|idle|scrape|profile …]
 #
 # No argument runs ingest, stall-latency, fleet and idle (~12 minutes on
 # 2 cores). Each scenario alternates the two collectors, REPS times, and
@@ -111,7 +111,14 @@ wait_for() { # wait_for SECONDS COMMAND… — poll until COMMAND succeeds
 }
 
 # ours_config FILE RECEIVER_YAML CAPACITY BEATS(true/false) EVENTS
+# With OURS_PROM=1 the prometheus exporter serves 127.0.0.1:$PROM_PORT
+# (token $WORK/prom.token, as varta-watch's endpoint in start_vw).
 ours_config() {
+    local prom_def="" prom_ref=""
+    if [[ "${OURS_PROM:-0}" == 1 ]]; then
+        prom_def="  prometheus: { endpoint: \"127.0.0.1:$PROM_PORT\", bearer_token_file: $WORK/prom.token, rate_limit: { rate: 100, burst: 100 }, max_agent_series: 1000000 }"
+        prom_ref=", prometheus"
+    fi
     cat >"$1" <<EOF
 receivers:
   vlp/bench: $2
@@ -120,9 +127,10 @@ processors:
   tracker: { threshold: ${THRESHOLD_MS}ms, capacity: $3 }
 exporters:
   file: { path: $5, beats: $4 }
+$prom_def
 service:
   pipelines:
-    liveness: { receivers: [vlp/bench], processors: [ratelimit, tracker], exporters: [file], queue_batches: 4096 }
+    liveness: { receivers: [vlp/bench], processors: [ratelimit, tracker], exporters: [file$prom_ref], queue_batches: 4096 }
   telemetry: { logs: { level: info, format: json } }
 EOF
 }
@@ -425,6 +433,145 @@ scenario_fleet() {
     } >>"$RESULTS/fleet.md"
 }
 
+# ---------------------------------------------------------------- scrape
+
+# scrape_loop → scrapes the endpoint on $PROM_PORT once a second until killed
+scrape_loop() {
+    while :; do
+        curl -s --max-time 5 -H "Authorization: Bearer $(cat "$WORK/prom.token")" \
+            "http://127.0.0.1:$PROM_PORT/metrics" -o /dev/null || true
+        sleep 1
+    done
+}
+
+# scrape_ingest_once IMPL MODE TRANSPORT REP — MODE: off (no endpoint; ours only), idle (endpoint, never
+# scraped), scraped (endpoint scraped every second)
+scrape_ingest_once() {
+    local impl=$1 mode=$2 t=$3 rep=$4 agents=1000 on_full=drop sp=
+    [[ $t == uds ]] && agents=2 && on_full=wait
+    if [[ $impl == ours ]]; then
+        OURS_PROM=$([[ $mode == off ]] && echo 0 || echo 1) start_ours "$t" 1000000 false "$WORK/ours.events"
+    else
+        start_vw "$t" "$VW_READ_TIMEOUT_MS"
+    fi
+    if [[ $mode == scraped ]]; then
+        scrape_loop &
+        sp=$!
+        CHILDREN+=("$sp")
+    fi
+    # shellcheck disable=SC2046
+    "$LOAD" --transport "$t" --target "$(target_for "$impl" "$t")" --agents "$agents" --on-full "$on_full" \
+        --duration "${INGEST_SECS}s" --report "$WORK/load.json" $(key_for "$t") 2>>"$WORK/load.log"
+    if [[ -n $sp ]]; then kill "$sp" 2>/dev/null || true; fi
+    sleep 0.5
+    local accepted
+    if [[ $impl == ours ]]; then
+        stop_ours
+        accepted=$(ours_stat '^beats_accepted$' pipelines)
+    else
+        stop_vw
+        accepted=$(vw_stat '^varta_beats_total$')
+    fi
+    printf '%s\t%s\t%s\t%s\t%.0f\n' "$t" "$impl" "$mode" "$rep" \
+        "$(awk -v a="$accepted" -v s="$(json "$WORK/load.json" duration_s)" 'BEGIN { print a / s }')" >>"$RESULTS/scrape.tsv"
+    log "scrape-ingest $t $impl $mode rep $rep: accepted=$accepted"
+}
+
+# scrape_size_once IMPL AGENTS — scrape latency and body size with AGENTS tracked (1 beat/s each)
+scrape_size_once() {
+    local impl=$1 n=$2 tok lp
+    tok="Authorization: Bearer $(cat "$WORK/prom.token")"
+    THRESHOLD_MS=5000
+    if [[ $impl == ours ]]; then
+        OURS_PROM=1 start_ours udp 1100000 false "$WORK/ours.events"
+    else
+        start_vw udp "$VW_READ_TIMEOUT_MS"
+    fi
+    "$LOAD" --transport udp --target "127.0.0.1:$UDP_PORT" --agents "$n" --interval 1s \
+        --duration 16s --report "$WORK/load.json" 2>>"$WORK/load.log" &
+    lp=$!
+    sleep 6
+    local i
+    for i in 1 2 3 4 5 6 7; do
+        curl -s --max-time 30 -H "$tok" "http://127.0.0.1:$PROM_PORT/metrics" -o /dev/null \
+            -w "$impl\t$n\tplain\t%{time_total}\t%{size_download}\n" >>"$RESULTS/scrape-size.tsv"
+        curl -s --max-time 30 -H "$tok" -H 'Accept-Encoding: gzip' "http://127.0.0.1:$PROM_PORT/metrics" -o /dev/null \
+            -w "$impl\t$n\tgzip\t%{time_total}\t%{size_download}\n" >>"$RESULTS/scrape-size.tsv"
+        sleep 0.5
+    done
+    wait "$lp" || true
+    local tracked
+    if [[ $impl == ours ]]; then
+        stop_ours
+        tracked=$(ours_stat '^agents_tracked$' pipelines)
+    else
+        stop_vw
+        tracked=$(vw_stat '^varta_watch_pids_tracked$')
+    fi
+    printf '%s\t%s\ttracked\t%s\t0\n' "$impl" "$n" "$tracked" >>"$RESULTS/scrape-size.tsv"
+    THRESHOLD_MS=1000
+}
+
+# scrape_col T IMPL MODE → accepted/s values of that row set
+scrape_col() { awk -F'\t' -v t="$1" -v i="$2" -v m="$3" '$1 == t && $2 == i && $3 == m { print $5 }' "$RESULTS/scrape.tsv"; }
+# size_col IMPL N ENC FIELD(4 ms | 5 bytes)
+size_col() {
+    awk -F'\t' -v i="$1" -v n="$2" -v e="$3" -v f="$4" '$1 == i && $2 == n && $3 == e { print (f == 4 ? $4 * 1000 : $5) }' \
+        "$RESULTS/scrape-size.tsv"
+}
+
+scenario_scrape() {
+    printf 'transport\timpl\tmode\trep\taccepted_per_s\n' >"$RESULTS/scrape.tsv"
+    printf 'impl\tagents\tencoding\tseconds\tbytes\n' >"$RESULTS/scrape-size.tsv"
+    local t rep n impl
+    for t in uds udp; do
+        for rep in $(seq "$REPS"); do
+            scrape_ingest_once ours off "$t" "$rep"
+            scrape_ingest_once ours idle "$t" "$rep"
+            scrape_ingest_once ours scraped "$t" "$rep"
+            scrape_ingest_once vw idle "$t" "$rep"
+            scrape_ingest_once vw scraped "$t" "$rep"
+        done
+    done
+    for n in 10000 100000; do
+        scrape_size_once ours "$n"
+        scrape_size_once vw "$n"
+    done
+    header scrape "Prometheus endpoint: ingest while scraped, scrape latency and size"
+    {
+        echo "Ingest: flat-out senders for ${INGEST_SECS}s (as in the ingest scenario); *off* = ours without a"
+        echo "prometheus exporter, *idle* = endpoint configured but never scraped, *scraped* = scraped once a second"
+        echo "(curl, bearer token, every agent's series). varta-watch always runs its endpoint."
+        echo
+        echo "| transport | ours off | ours idle | ours scraped | scraped vs off | varta-watch idle | varta-watch scraped | scraped vs idle |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for t in uds udp; do
+            local off idle scr vi vs
+            off=$(med $(scrape_col "$t" ours off))
+            idle=$(med $(scrape_col "$t" ours idle))
+            scr=$(med $(scrape_col "$t" ours scraped))
+            vi=$(med $(scrape_col "$t" vw idle))
+            vs=$(med $(scrape_col "$t" vw scraped))
+            printf '| %s | %.0f | %.0f | %.0f | %s | %.0f | %.0f | %s |\n' "$t" "$off" "$idle" "$scr" "$(ratio "$scr" "$off")" \
+                "$vi" "$vs" "$(ratio "$vs" "$vi")"
+        done
+        echo
+        echo "Scrape latency (curl time_total, median of 7) and body size with N simulated agents beating once a second"
+        echo "over UDP (varta-watch tracks at most 4,096 agents; its rows show what it serves at that cap)."
+        echo
+        echo "| agents sent | impl | agents tracked | plain: latency, size | gzip: latency, size |"
+        echo "|---:|---|---:|---|---|"
+        for n in 10000 100000; do
+            for impl in ours vw; do
+                printf '| %s | %s | %s | %.1f ms, %.0f B | %.1f ms, %.0f B |\n' "$n" "$impl" \
+                    "$(awk -F'\t' -v i="$impl" -v n="$n" '$1 == i && $2 == n && $3 == "tracked" { print $4 }' "$RESULTS/scrape-size.tsv")" \
+                    "$(med $(size_col "$impl" "$n" plain 4))" "$(med $(size_col "$impl" "$n" plain 5))" \
+                    "$(med $(size_col "$impl" "$n" gzip 4))" "$(med $(size_col "$impl" "$n" gzip 5))"
+            done
+        done
+    } >>"$RESULTS/scrape.md"
+}
+
 # ---------------------------------------------------------------- idle
 
 idle_once() { # idle_once IMPL REP
@@ -506,9 +653,9 @@ main() {
     ((${#scenarios[@]})) || scenarios=(ingest stall-latency fleet idle)
     for s in "${scenarios[@]}"; do
         case $s in
-        ingest | stall-latency | fleet | idle | profile | scrape-and-export) ;;
+        ingest | stall-latency | fleet | idle | profile | scrape) ;;
         *)
-            echo "unknown scenario: $s (ingest, stall-latency, fleet, idle, scrape-and-export, profile)" >&2
+            echo "unknown scenario: $s (ingest, stall-latency, fleet, idle, scrape, profile)" >&2
             exit 2
             ;;
         esac
@@ -527,10 +674,7 @@ main() {
         fleet) scenario_fleet ;;
         idle) scenario_idle ;;
         profile) scenario_profile ;;
-        scrape-and-export)
-            echo "scrape-and-export: not yet available (needs the Prometheus/OTLP exporters)" | tee "$RESULTS/scrape-and-export.md"
-            continue
-            ;;
+        scrape) scenario_scrape ;;
         esac
         echo
         cat "$RESULTS/$s.md"

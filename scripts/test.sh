@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, lints, the release-independent build
-# of all binaries, and the whole test suite (unit, property, CLI and
-# end-to-end tests against the real binaries). Installs nothing system-wide:
-# everything it needs comes from crates.io through cargo.
+# Runs every check CI runs: formatting, lints, the build of all binaries,
+# and the whole test suite (unit, property, CLI and end-to-end tests against
+# the real binaries and real peers). Installs the peers the end-to-end tests
+# talk to when they are missing (Debian `prometheus` for prometheus and
+# promtool, PyPI `rotel` in a virtualenv under target/): see
+# scripts/install-peers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+peers=$(./scripts/install-peers.sh)
+eval "$peers"
+export PROMETHEUS PROMTOOL ROTEL
 # Integration tests drive the real binaries; build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
