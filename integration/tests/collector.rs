@@ -325,21 +325,31 @@ fn validate_accepts_the_shipped_configs_and_lists_components() {
     }
 }
 
-/// The shipped all-transports example stays valid: its paths are moved into
-/// a temp dir (with real 0600 key files) and `validate` must accept it.
+/// Every shipped example stays valid: its paths are moved into a temp dir
+/// (with real 0600 key and token files) and `validate` must accept it.
 #[test]
-fn the_all_transports_example_validates() {
+fn every_shipped_example_validates() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config/examples");
-    let text = std::fs::read_to_string(root.join("all-transports.yaml")).expect("example");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().to_str().expect("utf8");
-    keygen(dir.path(), "shared.key");
-    keygen(dir.path(), "master.key");
-    let text = text.replace("/etc/varta", d).replace("/var/log/varta", d).replace("/run/varta", d);
-    let path = dir.path().join("all.yaml");
-    std::fs::write(&path, text).expect("write");
-    let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).expect("examples dir") {
+        let example = entry.expect("entry").path();
+        if example.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&example).expect("example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_str().expect("utf8");
+        for secret in ["shared.key", "master.key", "metrics.token"] {
+            keygen(dir.path(), secret);
+        }
+        let text = text.replace("/etc/varta", d).replace("/var/log/varta", d).replace("/run/varta", d);
+        let path = dir.path().join("example.yaml");
+        std::fs::write(&path, text).expect("write");
+        let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{}: {}", example.display(), String::from_utf8_lossy(&out.stderr));
+        checked += 1;
+    }
+    assert!(checked >= 2, "examples found: {checked}");
 }
 
 #[test]
@@ -405,4 +415,30 @@ fn default_config_listens_on_the_user_runtime_dir() {
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
     assert!(!socket.exists());
+    // The default config logs text; the shutdown summary must show the beat arrived.
+    let plain = strip_ansi(&log);
+    let summary = plain
+        .lines()
+        .find(|l| l.contains("varta::stats") && l.contains("\"pipelines::liveness\"") && l.contains("\"beats_accepted\""))
+        .unwrap_or_else(|| panic!("no beats_accepted in the shutdown summary:\n{plain}"));
+    assert!(summary.trim_end().ends_with("value=1"), "{summary}");
+}
+
+/// Text logs carry ANSI colour codes; tests read them without.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

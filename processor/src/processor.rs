@@ -189,7 +189,9 @@ impl Processor {
         loop {
             let stall = self.fire_due(self.clock.now_ns(), out);
             let now = self.guard.last_ns().unwrap_or(0);
-            self.publisher.maybe_publish(now, &mut self.tracker, self.stats.snapshot());
+            if self.publisher.is_due(now) {
+                self.publish_snapshot(now);
+            }
             let deadline = match (stall, self.publisher.due_at()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

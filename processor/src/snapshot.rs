@@ -166,15 +166,10 @@ impl Publisher {
         self.dirty.then(|| self.last_ns.map_or(0, |t| t.saturating_add(self.interval_ns)))
     }
 
-    /// Publishes if something changed and the interval has passed (or a
-    /// reader asked). Returns whether it published.
-    pub fn maybe_publish(&mut self, now_ns: u64, tracker: &mut Tracker, stats: StatsSnapshot) -> bool {
-        let due = self.due_at().is_some_and(|at| now_ns >= at)
-            || (self.dirty && self.shared.requested.load(Ordering::Relaxed));
-        if due {
-            self.publish(now_ns, tracker, stats);
-        }
-        due
+    /// Whether a publication is due at `now_ns`: something changed and the
+    /// interval has passed, or a reader asked.
+    pub fn is_due(&self, now_ns: u64) -> bool {
+        self.due_at().is_some_and(|at| now_ns >= at) || (self.dirty && self.shared.requested.load(Ordering::Relaxed))
     }
 
     /// Publishes now, whatever changed.

@@ -66,14 +66,16 @@ mod tests {
     }
 
     #[test]
-    fn reaped_child_has_no_start_time() {
-        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    fn live_child_has_a_later_start_time_and_loses_it_when_reaped() {
+        let ours = start_time(std::process::id()).expect("own start time");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
         let pid = child.id();
+        let theirs = start_time(pid).expect("live child's start time");
+        assert!(theirs >= ours, "child started at {theirs}, before us at {ours}");
+        child.kill().expect("kill");
         child.wait().expect("reap");
-        let ours = start_time(std::process::id());
-        let theirs = start_time(pid);
-        // The pid could in principle be recycled already, but never into us.
-        assert!(theirs.is_none() || theirs != ours, "pid {pid}: {theirs:?}");
+        // Gone: no start time — or, if the pid was already recycled, not the child's.
+        assert_ne!(start_time(pid), Some(theirs), "pid {pid} still reports the reaped child");
     }
 
     #[test]
