@@ -312,9 +312,11 @@ mod tests {
     use varta_processor::EventKind;
     use varta_proto::{Frame, Status};
 
-    /// Records exported events; blocks on the gate before each, to fill the queue.
+    /// Records exported events; says when it starts one, then blocks on
+    /// the gate, to fill the queue.
     struct Slow {
         seen: Arc<Mutex<Vec<Event>>>,
+        entered: Sender<()>,
         gate: Receiver<()>,
     }
 
@@ -323,6 +325,7 @@ mod tests {
             true
         }
         fn export(&mut self, ev: &Event) -> std::io::Result<()> {
+            let _ = self.entered.send(());
             if self.gate.recv().is_err() {
                 panic!("gate closed: the test wants this exporter dead");
             }
@@ -348,27 +351,35 @@ mod tests {
 
     type Seen = Arc<Mutex<Vec<Event>>>;
 
-    fn start(capacity: usize) -> (ExporterQueue, JoinHandle<()>, Seen, Sender<()>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (open, gate) = crossbeam_channel::unbounded();
-        let (queue, thread) =
-            ExporterQueue::start("slow".into(), Box::new(Slow { seen: seen.clone(), gate }), capacity)
-                .expect("start");
-        (queue, thread, seen, open)
+    struct Harness {
+        queue: ExporterQueue,
+        thread: JoinHandle<()>,
+        seen: Seen,
+        open: Sender<()>,
+        entered: Receiver<()>,
     }
 
-    /// Offers `first`, then waits until the exporter has taken it (it then blocks on the gate).
-    fn occupy(queue: &mut ExporterQueue, first: &Event) {
-        queue.offer(first);
-        while queue.lanes.iter().any(|l| !l.evict.is_empty()) {
-            std::thread::yield_now();
-        }
+    fn start(capacity: usize) -> Harness {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = crossbeam_channel::unbounded();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let slow = Slow { seen: seen.clone(), entered: entered_tx, gate };
+        let (queue, thread) = ExporterQueue::start("slow".into(), Box::new(slow), capacity).expect("start");
+        Harness { queue, thread, seen, open, entered }
+    }
+
+    /// Offers `first`, then waits until the exporter is inside `export`
+    /// with it (blocked on the gate, holding nothing else).
+    fn occupy(h: &mut Harness, first: &Event) {
+        h.queue.offer(first);
+        h.entered.recv().expect("exporter started an export");
     }
 
     #[test]
     fn full_bulk_lane_drops_oldest_counts_it_and_drains_on_shutdown() {
-        let (mut queue, thread, seen, open) = start(4);
-        occupy(&mut queue, &beat(0));
+        let mut h = start(4);
+        occupy(&mut h, &beat(0));
+        let Harness { mut queue, thread, seen, open, .. } = h;
         // 1..=4 fill the bulk lane; 5..=9 each evict the oldest waiting beat.
         for i in 1..10 {
             queue.offer(&beat(i));
@@ -389,8 +400,9 @@ mod tests {
 
     #[test]
     fn incidents_survive_a_flood_and_keep_their_place_in_order() {
-        let (mut queue, thread, seen, open) = start(4);
-        occupy(&mut queue, &beat(0));
+        let mut h = start(4);
+        occupy(&mut h, &beat(0));
+        let Harness { mut queue, thread, seen, open, .. } = h;
         queue.offer(&beat(1));
         queue.offer(&panic_frame(2));
         for i in 3..1000 {
@@ -414,8 +426,9 @@ mod tests {
 
     #[test]
     fn incident_lane_overflow_is_counted_separately() {
-        let (mut queue, thread, _seen, open) = start(4);
-        occupy(&mut queue, &beat(0));
+        let mut h = start(4);
+        occupy(&mut h, &beat(0));
+        let Harness { mut queue, thread, open, .. } = h;
         let cap = incident_capacity(4) as u64;
         for i in 0..cap + 3 {
             queue.offer(&panic_frame(i));
@@ -430,7 +443,7 @@ mod tests {
 
     #[test]
     fn events_after_the_exporter_died_are_counted_as_such() {
-        let (mut queue, thread, _seen, open) = start(4);
+        let Harness { mut queue, thread, open, .. } = start(4);
         drop(open);
         queue.offer(&beat(0)); // the exporter panics on it
         assert!(thread.join().is_err());

@@ -419,7 +419,11 @@ fn default_config_listens_on_the_user_runtime_dir() {
     let plain = strip_ansi(&log);
     let summary = plain
         .lines()
-        .find(|l| l.contains("varta::stats") && l.contains("\"pipelines::liveness\"") && l.contains("\"beats_accepted\""))
+        .find(|l| {
+            l.contains("varta::stats")
+                && l.contains("\"pipelines::liveness\"")
+                && l.contains("\"beats_accepted\"")
+        })
         .unwrap_or_else(|| panic!("no beats_accepted in the shutdown summary:\n{plain}"));
     assert!(summary.trim_end().ends_with("value=1"), "{summary}");
 }

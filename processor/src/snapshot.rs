@@ -169,7 +169,8 @@ impl Publisher {
     /// Whether a publication is due at `now_ns`: something changed and the
     /// interval has passed, or a reader asked.
     pub fn is_due(&self, now_ns: u64) -> bool {
-        self.due_at().is_some_and(|at| now_ns >= at) || (self.dirty && self.shared.requested.load(Ordering::Relaxed))
+        self.due_at().is_some_and(|at| now_ns >= at)
+            || (self.dirty && self.shared.requested.load(Ordering::Relaxed))
     }
 
     /// Publishes now, whatever changed.
