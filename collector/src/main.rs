@@ -119,7 +119,10 @@ fn run(config: &Config) -> ExitCode {
     let stop: Result<i32, ()> = loop {
         match signals::wait(tick) {
             Some(signals::Signal::Terminate(sig)) => break Ok(sig),
-            Some(signals::Signal::DumpStats) => stats::dump(&running.view, stats::Dump::All),
+            Some(signals::Signal::DumpStats) => {
+                running.view.refresh_snapshots(std::time::Duration::from_millis(50));
+                stats::dump(&running.view, stats::Dump::All)
+            }
             Some(signals::Signal::Hangup) => {
                 tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
             }

@@ -104,10 +104,20 @@ impl CollectorView {
         sum
     }
 
-    /// Asks every processor to publish at its next batch.
-    pub fn request_snapshots(&self) {
+    /// Asks every processor to publish at its next batch, and waits up to
+    /// `patience` for each to do so. A processor that handles no batch in
+    /// that time is idle, and its latest snapshot is already current (it
+    /// publishes what changed once the interval passes).
+    pub fn refresh_snapshots(&self, patience: std::time::Duration) {
+        let before: Vec<u64> = self.pipelines.iter().map(|p| p.latest().seq).collect();
         for p in &self.pipelines {
             p.snapshots.request();
+        }
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline
+            && self.pipelines.iter().zip(&before).any(|(p, &seq)| p.latest().seq == seq)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }
