@@ -22,6 +22,8 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
         printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee "$policy" >/dev/null
         sudo_if_needed chmod 755 "$policy"
         created_policy=1
+        # Removed however the install ends.
+        trap 'sudo_if_needed rm -f "$policy"' EXIT
     fi
     install() {
         sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
@@ -31,7 +33,10 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
         sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2
         install
     fi
-    [[ $created_policy == 1 ]] && sudo_if_needed rm -f "$policy"
+    if [[ $created_policy == 1 ]]; then
+        sudo_if_needed rm -f "$policy"
+        trap - EXIT
+    fi
     # Without systemd nothing was started; with it, make sure nothing runs.
     if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
         sudo_if_needed systemctl stop prometheus || true

@@ -120,7 +120,7 @@ fn run(config: &Config) -> ExitCode {
         match signals::wait(tick) {
             Some(signals::Signal::Terminate(sig)) => break Ok(sig),
             Some(signals::Signal::DumpStats) => {
-                running.view.refresh_snapshots(std::time::Duration::from_millis(50));
+                running.view.refresh_snapshots();
                 stats::dump(&running.view, stats::Dump::All)
             }
             Some(signals::Signal::Hangup) => {

@@ -2,8 +2,9 @@
 //! (target `varta::stats`), on SIGUSR1 and once after shutdown — read from
 //! the same [`CollectorView`] the Prometheus and OTLP exporters read. On
 //! SIGUSR1 zeros are included so that readers can rely on every series
-//! being present, and busy processors are first asked for a fresh
-//! snapshot (up to 50 ms); the shutdown summary lists only values that
+//! being present, and processors with unpublished changes are first asked
+//! for a fresh snapshot (waiting at most one snapshot interval); the
+//! shutdown summary lists only values that
 //! moved, from the snapshot each processor published as it ended.
 
 use varta_exporters::CollectorView;

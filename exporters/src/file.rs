@@ -245,6 +245,7 @@ mod tests {
     fn agent(pid: u32) -> Option<AgentRef> {
         Some(AgentRef {
             id: AgentId { source: Source::Local, pid, start_time: 7 },
+            frame_pid: pid,
             host_pid: pid,
             transport: Transport::Uds,
         })

@@ -104,20 +104,15 @@ impl CollectorView {
         sum
     }
 
-    /// Asks every processor to publish at its next batch, and waits up to
-    /// `patience` for each to do so. A processor that handles no batch in
-    /// that time is idle, and its latest snapshot is already current (it
-    /// publishes what changed once the interval passes).
-    pub fn refresh_snapshots(&self, patience: std::time::Duration) {
-        let before: Vec<u64> = self.pipelines.iter().map(|p| p.latest().seq).collect();
+    /// Makes every pipeline's latest snapshot current, waiting for
+    /// processors with pending changes to publish them (see
+    /// [`SnapshotReader::fresh`]; at most one snapshot interval each).
+    pub fn refresh_snapshots(&self) {
         for p in &self.pipelines {
             p.snapshots.request();
         }
-        let deadline = std::time::Instant::now() + patience;
-        while std::time::Instant::now() < deadline
-            && self.pipelines.iter().zip(&before).any(|(p, &seq)| p.latest().seq == seq)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        for p in &self.pipelines {
+            p.snapshots.fresh(std::time::Duration::from_millis(100));
         }
     }
 }

@@ -11,9 +11,14 @@ use varta_proto::{Frame, RefusedFrame, Source, Status, Transport};
 
 use crate::clock::ClockAnomalyKind;
 
-/// Who an agent is: where it lives, its pid as it put in its frames, and its
-/// process start time (clock ticks since boot as in `/proc/<pid>/stat` field
-/// 22; 0 when unknown, which is always the case for network sources).
+/// Who an agent is: where it lives, its pid, and its process start time
+/// (clock ticks since boot as in `/proc/<pid>/stat` field 22; 0 when
+/// unknown, which is always the case for network sources).
+///
+/// `pid` is the pid in the collector's pid namespace for kernel-attested
+/// (UDS) agents — unique on the host, so two containers whose agents both
+/// write pid 1 or 2 in their frames are two agents — and the pid written in
+/// the frames for network agents (all a network sender can tell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AgentId {
     pub source: Source,
@@ -26,6 +31,9 @@ pub struct AgentId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AgentRef {
     pub id: AgentId,
+    /// The pid the agent writes in its frames (its own pid namespace's;
+    /// equals `id.pid` unless it lives in another pid namespace).
+    pub frame_pid: u32,
     /// The pid in the collector's pid namespace (differs from `id.pid` for
     /// UDS agents in other pid namespaces).
     pub host_pid: u32,

@@ -34,6 +34,6 @@ pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
 pub use event::{
     AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
 };
-pub use processor::{NONCE_WRAP_WINDOW, Processor, StartTimeProbe};
+pub use processor::{Processor, StartTimeProbe};
 pub use snapshot::{AgentView, Snapshot, SnapshotReader};
 pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};

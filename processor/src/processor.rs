@@ -21,7 +21,7 @@
 //! 3. new agents: capacity (evict the oldest stalled agent silent for more
 //!    than `eviction_after × threshold`, else `CapacityExceeded`), then the
 //!    start time is probed once (UDS only);
-//! 4. sequencing (see [`NONCE_WRAP_WINDOW`]): advancing nonce → accepted;
+//! 4. sequencing ([`varta_proto::nonce_follows`]): advancing nonce → accepted;
 //!    panic frame with timestamp ≥ the last accepted → accepted; otherwise a
 //!    regression: UDS → probe the start time: different → the pid was
 //!    recycled (`Evicted{pid_recycled}`, fresh agent); network → timestamp
@@ -47,13 +47,6 @@ use crate::ratelimit::RateLimiter;
 use crate::snapshot::{AgentView, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
 use crate::tracker::{Slot, Tracker};
-
-/// How near the ends of the nonce range a wrap must be to be accepted: a
-/// regular nonce `n` below the last accepted `last` is a wrap (accepted)
-/// when `last ≥ NONCE_TERMINAL − 1 − NONCE_WRAP_WINDOW` and
-/// `n < NONCE_WRAP_WINDOW`, i.e. at most ~2²¹ beats were lost around the
-/// wrap (`next_nonce` wraps `u64::MAX − 1` to 0).
-pub const NONCE_WRAP_WINDOW: u64 = 1 << 20;
 
 /// Returns the process start time of a host pid (e.g. field 22 of
 /// `/proc/<pid>/stat`), `None` if it cannot be read.
@@ -256,8 +249,9 @@ impl Processor {
     }
 
     fn on_beat(&mut self, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
-        let hash = self.tracker.hash(&beat.source, beat.frame.pid);
-        match self.tracker.find(hash, &beat.source, beat.frame.pid) {
+        let pid = key_pid(beat);
+        let hash = self.tracker.hash(&beat.source, pid);
+        match self.tracker.find(hash, &beat.source, pid) {
             Some(idx) => self.on_known_agent(idx, beat, now, wants_beats, out),
             None => self.on_new_agent(hash, beat, now, wants_beats, out),
         }
@@ -323,7 +317,8 @@ impl Processor {
 
     fn on_new_agent(&mut self, hash: u64, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
         let unpinned = AgentRef {
-            id: AgentId { source: beat.source, pid: beat.frame.pid, start_time: 0 },
+            id: AgentId { source: beat.source, pid: key_pid(beat), start_time: 0 },
+            frame_pid: beat.frame.pid,
             host_pid: beat.host_pid,
             transport: beat.transport,
         };
@@ -346,7 +341,7 @@ impl Processor {
         };
         let start_time =
             if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
-        let slot = Slot::new(beat.source, beat.frame.pid, beat.host_pid, start_time, beat.transport, now);
+        let slot = new_slot(beat, start_time, now);
         let idx = match victim {
             Some(victim) => {
                 let old = self.tracker.slot(victim).agent_ref();
@@ -379,7 +374,7 @@ impl Processor {
         } else {
             match slot.last_nonce() {
                 None => true,
-                Some(last) => frame.nonce > last || nonce_wrapped(last, frame.nonce),
+                Some(last) => varta_proto::nonce_follows(last, frame.nonce),
             }
         };
         if advances { Sequence::Advances } else { Sequence::Regresses }
@@ -401,7 +396,7 @@ impl Processor {
         let old = self.tracker.slot(idx).agent_ref();
         self.stats.evicted(reason);
         Self::emit(out, now, Some(old), EventKind::Evicted { reason });
-        let fresh = Slot::new(beat.source, beat.frame.pid, beat.host_pid, start_time, beat.transport, now);
+        let fresh = new_slot(beat, start_time, now);
         self.tracker.reincarnate(idx, fresh);
         self.accept(idx, beat, now, wants_beats, out);
     }
@@ -444,20 +439,15 @@ impl Processor {
     }
 }
 
-/// Whether `next` after `last` is a wrap of the regular nonce sequence.
-fn nonce_wrapped(last: u64, next: u64) -> bool {
-    last >= varta_proto::NONCE_TERMINAL - 1 - NONCE_WRAP_WINDOW && next < NONCE_WRAP_WINDOW
+/// The pid an agent is keyed by: the kernel-attested host pid for UDS (unique
+/// on the host whatever pid namespace the agent lives in), the frame pid for
+/// network transports.
+fn key_pid(beat: &Beat) -> u32 {
+    if beat.transport == Transport::Uds { beat.host_pid } else { beat.frame.pid }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrap_window() {
-        assert!(nonce_wrapped(u64::MAX - 1, 0));
-        assert!(nonce_wrapped(u64::MAX - 10, 5));
-        assert!(!nonce_wrapped(u64::MAX - 1, NONCE_WRAP_WINDOW));
-        assert!(!nonce_wrapped(1 << 40, 0));
-    }
+/// A fresh agent for `beat`, first admitted at `now`.
+fn new_slot(beat: &Beat, start_time: u64, now: u64) -> Slot {
+    Slot::new(beat.source, key_pid(beat), beat.host_pid, start_time, beat.transport, now)
+        .with_frame_pid(beat.frame.pid)
 }

@@ -17,10 +17,11 @@
 //!   [`VIEW_CHUNK`] slots; a publication copies only the chunks whose
 //!   slots changed and shares the rest with the previous snapshot.
 //! * **Freshness.** The latest snapshot is at most `snapshot_interval`
-//!   behind the processor; [`SnapshotReader::request`] asks for the next one
-//!   as soon as the processor next handles a batch (while it is idle nothing
-//!   changes, so the latest snapshot is already current once the interval
-//!   has passed).
+//!   behind the processor. [`SnapshotReader::is_current`] says whether
+//!   anything changed since it was taken, and [`SnapshotReader::request`]
+//!   asks for the next one as soon as the processor next handles a batch
+//!   (an idle processor with changes publishes them when the interval has
+//!   passed; [`SnapshotReader::fresh`] waits for that).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +78,8 @@ pub struct Snapshot {
     pub taken_ns: u64,
     pub clock: Clock,
     pub threshold_ns: u64,
+    /// The processor's `snapshot_interval`, in nanoseconds.
+    pub interval_ns: u64,
     pub stats: StatsSnapshot,
     chunks: Vec<Arc<[AgentView]>>,
 }
@@ -97,6 +100,8 @@ impl Snapshot {
 struct Shared {
     latest: ArcSwap<Snapshot>,
     requested: AtomicBool,
+    /// The processor's state changed since `latest` was taken.
+    pending: AtomicBool,
 }
 
 /// Read side: cheap to clone, any thread.
@@ -115,6 +120,31 @@ impl SnapshotReader {
     /// for the interval.
     pub fn request(&self) {
         self.shared.requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether nothing changed since the latest snapshot was taken.
+    pub fn is_current(&self) -> bool {
+        !self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// The latest snapshot once it is current: asks for a publication and
+    /// waits for one while changes are pending — at most until the
+    /// processor's interval has passed (plus `slack`), after which it returns
+    /// the latest anyway (the processor may be wedged).
+    pub fn fresh(&self, slack: std::time::Duration) -> Arc<Snapshot> {
+        let first = self.latest();
+        if self.is_current() {
+            return first;
+        }
+        self.request();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_nanos(first.interval_ns) + slack;
+        loop {
+            let latest = self.latest();
+            if latest.seq != first.seq || self.is_current() || std::time::Instant::now() >= deadline {
+                return latest;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }
 
@@ -135,11 +165,12 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(interval_ns: u64, clock: Clock, threshold_ns: u64) -> Publisher {
-        let empty = Snapshot { clock, threshold_ns, ..Snapshot::default() };
+        let empty = Snapshot { clock, threshold_ns, interval_ns, ..Snapshot::default() };
         Publisher {
             shared: Arc::new(Shared {
                 latest: ArcSwap::from_pointee(empty),
                 requested: AtomicBool::new(false),
+                pending: AtomicBool::new(false),
             }),
             chunks: Vec::new(),
             interval_ns,
@@ -155,10 +186,14 @@ impl Publisher {
         SnapshotReader { shared: Arc::clone(&self.shared) }
     }
 
-    /// Notes that the processor's state changed.
+    /// Notes that the processor's state changed (one atomic store per
+    /// publication period, not per call).
     #[inline]
     pub fn mark_dirty(&mut self) {
-        self.dirty = true;
+        if !self.dirty {
+            self.dirty = true;
+            self.shared.pending.store(true, Ordering::Release);
+        }
     }
 
     /// When the next publication is due, if anything waits to be published.
@@ -196,9 +231,12 @@ impl Publisher {
             taken_ns: now_ns,
             clock: self.clock,
             threshold_ns: tracker.threshold_ns(),
+            interval_ns: self.interval_ns,
             stats,
             chunks: self.chunks.clone(),
         };
         self.shared.latest.store(Arc::new(snapshot));
+        // After the store: a reader that sees "current" sees this snapshot.
+        self.shared.pending.store(false, Ordering::Release);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Promises:
 //! * One [`Slot`] per tracked agent in a slab (`Vec`), found through a
-//!   `hashbrown::HashTable<u32>` of slot indices keyed by (source, frame pid)
+//!   `hashbrown::HashTable<u32>` of slot indices keyed by (source, key pid:
+//!   the host pid for kernel-attested UDS agents, the frame pid otherwise)
 //!   — the key is stored once, in the slot. Lookup, insert and replacement
 //!   are O(1); nothing allocates except when a *new* agent grows the slab
 //!   (never beyond `capacity`) or the index.
@@ -48,6 +49,8 @@ pub struct Slot {
     pub(crate) incident: u64,
     pub(crate) stalls: u32,
     pub(crate) last_payload: u32,
+    /// The pid written in the agent's frames (its own pid namespace's).
+    pub(crate) frame_pid: u32,
     prev: u32,
     next: u32,
     pub(crate) transport: Transport,
@@ -79,6 +82,7 @@ impl Slot {
             incident: 0,
             stalls: 0,
             last_payload: 0,
+            frame_pid: pid,
             prev: NIL,
             next: NIL,
             transport,
@@ -87,9 +91,17 @@ impl Slot {
         }
     }
 
+    /// Sets the frame pid when it differs from the key pid (a UDS agent in
+    /// another pid namespace).
+    pub fn with_frame_pid(mut self, frame_pid: u32) -> Slot {
+        self.frame_pid = frame_pid;
+        self
+    }
+
     pub fn agent_ref(&self) -> AgentRef {
         AgentRef {
             id: AgentId { source: self.source, pid: self.pid, start_time: self.start_time },
+            frame_pid: self.frame_pid,
             host_pid: self.host_pid,
             transport: self.transport,
         }

@@ -93,3 +93,32 @@ fn run_publishes_within_the_interval_and_at_exit() {
     worker.join().expect("processor thread");
     assert_eq!(reader.latest().stats.beats_accepted, 2, "final snapshot at exit");
 }
+
+#[test]
+fn pending_changes_are_visible_and_fresh_waits_for_them() {
+    let cfg = TrackerConfig { snapshot_interval: Duration::from_millis(200), ..tracker(60_000) };
+    let p = processor(no_limits(), cfg);
+    let reader = p.snapshots();
+    assert!(reader.is_current(), "nothing happened yet");
+    let (tx, rx) = batch_queue(16);
+    let worker = thread::spawn(move || p.run(rx, &mut DiscardSink));
+    assert!(tx.try_send(Box::new(batch(&[uds(7, 1)]))).is_ok());
+    // The first change is published as soon as it is handled (a batch still
+    // in the queue is not a change yet); the second waits for the interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reader.latest().stats.beats_accepted == 0 {
+        assert!(std::time::Instant::now() < deadline, "first change never published");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(tx.try_send(Box::new(batch(&[uds(7, 2)]))).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reader.is_current() {
+        assert!(std::time::Instant::now() < deadline, "the second batch never marked the snapshot stale");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let second = reader.fresh(Duration::from_secs(10));
+    assert_eq!(second.stats.beats_accepted, 2, "fresh() returned before the pending change was published");
+    assert!(reader.is_current());
+    drop(tx);
+    worker.join().expect("processor thread");
+}

@@ -246,6 +246,11 @@ impl Frame {
 
     /// [`Frame::decode`] for a buffer already known to be 32 bytes.
     pub fn decode_array(b: &[u8; FRAME_LEN]) -> Result<Frame, DecodeError> {
+        Self::decode_array_with(b, PidRule::Spec)
+    }
+
+    /// The normative decode with a choice of pid rule (see [`PidRule`]).
+    pub fn decode_array_with(b: &[u8; FRAME_LEN], pids: PidRule) -> Result<Frame, DecodeError> {
         if b[0..2] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
@@ -263,7 +268,11 @@ impl Frame {
             Some(s) => s,
         };
         let pid = u32_at(b, 4);
-        if pid <= 1 {
+        let lowest = match pids {
+            PidRule::Spec => 2,
+            PidRule::AllowNamespaceInit => 1,
+        };
+        if pid < lowest {
             return Err(DecodeError::BadPid(pid));
         }
         let timestamp = u64_at(b, 8);
@@ -276,6 +285,32 @@ impl Frame {
         }
         Ok(Frame { status, pid, timestamp, nonce, payload: u32_at(b, 24) })
     }
+}
+
+/// Which frame pids decoding accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidRule {
+    /// The spec: `0` and `1` are `BadPid` (on a host, pid 1 is init).
+    Spec,
+    /// A collector extension, only for senders the kernel shows to be pid 1
+    /// of a pid namespace other than the collector's (a containerised
+    /// agent is often its namespace's init): `1` is accepted, `0` is not.
+    AllowNamespaceInit,
+}
+
+/// How near the ends of the nonce range a wrap must be to be accepted: a
+/// regular nonce `next` below the last accepted `last` is a wrap when
+/// `last ≥ NONCE_TERMINAL − 1 − NONCE_WRAP_WINDOW` and
+/// `next < NONCE_WRAP_WINDOW` — at most ~2²¹ beats lost around the wrap
+/// ([`next_nonce`] wraps `u64::MAX − 1` to 0).
+pub const NONCE_WRAP_WINDOW: u64 = 1 << 20;
+
+/// Whether the regular nonce `next` comes after `last` in one sender's
+/// sequence: strictly greater, or a wrap (see [`NONCE_WRAP_WINDOW`]). The
+/// one definition the tracker and the secure receiver's replay table share.
+#[inline]
+pub const fn nonce_follows(last: u64, next: u64) -> bool {
+    next > last || (last >= NONCE_TERMINAL - 1 - NONCE_WRAP_WINDOW && next < NONCE_WRAP_WINDOW)
 }
 
 /// The nonce an agent sends after `nonce`: strictly increasing, wrapping
@@ -385,6 +420,33 @@ mod tests {
         let d = Frame::decode(&f.encode()).expect("operational alert");
         assert_eq!(d, f);
         assert!(!d.is_panic());
+    }
+
+    #[test]
+    fn pid_one_only_under_the_namespace_rule() {
+        let one = Frame::new(Status::Ok, 1, 0, 1, 0).encode();
+        assert_eq!(Frame::decode_array(&one), Err(DecodeError::BadPid(1)));
+        let f = Frame::decode_array_with(&one, PidRule::AllowNamespaceInit).expect("pid 1 allowed");
+        assert_eq!(f.pid, 1);
+        let zero = Frame::new(Status::Ok, 0, 0, 1, 0).encode();
+        assert_eq!(Frame::decode_array_with(&zero, PidRule::AllowNamespaceInit), Err(DecodeError::BadPid(0)));
+        // Later checks still run.
+        let bad = Frame::new(Status::Ok, 1, u64::MAX, 1, 0).encode();
+        assert_eq!(
+            Frame::decode_array_with(&bad, PidRule::AllowNamespaceInit),
+            Err(DecodeError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn nonce_follows_is_greater_or_a_wrap_near_the_ends() {
+        assert!(nonce_follows(1, 2));
+        assert!(!nonce_follows(2, 2));
+        assert!(!nonce_follows(3, 2));
+        assert!(nonce_follows(u64::MAX - 1, 0));
+        assert!(nonce_follows(u64::MAX - 10, 5));
+        assert!(!nonce_follows(u64::MAX - 1, NONCE_WRAP_WINDOW));
+        assert!(!nonce_follows(1 << 40, 0));
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub mod hex;
 pub mod secure;
 
 pub use beat::{Arrival, BATCH_CAPACITY, Batch, Beat, Refusal, RefusedFrame, Source, Transport};
-pub use frame::{DecodeError, DecodeErrorKind, FRAME_LEN, Frame, NONCE_TERMINAL, Status, next_nonce};
+pub use frame::{
+    DecodeError, DecodeErrorKind, FRAME_LEN, Frame, NONCE_TERMINAL, NONCE_WRAP_WINDOW, PidRule, Status,
+    next_nonce, nonce_follows,
+};
 pub use secure::{
     FrameCipher, Iv, Key, MASTER_FRAME_LEN, MasterKey, OpenError, SHARED_FRAME_LEN, master_frame_pid,
     open_shared_any,

@@ -41,8 +41,6 @@ use varta_proto::{Frame, Iv, Refusal};
 pub const INITIAL_SENDERS: usize = 1024;
 /// Previous `iv_random`s remembered per sender.
 pub const PREVIOUS_IVS: usize = 8;
-/// A nonce this close to `u64::MAX` may wrap to one this close to zero.
-const NONCE_WRAP_WINDOW: u64 = 1 << 16;
 /// Longest interval between two sweeps of a full table.
 const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -76,9 +74,9 @@ struct SenderState {
     last_seen_ns: u64,
 }
 
-/// `nonce` is after `high` in a sender's sequence (strictly greater, or wrapped).
+/// `nonce` is after `high` in a sender's sequence (the protocol's one rule).
 fn nonce_after(nonce: u64, high: u64) -> bool {
-    nonce > high || (high >= u64::MAX - NONCE_WRAP_WINDOW && nonce < NONCE_WRAP_WINDOW)
+    varta_proto::nonce_follows(high, nonce)
 }
 
 impl SenderState {

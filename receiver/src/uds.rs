@@ -2,7 +2,10 @@
 //! sender's kernel credentials (SO_PASSCRED → SCM_CREDENTIALS), so a frame is
 //! accepted only when the kernel says it came from the pid it claims.
 //!
-//! Checks per datagram, first failure wins: truncated → decode (`Decode(kind)`)
+//! Checks per datagram, first failure wins: truncated → decode (`Decode(kind)`;
+//! with `allow_cross_namespace`, a pid-1 frame from a sender the kernel
+//! shows to be pid 1 of a nested pid namespace is accepted — an extension
+//! of the spec, which refuses pid 1 because on a host it is init)
 //! → frame pid above `pid_max` (read once at bind) → no credentials
 //! (`AuthFailed`) → sender uid not allowed (`UidMismatch`) → frame pid ≠
 //! sender pid: a sender in a child pid namespace whose innermost pid equals the
@@ -24,7 +27,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use varta_proto::{Arrival, Beat, Frame, Refusal, Source, Transport};
+use varta_proto::{Arrival, Beat, DecodeError, DecodeErrorKind, Frame, PidRule, Refusal, Source, Transport};
 
 use crate::config::VlpReceiverConfig;
 use crate::error::ReceiverError;
@@ -102,6 +105,10 @@ impl UdsReceiver {
         }
         let frame = match Frame::decode(d.bytes) {
             Ok(f) => f,
+            Err(DecodeError::BadPid(1)) if self.allow_cross_namespace => match namespace_init_frame(d) {
+                Some(f) => f,
+                None => return refuse(Refusal::Decode(DecodeErrorKind::BadPid), 0),
+            },
             Err(e) => return refuse(Refusal::Decode(e.kind()), 0),
         };
         if frame.pid > self.pid_max {
@@ -129,6 +136,17 @@ impl UdsReceiver {
             received_ns: now,
         })
     }
+}
+
+/// The frame of a sender that the kernel shows to be pid 1 of a nested pid
+/// namespace (a containerised agent is often its namespace's init), decoded
+/// with the [`PidRule::AllowNamespaceInit`] extension; `None` for anyone
+/// else, whose pid-1 frame stays the spec's `BadPid`.
+fn namespace_init_frame(d: &Datagram<'_>) -> Option<Frame> {
+    let cred = d.credentials?;
+    let bytes: &[u8; varta_proto::FRAME_LEN] = d.bytes.try_into().ok()?;
+    let frame = Frame::decode_array_with(bytes, PidRule::AllowNamespaceInit).ok()?;
+    (frame.pid == 1 && in_child_namespace_as(cred.pid, 1)).then_some(frame)
 }
 
 /// True when process `host_pid` lives in a nested pid namespace where its pid
