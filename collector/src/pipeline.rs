@@ -8,14 +8,16 @@
 //! exporters write what is left, flush and end. Each step is bounded by the
 //! shutdown deadline.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use varta_agents::Resolver;
 use varta_exporters::prometheus::{BoundEndpoint, PrometheusServer};
 use varta_exporters::{
     CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, PipelineView,
 };
-use varta_pipeline::Role;
+use varta_pipeline::{Instrumented, Role};
 use varta_processor::Processor;
 use varta_receiver::{StopHandle, VlpReceiver};
 
@@ -59,6 +61,9 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut view = CollectorView::default();
     let mut receivers = Vec::new();
     let mut exporter_metrics = Vec::new();
+    let mut processor_metrics: Vec<(String, Arc<dyn Instrumented>)> = Vec::new();
+    // Resolver threads end when their processor does; joined after processors.
+    let mut resolvers = Vec::new();
     let mut exporters = Vec::new();
     let mut ready = Vec::new();
     // Metrics endpoints, bound before anything runs, with the pipelines each serves.
@@ -66,7 +71,35 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
 
     for (name, pipeline) in &config.service.pipelines {
         let p = &pipeline.value;
-        // Exporters first: they must be ready before any event exists.
+        let pipeline_err = |m: String| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: Some(format!("service::pipelines::{name}")),
+            message: m,
+        };
+        let mut ratelimit = None;
+        let mut tracker = None;
+        let mut resolver = None;
+        for id in &p.processors {
+            match config.processors.get(id).map(|c| &c.config) {
+                Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(*cfg),
+                Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(*cfg),
+                Some(ProcessorConfig::Resolver(cfg)) => resolver = Some((id.clone(), *cfg)),
+                None => {}
+            }
+        }
+        // The resolver first: exporters read the attributes it stores.
+        let mut inspector = None;
+        let mut attributes = None;
+        if let Some((id, cfg)) = resolver {
+            let (started, handle) = Resolver::start(name, cfg)
+                .map_err(|e| pipeline_err(format!("cannot start the resolver: {e}")))?;
+            attributes = Some(Arc::clone(&started.store));
+            processor_metrics.push((id, started.stats.clone() as Arc<dyn Instrumented>));
+            resolvers.push((format!("resolver-{name}"), started.thread));
+            inspector = Some(handle);
+        }
+        // Exporters next: they must be ready before any event exists.
         let mut queues = Vec::new();
         for id in &p.exporters {
             let Some(c) = config.exporters.get(id) else { continue };
@@ -76,7 +109,9 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                     Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?),
                     cfg.queue_size,
                 ),
-                ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
+                ExporterConfig::Debug(cfg) => {
+                    (Box::new(DebugExporter::new(cfg.clone(), attributes.clone())), 4096)
+                }
                 ExporterConfig::Prometheus(cfg) => {
                     match endpoints.iter_mut().find(|(eid, ..)| eid == id) {
                         Some((.., served)) => served.push(name.clone()),
@@ -95,24 +130,12 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             queues.push(queue);
         }
 
-        let mut ratelimit = None;
-        let mut tracker = None;
-        for id in &p.processors {
-            match config.processors.get(id).map(|c| &c.config) {
-                Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(*cfg),
-                Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(*cfg),
-                None => {}
-            }
-        }
-        let pipeline_err = |m: String| ConfigError {
-            source: config.source().to_owned(),
-            at: None,
-            component: Some(format!("service::pipelines::{name}")),
-            message: m,
-        };
         let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
-        let processor = Processor::new(ratelimit, tracker, Box::new(varta_receiver::procfs::start_time))
+        let mut processor = Processor::new(ratelimit, tracker, Box::new(varta_pipeline::procfs::start_time))
             .map_err(|e| pipeline_err(e.to_string()))?;
+        if let Some(handle) = inspector {
+            processor = processor.with_inspector(Box::new(handle));
+        }
 
         let mut bound = Vec::new();
         for id in &p.receivers {
@@ -126,7 +149,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             receivers.push((id.clone(), receiver.stats()));
             bound.push((id.clone(), receiver));
         }
-        ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound));
+        ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound, attributes));
     }
 
     // Metrics are listed in configuration order: receivers, pipelines, exporters.
@@ -134,12 +157,16 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         view.add(Role::Receiver, id, stats);
     }
     let mut pipelines = Vec::new();
-    for (name, queue_batches, processor, fanout, bound) in ready {
+    for (id, metrics) in processor_metrics {
+        view.add(Role::Processor, id, metrics);
+    }
+    for (name, queue_batches, processor, fanout, bound, attributes) in ready {
         let (tx, rx) = varta_pipeline::queue::batch_queue(queue_batches);
         view.add_pipeline(PipelineView {
             name: name.clone(),
             snapshots: processor.snapshots(),
             queue: rx.depth(),
+            attributes,
         });
         pipelines.push((name, processor, fanout, bound, tx, rx));
     }
@@ -207,6 +234,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             running.receivers.push((id, handle));
         }
     }
+    running.processors.extend(resolvers);
     Ok(running)
 }
 

@@ -4,7 +4,10 @@
 
 use std::fmt::{self, Display};
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+use varta_agents::AttributeStore;
 use varta_processor::{Event, EventKind};
 use varta_proto::Refusal;
 
@@ -24,11 +27,14 @@ pub struct DebugExporterConfig {
 #[derive(Debug)]
 pub struct DebugExporter {
     config: DebugExporterConfig,
+    attributes: Option<Arc<AttributeStore>>,
 }
 
 impl DebugExporter {
-    pub fn new(config: DebugExporterConfig) -> DebugExporter {
-        DebugExporter { config }
+    /// `attributes`: the pipeline's resolver store, if it has one (agents'
+    /// program, service and container are then logged too).
+    pub fn new(config: DebugExporterConfig, attributes: Option<Arc<AttributeStore>>) -> DebugExporter {
+        DebugExporter { config, attributes }
     }
 }
 
@@ -46,6 +52,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::RateLimited { .. } => "ratelimit",
         EventKind::OriginConflict { .. } => "origin_conflict",
         EventKind::ClockAnomaly { .. } => "clock",
+        EventKind::Diagnosis { .. } => "diagnosis",
         EventKind::Refused(_) => "refused",
     }
 }
@@ -81,6 +88,12 @@ impl Display for Describe<'_> {
                 write!(f, "beat over {} refused: agent is pinned to {}", to.as_str(), from.as_str())
             }
             EventKind::ClockAnomaly { kind } => write!(f, "clock anomaly: {}", kind.label()),
+            EventKind::Diagnosis { incident, diagnosis } => write!(
+                f,
+                "stall diagnosis (incident {incident}): {} — {}",
+                diagnosis.cause.label(),
+                diagnosis.details()
+            ),
             EventKind::Refused(r) => match r.refusal {
                 Refusal::Decode(kind) => write!(f, "frame refused: {}", kind.name()),
                 other => write!(f, "frame refused: {} (claimed pid {})", other.label(), r.claimed_pid),
@@ -100,16 +113,24 @@ impl Exporter for DebugExporter {
         }
         let kind = kind_name(&ev.kind);
         match &ev.agent {
-            Some(a) => tracing::info!(
-                target: "varta::event",
-                kind,
-                pid = a.id.pid,
-                source = %a.id.source,
-                transport = a.transport.as_str(),
-                at_ns = ev.at_ns,
-                "{}",
-                Describe(&ev.kind)
-            ),
+            Some(a) => {
+                let view = self.attributes.as_ref().map(|s| s.read());
+                let attrs = view.as_ref().and_then(|v| v.get(&a.id));
+                tracing::info!(
+                    target: "varta::event",
+                    kind,
+                    pid = a.id.pid,
+                    frame_pid = a.frame_pid,
+                    source = %a.id.source,
+                    transport = a.transport.as_str(),
+                    program = attrs.and_then(|x| x.executable_name()).unwrap_or("-"),
+                    service = attrs.and_then(|x| x.service_name()).unwrap_or("-"),
+                    container = attrs.and_then(|x| x.container_id()).unwrap_or("-"),
+                    at_ns = ev.at_ns,
+                    "{}",
+                    Describe(&ev.kind)
+                )
+            }
             None => tracing::info!(target: "varta::event", kind, at_ns = ev.at_ns, "{}", Describe(&ev.kind)),
         }
         Ok(())

@@ -23,6 +23,7 @@
 //! | `ratelimit` | pid | `-` | `-` | reason |
 //! | `stale_nonce` | pid | nonce | status | payload |
 //! | `clock` | `-` | `-` | `-` | anomaly |
+//! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
 //!
 //! Beat lines can be switched off (`beats: false`). With `rotate_bytes`
 //! set, the file is rotated to `path.1` … `path.N` (`rotate_keep`) when it
@@ -195,6 +196,14 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::RateLimited { reason } => writeln!(w, "{ns}\tratelimit\t{pid}\t-\t-\t{}", reason.label()),
         EventKind::OriginConflict { .. } => writeln!(w, "{ns}\tmismatch\t{pid}\t-\t-\torigin_conflict"),
         EventKind::ClockAnomaly { kind } => writeln!(w, "{ns}\tclock\t-\t-\t-\t{}", kind.label()),
+        EventKind::Diagnosis { incident, diagnosis } => {
+            writeln!(
+                w,
+                "{ns}\tdiagnosis\t{pid}\t{incident}\t{}\t{}",
+                diagnosis.cause.label(),
+                diagnosis.details()
+            )
+        }
         EventKind::Refused(r) => {
             let claimed = r.claimed_pid;
             match r.refusal {

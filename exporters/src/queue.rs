@@ -1,7 +1,7 @@
 //! A bounded, two-lane queue and thread in front of one exporter.
 //!
-//! Lanes: *incident* events (stall, resume, panic, status change,
-//! eviction, clock anomaly) and *bulk* events (beats, refusals, rate
+//! Lanes: *incident* events (stall, diagnosis, resume, panic, status
+//! change, eviction, clock anomaly) and *bulk* events (beats, refusals, rate
 //! limits, stale nonces, origin conflicts, capacity refusals) wait in
 //! separate bounded channels, so a flood of bulk events can never push an
 //! incident out. Delivery: the exporter thread merges both lanes back into
@@ -34,6 +34,7 @@ pub fn is_incident(kind: &EventKind) -> bool {
             | EventKind::StatusChange { .. }
             | EventKind::Evicted { .. }
             | EventKind::ClockAnomaly { .. }
+            | EventKind::Diagnosis { .. }
     )
 }
 

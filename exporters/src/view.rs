@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use varta_agents::AttributeStore;
 use varta_pipeline::queue::QueueDepth;
 use varta_pipeline::{Component, Instrumented, Metric, Role, Sample};
 use varta_processor::{Snapshot, SnapshotReader};
@@ -34,6 +35,8 @@ pub struct PipelineView {
     pub name: String,
     pub snapshots: SnapshotReader,
     pub queue: QueueDepth,
+    /// Attributes of local agents, when the pipeline has a `resolver`.
+    pub attributes: Option<Arc<AttributeStore>>,
 }
 
 impl PipelineView {

@@ -11,6 +11,7 @@
 //! * [`throttle`]: at most one log line per interval for repeated problems,
 //!   with the count in between.
 //! * [`clock`]: `CLOCK_MONOTONIC` in nanoseconds.
+//! * [`procfs`]: small readers of Linux `/proc` (start time, pid namespaces, pid_max).
 //!
 //! (The queue lived in `varta-proto` before; it moved here because `proto`
 //! promises pure functions and the queue is a concurrency primitive.)
@@ -18,6 +19,7 @@
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod procfs;
 pub mod queue;
 pub mod throttle;
 

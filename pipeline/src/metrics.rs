@@ -73,6 +73,8 @@ pub trait Instrumented: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Receiver,
+    /// A processor with metrics of its own (beyond its pipeline's).
+    Processor,
     Pipeline,
     Exporter,
 }
@@ -82,6 +84,7 @@ impl Role {
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::Receiver => "receiver",
+            Role::Processor => "processor",
             Role::Pipeline => "pipeline",
             Role::Exporter => "exporter",
         }
@@ -91,6 +94,7 @@ impl Role {
     pub const fn section(self) -> &'static str {
         match self {
             Role::Receiver => "receivers",
+            Role::Processor => "processors",
             Role::Pipeline => "pipelines",
             Role::Exporter => "exporters",
         }

@@ -10,6 +10,7 @@
 use varta_proto::{Frame, RefusedFrame, Source, Status, Transport};
 
 use crate::clock::ClockAnomalyKind;
+use crate::inspect::Diagnosis;
 
 /// Who an agent is: where it lives, its pid, and its process start time
 /// (clock ticks since boot as in `/proc/<pid>/stat` field 22; 0 when
@@ -116,6 +117,8 @@ pub enum EventKind {
     Refused(RefusedFrame),
     /// The processor's clock misbehaved (see [`crate::clock::ClockGuard`]).
     ClockAnomaly { kind: ClockAnomalyKind },
+    /// What the stalled agent of `incident` was doing (follows its `Stall`).
+    Diagnosis { incident: u64, diagnosis: Diagnosis },
 }
 
 /// One event: when (processor time), about whom (if an agent is known), what.

@@ -15,6 +15,8 @@
 //! * [`tracker`]: slab of agent slots, hash index, intrusive live/stalled
 //!   recency lists; O(1) per beat, exact next deadline, bounded memory.
 //! * [`event`]: the `Copy`, heap-free events and the [`EventSink`] trait.
+//! * [`inspect`]: the [`Inspector`] seam (attributes, stall diagnosis) —
+//!   implemented outside, because the processor never reads `/proc`.
 //! * [`stats`]: single-writer atomic counters, every series present at zero.
 //! * [`snapshot`]: the published, immutable view of counters and agents
 //!   that metrics views read without ever blocking the processor.
@@ -23,6 +25,7 @@
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod inspect;
 pub mod processor;
 pub mod ratelimit;
 pub mod snapshot;
@@ -34,6 +37,7 @@ pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
 pub use event::{
     AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
 };
+pub use inspect::{Cause, Diagnosed, Diagnosis, Inspector, Wchan};
 pub use processor::{Processor, StartTimeProbe};
-pub use snapshot::{AgentView, Snapshot, SnapshotReader};
+pub use snapshot::{AgentState, AgentView, Snapshot, SnapshotReader};
 pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};

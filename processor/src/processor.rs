@@ -43,8 +43,9 @@ use varta_proto::{Arrival, Batch, Beat, Frame, Transport};
 use crate::clock::{Clock, ClockGuard};
 use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
 use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
+use crate::inspect::{Diagnosed, Inspector};
 use crate::ratelimit::RateLimiter;
-use crate::snapshot::{AgentView, Publisher, SnapshotReader};
+use crate::snapshot::{AgentState, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
 use crate::tracker::{Slot, Tracker};
 
@@ -61,6 +62,7 @@ pub struct Processor {
     guard: ClockGuard,
     stats: Arc<ProcessorStats>,
     publisher: Publisher,
+    inspector: Option<Box<dyn Inspector>>,
     eviction_after_ns: u64,
     next_incident: u64,
 }
@@ -102,9 +104,17 @@ impl Processor {
             guard: ClockGuard::new(),
             stats,
             publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, threshold_ns),
+            inspector: None,
             eviction_after_ns: threshold_ns.saturating_mul(u64::from(tracker.eviction_after)),
             next_incident: 1,
         })
+    }
+
+    /// Attaches the inspector told about agents and asked for stall
+    /// diagnoses (see [`crate::inspect`]).
+    pub fn with_inspector(mut self, inspector: Box<dyn Inspector>) -> Processor {
+        self.inspector = Some(inspector);
+        self
     }
 
     /// The shared counters (read from any thread).
@@ -127,10 +137,10 @@ impl Processor {
         self.tracker.memory_bytes() + std::mem::size_of::<Processor>()
     }
 
-    /// Every tracked agent's state now (allocates; for tests and tools —
-    /// other threads read [`Processor::snapshots`]).
-    pub fn agent_views(&self) -> Vec<AgentView> {
-        self.tracker.slots().map(AgentView::of).collect()
+    /// Every tracked agent's full state now (allocates; for tests and
+    /// tools — other threads read [`Processor::snapshots`]).
+    pub fn agent_states(&self) -> Vec<AgentState> {
+        self.tracker.slots().map(AgentState::of).collect()
     }
 
     /// The read side of the published snapshot (see [`crate::snapshot`]).
@@ -167,11 +177,29 @@ impl Processor {
         self.note_agents();
     }
 
-    /// Emits every stall due at `now_ns`; returns the next stall deadline.
+    /// Emits every stall due at `now_ns` and every finished diagnosis;
+    /// returns when to wake next (the next stall deadline, or the
+    /// inspector's next poll while diagnoses are outstanding).
     pub fn fire_due(&mut self, now_ns: u64, out: &mut dyn EventSink) -> Option<u64> {
         let now = self.advance_clock(now_ns, out);
         self.fire_stalls(now, out);
-        self.tracker.next_deadline()
+        self.emit_diagnoses(now, out);
+        earliest(self.tracker.next_deadline(), self.inspector.as_ref().and_then(|i| i.next_poll()))
+    }
+
+    fn emit_diagnoses(&mut self, now: u64, out: &mut dyn EventSink) {
+        let Some(inspector) = self.inspector.as_mut() else { return };
+        let stats = &self.stats;
+        let mut any = false;
+        inspector.poll(now, &mut |d: Diagnosed| {
+            stats.diagnosed(d.diagnosis.cause);
+            any = true;
+            let kind = EventKind::Diagnosis { incident: d.incident, diagnosis: d.diagnosis };
+            out.emit(&Event { at_ns: now, agent: Some(d.agent), kind });
+        });
+        if any {
+            self.publisher.mark_dirty();
+        }
     }
 
     /// The processor thread: handles batches as they come and wakes exactly
@@ -185,10 +213,7 @@ impl Processor {
             if self.publisher.is_due(now) {
                 self.publish_snapshot(now);
             }
-            let deadline = match (stall, self.publisher.due_at()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = earliest(stall, self.publisher.due_at());
             let received = match deadline {
                 Some(deadline) => {
                     let now = self.guard.last_ns().unwrap_or(0);
@@ -245,6 +270,9 @@ impl Processor {
                 Some(agent),
                 EventKind::Stall { incident, last_beat_ns, last_nonce, silence_ns },
             );
+            if let Some(inspector) = self.inspector.as_mut() {
+                inspector.agent_stalled(&agent, incident, now);
+            }
         }
     }
 
@@ -348,6 +376,9 @@ impl Processor {
                 self.stats.evicted(EvictionReason::Stale);
                 Self::emit(out, now, Some(old), EventKind::Evicted { reason: EvictionReason::Stale });
                 self.tracker.replace(victim, hash, slot);
+                if let Some(inspector) = self.inspector.as_mut() {
+                    inspector.agent_gone(&old.id);
+                }
                 victim
             }
             None => match self.tracker.insert(hash, slot) {
@@ -360,7 +391,14 @@ impl Processor {
                 }
             },
         };
+        self.agent_started(idx, now);
         self.accept(idx, beat, now, wants_beats, out);
+    }
+
+    fn agent_started(&mut self, idx: u32, now: u64) {
+        if let Some(inspector) = self.inspector.as_mut() {
+            inspector.agent_started(&self.tracker.slot(idx).agent_ref(), now);
+        }
     }
 
     fn rate_limited(&mut self, reason: RateLimitReason, agent: AgentRef, now: u64, out: &mut dyn EventSink) {
@@ -398,6 +436,10 @@ impl Processor {
         Self::emit(out, now, Some(old), EventKind::Evicted { reason });
         let fresh = new_slot(beat, start_time, now);
         self.tracker.reincarnate(idx, fresh);
+        if let Some(inspector) = self.inspector.as_mut() {
+            inspector.agent_gone(&old.id);
+        }
+        self.agent_started(idx, now);
         self.accept(idx, beat, now, wants_beats, out);
     }
 
@@ -436,6 +478,14 @@ impl Processor {
             self.stats.panic();
             Self::emit(out, now, agent, EventKind::Panic { frame });
         }
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

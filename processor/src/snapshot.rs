@@ -34,22 +34,20 @@ use crate::event::AgentId;
 use crate::stats::StatsSnapshot;
 use crate::tracker::{Slot, Tracker, VIEW_CHUNK};
 
-/// One agent's state, as views see it.
+/// One agent's state, as published views see it (kept compact: a million
+/// of them live in every snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentView {
     pub id: AgentId,
     pub host_pid: u32,
+    pub stalls: u32,
     /// Pinned origin.
     pub transport: Transport,
     /// Status of the last accepted frame, or `Stall` while stalled.
     pub status: Status,
     pub beats: u64,
-    pub stalls: u64,
     /// Processor time of the last accepted beat (or of first admission).
     pub last_beat_ns: u64,
-    /// Last accepted regular nonce (0 before the first regular frame).
-    pub last_nonce: u64,
-    pub last_payload: u32,
 }
 
 impl AgentView {
@@ -57,6 +55,39 @@ impl AgentView {
         let agent = slot.agent_ref();
         AgentView {
             id: agent.id,
+            host_pid: agent.host_pid,
+            stalls: slot.stalls,
+            transport: agent.transport,
+            status: if slot.is_stalled() { Status::Stall } else { slot.status },
+            beats: slot.beats,
+            last_beat_ns: slot.last_beat_ns,
+        }
+    }
+}
+
+/// Everything the tracker holds about one agent (for tests and tools;
+/// see [`crate::Processor::agent_states`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentState {
+    pub id: AgentId,
+    pub frame_pid: u32,
+    pub host_pid: u32,
+    pub transport: Transport,
+    pub status: Status,
+    pub beats: u64,
+    pub stalls: u64,
+    pub last_beat_ns: u64,
+    /// Last accepted regular nonce (0 before the first regular frame).
+    pub last_nonce: u64,
+    pub last_payload: u32,
+}
+
+impl AgentState {
+    pub fn of(slot: &Slot) -> AgentState {
+        let agent = slot.agent_ref();
+        AgentState {
+            id: agent.id,
+            frame_pid: agent.frame_pid,
             host_pid: agent.host_pid,
             transport: agent.transport,
             status: if slot.is_stalled() { Status::Stall } else { slot.status },
@@ -88,6 +119,13 @@ impl Snapshot {
     /// Every tracked agent, in slot order.
     pub fn agents(&self) -> impl Iterator<Item = &AgentView> {
         self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// Bytes held by the agent views (shared with other snapshots where
+    /// chunks did not change).
+    pub fn memory_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len() * std::mem::size_of::<AgentView>()).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Arc<[AgentView]>>()
     }
 
     /// Number of tracked agents (equals `stats.agents_tracked`).

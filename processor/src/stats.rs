@@ -18,6 +18,7 @@ use varta_pipeline::{Metric, Sample};
 
 use crate::clock::ClockAnomalyKind;
 use crate::event::{EvictionReason, RateLimitReason};
+use crate::inspect::Cause;
 
 /// Upper bounds (inclusive, nanoseconds) of the stall-duration histogram
 /// buckets; a last, unbounded bucket follows. Stall duration is the silence
@@ -86,6 +87,7 @@ pub struct ProcessorStats {
     batches: Cell,
     stall_duration: [Cell; STALL_DURATION_BUCKETS],
     stall_duration_sum_ns: Cell,
+    stall_causes: [Cell; Cause::COUNT],
 }
 
 /// The stall-duration histogram: per-bucket counts (not cumulative),
@@ -126,6 +128,8 @@ pub struct StatsSnapshot {
     pub incarnations_restarted: u64,
     pub batches: u64,
     pub stall_durations: StallDurations,
+    /// Diagnosed stalls by cause, indexed like [`Cause::ALL`].
+    pub stall_causes: [u64; Cause::COUNT],
 }
 
 /// The processor's metrics (see [`StatsSnapshot::samples`]).
@@ -164,6 +168,11 @@ pub mod metric {
     pub static INCARNATIONS_RESTARTED: Metric =
         Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.");
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
+    pub static STALL_CAUSES: Metric = Metric::labelled(
+        "stall_causes",
+        "cause",
+        "Diagnosed stalls by cause (exited, zombie, stopped, spinning, blocked_io, waiting).",
+    );
 }
 
 impl ProcessorStats {
@@ -197,6 +206,7 @@ impl ProcessorStats {
             incarnations_restarted: self.incarnations_restarted.get(),
             batches: self.batches.get(),
             stall_durations,
+            stall_causes: std::array::from_fn(|i| self.stall_causes[i].get()),
         }
     }
 
@@ -258,6 +268,9 @@ impl ProcessorStats {
             ClockAnomalyKind::ForwardJump => self.clock_jumps.add(1),
         }
     }
+    pub(crate) fn diagnosed(&self, cause: Cause) {
+        self.stall_causes[cause as usize].add(1);
+    }
     pub(crate) fn batch(&self) {
         self.batches.add(1);
     }
@@ -292,6 +305,9 @@ impl StatsSnapshot {
         out(Sample::labelled(&RATE_LIMITED, RateLimitReason::Global.label(), self.rate_limited_global));
         out(Sample::labelled(&EVICTED, EvictionReason::Stale.label(), self.evicted_stale));
         out(Sample::labelled(&EVICTED, EvictionReason::PidRecycled.label(), self.evicted_pid_recycled));
+        for (cause, n) in Cause::ALL.iter().zip(self.stall_causes) {
+            out(Sample::labelled(&STALL_CAUSES, cause.label(), n));
+        }
     }
 }
 
@@ -304,7 +320,7 @@ mod tests {
         let stats = ProcessorStats::new();
         let mut samples = Vec::new();
         stats.snapshot().samples(&mut |s| samples.push(s));
-        assert_eq!(samples.len(), 18);
+        assert_eq!(samples.len(), 18 + Cause::COUNT);
         assert!(samples.iter().all(|s| s.value == 0));
         stats.rate_limited(RateLimitReason::Global);
         let mut samples = Vec::new();

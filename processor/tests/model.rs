@@ -111,7 +111,7 @@ proptest! {
             let got = observe(&out.take(), &mut incidents);
             prop_assert_eq!(got, expected);
         }
-        let stalled = p.agent_views().iter().filter(|v| v.status == varta_proto::Status::Stall).count();
+        let stalled = p.agent_states().iter().filter(|v| v.status == varta_proto::Status::Stall).count();
         prop_assert_eq!(stalled, model.values().filter(|a| a.stalled).count());
     }
 }

@@ -38,7 +38,7 @@ fn snapshot_is_empty_until_published_then_a_consistent_cut() {
     assert_eq!(s2.stats.agents_stalled, 1);
     let stalled: Vec<_> = s2.agents().filter(|a| a.status == Status::Stall).map(|a| a.id.pid).collect();
     assert_eq!(stalled, [10], "agent list agrees with the counters");
-    assert_eq!(s2.agents().map(|a| a.stalls).sum::<u64>(), s2.stats.stalls);
+    assert_eq!(s2.agents().map(|a| u64::from(a.stalls)).sum::<u64>(), s2.stats.stalls);
     assert_eq!(s2.agents().map(|a| a.beats).sum::<u64>(), s2.stats.beats_accepted);
     // The earlier snapshot is immutable.
     assert_eq!(s1.stats.stalls, 0);

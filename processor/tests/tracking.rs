@@ -40,7 +40,7 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
     assert_eq!(p.fire_due(T0 + 4 * S, &mut out), None);
     assert!(out.events.is_empty());
     assert_eq!(p.stats().snapshot().stalls, 1);
-    assert_eq!(p.agent_views()[0].status, Status::Stall);
+    assert_eq!(p.agent_states()[0].status, Status::Stall);
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn resume_carries_silence_and_incident() {
     );
     let snap = p.stats().snapshot();
     assert_eq!((snap.stalls, snap.resumes, snap.beats_accepted), (2, 2, 3));
-    assert_eq!(p.agent_views()[0].stalls, 2);
+    assert_eq!(p.agent_states()[0].stalls, 2);
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn nonces_must_advance_and_may_wrap() {
     assert!(matches!(step(&mut p, b(3, 900), &mut out)[..], [EventKind::StaleNonce { .. }]));
     let snap = p.stats().snapshot();
     assert_eq!((snap.beats_accepted, snap.stale_nonces, snap.incarnations_restarted), (7, 3, 0));
-    assert_eq!(p.agent_views()[0].last_nonce, 1 << 40);
+    assert_eq!(p.agent_states()[0].last_nonce, 1 << 40);
 }
 
 fn panic_frame(pid: u32, timestamp: u64) -> Frame {
@@ -185,12 +185,12 @@ fn panic_frames_are_ordered_by_timestamp() {
     assert_eq!(p.stats().snapshot().panics, 1);
     // Still tracked; it will stall like any silent agent.
     assert_eq!(p.agents(), 1);
-    assert_eq!(p.agent_views()[0].status, Status::Critical);
+    assert_eq!(p.agent_states()[0].status, Status::Critical);
     assert_eq!(p.fire_due(T0 + 40 * MS + 2 * S, &mut out), None);
     assert!(matches!(kinds(&out.take())[..], [EventKind::Stall { .. }]));
     // The regular sequence continues from the last regular nonce.
     p.handle_batch(&batch(&[uds(3, 6)]), T0 + 3 * S, &mut out);
-    assert_eq!(p.agent_views()[0].last_nonce, 6);
+    assert_eq!(p.agent_states()[0].last_nonce, 6);
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn recycled_pid_is_a_new_agent_and_probe_runs_only_when_needed() {
         p.handle_batch(&batch(&[uds(50, n)]), T0 + n * MS, &mut out);
     }
     assert_eq!(calls.load(Ordering::Relaxed), 1, "probe must run on first sight only");
-    assert_eq!(p.agent_views()[0].id.start_time, 111);
+    assert_eq!(p.agent_states()[0].id.start_time, 111);
 
     // Same process replaying an old nonce: probe says same start time → stale.
     p.handle_batch(&batch(&[uds(50, 10)]), T0 + 200 * MS, &mut out);
@@ -226,7 +226,7 @@ fn recycled_pid_is_a_new_agent_and_probe_runs_only_when_needed() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::Evicted { reason: EvictionReason::PidRecycled });
     assert_eq!(events[0].agent.map(|a| a.id.start_time), Some(111));
-    let view = p.agent_views()[0];
+    let view = p.agent_states()[0];
     assert_eq!((view.id.start_time, view.beats, view.last_nonce), (222, 1, 1));
     assert_eq!(p.agents(), 1);
     assert_eq!(p.stats().snapshot().evicted_pid_recycled, 1);
@@ -257,7 +257,7 @@ fn recycled_pid_detected_on_resume_even_if_nonce_advances() {
         k[..],
         [EventKind::Stall { .. }, EventKind::Evicted { reason: EvictionReason::PidRecycled }]
     ));
-    assert_eq!(p.agent_views()[0].id.start_time, 333);
+    assert_eq!(p.agent_states()[0].id.start_time, 333);
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn network_agent_restart_starts_a_new_incarnation() {
     // Nonce back but timestamp forward: a replay, not a restart.
     p.handle_batch(&batch(&[b(1, 30)]), T0 + 60 * MS, &mut out);
     assert!(matches!(kinds(&out.take())[..], [EventKind::StaleNonce { .. }]));
-    let view = p.agent_views()[0];
+    let view = p.agent_states()[0];
     assert_eq!((view.beats, view.last_nonce), (2, 2));
 }
 
@@ -296,7 +296,7 @@ fn origin_is_pinned_and_upgraded() {
         ]
     );
     assert_eq!(p.stats().snapshot().origin_conflicts, 2);
-    assert_eq!(p.agent_views()[0].beats, 1);
+    assert_eq!(p.agent_states()[0].beats, 1);
 
     // First seen over plain UDP: a stronger transport upgrades the pin, after which UDP is refused.
     p.handle_batch(&batch(&[net(ip(4), Transport::Udp, 6, 1, 1)]), T0 + 60 * MS, &mut out);
@@ -309,7 +309,7 @@ fn origin_is_pinned_and_upgraded() {
         [EventKind::OriginConflict { from: Transport::SecureShared, to: Transport::Udp }]
     );
     assert_eq!(events[0].agent.map(|a| a.transport), Some(Transport::SecureShared));
-    let view = p.agent_views().into_iter().find(|v| v.id.pid == 6);
+    let view = p.agent_states().into_iter().find(|v| v.id.pid == 6);
     assert_eq!(view.map(|v| (v.transport, v.beats)), Some((Transport::SecureShared, 2)));
 }
 
@@ -357,7 +357,7 @@ fn full_tracker_evicts_only_long_stalled_agents() {
     let events = out.take();
     assert_eq!(kinds(&events), [EventKind::Evicted { reason: EvictionReason::Stale }]);
     assert_eq!(pid_of(&events[0]), Some(1));
-    let mut pids: Vec<u32> = p.agent_views().iter().map(|v| v.id.pid).collect();
+    let mut pids: Vec<u32> = p.agent_states().iter().map(|v| v.id.pid).collect();
     pids.sort_unstable();
     assert_eq!(pids, [2, 3]);
     let snap = p.stats().snapshot();
@@ -424,7 +424,7 @@ fn clock_going_backwards_is_clamped_and_counted() {
     assert_eq!(events[0].at_ns, T0 + S, "clamped to the previous reading");
     // A beat stamped with the backwards reading is handled at the clamped time.
     p.handle_batch(&batch(&[uds(1, 2)]), T0 + 500 * MS, &mut out);
-    assert_eq!(p.agent_views()[0].last_beat_ns, T0 + S);
+    assert_eq!(p.agent_states()[0].last_beat_ns, T0 + S);
     assert_eq!(p.stats().snapshot().clock_backwards, 2);
     // The stall deadline is unaffected.
     out.take();
@@ -465,7 +465,7 @@ fn status_changes_and_beat_events() {
             EventKind::StatusChange { from: Status::Ok, to: Status::Degraded, frame: f },
         ]
     );
-    assert_eq!(p.agent_views()[0].last_payload, 9);
+    assert_eq!(p.agent_states()[0].last_payload, 9);
     // A sink that does not want beats gets none.
     let mut quiet = Recorder::default();
     p.handle_batch(&batch(&[uds(4, 3)]), T0 + 40 * MS, &mut quiet);

@@ -20,14 +20,13 @@
 //!   if it is still our inode).
 //!
 //! Modules: [`config`] (YAML config + validation), [`error`], [`mmsg`]
-//! (batched receive, the libc edge), [`procfs`],
+//! (batched receive, the libc edge),
 //! [`replay`] (secure-UDP replay table), [`stats`]; transports in `uds`,
 //! `udp`, `secure`.
 
 pub mod config;
 pub mod error;
 pub mod mmsg;
-pub mod procfs;
 pub mod replay;
 mod secure;
 pub mod stats;
@@ -55,6 +54,10 @@ use secure::{MasterCiphers, SecureReceiver};
 use stats::RefusalLog;
 use udp::{BoundUdp, UdpReceiver};
 use uds::UdsReceiver;
+
+/// Receive rounds (of up to a batch each) a stopped receiver spends on
+/// datagrams still queued in its socket.
+const MAX_DRAIN_ROUNDS: usize = 1024;
 
 /// Pause before the next receive after a partial batch under load (UDP only).
 const LINGER: Duration = Duration::from_micros(100);
@@ -212,15 +215,25 @@ impl VlpReceiver {
         // so pausing would only block the senders.
         let may_linger = !matches!(self.endpoint, Endpoint::Uds(_));
         let mut busy = false;
-        while !stop.is_requested() {
-            if busy {
+        let mut drain_rounds = 0usize;
+        loop {
+            if busy && !stop.is_requested() {
                 std::thread::sleep(LINGER);
             }
             let received = rx.recv(fd);
             busy = may_linger && matches!(received, Ok(n) if (2..varta_proto::BATCH_CAPACITY).contains(&n));
-            // A stop wakes the receive with an empty read; never count that.
+            // Once stopped (the read side is shut down), the socket is
+            // drained: datagrams already queued are still handled, and the
+            // end-of-stream read that follows (no datagram, or an empty one
+            // — never counted) ends the loop.
+            let mut round = rx.len();
             if stop.is_requested() {
-                break;
+                round = (0..round).take_while(|&i| rx.get(i).is_some_and(|d| d.len > 0)).count();
+                drain_rounds += 1;
+                // Bounded: a sender flooding a stopped socket cannot hold shutdown up.
+                if round == 0 || drain_rounds > MAX_DRAIN_ROUNDS {
+                    break;
+                }
             }
             if let Err(e) = received {
                 use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
@@ -236,7 +249,7 @@ impl VlpReceiver {
             }
             let now = monotonic_ns();
             let mut beats = 0u64;
-            for d in (0..rx.len()).filter_map(|i| rx.get(i)) {
+            for d in (0..round).filter_map(|i| rx.get(i)) {
                 let arrival = match &mut self.endpoint {
                     Endpoint::Uds(u) => u.classify(&d, now),
                     Endpoint::Udp(u) => u.classify(&d, now),
@@ -252,7 +265,7 @@ impl VlpReceiver {
                 // A round holds at most BATCH_CAPACITY datagrams, so this cannot overflow.
                 let _ = batch.push(arrival);
             }
-            ReceiverStats::add(&stats.datagrams, rx.len() as u64);
+            ReceiverStats::add(&stats.datagrams, round as u64);
             ReceiverStats::add(&stats.beats, beats);
             if batch.is_empty() {
                 continue;

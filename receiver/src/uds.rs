@@ -32,7 +32,8 @@ use varta_proto::{Arrival, Beat, DecodeError, DecodeErrorKind, Frame, PidRule, R
 use crate::config::VlpReceiverConfig;
 use crate::error::ReceiverError;
 use crate::mmsg::{self, Datagram};
-use crate::{procfs, refused};
+use crate::refused;
+use varta_pipeline::procfs;
 
 /// `PID_MAX_LIMIT` on 64-bit Linux, used when `/proc/sys/kernel/pid_max` is unreadable.
 const PID_MAX_LIMIT: u32 = 4_194_304;

@@ -167,7 +167,7 @@ fn uid_and_pid_max_checks() {
     let tx = UnixDatagram::unbound().expect("client");
     tx.send_to(&beat(me(), 1), &p).expect("send");
     run.expect_refusal(Refusal::UidMismatch);
-    if let Some(max) = varta_receiver::procfs::pid_max().filter(|m| *m < u32::MAX) {
+    if let Some(max) = varta_pipeline::procfs::pid_max().filter(|m| *m < u32::MAX) {
         tx.send_to(&beat(max + 1, 1), &p).expect("send");
         assert_eq!(run.expect_refusal(Refusal::PidAboveMax).claimed_pid, max + 1);
     }

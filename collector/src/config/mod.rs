@@ -26,6 +26,7 @@ use serde::de::MapAccess;
 use serde_saphyr::Spanned;
 
 use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
+use varta_agents::ResolverConfig;
 use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig};
 use varta_processor::{RateLimitConfig, TrackerConfig};
@@ -52,14 +53,16 @@ impl ComponentFamily for ReceiverConfig {
 pub enum ProcessorConfig {
     RateLimit(RateLimitConfig),
     Tracker(TrackerConfig),
+    Resolver(ResolverConfig),
 }
 
 impl ComponentFamily for ProcessorConfig {
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["ratelimit", "tracker"];
+    const TYPES: &'static [&'static str] = &["ratelimit", "tracker", "resolver"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "ratelimit" => spanned_body(map, ProcessorConfig::RateLimit),
+            "resolver" => spanned_body(map, ProcessorConfig::Resolver),
             _ => spanned_body(map, ProcessorConfig::Tracker),
         }
     }
@@ -254,6 +257,7 @@ impl Config {
             let r = match &c.config {
                 ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(|e| e.to_string()),
                 ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(|e| e.to_string()),
+                ProcessorConfig::Resolver(cfg) => cfg.validate(),
             };
             r.map_err(|m| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m))?;
         }
@@ -311,10 +315,13 @@ impl Config {
             }
             let kinds: Vec<&str> = p.processors.iter().map(|id| id.split('/').next().unwrap_or(id)).collect();
             match kinds.as_slice() {
-                ["tracker"] | ["ratelimit", "tracker"] => {}
+                ["tracker"]
+                | ["ratelimit", "tracker"]
+                | ["tracker", "resolver"]
+                | ["ratelimit", "tracker", "resolver"] => {}
                 _ => {
                     return Err(perr(format!(
-                        "processors must be `[tracker]` or `[ratelimit, tracker]` (rate limiting happens before tracking), found {:?}",
+                        "processors must be `[ratelimit, tracker, resolver]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking, resolving after), found {:?}",
                         p.processors
                     )));
                 }

@@ -6,8 +6,10 @@
 //! * **varta-watch 0.2 compatible** (`varta_beats_total{pid}`,
 //!   `varta_decode_errors_total{kind}`, `varta_watch_pids_tracked`, …) so
 //!   existing dashboards and alerts keep working; per-agent series of
-//!   network agents also carry `source` (two hosts may share a pid).
+//!   network agents also carry `source` (two hosts may share a pid), and
+//!   local agents `exe` and `service` once the resolver knows them.
 //! * **ours**: `varta_stall_duration_seconds` (histogram of ended stalls),
+//!   `varta_stall_causes_total{cause}` (diagnosed stalls),
 //!   `varta_replay_refusals_total`, `varta_build_info`,
 //!   `varta_prometheus_agents_omitted`.
 //! * **every component's metrics** as `varta_collector_<role>_<name>`
@@ -18,8 +20,9 @@ use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
+use varta_agents::AttributeStore;
 use varta_pipeline::{MetricKind, Role, Sample};
-use varta_processor::{AgentView, STALL_DURATION_BOUNDS_NS, Snapshot, StatsSnapshot};
+use varta_processor::{AgentView, Cause, STALL_DURATION_BOUNDS_NS, Snapshot, StatsSnapshot};
 use varta_proto::{Source, Status};
 
 use super::http::HttpStats;
@@ -143,6 +146,10 @@ impl VartaFamilies {
         self.view.pipelines.iter().map(|p| (p.name.as_str(), p.latest())).collect()
     }
 
+    fn attributes(&self, pipeline: &str) -> Option<&AttributeStore> {
+        self.view.pipelines.iter().find(|p| p.name == pipeline).and_then(|p| p.attributes.as_deref())
+    }
+
     fn receiver_total(&self, reasons: &[&str]) -> u64 {
         let mut sum = 0u64;
         for c in self.view.components.iter().filter(|c| c.role == Role::Receiver) {
@@ -186,6 +193,15 @@ impl VartaFamilies {
             Family::counter("varta_replay_refusals_total", "Secure frames refused as replays.")
                 .single(self.receiver_total(&["replay"]) as f64),
         );
+        let mut causes = Family::counter(
+            "varta_stall_causes_total",
+            "Diagnosed stalls by cause (exited, zombie, stopped, spinning, blocked_io, waiting).",
+        );
+        for (i, cause) in Cause::ALL.iter().enumerate() {
+            let n: u64 = snaps.iter().map(|(_, s)| s.stats.stall_causes[i]).sum();
+            causes.push(&[("cause", cause.label())], n as f64);
+        }
+        out.push(causes.0);
         let mut limited =
             Family::counter("varta_rate_limited_total", "Beats refused by rate limits, by reason.");
         limited.push(&[("reason", "per_pid")], total(|s| s.rate_limited_per_agent));
@@ -274,13 +290,20 @@ impl VartaFamilies {
         // Stalled agents first: they are the ones an operator is looking for.
         for stalled_pass in [true, false] {
             for (pipeline, snap) in snaps {
+                let store = self.attributes(pipeline).map(AttributeStore::read);
                 for a in snap.agents().filter(|a| (a.status == Status::Stall) == stalled_pass) {
                     if budget == 0 {
                         omitted += 1;
                         continue;
                     }
                     budget -= 1;
-                    push_agent(a, pipeline, tagged, &mut beats, &mut stalls, &mut status);
+                    let attrs = store.as_ref().and_then(|s| s.get(&a.id));
+                    let series = AgentLabels {
+                        pipeline: tagged.then_some(*pipeline),
+                        exe: attrs.and_then(|x| x.executable_name()),
+                        service: attrs.and_then(|x| x.service_name()),
+                    };
+                    push_agent(a, &series, &mut beats, &mut stalls, &mut status);
                 }
             }
         }
@@ -313,10 +336,17 @@ impl VartaFamilies {
     }
 }
 
+/// Labels of one agent's series beyond `pid` and `source`.
+struct AgentLabels<'a> {
+    /// Set when the endpoint serves several pipelines.
+    pipeline: Option<&'a str>,
+    exe: Option<&'a str>,
+    service: Option<&'a str>,
+}
+
 fn push_agent(
     a: &AgentView,
-    pipeline: &str,
-    tagged: bool,
+    extra: &AgentLabels<'_>,
     beats: &mut Family,
     stalls: &mut Family,
     status: &mut Family,
@@ -326,13 +356,19 @@ fn push_agent(
         Source::Local => None,
         other => Some(other.to_string()),
     };
-    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3);
-    if tagged {
-        labels.push(("pipeline", pipeline));
+    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(5);
+    if let Some(p) = extra.pipeline {
+        labels.push(("pipeline", p));
     }
     labels.push(("pid", &pid));
     if let Some(src) = &source {
         labels.push(("source", src));
+    }
+    if let Some(exe) = extra.exe {
+        labels.push(("exe", exe));
+    }
+    if let Some(service) = extra.service {
+        labels.push(("service", service));
     }
     beats.push(&labels, a.beats as f64);
     stalls.push(&labels, a.stalls as f64);

@@ -1,0 +1,603 @@
+//! OpenTelemetry resource attributes of local agents, resolved from `/proc`
+//! once per agent incarnation and kept where exporters can read them.
+//!
+//! Promises: the [`AttributeStore`] has one writer (the resolver thread)
+//! and any number of readers (exporters, scrapes); the processor never
+//! touches it. Memory is bounded: one compact [`Attributes`] (interned
+//! string ids, 48 bytes; ~75 bytes per agent with its key and index) per
+//! tracked local agent, removed when the agent's
+//! state is dropped, and each distinct string once, up to
+//! [`MAX_STRINGS`] / [`MAX_STRING_BYTES`] (beyond, new values are left out
+//! and counted). Command arguments are only kept when configured, because
+//! they can hold secrets.
+//!
+//! Names and sources (semantic conventions): `process.pid`,
+//! `process.parent_pid` (stat), `process.executable.name` and
+//! `process.executable.path` (`exe` link, else `comm`), `process.command`
+//! (argv[0]) and `process.command_args` (opt-in), `process.owner` (real uid
+//! → `/etc/passwd`), `process.creation.time` (boot time + start ticks),
+//! `container.id` and `k8s.pod.uid` (cgroup paths: docker, containerd,
+//! CRI-O, systemd and cgroupfs layouts, v1 and v2), `service.name` (the
+//! agent's `OTEL_SERVICE_NAME`, else `service.name` of its
+//! `OTEL_RESOURCE_ATTRIBUTES`), `service.namespace`,
+//! `service.instance.id`, `deployment.environment.name`.
+
+use std::num::NonZeroU32;
+use std::sync::{RwLock, RwLockReadGuard};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+use varta_processor::AgentId;
+
+use crate::proc;
+
+/// Distinct strings kept at most.
+pub const MAX_STRINGS: usize = 1 << 20;
+/// Bytes of distinct strings kept at most.
+pub const MAX_STRING_BYTES: usize = 64 << 20;
+
+/// An interned string (an index into the store's strings).
+pub type Sym = Option<NonZeroU32>;
+
+/// Each distinct string once.
+#[derive(Debug, Default)]
+struct Interner {
+    strings: Vec<Box<str>>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    bytes: usize,
+    refused: u64,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> Sym {
+        if s.is_empty() {
+            return None;
+        }
+        let hash = self.hasher.hash_one(s);
+        let strings = &self.strings;
+        if let Some(&i) = self.index.find(hash, |&i| &*strings[i as usize] == s) {
+            return NonZeroU32::new(i + 1);
+        }
+        if self.strings.len() >= MAX_STRINGS || self.bytes + s.len() > MAX_STRING_BYTES {
+            self.refused += 1;
+            return None;
+        }
+        let i = u32::try_from(self.strings.len()).ok()?;
+        self.strings.push(s.into());
+        self.bytes += s.len();
+        let (strings, hasher) = (&self.strings, &self.hasher);
+        self.index.insert_unique(hash, i, |&j| hasher.hash_one(&*strings[j as usize]));
+        NonZeroU32::new(i + 1)
+    }
+
+    fn get(&self, sym: Sym) -> Option<&str> {
+        sym.and_then(|s| self.strings.get(s.get() as usize - 1)).map(|s| &**s)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.bytes + self.strings.capacity() * std::mem::size_of::<Box<str>>() + self.index.allocation_size()
+    }
+}
+
+/// The attributes of one local agent (strings interned; 48 bytes). The
+/// creation time is derived from the agent's start time when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attributes {
+    pub parent_pid: u32,
+    pub executable_name: Sym,
+    pub executable_path: Sym,
+    pub command: Sym,
+    pub command_args: Sym,
+    pub owner: Sym,
+    pub container_id: Sym,
+    pub pod_uid: Sym,
+    pub service_name: Sym,
+    pub service_namespace: Sym,
+    pub service_instance_id: Sym,
+    pub deployment_environment: Sym,
+}
+
+/// Everything read for one process, before interning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub start_time: u64,
+    pub parent_pid: u32,
+    pub creation_time_ns: u64,
+    pub executable_name: Option<String>,
+    pub executable_path: Option<String>,
+    pub command: Option<String>,
+    pub command_args: Option<String>,
+    pub owner: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub service_name: Option<String>,
+    pub service_namespace: Option<String>,
+    pub service_instance_id: Option<String>,
+    pub deployment_environment: Option<String>,
+}
+
+/// Host facts read once (clock ticks, boot time).
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    pub clock_ticks: u64,
+    pub boot_time_s: Option<u64>,
+}
+
+impl Host {
+    pub fn read() -> Host {
+        Host { clock_ticks: proc::clock_ticks(), boot_time_s: proc::boot_time() }
+    }
+}
+
+/// Reads the attributes of host pid `pid`; `None` when it is gone.
+pub fn resolve(pid: u32, host: Host, include_args: bool) -> Option<Resolved> {
+    let stat = proc::stat(pid)?;
+    let mut r = Resolved { start_time: stat.start_time, parent_pid: stat.ppid, ..Resolved::default() };
+    r.creation_time_ns = creation_time_ns(stat.start_time, host).unwrap_or(0);
+    r.executable_path = proc::exe(pid);
+    r.executable_name = r
+        .executable_path
+        .as_deref()
+        .and_then(|p| p.rsplit('/').next())
+        .map(|n| n.trim_end_matches(" (deleted)").to_owned())
+        .or_else(|| proc::comm(pid));
+    if let Some(argv) = proc::cmdline(pid) {
+        r.command = argv.first().cloned();
+        if include_args {
+            r.command_args = Some(argv.join(" "));
+        }
+    }
+    r.owner = proc::status(pid).map(|s| proc::user_name(s.uid).unwrap_or_else(|| s.uid.to_string()));
+    if let Some(text) = proc::cgroup(pid) {
+        let (container, pod) = parse_cgroup(&text);
+        r.container_id = container;
+        r.pod_uid = pod;
+    }
+    apply_otel_env(
+        &mut r,
+        &proc::environ(pid, |k| k == "OTEL_SERVICE_NAME" || k == "OTEL_RESOURCE_ATTRIBUTES"),
+    );
+    Some(r)
+}
+
+/// `service.*` and `deployment.environment.name` from an agent's
+/// `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (the former wins for
+/// `service.name`, as in the OpenTelemetry SDKs).
+pub fn apply_otel_env(r: &mut Resolved, env: &[(String, String)]) {
+    for (k, v) in env {
+        if k != "OTEL_RESOURCE_ATTRIBUTES" {
+            continue;
+        }
+        for pair in v.split(',') {
+            let Some((key, value)) = pair.split_once('=') else { continue };
+            let value = percent_decode(value.trim());
+            if value.is_empty() {
+                continue;
+            }
+            match key.trim() {
+                "service.name" => r.service_name = Some(value),
+                "service.namespace" => r.service_namespace = Some(value),
+                "service.instance.id" => r.service_instance_id = Some(value),
+                "deployment.environment.name" | "deployment.environment" => {
+                    r.deployment_environment = Some(value)
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some((_, name)) = env.iter().find(|(k, v)| k == "OTEL_SERVICE_NAME" && !v.trim().is_empty()) {
+        r.service_name = Some(name.trim().to_owned());
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `(container.id, k8s.pod.uid)` from `/proc/<pid>/cgroup` text. Container
+/// ids are the 64-hex-digit run in the innermost path segment that has one
+/// (`/docker/<id>`, `docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `…:cri-containerd:<id>`); pod uids follow `pod` in a
+/// segment (`pod<uid>` or systemd's `…-pod<uid_with_underscores>.slice`).
+pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
+    let mut container = None;
+    let mut pod = None;
+    for line in text.lines() {
+        // hierarchy-id:controllers:path — the path may itself contain ':'.
+        let Some(path) = line.splitn(3, ':').nth(2) else { continue };
+        for segment in path.split('/') {
+            if let Some(id) = hex64(segment) {
+                container = Some(id);
+            }
+            if let Some(uid) = pod_uid(segment) {
+                pod = Some(uid);
+            }
+        }
+    }
+    (container, pod)
+}
+
+/// The last run of exactly 64 hex digits in `segment`.
+fn hex64(segment: &str) -> Option<String> {
+    let b = segment.as_bytes();
+    let mut found = None;
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_hexdigit() {
+            i += 1;
+        }
+        if i - start == 64 {
+            found = Some(segment[start..i].to_ascii_lowercase());
+        }
+        i += 1;
+    }
+    found
+}
+
+fn pod_uid(segment: &str) -> Option<String> {
+    let at = segment.rfind("pod")?;
+    let rest = &segment[at + 3..];
+    let uid: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    // A UUID: 32 hex digits in 5 dash-separated groups.
+    let groups: Vec<&str> = uid.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    (lens == [8, 4, 4, 4, 12]).then(|| uid.to_ascii_lowercase())
+}
+
+/// Attributes of every tracked local agent. See the module docs.
+#[derive(Debug)]
+pub struct AttributeStore {
+    inner: RwLock<Inner>,
+    host: Host,
+}
+
+impl Default for AttributeStore {
+    fn default() -> Self {
+        AttributeStore::new(Host::read())
+    }
+}
+
+/// One stored agent: its key (host pid, start time) and attributes. All
+/// `u32`s, so 60 bytes with no padding.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    pid: u32,
+    start_time: [u32; 2],
+    attrs: Attributes,
+}
+
+impl Entry {
+    fn start_time(&self) -> u64 {
+        u64::from(self.start_time[0]) | (u64::from(self.start_time[1]) << 32)
+    }
+}
+
+/// A slab of entries and an index of slots (4 bytes per bucket): about
+/// 75 bytes per agent, where a map of `AgentId → Attributes` costs ~190.
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Vec<Entry>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    strings: Interner,
+}
+
+impl Inner {
+    fn hash(&self, pid: u32, start_time: u64) -> u64 {
+        self.hasher.hash_one((pid, start_time))
+    }
+
+    fn find(&self, pid: u32, start_time: u64) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hash(pid, start_time), |&i| {
+                let e = &entries[i as usize];
+                e.pid == pid && e.start_time() == start_time
+            })
+            .map(|&i| i as usize)
+    }
+}
+
+/// Stored agents are local: the key is (host pid, start time).
+fn local_key(id: &AgentId) -> Option<(u32, u64)> {
+    (id.source == varta_proto::Source::Local).then_some((id.pid, id.start_time))
+}
+
+/// A read view of the store (holds its read lock: keep it short).
+#[derive(Debug)]
+pub struct StoreView<'a> {
+    inner: RwLockReadGuard<'a, Inner>,
+    host: Host,
+}
+
+/// One agent's attributes with its strings.
+#[derive(Debug, Clone, Copy)]
+pub struct AttributesRef<'a> {
+    attrs: &'a Attributes,
+    start_time: u64,
+    host: Host,
+    strings: &'a Interner,
+}
+
+impl<'a> AttributesRef<'a> {
+    fn s(&self, sym: Sym) -> Option<&'a str> {
+        self.strings.get(sym)
+    }
+    pub fn executable_name(&self) -> Option<&'a str> {
+        self.s(self.attrs.executable_name)
+    }
+    pub fn service_name(&self) -> Option<&'a str> {
+        self.s(self.attrs.service_name)
+    }
+    pub fn container_id(&self) -> Option<&'a str> {
+        self.s(self.attrs.container_id)
+    }
+
+    /// `process.creation.time` as Unix nanoseconds, when known.
+    pub fn creation_time_ns(&self) -> Option<u64> {
+        creation_time_ns(self.start_time, self.host)
+    }
+
+    /// Every known attribute as `(semantic-convention name, value)`.
+    pub fn pairs(&self) -> Vec<(&'static str, AttrValue<'a>)> {
+        let a = self.attrs;
+        let mut out = Vec::with_capacity(12);
+        if a.parent_pid != 0 {
+            out.push(("process.parent_pid", AttrValue::Int(i64::from(a.parent_pid))));
+        }
+        let strings = [
+            ("process.executable.name", a.executable_name),
+            ("process.executable.path", a.executable_path),
+            ("process.command", a.command),
+            ("process.command_args", a.command_args),
+            ("process.owner", a.owner),
+            ("container.id", a.container_id),
+            ("k8s.pod.uid", a.pod_uid),
+            ("service.name", a.service_name),
+            ("service.namespace", a.service_namespace),
+            ("service.instance.id", a.service_instance_id),
+            ("deployment.environment.name", a.deployment_environment),
+        ];
+        for (name, sym) in strings {
+            if let Some(v) = self.s(sym) {
+                out.push((name, AttrValue::Str(v)));
+            }
+        }
+        if let Some(t) = self.creation_time_ns() {
+            out.push(("process.creation.time", AttrValue::UnixNanos(t)));
+        }
+        out
+    }
+}
+
+/// Unix time of a process start (`start_time` in clock ticks since boot).
+pub fn creation_time_ns(start_time: u64, host: Host) -> Option<u64> {
+    let boot = host.boot_time_s?;
+    let since_boot_ns = u128::from(start_time) * 1_000_000_000 / u128::from(host.clock_ticks.max(1));
+    u64::try_from(u128::from(boot) * 1_000_000_000 + since_boot_ns).ok().filter(|&t| t != 0)
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    /// A point in time (render as RFC 3339 for `process.creation.time`).
+    UnixNanos(u64),
+}
+
+impl StoreView<'_> {
+    pub fn get(&self, id: &AgentId) -> Option<AttributesRef<'_>> {
+        let (pid, start_time) = local_key(id)?;
+        let i = self.inner.find(pid, start_time)?;
+        let e = &self.inner.entries[i];
+        Some(AttributesRef { attrs: &e.attrs, start_time, host: self.host, strings: &self.inner.strings })
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+}
+
+impl AttributeStore {
+    pub fn new(host: Host) -> AttributeStore {
+        AttributeStore { inner: RwLock::default(), host }
+    }
+
+    pub fn read(&self) -> StoreView<'_> {
+        StoreView {
+            inner: self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            host: self.host,
+        }
+    }
+
+    /// Stores `r` for `id` (resolver thread). Network agents are not stored.
+    pub fn insert(&self, id: AgentId, r: &Resolved) {
+        let Some((pid, start_time)) = local_key(&id) else { return };
+        let mut guard = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = &mut *guard;
+        let s = &mut inner.strings;
+        let mut i = |v: &Option<String>| v.as_deref().and_then(|v| s.intern(v));
+        let attrs = Attributes {
+            parent_pid: r.parent_pid,
+            executable_name: i(&r.executable_name),
+            executable_path: i(&r.executable_path),
+            command: i(&r.command),
+            command_args: i(&r.command_args),
+            owner: i(&r.owner),
+            container_id: i(&r.container_id),
+            pod_uid: i(&r.pod_uid),
+            service_name: i(&r.service_name),
+            service_namespace: i(&r.service_namespace),
+            service_instance_id: i(&r.service_instance_id),
+            deployment_environment: i(&r.deployment_environment),
+        };
+        if let Some(at) = inner.find(pid, start_time) {
+            inner.entries[at].attrs = attrs;
+            return;
+        }
+        let Ok(slot) = u32::try_from(inner.entries.len()) else { return };
+        let entry = Entry { pid, start_time: [start_time as u32, (start_time >> 32) as u32], attrs };
+        inner.entries.push(entry);
+        let hash = inner.hash(pid, start_time);
+        let (entries, hasher) = (&inner.entries, &inner.hasher);
+        inner.index.insert_unique(hash, slot, |&j| {
+            let e = &entries[j as usize];
+            hasher.hash_one((e.pid, e.start_time()))
+        });
+    }
+
+    /// Forgets `id` (its state was dropped).
+    pub fn remove(&self, id: &AgentId) {
+        let Some((pid, start_time)) = local_key(id) else { return };
+        let mut guard = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = &mut *guard;
+        let Some(at) = inner.find(pid, start_time) else { return };
+        let hash = inner.hash(pid, start_time);
+        if let Ok(entry) = inner.index.find_entry(hash, |&i| i as usize == at) {
+            entry.remove();
+        }
+        let last = inner.entries.len() - 1;
+        inner.entries.swap_remove(at);
+        if at != last {
+            // The last entry moved into `at`: repoint its index slot.
+            let moved = inner.entries[at];
+            let moved_hash = inner.hash(moved.pid, moved.start_time());
+            if let Some(slot) = inner.index.find_mut(moved_hash, |&i| i as usize == last) {
+                *slot = at as u32;
+            }
+        }
+    }
+
+    /// `(agents, distinct strings, strings refused, bytes held)`.
+    pub fn usage(&self) -> (usize, usize, u64, usize) {
+        let view = self.read();
+        let i = &*view.inner;
+        let bytes = i.entries.capacity() * std::mem::size_of::<Entry>()
+            + i.index.allocation_size()
+            + i.strings.memory_bytes();
+        (i.entries.len(), i.strings.strings.len(), i.strings.refused, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use varta_proto::Source;
+
+    const ID: &str = "3f4c1f1b0c2e4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
+
+    #[test]
+    fn container_ids_in_every_layout() {
+        let layouts = [
+            format!("0::/system.slice/docker-{ID}.scope"),
+            format!("12:pids:/docker/{ID}"),
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice/cri-containerd-{ID}.scope"
+            ),
+            format!("0::/kubepods/burstable/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901/{ID}"),
+            format!("0::/machine.slice/crio-{ID}.scope"),
+            format!(
+                "0::/system.slice/containerd.service/kubepods-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice:cri-containerd:{ID}"
+            ),
+        ];
+        for text in &layouts {
+            let (c, _) = parse_cgroup(text);
+            assert_eq!(c.as_deref(), Some(ID), "{text}");
+        }
+        let (_, pod) = parse_cgroup(&layouts[2]);
+        assert_eq!(pod.as_deref(), Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"));
+        let (_, pod) = parse_cgroup(&layouts[3]);
+        assert_eq!(pod.as_deref(), Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"));
+        assert_eq!(parse_cgroup("0::/user.slice/user-1000.slice/session-2.scope"), (None, None));
+        assert_eq!(parse_cgroup("garbage"), (None, None));
+    }
+
+    #[test]
+    fn otel_env_sets_service_attributes() {
+        let mut r = Resolved::default();
+        let env = [
+            ("OTEL_RESOURCE_ATTRIBUTES".to_owned(), "service.name=from-attrs,service.namespace=shop,deployment.environment=prod,service.instance.id=a%2Cb".to_owned()),
+            ("OTEL_SERVICE_NAME".to_owned(), "checkout".to_owned()),
+        ];
+        apply_otel_env(&mut r, &env);
+        assert_eq!(r.service_name.as_deref(), Some("checkout"), "OTEL_SERVICE_NAME wins");
+        assert_eq!(r.service_namespace.as_deref(), Some("shop"));
+        assert_eq!(r.deployment_environment.as_deref(), Some("prod"));
+        assert_eq!(r.service_instance_id.as_deref(), Some("a,b"));
+    }
+
+    #[test]
+    fn removal_keeps_every_other_entry_findable() {
+        let store = AttributeStore::default();
+        let r = Resolved { executable_name: Some("x".into()), ..Resolved::default() };
+        let id = |pid| AgentId { source: Source::Local, pid, start_time: u64::from(pid) << 33 };
+        for pid in 1..=100 {
+            store.insert(id(pid), &r);
+        }
+        for pid in (1..=100).step_by(3) {
+            store.remove(&id(pid));
+        }
+        let view = store.read();
+        for pid in 1..=100 {
+            assert_eq!(view.get(&id(pid)).is_some(), (pid - 1) % 3 != 0, "pid {pid}");
+        }
+        assert_eq!(view.len(), 66);
+        let net = AgentId { source: Source::Ip("10.0.0.1".parse().expect("ip")), pid: 5, start_time: 0 };
+        drop(view);
+        store.insert(net, &r);
+        assert!(store.read().get(&net).is_none(), "network agents are not stored");
+    }
+
+    #[test]
+    fn own_process_resolves_and_strings_are_shared() {
+        let me = std::process::id();
+        let r = resolve(me, Host::read(), false).expect("we exist");
+        assert!(r.executable_name.is_some() && r.command.is_some() && r.owner.is_some());
+        assert_eq!(r.command_args, None, "arguments only when asked");
+        assert!(r.creation_time_ns > 1_600_000_000 * 1_000_000_000, "{}", r.creation_time_ns);
+        let with_args = resolve(me, Host::read(), true).expect("we exist");
+        assert!(with_args.command_args.is_some());
+
+        let store = AttributeStore::default();
+        for pid in 2..1002 {
+            store.insert(AgentId { source: Source::Local, pid, start_time: 1 }, &r);
+        }
+        let (agents, strings, refused, bytes) = store.usage();
+        assert_eq!(agents, 1000);
+        assert!(strings <= 4, "each distinct string once: {strings}");
+        assert_eq!(refused, 0);
+        assert!(bytes / agents < 120, "{} bytes per agent", bytes / agents);
+        let view = store.read();
+        let a = view.get(&AgentId { source: Source::Local, pid: 7, start_time: 1 }).expect("stored");
+        assert_eq!(a.executable_name(), r.executable_name.as_deref());
+        assert!(a.pairs().iter().any(|(k, _)| *k == "process.owner"));
+        drop(view);
+        store.remove(&AgentId { source: Source::Local, pid: 7, start_time: 1 });
+        assert_eq!(store.usage().0, 999);
+    }
+}

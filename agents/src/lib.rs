@@ -1,0 +1,27 @@
+//! varta-agents — who an agent is and what it was doing when it stalled.
+//!
+//! The processor never reads `/proc` (it stays pure, in virtual time); it
+//! talks to an [`varta_processor::Inspector`], which this crate implements
+//! with a resolver thread ([`Resolver`]):
+//!
+//! * [`proc`]: small readers of `/proc/<pid>/…` (stat, status, cmdline,
+//!   environ, cgroup, threads) returning `None` for anything unreadable.
+//! * [`attributes`]: OpenTelemetry resource attributes of a local agent
+//!   (`process.*`, `container.id`, `k8s.pod.uid`, `service.*`), resolved once
+//!   per agent incarnation and kept in an [`AttributeStore`] that exporters
+//!   read; repeated strings are interned.
+//! * [`diagnose`]: two looks at a stalled process (at detection and a window
+//!   later) turned into a [`varta_processor::Diagnosis`].
+//! * [`resolver`]: the thread, its bounded backlog, its budget and counters.
+//!
+//! (A crate of its own because it does I/O on `/proc` — which neither the
+//! pure processor nor the socket-only receiver should — and because both
+//! the processor's inspector seam and the exporters need it.)
+
+pub mod attributes;
+pub mod diagnose;
+pub mod proc;
+pub mod resolver;
+
+pub use attributes::{AttributeStore, Attributes, StoreView};
+pub use resolver::{Resolver, ResolverConfig, ResolverStats};

@@ -1,0 +1,397 @@
+//! The resolver thread: attributes for new agents, diagnoses for stalls.
+//!
+//! Promises: the processor-facing side ([`ResolverHandle`], an
+//! [`Inspector`]) never blocks and never does I/O — it hands notices to the
+//! thread through a bounded queue (`queue_size`; when full the notice is
+//! dropped and counted) and collects finished diagnoses. Diagnoses are
+//! bounded by `diagnosis.max_per_second` (token bucket; stalls beyond it
+//! are counted as undiagnosed, never queued). Only local (UDS,
+//! kernel-attested) agents are looked at: for network agents the pid names
+//! a process on another host. The thread ends when the processor drops its
+//! handle.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use serde::Deserialize;
+use varta_pipeline::{Instrumented, Metric, Sample};
+use varta_processor::{AgentId, AgentRef, Diagnosed, Inspector};
+use varta_proto::Transport;
+
+use crate::attributes::{self, AttributeStore, Host};
+use crate::diagnose;
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_per_second() -> u32 {
+    1000
+}
+fn default_window() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_queue_size() -> usize {
+    65_536
+}
+
+/// `diagnosis:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosisConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Stalls diagnosed per second at most; the rest are counted as undiagnosed.
+    #[serde(default = "default_max_per_second")]
+    pub max_per_second: u32,
+    /// Time between the two looks at a stalled process.
+    #[serde(default = "default_window", deserialize_with = "varta_pipeline::config::duration")]
+    pub window: Duration,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        DiagnosisConfig { enabled: true, max_per_second: default_max_per_second(), window: default_window() }
+    }
+}
+
+/// `processors: resolver:` — see the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Keep `process.command_args` (off: arguments can hold secrets).
+    #[serde(default)]
+    pub include_command_args: bool,
+    #[serde(default)]
+    pub diagnosis: DiagnosisConfig,
+    /// Notices (new agents, stalls) waiting for the resolver at most.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            include_command_args: false,
+            diagnosis: DiagnosisConfig::default(),
+            queue_size: default_queue_size(),
+        }
+    }
+}
+
+impl ResolverConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let w = self.diagnosis.window;
+        if w < Duration::from_millis(10) || w > Duration::from_secs(10) {
+            return Err(format!("`diagnosis.window` must be between 10ms and 10s (got {w:?})"));
+        }
+        if self.diagnosis.max_per_second == 0 {
+            return Err(
+                "`diagnosis.max_per_second` must be at least 1 (or set `diagnosis.enabled: false`)".into()
+            );
+        }
+        if self.queue_size == 0 || self.queue_size > 1 << 24 {
+            return Err("`queue_size` must be between 1 and 16777216".into());
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one resolver.
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    resolved: AtomicU64,
+    resolve_failed: AtomicU64,
+    notices_dropped: AtomicU64,
+    diagnoses: AtomicU64,
+    undiagnosed_budget: AtomicU64,
+    undiagnosed_backlog: AtomicU64,
+    store: Arc<AttributeStore>,
+}
+
+/// The resolver's metrics.
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static RESOLVED: Metric =
+        Metric::counter("agents_resolved", "Local agents whose attributes were read from /proc.");
+    pub static RESOLVE_FAILED: Metric = Metric::counter(
+        "resolve_failed",
+        "Local agents gone (or their pid recycled) before their attributes were read.",
+    );
+    pub static NOTICES_DROPPED: Metric = Metric::counter(
+        "notices_dropped",
+        "New-agent and stall notices dropped: the resolver's backlog was full.",
+    );
+    pub static DIAGNOSES: Metric = Metric::counter("diagnoses", "Stalls diagnosed.");
+    pub static UNDIAGNOSED: Metric = Metric::labelled(
+        "undiagnosed",
+        "reason",
+        "Stalls of local agents not diagnosed: budget (max_per_second spent) or backlog (queue full).",
+    );
+    pub static AGENTS: Metric = Metric::gauge("attribute_agents", "Agents with stored attributes.");
+    pub static STRINGS: Metric = Metric::gauge("attribute_strings", "Distinct attribute strings held.");
+    pub static STRINGS_REFUSED: Metric =
+        Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.");
+    pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.");
+}
+
+impl Instrumented for ResolverStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        let plain: [(&'static Metric, &AtomicU64); 4] = [
+            (&RESOLVED, &self.resolved),
+            (&RESOLVE_FAILED, &self.resolve_failed),
+            (&NOTICES_DROPPED, &self.notices_dropped),
+            (&DIAGNOSES, &self.diagnoses),
+        ];
+        for (m, v) in plain {
+            out(Sample::new(m, v.load(Relaxed)));
+        }
+        out(Sample::labelled(&UNDIAGNOSED, "budget", self.undiagnosed_budget.load(Relaxed)));
+        out(Sample::labelled(&UNDIAGNOSED, "backlog", self.undiagnosed_backlog.load(Relaxed)));
+        let (agents, strings, refused, bytes) = self.store.usage();
+        out(Sample::new(&AGENTS, agents as u64));
+        out(Sample::new(&STRINGS, strings as u64));
+        out(Sample::new(&STRINGS_REFUSED, refused));
+        out(Sample::new(&BYTES, bytes as u64));
+    }
+}
+
+enum Notice {
+    Started(AgentRef),
+    Stalled { agent: AgentRef, incident: u64 },
+    Gone(AgentId),
+}
+
+/// A started resolver: its thread, its store and its counters. The
+/// processor gets the [`ResolverHandle`].
+#[derive(Debug)]
+pub struct Resolver {
+    pub thread: JoinHandle<()>,
+    pub store: Arc<AttributeStore>,
+    pub stats: Arc<ResolverStats>,
+}
+
+impl Resolver {
+    /// Starts the thread (named `resolve-<name>`).
+    pub fn start(name: &str, config: ResolverConfig) -> std::io::Result<(Resolver, ResolverHandle)> {
+        let store = Arc::new(AttributeStore::default());
+        let stats = Arc::new(ResolverStats { store: Arc::clone(&store), ..ResolverStats::default() });
+        let (tx, notices) = bounded(config.queue_size);
+        let (results_tx, results) = bounded(config.queue_size);
+        let worker = Worker {
+            config,
+            host: Host::read(),
+            store: Arc::clone(&store),
+            stats: Arc::clone(&stats),
+            results: results_tx,
+            pending: VecDeque::new(),
+        };
+        let thread =
+            std::thread::Builder::new().name(format!("resolve-{name}")).spawn(move || worker.run(notices))?;
+        let window_ns = u64::try_from(config.diagnosis.window.as_nanos()).unwrap_or(u64::MAX);
+        let handle = ResolverHandle {
+            tx,
+            results,
+            stats: Arc::clone(&stats),
+            diagnose: config.diagnosis.enabled,
+            window_ns,
+            rate_per_ns: f64::from(config.diagnosis.max_per_second) / 1e9,
+            burst: f64::from(config.diagnosis.max_per_second),
+            tokens: f64::from(config.diagnosis.max_per_second),
+            last_refill_ns: None,
+            due: VecDeque::new(),
+            last_poll_ns: 0,
+        };
+        Ok((Resolver { thread, store, stats }, handle))
+    }
+}
+
+/// Slack after a diagnosis' window before the processor polls for it.
+const POLL_SLACK_NS: u64 = 20_000_000;
+/// How often the processor re-polls for a diagnosis that is late.
+const REPOLL_NS: u64 = 10_000_000;
+
+/// The processor's side (see the module docs).
+#[derive(Debug)]
+pub struct ResolverHandle {
+    tx: Sender<Notice>,
+    results: Receiver<Diagnosed>,
+    stats: Arc<ResolverStats>,
+    diagnose: bool,
+    window_ns: u64,
+    rate_per_ns: f64,
+    burst: f64,
+    tokens: f64,
+    last_refill_ns: Option<u64>,
+    /// When each outstanding diagnosis should be ready (processor time).
+    due: VecDeque<u64>,
+    last_poll_ns: u64,
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Started(a) => write!(f, "Started({})", a.id.pid),
+            Notice::Stalled { agent, incident } => write!(f, "Stalled({}, {incident})", agent.id.pid),
+            Notice::Gone(id) => write!(f, "Gone({})", id.pid),
+        }
+    }
+}
+
+impl ResolverHandle {
+    fn send(&self, notice: Notice) -> bool {
+        match self.tx.try_send(notice) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.notices_dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    fn take_token(&mut self, now_ns: u64) -> bool {
+        let last = self.last_refill_ns.unwrap_or(now_ns);
+        self.tokens = (self.tokens + now_ns.saturating_sub(last) as f64 * self.rate_per_ns).min(self.burst);
+        self.last_refill_ns = Some(now_ns);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Inspector for ResolverHandle {
+    fn agent_started(&mut self, agent: &AgentRef, _now_ns: u64) {
+        if agent.transport == Transport::Uds {
+            self.send(Notice::Started(*agent));
+        }
+    }
+
+    fn agent_stalled(&mut self, agent: &AgentRef, incident: u64, now_ns: u64) -> bool {
+        if !self.diagnose || agent.transport != Transport::Uds {
+            return false;
+        }
+        if !self.take_token(now_ns) {
+            self.stats.undiagnosed_budget.fetch_add(1, Relaxed);
+            return false;
+        }
+        if !self.send(Notice::Stalled { agent: *agent, incident }) {
+            self.stats.undiagnosed_backlog.fetch_add(1, Relaxed);
+            return false;
+        }
+        self.due.push_back(now_ns.saturating_add(self.window_ns).saturating_add(POLL_SLACK_NS));
+        true
+    }
+
+    fn agent_gone(&mut self, agent: &AgentId) {
+        if agent.source == varta_proto::Source::Local {
+            self.send(Notice::Gone(*agent));
+        }
+    }
+
+    fn poll(&mut self, now_ns: u64, out: &mut dyn FnMut(Diagnosed)) {
+        self.last_poll_ns = now_ns;
+        while let Ok(d) = self.results.try_recv() {
+            self.due.pop_front();
+            out(d);
+        }
+    }
+
+    fn next_poll(&self) -> Option<u64> {
+        self.due.front().map(|&due| due.max(self.last_poll_ns.saturating_add(REPOLL_NS)))
+    }
+}
+
+/// A diagnosis waiting for its second look.
+struct Pending {
+    at: Instant,
+    agent: AgentRef,
+    incident: u64,
+    before: Option<diagnose::Sample>,
+}
+
+struct Worker {
+    config: ResolverConfig,
+    host: Host,
+    store: Arc<AttributeStore>,
+    stats: Arc<ResolverStats>,
+    results: Sender<Diagnosed>,
+    pending: VecDeque<Pending>,
+}
+
+impl Worker {
+    fn run(mut self, notices: Receiver<Notice>) {
+        loop {
+            self.finish_due();
+            let notice = match self.pending.front() {
+                Some(p) => notices.recv_timeout(p.at.saturating_duration_since(Instant::now())),
+                None => notices.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match notice {
+                Ok(n) => self.handle(n),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // The processor is gone: nobody will read late diagnoses.
+        tracing::debug!("resolver stopped");
+    }
+
+    fn handle(&mut self, notice: Notice) {
+        match notice {
+            Notice::Started(agent) => self.resolve(&agent),
+            Notice::Stalled { agent, incident } => {
+                let before = diagnose::sample(agent.host_pid);
+                self.pending.push_back(Pending {
+                    at: Instant::now() + self.config.diagnosis.window,
+                    agent,
+                    incident,
+                    before,
+                });
+            }
+            Notice::Gone(id) => self.store.remove(&id),
+        }
+    }
+
+    fn resolve(&mut self, agent: &AgentRef) {
+        let resolved = attributes::resolve(agent.host_pid, self.host, self.config.include_command_args)
+            .filter(|r| agent.id.start_time == 0 || r.start_time == agent.id.start_time);
+        match resolved {
+            Some(r) => {
+                self.store.insert(agent.id, &r);
+                self.stats.resolved.fetch_add(1, Relaxed);
+            }
+            None => {
+                self.stats.resolve_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn finish_due(&mut self) {
+        let now = Instant::now();
+        while self.pending.front().is_some_and(|p| p.at <= now) {
+            let Some(p) = self.pending.pop_front() else { break };
+            let after = diagnose::sample(p.agent.host_pid);
+            let window_ns = u64::try_from(self.config.diagnosis.window.as_nanos()).unwrap_or(u64::MAX);
+            let diagnosis = diagnose::diagnose(
+                p.agent.id.start_time,
+                p.before.as_ref(),
+                after.as_ref(),
+                window_ns,
+                self.host.clock_ticks,
+            );
+            self.stats.diagnoses.fetch_add(1, Relaxed);
+            if self.results.try_send(Diagnosed { agent: p.agent, incident: p.incident, diagnosis }).is_err() {
+                // Only when the processor stopped reading: count it as a backlog loss.
+                self.stats.undiagnosed_backlog.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
