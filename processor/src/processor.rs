@@ -240,6 +240,7 @@ impl Processor {
             slot.stalls = slot.stalls.saturating_add(1);
             let last_beat_ns = slot.last_beat_ns;
             let last_nonce = slot.last_nonce().unwrap_or(0);
+            let (last_status, last_payload) = (slot.status, slot.last_payload);
             let agent = slot.agent_ref();
             self.stats.stall();
             self.note_agents();
@@ -248,7 +249,14 @@ impl Processor {
                 out,
                 now,
                 Some(agent),
-                EventKind::Stall { incident, last_beat_ns, last_nonce, silence_ns },
+                EventKind::Stall {
+                    incident,
+                    last_beat_ns,
+                    last_nonce,
+                    silence_ns,
+                    last_status,
+                    last_payload,
+                },
             );
         }
     }
