@@ -7,6 +7,7 @@ mod config;
 mod logging;
 mod notify;
 mod pipeline;
+mod runtime;
 mod signals;
 mod stats;
 

@@ -11,16 +11,20 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, OnceLock};
+
+use varta_exporters::otlp::{OtlpTelemetry, ViewCell};
 use varta_exporters::{
-    CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, PipelineView,
+    CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, OtlpExporter, PipelineView,
 };
-use varta_pipeline::Role;
+use varta_pipeline::{Instrumented, Role};
 use varta_processor::Processor;
 use varta_receiver::{StopHandle, VlpReceiver};
 
 use crate::config::{
     Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
 };
+use crate::runtime::AsyncRuntime;
 
 /// A started collector.
 #[derive(Debug)]
@@ -29,6 +33,8 @@ pub struct Running {
     receivers: Vec<(String, JoinHandle<()>)>,
     processors: Vec<(String, JoinHandle<()>)>,
     exporters: Vec<(String, JoinHandle<()>)>,
+    /// The shared Tokio runtime, when a component needs one (OTLP).
+    runtime: Option<AsyncRuntime>,
     /// Every component's metrics and each pipeline's snapshot.
     pub view: CollectorView,
 }
@@ -53,6 +59,24 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
 /// of every pipeline was built, so a startup error leaves nothing running.
 pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut view = CollectorView::default();
+    // Async exporters read the finished view; it is complete only once
+    // every component has started.
+    let view_cell: ViewCell = Arc::new(OnceLock::new());
+    let needs_runtime = config.service.pipelines.values().any(|p| {
+        p.value.exporters.iter().any(|id| {
+            matches!(config.exporters.get(id).map(|c| &c.config), Some(ExporterConfig::Otlp(_)))
+        })
+    });
+    let runtime = if needs_runtime {
+        Some(AsyncRuntime::start().map_err(|e| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: None,
+            message: format!("cannot start the async runtime: {e}"),
+        })?)
+    } else {
+        None
+    };
     let mut receivers = Vec::new();
     let mut exporter_metrics = Vec::new();
     let mut exporters = Vec::new();
@@ -60,25 +84,6 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
 
     for (name, pipeline) in &config.service.pipelines {
         let p = &pipeline.value;
-        // Exporters first: they must be ready before any event exists.
-        let mut queues = Vec::new();
-        for id in &p.exporters {
-            let Some(c) = config.exporters.get(id) else { continue };
-            let err = |m: String| component_error(config, "exporters", c, m);
-            let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
-                ExporterConfig::File(cfg) => (
-                    Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?),
-                    cfg.queue_size,
-                ),
-                ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
-            };
-            let (queue, thread) =
-                ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
-            exporter_metrics.push((id.clone(), queue.telemetry()));
-            exporters.push((id.clone(), thread));
-            queues.push(queue);
-        }
-
         let mut ratelimit = None;
         let mut tracker = None;
         for id in &p.processors {
@@ -97,6 +102,46 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
         let processor = Processor::new(ratelimit, tracker, Box::new(varta_receiver::procfs::start_time))
             .map_err(|e| pipeline_err(e.to_string()))?;
+
+        // Exporters next: they must be ready before any event exists (the
+        // processor only emits once it runs).
+        let mut queues = Vec::new();
+        for id in &p.exporters {
+            let Some(c) = config.exporters.get(id) else { continue };
+            let err = |m: String| component_error(config, "exporters", c, m);
+            let mut otlp_stats = None;
+            let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
+                ExporterConfig::File(cfg) => (
+                    Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?),
+                    cfg.queue_size,
+                ),
+                ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
+                ExporterConfig::Otlp(cfg) => {
+                    let Some(rt) = &runtime else { return Err(err("no async runtime".into())) };
+                    let (exporter, stats) = OtlpExporter::start(
+                        id,
+                        cfg,
+                        name,
+                        processor.snapshots(),
+                        view_cell.clone(),
+                        &rt.handle(),
+                        config.service.shutdown_timeout,
+                    )
+                    .map_err(|e| err(e.to_string()))?;
+                    otlp_stats = Some(stats);
+                    (Box::new(exporter), cfg.sending_queue.queue_size)
+                }
+            };
+            let (queue, thread) =
+                ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
+            let telemetry: Arc<dyn Instrumented> = match otlp_stats {
+                Some(otlp) => Arc::new(OtlpTelemetry { queue: queue.telemetry(), otlp }),
+                None => queue.telemetry(),
+            };
+            exporter_metrics.push((id.clone(), telemetry));
+            exporters.push((id.clone(), thread));
+            queues.push(queue);
+        }
 
         let mut bound = Vec::new();
         for id in &p.receivers {
@@ -131,8 +176,16 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         view.add(Role::Exporter, id, metrics);
     }
 
-    let mut running =
-        Running { stops: Vec::new(), receivers: Vec::new(), processors: Vec::new(), exporters, view };
+    // The view is complete: async exporters may read it from now on.
+    let _ = view_cell.set(view.clone());
+    let mut running = Running {
+        stops: Vec::new(),
+        receivers: Vec::new(),
+        processors: Vec::new(),
+        exporters,
+        runtime,
+        view,
+    };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
         let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
             ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
@@ -196,6 +249,11 @@ impl Running {
         let r = join_all("receiver", self.receivers, deadline);
         let p = join_all("processor", self.processors, deadline);
         let e = join_all("exporter", self.exporters, deadline);
+        if let Some(rt) = self.runtime {
+            // Exporters have flushed (or given up at the deadline); what is
+            // left of it bounds the runtime's own shutdown.
+            rt.shutdown(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        }
         (r && p && e, self.view)
     }
 }

@@ -26,7 +26,7 @@ use serde::de::MapAccess;
 use serde_saphyr::Spanned;
 
 use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
-use varta_exporters::{DebugExporterConfig, FileExporterConfig};
+use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
 use varta_processor::{RateLimitConfig, TrackerConfig};
 use varta_receiver::VlpReceiverConfig;
 
@@ -68,14 +68,16 @@ impl ComponentFamily for ProcessorConfig {
 pub enum ExporterConfig {
     File(FileExporterConfig),
     Debug(DebugExporterConfig),
+    Otlp(Box<OtlpExporterConfig>),
 }
 
 impl ComponentFamily for ExporterConfig {
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "debug"];
+    const TYPES: &'static [&'static str] = &["file", "debug", "otlp"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "file" => spanned_body(map, ExporterConfig::File),
+            "otlp" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
             _ => spanned_body(map, ExporterConfig::Debug),
         }
     }
@@ -250,6 +252,7 @@ impl Config {
             let r = match &c.config {
                 ExporterConfig::File(cfg) => cfg.validate(),
                 ExporterConfig::Debug(_) => Ok(()),
+                ExporterConfig::Otlp(cfg) => cfg.validate().map_err(|e| e.to_string()),
             };
             r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
         }

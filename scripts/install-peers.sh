@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs the real third-party peers the tests talk to, when missing:
+#   - Debian `prometheus` (prometheus 2.x + promtool), with service start-up
+#     suppressed so nothing listens on 0.0.0.0:9090 afterwards;
+#   - PyPI `rotel==0.0.1a15` (an OTLP receiver; its `rotel-agent` binary ships
+#     inside the wheel) in a virtualenv under the cargo target directory.
+# Idempotent and quiet when everything is present. Prints only
+# `PROMETHEUS=…`, `PROMTOOL=…` and `ROTEL=…` on stdout (for `eval`); messages
+# go to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "install-peers: $*" >&2; }
+sudo_if_needed() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    say "installing Debian package prometheus"
+    # Keep maintainer scripts from starting the packaged service.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee "$policy" >/dev/null
+        sudo_if_needed chmod 755 "$policy"
+        created_policy=1
+    fi
+    install() {
+        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -o DPkg::Lock::Timeout=300 prometheus >&2
+    }
+    if ! install; then
+        sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2
+        install
+    fi
+    [[ $created_policy == 1 ]] && sudo_if_needed rm -f "$policy"
+    # Without systemd nothing was started; with it, make sure nothing runs.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+        sudo_if_needed systemctl stop prometheus || true
+    fi
+fi
+
+venv=${CARGO_TARGET_DIR:-$PWD/target}/peers/venv
+rotel=$venv/lib/python3*/site-packages/rotel/rotel-agent
+# shellcheck disable=SC2086
+if ! ls $rotel >/dev/null 2>&1; then
+    say "installing rotel==0.0.1a15 into $venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check rotel==0.0.1a15 >&2
+fi
+# shellcheck disable=SC2086
+rotel=$(ls $rotel)
+
+echo "PROMETHEUS=$(command -v prometheus)"
+echo "PROMTOOL=$(command -v promtool)"
+echo "ROTEL=$rotel"
