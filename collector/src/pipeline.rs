@@ -63,9 +63,10 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     // every component has started.
     let view_cell: ViewCell = Arc::new(OnceLock::new());
     let needs_runtime = config.service.pipelines.values().any(|p| {
-        p.value.exporters.iter().any(|id| {
-            matches!(config.exporters.get(id).map(|c| &c.config), Some(ExporterConfig::Otlp(_)))
-        })
+        p.value
+            .exporters
+            .iter()
+            .any(|id| matches!(config.exporters.get(id).map(|c| &c.config), Some(ExporterConfig::Otlp(_))))
     });
     let runtime = if needs_runtime {
         Some(AsyncRuntime::start().map_err(|e| ConfigError {
