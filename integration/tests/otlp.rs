@@ -731,3 +731,27 @@ fn beat_flood_alongside_stalls_loses_no_stall_event() {
     }
     server.kill();
 }
+
+/// The shipped `otel-config/examples/otlp.yaml` stays valid (its paths
+/// moved into a temp dir), and a broken endpoint is refused with exit 2.
+#[test]
+fn the_otlp_example_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config/examples");
+    let text = std::fs::read_to_string(root.join("otlp.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    let text = text.replace("/var/log/varta", d).replace("/run/varta", d);
+    let path = dir.path().join("otlp.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        text.replace("${env:VARTA_OTLP_ENDPOINT:-http://127.0.0.1:4317}", "127.0.0.1:4317"),
+    )
+    .expect("write");
+    let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exporters::otlp") && err.contains("`endpoint`"), "{err}");
+}

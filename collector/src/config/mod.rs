@@ -422,8 +422,8 @@ service:
     fn unknown_keys_types_and_ids_have_positions() {
         let e = error(&GOOD.replace("    threshold:", "    treshold:"));
         assert!(e.starts_with("t.yaml:8:5: ") && e.contains("treshold"), "{e}");
-        let e = error(&GOOD.replace("  debug:", "  otlp/x:"));
-        assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `otlp`"), "{e}");
+        let e = error(&GOOD.replace("  debug:", "  kafka/x:"));
+        assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `kafka`"), "{e}");
         let e = error(&GOOD.replace("service:", "servce:"));
         assert!(e.contains("t.yaml:11:1") && e.contains("servce"), "{e}");
     }
@@ -448,6 +448,24 @@ service:
         assert!(e.contains("processors::tracker") && e.contains("threshold"), "{e}");
         let e = error(&GOOD.replace("transport: uds", "transport: udp"));
         assert!(e.contains("receivers::vlp/uds"), "{e}");
+    }
+
+    #[test]
+    fn otlp_exporter_is_configured_and_checked() {
+        let otlp = |body: &str| {
+            GOOD.replace("  debug:\n", &format!("  otlp:\n{body}"))
+                .replace("exporters: [debug]", "exporters: [otlp]")
+        };
+        let c = parse(&otlp("    endpoint: http://127.0.0.1:4317\n    headers: { x-api-key: k }\n"))
+            .expect("valid");
+        assert!(matches!(c.exporters.0[0].config, ExporterConfig::Otlp(_)));
+        let e = error(&otlp("    endpoint: 127.0.0.1:4317\n"));
+        assert!(e.contains("exporters::otlp") && e.contains("`endpoint`") && e.contains("http://"), "{e}");
+        let e = error(&otlp("    endpoint: http://a:1\n    metrics: { intervall: 1s }\n"));
+        assert!(e.contains("t.yaml:") && e.contains("intervall"), "{e}");
+        let e = error(&otlp(""));
+        assert!(e.contains("`endpoint`: is required"), "{e}");
+        assert!(components_listing().contains("otlp"));
     }
 
     #[test]
