@@ -114,6 +114,10 @@ struct OtlpServer {
 
 impl OtlpServer {
     fn start(port: u16, sink: &Sink) -> OtlpServer {
+        Self::start_with_tls(port, sink, None)
+    }
+
+    fn start_with_tls(port: u16, sink: &Sink, tls: Option<tonic::transport::ServerTlsConfig>) -> OtlpServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -129,9 +133,13 @@ impl OtlpServer {
         let metrics = MetricsServiceServer::new(sink.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(64 << 20);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("server TLS config");
+        }
         let task = runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(traces)
                 .add_service(metrics)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -754,4 +762,92 @@ fn the_otlp_example_validates() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exporters::otlp") && err.contains("`endpoint`"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// TLS and mutual TLS (rotel's receiver has no TLS; the in-test server does).
+
+/// A throw-away CA, a server certificate for localhost/127.0.0.1 and a
+/// client certificate, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write");
+    std::fs::write(dir.join("cli.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"],
+    ]
+    .concat());
+    for (name, ext) in [("server", "san.ext"), ("client", "cli.ext")] {
+        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+        run(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+#[test]
+fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let read = |f: &str| std::fs::read(certs.path().join(f)).expect("cert file");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read("server.pem"), read("server.key")))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")));
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start_with_tls(port, &sink, Some(tls));
+    let d = certs.path().display();
+    let udp = free_udp_port();
+    let c = Collector::start(&config(
+        &format!("https://localhost:{port}"),
+        udp,
+        "200ms",
+        &format!(
+            "    tls: {{ ca_file: {d}/ca.pem, cert_file: {d}/client.pem, key_file: {d}/client.key }}\n    metrics: {{ interval: 200ms }}"
+        ),
+    ));
+    udp_beats(udp, [6001], 1);
+    wait_for("the stall span over mutual TLS", || {
+        (!spans_of(&sink, "varta.stall", 6001).is_empty()).then_some(())
+    });
+    wait_for("metrics over mutual TLS", || metric(&sink, "varta.beats"));
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+
+    // Same server, no client certificate: refused by the server, counted.
+    let c = Collector::start(&config(
+        &format!("https://localhost:{port}"),
+        udp,
+        "200ms",
+        &format!(
+            "    tls: {{ ca_file: {d}/ca.pem }}\n    retry_on_failure: {{ enabled: false }}\n    metrics: {{ interval: 200ms }}"
+        ),
+    ));
+    udp_beats(udp, [6002], 1);
+    wait_for("the refused export to be counted", || (counter(&c, "spans_failed", "") >= 1).then_some(()));
+    assert!(spans_of(&sink, "varta.stall", 6002).is_empty());
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
 }
