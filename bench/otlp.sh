@@ -4,7 +4,7 @@
 #   bench/otlp.sh [latency] [ingest]        (default: both)
 #
 # latency: 1,000 simulated UDP agents beat every 100 ms; 10 % of them stop
-#   after 2 s (threshold 1 s). rotel (a real OTLP/gRPC receiver, installed
+#   after 2 s (threshold 1 s), i.e. 100 stalls detected together per run. rotel (a real OTLP/gRPC receiver, installed
 #   by scripts/install-peers.sh) prints every span it receives; its stdout
 #   is stamped with the wall clock per line as it arrives. Latency of a
 #   stall = (rotel printed the span's "End time" line) − (the span's end
@@ -78,7 +78,7 @@ latency() {
         sleep 0.5
         "$BIN/varta-load" --transport udp --target "127.0.0.1:$udp" --agents 1000 --interval 100ms \
             --duration 4500ms --stop-fraction 0.1 --stop-after 2s >/dev/null 2>>"$WORK/load.log"
-        sleep 1
+        # Stop before the other 900 agents (silent once the load ends) stall.
         kill -TERM "$cp"
         wait "$cp" || true
         kill "${PIDS[-1]}" 2>/dev/null || true

@@ -348,7 +348,7 @@ fn trace_request(resource: &Resource, spans: Vec<Span>) -> ExportTraceServiceReq
 async fn send_spans(
     id: String,
     shared: Arc<Shared>,
-    mut client: Client,
+    client: Client,
     resource: Resource,
     config: OtlpExporterConfig,
 ) {
@@ -402,8 +402,6 @@ async fn send_spans(
                 log_failure(&id, "span", &f, n, &mut failures);
             }
         }
-        // Keep the client the retries used (cheap clone of a shared channel).
-        let _ = &mut client;
     }
 }
 
