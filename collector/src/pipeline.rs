@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Arc, OnceLock};
 
-use varta_exporters::otlp::{OtlpTelemetry, ViewCell};
+use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell};
 use varta_exporters::{
     CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, OtlpExporter, PipelineView,
 };
@@ -35,6 +35,8 @@ pub struct Running {
     exporters: Vec<(String, JoinHandle<()>)>,
     /// The shared Tokio runtime, when a component needs one (OTLP).
     runtime: Option<AsyncRuntime>,
+    /// Set when shutdown begins; async exporters bound their final flush by it.
+    deadline: ShutdownDeadline,
     /// Every component's metrics and each pipeline's snapshot.
     pub view: CollectorView,
 }
@@ -62,6 +64,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     // Async exporters read the finished view; it is complete only once
     // every component has started.
     let view_cell: ViewCell = Arc::new(OnceLock::new());
+    let deadline: ShutdownDeadline = Arc::new(OnceLock::new());
     let needs_runtime = config.service.pipelines.values().any(|p| {
         p.value
             .exporters
@@ -127,6 +130,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                         view_cell.clone(),
                         &rt.handle(),
                         config.service.shutdown_timeout,
+                        deadline.clone(),
                     )
                     .map_err(|e| err(e.to_string()))?;
                     otlp_stats = Some(stats);
@@ -185,6 +189,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         processors: Vec::new(),
         exporters,
         runtime,
+        deadline,
         view,
     };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
@@ -244,6 +249,7 @@ impl Running {
     /// when they ended).
     pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
         let deadline = Instant::now() + timeout;
+        let _ = self.deadline.set(deadline);
         for stop in &self.stops {
             stop.stop();
         }

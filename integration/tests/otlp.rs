@@ -851,3 +851,40 @@ fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
     assert!(status.success(), "{log}");
     server.kill();
 }
+
+/// A backend that accepts connections and never answers: shutdown still
+/// ends within `service.shutdown_timeout`, cleanly, and the span that was
+/// in flight is counted as dropped at shutdown — not lost.
+#[test]
+fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap_or_else(|p| p.into_inner()).push(stream);
+        }
+    });
+    let udp = free_udp_port();
+    let cfg = config(
+        &format!("http://127.0.0.1:{port}"),
+        udp,
+        "200ms",
+        "    timeout: 10m\n    retry_on_failure: { enabled: false }\n    metrics: { enabled: false }",
+    )
+    .replace("  telemetry:", "  shutdown_timeout: 1s\n  telemetry:");
+    let c = Collector::start(&cfg);
+    udp_beats(udp, [7001], 1);
+    wait_for("the span to leave the sending queue", || {
+        let sent = c.counter("exporters::otlp", "exported", "") >= 1;
+        (sent && counter(&c, "spans_queued", "") == 0).then_some(())
+    });
+    wait_for("the exporter to connect", || {
+        (!held.lock().unwrap_or_else(|p| p.into_inner()).is_empty()).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(final_counter(&log, "exporters::otlp", "spans_dropped", "shutdown"), Some(1), "{log}");
+    assert_eq!(final_counter(&log, "exporters::otlp", "spans_exported", "").unwrap_or(0), 0);
+}

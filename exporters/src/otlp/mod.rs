@@ -44,7 +44,7 @@ pub mod traces;
 pub mod wallclock;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,11 @@ pub const MAX_POINTS_PER_REQUEST: usize = 8192;
 /// the first event exists). Until then metric exports are skipped.
 pub type ViewCell = Arc<OnceLock<CollectorView>>;
 
+/// When the collector's ordered shutdown must be over; set once shutdown
+/// begins. The exporter's final flush never waits past it (nor past
+/// `shutdown_timeout` from its own start, if it was never set).
+pub type ShutdownDeadline = Arc<OnceLock<Instant>>;
+
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
@@ -97,6 +102,10 @@ pub enum OtlpError {
 struct Shared {
     spans: Mutex<VecDeque<Span>>,
     capacity: usize,
+    /// Spans of the export call in progress. Whoever swaps it to zero
+    /// counts them: the sender when the call ends, or shutdown when the
+    /// deadline passed first — so each span is counted exactly once.
+    in_flight: AtomicU64,
     stats: Arc<OtlpStats>,
     /// Spans were queued (or the exporter is closing).
     wake: Notify,
@@ -208,6 +217,7 @@ pub struct OtlpExporter {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
+    shutdown_deadline: ShutdownDeadline,
     steps_logged: LogThrottle,
 }
 
@@ -224,6 +234,7 @@ impl OtlpExporter {
         view: ViewCell,
         runtime: &Handle,
         shutdown_timeout: Duration,
+        shutdown_deadline: ShutdownDeadline,
     ) -> Result<(OtlpExporter, Arc<OtlpStats>), OtlpError> {
         config.validate()?;
         let client = {
@@ -237,6 +248,7 @@ impl OtlpExporter {
         let shared = Arc::new(Shared {
             spans: Mutex::new(VecDeque::new()),
             capacity: config.sending_queue.queue_size,
+            in_flight: AtomicU64::new(0),
             stats: stats.clone(),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
@@ -278,6 +290,7 @@ impl OtlpExporter {
             shared,
             tasks,
             shutdown_timeout,
+            shutdown_deadline,
             steps_logged: LogThrottle::default(),
         };
         Ok((exporter, stats))
@@ -317,19 +330,25 @@ impl Drop for OtlpExporter {
         self.shared.closing.store(true, Relaxed);
         self.shared.wake.notify_one();
         self.shared.closed.notify_waiters();
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let own = Instant::now() + self.shutdown_timeout;
+        // A little before the collector's deadline, so that this thread has
+        // ended when the collector checks.
+        let deadline = self
+            .shutdown_deadline
+            .get()
+            .map_or(own, |d| d.checked_sub(Duration::from_millis(100)).unwrap_or(*d).min(own));
         // This is the exporter's own thread, never a runtime worker, so
         // waiting here cannot stall the runtime.
         while self.tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let left = self.shared.take(usize::MAX).len() as u64;
-        if left > 0 {
-            self.shared.stats.spans_dropped_shutdown.fetch_add(left, Relaxed);
-            tracing::warn!(exporter = %self.id, spans = left, "shutdown deadline passed with spans still queued; counted as dropped");
-        }
         for t in &self.tasks {
             t.abort();
+        }
+        let left = self.shared.take(usize::MAX).len() as u64 + self.shared.in_flight.swap(0, Relaxed);
+        if left > 0 {
+            self.shared.stats.spans_dropped_shutdown.fetch_add(left, Relaxed);
+            tracing::warn!(exporter = %self.id, spans = left, "shutdown deadline passed with spans not yet delivered; counted as dropped");
         }
     }
 }
@@ -364,7 +383,7 @@ async fn send_spans(
             wake.await;
             continue;
         }
-        let n = batch.len() as u64;
+        shared.in_flight.store(batch.len() as u64, Relaxed);
         let request = trace_request(&resource, batch);
         // While closing: no backoff waits, one attempt only.
         let policy = if shared.is_closing() {
@@ -386,7 +405,10 @@ async fn send_spans(
             },
         )
         .await;
+        // Zero if shutdown gave up on this call and counted it already.
+        let n = shared.in_flight.swap(0, Relaxed);
         match result {
+            _ if n == 0 => {}
             Ok(rejected) => {
                 let rejected = rejected.min(n);
                 stats.spans_exported.fetch_add(n - rejected, Relaxed);
@@ -539,6 +561,7 @@ mod tests {
         let shared = Shared {
             spans: Mutex::new(VecDeque::new()),
             capacity: 2,
+            in_flight: AtomicU64::new(0),
             stats: stats.clone(),
             wake: Notify::new(),
             closing: AtomicBool::new(false),

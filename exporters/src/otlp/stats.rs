@@ -5,7 +5,7 @@
 //! Promises: every span built is, eventually, exactly one of
 //! `spans_exported`, `spans_failed` (the backend refused it or retries ran
 //! out), `spans_dropped{queue_full}` (the sending queue overflowed; oldest
-//! first) or `spans_dropped{shutdown}` (still queued when the shutdown
+//! first) or `spans_dropped{shutdown}` (queued or in flight when the shutdown
 //! deadline passed) — or still waiting (`spans_queued`). Nothing is lost
 //! without a counter moving.
 
@@ -38,7 +38,7 @@ pub mod metric {
     pub static SPANS_DROPPED: Metric = Metric::labelled(
         "spans_dropped",
         "reason",
-        "Spans dropped before sending: queue_full (sending_queue.queue_size reached, oldest dropped) or shutdown (deadline passed).",
+        "Spans not delivered: queue_full (sending_queue.queue_size reached, oldest dropped) or shutdown (queued or in flight when the shutdown deadline passed).",
     );
     pub static SPANS_QUEUED: Metric = Metric::gauge("spans_queued", "Spans waiting in the sending queue.");
     pub static SPAN_EXPORTS_RETRIED: Metric =
