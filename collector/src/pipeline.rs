@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Arc, OnceLock};
 
-use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell};
+use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell, Wiring};
 use varta_exporters::{
     CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, OtlpExporter, PipelineView,
 };
@@ -122,17 +122,16 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                 ExporterConfig::Debug(cfg) => (Box::new(DebugExporter::new(cfg.clone())), 4096),
                 ExporterConfig::Otlp(cfg) => {
                     let Some(rt) = &runtime else { return Err(err("no async runtime".into())) };
-                    let (exporter, stats) = OtlpExporter::start(
-                        id,
-                        cfg,
-                        name,
-                        processor.snapshots(),
-                        view_cell.clone(),
-                        &rt.handle(),
-                        config.service.shutdown_timeout,
-                        deadline.clone(),
-                    )
-                    .map_err(|e| err(e.to_string()))?;
+                    let wiring = Wiring {
+                        pipeline: name.clone(),
+                        snapshots: processor.snapshots(),
+                        view: view_cell.clone(),
+                        runtime: rt.handle(),
+                        shutdown_timeout: config.service.shutdown_timeout,
+                        shutdown_deadline: deadline.clone(),
+                    };
+                    let (exporter, stats) =
+                        OtlpExporter::start(id, cfg, wiring).map_err(|e| err(e.to_string()))?;
                     otlp_stats = Some(stats);
                     (Box::new(exporter), cfg.sending_queue.queue_size)
                 }

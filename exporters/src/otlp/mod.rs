@@ -206,6 +206,24 @@ fn scope() -> InstrumentationScope {
     }
 }
 
+/// What the collector hands an `otlp` exporter besides its configuration.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// The pipeline whose events this exporter receives (trace ids and the
+    /// `varta.pipeline` attribute).
+    pub pipeline: String,
+    /// That pipeline's snapshots (threshold, processor clock).
+    pub snapshots: SnapshotReader,
+    /// The whole collector, for metrics (filled in once everything started).
+    pub view: ViewCell,
+    /// The collector's shared Tokio runtime, where all network I/O runs.
+    pub runtime: Handle,
+    /// `service.shutdown_timeout`.
+    pub shutdown_timeout: Duration,
+    /// Set when the collector's shutdown begins.
+    pub shutdown_deadline: ShutdownDeadline,
+}
+
 /// The `otlp` exporter (the part on the exporter thread). See the module docs.
 #[derive(Debug)]
 pub struct OtlpExporter {
@@ -222,20 +240,15 @@ pub struct OtlpExporter {
 }
 
 impl OtlpExporter {
-    /// Starts the sender tasks on `runtime` and returns the exporter (for
-    /// an [`crate::ExporterQueue`]) and its counters. `pipeline` names the
-    /// pipeline whose events it receives (`snapshots` is that pipeline's);
-    /// metrics cover the whole collector through `view`.
+    /// Starts the sender tasks on the shared runtime and returns the
+    /// exporter (for an [`crate::ExporterQueue`]) and its counters.
     pub fn start(
         id: &str,
         config: &OtlpExporterConfig,
-        pipeline: &str,
-        snapshots: SnapshotReader,
-        view: ViewCell,
-        runtime: &Handle,
-        shutdown_timeout: Duration,
-        shutdown_deadline: ShutdownDeadline,
+        wiring: Wiring,
     ) -> Result<(OtlpExporter, Arc<OtlpStats>), OtlpError> {
+        let Wiring { pipeline, snapshots, view, runtime, shutdown_timeout, shutdown_deadline } = wiring;
+        let pipeline = pipeline.as_str();
         config.validate()?;
         let client = {
             // tonic's lazy channel spawns its worker on the current runtime.
