@@ -485,3 +485,113 @@ fn cut(m: &mut Metric, at: usize) -> Metric {
     };
     rest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use varta_pipeline::{Instrumented, Metric as ModelMetric, Sample};
+    use varta_processor::clock::Clock;
+    use varta_processor::snapshot::Publisher;
+
+    use crate::view::PipelineView;
+
+    static REFUSED: ModelMetric = ModelMetric::labelled("refused", "reason", "test");
+    static DEPTH: ModelMetric = ModelMetric::gauge("depth", "test");
+
+    #[derive(Debug, Default)]
+    struct Fake(AtomicU64);
+
+    impl Instrumented for Fake {
+        fn samples(&self, out: &mut dyn FnMut(Sample)) {
+            out(Sample::labelled(&REFUSED, "bad_crc", self.0.load(Relaxed)));
+            out(Sample::labelled(&REFUSED, "replay", 1));
+            out(Sample::new(&DEPTH, 7));
+        }
+    }
+
+    fn view(fake: Arc<Fake>) -> (CollectorView, Publisher) {
+        let publisher = Publisher::new(1, Clock::Monotonic, 2_000_000_000);
+        let (_tx, rx) = varta_pipeline::queue::batch_queue(4);
+        let mut v = CollectorView::default();
+        v.add(Role::Receiver, "vlp/udp", fake);
+        v.add_pipeline(PipelineView {
+            name: "liveness".into(),
+            snapshots: publisher.reader(),
+            queue: rx.depth(),
+        });
+        (v, publisher)
+    }
+
+    fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
+        metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} missing"))
+    }
+
+    fn int(p: &NumberDataPoint) -> i64 {
+        match p.value {
+            Some(number_data_point::Value::AsInt(v)) => v,
+            _ => panic!("not an int"),
+        }
+    }
+
+    #[test]
+    fn names_shapes_and_the_decode_refusal_split() {
+        let (v, _p) = view(Arc::new(Fake::default()));
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100);
+        let m = b.collect(&v, 200);
+        assert!(matches!(find(&m, name::BEATS).data, Some(Data::Sum(Sum { is_monotonic: true, .. }))));
+        assert!(matches!(find(&m, name::AGENTS_TRACKED).data, Some(Data::Gauge(_))));
+        let Some(Data::Histogram(h)) = &find(&m, name::STALL_DURATION).data else { panic!("histogram") };
+        assert_eq!(h.data_points[0].bucket_counts.len(), STALL_DURATION_BOUNDS_NS.len() + 1);
+        assert_eq!(h.data_points[0].explicit_bounds[0], 0.01);
+        let Some(Data::Sum(d)) = &find(&m, name::DECODE_ERRORS).data else { panic!("sum") };
+        assert_eq!(d.data_points.len(), 1, "bad_crc is a decode error");
+        let Some(Data::Sum(r)) = &find(&m, name::REFUSALS).data else { panic!("sum") };
+        assert_eq!(r.data_points.len(), 1, "replay is another refusal");
+        assert_eq!(r.data_points[0].start_time_unix_nano, 100);
+        assert!(matches!(find(&m, "varta.collector.receiver.depth").data, Some(Data::Gauge(_))));
+        assert!(matches!(find(&m, "varta.collector.pipeline.queue_depth").data, Some(Data::Gauge(_))));
+    }
+
+    #[test]
+    fn delta_sends_differences_and_restarts_from_a_reset() {
+        let fake = Arc::new(Fake::default());
+        let (v, _p) = view(fake.clone());
+        let mut b = MetricsBuilder::new(Temporality::Delta, true, 100);
+        let value = |b: &mut MetricsBuilder, now| {
+            let m = b.collect(&v, now);
+            let Some(Data::Sum(s)) = &find(&m, name::DECODE_ERRORS).data else { panic!("sum") };
+            assert_eq!(s.aggregation_temporality, AggregationTemporality::Delta as i32);
+            (int(&s.data_points[0]), s.data_points[0].start_time_unix_nano)
+        };
+        fake.0.store(5, Relaxed);
+        assert_eq!(value(&mut b, 200), (5, 100));
+        fake.0.store(8, Relaxed);
+        assert_eq!(value(&mut b, 300), (3, 200), "since the previous export");
+        assert_eq!(value(&mut b, 400), (0, 300));
+        fake.0.store(2, Relaxed);
+        assert_eq!(value(&mut b, 500), (2, 400), "a counter that went down counts from zero");
+    }
+
+    #[test]
+    fn split_keeps_every_point_and_bounds_each_request() {
+        let big = Metric {
+            name: "big".into(),
+            data: Some(Data::Gauge(Gauge { data_points: vec![NumberDataPoint::default(); 25] })),
+            ..Default::default()
+        };
+        let small = Metric {
+            name: "small".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint::default(); 3],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let groups = split(vec![small.clone(), big, small], 10);
+        assert!(groups.iter().all(|g| g.iter().map(points).sum::<usize>() <= 10), "{}", groups.len());
+        assert_eq!(groups.iter().flatten().map(points).sum::<usize>(), 31);
+        assert!(groups.iter().flatten().filter(|m| m.name == "big").count() >= 3);
+    }
+}
