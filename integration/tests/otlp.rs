@@ -671,6 +671,11 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
         + count("spans_dropped", "queue_full")
         + count("spans_dropped", "shutdown")
         + count("incidents_dropped", "");
+    eprintln!(
+        "10k: stalls {stalls}, received {received}, incidents_dropped {}, spans_dropped {}",
+        count("incidents_dropped", ""),
+        count("spans_dropped", "queue_full")
+    );
     assert_eq!(accounted, stalls, "every incident exported or counted ({received} received); log:\n{log}");
     assert_eq!(count("spans_exported", ""), received, "the exporter's count agrees with the backend");
     // Distinct incidents, distinct traces.
