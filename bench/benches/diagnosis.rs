@@ -51,13 +51,18 @@ fn lookups(quick: bool) {
         black_box(resolve(me, host, false));
     });
     let threads = sample(me).map_or(0, |s| s.threads.len());
-    println!("one diagnosis (2 looks, {threads} threads): {:.1} µs | one attribute resolution: {:.1} µs", diag / 1e3, attrs / 1e3);
+    println!(
+        "one diagnosis (2 looks, {threads} threads): {:.1} µs | one attribute resolution: {:.1} µs",
+        diag / 1e3,
+        attrs / 1e3
+    );
 }
 
 /// Beats/s the processor handles over `secs` of virtual time.
 fn ingest(with_resolver: bool, secs: u64) -> (f64, u64) {
     let live = 100_000u32;
-    let tracker = TrackerConfig { threshold: Duration::from_secs(1), capacity: 1 << 20, ..TrackerConfig::default() };
+    let tracker =
+        TrackerConfig { threshold: Duration::from_secs(1), capacity: 1 << 20, ..TrackerConfig::default() };
     let mut p = Processor::new(None, tracker, Box::new(|pid| Some(u64::from(pid)))).expect("processor");
     let mut resolver = None;
     if with_resolver {

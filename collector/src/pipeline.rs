@@ -8,14 +8,15 @@
 //! exporters write what is left, flush and end. Each step is bounded by the
 //! shutdown deadline.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use varta_agents::Resolver;
+use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell, Wiring};
 use varta_exporters::prometheus::{BoundEndpoint, PrometheusServer};
 use varta_exporters::{
-    CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, PipelineView,
+    CollectorView, DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, OtlpExporter, PipelineView,
 };
 use varta_pipeline::{Instrumented, Role};
 use varta_processor::Processor;
@@ -24,6 +25,7 @@ use varta_receiver::{StopHandle, VlpReceiver};
 use crate::config::{
     Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
 };
+use crate::runtime::AsyncRuntime;
 
 /// A started collector.
 #[derive(Debug)]
@@ -34,7 +36,11 @@ pub struct Running {
     exporters: Vec<(String, JoinHandle<()>)>,
     /// Metrics endpoints, served on `runtime`.
     servers: Vec<(String, PrometheusServer)>,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The shared Tokio runtime, when a component needs one (metrics
+    /// endpoints, OTLP).
+    runtime: Option<AsyncRuntime>,
+    /// Set when shutdown begins; async exporters bound their final flush by it.
+    deadline: ShutdownDeadline,
     /// Every component's metrics and each pipeline's snapshot.
     pub view: CollectorView,
 }
@@ -59,6 +65,28 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
 /// of every pipeline was built, so a startup error leaves nothing running.
 pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut view = CollectorView::default();
+    // Async exporters read the finished view; it is complete only once
+    // every component has started.
+    let view_cell: ViewCell = Arc::new(OnceLock::new());
+    let deadline: ShutdownDeadline = Arc::new(OnceLock::new());
+    let needs_runtime = config.service.pipelines.values().any(|p| {
+        p.value.exporters.iter().any(|id| {
+            matches!(
+                config.exporters.get(id).map(|c| &c.config),
+                Some(ExporterConfig::Otlp(_) | ExporterConfig::Prometheus(_))
+            )
+        })
+    });
+    let runtime = if needs_runtime {
+        Some(AsyncRuntime::start().map_err(|e| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: None,
+            message: format!("cannot start the async runtime: {e}"),
+        })?)
+    } else {
+        None
+    };
     let mut receivers = Vec::new();
     let mut exporter_metrics = Vec::new();
     let mut processor_metrics: Vec<(String, Arc<dyn Instrumented>)> = Vec::new();
@@ -99,11 +127,20 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             resolvers.push((format!("resolver-{name}"), started.thread));
             inspector = Some(handle);
         }
-        // Exporters next: they must be ready before any event exists.
+        let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
+        let mut processor = Processor::new(ratelimit, tracker, Box::new(varta_pipeline::procfs::start_time))
+            .map_err(|e| pipeline_err(e.to_string()))?;
+        if let Some(handle) = inspector {
+            processor = processor.with_inspector(Box::new(handle));
+        }
+
+        // Exporters next: they must be ready before any event exists (the
+        // processor only emits once it runs).
         let mut queues = Vec::new();
         for id in &p.exporters {
             let Some(c) = config.exporters.get(id) else { continue };
             let err = |m: String| component_error(config, "exporters", c, m);
+            let mut otlp_stats = None;
             let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
                 ExporterConfig::File(cfg) => (
                     Box::new(FileExporter::open(cfg.clone()).map_err(|e| err(e.to_string()))?),
@@ -122,19 +159,31 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                     }
                     continue;
                 }
+                ExporterConfig::Otlp(cfg) => {
+                    let Some(rt) = &runtime else { return Err(err("no async runtime".into())) };
+                    let wiring = Wiring {
+                        pipeline: name.clone(),
+                        snapshots: processor.snapshots(),
+                        view: view_cell.clone(),
+                        runtime: rt.handle(),
+                        shutdown_timeout: config.service.shutdown_timeout,
+                        shutdown_deadline: deadline.clone(),
+                    };
+                    let (exporter, stats) =
+                        OtlpExporter::start(id, cfg, wiring).map_err(|e| err(e.to_string()))?;
+                    otlp_stats = Some(stats);
+                    (Box::new(exporter), cfg.sending_queue.queue_size)
+                }
             };
             let (queue, thread) =
                 ExporterQueue::start(id.clone(), exporter, capacity).map_err(|e| err(e.to_string()))?;
-            exporter_metrics.push((id.clone(), queue.telemetry()));
+            let telemetry: Arc<dyn Instrumented> = match otlp_stats {
+                Some(otlp) => Arc::new(OtlpTelemetry { queue: queue.telemetry(), otlp }),
+                None => queue.telemetry(),
+            };
+            exporter_metrics.push((id.clone(), telemetry));
             exporters.push((id.clone(), thread));
             queues.push(queue);
-        }
-
-        let tracker = tracker.ok_or_else(|| pipeline_err("no tracker processor".into()))?;
-        let mut processor = Processor::new(ratelimit, tracker, Box::new(varta_pipeline::procfs::start_time))
-            .map_err(|e| pipeline_err(e.to_string()))?;
-        if let Some(handle) = inspector {
-            processor = processor.with_inspector(Box::new(handle));
         }
 
         let mut bound = Vec::new();
@@ -177,22 +226,14 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         view.add(Role::Exporter, id.clone(), bound.telemetry());
     }
 
-    let runtime = if endpoints.is_empty() {
-        None
-    } else {
-        Some(crate::runtime::start().map_err(|e| ConfigError {
-            source: config.source().to_owned(),
-            at: None,
-            component: None,
-            message: format!("cannot start the async runtime: {e}"),
-        })?)
-    };
+    // The view is complete: async exporters may read it from now on.
+    let _ = view_cell.set(view.clone());
     let mut servers = Vec::new();
     if let Some(rt) = &runtime {
         for (id, bound, served) in endpoints {
             let mut own = view.clone();
             own.pipelines.retain(|p| served.contains(&p.name));
-            let server = bound.serve(own, rt.handle()).map_err(|e| ConfigError {
+            let server = bound.serve(own, &rt.handle()).map_err(|e| ConfigError {
                 source: config.source().to_owned(),
                 at: None,
                 component: Some(format!("exporters::{id}")),
@@ -209,6 +250,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         exporters,
         servers,
         runtime,
+        deadline,
         view,
     };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
@@ -270,6 +312,7 @@ impl Running {
     /// when they ended).
     pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
         let deadline = Instant::now() + timeout;
+        let _ = self.deadline.set(deadline);
         for stop in &self.stops {
             stop.stop();
         }
@@ -281,7 +324,9 @@ impl Running {
             server.stop();
         }
         if let Some(rt) = self.runtime {
-            rt.shutdown_timeout(deadline.saturating_duration_since(Instant::now()));
+            // Exporters have flushed (or given up at the deadline); what is
+            // left of it bounds the runtime's own shutdown.
+            rt.shutdown(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
         }
         (r && p && e, self.view)
     }

@@ -1,18 +1,39 @@
-//! The collector's one Tokio runtime, for the async edge (HTTP endpoints,
-//! OTLP export). Receivers and processors never run on it: the hot path
-//! never awaits. Started only when a component needs it.
+//! The collector's one Tokio runtime: the async world at the edge (OTLP
+//! export; next the HTTP endpoints). Receivers and processors stay plain
+//! threads and never await.
+//!
+//! Promises: created only when a component needs it (none of today's
+//! defaults do), two worker threads (`varta-rt`) so a slow task cannot
+//! starve the others on a small host; shut down after the exporters have
+//! ended, bounded by what is left of the shutdown deadline.
 
-use std::io;
+use std::time::Duration;
 
-/// Worker threads: scrapes and exports are light; two keep one slow
-/// request from delaying another on this 2-core-friendly budget.
-const WORKERS: usize = 2;
+use tokio::runtime::{Builder, Handle, Runtime};
 
-pub fn start() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .max_blocking_threads(4)
-        .thread_name("varta-async")
-        .enable_all()
-        .build()
+/// The shared runtime.
+#[derive(Debug)]
+pub struct AsyncRuntime {
+    runtime: Runtime,
+}
+
+impl AsyncRuntime {
+    pub fn start() -> std::io::Result<AsyncRuntime> {
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .thread_name("varta-rt")
+            .enable_all()
+            .build()?;
+        Ok(AsyncRuntime { runtime })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.runtime.handle().clone()
+    }
+
+    /// Stops the runtime, waiting at most `timeout` for running tasks.
+    pub fn shutdown(self, timeout: Duration) {
+        self.runtime.shutdown_timeout(timeout);
+    }
 }

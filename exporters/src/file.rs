@@ -274,7 +274,14 @@ mod tests {
         let stall = Event {
             at_ns: 200,
             agent: agent(42),
-            kind: EventKind::Stall { incident: 1, last_beat_ns: 100, last_nonce: 5, silence_ns: 100 },
+            kind: EventKind::Stall {
+                incident: 1,
+                last_beat_ns: 100,
+                last_nonce: 5,
+                silence_ns: 100,
+                last_status: Status::Ok,
+                last_payload: 0,
+            },
         };
         assert_eq!(line(&stall), "200\tstall\t42\t5\tstall\t-\n");
         let refused = |refusal| Event {

@@ -11,12 +11,14 @@
 //! * [`file`]: varta-watch-compatible TSV event file with rotation.
 //! * [`debug`]: events as log lines.
 //! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
+//! * [`otlp`]: metrics and stall-incident traces over OTLP/gRPC.
 //! * [`view`]: what metrics views read (every component's metrics, each
 //!   pipeline's published snapshot).
 
 pub mod debug;
 pub mod fanout;
 pub mod file;
+pub mod otlp;
 pub mod prometheus;
 pub mod queue;
 pub mod view;
@@ -24,6 +26,7 @@ pub mod view;
 pub use debug::{DebugExporter, DebugExporterConfig};
 pub use fanout::Fanout;
 pub use file::{FileExporter, FileExporterConfig};
+pub use otlp::{OtlpExporter, OtlpExporterConfig};
 pub use queue::{ExporterQueue, ExporterStats, ExporterTelemetry};
 pub use view::{CollectorView, PipelineView};
 

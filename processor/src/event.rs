@@ -93,8 +93,17 @@ pub enum EventKind {
     /// No accepted beat for at least the threshold. `incident` is unique per
     /// processor run (monotonic, from 1) and shared with the matching
     /// [`EventKind::Resume`].
-    /// `last_nonce` is the last accepted regular nonce (0 if none).
-    Stall { incident: u64, last_beat_ns: u64, last_nonce: u64, silence_ns: u64 },
+    /// `last_nonce` is the last accepted regular nonce (0 if none);
+    /// `last_status` and `last_payload` are what the agent's last accepted
+    /// frame carried (trace exporters attach them to the incident).
+    Stall {
+        incident: u64,
+        last_beat_ns: u64,
+        last_nonce: u64,
+        silence_ns: u64,
+        last_status: Status,
+        last_payload: u32,
+    },
     /// A stalled agent beat again after `silence_ns` of silence.
     Resume { incident: u64, silence_ns: u64, frame: Frame },
     /// The status carried in frames changed (a new agent counts as coming from `Ok`).

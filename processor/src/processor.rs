@@ -260,6 +260,7 @@ impl Processor {
             slot.stalls = slot.stalls.saturating_add(1);
             let last_beat_ns = slot.last_beat_ns;
             let last_nonce = slot.last_nonce().unwrap_or(0);
+            let (last_status, last_payload) = (slot.status, slot.last_payload);
             let agent = slot.agent_ref();
             self.stats.stall();
             self.note_agents();
@@ -268,7 +269,14 @@ impl Processor {
                 out,
                 now,
                 Some(agent),
-                EventKind::Stall { incident, last_beat_ns, last_nonce, silence_ns },
+                EventKind::Stall {
+                    incident,
+                    last_beat_ns,
+                    last_nonce,
+                    silence_ns,
+                    last_status,
+                    last_payload,
+                },
             );
             if let Some(inspector) = self.inspector.as_mut() {
                 inspector.agent_stalled(&agent, incident, now);

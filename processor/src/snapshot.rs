@@ -39,6 +39,8 @@ use crate::tracker::{Slot, Tracker, VIEW_CHUNK};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentView {
     pub id: AgentId,
+    /// The pid in the agent's frames (see [`crate::AgentRef::frame_pid`]).
+    pub frame_pid: u32,
     pub host_pid: u32,
     pub stalls: u32,
     /// Pinned origin.
@@ -51,10 +53,21 @@ pub struct AgentView {
 }
 
 impl AgentView {
+    /// The agent as events refer to it.
+    pub fn agent_ref(&self) -> crate::AgentRef {
+        crate::AgentRef {
+            id: self.id,
+            frame_pid: self.frame_pid,
+            host_pid: self.host_pid,
+            transport: self.transport,
+        }
+    }
+
     pub fn of(slot: &Slot) -> AgentView {
         let agent = slot.agent_ref();
         AgentView {
             id: agent.id,
+            frame_pid: agent.frame_pid,
             host_pid: agent.host_pid,
             stalls: slot.stalls,
             transport: agent.transport,

@@ -32,7 +32,14 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
     assert_eq!(pid_of(&events[0]), Some(7));
     assert_eq!(
         events[0].kind,
-        EventKind::Stall { incident: 1, last_beat_ns: T0, last_nonce: 1, silence_ns: 2 * S }
+        EventKind::Stall {
+            incident: 1,
+            last_beat_ns: T0,
+            last_nonce: 1,
+            silence_ns: 2 * S,
+            last_status: Status::Ok,
+            last_payload: 0
+        }
     );
 
     // Still silent: no second stall.
@@ -53,7 +60,14 @@ fn resume_carries_silence_and_incident() {
     let events = out.take();
     assert_eq!(
         kinds(&events)[0],
-        EventKind::Stall { incident: 1, last_beat_ns: T0, last_nonce: 1, silence_ns: 2 * S }
+        EventKind::Stall {
+            incident: 1,
+            last_beat_ns: T0,
+            last_nonce: 1,
+            silence_ns: 2 * S,
+            last_status: Status::Ok,
+            last_payload: 0
+        }
     );
     assert_eq!(
         kinds(&events)[1],

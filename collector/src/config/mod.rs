@@ -28,7 +28,7 @@ use serde_saphyr::Spanned;
 use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
 use varta_agents::ResolverConfig;
 use varta_exporters::prometheus::PrometheusConfig;
-use varta_exporters::{DebugExporterConfig, FileExporterConfig};
+use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
 use varta_processor::{RateLimitConfig, TrackerConfig};
 use varta_receiver::VlpReceiverConfig;
 
@@ -73,6 +73,7 @@ pub enum ExporterConfig {
     File(FileExporterConfig),
     Debug(DebugExporterConfig),
     Prometheus(PrometheusConfig),
+    Otlp(Box<OtlpExporterConfig>),
 }
 
 impl ExporterConfig {
@@ -85,11 +86,12 @@ impl ExporterConfig {
 
 impl ComponentFamily for ExporterConfig {
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus"];
+    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus", "otlp"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "file" => spanned_body(map, ExporterConfig::File),
             "prometheus" => spanned_body(map, ExporterConfig::Prometheus),
+            "otlp" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
             _ => spanned_body(map, ExporterConfig::Debug),
         }
     }
@@ -266,6 +268,7 @@ impl Config {
                 ExporterConfig::File(cfg) => cfg.validate(),
                 ExporterConfig::Debug(_) => Ok(()),
                 ExporterConfig::Prometheus(cfg) => cfg.validate(),
+                ExporterConfig::Otlp(cfg) => cfg.validate().map_err(|e| e.to_string()),
             };
             r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
         }
@@ -449,8 +452,8 @@ service:
     fn unknown_keys_types_and_ids_have_positions() {
         let e = error(&GOOD.replace("    threshold:", "    treshold:"));
         assert!(e.starts_with("t.yaml:8:5: ") && e.contains("treshold"), "{e}");
-        let e = error(&GOOD.replace("  debug:", "  otlp/x:"));
-        assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `otlp`"), "{e}");
+        let e = error(&GOOD.replace("  debug:", "  kafka/x:"));
+        assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `kafka`"), "{e}");
         let e = error(&GOOD.replace("service:", "servce:"));
         assert!(e.contains("t.yaml:11:1") && e.contains("servce"), "{e}");
     }
@@ -475,6 +478,24 @@ service:
         assert!(e.contains("processors::tracker") && e.contains("threshold"), "{e}");
         let e = error(&GOOD.replace("transport: uds", "transport: udp"));
         assert!(e.contains("receivers::vlp/uds"), "{e}");
+    }
+
+    #[test]
+    fn otlp_exporter_is_configured_and_checked() {
+        let otlp = |body: &str| {
+            GOOD.replace("  debug:\n", &format!("  otlp:\n{body}"))
+                .replace("exporters: [debug]", "exporters: [otlp]")
+        };
+        let c = parse(&otlp("    endpoint: http://127.0.0.1:4317\n    headers: { x-api-key: k }\n"))
+            .expect("valid");
+        assert!(matches!(c.exporters.0[0].config, ExporterConfig::Otlp(_)));
+        let e = error(&otlp("    endpoint: 127.0.0.1:4317\n"));
+        assert!(e.contains("exporters::otlp") && e.contains("`endpoint`") && e.contains("http://"), "{e}");
+        let e = error(&otlp("    endpoint: http://a:1\n    metrics: { intervall: 1s }\n"));
+        assert!(e.contains("t.yaml:") && e.contains("intervall"), "{e}");
+        let e = error(&otlp(""));
+        assert!(e.contains("`endpoint`: is required"), "{e}");
+        assert!(components_listing().contains("otlp"));
     }
 
     #[test]

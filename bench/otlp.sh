@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# OTLP exporter benchmarks (loopback only, nothing else needed but rotel):
+#
+#   bench/otlp.sh [latency] [ingest]        (default: both)
+#
+# latency: 1,000 simulated UDP agents beat every 100 ms; 10 % of them stop
+#   after 2 s (threshold 1 s), i.e. 100 stalls detected together per run. rotel (a real OTLP/gRPC receiver, installed
+#   by scripts/install-peers.sh) prints every span it receives; its stdout
+#   is stamped with the wall clock per line as it arrives. Latency of a
+#   stall = (rotel printed the span's "End time" line) − (the span's end
+#   time = the collector's detection instant, in wall-clock ns). REPS runs,
+#   p50/p99 over all stalls of all runs.
+# ingest: flat-out plain-UDP ingest (1,000 agents, 5 s) with the file
+#   exporter only ("off") vs file + otlp to rotel, traces and metrics on,
+#   metrics every 1 s with per-agent points ("on"); alternated REPS times;
+#   median accepted beats/s of each.
+#
+# Knobs: REPS [3], SKIP_BUILD=1. Results go to bench/results/otlp.md.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+REPS=${REPS:-3}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+WORK=$(mktemp -d /tmp/varta-otlp-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+log() { printf '>> %s\n' "$*" >&2; }
+
+scenarios=("$@")
+[[ ${#scenarios[@]} -eq 0 ]] && scenarios=(latency ingest)
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build -q --release -p varta-collector -p varta-bench)
+fi
+eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_rotel() { # start_rotel GRPC_PORT OUTFILE
+    local http
+    http=$(free_port)
+    # Stamp every line with the wall clock when it is read (rotel flushes per line).
+    NO_COLOR=1 "$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$1" --otlp-http-endpoint "127.0.0.1:$http" \
+        --exporter blackhole --debug-log traces --debug-log-verbosity detailed 2>&1 |
+        python3 -u -c 'import sys, time
+for line in sys.stdin:
+    sys.stdout.write(f"{time.time_ns()} {line}"); sys.stdout.flush()' >"$2" &
+    PIDS+=($!)
+    for _ in $(seq 200); do grep -q "Starting Rotel" "$2" 2>/dev/null && return; sleep 0.05; done
+    echo "rotel did not start" >&2
+    exit 1
+}
+
+config() { # config UDP_PORT OTLP_PORT|"" EXTRA_TRACKER
+    local otlp="" list="[file]"
+    if [[ -n $2 ]]; then
+        otlp="  otlp:\n    endpoint: http://127.0.0.1:$2\n    metrics: { interval: 1s }\n"
+        list="[file, otlp]"
+    fi
+    printf "receivers:\n  vlp/r:\n    transport: udp\n    endpoint: \"127.0.0.1:$1\"\n    accept_unauthenticated: true\n    recv_buffer_bytes: 8388608\nprocessors:\n  tracker: { threshold: 1s, capacity: 100000 }\nexporters:\n  file: { path: $WORK/e.tsv, beats: false }\n$otlp\nservice:\n  pipelines:\n    l: { receivers: [vlp/r], processors: [tracker], exporters: $list, queue_batches: 4096 }\n  telemetry: { logs: { format: json } }\n" >"$WORK/c.yaml"
+}
+
+pct() { # pct P < sorted numbers
+    awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int((NR - 1) * p / 100) + 1; print v[i] }'
+}
+
+latency() {
+    : >"$WORK/lat.txt"
+    for rep in $(seq "$REPS"); do
+        local grpc udp cp
+        grpc=$(free_port) udp=$(free_port)
+        start_rotel "$grpc" "$WORK/rotel.out"
+        config "$udp" "$grpc"
+        "$BIN/varta-collector" --config "$WORK/c.yaml" 2>"$WORK/coll.log" &
+        cp=$!
+        sleep 0.5
+        "$BIN/varta-load" --transport udp --target "127.0.0.1:$udp" --agents 1000 --interval 100ms \
+            --duration 4500ms --stop-fraction 0.1 --stop-after 2s >/dev/null 2>>"$WORK/load.log"
+        # Stop before the other 900 agents (silent once the load ends) stall.
+        kill -TERM "$cp"
+        wait "$cp" || true
+        kill "${PIDS[-1]}" 2>/dev/null || true
+        # For each varta.stall span: the stamp of its "End time:" line minus the end time.
+        awk '/Name           : varta.stall$/ { want = 1 } /Name           : varta.stall.resolved/ { want = 0 }
+             want && /End time: / { printf "%d\n", ($1 - $4) / 1000; want = 0 }' "$WORK/rotel.out" >>"$WORK/lat.txt"
+        log "latency rep $rep: $(grep -c . "$WORK/lat.txt") stall spans so far"
+    done
+    local n p50 p99 max
+    n=$(grep -c . "$WORK/lat.txt")
+    p50=$(sort -n "$WORK/lat.txt" | pct 50)
+    p99=$(sort -n "$WORK/lat.txt" | pct 99)
+    max=$(sort -n "$WORK/lat.txt" | tail -1)
+    printf '| detection → span printed by rotel | %s stalls (%s runs × 100) | p50 %s µs | p99 %s µs | max %s µs |\n' \
+        "$n" "$REPS" "$p50" "$p99" "$max" | tee -a "$HERE/results/otlp.md"
+}
+
+ingest_once() { # ingest_once on|off → accepted beats/s
+    local udp grpc="" cp acc
+    udp=$(free_port)
+    if [[ $1 == on ]]; then
+        grpc=$(free_port)
+        start_rotel "$grpc" "$WORK/rotel-ingest.out"
+    fi
+    config "$udp" "$grpc"
+    "$BIN/varta-collector" --config "$WORK/c.yaml" 2>"$WORK/coll.log" &
+    cp=$!
+    sleep 0.5
+    "$BIN/varta-load" --transport udp --target "127.0.0.1:$udp" --agents 1000 --rate 0 --on-full drop \
+        --duration 5s >/dev/null 2>>"$WORK/load.log"
+    kill -TERM "$cp"
+    wait "$cp" || true
+    [[ $1 == on ]] && kill "${PIDS[-1]}" 2>/dev/null || true
+    acc=$(grep '"beats_accepted"' "$WORK/coll.log" | grep -o '"value":[0-9]*' | tail -1 | cut -d: -f2)
+    echo $(( ${acc:-0} / 5 ))
+}
+
+ingest() {
+    local on=() off=() a b
+    for rep in $(seq "$REPS"); do
+        a=$(ingest_once off) b=$(ingest_once on)
+        off+=("$a") on+=("$b")
+        log "ingest rep $rep: off $a/s, on $b/s"
+    done
+    local mon moff
+    moff=$(printf '%s\n' "${off[@]}" | sort -n | pct 50)
+    mon=$(printf '%s\n' "${on[@]}" | sort -n | pct 50)
+    printf '| UDP ingest, 1,000 agents flat out | OTLP off %s beats/s | OTLP on %s beats/s | on/off %s | runs: off %s; on %s |\n' \
+        "$moff" "$mon" "$(awk -v a="$mon" -v b="$moff" 'BEGIN { printf "%.3f", a / b }')" "${off[*]}" "${on[*]}" |
+        tee -a "$HERE/results/otlp.md"
+}
+
+mkdir -p "$HERE/results"
+printf '\n## bench/otlp.sh %s — %s, REPS=%s, %s\n\n' "${scenarios[*]}" "$(date -u +%FT%TZ)" "$REPS" "$(git -C "$ROOT" rev-parse --short HEAD)" >>"$HERE/results/otlp.md"
+for s in "${scenarios[@]}"; do
+    case $s in
+    latency) latency ;;
+    ingest) ingest ;;
+    *) echo "unknown scenario $s (latency, ingest)" >&2; exit 2 ;;
+    esac
+done

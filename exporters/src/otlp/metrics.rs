@@ -1,0 +1,597 @@
+//! The collector's metrics as OTLP data, read from the [`CollectorView`] at
+//! export time. Pure apart from the delta state it keeps.
+//!
+//! Promises:
+//! * **Views, not per-beat calls.** Nothing here runs per beat: every value
+//!   is read from the pipelines' published snapshots and the components'
+//!   atomic counters when an export is due, so OTLP and the Prometheus
+//!   endpoint report the same numbers.
+//! * **Names.** Fleet metrics per pipeline (attribute `varta.pipeline`):
+//!   `varta.beats`, `varta.stalls`, `varta.resumes` (sums),
+//!   `varta.agents.tracked`, `varta.agents.stalled` (gauges),
+//!   `varta.rate_limited{reason}`, `varta.capacity_exceeded`,
+//!   `varta.evictions{reason}` (sums), `varta.stall.duration` (histogram,
+//!   seconds). Per receiver (attribute `varta.receiver`):
+//!   `varta.decode_errors{kind}` and `varta.refusals{reason}` (every other
+//!   refusal). Per agent (`process.pid`, `varta.agent.source`,
+//!   `varta.agent.transport`): `varta.agent.status` (gauge: 0 ok,
+//!   1 degraded, 2 critical, 3 stalled), `varta.agent.beats`,
+//!   `varta.agent.stalls` (sums). Self-health: every sample of every
+//!   component as `varta.collector.<role>.<name>` with attribute
+//!   `component` (and the sample's label key), counters as monotonic sums,
+//!   gauges as gauges.
+//! * **Temporality.** Cumulative sums start at the collector's start;
+//!   delta sums (and the histogram) cover the time since the previous
+//!   collection, computed from the previous cumulative values (a value that
+//!   went down — a component restarted — counts from zero).
+//! * Every series is present from the first export, zeros included.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric::Data,
+    number_data_point,
+};
+use varta_pipeline::{MetricKind, Role};
+use varta_processor::{AgentId, STALL_DURATION_BOUNDS_NS, StallDurations};
+use varta_proto::{DecodeErrorKind, Status};
+
+use super::attrs;
+use super::config::Temporality;
+use crate::view::CollectorView;
+
+/// Names of the fleet metrics (tests and docs use them).
+pub mod name {
+    pub const BEATS: &str = "varta.beats";
+    pub const STALLS: &str = "varta.stalls";
+    pub const RESUMES: &str = "varta.resumes";
+    pub const AGENTS_TRACKED: &str = "varta.agents.tracked";
+    pub const AGENTS_STALLED: &str = "varta.agents.stalled";
+    pub const RATE_LIMITED: &str = "varta.rate_limited";
+    pub const CAPACITY_EXCEEDED: &str = "varta.capacity_exceeded";
+    pub const EVICTIONS: &str = "varta.evictions";
+    pub const STALL_DURATION: &str = "varta.stall.duration";
+    pub const DECODE_ERRORS: &str = "varta.decode_errors";
+    pub const REFUSALS: &str = "varta.refusals";
+    pub const AGENT_STATUS: &str = "varta.agent.status";
+    pub const AGENT_BEATS: &str = "varta.agent.beats";
+    pub const AGENT_STALLS: &str = "varta.agent.stalls";
+}
+
+/// Numeric value of `varta.agent.status`.
+pub const fn status_code(status: Status) -> i64 {
+    match status {
+        Status::Ok => 0,
+        Status::Degraded => 1,
+        Status::Critical => 2,
+        Status::Stall => 3,
+    }
+}
+
+/// One metric being assembled.
+struct Family {
+    name: String,
+    description: &'static str,
+    unit: &'static str,
+    shape: Shape,
+    points: Vec<NumberDataPoint>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Sum,
+    Gauge,
+}
+
+/// Turns the collector view into OTLP metrics; keeps what delta needs.
+#[derive(Debug)]
+pub struct MetricsBuilder {
+    temporality: Temporality,
+    per_agent: bool,
+    /// Unix ns the cumulative series start at (collector start).
+    start_ns: u64,
+    /// Unix ns of the previous collection (delta start).
+    last_ns: u64,
+    prev: HashMap<String, u64>,
+    prev_hist: HashMap<String, StallDurations>,
+    prev_agents: HashMap<(usize, AgentId), (u64, u64)>,
+}
+
+impl MetricsBuilder {
+    pub fn new(temporality: Temporality, per_agent: bool, start_ns: u64) -> MetricsBuilder {
+        MetricsBuilder {
+            temporality,
+            per_agent,
+            start_ns,
+            last_ns: start_ns,
+            prev: HashMap::new(),
+            prev_hist: HashMap::new(),
+            prev_agents: HashMap::new(),
+        }
+    }
+
+    fn temporality_code(&self) -> i32 {
+        match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
+            Temporality::Delta => AggregationTemporality::Delta as i32,
+        }
+    }
+
+    fn series_start(&self) -> u64 {
+        match self.temporality {
+            Temporality::Cumulative => self.start_ns,
+            Temporality::Delta => self.last_ns,
+        }
+    }
+
+    /// The value to send for a cumulative counter reading under the
+    /// configured temporality; remembers the reading for the next delta.
+    fn counter(prev: &mut HashMap<String, u64>, temporality: Temporality, key: String, value: u64) -> u64 {
+        match temporality {
+            Temporality::Cumulative => value,
+            Temporality::Delta => {
+                let before = prev.insert(key, value).unwrap_or(0);
+                if value >= before { value - before } else { value }
+            }
+        }
+    }
+
+    /// Every metric, read now. `now_ns` is the wall clock (Unix ns).
+    pub fn collect(&mut self, view: &CollectorView, now_ns: u64) -> Vec<Metric> {
+        let start = self.series_start();
+        let mut families: Vec<Family> = Vec::new();
+        let fam = |families: &mut Vec<Family>,
+                   name: &str,
+                   description: &'static str,
+                   unit: &'static str,
+                   shape: Shape|
+         -> usize {
+            if let Some(i) = families.iter().position(|f| f.name == name) {
+                return i;
+            }
+            families.push(Family { name: name.to_owned(), description, unit, shape, points: Vec::new() });
+            families.len() - 1
+        };
+        let temporality = self.temporality;
+        let prev = &mut self.prev;
+        let mut push = |families: &mut Vec<Family>, i: usize, attributes: Vec<KeyValue>, value: u64| {
+            let f = &mut families[i];
+            let value = if f.shape == Shape::Sum {
+                let key = series_key(&f.name, &attributes);
+                Self::counter(prev, temporality, key, value)
+            } else {
+                value
+            };
+            f.points.push(NumberDataPoint {
+                attributes,
+                start_time_unix_nano: if f.shape == Shape::Sum { start } else { 0 },
+                time_unix_nano: now_ns,
+                value: Some(number_data_point::Value::AsInt(i64::try_from(value).unwrap_or(i64::MAX))),
+                ..Default::default()
+            });
+        };
+
+        let mut raw_histograms = Vec::new();
+        let mut agents_now: HashMap<(usize, AgentId), (u64, u64)> = HashMap::new();
+        for (pi, p) in view.pipelines.iter().enumerate() {
+            let snap = p.latest();
+            let s = &snap.stats;
+            let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
+            let with = |k: &str, v: &str| {
+                let mut a = pl();
+                a.push(attrs::string(k, v));
+                a
+            };
+            let i = fam(&mut families, name::BEATS, "Beats accepted by the tracker.", "{beat}", Shape::Sum);
+            push(&mut families, i, pl(), s.beats_accepted);
+            let i = fam(
+                &mut families,
+                name::STALLS,
+                "Stalls detected (an agent silent past its threshold).",
+                "{stall}",
+                Shape::Sum,
+            );
+            push(&mut families, i, pl(), s.stalls);
+            let i =
+                fam(&mut families, name::RESUMES, "Stalled agents that beat again.", "{resume}", Shape::Sum);
+            push(&mut families, i, pl(), s.resumes);
+            let i = fam(
+                &mut families,
+                name::AGENTS_TRACKED,
+                "Agents currently tracked.",
+                "{agent}",
+                Shape::Gauge,
+            );
+            push(&mut families, i, pl(), s.agents_tracked);
+            let i = fam(
+                &mut families,
+                name::AGENTS_STALLED,
+                "Tracked agents currently stalled.",
+                "{agent}",
+                Shape::Gauge,
+            );
+            push(&mut families, i, pl(), s.agents_stalled);
+            let i = fam(
+                &mut families,
+                name::RATE_LIMITED,
+                "Beats refused by rate limiting, by limit.",
+                "{beat}",
+                Shape::Sum,
+            );
+            push(&mut families, i, with("reason", "per_agent"), s.rate_limited_per_agent);
+            push(&mut families, i, with("reason", "global"), s.rate_limited_global);
+            let i = fam(
+                &mut families,
+                name::CAPACITY_EXCEEDED,
+                "New agents refused because the tracker was full of live agents.",
+                "{agent}",
+                Shape::Sum,
+            );
+            push(&mut families, i, pl(), s.capacity_exceeded);
+            let i = fam(
+                &mut families,
+                name::EVICTIONS,
+                "Agents whose state was dropped, by reason.",
+                "{agent}",
+                Shape::Sum,
+            );
+            push(&mut families, i, with("reason", "stale"), s.evicted_stale);
+            push(&mut families, i, with("reason", "pid_recycled"), s.evicted_pid_recycled);
+            raw_histograms.push((p.name.clone(), pl(), s.stall_durations));
+
+            if self.per_agent {
+                let status = fam(
+                    &mut families,
+                    name::AGENT_STATUS,
+                    "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.",
+                    "1",
+                    Shape::Gauge,
+                );
+                let beats = fam(
+                    &mut families,
+                    name::AGENT_BEATS,
+                    "Beats accepted from this agent.",
+                    "{beat}",
+                    Shape::Sum,
+                );
+                let stalls =
+                    fam(&mut families, name::AGENT_STALLS, "Stalls of this agent.", "{stall}", Shape::Sum);
+                for a in snap.agents() {
+                    let agent = a.agent_ref();
+                    let mut at = pl();
+                    attrs::agent(&mut at, &agent);
+                    // Per-agent sums are deltas of the agent's own previous
+                    // reading; kept per agent (not by string key) and
+                    // rebuilt every collection so departed agents vanish.
+                    let (b, st) = match self.temporality {
+                        Temporality::Cumulative => (a.beats, u64::from(a.stalls)),
+                        Temporality::Delta => {
+                            let (pb, ps) = self.prev_agents.get(&(pi, a.id)).copied().unwrap_or((0, 0));
+                            (
+                                a.beats.checked_sub(pb).unwrap_or(a.beats),
+                                u64::from(a.stalls).checked_sub(ps).unwrap_or(u64::from(a.stalls)),
+                            )
+                        }
+                    };
+                    agents_now.insert((pi, a.id), (a.beats, u64::from(a.stalls)));
+                    for (i, v) in [(beats, b), (stalls, st)] {
+                        families[i].points.push(NumberDataPoint {
+                            attributes: at.clone(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now_ns,
+                            value: Some(number_data_point::Value::AsInt(
+                                i64::try_from(v).unwrap_or(i64::MAX),
+                            )),
+                            ..Default::default()
+                        });
+                    }
+                    families[status].points.push(NumberDataPoint {
+                        attributes: at,
+                        time_unix_nano: now_ns,
+                        value: Some(number_data_point::Value::AsInt(status_code(a.status))),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        self.prev_agents = agents_now;
+
+        let decode_kinds: Vec<&str> = DecodeErrorKind::ALL.iter().map(|k| k.label()).collect();
+        for c in view.components.iter().filter(|c| c.role == Role::Receiver) {
+            c.metrics.samples(&mut |s| {
+                if s.metric.name != "refused" {
+                    return;
+                }
+                let (n, key, desc) = if decode_kinds.contains(&s.label) {
+                    (name::DECODE_ERRORS, "kind", "Datagrams that are not valid VLP frames, by kind.")
+                } else {
+                    (
+                        name::REFUSALS,
+                        "reason",
+                        "Datagrams refused for other reasons (authentication, replay, …), by reason.",
+                    )
+                };
+                let i = fam(&mut families, n, desc, "{datagram}", Shape::Sum);
+                push(
+                    &mut families,
+                    i,
+                    vec![attrs::string("varta.receiver", c.id.as_str()), attrs::string(key, s.label)],
+                    s.value,
+                );
+            });
+        }
+
+        for c in &view.components {
+            c.metrics.samples(&mut |s| {
+                let n = format!("varta.collector.{}.{}", c.role.as_str(), s.metric.name);
+                let shape = match s.metric.kind {
+                    MetricKind::Counter => Shape::Sum,
+                    MetricKind::Gauge => Shape::Gauge,
+                };
+                let i = fam(&mut families, &n, s.metric.help, "1", shape);
+                let mut a = vec![attrs::string("component", c.id.as_str())];
+                if let Some(key) = s.metric.label {
+                    a.push(attrs::string(key, s.label));
+                }
+                push(&mut families, i, a, s.value);
+            });
+        }
+
+        let histograms: Vec<HistogramDataPoint> = raw_histograms
+            .into_iter()
+            .map(|(pipeline, attributes, h)| self.histogram_point(&pipeline, attributes, h, start, now_ns))
+            .collect();
+        self.last_ns = now_ns;
+        let temporality = self.temporality_code();
+        let mut out: Vec<Metric> = families
+            .into_iter()
+            .map(|f| Metric {
+                name: f.name,
+                description: f.description.to_owned(),
+                unit: f.unit.to_owned(),
+                data: Some(match f.shape {
+                    Shape::Sum => Data::Sum(Sum {
+                        data_points: f.points,
+                        aggregation_temporality: temporality,
+                        is_monotonic: true,
+                    }),
+                    Shape::Gauge => Data::Gauge(Gauge { data_points: f.points }),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        out.push(Metric {
+            name: name::STALL_DURATION.into(),
+            description: "Length of stalls that ended (the agent beat again).".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: histograms,
+                aggregation_temporality: temporality,
+            })),
+            ..Default::default()
+        });
+        out
+    }
+
+    fn histogram_point(
+        &mut self,
+        pipeline: &str,
+        attributes: Vec<KeyValue>,
+        h: StallDurations,
+        start: u64,
+        now_ns: u64,
+    ) -> HistogramDataPoint {
+        let h = match self.temporality {
+            Temporality::Cumulative => h,
+            Temporality::Delta => {
+                let before = self.prev_hist.insert(pipeline.to_owned(), h).unwrap_or_default();
+                if h.count() >= before.count() && h.sum_ns >= before.sum_ns {
+                    let mut d = h;
+                    for (b, p) in d.buckets.iter_mut().zip(before.buckets) {
+                        *b = b.saturating_sub(p);
+                    }
+                    d.sum_ns = h.sum_ns - before.sum_ns;
+                    d
+                } else {
+                    h
+                }
+            }
+        };
+        HistogramDataPoint {
+            attributes,
+            start_time_unix_nano: start,
+            time_unix_nano: now_ns,
+            count: h.count(),
+            sum: Some(h.sum_ns as f64 / 1e9),
+            bucket_counts: h.buckets.to_vec(),
+            explicit_bounds: STALL_DURATION_BOUNDS_NS.iter().map(|&b| b as f64 / 1e9).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+fn series_key(name: &str, attributes: &[KeyValue]) -> String {
+    let mut key = name.to_owned();
+    for kv in attributes {
+        key.push('\u{1f}');
+        key.push_str(&kv.key);
+        key.push('=');
+        if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            key.push_str(&format!("{v:?}"));
+        }
+    }
+    key
+}
+
+/// Number of data points in a metric.
+fn points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        _ => 0,
+    }
+}
+
+/// Splits metrics into groups of at most about `max_points` data points
+/// (a large metric is cut into several copies), so one request stays well
+/// under gRPC's default 4 MiB message limit however many agents there are.
+pub fn split(metrics: Vec<Metric>, max_points: usize) -> Vec<Vec<Metric>> {
+    let max_points = max_points.max(1);
+    let mut out: Vec<Vec<Metric>> = Vec::new();
+    let mut current: Vec<Metric> = Vec::new();
+    let mut count = 0usize;
+    for mut m in metrics {
+        while points(&m) > max_points {
+            let rest = cut(&mut m, max_points);
+            if !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            out.push(vec![m]);
+            count = 0;
+            m = rest;
+        }
+        let n = points(&m);
+        if count + n > max_points && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+            count = 0;
+        }
+        count += n;
+        current.push(m);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Keeps the first `at` points in `m`, returns a copy holding the rest.
+fn cut(m: &mut Metric, at: usize) -> Metric {
+    let mut rest = Metric {
+        name: m.name.clone(),
+        description: m.description.clone(),
+        unit: m.unit.clone(),
+        ..Default::default()
+    };
+    rest.data = match &mut m.data {
+        Some(Data::Sum(s)) => Some(Data::Sum(Sum { data_points: s.data_points.split_off(at), ..*s })),
+        Some(Data::Gauge(g)) => Some(Data::Gauge(Gauge { data_points: g.data_points.split_off(at) })),
+        Some(Data::Histogram(h)) => {
+            Some(Data::Histogram(Histogram { data_points: h.data_points.split_off(at), ..*h }))
+        }
+        _ => None,
+    };
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use varta_pipeline::{Instrumented, Metric as ModelMetric, Sample};
+    use varta_processor::clock::Clock;
+    use varta_processor::snapshot::Publisher;
+
+    use crate::view::PipelineView;
+
+    static REFUSED: ModelMetric = ModelMetric::labelled("refused", "reason", "test");
+    static DEPTH: ModelMetric = ModelMetric::gauge("depth", "test");
+
+    #[derive(Debug, Default)]
+    struct Fake(AtomicU64);
+
+    impl Instrumented for Fake {
+        fn samples(&self, out: &mut dyn FnMut(Sample)) {
+            out(Sample::labelled(&REFUSED, "bad_crc", self.0.load(Relaxed)));
+            out(Sample::labelled(&REFUSED, "replay", 1));
+            out(Sample::new(&DEPTH, 7));
+        }
+    }
+
+    fn view(fake: Arc<Fake>) -> (CollectorView, Publisher) {
+        let publisher = Publisher::new(1, Clock::Monotonic, 2_000_000_000);
+        let (_tx, rx) = varta_pipeline::queue::batch_queue(4);
+        let mut v = CollectorView::default();
+        v.add(Role::Receiver, "vlp/udp", fake);
+        v.add_pipeline(PipelineView {
+            name: "liveness".into(),
+            snapshots: publisher.reader(),
+            queue: rx.depth(),
+            attributes: None,
+        });
+        (v, publisher)
+    }
+
+    fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
+        metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} missing"))
+    }
+
+    fn int(p: &NumberDataPoint) -> i64 {
+        match p.value {
+            Some(number_data_point::Value::AsInt(v)) => v,
+            _ => panic!("not an int"),
+        }
+    }
+
+    #[test]
+    fn names_shapes_and_the_decode_refusal_split() {
+        let (v, _p) = view(Arc::new(Fake::default()));
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100);
+        let m = b.collect(&v, 200);
+        assert!(matches!(find(&m, name::BEATS).data, Some(Data::Sum(Sum { is_monotonic: true, .. }))));
+        assert!(matches!(find(&m, name::AGENTS_TRACKED).data, Some(Data::Gauge(_))));
+        let Some(Data::Histogram(h)) = &find(&m, name::STALL_DURATION).data else { panic!("histogram") };
+        assert_eq!(h.data_points[0].bucket_counts.len(), STALL_DURATION_BOUNDS_NS.len() + 1);
+        assert_eq!(h.data_points[0].explicit_bounds[0], 0.01);
+        let Some(Data::Sum(d)) = &find(&m, name::DECODE_ERRORS).data else { panic!("sum") };
+        assert_eq!(d.data_points.len(), 1, "bad_crc is a decode error");
+        let Some(Data::Sum(r)) = &find(&m, name::REFUSALS).data else { panic!("sum") };
+        assert_eq!(r.data_points.len(), 1, "replay is another refusal");
+        assert_eq!(r.data_points[0].start_time_unix_nano, 100);
+        assert!(matches!(find(&m, "varta.collector.receiver.depth").data, Some(Data::Gauge(_))));
+        assert!(matches!(find(&m, "varta.collector.pipeline.queue_depth").data, Some(Data::Gauge(_))));
+    }
+
+    #[test]
+    fn delta_sends_differences_and_restarts_from_a_reset() {
+        let fake = Arc::new(Fake::default());
+        let (v, _p) = view(fake.clone());
+        let mut b = MetricsBuilder::new(Temporality::Delta, true, 100);
+        let value = |b: &mut MetricsBuilder, now| {
+            let m = b.collect(&v, now);
+            let Some(Data::Sum(s)) = &find(&m, name::DECODE_ERRORS).data else { panic!("sum") };
+            assert_eq!(s.aggregation_temporality, AggregationTemporality::Delta as i32);
+            (int(&s.data_points[0]), s.data_points[0].start_time_unix_nano)
+        };
+        fake.0.store(5, Relaxed);
+        assert_eq!(value(&mut b, 200), (5, 100));
+        fake.0.store(8, Relaxed);
+        assert_eq!(value(&mut b, 300), (3, 200), "since the previous export");
+        assert_eq!(value(&mut b, 400), (0, 300));
+        fake.0.store(2, Relaxed);
+        assert_eq!(value(&mut b, 500), (2, 400), "a counter that went down counts from zero");
+    }
+
+    #[test]
+    fn split_keeps_every_point_and_bounds_each_request() {
+        let big = Metric {
+            name: "big".into(),
+            data: Some(Data::Gauge(Gauge { data_points: vec![NumberDataPoint::default(); 25] })),
+            ..Default::default()
+        };
+        let small = Metric {
+            name: "small".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint::default(); 3],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let groups = split(vec![small.clone(), big, small], 10);
+        assert!(groups.iter().all(|g| g.iter().map(points).sum::<usize>() <= 10), "{}", groups.len());
+        assert_eq!(groups.iter().flatten().map(points).sum::<usize>(), 31);
+        assert!(groups.iter().flatten().filter(|m| m.name == "big").count() >= 3);
+    }
+}

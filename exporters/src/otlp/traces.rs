@@ -1,0 +1,243 @@
+//! Stall incidents as OTLP spans. Pure: events in, spans out.
+//!
+//! Promises (one trace per incident, see [`super::ids`]):
+//! * `Stall` → span `varta.stall` from the agent's last beat to detection,
+//!   status ERROR, with the agent's attributes, the threshold, the last
+//!   status/payload/nonce, the incident id, and an event
+//!   `varta.stall.detected` at detection.
+//! * `Resume` → span `varta.stall.resolved`, child of that `varta.stall`
+//!   span in the same trace, from the last beat to the resuming beat (the
+//!   total silence), status OK.
+//! * `Panic` → span `varta.agent.panic` of its own (zero length, at the
+//!   panic frame, status ERROR, event `varta.agent.panic`), in a trace of
+//!   its own. Why not on the incident's span: a panic frame is the agent's
+//!   last word *before* its stall, so no incident exists yet when it
+//!   arrives, and holding it back until the stall (threshold later, or
+//!   never if the collector stops) would delay or lose it. The stall that
+//!   follows carries `varta.last_status = critical` and the panic nonce.
+//! * Other events produce no span.
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::{Event as SpanEvent, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status as SpanStatus};
+use varta_processor::{AgentRef, Event, EventKind};
+
+use super::attrs;
+use super::ids::{IdSource, PANIC_SEQ_BIT, SpanRole};
+use super::wallclock::WallClock;
+
+/// Names, so tests and docs agree.
+pub mod name {
+    pub const STALL: &str = "varta.stall";
+    pub const DETECTED: &str = "varta.stall.detected";
+    pub const RESOLVED: &str = "varta.stall.resolved";
+    pub const PANIC: &str = "varta.agent.panic";
+}
+
+/// Turns incident events into spans for one pipeline.
+#[derive(Debug)]
+pub struct SpanBuilder {
+    ids: IdSource,
+    pipeline: String,
+    panics: u64,
+}
+
+impl SpanBuilder {
+    pub fn new(ids: IdSource, pipeline: impl Into<String>) -> SpanBuilder {
+        SpanBuilder { ids, pipeline: pipeline.into(), panics: 0 }
+    }
+
+    fn common(&self, agent: &AgentRef) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(12);
+        attrs::agent(&mut a, agent);
+        a.push(attrs::string("varta.pipeline", self.pipeline.as_str()));
+        a
+    }
+
+    /// The span for `event`, if it is an incident event with an agent.
+    /// `threshold_ns` is the pipeline's stall threshold.
+    pub fn span(&mut self, event: &Event, clock: &WallClock, threshold_ns: u64) -> Option<Span> {
+        let agent = event.agent.as_ref()?;
+        let at = clock.to_unix_ns(event.at_ns);
+        match event.kind {
+            EventKind::Stall {
+                incident,
+                last_beat_ns,
+                last_nonce,
+                silence_ns,
+                last_status,
+                last_payload,
+            } => {
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.incident.id", incident));
+                a.push(attrs::uint("varta.stall.threshold_ns", threshold_ns));
+                a.push(attrs::uint("varta.stall.silence_ns", silence_ns));
+                a.push(attrs::string("varta.last_status", last_status.as_str()));
+                a.push(attrs::int("varta.last_payload", i64::from(last_payload)));
+                a.push(attrs::uint("varta.last_nonce", last_nonce));
+                Some(Span {
+                    trace_id: self.ids.trace_id(incident).to_vec(),
+                    span_id: self.ids.span_id(incident, SpanRole::Stall).to_vec(),
+                    name: name::STALL.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: clock.to_unix_ns(last_beat_ns),
+                    end_time_unix_nano: at,
+                    attributes: a,
+                    events: vec![SpanEvent {
+                        time_unix_nano: at,
+                        name: name::DETECTED.into(),
+                        attributes: vec![attrs::uint("varta.stall.silence_ns", silence_ns)],
+                        dropped_attributes_count: 0,
+                    }],
+                    status: Some(SpanStatus {
+                        message: format!("agent silent for {} ms", silence_ns / 1_000_000),
+                        code: StatusCode::Error as i32,
+                    }),
+                    ..Default::default()
+                })
+            }
+            EventKind::Resume { incident, silence_ns, frame } => {
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.incident.id", incident));
+                a.push(attrs::uint("varta.stall.silence_ns", silence_ns));
+                a.push(attrs::string("varta.status", frame.status.as_str()));
+                a.push(attrs::uint("varta.nonce", frame.nonce));
+                a.push(attrs::int("varta.payload", i64::from(frame.payload)));
+                Some(Span {
+                    trace_id: self.ids.trace_id(incident).to_vec(),
+                    span_id: self.ids.span_id(incident, SpanRole::Resolved).to_vec(),
+                    parent_span_id: self.ids.span_id(incident, SpanRole::Stall).to_vec(),
+                    name: name::RESOLVED.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: clock.to_unix_ns(event.at_ns.saturating_sub(silence_ns)),
+                    end_time_unix_nano: at,
+                    attributes: a,
+                    status: Some(SpanStatus { message: String::new(), code: StatusCode::Ok as i32 }),
+                    ..Default::default()
+                })
+            }
+            EventKind::Panic { frame } => {
+                self.panics += 1;
+                let seq = self.panics | PANIC_SEQ_BIT;
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.nonce", frame.nonce));
+                a.push(attrs::int("varta.payload", i64::from(frame.payload)));
+                Some(Span {
+                    trace_id: self.ids.trace_id(seq).to_vec(),
+                    span_id: self.ids.span_id(seq, SpanRole::Panic).to_vec(),
+                    name: name::PANIC.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: at,
+                    end_time_unix_nano: at,
+                    attributes: a.clone(),
+                    events: vec![SpanEvent {
+                        time_unix_nano: at,
+                        name: name::PANIC.into(),
+                        attributes: vec![attrs::int("varta.payload", i64::from(frame.payload))],
+                        dropped_attributes_count: 0,
+                    }],
+                    status: Some(SpanStatus {
+                        message: "agent sent a terminal (panic) frame".into(),
+                        code: StatusCode::Error as i32,
+                    }),
+                    ..Default::default()
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use varta_processor::{AgentId, clock::Clock};
+    use varta_proto::{Frame, Source, Status, Transport};
+
+    fn agent(pid: u32) -> AgentRef {
+        AgentRef {
+            id: AgentId { source: Source::Local, pid, start_time: 9 },
+            frame_pid: pid,
+            host_pid: pid,
+            transport: Transport::Uds,
+        }
+    }
+
+    fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+        span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    #[test]
+    fn stall_and_resume_share_a_trace_and_link_parent_to_child() {
+        let clock = WallClock::new(Clock::Monotonic);
+        let mut b = SpanBuilder::new(IdSource::new(5, "liveness"), "liveness");
+        let stall = Event {
+            at_ns: 3_000_000_000,
+            agent: Some(agent(77)),
+            kind: EventKind::Stall {
+                incident: 4,
+                last_beat_ns: 1_000_000_000,
+                last_nonce: 12,
+                silence_ns: 2_000_000_000,
+                last_status: Status::Degraded,
+                last_payload: 99,
+            },
+        };
+        let s = b.span(&stall, &clock, 2_000_000_000).expect("stall span");
+        assert_eq!(s.name, "varta.stall");
+        assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 2_000_000_000);
+        assert_eq!(s.status.as_ref().map(|st| st.code), Some(StatusCode::Error as i32));
+        assert_eq!(attr(&s, "process.pid"), Some(&Value::IntValue(77)));
+        assert_eq!(attr(&s, "varta.last_status"), Some(&Value::StringValue("degraded".into())));
+        assert_eq!(attr(&s, "varta.last_payload"), Some(&Value::IntValue(99)));
+        assert_eq!(attr(&s, "varta.last_nonce"), Some(&Value::IntValue(12)));
+        assert_eq!(attr(&s, "varta.incident.id"), Some(&Value::IntValue(4)));
+        assert_eq!(attr(&s, "varta.stall.threshold_ns"), Some(&Value::IntValue(2_000_000_000)));
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].name, "varta.stall.detected");
+        assert_eq!(s.events[0].time_unix_nano, s.end_time_unix_nano);
+        assert!(s.parent_span_id.is_empty());
+
+        let resume = Event {
+            at_ns: 5_000_000_000,
+            agent: Some(agent(77)),
+            kind: EventKind::Resume {
+                incident: 4,
+                silence_ns: 4_000_000_000,
+                frame: Frame::new(Status::Ok, 77, 0, 13, 1),
+            },
+        };
+        let r = b.span(&resume, &clock, 2_000_000_000).expect("resolved span");
+        assert_eq!(r.name, "varta.stall.resolved");
+        assert_eq!(r.trace_id, s.trace_id);
+        assert_eq!(r.parent_span_id, s.span_id);
+        assert_ne!(r.span_id, s.span_id);
+        assert_eq!(r.start_time_unix_nano, s.start_time_unix_nano);
+        assert_eq!(attr(&r, "varta.stall.silence_ns"), Some(&Value::IntValue(4_000_000_000)));
+        assert_eq!(r.status.as_ref().map(|st| st.code), Some(StatusCode::Ok as i32));
+    }
+
+    #[test]
+    fn panics_get_their_own_trace_and_other_events_none() {
+        let clock = WallClock::new(Clock::Monotonic);
+        let mut b = SpanBuilder::new(IdSource::new(5, "p"), "p");
+        let panic = Event {
+            at_ns: 1,
+            agent: Some(agent(3)),
+            kind: EventKind::Panic { frame: Frame::new(Status::Critical, 3, 0, u64::MAX, 7) },
+        };
+        let p1 = b.span(&panic, &clock, 1).expect("panic span");
+        let p2 = b.span(&panic, &clock, 1).expect("panic span");
+        assert_eq!(p1.name, "varta.agent.panic");
+        assert_eq!(p1.events[0].name, "varta.agent.panic");
+        assert_ne!(p1.trace_id, p2.trace_id);
+        let beat = Event {
+            at_ns: 1,
+            agent: Some(agent(3)),
+            kind: EventKind::Beat { frame: Frame::new(Status::Ok, 3, 1, 0, 0) },
+        };
+        assert!(b.span(&beat, &clock, 1).is_none());
+    }
+}

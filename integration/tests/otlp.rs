@@ -1,0 +1,895 @@
+//! End-to-end tests of the `otlp` exporter: the real `varta-collector`
+//! binary, real agents (`varta beat` processes, and raw UDP frames for
+//! fleets of simulated pids), against
+//! * a real third-party OTLP/gRPC receiver, `rotel` (installed by
+//!   `scripts/install-peers.sh`; the test fails, never skips, without it);
+//! * an OTLP/gRPC server inside the test, built from the official protos
+//!   (`opentelemetry-proto`), to assert exact structure and to kill and
+//!   restart the backend at will.
+//!
+//! No timing thresholds: everything is polled with bounded timeouts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Metric, metric::Data};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use tonic::codec::CompressionEncoding;
+use varta_integration::{Collector, final_counter, free_udp_port, read_events, varta, wait_for};
+use varta_proto::{Frame, Status};
+
+// ---------------------------------------------------------------------------
+// An OTLP/gRPC server inside the test.
+
+#[derive(Debug, Default)]
+struct Received {
+    spans: Vec<Span>,
+    metrics: Vec<Metric>,
+    /// Values of the `x-varta-tenant` header, per request.
+    tenants: Vec<String>,
+    /// Whether any request carried an `authorization` header (it must reach
+    /// the backend; the test never prints it).
+    authorized: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sink(Arc<Mutex<Received>>);
+
+impl Sink {
+    fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note_headers(&self, md: &tonic::metadata::MetadataMap) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = md.get("x-varta-tenant").and_then(|v| v.to_str().ok()) {
+            r.tenants.push(t.to_owned());
+        }
+        r.authorized |= md.get("authorization").is_some();
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.note_headers(request.metadata());
+        let spans = request.into_inner().resource_spans.into_iter().flat_map(|rs| {
+            let resource = rs.resource.unwrap_or_default();
+            assert!(
+                resource.attributes.iter().any(|kv| kv.key == "service.name"),
+                "every request names its service"
+            );
+            rs.scope_spans.into_iter().flat_map(|ss| ss.spans)
+        });
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).spans.extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.note_headers(request.metadata());
+        let metrics = request
+            .into_inner()
+            .resource_metrics
+            .into_iter()
+            .flat_map(|rm| rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics));
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).metrics.extend(metrics);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A running in-test OTLP server on a fixed loopback port.
+struct OtlpServer {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OtlpServer {
+    fn start(port: u16, sink: &Sink) -> OtlpServer {
+        Self::start_with_tls(port, sink, None)
+    }
+
+    fn start_with_tls(port: u16, sink: &Sink, tls: Option<tonic::transport::ServerTlsConfig>) -> OtlpServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        let listener = wait_for("the OTLP port to be free", || {
+            runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).ok()
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let traces = TraceServiceServer::new(sink.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20);
+        let metrics = MetricsServiceServer::new(sink.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("server TLS config");
+        }
+        let task = runtime.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = builder
+                .add_service(traces)
+                .add_service(metrics)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        OtlpServer { runtime, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Kills the server: stops listening and drops every connection.
+    fn kill(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+// ---------------------------------------------------------------------------
+// Reading spans and metrics.
+
+fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+fn int_attr(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attributes, key) {
+        Some(Value::IntValue(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+fn spans_of(sink: &Sink, name: &str, pid: u32) -> Vec<Span> {
+    sink.with(|r| {
+        r.spans
+            .iter()
+            .filter(|s| s.name == name && int_attr(&s.attributes, "process.pid") == Some(i64::from(pid)))
+            .cloned()
+            .collect()
+    })
+}
+
+fn metric(sink: &Sink, name: &str) -> Option<Metric> {
+    sink.with(|r| r.metrics.iter().rev().find(|m| m.name == name).cloned())
+}
+
+fn unix_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}
+
+// ---------------------------------------------------------------------------
+// Configs and agents.
+
+/// UDS + plain UDP receivers, a tracker, a file exporter and an otlp
+/// exporter with `otlp_extra` lines (indented by four spaces).
+fn config(endpoint: &str, udp_port: u16, threshold: &str, otlp_extra: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/uds:
+    transport: uds
+    path: "@DIR@/varta.sock"
+  vlp/udp:
+    transport: udp
+    endpoint: 127.0.0.1:{udp_port}
+    accept_unauthenticated: true
+    recv_buffer_bytes: 67108864
+processors:
+  tracker:
+    threshold: {threshold}
+exporters:
+  file:
+    path: "@DIR@/events.tsv"
+    beats: false
+  otlp:
+    endpoint: {endpoint}
+{otlp_extra}
+service:
+  pipelines:
+    liveness:
+      receivers: [vlp/uds, vlp/udp]
+      processors: [tracker]
+      exporters: [file, otlp]
+  telemetry:
+    logs:
+      format: json
+"#
+    )
+}
+
+/// A `varta beat` agent process beating every 50 ms over the collector's socket.
+fn uds_agent(c: &Collector) -> Child {
+    let sock = c.path("varta.sock");
+    varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .spawn()
+        .expect("spawn varta beat")
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned, with a valid signal number.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// Sends one beat for each pid in `pids` over plain UDP (simulated agents).
+fn udp_beats(port: u16, pids: impl IntoIterator<Item = u32>, nonce: u64) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    for (i, pid) in pids.into_iter().enumerate() {
+        let frame = Frame::new(Status::Ok, pid, nonce, nonce, 0).encode();
+        // A full socket buffer is retried: these agents must arrive.
+        while sock.send_to(&frame, to).is_err() {
+            std::thread::yield_now();
+        }
+        if i % 256 == 255 {
+            // Let the receiver keep up (pacing, not a timing assumption).
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn counter(c: &Collector, name: &str, label: &str) -> u64 {
+    c.counter("exporters::otlp", name, label)
+}
+
+// ---------------------------------------------------------------------------
+// rotel: a real third-party OTLP receiver.
+
+/// `rotel-agent`, as `scripts/install-peers.sh` installs it.
+fn rotel_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ROTEL") {
+        return PathBuf::from(p);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let venv_lib = target.join("peers/venv/lib");
+    let found = std::fs::read_dir(&venv_lib).ok().and_then(|dirs| {
+        dirs.flatten().map(|d| d.path().join("site-packages/rotel/rotel-agent")).find(|p| p.exists())
+    });
+    match found {
+        Some(p) => p,
+        None => panic!(
+            "rotel-agent not found (looked for $ROTEL and {}/python3*/site-packages/rotel/rotel-agent). \
+             Install it with `scripts/install-peers.sh` (the README test command `./scripts/test.sh` does).",
+            venv_lib.display()
+        ),
+    }
+}
+
+struct Rotel {
+    child: Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotel {
+    fn start(grpc: u16) -> Rotel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("rotel.out");
+        let file = std::fs::File::create(&out).expect("rotel output");
+        let http = free_tcp_port();
+        let child = Command::new(rotel_binary())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}"), "--exporter", "blackhole"])
+            .args(["--debug-log", "traces", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("start rotel-agent");
+        let r = Rotel { child, out, _dir: dir };
+        wait_for("rotel to start", || r.output().contains("Starting Rotel").then_some(()));
+        r
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// The printed span blocks (from `Span #` to the next `Span #` or
+    /// resource block) named `name`.
+    fn span_blocks(&self, name: &str) -> Vec<String> {
+        let out = self.output();
+        let mut blocks = Vec::new();
+        for part in out.split("\nSpan #").skip(1) {
+            let block = part.split("\nResource").next().unwrap_or(part);
+            if block.lines().any(|l| l.trim() == format!("Name           : {name}")) {
+                blocks.push(block.to_owned());
+            }
+        }
+        blocks
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn trace_id_of(block: &str) -> Option<String> {
+    block.lines().find_map(|l| l.trim().strip_prefix("Trace ID       : ").map(str::to_owned))
+}
+
+#[test]
+fn rotel_receives_stall_span_metrics_and_resolution() {
+    let port = free_tcp_port();
+    let rotel = Rotel::start(port);
+    let c = Collector::start(&config(
+        &format!("http://127.0.0.1:{port}"),
+        free_udp_port(),
+        "300ms",
+        "    compression: gzip\n    metrics: { interval: 200ms }",
+    ));
+    let mut agent = uds_agent(&c);
+    let pid = agent.id();
+    let pid_line = format!("-> process.pid: Int({pid})");
+    // The agent's per-agent metric points carry its pid: it is tracked.
+    wait_for("rotel to print the agent's metric points", || rotel.output().contains(&pid_line).then_some(()));
+    signal(&agent, libc::SIGSTOP);
+    let stall = wait_for("rotel to print the varta.stall span", || {
+        rotel.span_blocks("varta.stall").into_iter().find(|b| b.contains(&pid_line))
+    });
+    assert!(stall.contains("varta.stall.detected"), "{stall}");
+    assert!(stall.contains("STATUS_CODE_ERROR"), "{stall}");
+    assert!(stall.contains("-> varta.agent.transport: Str(uds)"), "{stall}");
+    assert!(stall.contains("-> varta.incident.id: Int("), "{stall}");
+    wait_for("varta.stalls counted in rotel's metrics", || {
+        let out = rotel.output();
+        (out.contains("Name: varta.stalls") && out.contains("Name: varta.beats")).then_some(())
+    });
+    signal(&agent, libc::SIGCONT);
+    let resolved = wait_for("rotel to print the resolution", || {
+        rotel.span_blocks("varta.stall.resolved").into_iter().find(|b| b.contains(&pid_line))
+    });
+    assert!(resolved.contains("STATUS_CODE_OK"), "{resolved}");
+    assert!(resolved.contains("-> varta.stall.silence_ns: Int("), "{resolved}");
+    assert_eq!(trace_id_of(&resolved), trace_id_of(&stall), "one trace per incident");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        final_counter(&log, "exporters::otlp", "spans_failed", "").unwrap_or(0),
+        0,
+        "no failures: {log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Exact structure, against the in-test server.
+
+#[test]
+fn spans_and_metrics_have_the_promised_structure() {
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    let c = Collector::start_with(
+        &config(
+            &format!("http://127.0.0.1:{port}"),
+            free_udp_port(),
+            "400ms",
+            "    headers:\n      x-varta-tenant: team-a\n      authorization: ${env:OTLP_TOKEN}\n    metrics: { interval: 200ms, temporality: cumulative }",
+        ),
+        &[("OTLP_TOKEN", "Bearer never-logged-token")],
+    );
+    let started_ns = unix_ns();
+    let mut agent = uds_agent(&c);
+    let pid = agent.id();
+    wait_for("the agent to be tracked", || {
+        let m = metric(&sink, "varta.agent.status")?;
+        let Some(Data::Gauge(g)) = m.data else { return None };
+        g.data_points
+            .iter()
+            .any(|p| int_attr(&p.attributes, "process.pid") == Some(i64::from(pid)))
+            .then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let stopped_ns = unix_ns();
+    let stall = wait_for("the stall span", || spans_of(&sink, "varta.stall", pid).pop());
+    signal(&agent, libc::SIGCONT);
+    let resumed_ns = unix_ns();
+    let resolved = wait_for("the resolved span", || spans_of(&sink, "varta.stall.resolved", pid).pop());
+
+    // One trace per incident, parent → child.
+    assert_eq!(stall.trace_id.len(), 16);
+    assert_eq!(stall.span_id.len(), 8);
+    assert!(stall.parent_span_id.is_empty(), "the stall span is the root");
+    assert_eq!(resolved.trace_id, stall.trace_id);
+    assert_eq!(resolved.parent_span_id, stall.span_id);
+    assert_ne!(resolved.span_id, stall.span_id);
+    assert_eq!(spans_of(&sink, "varta.stall", pid).len(), 1, "exactly one stall span for one incident");
+
+    // Attribute names and types.
+    let a = &stall.attributes;
+    assert_eq!(int_attr(a, "process.pid"), Some(i64::from(pid)));
+    assert!(matches!(attr(a, "varta.agent.source"), Some(Value::StringValue(s)) if s == "local"));
+    assert!(matches!(attr(a, "varta.agent.transport"), Some(Value::StringValue(s)) if s == "uds"));
+    assert_eq!(int_attr(a, "varta.stall.threshold_ns"), Some(400_000_000));
+    assert!(matches!(attr(a, "varta.last_status"), Some(Value::StringValue(s)) if s == "ok"));
+    assert!(int_attr(a, "varta.last_nonce").is_some_and(|n| n > 0));
+    assert!(int_attr(a, "varta.last_payload").is_some());
+    let incident = int_attr(a, "varta.incident.id").expect("incident id");
+    assert_eq!(int_attr(&resolved.attributes, "varta.incident.id"), Some(incident));
+    assert_eq!(stall.status.as_ref().map(|s| s.code), Some(StatusCode::Error as i32));
+    assert_eq!(resolved.status.as_ref().map(|s| s.code), Some(StatusCode::Ok as i32));
+    assert_eq!(stall.events.len(), 1);
+    assert_eq!(stall.events[0].name, "varta.stall.detected");
+    assert_eq!(stall.events[0].time_unix_nano, stall.end_time_unix_nano);
+
+    // Timestamps within a second of wall-clock truth: the last beat came
+    // just before SIGSTOP, detection one threshold after it, the end of the
+    // resolution just after SIGCONT.
+    let second = 1_000_000_000i128;
+    let start = i128::from(stall.start_time_unix_nano);
+    let end = i128::from(stall.end_time_unix_nano);
+    assert!((start - stopped_ns).abs() < second, "stall start {start} vs SIGSTOP at {stopped_ns}");
+    assert!((end - (stopped_ns + 400_000_000)).abs() < second, "detection {end}");
+    assert!(end - start >= 400_000_000, "a stall lasts at least the threshold");
+    let r_end = i128::from(resolved.end_time_unix_nano);
+    assert!((r_end - resumed_ns).abs() < second, "resume {r_end} vs SIGCONT at {resumed_ns}");
+    assert_eq!(resolved.start_time_unix_nano, stall.start_time_unix_nano);
+    let silence = int_attr(&resolved.attributes, "varta.stall.silence_ns").expect("silence");
+    assert_eq!(i128::from(silence), r_end - start);
+
+    // Metrics: names, shapes, temporality, start times.
+    let stalls = wait_for("varta.stalls = 1", || {
+        let m = metric(&sink, "varta.stalls")?;
+        let Some(Data::Sum(s)) = &m.data else { return None };
+        matches!(
+            s.data_points.first()?.value,
+            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(1))
+        )
+        .then_some(s.clone())
+    });
+    assert!(stalls.is_monotonic);
+    assert_eq!(stalls.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+    let p = &stalls.data_points[0];
+    assert!(i128::from(p.start_time_unix_nano) <= started_ns, "cumulative series start at collector start");
+    assert!((i128::from(p.time_unix_nano) - unix_ns()).abs() < 5 * second);
+    assert!(matches!(attr(&p.attributes, "varta.pipeline"), Some(Value::StringValue(s)) if s == "liveness"));
+    let hist = wait_for("the stall duration histogram to count the resumed stall", || {
+        let m = metric(&sink, "varta.stall.duration")?;
+        let Some(Data::Histogram(h)) = m.data else { return None };
+        (h.data_points.first()?.count == 1).then_some((m.unit, h))
+    });
+    assert_eq!(hist.0, "s");
+    let hp = &hist.1.data_points[0];
+    assert_eq!(hp.bucket_counts.len(), hp.explicit_bounds.len() + 1);
+    assert!(hp.sum.is_some_and(|s| s >= 0.4), "{hp:?}");
+    for name in ["varta.beats", "varta.resumes", "varta.decode_errors", "varta.refusals", "varta.evictions"] {
+        let m = metric(&sink, name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(matches!(m.data, Some(Data::Sum(_))), "{name} is a sum");
+    }
+    for name in ["varta.agents.tracked", "varta.agent.status"] {
+        let m = metric(&sink, name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(matches!(m.data, Some(Data::Gauge(_))), "{name} is a gauge");
+    }
+    let decode = metric(&sink, "varta.decode_errors").expect("decode errors");
+    let Some(Data::Sum(d)) = decode.data else { panic!("sum") };
+    assert!(
+        d.data_points
+            .iter()
+            .any(|p| matches!(attr(&p.attributes, "kind"), Some(Value::StringValue(k)) if k == "bad_crc"))
+    );
+    let own = wait_for("the exporter's own counters as self-health", || {
+        let m = metric(&sink, "varta.collector.exporter.spans_exported")?;
+        let Some(Data::Sum(s)) = m.data else { return None };
+        s.data_points
+            .into_iter()
+            .find(|p| matches!(attr(&p.attributes, "component"), Some(Value::StringValue(c)) if c == "otlp"))
+    });
+    assert!(own.value.is_some());
+    assert!(metric(&sink, "varta.collector.receiver.datagrams").is_some());
+    assert!(metric(&sink, "varta.collector.pipeline.queue_depth").is_some());
+
+    // Headers reach the backend and the secret never reaches the log.
+    assert!(sink.with(|r| r.authorized && r.tenants.iter().all(|t| t == "team-a") && !r.tenants.is_empty()));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("never-logged-token"), "a header value was logged");
+    server.kill();
+}
+
+#[test]
+fn delta_temporality_sends_differences() {
+    let port = free_tcp_port();
+    let udp = free_udp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    let c = Collector::start(&config(
+        &format!("http://127.0.0.1:{port}"),
+        udp,
+        "10s",
+        "    traces: { enabled: false }\n    metrics: { interval: 200ms, temporality: delta }",
+    ));
+    udp_beats(udp, [4001, 4002, 4003], 1);
+    // Deltas add up to the total, and each is marked delta.
+    let total = wait_for("three beats summed over delta exports", || {
+        let sum: i64 = sink.with(|r| {
+            r.metrics
+                .iter()
+                .filter(|m| m.name == "varta.beats")
+                .filter_map(|m| match &m.data {
+                    Some(Data::Sum(s)) => {
+                        assert_eq!(s.aggregation_temporality, AggregationTemporality::Delta as i32);
+                        s.data_points.first().and_then(|p| match p.value {
+                            Some(
+                                opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(v),
+                            ) => Some(v),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                })
+                .sum()
+        });
+        (sum >= 3).then_some(sum)
+    });
+    assert_eq!(total, 3, "a delta series never counts a beat twice");
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
+}
+
+// ---------------------------------------------------------------------------
+// Faults.
+
+/// Stalls `pid` (one beat, then silence) and returns once the collector
+/// counted the stall.
+fn stall_once(c: &Collector, udp: u16, pid: u32, stalls_before: u64) -> u64 {
+    udp_beats(udp, [pid], 1);
+    wait_for("the stall", || {
+        let n = c.counter("pipelines::liveness", "stalls", "");
+        (n > stalls_before).then_some(n)
+    })
+}
+
+#[test]
+fn backend_absent_then_killed_and_restarted_export_resumes() {
+    let port = free_tcp_port();
+    let udp = free_udp_port();
+    // Backend absent at start.
+    let c = Collector::start(&config(
+        &format!("http://127.0.0.1:{port}"),
+        udp,
+        "200ms",
+        "    compression: gzip\n    timeout: 1s\n    retry_on_failure: { initial_interval: 50ms, max_interval: 100ms, max_elapsed_time: 300ms }\n    metrics: { interval: 200ms }",
+    ));
+    let mut stalls = stall_once(&c, udp, 5001, 0);
+    wait_for("the failed export to be counted", || (counter(&c, "spans_failed", "") >= 1).then_some(()));
+    wait_for("metric exports to fail", || (counter(&c, "metric_exports_failed", "") >= 1).then_some(()));
+
+    // The backend comes up: export resumes by itself.
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    stalls = stall_once(&c, udp, 5002, stalls);
+    wait_for("the span after the backend came up", || {
+        (!spans_of(&sink, "varta.stall", 5002).is_empty()).then_some(())
+    });
+    wait_for("metrics after the backend came up", || metric(&sink, "varta.beats"));
+
+    // Killed mid-run: failures counted, nothing stops.
+    server.kill();
+    let failed_before = counter(&c, "spans_failed", "");
+    stalls = stall_once(&c, udp, 5003, stalls);
+    wait_for("the failure while the backend is down", || {
+        (counter(&c, "spans_failed", "") > failed_before).then_some(())
+    });
+
+    // Restarted on the same port: export resumes.
+    let sink2 = Sink::default();
+    let server = OtlpServer::start(port, &sink2);
+    stall_once(&c, udp, 5004, stalls);
+    wait_for("the span after the restart", || {
+        (!spans_of(&sink2, "varta.stall", 5004).is_empty()).then_some(())
+    });
+    let exported = counter(&c, "spans_exported", "");
+    let failed = counter(&c, "spans_failed", "");
+    assert!(exported >= 2 && failed >= 2, "exported {exported}, failed {failed}");
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("OTLP span export failed"), "failures are logged: {log}");
+    server.kill();
+}
+
+#[test]
+fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
+    const AGENTS: u32 = 10_000;
+    let port = free_tcp_port();
+    let udp = free_udp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    let c = Collector::start(&config(
+        &format!("http://127.0.0.1:{port}"),
+        udp,
+        "1s",
+        "    metrics: { interval: 1s, per_agent: true }",
+    ));
+    udp_beats(udp, 100_000..100_000 + AGENTS, 1);
+    // Every agent that was tracked stalls (one beat, then silence).
+    wait_for("every tracked agent to stall", || {
+        let stalled = c.counter("pipelines::liveness", "agents_stalled", "");
+        let tracked = c.counter("pipelines::liveness", "agents_tracked", "");
+        (stalled >= u64::from(AGENTS) * 9 / 10 && stalled == tracked).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let stalls = final_counter(&log, "pipelines::liveness", "stalls", "").unwrap_or(0);
+    let count = |name: &str, label: &str| final_counter(&log, "exporters::otlp", name, label).unwrap_or(0);
+    let received = sink.with(|r| r.spans.iter().filter(|s| s.name == "varta.stall").count()) as u64;
+    let accounted = received
+        + count("spans_failed", "")
+        + count("spans_dropped", "queue_full")
+        + count("spans_dropped", "shutdown")
+        + count("incidents_dropped", "");
+    eprintln!(
+        "10k: stalls {stalls}, received {received}, incidents_dropped {}, spans_dropped {}",
+        count("incidents_dropped", ""),
+        count("spans_dropped", "queue_full")
+    );
+    assert_eq!(accounted, stalls, "every incident exported or counted ({received} received); log:\n{log}");
+    assert_eq!(count("spans_exported", ""), received, "the exporter's count agrees with the backend");
+    // Distinct incidents, distinct traces.
+    let traces: std::collections::HashSet<Vec<u8>> = sink
+        .with(|r| r.spans.iter().filter(|s| s.name == "varta.stall").map(|s| s.trace_id.clone()).collect());
+    assert_eq!(traces.len() as u64, received);
+    assert!(stalls >= u64::from(AGENTS) * 9 / 10, "the load reached the collector: {stalls} stalls");
+    server.kill();
+}
+
+#[test]
+fn beat_flood_alongside_stalls_loses_no_stall_event() {
+    let port = free_tcp_port();
+    let udp = free_udp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    // Beats into the file exporter too, through a small queue, so the
+    // flood overflows it.
+    let cfg = config(&format!("http://127.0.0.1:{port}"), udp, "300ms", "    metrics: { interval: 1s }")
+        .replace("    beats: false", "    beats: true\n    queue_size: 256");
+    let c = Collector::start(&cfg);
+    // 200 agents that will stall, then a flood from 1,000 others.
+    let stalling: Vec<u32> = (300_000..300_200).collect();
+    udp_beats(udp, stalling.iter().copied(), 1);
+    let flood = std::thread::spawn(move || {
+        for nonce in 1..=200u64 {
+            udp_beats(udp, 200_000..201_000, nonce);
+        }
+    });
+    let _ = flood.join();
+    // Wait until every agent (the flood's too, once it ends) has stalled.
+    let stalls = wait_for("every agent to stall", || {
+        let tracked = c.counter("pipelines::liveness", "agents_tracked", "");
+        let stalls = c.counter("pipelines::liveness", "stalls", "");
+        (tracked >= 1_000 && stalls == tracked).then_some(stalls)
+    });
+    let stall_lines = || {
+        read_events(&c.path("events.tsv")).into_iter().filter(|e| e.kind == "stall").fold(
+            BTreeMap::<String, usize>::new(),
+            |mut m, e| {
+                *m.entry(e.pid).or_default() += 1;
+                m
+            },
+        )
+    };
+    let stalled = wait_for("every stall in the file", || {
+        Some(stall_lines()).filter(|m| m.values().sum::<usize>() as u64 >= stalls)
+    });
+    assert_eq!(stalled.values().sum::<usize>() as u64, stalls, "every stall event is in the file, once");
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    for pid in &stalling {
+        assert!(stalled.contains_key(&pid.to_string()), "no stall line for {pid}");
+    }
+    assert_eq!(final_counter(&log, "exporters::file", "incidents_dropped", "").unwrap_or(0), 0, "{log}");
+    let dropped = final_counter(&log, "exporters::file", "dropped", "queue_full").unwrap_or(0);
+    assert!(dropped > 0, "the flood did overflow the beat lane, or this test proves nothing");
+    let spans: HashMap<i64, usize> = sink.with(|r| {
+        r.spans.iter().filter(|s| s.name == "varta.stall").fold(HashMap::new(), |mut m, s| {
+            *m.entry(int_attr(&s.attributes, "process.pid").unwrap_or(0)).or_default() += 1;
+            m
+        })
+    });
+    for pid in &stalling {
+        assert_eq!(spans.get(&i64::from(*pid)), Some(&1), "stall span of {pid}");
+    }
+    server.kill();
+}
+
+/// The shipped `otel-config/examples/otlp.yaml` stays valid (its paths
+/// moved into a temp dir), and a broken endpoint is refused with exit 2.
+#[test]
+fn the_otlp_example_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config/examples");
+    let text = std::fs::read_to_string(root.join("otlp.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    let text = text.replace("/var/log/varta", d).replace("/run/varta", d);
+    let path = dir.path().join("otlp.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        text.replace("${env:VARTA_OTLP_ENDPOINT:-http://127.0.0.1:4317}", "127.0.0.1:4317"),
+    )
+    .expect("write");
+    let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exporters::otlp") && err.contains("`endpoint`"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// TLS and mutual TLS (rotel's receiver has no TLS; the in-test server does).
+
+/// A throw-away CA, a server certificate for localhost/127.0.0.1 and a
+/// client certificate, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write");
+    std::fs::write(dir.join("cli.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"],
+    ]
+    .concat());
+    for (name, ext) in [("server", "san.ext"), ("client", "cli.ext")] {
+        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+        run(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+#[test]
+fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let read = |f: &str| std::fs::read(certs.path().join(f)).expect("cert file");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read("server.pem"), read("server.key")))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")));
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start_with_tls(port, &sink, Some(tls));
+    let d = certs.path().display();
+    let udp = free_udp_port();
+    let c = Collector::start(&config(
+        &format!("https://localhost:{port}"),
+        udp,
+        "200ms",
+        &format!(
+            "    tls: {{ ca_file: {d}/ca.pem, cert_file: {d}/client.pem, key_file: {d}/client.key }}\n    metrics: {{ interval: 200ms }}"
+        ),
+    ));
+    udp_beats(udp, [6001], 1);
+    wait_for("the stall span over mutual TLS", || {
+        (!spans_of(&sink, "varta.stall", 6001).is_empty()).then_some(())
+    });
+    wait_for("metrics over mutual TLS", || metric(&sink, "varta.beats"));
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+
+    // Same server, no client certificate: refused by the server, counted.
+    let c = Collector::start(&config(
+        &format!("https://localhost:{port}"),
+        udp,
+        "200ms",
+        &format!(
+            "    tls: {{ ca_file: {d}/ca.pem }}\n    retry_on_failure: {{ enabled: false }}\n    metrics: {{ interval: 200ms }}"
+        ),
+    ));
+    udp_beats(udp, [6002], 1);
+    wait_for("the refused export to be counted", || (counter(&c, "spans_failed", "") >= 1).then_some(()));
+    assert!(spans_of(&sink, "varta.stall", 6002).is_empty());
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
+}
+
+/// A backend that accepts connections and never answers: shutdown still
+/// ends within `service.shutdown_timeout`, cleanly, and the span that was
+/// in flight is counted as dropped at shutdown — not lost.
+#[test]
+fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap_or_else(|p| p.into_inner()).push(stream);
+        }
+    });
+    let udp = free_udp_port();
+    let cfg = config(
+        &format!("http://127.0.0.1:{port}"),
+        udp,
+        "200ms",
+        "    timeout: 10m\n    retry_on_failure: { enabled: false }\n    metrics: { enabled: false }",
+    )
+    .replace("  telemetry:", "  shutdown_timeout: 1s\n  telemetry:");
+    let c = Collector::start(&cfg);
+    udp_beats(udp, [7001], 1);
+    wait_for("the span to leave the sending queue", || {
+        let sent = c.counter("exporters::otlp", "exported", "") >= 1;
+        (sent && counter(&c, "spans_queued", "") == 0).then_some(())
+    });
+    wait_for("the exporter to connect", || {
+        (!held.lock().unwrap_or_else(|p| p.into_inner()).is_empty()).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(final_counter(&log, "exporters::otlp", "spans_dropped", "shutdown"), Some(1), "{log}");
+    assert_eq!(final_counter(&log, "exporters::otlp", "spans_exported", "").unwrap_or(0), 0);
+}
