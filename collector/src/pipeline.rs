@@ -168,6 +168,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                         runtime: rt.handle(),
                         shutdown_timeout: config.service.shutdown_timeout,
                         shutdown_deadline: deadline.clone(),
+                        attributes: attributes.clone(),
                     };
                     let (exporter, stats) =
                         OtlpExporter::start(id, cfg, wiring).map_err(|e| err(e.to_string()))?;

@@ -538,6 +538,61 @@ fn spans_and_metrics_have_the_promised_structure() {
     server.kill();
 }
 
+fn str_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attributes, key) {
+        Some(Value::StringValue(v)) => Some(v.as_str()),
+        _ => None,
+    }
+}
+
+/// With the resolver in the pipeline, a local agent's spans and metric
+/// points carry its program and service, and its stall's diagnosis arrives
+/// as a child span of the same trace.
+#[test]
+fn local_agents_carry_attributes_and_their_stalls_a_diagnosis_span() {
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let _server = OtlpServer::start(port, &sink);
+    let text = config(
+        &format!("http://127.0.0.1:{port}"),
+        free_udp_port(),
+        "300ms",
+        "    metrics: { interval: 200ms }",
+    )
+    .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
+    .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let c = Collector::start(&text);
+    let sock = c.path("varta.sock");
+    let mut agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .spawn()
+        .expect("spawn varta beat");
+    let pid = agent.id();
+    wait_for("the agent's metric point with its service", || {
+        let m = metric(&sink, "varta.agent.status")?;
+        let Some(Data::Gauge(g)) = m.data else { return None };
+        g.data_points
+            .iter()
+            .any(|p| {
+                int_attr(&p.attributes, "process.pid") == Some(i64::from(pid))
+                    && str_attr(&p.attributes, "service.name") == Some("checkout")
+            })
+            .then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let stall = wait_for("the stall span", || spans_of(&sink, "varta.stall", pid).pop());
+    assert_eq!(str_attr(&stall.attributes, "service.name"), Some("checkout"));
+    assert_eq!(str_attr(&stall.attributes, "process.executable.name"), Some("varta"));
+    assert!(str_attr(&stall.attributes, "process.creation.time").is_some_and(|t| t.ends_with('Z')));
+    let diagnosis = wait_for("the diagnosis span", || spans_of(&sink, "varta.stall.diagnosis", pid).pop());
+    assert_eq!(str_attr(&diagnosis.attributes, "varta.stall.cause"), Some("stopped"));
+    assert_eq!(diagnosis.trace_id, stall.trace_id, "same incident, same trace");
+    assert_eq!(diagnosis.parent_span_id, stall.span_id);
+    signal(&agent, libc::SIGCONT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
 #[test]
 fn delta_temporality_sends_differences() {
     let port = free_tcp_port();

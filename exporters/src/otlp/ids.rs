@@ -15,6 +15,7 @@ pub enum SpanRole {
     Stall = 1,
     Resolved = 2,
     Panic = 3,
+    Diagnosis = 4,
 }
 
 /// Derives ids for one exporter instance.

@@ -257,10 +257,14 @@ impl MetricsBuilder {
                 );
                 let stalls =
                     fam(&mut families, name::AGENT_STALLS, "Stalls of this agent.", "{stall}", Shape::Sum);
+                let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
                 for a in snap.agents() {
                     let agent = a.agent_ref();
                     let mut at = pl();
                     attrs::agent(&mut at, &agent);
+                    if let Some(resolved) = store.as_ref().and_then(|s| s.get(&a.id)) {
+                        attrs::resolved_brief(&mut at, &resolved);
+                    }
                     // Per-agent sums are deltas of the agent's own previous
                     // reading; kept per agent (not by string key) and
                     // rebuilt every collection so departed agents vanish.

@@ -56,6 +56,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use varta_agents::AttributeStore;
 use varta_pipeline::LogThrottle;
 use varta_pipeline::clock::monotonic_ns;
 use varta_processor::{Event, SnapshotReader};
@@ -222,6 +223,8 @@ pub struct Wiring {
     pub shutdown_timeout: Duration,
     /// Set when the collector's shutdown begins.
     pub shutdown_deadline: ShutdownDeadline,
+    /// The pipeline's resolver store (agent attributes), if it has one.
+    pub attributes: Option<Arc<AttributeStore>>,
 }
 
 /// The `otlp` exporter (the part on the exporter thread). See the module docs.
@@ -247,7 +250,8 @@ impl OtlpExporter {
         config: &OtlpExporterConfig,
         wiring: Wiring,
     ) -> Result<(OtlpExporter, Arc<OtlpStats>), OtlpError> {
-        let Wiring { pipeline, snapshots, view, runtime, shutdown_timeout, shutdown_deadline } = wiring;
+        let Wiring { pipeline, snapshots, view, runtime, shutdown_timeout, shutdown_deadline, attributes } =
+            wiring;
         let pipeline = pipeline.as_str();
         config.validate()?;
         let client = {
@@ -297,7 +301,7 @@ impl OtlpExporter {
         let exporter = OtlpExporter {
             id: id.to_owned(),
             traces_enabled: config.traces.enabled,
-            spans: SpanBuilder::new(IdSource::new(salt, pipeline), pipeline),
+            spans: SpanBuilder::new(IdSource::new(salt, pipeline), pipeline).with_attributes(attributes),
             clock,
             snapshots,
             shared,

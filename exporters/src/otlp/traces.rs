@@ -15,12 +15,21 @@
 //!   arrives, and holding it back until the stall (threshold later, or
 //!   never if the collector stops) would delay or lose it. The stall that
 //!   follows carries `varta.last_status = critical` and the panic nonce.
+//! * `Diagnosis` → span `varta.stall.diagnosis`, child of the incident's
+//!   `varta.stall` span, at the moment the diagnosis was taken (zero
+//!   length), with `varta.stall.cause` and the details (threads by state,
+//!   CPU ‰, RSS, context switches, tracer pid, wchan).
+//! * Local agents' spans carry what the resolver knows about them
+//!   (`process.executable.name`, `service.name`, `container.id`, …).
 //! * Other events produce no span.
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::span::{Event as SpanEvent, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status as SpanStatus};
+use std::sync::Arc;
+
+use varta_agents::AttributeStore;
 use varta_processor::{AgentRef, Event, EventKind};
 
 use super::attrs;
@@ -33,6 +42,7 @@ pub mod name {
     pub const DETECTED: &str = "varta.stall.detected";
     pub const RESOLVED: &str = "varta.stall.resolved";
     pub const PANIC: &str = "varta.agent.panic";
+    pub const DIAGNOSIS: &str = "varta.stall.diagnosis";
 }
 
 /// Turns incident events into spans for one pipeline.
@@ -41,17 +51,30 @@ pub struct SpanBuilder {
     ids: IdSource,
     pipeline: String,
     panics: u64,
+    attributes: Option<Arc<AttributeStore>>,
 }
 
 impl SpanBuilder {
     pub fn new(ids: IdSource, pipeline: impl Into<String>) -> SpanBuilder {
-        SpanBuilder { ids, pipeline: pipeline.into(), panics: 0 }
+        SpanBuilder { ids, pipeline: pipeline.into(), panics: 0, attributes: None }
+    }
+
+    /// Spans of local agents also carry the resolver's attributes.
+    pub fn with_attributes(mut self, store: Option<Arc<AttributeStore>>) -> SpanBuilder {
+        self.attributes = store;
+        self
     }
 
     fn common(&self, agent: &AgentRef) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(12);
+        let mut a = Vec::with_capacity(24);
         attrs::agent(&mut a, agent);
         a.push(attrs::string("varta.pipeline", self.pipeline.as_str()));
+        if let Some(store) = &self.attributes {
+            let view = store.read();
+            if let Some(resolved) = view.get(&agent.id) {
+                attrs::resolved(&mut a, &resolved);
+            }
+        }
         a
     }
 
@@ -141,6 +164,37 @@ impl SpanBuilder {
                         message: "agent sent a terminal (panic) frame".into(),
                         code: StatusCode::Error as i32,
                     }),
+                    ..Default::default()
+                })
+            }
+            EventKind::Diagnosis { incident, diagnosis: d } => {
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.incident.id", incident));
+                a.push(attrs::string("varta.stall.cause", d.cause.label()));
+                a.push(attrs::int("varta.threads", i64::from(d.threads)));
+                a.push(attrs::int("varta.threads.running", i64::from(d.running)));
+                a.push(attrs::int("varta.threads.sleeping", i64::from(d.sleeping)));
+                a.push(attrs::int("varta.threads.disk", i64::from(d.disk)));
+                a.push(attrs::int("varta.threads.stopped", i64::from(d.stopped)));
+                a.push(attrs::int("varta.cpu_permille", i64::from(d.cpu_permille)));
+                a.push(attrs::int("varta.rss_kib", i64::from(d.rss_kib)));
+                a.push(attrs::int("varta.context_switches.voluntary", i64::from(d.voluntary_switches)));
+                a.push(attrs::int("varta.context_switches.involuntary", i64::from(d.involuntary_switches)));
+                if d.tracer_pid != 0 {
+                    a.push(attrs::int("varta.tracer_pid", i64::from(d.tracer_pid)));
+                }
+                if !d.wchan.as_str().is_empty() {
+                    a.push(attrs::string("varta.wchan", d.wchan.as_str()));
+                }
+                Some(Span {
+                    trace_id: self.ids.trace_id(incident).to_vec(),
+                    span_id: self.ids.span_id(incident, SpanRole::Diagnosis).to_vec(),
+                    parent_span_id: self.ids.span_id(incident, SpanRole::Stall).to_vec(),
+                    name: name::DIAGNOSIS.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: at,
+                    end_time_unix_nano: at,
+                    attributes: a,
                     ..Default::default()
                 })
             }
