@@ -140,6 +140,17 @@ pub fn threads(pid: u32) -> Option<Vec<Thread>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// What recovery checks right before spawning: the start time (pid
+/// recycled?) and whether the process is stopped or traced.
+pub fn process_facts(pid: u32) -> Option<varta_processor::recovery::ProcessFacts> {
+    let st = stat(pid)?;
+    let traced = status(pid).is_some_and(|s| s.tracer_pid != 0);
+    Some(varta_processor::recovery::ProcessFacts {
+        start_time: st.start_time,
+        stopped: matches!(st.state, 'T' | 't') || traced,
+    })
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 when unknown).
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.

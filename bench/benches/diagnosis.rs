@@ -3,7 +3,7 @@
 //! * one diagnosis (two looks at a live process — this one — and the
 //!   verdict) and one attribute resolution, on the resolver thread;
 //! * the processor's ingest with 1,000 stalls per second being handed to
-//!   the resolver vs no resolver: 100,000 live UDS agents beating, plus 1,000
+//!   the resolver (and the recovery runner) vs nothing attached: 100,000 live UDS agents beating, plus 1,000
 //!   new agents per second that beat once and stall a second later, in
 //!   virtual time as fast as the processor can go (best of 3 passes).
 //!
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use varta_agents::attributes::{Host, resolve};
 use varta_agents::diagnose::{diagnose, sample};
 use varta_agents::{Resolver, ResolverConfig};
-use varta_processor::{DiscardSink, Processor, TrackerConfig};
+use varta_processor::recovery::Recovery;
+use varta_processor::{DiscardSink, Processor, RecoveryConfig, TrackerConfig};
 use varta_proto::{Arrival, BATCH_CAPACITY, Batch, Beat, Frame, Source, Status, Transport};
 
 const MS: u64 = 1_000_000;
@@ -58,17 +59,38 @@ fn lookups(quick: bool) {
     );
 }
 
+/// What is attached to the processor.
+#[derive(Clone, Copy, PartialEq)]
+enum Attached {
+    Nothing,
+    Resolver,
+    ResolverAndRecovery,
+}
+
 /// Beats/s the processor handles over `secs` of virtual time.
-fn ingest(with_resolver: bool, secs: u64) -> (f64, u64) {
+fn ingest(attached: Attached, secs: u64, dir: &std::path::Path) -> (f64, u64) {
     let live = 100_000u32;
     let tracker =
         TrackerConfig { threshold: Duration::from_secs(1), capacity: 1 << 20, ..TrackerConfig::default() };
     let mut p = Processor::new(None, tracker, Box::new(|pid| Some(u64::from(pid)))).expect("processor");
-    let mut resolver = None;
-    if with_resolver {
+    let mut threads = Vec::new();
+    if attached != Attached::Nothing {
         let (r, handle) = Resolver::start("bench", ResolverConfig::default()).expect("resolver");
         p = p.with_inspector(Box::new(handle));
-        resolver = Some(r);
+        threads.push(r.thread);
+    }
+    if attached == Attached::ResolverAndRecovery {
+        let config: RecoveryConfig = serde_json::from_value(serde_json::json!({
+            "exec": ["/bin/true"],
+            "audit_file": dir.join("audit.tsv"),
+            "audit_sync": "interval",
+        }))
+        .expect("recovery config");
+        let probe = Box::new(varta_agents::proc::process_facts);
+        let (r, handle) =
+            Recovery::start("bench", config, probe, Box::new(|_| [None, None, None])).expect("recovery");
+        p = p.with_recovery(handle);
+        threads.push(r.thread);
     }
     let mut sink = DiscardSink;
     // Pids above pid_max: the resolver's looks fail fast (these agents
@@ -117,8 +139,8 @@ fn ingest(with_resolver: bool, secs: u64) -> (f64, u64) {
     let rate = beats as f64 / start.elapsed().as_secs_f64();
     let stalls = p.stats().snapshot().stalls;
     drop(p);
-    if let Some(r) = resolver {
-        let _ = r.thread.join();
+    for t in threads {
+        let _ = t.join();
     }
     (rate, stalls)
 }
@@ -127,18 +149,24 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     lookups(quick);
     let (secs, passes) = if quick { (1, 1) } else { (5, 3) };
-    for with in [false, true] {
+    let dir = std::env::temp_dir().join(format!("varta-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for (attached, label) in [
+        (Attached::Nothing, "nothing attached"),
+        (Attached::Resolver, "resolver"),
+        (Attached::ResolverAndRecovery, "resolver + recovery"),
+    ] {
         let mut best = 0f64;
         let mut stalls = 0;
         for _ in 0..passes {
-            let (rate, s) = ingest(with, secs);
+            let _ = std::fs::remove_file(dir.join("audit.tsv"));
+            let (rate, s) = ingest(attached, secs, &dir);
             best = best.max(rate);
             stalls = s;
         }
         println!(
-            "ingest, 100,000 live agents + 1,000 stalls/s, {}: {:.0} beats/s ({stalls} stalls in {secs} s virtual)",
-            if with { "resolver on" } else { "no resolver" },
-            best
+            "ingest, 100,000 live agents + 1,000 stalls/s, {label}: {best:.0} beats/s ({stalls} stalls in {secs} s virtual)"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

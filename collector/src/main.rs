@@ -38,6 +38,46 @@ enum Command {
     Components,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Recovery audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check audit files (oldest first: audit.tsv.2 audit.tsv.1 audit.tsv):
+    /// headers, sequence continuity and the hash chain. Exit 0 intact, 1
+    /// broken (the first broken record is named), 2 unreadable.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    use varta_processor::recovery::audit::{Verdict, verify};
+    match verify(files) {
+        Ok(Verdict::Intact { records, torn_tail }) => {
+            let note = if torn_tail {
+                " (the newest file ends in a torn record, ignored: a crash mid-write)"
+            } else {
+                ""
+            };
+            println!("intact: {records} records{note}");
+            ExitCode::SUCCESS
+        }
+        Ok(Verdict::Broken { file, line, seq, reason }) => {
+            let seq = seq.map_or_else(|| "?".to_owned(), |s| s.to_string());
+            println!("broken: {}:{line} (record {seq}): {reason}", file.display());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("varta-collector: cannot read audit file: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 const EXIT_CONFIG: u8 = 2;
@@ -60,6 +100,7 @@ fn main() -> ExitCode {
             print!("{}", config::components_listing());
             ExitCode::SUCCESS
         }
+        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS

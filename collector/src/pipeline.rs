@@ -20,6 +20,7 @@ use varta_exporters::{
 };
 use varta_pipeline::{Instrumented, Role};
 use varta_processor::Processor;
+use varta_processor::recovery::Recovery;
 use varta_receiver::{StopHandle, VlpReceiver};
 
 use crate::config::{
@@ -90,7 +91,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut receivers = Vec::new();
     let mut exporter_metrics = Vec::new();
     let mut processor_metrics: Vec<(String, Arc<dyn Instrumented>)> = Vec::new();
-    // Resolver threads end when their processor does; joined after processors.
+    // Resolver and recovery threads end when their processor does; joined after processors.
     let mut resolvers = Vec::new();
     let mut exporters = Vec::new();
     let mut ready = Vec::new();
@@ -108,11 +109,13 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         let mut ratelimit = None;
         let mut tracker = None;
         let mut resolver = None;
+        let mut recovery = None;
         for id in &p.processors {
             match config.processors.get(id).map(|c| &c.config) {
                 Some(ProcessorConfig::RateLimit(cfg)) => ratelimit = Some(*cfg),
                 Some(ProcessorConfig::Tracker(cfg)) => tracker = Some(*cfg),
                 Some(ProcessorConfig::Resolver(cfg)) => resolver = Some((id.clone(), *cfg)),
+                Some(ProcessorConfig::Recovery(cfg)) => recovery = Some((id.clone(), (**cfg).clone())),
                 None => {}
             }
         }
@@ -132,6 +135,24 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             .map_err(|e| pipeline_err(e.to_string()))?;
         if let Some(handle) = inspector {
             processor = processor.with_inspector(Box::new(handle));
+        }
+        if let Some((id, cfg)) = recovery {
+            let store = attributes.clone();
+            let labels: varta_processor::recovery::AgentLabels = Box::new(move |agent| {
+                let view = store.as_ref().map(|s| s.read());
+                let a = view.as_ref().and_then(|v| v.get(agent));
+                [
+                    a.and_then(|a| a.service_name()).map(str::to_owned),
+                    a.and_then(|a| a.executable_name()).map(str::to_owned),
+                    a.and_then(|a| a.container_id()).map(str::to_owned),
+                ]
+            });
+            let (started, handle) =
+                Recovery::start(name, cfg, Box::new(varta_agents::proc::process_facts), labels)
+                    .map_err(|e| pipeline_err(format!("cannot start the recovery runner: {e}")))?;
+            processor_metrics.push((id, started.stats.clone() as Arc<dyn Instrumented>));
+            resolvers.push((format!("recovery-{name}"), started.thread));
+            processor = processor.with_recovery(handle);
         }
 
         // Exporters next: they must be ready before any event exists (the

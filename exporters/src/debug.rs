@@ -53,6 +53,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::OriginConflict { .. } => "origin_conflict",
         EventKind::ClockAnomaly { .. } => "clock",
         EventKind::Diagnosis { .. } => "diagnosis",
+        EventKind::Recovery { .. } => "recovery",
         EventKind::Refused(_) => "refused",
     }
 }
@@ -88,6 +89,9 @@ impl Display for Describe<'_> {
                 write!(f, "beat over {} refused: agent is pinned to {}", to.as_str(), from.as_str())
             }
             EventKind::ClockAnomaly { kind } => write!(f, "clock anomaly: {}", kind.label()),
+            EventKind::Recovery { incident, report } => {
+                write!(f, "recovery (incident {incident}): {} — {}", report.outcome.label(), report.details())
+            }
             EventKind::Diagnosis { incident, diagnosis } => write!(
                 f,
                 "stall diagnosis (incident {incident}): {} — {}",

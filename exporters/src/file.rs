@@ -23,6 +23,7 @@
 //! | `ratelimit` | pid | `-` | `-` | reason |
 //! | `stale_nonce` | pid | nonce | status | payload |
 //! | `clock` | `-` | `-` | `-` | anomaly |
+//! | `recovery` | pid | incident | `started`, `succeeded`, `failed`, `timed_out`, `spawn_failed`, `refused`, `skipped` | `key=value;…` (reason, or program, child pid, exit, duration, output sizes) |
 //! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
 //!
 //! Beat lines can be switched off (`beats: false`). With `rotate_bytes`
@@ -196,6 +197,9 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::RateLimited { reason } => writeln!(w, "{ns}\tratelimit\t{pid}\t-\t-\t{}", reason.label()),
         EventKind::OriginConflict { .. } => writeln!(w, "{ns}\tmismatch\t{pid}\t-\t-\torigin_conflict"),
         EventKind::ClockAnomaly { kind } => writeln!(w, "{ns}\tclock\t-\t-\t-\t{}", kind.label()),
+        EventKind::Recovery { incident, report } => {
+            writeln!(w, "{ns}\trecovery\t{pid}\t{incident}\t{}\t{}", report.outcome.label(), report.details())
+        }
         EventKind::Diagnosis { incident, diagnosis } => {
             writeln!(
                 w,

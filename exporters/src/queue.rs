@@ -35,6 +35,7 @@ pub fn is_incident(kind: &EventKind) -> bool {
             | EventKind::Evicted { .. }
             | EventKind::ClockAnomaly { .. }
             | EventKind::Diagnosis { .. }
+            | EventKind::Recovery { .. }
     )
 }
 

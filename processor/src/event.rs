@@ -11,6 +11,7 @@ use varta_proto::{Frame, RefusedFrame, Source, Status, Transport};
 
 use crate::clock::ClockAnomalyKind;
 use crate::inspect::Diagnosis;
+use crate::recovery::RecoveryReport;
 
 /// Who an agent is: where it lives, its pid, and its process start time
 /// (clock ticks since boot as in `/proc/<pid>/stat` field 22; 0 when
@@ -128,6 +129,8 @@ pub enum EventKind {
     ClockAnomaly { kind: ClockAnomalyKind },
     /// What the stalled agent of `incident` was doing (follows its `Stall`).
     Diagnosis { incident: u64, diagnosis: Diagnosis },
+    /// A recovery step for `incident`: started, finished, refused or skipped.
+    Recovery { incident: u64, report: RecoveryReport },
 }
 
 /// One event: when (processor time), about whom (if an agent is known), what.

@@ -20,6 +20,8 @@
 //! * [`stats`]: single-writer atomic counters, every series present at zero.
 //! * [`snapshot`]: the published, immutable view of counters and agents
 //!   that metrics views read without ever blocking the processor.
+//! * [`recovery`]: the `recovery` processor — operator commands on stalls,
+//!   gated and bounded, on a runner thread, with a hash-chained audit log.
 //! * [`processor`]: ties them together ([`Processor`]) and runs the loop.
 
 pub mod clock;
@@ -28,6 +30,7 @@ pub mod event;
 pub mod inspect;
 pub mod processor;
 pub mod ratelimit;
+pub mod recovery;
 pub mod snapshot;
 pub mod stats;
 pub mod tracker;
@@ -39,5 +42,6 @@ pub use event::{
 };
 pub use inspect::{Cause, Diagnosed, Diagnosis, Inspector, Wchan};
 pub use processor::{Processor, StartTimeProbe};
+pub use recovery::{RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 pub use snapshot::{AgentState, AgentView, Snapshot, SnapshotReader};
 pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};

@@ -45,6 +45,7 @@ use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
 use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 use crate::inspect::{Diagnosed, Inspector};
 use crate::ratelimit::RateLimiter;
+use crate::recovery::{Recovered, RecoveryHandle};
 use crate::snapshot::{AgentState, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
 use crate::tracker::{Slot, Tracker};
@@ -63,6 +64,7 @@ pub struct Processor {
     stats: Arc<ProcessorStats>,
     publisher: Publisher,
     inspector: Option<Box<dyn Inspector>>,
+    recovery: Option<RecoveryHandle>,
     eviction_after_ns: u64,
     next_incident: u64,
 }
@@ -105,6 +107,7 @@ impl Processor {
             stats,
             publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, threshold_ns),
             inspector: None,
+            recovery: None,
             eviction_after_ns: threshold_ns.saturating_mul(u64::from(tracker.eviction_after)),
             next_incident: 1,
         })
@@ -114,6 +117,12 @@ impl Processor {
     /// diagnoses (see [`crate::inspect`]).
     pub fn with_inspector(mut self, inspector: Box<dyn Inspector>) -> Processor {
         self.inspector = Some(inspector);
+        self
+    }
+
+    /// Attaches the recovery runner (see [`crate::recovery`]).
+    pub fn with_recovery(mut self, recovery: RecoveryHandle) -> Processor {
+        self.recovery = Some(recovery);
         self
     }
 
@@ -184,15 +193,37 @@ impl Processor {
         let now = self.advance_clock(now_ns, out);
         self.fire_stalls(now, out);
         self.emit_diagnoses(now, out);
-        earliest(self.tracker.next_deadline(), self.inspector.as_ref().and_then(|i| i.next_poll()))
+        self.emit_recoveries(now, out);
+        let wake =
+            earliest(self.tracker.next_deadline(), self.inspector.as_ref().and_then(|i| i.next_poll()));
+        earliest(wake, self.recovery.as_ref().and_then(RecoveryHandle::next_poll))
+    }
+
+    fn emit_recoveries(&mut self, now: u64, out: &mut dyn EventSink) {
+        let Some(recovery) = self.recovery.as_mut() else { return };
+        let stats = &self.stats;
+        let mut any = false;
+        recovery.poll(now, &mut |r: Recovered| {
+            stats.recovery(&r.report);
+            any = true;
+            let kind = EventKind::Recovery { incident: r.incident, report: r.report };
+            out.emit(&Event { at_ns: now, agent: Some(r.agent), kind });
+        });
+        if any {
+            self.publisher.mark_dirty();
+        }
     }
 
     fn emit_diagnoses(&mut self, now: u64, out: &mut dyn EventSink) {
         let Some(inspector) = self.inspector.as_mut() else { return };
         let stats = &self.stats;
         let mut any = false;
+        let recovery = &mut self.recovery;
         inspector.poll(now, &mut |d: Diagnosed| {
             stats.diagnosed(d.diagnosis.cause);
+            if let Some(r) = recovery.as_mut() {
+                r.diagnosed(d.incident, d.diagnosis.cause);
+            }
             any = true;
             let kind = EventKind::Diagnosis { incident: d.incident, diagnosis: d.diagnosis };
             out.emit(&Event { at_ns: now, agent: Some(d.agent), kind });
@@ -278,8 +309,9 @@ impl Processor {
                     last_payload,
                 },
             );
-            if let Some(inspector) = self.inspector.as_mut() {
-                inspector.agent_stalled(&agent, incident, now);
+            let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));
+            if let Some(recovery) = self.recovery.as_mut() {
+                recovery.stalled(&agent, incident, diagnosing);
             }
         }
     }
@@ -473,6 +505,9 @@ impl Processor {
         if was_stalled {
             let silence_ns = now.saturating_sub(previous_beat_ns);
             self.stats.resume(silence_ns);
+            if let Some(recovery) = self.recovery.as_mut() {
+                recovery.resumed(incident);
+            }
             Self::emit(out, now, agent, EventKind::Resume { incident, silence_ns, frame });
         }
         if wants_beats {

@@ -19,6 +19,7 @@ use varta_pipeline::{Metric, Sample};
 use crate::clock::ClockAnomalyKind;
 use crate::event::{EvictionReason, RateLimitReason};
 use crate::inspect::Cause;
+use crate::recovery::{RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 
 /// Upper bounds (inclusive, nanoseconds) of the stall-duration histogram
 /// buckets; a last, unbounded bucket follows. Stall duration is the silence
@@ -88,6 +89,11 @@ pub struct ProcessorStats {
     stall_duration: [Cell; STALL_DURATION_BUCKETS],
     stall_duration_sum_ns: Cell,
     stall_causes: [Cell; Cause::COUNT],
+    recoveries_started: Cell,
+    recovery_outcomes: [Cell; RecoveryOutcome::FINAL.len()],
+    recovery_refused: [Cell; RecoveryRefusal::ALL.len()],
+    recovery_duration: [Cell; STALL_DURATION_BUCKETS],
+    recovery_duration_sum_ns: Cell,
 }
 
 /// The stall-duration histogram: per-bucket counts (not cumulative),
@@ -130,6 +136,13 @@ pub struct StatsSnapshot {
     pub stall_durations: StallDurations,
     /// Diagnosed stalls by cause, indexed like [`Cause::ALL`].
     pub stall_causes: [u64; Cause::COUNT],
+    pub recoveries_started: u64,
+    /// Finished recoveries, indexed like [`RecoveryOutcome::FINAL`].
+    pub recovery_outcomes: [u64; RecoveryOutcome::FINAL.len()],
+    /// Refused recoveries, indexed like [`RecoveryRefusal::ALL`].
+    pub recovery_refused: [u64; RecoveryRefusal::ALL.len()],
+    /// Durations of finished recovery commands (same buckets as stalls).
+    pub recovery_durations: StallDurations,
 }
 
 /// The processor's metrics (see [`StatsSnapshot::samples`]).
@@ -168,6 +181,15 @@ pub mod metric {
     pub static INCARNATIONS_RESTARTED: Metric =
         Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.");
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
+    pub static RECOVERIES_STARTED: Metric =
+        Metric::counter("recoveries_started", "Recovery commands started.");
+    pub static RECOVERY_OUTCOMES: Metric = Metric::labelled(
+        "recovery_outcomes",
+        "outcome",
+        "Recoveries by final outcome (succeeded, failed, timed_out, spawn_failed, skipped).",
+    );
+    pub static RECOVERY_REFUSED: Metric =
+        Metric::labelled("recovery_refused", "reason", "Stalls recovery refused to act on, by reason.");
     pub static STALL_CAUSES: Metric = Metric::labelled(
         "stall_causes",
         "cause",
@@ -207,6 +229,13 @@ impl ProcessorStats {
             batches: self.batches.get(),
             stall_durations,
             stall_causes: std::array::from_fn(|i| self.stall_causes[i].get()),
+            recoveries_started: self.recoveries_started.get(),
+            recovery_outcomes: std::array::from_fn(|i| self.recovery_outcomes[i].get()),
+            recovery_refused: std::array::from_fn(|i| self.recovery_refused[i].get()),
+            recovery_durations: StallDurations {
+                buckets: std::array::from_fn(|i| self.recovery_duration[i].get()),
+                sum_ns: self.recovery_duration_sum_ns.get(),
+            },
         }
     }
 
@@ -271,6 +300,26 @@ impl ProcessorStats {
     pub(crate) fn diagnosed(&self, cause: Cause) {
         self.stall_causes[cause as usize].add(1);
     }
+    pub(crate) fn recovery(&self, r: &RecoveryReport) {
+        match r.outcome {
+            RecoveryOutcome::Started => self.recoveries_started.add(1),
+            RecoveryOutcome::Refused(why) => {
+                if let Some(i) = RecoveryRefusal::ALL.iter().position(|x| *x == why) {
+                    self.recovery_refused[i].add(1);
+                }
+            }
+            outcome => {
+                if let Some(i) = RecoveryOutcome::FINAL.iter().position(|x| *x == outcome) {
+                    self.recovery_outcomes[i].add(1);
+                }
+                if outcome != RecoveryOutcome::Skipped {
+                    let bucket = STALL_DURATION_BOUNDS_NS.partition_point(|&b| b < r.duration_ns);
+                    self.recovery_duration[bucket].add(1);
+                    self.recovery_duration_sum_ns.add(r.duration_ns);
+                }
+            }
+        }
+    }
     pub(crate) fn batch(&self) {
         self.batches.add(1);
     }
@@ -308,6 +357,13 @@ impl StatsSnapshot {
         for (cause, n) in Cause::ALL.iter().zip(self.stall_causes) {
             out(Sample::labelled(&STALL_CAUSES, cause.label(), n));
         }
+        out(Sample::new(&RECOVERIES_STARTED, self.recoveries_started));
+        for (o, n) in RecoveryOutcome::FINAL.iter().zip(self.recovery_outcomes) {
+            out(Sample::labelled(&RECOVERY_OUTCOMES, o.label(), n));
+        }
+        for (r, n) in RecoveryRefusal::ALL.iter().zip(self.recovery_refused) {
+            out(Sample::labelled(&RECOVERY_REFUSED, r.label(), n));
+        }
     }
 }
 
@@ -320,7 +376,10 @@ mod tests {
         let stats = ProcessorStats::new();
         let mut samples = Vec::new();
         stats.snapshot().samples(&mut |s| samples.push(s));
-        assert_eq!(samples.len(), 18 + Cause::COUNT);
+        assert_eq!(
+            samples.len(),
+            18 + Cause::COUNT + 1 + RecoveryOutcome::FINAL.len() + RecoveryRefusal::ALL.len()
+        );
         assert!(samples.iter().all(|s| s.value == 0));
         stats.rate_limited(RateLimitReason::Global);
         let mut samples = Vec::new();

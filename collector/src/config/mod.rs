@@ -29,7 +29,7 @@ use components::{ComponentFamily, Components, Position, spanned_body, spanned_re
 use varta_agents::ResolverConfig;
 use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
-use varta_processor::{RateLimitConfig, TrackerConfig};
+use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
 use varta_receiver::VlpReceiverConfig;
 
 /// The configuration used when `--config` is not given; also shipped as
@@ -54,15 +54,17 @@ pub enum ProcessorConfig {
     RateLimit(RateLimitConfig),
     Tracker(TrackerConfig),
     Resolver(ResolverConfig),
+    Recovery(Box<RecoveryConfig>),
 }
 
 impl ComponentFamily for ProcessorConfig {
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["ratelimit", "tracker", "resolver"];
+    const TYPES: &'static [&'static str] = &["ratelimit", "tracker", "resolver", "recovery"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "ratelimit" => spanned_body(map, ProcessorConfig::RateLimit),
             "resolver" => spanned_body(map, ProcessorConfig::Resolver),
+            "recovery" => spanned_required(map, |c| ProcessorConfig::Recovery(Box::new(c))),
             _ => spanned_body(map, ProcessorConfig::Tracker),
         }
     }
@@ -260,6 +262,7 @@ impl Config {
                 ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(|e| e.to_string()),
                 ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(|e| e.to_string()),
                 ProcessorConfig::Resolver(cfg) => cfg.validate(),
+                ProcessorConfig::Recovery(cfg) => cfg.validate(),
             };
             r.map_err(|m| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m))?;
         }
@@ -317,17 +320,11 @@ impl Config {
                 }
             }
             let kinds: Vec<&str> = p.processors.iter().map(|id| id.split('/').next().unwrap_or(id)).collect();
-            match kinds.as_slice() {
-                ["tracker"]
-                | ["ratelimit", "tracker"]
-                | ["tracker", "resolver"]
-                | ["ratelimit", "tracker", "resolver"] => {}
-                _ => {
-                    return Err(perr(format!(
-                        "processors must be `[ratelimit, tracker, resolver]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking, resolving after), found {:?}",
-                        p.processors
-                    )));
-                }
+            if !processor_order_ok(&kinds) {
+                return Err(perr(format!(
+                    "processors must be `[ratelimit, tracker, resolver, recovery]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking; resolving, then recovery, after), found {:?}",
+                    p.processors
+                )));
             }
         }
         Ok(())
@@ -349,6 +346,21 @@ impl Config {
                 && !dir.is_dir()
             {
                 return Err(err(format!("socket directory {} does not exist", dir.display())));
+            }
+        }
+        for c in &self.processors.0 {
+            if let ProcessorConfig::Recovery(cfg) = &c.config {
+                let err = |m: String| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m);
+                if let Some(dir) = cfg.audit_file.parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.is_dir()
+                {
+                    return Err(err(format!("audit_file directory {} does not exist", dir.display())));
+                }
+                let program = Path::new(&cfg.exec[0]);
+                if !program.is_file() {
+                    return Err(err(format!("exec program {} does not exist", program.display())));
+                }
             }
         }
         for c in &self.exporters.0 {
@@ -394,6 +406,15 @@ pub fn components_listing() -> String {
         ProcessorConfig::TYPES.join("\n  "),
         ExporterConfig::TYPES.join("\n  ")
     )
+}
+
+/// Whether processor types come in the one order that works: `ratelimit`
+/// (optional) before `tracker` (required) before `resolver` (optional)
+/// before `recovery` (optional), each at most once.
+fn processor_order_ok(kinds: &[&str]) -> bool {
+    const ORDER: [&str; 4] = ["ratelimit", "tracker", "resolver", "recovery"];
+    let positions: Option<Vec<usize>> = kinds.iter().map(|k| ORDER.iter().position(|o| o == k)).collect();
+    positions.is_some_and(|p| p.windows(2).all(|w| w[0] < w[1]) && p.contains(&1))
 }
 
 /// serde-saphyr renders a source snippet after the first line; the first

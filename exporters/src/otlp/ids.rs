@@ -16,6 +16,7 @@ pub enum SpanRole {
     Resolved = 2,
     Panic = 3,
     Diagnosis = 4,
+    Recovery = 5,
 }
 
 /// Derives ids for one exporter instance.

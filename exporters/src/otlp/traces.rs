@@ -19,6 +19,11 @@
 //!   `varta.stall` span, at the moment the diagnosis was taken (zero
 //!   length), with `varta.stall.cause` and the details (threads by state,
 //!   CPU ‰, RSS, context switches, tracer pid, wchan).
+//! * `Recovery` (finished, refused or skipped; not `started`) → span
+//!   `varta.recovery`, child of the incident's `varta.stall` span: from
+//!   spawn to completion for a command that ran (program, child pid, exit
+//!   code or signal, duration, outcome; status OK when it succeeded, ERROR
+//!   otherwise), zero length with the refusal reason when it did not run.
 //! * Local agents' spans carry what the resolver knows about them
 //!   (`process.executable.name`, `service.name`, `container.id`, …).
 //! * Other events produce no span.
@@ -30,7 +35,7 @@ use opentelemetry_proto::tonic::trace::v1::{Span, Status as SpanStatus};
 use std::sync::Arc;
 
 use varta_agents::AttributeStore;
-use varta_processor::{AgentRef, Event, EventKind};
+use varta_processor::{AgentRef, Event, EventKind, RecoveryOutcome};
 
 use super::attrs;
 use super::ids::{IdSource, PANIC_SEQ_BIT, SpanRole};
@@ -43,6 +48,7 @@ pub mod name {
     pub const RESOLVED: &str = "varta.stall.resolved";
     pub const PANIC: &str = "varta.agent.panic";
     pub const DIAGNOSIS: &str = "varta.stall.diagnosis";
+    pub const RECOVERY: &str = "varta.recovery";
 }
 
 /// Turns incident events into spans for one pipeline.
@@ -198,6 +204,49 @@ impl SpanBuilder {
                     ..Default::default()
                 })
             }
+            EventKind::Recovery { incident, report } => {
+                if report.outcome == RecoveryOutcome::Started {
+                    return None;
+                }
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.incident.id", incident));
+                a.push(attrs::string("varta.recovery.outcome", report.outcome.label()));
+                a.push(attrs::string("varta.recovery.program", report.program.as_str()));
+                let status = match report.outcome {
+                    RecoveryOutcome::Refused(why) => {
+                        a.push(attrs::string("varta.recovery.refused_reason", why.label()));
+                        None
+                    }
+                    RecoveryOutcome::Skipped => None,
+                    outcome => {
+                        a.push(attrs::int("varta.recovery.child_pid", i64::from(report.child_pid)));
+                        a.push(attrs::uint("varta.recovery.duration_ns", report.duration_ns));
+                        if let Some(code) = report.exit_code {
+                            a.push(attrs::int("varta.recovery.exit_code", i64::from(code)));
+                        }
+                        if let Some(signal) = report.signal {
+                            a.push(attrs::int("varta.recovery.signal", i64::from(signal)));
+                        }
+                        let ok = outcome == RecoveryOutcome::Succeeded;
+                        Some(SpanStatus {
+                            message: if ok { String::new() } else { format!("recovery {}", outcome.label()) },
+                            code: if ok { StatusCode::Ok } else { StatusCode::Error } as i32,
+                        })
+                    }
+                };
+                Some(Span {
+                    trace_id: self.ids.trace_id(incident).to_vec(),
+                    span_id: self.ids.span_id(incident, SpanRole::Recovery).to_vec(),
+                    parent_span_id: self.ids.span_id(incident, SpanRole::Stall).to_vec(),
+                    name: name::RECOVERY.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: clock.to_unix_ns(event.at_ns.saturating_sub(report.duration_ns)),
+                    end_time_unix_nano: at,
+                    attributes: a,
+                    status,
+                    ..Default::default()
+                })
+            }
             _ => None,
         }
     }
@@ -271,6 +320,42 @@ mod tests {
         assert_eq!(r.start_time_unix_nano, s.start_time_unix_nano);
         assert_eq!(attr(&r, "varta.stall.silence_ns"), Some(&Value::IntValue(4_000_000_000)));
         assert_eq!(r.status.as_ref().map(|st| st.code), Some(StatusCode::Ok as i32));
+    }
+
+    #[test]
+    fn recovery_spans_are_children_of_the_stall_spanning_the_command() {
+        use varta_processor::{RecoveryRefusal, RecoveryReport, Wchan};
+        let clock = WallClock::new(Clock::Monotonic);
+        let mut b = SpanBuilder::new(IdSource::new(5, "liveness"), "liveness");
+        let mut report = RecoveryReport::new(RecoveryOutcome::Started, Wchan::new("restart-svc"));
+        let started = Event {
+            at_ns: 4_000_000_000,
+            agent: Some(agent(77)),
+            kind: EventKind::Recovery { incident: 4, report },
+        };
+        assert!(b.span(&started, &clock, 1).is_none(), "the span is made when it finishes");
+        report.outcome = RecoveryOutcome::Failed;
+        report.exit_code = Some(3);
+        report.duration_ns = 500_000_000;
+        report.child_pid = 4242;
+        let done = Event {
+            at_ns: 4_500_000_000,
+            agent: Some(agent(77)),
+            kind: EventKind::Recovery { incident: 4, report },
+        };
+        let r = b.span(&done, &clock, 1).expect("recovery span");
+        assert_eq!(r.name, "varta.recovery");
+        assert_eq!(r.trace_id, IdSource::new(5, "liveness").trace_id(4).to_vec());
+        assert_eq!(r.parent_span_id, IdSource::new(5, "liveness").span_id(4, SpanRole::Stall).to_vec());
+        assert_eq!(r.end_time_unix_nano - r.start_time_unix_nano, 500_000_000);
+        assert_eq!(attr(&r, "varta.recovery.exit_code"), Some(&Value::IntValue(3)));
+        assert_eq!(attr(&r, "varta.recovery.program"), Some(&Value::StringValue("restart-svc".into())));
+        assert_eq!(r.status.as_ref().map(|st| st.code), Some(StatusCode::Error as i32));
+        report.outcome = RecoveryOutcome::Refused(RecoveryRefusal::Debounce);
+        let refused =
+            Event { at_ns: 5, agent: Some(agent(77)), kind: EventKind::Recovery { incident: 5, report } };
+        let r = b.span(&refused, &clock, 1).expect("refusal span");
+        assert_eq!(attr(&r, "varta.recovery.refused_reason"), Some(&Value::StringValue("debounce".into())));
     }
 
     #[test]

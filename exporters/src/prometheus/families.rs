@@ -22,7 +22,10 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use varta_agents::AttributeStore;
 use varta_pipeline::{MetricKind, Role, Sample};
-use varta_processor::{AgentView, Cause, STALL_DURATION_BOUNDS_NS, Snapshot, StatsSnapshot};
+use varta_processor::{
+    AgentView, Cause, RecoveryOutcome, RecoveryRefusal, STALL_DURATION_BOUNDS_NS, Snapshot, StallDurations,
+    StatsSnapshot,
+};
 use varta_proto::{Source, Status};
 
 use super::http::HttpStats;
@@ -202,6 +205,22 @@ impl VartaFamilies {
             causes.push(&[("cause", cause.label())], n as f64);
         }
         out.push(causes.0);
+        let mut outcomes = Family::counter(
+            "varta_recovery_outcomes_total",
+            "Recoveries by final outcome (succeeded, failed, timed_out, spawn_failed, skipped).",
+        );
+        for (i, o) in RecoveryOutcome::FINAL.iter().enumerate() {
+            let n: u64 = snaps.iter().map(|(_, s)| s.stats.recovery_outcomes[i]).sum();
+            outcomes.push(&[("outcome", o.label())], n as f64);
+        }
+        out.push(outcomes.0);
+        let mut refused =
+            Family::counter("varta_recovery_refused_total", "Stalls recovery refused to act on, by reason.");
+        for (i, r) in RecoveryRefusal::ALL.iter().enumerate() {
+            let n: u64 = snaps.iter().map(|(_, s)| s.stats.recovery_refused[i]).sum();
+            refused.push(&[("reason", r.label())], n as f64);
+        }
+        out.push(refused.0);
         let mut limited =
             Family::counter("varta_rate_limited_total", "Beats refused by rate limits, by reason.");
         limited.push(&[("reason", "per_pid")], total(|s| s.rate_limited_per_agent));
@@ -240,43 +259,16 @@ impl VartaFamilies {
         let mut info = Family::gauge("varta_build_info", "Build of this collector (value is always 1).");
         info.push(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         out.push(info.0);
-        out.push(self.stall_histogram(snaps));
-    }
-
-    fn stall_histogram(&self, snaps: &[(&str, Arc<Snapshot>)]) -> MetricFamily {
-        let mut f = Family::new(
+        out.push(histogram(
             "varta_stall_duration_seconds",
             "Length of stalls that ended (silence until the agent beat again).",
-            MetricType::HISTOGRAM,
-        );
-        let mut counts = [0u64; STALL_DURATION_BOUNDS_NS.len() + 1];
-        let mut sum_ns = 0u64;
-        for (_, s) in snaps {
-            for (c, b) in counts.iter_mut().zip(s.stats.stall_durations.buckets) {
-                *c += b;
-            }
-            sum_ns = sum_ns.wrapping_add(s.stats.stall_durations.sum_ns);
-        }
-        let mut cumulative = 0;
-        let buckets = STALL_DURATION_BOUNDS_NS
-            .iter()
-            .zip(counts)
-            .map(|(&bound, n)| {
-                cumulative += n;
-                let mut b = proto::Bucket::default();
-                b.set_upper_bound(bound as f64 / 1e9);
-                b.set_cumulative_count(cumulative);
-                b
-            })
-            .collect();
-        let mut h = proto::Histogram::default();
-        h.set_bucket(buckets);
-        h.set_sample_count(counts.iter().sum());
-        h.set_sample_sum(sum_ns as f64 / 1e9);
-        let mut m = proto::Metric::default();
-        m.set_histogram(h);
-        f.0.mut_metric().push(m);
-        f.0
+            snaps.iter().map(|(_, s)| s.stats.stall_durations),
+        ));
+        out.push(histogram(
+            "varta_recovery_duration_seconds",
+            "Run time of recovery commands that finished (spawn to exit).",
+            snaps.iter().map(|(_, s)| s.stats.recovery_durations),
+        ));
     }
 
     fn per_agent(&self, snaps: &[(&str, Arc<Snapshot>)], out: &mut Vec<MetricFamily>) {
@@ -334,6 +326,40 @@ impl VartaFamilies {
         });
         out.extend(families.into_values().map(|f| f.0));
     }
+}
+
+/// A histogram family from per-pipeline bucket counts (bounds:
+/// [`STALL_DURATION_BOUNDS_NS`]).
+fn histogram(name: &str, help: &str, parts: impl Iterator<Item = StallDurations>) -> MetricFamily {
+    let mut f = Family::new(name, help, MetricType::HISTOGRAM);
+    let mut counts = [0u64; STALL_DURATION_BOUNDS_NS.len() + 1];
+    let mut sum_ns = 0u64;
+    for part in parts {
+        for (c, b) in counts.iter_mut().zip(part.buckets) {
+            *c += b;
+        }
+        sum_ns = sum_ns.wrapping_add(part.sum_ns);
+    }
+    let mut cumulative = 0;
+    let buckets = STALL_DURATION_BOUNDS_NS
+        .iter()
+        .zip(counts)
+        .map(|(&bound, n)| {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(bound as f64 / 1e9);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut h = proto::Histogram::default();
+    h.set_bucket(buckets);
+    h.set_sample_count(counts.iter().sum());
+    h.set_sample_sum(sum_ns as f64 / 1e9);
+    let mut m = proto::Metric::default();
+    m.set_histogram(h);
+    f.0.mut_metric().push(m);
+    f.0
 }
 
 /// Labels of one agent's series beyond `pid` and `source`.

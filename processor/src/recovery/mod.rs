@@ -1,0 +1,340 @@
+//! The `recovery` processor: runs an operator command when an agent stalls
+//! — safely — and keeps a tamper-evident audit log of what it did.
+//!
+//! Promises:
+//! * The processor thread never blocks on recovery: it hands stalls,
+//!   diagnoses and resumes to a runner thread through a bounded queue
+//!   ([`RecoveryHandle`]; when full the stall is refused and counted as
+//!   `queue_full`) and polls finished reports, which it emits as
+//!   [`crate::EventKind::Recovery`] events and counts.
+//! * Commands are exec'd from an argv list (never a shell), placeholders
+//!   substituted per argument, with an environment cleared to
+//!   `PATH=/usr/bin:/bin` plus `env` (unless `inherit_env`).
+//! * A stall is acted on only when the agent's origin authenticates its pid
+//!   (kernel-attested UDS, master-key secure UDP; others only with
+//!   `allow_unauthenticated`), never for a cross-namespace agent without
+//!   `allow_cross_namespace`, never when the pid was recycled since the
+//!   stall (start time re-checked right before spawning), never for a
+//!   stopped/traced process unless `stopped` is in `on_causes`, at most
+//!   once per `debounce` per agent, within `max_outstanding` children and
+//!   `max_spawns_per_second`; every refusal is reported with its reason.
+//!   A stall whose agent resumed before the spawn is skipped.
+//! * Every child is reaped; one that outlives `timeout` gets SIGTERM, then
+//!   SIGKILL after `kill_grace`; at shutdown outstanding children get
+//!   `kill_grace`, then are killed. Output is captured up to
+//!   `capture_output_bytes` per stream.
+//! * Every spawn, completion and refusal is an audit record (see [`audit`]).
+
+pub mod audit;
+mod runner;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::inspect::{Cause, Wchan};
+
+pub use runner::{AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats};
+
+fn default_debounce() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_kill_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_outstanding() -> usize {
+    16
+}
+fn default_max_spawns() -> u32 {
+    10
+}
+fn default_capture() -> usize {
+    4096
+}
+fn default_causes() -> Vec<String> {
+    Cause::ALL.iter().filter(|c| **c != Cause::Stopped).map(|c| c.label().to_owned()).collect()
+}
+fn default_keep() -> u32 {
+    5
+}
+
+/// How often audit records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSync {
+    /// `fdatasync` after every record (default): a record that was
+    /// written survives a crash.
+    #[default]
+    EveryRecord,
+    /// `fdatasync` at most once a second: cheaper under bursts, and a crash
+    /// may lose the last second of records (the chain still verifies up to
+    /// the last complete one).
+    Interval,
+}
+
+/// `processors: recovery:` — see the README's recovery how-to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// The command, as an argv list (placeholders in [`PLACEHOLDERS`]).
+    pub exec: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub inherit_env: bool,
+    #[serde(default = "default_debounce", deserialize_with = "varta_pipeline::config::duration")]
+    pub debounce: Duration,
+    #[serde(default = "default_timeout", deserialize_with = "varta_pipeline::config::duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_kill_grace", deserialize_with = "varta_pipeline::config::duration")]
+    pub kill_grace: Duration,
+    #[serde(default = "default_max_outstanding")]
+    pub max_outstanding: usize,
+    #[serde(default = "default_max_spawns")]
+    pub max_spawns_per_second: u32,
+    #[serde(default = "default_capture")]
+    pub capture_output_bytes: usize,
+    /// Diagnosis causes that trigger a run (default: all but `stopped`).
+    #[serde(default = "default_causes")]
+    pub on_causes: Vec<String>,
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    #[serde(default)]
+    pub allow_cross_namespace: bool,
+    pub audit_file: PathBuf,
+    #[serde(default)]
+    pub audit_sync: AuditSync,
+    /// Rotate the audit file past this size (0: never).
+    #[serde(default)]
+    pub audit_rotate_bytes: u64,
+    #[serde(default = "default_keep")]
+    pub audit_rotate_keep: u32,
+}
+
+/// Placeholders substituted in each `exec` argument.
+pub const PLACEHOLDERS: [&str; 10] = [
+    "{pid}",
+    "{frame_pid}",
+    "{start_time}",
+    "{incident}",
+    "{source}",
+    "{transport}",
+    "{cause}",
+    "{service}",
+    "{exe}",
+    "{container}",
+];
+
+impl RecoveryConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(program) = self.exec.first() else {
+            return Err(
+                "`exec` must name a program: an argv list like [\"/usr/local/bin/restart-svc\", \"{pid}\"]"
+                    .into(),
+            );
+        };
+        if !program.starts_with('/') {
+            return Err(format!(
+                "`exec[0]` must be an absolute path (no PATH lookup, no shell): {program:?}"
+            ));
+        }
+        for arg in &self.exec {
+            let mut rest = arg.as_str();
+            while let Some(at) = rest.find('{') {
+                let end = rest[at..].find('}').map(|e| at + e + 1).unwrap_or(rest.len());
+                let token = &rest[at..end];
+                if !PLACEHOLDERS.contains(&token) {
+                    return Err(format!(
+                        "`exec`: unknown placeholder {token:?} (known: {})",
+                        PLACEHOLDERS.join(", ")
+                    ));
+                }
+                rest = &rest[end..];
+            }
+        }
+        for cause in &self.on_causes {
+            if Cause::parse(cause).is_none() {
+                let known: Vec<&str> = Cause::ALL.iter().map(|c| c.label()).collect();
+                return Err(format!("`on_causes`: unknown cause {cause:?} (known: {})", known.join(", ")));
+            }
+        }
+        if self.max_outstanding == 0 || self.max_spawns_per_second == 0 {
+            return Err("`max_outstanding` and `max_spawns_per_second` must be at least 1".into());
+        }
+        if self.timeout.is_zero() || self.kill_grace.is_zero() {
+            return Err("`timeout` and `kill_grace` must be greater than zero".into());
+        }
+        if self.capture_output_bytes > 1 << 20 {
+            return Err("`capture_output_bytes` must be at most 1 MiB".into());
+        }
+        Ok(())
+    }
+
+    pub fn triggers_on(&self, cause: Cause) -> bool {
+        self.on_causes.iter().any(|c| c == cause.label())
+    }
+}
+
+/// Why a stall was not acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecoveryRefusal {
+    /// The agent's origin does not authenticate its pid (plain UDP, shared-key secure UDP).
+    Unauthenticated,
+    /// The agent lives in another pid namespace.
+    CrossNamespace,
+    /// Its diagnosis' cause is not in `on_causes`.
+    Cause,
+    /// The process is stopped or traced (not in `on_causes`).
+    Stopped,
+    /// Its pid now belongs to another process (or it is gone).
+    PidRecycled,
+    Debounce,
+    Outstanding,
+    Rate,
+    /// The runner's queue was full.
+    QueueFull,
+}
+
+impl RecoveryRefusal {
+    pub const ALL: [RecoveryRefusal; 9] = [
+        RecoveryRefusal::Unauthenticated,
+        RecoveryRefusal::CrossNamespace,
+        RecoveryRefusal::Cause,
+        RecoveryRefusal::Stopped,
+        RecoveryRefusal::PidRecycled,
+        RecoveryRefusal::Debounce,
+        RecoveryRefusal::Outstanding,
+        RecoveryRefusal::Rate,
+        RecoveryRefusal::QueueFull,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            RecoveryRefusal::Unauthenticated => "unauthenticated",
+            RecoveryRefusal::CrossNamespace => "cross_namespace",
+            RecoveryRefusal::Cause => "cause",
+            RecoveryRefusal::Stopped => "stopped",
+            RecoveryRefusal::PidRecycled => "pid_recycled",
+            RecoveryRefusal::Debounce => "debounce",
+            RecoveryRefusal::Outstanding => "outstanding",
+            RecoveryRefusal::Rate => "rate",
+            RecoveryRefusal::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// What became of a stall, as far as recovery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// The command was spawned (a `Finished` report follows).
+    Started,
+    /// Exit status 0.
+    Succeeded,
+    /// Non-zero exit status, or killed by a signal it did not get from us.
+    Failed,
+    /// Outlived `timeout` and was killed.
+    TimedOut,
+    /// The command could not be started.
+    SpawnFailed,
+    /// Not run, see the reason.
+    Refused(RecoveryRefusal),
+    /// The agent beat again before the command was run.
+    Skipped,
+}
+
+impl RecoveryOutcome {
+    /// Final outcomes, for counters (`varta_recovery_outcomes_total{outcome}`).
+    pub const FINAL: [RecoveryOutcome; 5] = [
+        RecoveryOutcome::Succeeded,
+        RecoveryOutcome::Failed,
+        RecoveryOutcome::TimedOut,
+        RecoveryOutcome::SpawnFailed,
+        RecoveryOutcome::Skipped,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            RecoveryOutcome::Started => "started",
+            RecoveryOutcome::Succeeded => "succeeded",
+            RecoveryOutcome::Failed => "failed",
+            RecoveryOutcome::TimedOut => "timed_out",
+            RecoveryOutcome::SpawnFailed => "spawn_failed",
+            RecoveryOutcome::Refused(_) => "refused",
+            RecoveryOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// One recovery report (heap-free, `Copy`), emitted as an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub outcome: RecoveryOutcome,
+    /// The child's pid (0 when none was spawned).
+    pub child_pid: u32,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Spawn to completion.
+    pub duration_ns: u64,
+    pub stdout_bytes: u32,
+    pub stderr_bytes: u32,
+    /// The program's file name (argv[0]'s last component).
+    pub program: Wchan,
+}
+
+impl RecoveryReport {
+    pub fn new(outcome: RecoveryOutcome, program: Wchan) -> RecoveryReport {
+        RecoveryReport {
+            outcome,
+            child_pid: 0,
+            exit_code: None,
+            signal: None,
+            duration_ns: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            program,
+        }
+    }
+}
+
+impl RecoveryReport {
+    /// `key=value` pairs separated by `;` (one TSV column): the refusal
+    /// reason, or the program, child pid, exit, duration and output sizes.
+    pub fn details(&self) -> String {
+        match self.outcome {
+            RecoveryOutcome::Refused(why) => {
+                format!("reason={};program={}", why.label(), self.program.as_str())
+            }
+            RecoveryOutcome::Skipped => format!("reason=resumed;program={}", self.program.as_str()),
+            _ => {
+                let exit = match (self.exit_code, self.signal) {
+                    (Some(c), _) => format!("code={c}"),
+                    (None, Some(s)) => format!("signal={s}"),
+                    _ => "-".into(),
+                };
+                format!(
+                    "program={};child_pid={};exit={exit};duration_ms={};stdout_bytes={};stderr_bytes={}",
+                    self.program.as_str(),
+                    self.child_pid,
+                    self.duration_ns / 1_000_000,
+                    self.stdout_bytes,
+                    self.stderr_bytes
+                )
+            }
+        }
+    }
+}
+
+/// A finished recovery step, handed back to the processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub agent: crate::event::AgentRef,
+    pub incident: u64,
+    pub report: RecoveryReport,
+}

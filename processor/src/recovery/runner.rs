@@ -1,0 +1,620 @@
+//! The recovery runner thread and the processor's handle to it.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use hashbrown::HashMap;
+use varta_pipeline::{Instrumented, Metric, Sample};
+use varta_proto::Transport;
+
+use super::audit::{AuditLog, Record};
+use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
+use crate::event::{AgentId, AgentRef};
+use crate::inspect::{Cause, Wchan};
+
+/// What the host says about a process right before a spawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub start_time: u64,
+    /// Stopped (SIGSTOP) or traced.
+    pub stopped: bool,
+}
+
+/// Reads [`ProcessFacts`] of a host pid (`None`: gone). Injected by the
+/// collector (it reads `/proc`; this crate does not).
+pub type ProcessProbe = Box<dyn Fn(u32) -> Option<ProcessFacts> + Send>;
+
+/// `{service}`, `{exe}`, `{container}` of a local agent, when known.
+pub type AgentLabels = Box<dyn Fn(&AgentId) -> [Option<String>; 3] + Send>;
+
+/// Runs a stall's command when its diagnosis does not arrive in this time.
+const DIAGNOSIS_WAIT: Duration = Duration::from_secs(2);
+/// How often the runner looks at its children while any is outstanding.
+const TICK: Duration = Duration::from_millis(10);
+
+enum Notice {
+    Stalled { agent: AgentRef, incident: u64, diagnosis_pending: bool },
+    Diagnosed { incident: u64, cause: Cause },
+    Resumed { incident: u64 },
+}
+
+/// Counters of the recovery runner (its own component in metrics).
+#[derive(Debug, Default)]
+pub struct RecoveryStats {
+    audit_records: AtomicU64,
+    audit_failures: AtomicU64,
+    outstanding: AtomicU64,
+    captured_bytes: AtomicU64,
+}
+
+/// The runner's metrics.
+pub mod metric {
+    use varta_pipeline::Metric;
+
+    pub static AUDIT_RECORDS: Metric = Metric::counter("audit_records", "Records written to the audit log.");
+    pub static AUDIT_FAILURES: Metric =
+        Metric::counter("audit_failures", "Audit records that could not be written (logged).");
+    pub static OUTSTANDING: Metric = Metric::gauge("outstanding", "Recovery commands running now.");
+    pub static CAPTURED: Metric = Metric::counter(
+        "captured_output_bytes",
+        "Bytes of recovery command output captured (stdout + stderr).",
+    );
+}
+
+impl Instrumented for RecoveryStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        use metric::*;
+        let all: [(&'static Metric, &AtomicU64); 4] = [
+            (&AUDIT_RECORDS, &self.audit_records),
+            (&AUDIT_FAILURES, &self.audit_failures),
+            (&OUTSTANDING, &self.outstanding),
+            (&CAPTURED, &self.captured_bytes),
+        ];
+        for (m, v) in all {
+            out(Sample::new(m, v.load(Relaxed)));
+        }
+    }
+}
+
+/// Reads what a non-blocking pipe holds: counts every byte, keeps the
+/// first `cap`.
+fn drain_pipe(pipe: &mut impl Read, kept: &mut Vec<u8>, total: &mut u64, cap: usize) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        *total += n as u64;
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+}
+
+/// A started runner: its thread and counters; the processor gets the handle.
+#[derive(Debug)]
+pub struct Recovery {
+    pub thread: JoinHandle<()>,
+    pub stats: Arc<RecoveryStats>,
+}
+
+/// The processor's side: never blocks.
+#[derive(Debug)]
+pub struct RecoveryHandle {
+    tx: Sender<Notice>,
+    results: Receiver<Recovered>,
+    /// Reports made on this side (queue full), handed out at the next poll.
+    local: VecDeque<Recovered>,
+    program: Wchan,
+    outstanding: u64,
+    last_poll_ns: u64,
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Stalled { incident, .. } => write!(f, "Stalled({incident})"),
+            Notice::Diagnosed { incident, cause } => write!(f, "Diagnosed({incident}, {})", cause.label()),
+            Notice::Resumed { incident } => write!(f, "Resumed({incident})"),
+        }
+    }
+}
+
+impl Recovery {
+    /// Opens the audit log (a `boot` record) and starts the runner thread.
+    pub fn start(
+        name: &str,
+        config: RecoveryConfig,
+        probe: ProcessProbe,
+        labels: AgentLabels,
+    ) -> std::io::Result<(Recovery, RecoveryHandle)> {
+        let audit = AuditLog::open(
+            &config.audit_file,
+            config.audit_sync,
+            config.audit_rotate_bytes,
+            config.audit_rotate_keep,
+        )?;
+        let stats = Arc::new(RecoveryStats::default());
+        stats.audit_records.store(2, Relaxed);
+        let (tx, notices) = bounded(4096);
+        let (results_tx, results) = bounded(65_536);
+        let program = program_name(&config);
+        let runner = Runner {
+            rate_tokens: f64::from(config.max_spawns_per_second),
+            rate_last: Instant::now(),
+            config,
+            probe,
+            labels,
+            audit,
+            stats: Arc::clone(&stats),
+            results: results_tx,
+            pending: Vec::new(),
+            children: Vec::new(),
+            last_run: HashMap::new(),
+            program,
+        };
+        let thread =
+            std::thread::Builder::new().name(format!("recover-{name}")).spawn(move || runner.run(notices))?;
+        let handle =
+            RecoveryHandle { tx, results, local: VecDeque::new(), program, outstanding: 0, last_poll_ns: 0 };
+        Ok((Recovery { thread, stats }, handle))
+    }
+}
+
+fn program_name(config: &RecoveryConfig) -> Wchan {
+    let p = config.exec.first().map(String::as_str).unwrap_or("");
+    Wchan::new(p.rsplit('/').next().unwrap_or(p))
+}
+
+impl RecoveryHandle {
+    fn send(&mut self, notice: Notice) -> bool {
+        match self.tx.try_send(notice) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// A stall: to be acted on once its diagnosis is in (when one is
+    /// pending), else now.
+    pub fn stalled(&mut self, agent: &AgentRef, incident: u64, diagnosis_pending: bool) {
+        if self.send(Notice::Stalled { agent: *agent, incident, diagnosis_pending }) {
+            self.outstanding += 1;
+        } else {
+            let report =
+                RecoveryReport::new(RecoveryOutcome::Refused(RecoveryRefusal::QueueFull), self.program);
+            self.local.push_back(Recovered { agent: *agent, incident, report });
+        }
+    }
+
+    pub fn diagnosed(&mut self, incident: u64, cause: Cause) {
+        self.send(Notice::Diagnosed { incident, cause });
+    }
+
+    pub fn resumed(&mut self, incident: u64) {
+        self.send(Notice::Resumed { incident });
+    }
+
+    /// Every report since the last poll.
+    pub fn poll(&mut self, now_ns: u64, out: &mut dyn FnMut(Recovered)) {
+        self.last_poll_ns = now_ns;
+        while let Some(r) = self.local.pop_front() {
+            out(r);
+        }
+        while let Ok(r) = self.results.try_recv() {
+            if r.report.outcome != RecoveryOutcome::Started {
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+            out(r);
+        }
+    }
+
+    /// While stalls or children are outstanding, the processor polls every 20 ms.
+    pub fn next_poll(&self) -> Option<u64> {
+        (self.outstanding > 0).then(|| self.last_poll_ns.saturating_add(20_000_000))
+    }
+}
+
+struct Pending {
+    agent: AgentRef,
+    incident: u64,
+    since: Instant,
+    cause: Option<Cause>,
+    ready: bool,
+}
+
+struct Running {
+    child: Child,
+    agent: AgentRef,
+    incident: u64,
+    started: Instant,
+    terminated_at: Option<Instant>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_total: u64,
+    stderr_total: u64,
+}
+
+struct Runner {
+    config: RecoveryConfig,
+    probe: ProcessProbe,
+    labels: AgentLabels,
+    audit: AuditLog,
+    stats: Arc<RecoveryStats>,
+    results: Sender<Recovered>,
+    pending: Vec<Pending>,
+    children: Vec<Running>,
+    last_run: HashMap<AgentId, Instant>,
+    rate_tokens: f64,
+    rate_last: Instant,
+    program: Wchan,
+}
+
+fn origin(agent: &AgentRef) -> String {
+    format!("{} {}", agent.transport.as_str(), agent.id.source)
+}
+
+impl Runner {
+    fn run(mut self, notices: Receiver<Notice>) {
+        loop {
+            let busy = !self.pending.is_empty() || !self.children.is_empty();
+            let got = if busy {
+                notices.recv_timeout(TICK)
+            } else {
+                notices.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match got {
+                Ok(n) => self.handle(n),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.decide_ready();
+            self.tend_children(false);
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, notice: Notice) {
+        match notice {
+            Notice::Stalled { agent, incident, diagnosis_pending } => self.pending.push(Pending {
+                agent,
+                incident,
+                since: Instant::now(),
+                cause: None,
+                ready: !diagnosis_pending,
+            }),
+            Notice::Diagnosed { incident, cause } => {
+                if let Some(p) = self.pending.iter_mut().find(|p| p.incident == incident) {
+                    p.cause = Some(cause);
+                    p.ready = true;
+                }
+            }
+            Notice::Resumed { incident } => {
+                if let Some(at) = self.pending.iter().position(|p| p.incident == incident) {
+                    let p = self.pending.swap_remove(at);
+                    self.report(
+                        &p.agent,
+                        p.incident,
+                        RecoveryReport::new(RecoveryOutcome::Skipped, self.program),
+                        "agent resumed before the command ran",
+                    );
+                }
+            }
+        }
+    }
+
+    fn decide_ready(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            if p.ready || p.since.elapsed() >= DIAGNOSIS_WAIT {
+                let p = self.pending.swap_remove(i);
+                self.decide(p);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn refuse(&mut self, p: &Pending, why: RecoveryRefusal) {
+        let report = RecoveryReport::new(RecoveryOutcome::Refused(why), self.program);
+        self.report(&p.agent, p.incident, report, why.label());
+    }
+
+    fn take_rate_token(&mut self) -> bool {
+        let rate = f64::from(self.config.max_spawns_per_second);
+        self.rate_tokens = (self.rate_tokens + self.rate_last.elapsed().as_secs_f64() * rate).min(rate);
+        self.rate_last = Instant::now();
+        if self.rate_tokens >= 1.0 {
+            self.rate_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn decide(&mut self, p: Pending) {
+        let a = p.agent;
+        let local = a.transport == Transport::Uds;
+        let authenticated = matches!(a.transport, Transport::Uds | Transport::SecureMaster);
+        if !authenticated && !self.config.allow_unauthenticated {
+            return self.refuse(&p, RecoveryRefusal::Unauthenticated);
+        }
+        if local && a.frame_pid != a.id.pid && !self.config.allow_cross_namespace {
+            return self.refuse(&p, RecoveryRefusal::CrossNamespace);
+        }
+        if let Some(cause) = p.cause
+            && !self.config.triggers_on(cause)
+        {
+            let why = if cause == Cause::Stopped { RecoveryRefusal::Stopped } else { RecoveryRefusal::Cause };
+            return self.refuse(&p, why);
+        }
+        let now = Instant::now();
+        let debounce = self.config.debounce;
+        self.last_run.retain(|_, t| now.duration_since(*t) < debounce);
+        if self.last_run.contains_key(&a.id) {
+            return self.refuse(&p, RecoveryRefusal::Debounce);
+        }
+        if self.children.len() >= self.config.max_outstanding {
+            return self.refuse(&p, RecoveryRefusal::Outstanding);
+        }
+        if !self.take_rate_token() {
+            return self.refuse(&p, RecoveryRefusal::Rate);
+        }
+        if local {
+            // Right before spawning: the pid must still be the agent's.
+            match (self.probe)(a.host_pid) {
+                Some(f) if a.id.start_time != 0 && f.start_time != a.id.start_time => {
+                    return self.refuse(&p, RecoveryRefusal::PidRecycled);
+                }
+                None if p.cause != Some(Cause::Exited) || !self.config.triggers_on(Cause::Exited) => {
+                    return self.refuse(&p, RecoveryRefusal::PidRecycled);
+                }
+                Some(f) if f.stopped && !self.config.triggers_on(Cause::Stopped) => {
+                    return self.refuse(&p, RecoveryRefusal::Stopped);
+                }
+                _ => {}
+            }
+        }
+        self.last_run.insert(a.id, now);
+        self.spawn(p);
+    }
+
+    fn argv(&self, p: &Pending) -> Vec<String> {
+        let a = &p.agent;
+        let [service, exe, container] = (self.labels)(&a.id);
+        let value = |token: &str| -> String {
+            match token {
+                "{pid}" => a.host_pid.to_string(),
+                "{frame_pid}" => a.frame_pid.to_string(),
+                "{start_time}" => a.id.start_time.to_string(),
+                "{incident}" => p.incident.to_string(),
+                "{source}" => a.id.source.to_string(),
+                "{transport}" => a.transport.as_str().to_owned(),
+                "{cause}" => p.cause.map_or("unknown", Cause::label).to_owned(),
+                "{service}" => service.clone().unwrap_or_default(),
+                "{exe}" => exe.clone().unwrap_or_default(),
+                "{container}" => container.clone().unwrap_or_default(),
+                other => other.to_owned(),
+            }
+        };
+        self.config
+            .exec
+            .iter()
+            .map(|arg| {
+                let mut out = String::with_capacity(arg.len());
+                let mut rest = arg.as_str();
+                while let Some(at) = rest.find('{') {
+                    out.push_str(&rest[..at]);
+                    let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
+                    out.push_str(&value(&rest[at..end]));
+                    rest = &rest[end..];
+                }
+                out.push_str(rest);
+                out
+            })
+            .collect()
+    }
+
+    fn spawn(&mut self, p: Pending) {
+        let argv = self.argv(&p);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if !self.config.inherit_env {
+            cmd.env_clear().env("PATH", "/usr/bin:/bin");
+        }
+        cmd.envs(&self.config.env);
+        // The collector blocks its termination signals (it waits for them
+        // with sigwait) and a signal mask survives exec: give the command
+        // the default mask, or it could not be stopped with SIGTERM.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                for fd in [
+                    child.stdout.as_ref().map(|s| s.as_raw_fd()),
+                    child.stderr.as_ref().map(|s| s.as_raw_fd()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    // SAFETY: fcntl on pipe descriptors we own; only flags change.
+                    unsafe {
+                        let flags = libc::fcntl(fd, libc::F_GETFL);
+                        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                    }
+                }
+                let mut report = RecoveryReport::new(RecoveryOutcome::Started, self.program);
+                report.child_pid = child.id();
+                self.report(
+                    &p.agent,
+                    p.incident,
+                    report,
+                    &format!("cause {}", p.cause.map_or("unknown", Cause::label)),
+                );
+                self.stats.outstanding.fetch_add(1, Relaxed);
+                self.children.push(Running {
+                    child,
+                    agent: p.agent,
+                    incident: p.incident,
+                    started: Instant::now(),
+                    terminated_at: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    stdout_total: 0,
+                    stderr_total: 0,
+                });
+            }
+            Err(e) => {
+                let report = RecoveryReport::new(RecoveryOutcome::SpawnFailed, self.program);
+                tracing::error!(program = %argv[0], "cannot start the recovery command: {e}");
+                self.report(&p.agent, p.incident, report, &e.to_string());
+            }
+        }
+    }
+
+    /// Reads output, enforces timeouts (SIGTERM, then SIGKILL after the
+    /// grace) and reaps. With `kill_all` (shutdown), every child gets its
+    /// SIGTERM now.
+    fn tend_children(&mut self, kill_all: bool) {
+        let cap = self.config.capture_output_bytes;
+        let mut i = 0;
+        while i < self.children.len() {
+            let c = &mut self.children[i];
+            if let Some(p) = c.child.stdout.as_mut() {
+                drain_pipe(p, &mut c.stdout, &mut c.stdout_total, cap);
+            }
+            if let Some(p) = c.child.stderr.as_mut() {
+                drain_pipe(p, &mut c.stderr, &mut c.stderr_total, cap);
+            }
+            let elapsed = c.started.elapsed();
+            match c.child.try_wait() {
+                Ok(Some(status)) => {
+                    let c = self.children.swap_remove(i);
+                    self.finished(c, status);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot wait for a recovery command: {e}"),
+            }
+            let pid = c.child.id() as libc::pid_t;
+            match c.terminated_at {
+                None if kill_all || elapsed >= self.config.timeout => {
+                    // SAFETY: kill(2) on our own, not yet reaped child.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    c.terminated_at = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() >= self.config.kill_grace => {
+                    let _ = c.child.kill();
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    fn finished(&mut self, c: Running, status: std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        self.stats.outstanding.fetch_sub(1, Relaxed);
+        self.stats.captured_bytes.fetch_add(c.stdout.len() as u64 + c.stderr.len() as u64, Relaxed);
+        let outcome = match (status.code(), c.terminated_at) {
+            (Some(0), _) => RecoveryOutcome::Succeeded,
+            (_, Some(_)) => RecoveryOutcome::TimedOut,
+            _ => RecoveryOutcome::Failed,
+        };
+        let mut report = RecoveryReport::new(outcome, self.program);
+        report.child_pid = c.child.id();
+        report.exit_code = status.code();
+        report.signal = status.signal();
+        report.duration_ns = u64::try_from(c.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        report.stdout_bytes = u32::try_from(c.stdout_total).unwrap_or(u32::MAX);
+        report.stderr_bytes = u32::try_from(c.stderr_total).unwrap_or(u32::MAX);
+        if !c.stdout.is_empty() || !c.stderr.is_empty() {
+            tracing::info!(
+                target: "varta::recovery",
+                incident = c.incident,
+                child_pid = report.child_pid,
+                stdout = %String::from_utf8_lossy(&c.stdout),
+                stderr = %String::from_utf8_lossy(&c.stderr),
+                "recovery command output (first {} bytes of each stream)",
+                self.config.capture_output_bytes
+            );
+        }
+        self.report(&c.agent, c.incident, report, "");
+    }
+
+    /// Audits and hands a report to the processor.
+    fn report(&mut self, agent: &AgentRef, incident: u64, report: RecoveryReport, detail: &str) {
+        let kind = match report.outcome {
+            RecoveryOutcome::Started => "spawn",
+            RecoveryOutcome::Refused(_) | RecoveryOutcome::Skipped => "refused",
+            _ => "complete",
+        };
+        let outcome = match report.outcome {
+            RecoveryOutcome::Refused(r) => format!("refused:{}", r.label()),
+            o => o.label().to_owned(),
+        };
+        let exit = match (report.exit_code, report.signal) {
+            (Some(c), _) => format!("code={c}"),
+            (None, Some(s)) => format!("signal={s}"),
+            _ => "-".into(),
+        };
+        let record = Record {
+            kind,
+            incident,
+            pid: agent.host_pid,
+            start_time: agent.id.start_time,
+            origin: origin(agent),
+            child_pid: report.child_pid,
+            program: report.program.as_str().to_owned(),
+            outcome,
+            exit,
+            duration_ms: report.duration_ns / 1_000_000,
+            stdout_bytes: u64::from(report.stdout_bytes),
+            stderr_bytes: u64::from(report.stderr_bytes),
+            detail: detail.to_owned(),
+        };
+        match self.audit.append(&record) {
+            Ok(()) => {
+                self.stats.audit_records.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.stats.audit_failures.fetch_add(1, Relaxed);
+                tracing::error!("cannot write the recovery audit log: {e}");
+            }
+        }
+        let _ = self.results.try_send(Recovered { agent: *agent, incident, report });
+    }
+
+    /// The processor is gone: outstanding children get the grace, then die.
+    fn shutdown(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            self.refuse(&p, RecoveryRefusal::QueueFull);
+        }
+        let deadline = Instant::now() + self.config.kill_grace + Duration::from_millis(500);
+        while !self.children.is_empty() && Instant::now() < deadline {
+            self.tend_children(true);
+            std::thread::sleep(TICK);
+        }
+        for c in &mut self.children {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
+        }
+        if let Err(e) = self.audit.sync() {
+            tracing::error!("cannot sync the recovery audit log: {e}");
+        }
+    }
+}
