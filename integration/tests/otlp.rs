@@ -271,8 +271,29 @@ fn udp_beats(port: u16, pids: impl IntoIterator<Item = u32>, nonce: u64) {
     }
 }
 
+/// Tests that load the machine (thousands of agents, floods) take turns,
+/// so that on a small CI machine they do not starve each other.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn counter(c: &Collector, name: &str, label: &str) -> u64 {
-    c.counter("exporters::otlp", name, label)
+    count(c, "exporters::otlp", name, label)
+}
+
+/// A counter through a SIGUSR1 dump; on failure, shows the collector's log tail.
+fn count(c: &Collector, component: &str, name: &str, label: &str) -> u64 {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.counter(component, name, label))) {
+        Ok(v) => v,
+        Err(e) => {
+            let log = c.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("collector log tail (newest first):\n{}", tail.join("\n"));
+            std::panic::resume_unwind(e)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -642,7 +663,7 @@ fn delta_temporality_sends_differences() {
 fn stall_once(c: &Collector, udp: u16, pid: u32, stalls_before: u64) -> u64 {
     udp_beats(udp, [pid], 1);
     wait_for("the stall", || {
-        let n = c.counter("pipelines::liveness", "stalls", "");
+        let n = count(c, "pipelines::liveness", "stalls", "");
         (n > stalls_before).then_some(n)
     })
 }
@@ -698,6 +719,7 @@ fn backend_absent_then_killed_and_restarted_export_resumes() {
 
 #[test]
 fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
+    let _turn = heavy();
     const AGENTS: u32 = 10_000;
     let port = free_tcp_port();
     let udp = free_udp_port();
@@ -712,8 +734,8 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
     udp_beats(udp, 100_000..100_000 + AGENTS, 1);
     // Every agent that was tracked stalls (one beat, then silence).
     wait_for("every tracked agent to stall", || {
-        let stalled = c.counter("pipelines::liveness", "agents_stalled", "");
-        let tracked = c.counter("pipelines::liveness", "agents_tracked", "");
+        let stalled = count(&c, "pipelines::liveness", "agents_stalled", "");
+        let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
         (stalled >= u64::from(AGENTS) * 9 / 10 && stalled == tracked).then_some(())
     });
     let (status, log) = c.stop();
@@ -743,6 +765,7 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
 
 #[test]
 fn beat_flood_alongside_stalls_loses_no_stall_event() {
+    let _turn = heavy();
     let port = free_tcp_port();
     let udp = free_udp_port();
     let sink = Sink::default();
@@ -763,8 +786,8 @@ fn beat_flood_alongside_stalls_loses_no_stall_event() {
     let _ = flood.join();
     // Wait until every agent (the flood's too, once it ends) has stalled.
     let stalls = wait_for("every agent to stall", || {
-        let tracked = c.counter("pipelines::liveness", "agents_tracked", "");
-        let stalls = c.counter("pipelines::liveness", "stalls", "");
+        let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
+        let stalls = count(&c, "pipelines::liveness", "stalls", "");
         (tracked >= 1_000 && stalls == tracked).then_some(stalls)
     });
     let stall_lines = || {
@@ -937,7 +960,7 @@ fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
     let c = Collector::start(&cfg);
     udp_beats(udp, [7001], 1);
     wait_for("the span to leave the sending queue", || {
-        let sent = c.counter("exporters::otlp", "exported", "") >= 1;
+        let sent = count(&c, "exporters::otlp", "exported", "") >= 1;
         (sent && counter(&c, "spans_queued", "") == 0).then_some(())
     });
     wait_for("the exporter to connect", || {
