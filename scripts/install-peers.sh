@@ -2,8 +2,10 @@
 # Installs the real third-party peers the tests talk to, when missing:
 #   - Debian `prometheus` (prometheus 2.x + promtool), with service start-up
 #     suppressed so nothing listens on 0.0.0.0:9090 afterwards;
+#   - Debian `systemd` for `systemd-analyze verify` (no service is started);
 #   - PyPI `rotel==0.0.1a15` (an OTLP receiver; its `rotel-agent` binary ships
-#     inside the wheel) in a virtualenv under the cargo target directory.
+#     inside the wheel) and `kubernetes-validate==1.37.0` (offline manifest
+#     validation) in a virtualenv under the cargo target directory.
 # Idempotent and quiet when everything is present. Prints only
 # `PROMETHEUS=…`, `PROMTOOL=…` and `ROTEL=…` on stdout (for `eval`); messages
 # go to stderr.
@@ -43,6 +45,15 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     fi
 fi
 
+if ! command -v systemd-analyze >/dev/null; then
+    say "installing Debian package systemd (for systemd-analyze)"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 systemd >&2 ||
+        { sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2 &&
+            sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                -o DPkg::Lock::Timeout=300 systemd >&2; }
+fi
+
 venv=${CARGO_TARGET_DIR:-$PWD/target}/peers/venv
 rotel=$venv/lib/python3*/site-packages/rotel/rotel-agent
 # shellcheck disable=SC2086
@@ -53,7 +64,13 @@ if ! ls $rotel >/dev/null 2>&1; then
 fi
 # shellcheck disable=SC2086
 rotel=$(ls $rotel)
+if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+    say "installing kubernetes-validate==1.37.0 into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0 >&2
+fi
 
 echo "PROMETHEUS=$(command -v prometheus)"
 echo "PROMTOOL=$(command -v promtool)"
 echo "ROTEL=$rotel"
+echo "SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
+echo "KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate"

@@ -3,7 +3,8 @@
 # and the whole test suite (unit, property, CLI and end-to-end tests against
 # the real binaries and real peers). Installs the peers the end-to-end tests
 # talk to when they are missing (Debian `prometheus` for prometheus and
-# promtool, PyPI `rotel` in a virtualenv under target/): see
+# promtool, Debian `systemd` for systemd-analyze, PyPI `rotel` and
+# `kubernetes-validate` in a virtualenv under target/): see
 # scripts/install-peers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 peers=$(./scripts/install-peers.sh)
 eval "$peers"
-export PROMETHEUS PROMTOOL ROTEL
+export PROMETHEUS PROMTOOL ROTEL SYSTEMD_ANALYZE KUBERNETES_VALIDATE
 # Integration tests drive the real binaries; build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -1,5 +1,6 @@
 //! The real third-party programs tests talk to: `promtool` and
-//! `prometheus` (Debian package `prometheus`) and `rotel` (PyPI). The
+//! `prometheus` (Debian package `prometheus`), `systemd-analyze` (Debian
+//! `systemd`), `rotel` and `kubernetes-validate` (PyPI). The
 //! README test command installs them (`scripts/install-peers.sh`) and
 //! exports their paths; a test that needs one and cannot find it fails
 //! with a message saying so — it never passes without having run.
@@ -36,4 +37,13 @@ pub fn prometheus() -> PathBuf {
 
 pub fn rotel() -> PathBuf {
     find("ROTEL", "rotel-agent", &[])
+}
+
+pub fn systemd_analyze() -> PathBuf {
+    find("SYSTEMD_ANALYZE", "systemd-analyze", &["/usr/bin/systemd-analyze"])
+}
+
+pub fn kubernetes_validate() -> PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv/bin/kubernetes-validate");
+    find("KUBERNETES_VALIDATE", "kubernetes-validate", &[venv.to_str().unwrap_or_default()])
 }

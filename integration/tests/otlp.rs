@@ -328,14 +328,26 @@ struct Rotel {
 
 impl Rotel {
     fn start(grpc: u16) -> Rotel {
+        Self::launch(grpc, &["--exporter", "blackhole", "--debug-log", "traces", "--debug-log", "metrics"])
+    }
+
+    /// A gateway: receives OTLP on `grpc` and forwards everything to
+    /// `to` (the shape of otel-config/otelcol-gateway.yaml).
+    fn forwarding(grpc: u16, to: u16) -> Rotel {
+        let endpoint = format!("http://127.0.0.1:{to}");
+        Self::launch(grpc, &["--exporter", "otlp", "--otlp-exporter-endpoint", &endpoint, "--debug-log", "traces"])
+    }
+
+    fn launch(grpc: u16, args: &[&str]) -> Rotel {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("rotel.out");
         let file = std::fs::File::create(&out).expect("rotel output");
         let http = free_tcp_port();
         let child = Command::new(rotel_binary())
             .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}"), "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .args(["--debug-log-verbosity", "detailed"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup"))
@@ -424,6 +436,62 @@ fn rotel_receives_stall_span_metrics_and_resolution() {
 
 // ---------------------------------------------------------------------------
 // Exact structure, against the in-test server.
+
+/// Our collector → a gateway (rotel forwarding OTLP, the shape of
+/// otel-config/otelcol-gateway.yaml) → a backend (rotel printing): the stall
+/// span keeps its attributes across the hop, and incidents that happen
+/// while the gateway restarts arrive once it is back (retries and queue).
+#[test]
+fn stall_spans_survive_a_gateway_hop_and_a_gateway_restart() {
+    let (gw_port, sink_port) = (free_tcp_port(), free_tcp_port());
+    let sink = Rotel::start(sink_port);
+    let gateway = Rotel::forwarding(gw_port, sink_port);
+    let text = config(&format!("http://127.0.0.1:{gw_port}"), free_udp_port(), "300ms", "    retry_on_failure: { initial_interval: 100ms, max_interval: 500ms }")
+        .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
+        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let c = Collector::start(&text);
+    let sock = c.path("varta.sock");
+    let mut agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .spawn()
+        .expect("spawn varta beat");
+    let pid = agent.id();
+    let pid_line = format!("-> process.pid: Int({pid})");
+    let stalls_at_sink = || sink.span_blocks("varta.stall").into_iter().filter(|b| b.contains(&pid_line)).collect::<Vec<_>>();
+    let stalls_of = |c: &Collector| c.counter("pipelines::liveness", "stalls", "");
+
+    wait_for("the agent beating", || (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(()));
+    signal(&agent, libc::SIGSTOP);
+    let first = wait_for("the stall span at the backend, through the gateway", || stalls_at_sink().pop());
+    assert!(first.contains("-> service.name: Str(checkout)"), "{first}");
+    assert!(first.contains("-> process.executable.name: Str(varta)"), "{first}");
+    assert!(first.contains("varta.stall.detected") && first.contains("STATUS_CODE_ERROR"), "{first}");
+    signal(&agent, libc::SIGCONT);
+
+    // The gateway goes away; two more incidents happen meanwhile.
+    drop(gateway);
+    for round in 2..=3u64 {
+        wait_for("the agent to resume", || {
+            (c.counter("pipelines::liveness", "resumes", "") >= round - 1).then_some(())
+        });
+        signal(&agent, libc::SIGSTOP);
+        wait_for("the stall while the gateway is down", || (stalls_of(&c) >= round).then_some(()));
+        signal(&agent, libc::SIGCONT);
+    }
+    let gateway = Rotel::forwarding(gw_port, sink_port);
+    let all = wait_for("every incident at the backend after the gateway came back", || {
+        let blocks = stalls_at_sink();
+        (blocks.len() >= 3).then_some(blocks)
+    });
+    let mut traces: Vec<Option<String>> = all.iter().map(|b| trace_id_of(b)).collect();
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 3, "three incidents, three traces");
+    assert_eq!(c.counter("exporters::otlp", "spans_dropped", "queue_full"), 0);
+    drop(gateway);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
 
 #[test]
 fn spans_and_metrics_have_the_promised_structure() {
