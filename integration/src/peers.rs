@@ -44,6 +44,7 @@ pub fn systemd_analyze() -> PathBuf {
 }
 
 pub fn kubernetes_validate() -> PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv/bin/kubernetes-validate");
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv/bin/kubernetes-validate");
     find("KUBERNETES_VALIDATE", "kubernetes-validate", &[venv.to_str().unwrap_or_default()])
 }

@@ -342,6 +342,14 @@ fn every_shipped_example_validates() {
         for secret in ["shared.key", "master.key", "metrics.token"] {
             keygen(dir.path(), secret);
         }
+        std::fs::create_dir_all(dir.path().join("token")).expect("token dir");
+        keygen(dir.path(), "token/token");
+        // `validate` checks that TLS files are readable; it does not dial.
+        std::fs::write(
+            dir.path().join("gateway-ca.pem"),
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .expect("ca file");
         let text = text
             .replace("/etc/varta", d)
             .replace("/var/log/varta", d)

@@ -32,21 +32,37 @@ fn verify_unit(path: &Path) -> (bool, String) {
 fn the_systemd_unit_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = std::fs::read_to_string(kit("systemd/varta-collector.service")).expect("unit");
-    for key in ["Type=notify", "WatchdogSec=", "ExecReload=", "RuntimeDirectory=varta", "Restart=", "User=varta",
-        "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "CapabilityBoundingSet=\n"]
-    {
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=",
+        "RuntimeDirectory=varta",
+        "Restart=",
+        "User=varta",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+    ] {
         assert!(text.contains(key), "the unit lacks {key:?}");
     }
     // Verified against the binary this build made (the unit names /usr/local/bin).
     let unit = dir.path().join("varta-collector.service");
-    std::fs::write(&unit, text.replace("/usr/local/bin/varta-collector", &binary("varta-collector").display().to_string()))
-        .expect("write");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/varta-collector", &binary("varta-collector").display().to_string()),
+    )
+    .expect("write");
     let (ok, said) = verify_unit(&unit);
     assert!(ok, "systemd-analyze verify: {said}");
     // The check can fail: a misspelt key is reported.
     let broken = dir.path().join("broken.service");
-    std::fs::write(&broken, std::fs::read_to_string(&unit).expect("unit").replace("Restart=always", "Restartt=always"))
-        .expect("write");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&unit).expect("unit").replace("Restart=always", "Restartt=always"),
+    )
+    .expect("write");
     assert!(!verify_unit(&broken).0, "a broken unit must not verify");
 }
 
@@ -61,13 +77,21 @@ fn the_kubernetes_manifests_validate() {
         assert!(ok, "kubernetes-validate {file}: {said}");
     }
     let daemonset = std::fs::read_to_string(kit("kubernetes/daemonset.yaml")).expect("daemonset");
-    for key in ["hostPID: true", "livenessProbe", "readinessProbe", "path: /run/varta", "resources:", "drop: [\"ALL\"]"] {
+    for key in [
+        "hostPID: true",
+        "livenessProbe",
+        "readinessProbe",
+        "path: /run/varta",
+        "resources:",
+        "drop: [\"ALL\"]",
+    ] {
         assert!(daemonset.contains(key), "the DaemonSet lacks {key}");
     }
     // The check can fail: an unknown field is refused under --strict.
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = dir.path().join("broken.yaml");
-    std::fs::write(&broken, daemonset.replace("hostPID: true", "hostPID: true\n      hostPIDs: true")).expect("write");
+    std::fs::write(&broken, daemonset.replace("hostPID: true", "hostPID: true\n      hostPIDs: true"))
+        .expect("write");
     assert!(!kubernetes_validate(&broken).0, "a broken manifest must not validate");
 }
 
@@ -104,7 +128,8 @@ fn the_kubernetes_scrape_example_passes_promtool() {
     write_secret(&token, &"ab".repeat(32));
     let text = std::fs::read_to_string(kit("kubernetes/scrape-config.yaml")).expect("scrape config");
     let path = dir.path().join("prometheus.yml");
-    std::fs::write(&path, text.replace("/etc/prometheus/varta/token", &token.display().to_string())).expect("write");
+    std::fs::write(&path, text.replace("/etc/prometheus/varta/token", &token.display().to_string()))
+        .expect("write");
     let (ok, said) = run(Command::new(peers::promtool()).args(["check", "config"]).arg(&path));
     assert!(ok, "promtool check config: {said}");
 }

@@ -335,7 +335,10 @@ impl Rotel {
     /// `to` (the shape of otel-config/otelcol-gateway.yaml).
     fn forwarding(grpc: u16, to: u16) -> Rotel {
         let endpoint = format!("http://127.0.0.1:{to}");
-        Self::launch(grpc, &["--exporter", "otlp", "--otlp-exporter-endpoint", &endpoint, "--debug-log", "traces"])
+        Self::launch(
+            grpc,
+            &["--exporter", "otlp", "--otlp-exporter-endpoint", &endpoint, "--debug-log", "traces"],
+        )
     }
 
     fn launch(grpc: u16, args: &[&str]) -> Rotel {
@@ -446,9 +449,14 @@ fn stall_spans_survive_a_gateway_hop_and_a_gateway_restart() {
     let (gw_port, sink_port) = (free_tcp_port(), free_tcp_port());
     let sink = Rotel::start(sink_port);
     let gateway = Rotel::forwarding(gw_port, sink_port);
-    let text = config(&format!("http://127.0.0.1:{gw_port}"), free_udp_port(), "300ms", "    retry_on_failure: { initial_interval: 100ms, max_interval: 500ms }")
-        .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
-        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let text = config(
+        &format!("http://127.0.0.1:{gw_port}"),
+        free_udp_port(),
+        "300ms",
+        "    retry_on_failure: { initial_interval: 100ms, max_interval: 500ms }",
+    )
+    .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
+    .replace("processors: [tracker]", "processors: [tracker, resolver]");
     let c = Collector::start(&text);
     let sock = c.path("varta.sock");
     let mut agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
@@ -457,10 +465,13 @@ fn stall_spans_survive_a_gateway_hop_and_a_gateway_restart() {
         .expect("spawn varta beat");
     let pid = agent.id();
     let pid_line = format!("-> process.pid: Int({pid})");
-    let stalls_at_sink = || sink.span_blocks("varta.stall").into_iter().filter(|b| b.contains(&pid_line)).collect::<Vec<_>>();
+    let stalls_at_sink =
+        || sink.span_blocks("varta.stall").into_iter().filter(|b| b.contains(&pid_line)).collect::<Vec<_>>();
     let stalls_of = |c: &Collector| c.counter("pipelines::liveness", "stalls", "");
 
-    wait_for("the agent beating", || (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(()));
+    wait_for("the agent beating", || {
+        (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
     signal(&agent, libc::SIGSTOP);
     let first = wait_for("the stall span at the backend, through the gateway", || stalls_at_sink().pop());
     assert!(first.contains("-> service.name: Str(checkout)"), "{first}");
