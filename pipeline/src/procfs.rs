@@ -17,9 +17,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// (field 2) is in parentheses and may itself contain `)` and spaces, so
 /// fields are counted after the *last* `)`.
 pub fn parse_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // After the name come fields 3 (state), 4, …; field 22 is the 20th of them.
-    after.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    // Field 22 is the 20th after the name (index 0 is field 3, the state).
+    stat_fields(stat)?.nth(22 - 3)?.parse().ok()
+}
+
+/// The fields of a `/proc/<pid>/stat` (or `…/task/<tid>/stat`) text after
+/// the command name, which is in parentheses and may itself contain `)`
+/// and spaces: the first item is field 3 (state).
+pub fn stat_fields(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat.get(stat.rfind(')')? + 1..)?.split_ascii_whitespace())
 }
 
 /// `/proc/sys/kernel/pid_max`: pids above it cannot exist on this host.

@@ -186,9 +186,10 @@ impl Processor {
         self.note_agents();
     }
 
-    /// Emits every stall due at `now_ns` and every finished diagnosis;
-    /// returns when to wake next (the next stall deadline, or the
-    /// inspector's next poll while diagnoses are outstanding).
+    /// Emits every stall due at `now_ns`, every finished diagnosis and
+    /// every recovery report; returns when to wake next (the next stall
+    /// deadline, or the next poll of the inspector or the recovery runner
+    /// while they have work outstanding).
     pub fn fire_due(&mut self, now_ns: u64, out: &mut dyn EventSink) -> Option<u64> {
         let now = self.advance_clock(now_ns, out);
         self.fire_stalls(now, out);
@@ -234,8 +235,9 @@ impl Processor {
     }
 
     /// The processor thread: handles batches as they come and wakes exactly
-    /// at the next stall deadline (or snapshot publication, while something
-    /// waits to be published). Returns when every sender has been dropped
+    /// at the next stall deadline (or snapshot publication while something
+    /// waits to be published, or poll while a diagnosis or recovery is
+    /// outstanding). Returns when every sender has been dropped
     /// and the queue is drained, after publishing a final snapshot.
     pub fn run(mut self, rx: BatchReceiver, out: &mut dyn EventSink) {
         loop {
