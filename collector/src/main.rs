@@ -4,6 +4,7 @@
 //! `validate`), 2 for a configuration error, 1 for any other failure.
 
 mod config;
+mod health;
 mod logging;
 mod notify;
 mod pipeline;
@@ -144,7 +145,7 @@ fn run(config: &Config) -> ExitCode {
     for unused in config.unused_components() {
         tracing::warn!("{unused} is defined but not used by any pipeline; it is not started");
     }
-    let running = match pipeline::start(config) {
+    let mut running = match pipeline::start(config) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("startup failed: {e}");
@@ -152,6 +153,7 @@ fn run(config: &Config) -> ExitCode {
         }
     };
     let notifier = notify::Notifier::from_env();
+    running.check_health(config.service.progress_timeout);
     notifier.send("READY=1");
     tracing::info!(config = config.source(), "collector started");
 
@@ -169,11 +171,13 @@ fn run(config: &Config) -> ExitCode {
             }
             None => {}
         }
-        if !running.healthy() {
-            tracing::error!("a pipeline thread stopped unexpectedly; shutting down");
+        if let Some(component) = running.thread_died() {
+            tracing::error!(component, "a pipeline thread stopped unexpectedly; shutting down");
             break Err(());
         }
-        if notifier.watchdog_interval().is_some() {
+        // Liveness is progress: no WATCHDOG=1 while a stage is stuck, so
+        // systemd restarts a wedged collector.
+        if running.check_health(config.service.progress_timeout) && notifier.watchdog_interval().is_some() {
             notifier.send("WATCHDOG=1");
         }
     };

@@ -24,8 +24,10 @@ use varta_processor::recovery::Recovery;
 use varta_receiver::{StopHandle, VlpReceiver};
 
 use crate::config::{
-    Config, ConfigError, ExporterConfig, ProcessorConfig, ReceiverConfig, components::Component,
+    Config, ConfigError, ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig,
+    components::Component,
 };
+use crate::health::{self, HealthServer, Phase, SharedReport, Stage};
 use crate::runtime::AsyncRuntime;
 
 /// A started collector.
@@ -44,6 +46,12 @@ pub struct Running {
     deadline: ShutdownDeadline,
     /// Every component's metrics and each pipeline's snapshot.
     pub view: CollectorView,
+    /// Progress probes of every queue-consuming stage.
+    stages: Vec<Stage>,
+    /// The `health_check` extension, when configured.
+    health: Option<HealthServer>,
+    /// What the health endpoint serves (written by the main loop).
+    pub report: SharedReport,
 }
 
 fn component_error<T>(config: &Config, section: &str, c: &Component<T>, message: String) -> ConfigError {
@@ -77,7 +85,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                 Some(ExporterConfig::Otlp(_) | ExporterConfig::Prometheus(_))
             )
         })
-    });
+    }) || !config.service.extensions.is_empty();
     let runtime = if needs_runtime {
         Some(AsyncRuntime::start().map_err(|e| ConfigError {
             source: config.source().to_owned(),
@@ -94,6 +102,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     // Resolver and recovery threads end when their processor does; joined after processors.
     let mut resolvers = Vec::new();
     let mut exporters = Vec::new();
+    let mut stages = Vec::new();
     let mut ready = Vec::new();
     // Metrics endpoints, bound before anything runs, with the pipelines each serves.
     let mut endpoints: Vec<(String, BoundEndpoint, Vec<String>)> = Vec::new();
@@ -204,6 +213,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                 None => queue.telemetry(),
             };
             exporter_metrics.push((id.clone(), telemetry));
+            stages.push(Stage::new(format!("exporters::{id}"), Box::new(queue.progress_probe())));
             exporters.push((id.clone(), thread));
             queues.push(queue);
         }
@@ -233,6 +243,11 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     }
     for (name, queue_batches, processor, fanout, bound, attributes) in ready {
         let (tx, rx) = varta_pipeline::queue::batch_queue(queue_batches);
+        let (stats, depth) = (processor.stats(), rx.depth());
+        stages.push(Stage::new(
+            format!("pipelines::{name}"),
+            Box::new(move || (stats.snapshot().batches, !depth.is_empty())),
+        ));
         view.add_pipeline(PipelineView {
             name: name.clone(),
             snapshots: processor.snapshots(),
@@ -265,6 +280,21 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         }
     }
 
+    let report = health::shared_report();
+    let mut health_server = None;
+    for id in &config.service.extensions {
+        let Some(c) = config.extensions.get(id) else { continue };
+        let ExtensionConfig::HealthCheck(cfg) = &c.config;
+        let Some(rt) = &runtime else { continue };
+        health_server =
+            Some(HealthServer::start(cfg, Arc::clone(&report), &rt.handle()).map_err(|m| ConfigError {
+                source: config.source().to_owned(),
+                at: Some(c.at),
+                component: Some(format!("extensions::{id}")),
+                message: m,
+            })?);
+    }
+
     let mut running = Running {
         stops: Vec::new(),
         receivers: Vec::new(),
@@ -274,10 +304,21 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         runtime,
         deadline,
         view,
+        stages,
+        health: health_server,
+        report,
     };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
-        let handle = spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)).map_err(|m| {
-            ConfigError { source: config.source().to_owned(), at: None, component: None, message: m }
+        let wedge = test_wedge();
+        let handle = spawn(format!("proc-{name}"), move || match wedge {
+            Some(after) => processor.run(rx, &mut Wedge { inner: fanout, remaining: after }),
+            None => processor.run(rx, &mut fanout),
+        })
+        .map_err(|m| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: None,
+            message: m,
         })?;
         running.processors.push((name.clone(), handle));
         for (id, receiver) in bound {
@@ -302,6 +343,40 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     Ok(running)
 }
 
+/// Test-only fault hook (debug builds only): with
+/// `VARTA_TEST_WEDGE_PROCESSOR_AFTER=N` the processor thread blocks forever
+/// after emitting N events — how the integration tests wedge a pipeline to
+/// check that the health endpoint and the systemd watchdog notice.
+fn test_wedge() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("VARTA_TEST_WEDGE_PROCESSOR_AFTER").ok()?.parse().ok()
+}
+
+/// The event sink that wedges its processor (see [`test_wedge`]).
+struct Wedge {
+    inner: Fanout,
+    remaining: u64,
+}
+
+impl varta_processor::EventSink for Wedge {
+    fn emit(&mut self, event: &varta_processor::Event) {
+        if self.remaining == 0 {
+            tracing::warn!("VARTA_TEST_WEDGE_PROCESSOR_AFTER: wedging the processor thread (test hook)");
+            loop {
+                std::thread::park();
+            }
+        }
+        self.remaining -= 1;
+        self.inner.emit(event);
+    }
+
+    fn wants_beats(&self) -> bool {
+        true
+    }
+}
+
 fn join_all(stage: &str, threads: Vec<(String, JoinHandle<()>)>, deadline: Instant) -> bool {
     let mut clean = true;
     for (id, t) in threads {
@@ -320,13 +395,42 @@ fn join_all(stage: &str, threads: Vec<(String, JoinHandle<()>)>, deadline: Insta
 }
 
 impl Running {
-    /// True while every receiver, processor and exporter thread is alive
-    /// (they only end at shutdown; gates the systemd watchdog).
-    pub fn healthy(&self) -> bool {
-        [&self.receivers, &self.processors, &self.exporters]
-            .iter()
-            .all(|threads| threads.iter().all(|(_, t)| !t.is_finished()))
-            && self.servers.iter().all(|(_, s)| !s.is_finished())
+    /// Whether any thread ended (they only end at shutdown): then the
+    /// collector shuts down.
+    pub fn thread_died(&self) -> Option<String> {
+        let threads = [
+            ("receivers", &self.receivers),
+            ("processors", &self.processors),
+            ("exporters", &self.exporters),
+        ];
+        for (section, list) in threads {
+            if let Some((id, _)) = list.iter().find(|(_, t)| t.is_finished()) {
+                return Some(format!("{section}::{id}"));
+            }
+        }
+        self.servers.iter().find(|(_, s)| s.is_finished()).map(|(id, _)| format!("exporters::{id}"))
+    }
+
+    /// Re-checks every stage's progress (see [`crate::health`]), updates the
+    /// shared report and says whether all is healthy (gates the systemd
+    /// watchdog and the health endpoint).
+    pub fn check_health(&mut self, timeout: Duration) -> bool {
+        let now = Instant::now();
+        let unhealthy: Vec<(String, String)> = self
+            .stages
+            .iter_mut()
+            .filter_map(|s| s.check(now, timeout).map(|why| (s.component.clone(), why)))
+            .collect();
+        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.phase = Phase::Running;
+        if !unhealthy.is_empty() && report.unhealthy != unhealthy {
+            tracing::error!(
+                ?unhealthy,
+                "a pipeline stage makes no progress while work waits; health checks fail"
+            );
+        }
+        report.unhealthy = unhealthy;
+        report.healthy()
     }
 
     /// Ordered shutdown; says whether every stage stopped cleanly in time,
@@ -334,6 +438,7 @@ impl Running {
     /// when they ended).
     pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
         let deadline = Instant::now() + timeout;
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).phase = Phase::Stopping;
         let _ = self.deadline.set(deadline);
         for stop in &self.stops {
             stop.stop();
@@ -344,6 +449,9 @@ impl Running {
         // Metrics endpoints last: they serve the final snapshots until here.
         for (_, server) in &self.servers {
             server.stop();
+        }
+        if let Some(h) = &self.health {
+            h.stop();
         }
         if let Some(rt) = self.runtime {
             // Exporters have flushed (or given up at the deadline); what is

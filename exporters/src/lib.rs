@@ -12,12 +12,14 @@
 //! * [`debug`]: events as log lines.
 //! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
 //! * [`otlp`]: metrics and stall-incident traces over OTLP/gRPC.
+//! * [`httpd`]: the small bounded HTTP server every endpoint uses.
 //! * [`view`]: what metrics views read (every component's metrics, each
 //!   pipeline's published snapshot).
 
 pub mod debug;
 pub mod fanout;
 pub mod file;
+pub mod httpd;
 pub mod otlp;
 pub mod prometheus;
 pub mod queue;

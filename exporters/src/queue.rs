@@ -177,6 +177,17 @@ impl ExporterQueue {
         self.wants_beats
     }
 
+    /// Reads `(progress, work waiting)` for liveness checks: events handled
+    /// (exported or failed) and whether any wait in the queue.
+    pub fn progress_probe(&self) -> impl Fn() -> (u64, bool) + Send + 'static {
+        let stats = Arc::clone(&self.stats);
+        let lanes = [self.lanes[BULK].evict.clone(), self.lanes[INCIDENT].evict.clone()];
+        move || {
+            let handled = stats.exported.load(Relaxed) + stats.failed.load(Relaxed);
+            (handled, lanes.iter().any(|l| !l.is_empty()))
+        }
+    }
+
     /// Queues an event, dropping the oldest queued one of its lane if full.
     pub fn offer(&mut self, event: &Event) {
         if self.stats.stopped.load(Relaxed) {

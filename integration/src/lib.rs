@@ -190,6 +190,14 @@ impl Collector {
         })
     }
 
+    /// The next systemd notification, if one arrives within the notify
+    /// socket's read timeout (50 ms).
+    pub fn next_notification(&self) -> Option<String> {
+        let mut buf = [0u8; 512];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
     /// The collector's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -164,6 +164,30 @@ pub struct Service {
     /// Longest time an ordered shutdown may take before the collector gives up waiting.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub shutdown_timeout: std::time::Duration,
+    /// Extensions to start (ids from the top-level `extensions:` section).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// A pipeline stage with work waiting that makes no progress for this
+    /// long is unhealthy (health endpoint 503, no systemd WATCHDOG=1).
+    #[serde(default = "default_progress_timeout", deserialize_with = "varta_pipeline::config::duration")]
+    pub progress_timeout: std::time::Duration,
+}
+
+fn default_progress_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+#[derive(Debug)]
+pub enum ExtensionConfig {
+    HealthCheck(crate::health::HealthCheckConfig),
+}
+
+impl ComponentFamily for ExtensionConfig {
+    const SECTION: &'static str = "extensions";
+    const TYPES: &'static [&'static str] = &["health_check"];
+    fn body<'de, A: MapAccess<'de>>(_kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
+        spanned_body(map, ExtensionConfig::HealthCheck)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +199,8 @@ pub struct Config {
     pub processors: Components<ProcessorConfig>,
     #[serde(default)]
     pub exporters: Components<ExporterConfig>,
+    #[serde(default)]
+    pub extensions: Components<ExtensionConfig>,
     pub service: Service,
     #[serde(skip)]
     pub source: String,
@@ -252,6 +278,26 @@ impl Config {
 
     /// Semantic checks: component settings and pipeline wiring.
     fn check(&self) -> Result<(), ConfigError> {
+        for c in &self.extensions.0 {
+            let ExtensionConfig::HealthCheck(cfg) = &c.config;
+            cfg.validate().map_err(|m| self.error(Some(c.at), Some(format!("extensions::{}", c.id)), m))?;
+        }
+        for id in &self.service.extensions {
+            if self.extensions.get(id).is_none() {
+                return Err(self.error(
+                    None,
+                    Some("service::extensions".into()),
+                    format!("extension `{id}` is not defined in the top-level `extensions:` section"),
+                ));
+            }
+        }
+        if self.service.progress_timeout < std::time::Duration::from_millis(100) {
+            return Err(self.error(
+                None,
+                Some("service".into()),
+                "`progress_timeout` must be at least 100ms".into(),
+            ));
+        }
         for c in &self.receivers.0 {
             let ReceiverConfig::Vlp(cfg) = &c.config;
             cfg.validate()
@@ -401,10 +447,11 @@ impl Config {
 /// What `varta-collector components` prints.
 pub fn components_listing() -> String {
     format!(
-        "receivers:\n  {}\nprocessors:\n  {}\nexporters:\n  {}\n",
+        "receivers:\n  {}\nprocessors:\n  {}\nexporters:\n  {}\nextensions:\n  {}\n",
         ReceiverConfig::TYPES.join("\n  "),
         ProcessorConfig::TYPES.join("\n  "),
-        ExporterConfig::TYPES.join("\n  ")
+        ExporterConfig::TYPES.join("\n  "),
+        ExtensionConfig::TYPES.join("\n  ")
     )
 }
 

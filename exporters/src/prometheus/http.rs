@@ -15,24 +15,23 @@
 //! detection never wait for any of this: they run on their own threads and
 //! publish snapshots this side only reads.
 
-use std::convert::Infallible;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+use crate::httpd::{self, ConnectionStats, Limits};
 use varta_pipeline::clock::monotonic_ns;
-use varta_pipeline::{Instrumented, Metric, Sample};
+use varta_pipeline::{Instrumented, Sample};
 use varta_proto::Key;
 
 use super::config::PrometheusConfig;
@@ -72,10 +71,8 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct HttpStats {
     requests: [AtomicU64; 5],
-    connections: AtomicU64,
-    connections_refused: AtomicU64,
-    connections_open: AtomicU64,
-    connection_errors: AtomicU64,
+    /// Connection counters (kept by [`crate::httpd`]).
+    pub conn: Arc<ConnectionStats>,
     scrape_failures: AtomicU64,
 }
 
@@ -99,17 +96,6 @@ pub mod metric {
 
     pub static REQUESTS: Metric =
         Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.");
-    pub static CONNECTIONS: Metric = Metric::counter("connections", "Metrics HTTP connections accepted.");
-    pub static CONNECTIONS_REFUSED: Metric = Metric::counter(
-        "connections_refused",
-        "Metrics HTTP connections closed at once: max_connections reached.",
-    );
-    pub static CONNECTIONS_OPEN: Metric =
-        Metric::gauge("connections_open", "Metrics HTTP connections open now.");
-    pub static CONNECTION_ERRORS: Metric = Metric::counter(
-        "connection_errors",
-        "Metrics HTTP connections ended by an error (malformed request, header timeout, reset).",
-    );
     pub static SCRAPE_FAILURES: Metric =
         Metric::counter("scrape_failures", "Scrapes that could not be encoded (answered 500).");
 }
@@ -120,16 +106,8 @@ impl Instrumented for HttpStats {
         for o in Outcome::ALL {
             out(Sample::labelled(&REQUESTS, o.label(), self.requests(o)));
         }
-        let plain: [(&'static Metric, &AtomicU64); 5] = [
-            (&CONNECTIONS, &self.connections),
-            (&CONNECTIONS_REFUSED, &self.connections_refused),
-            (&CONNECTIONS_OPEN, &self.connections_open),
-            (&CONNECTION_ERRORS, &self.connection_errors),
-            (&SCRAPE_FAILURES, &self.scrape_failures),
-        ];
-        for (m, v) in plain {
-            out(Sample::new(m, v.load(Relaxed)));
-        }
+        self.conn.samples(out);
+        out(Sample::new(&SCRAPE_FAILURES, self.scrape_failures.load(Relaxed)));
     }
 }
 
@@ -216,14 +194,10 @@ fn render(registry: &Registry, gzip: bool) -> Result<(Vec<u8>, bool), String> {
     z.finish().map(|b| (b, true)).map_err(|e| e.to_string())
 }
 
-async fn respond(
-    ep: Arc<Endpoint>,
-    req: Request<Incoming>,
-    peer: IpAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(ep: Arc<Endpoint>, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let outcome = classify(&ep, req.method(), req.uri().path(), req.headers(), peer);
     ep.stats.count(outcome);
-    let response = match outcome {
+    match outcome {
         Outcome::RateLimited => {
             let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -242,8 +216,7 @@ async fn respond(
             r
         }
         Outcome::Scrape => scrape(&ep, accepts_gzip(req.headers())).await,
-    };
-    Ok(response)
+    }
 }
 
 async fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<Full<Bytes>> {
@@ -275,69 +248,13 @@ async fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<Full<Bytes>> {
     }
 }
 
-/// Keeps `connections_open` exact however a connection ends.
-struct OpenConnection(Arc<HttpStats>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Accepts and serves connections until `stop` turns true.
-pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(ep.config.max_connections));
-    let mut accept_errors = varta_pipeline::LogThrottle::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.changed() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer): (_, SocketAddr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                if let Some(count) = accept_errors.note(monotonic_ns()) {
-                    tracing::warn!(count, "metrics endpoint: accept failed: {e}");
-                }
-                // Out of descriptors or similar: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            ep.stats.connections_refused.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
-        };
-        ep.stats.connections.fetch_add(1, Relaxed);
-        ep.stats.connections_open.fetch_add(1, Relaxed);
-        let open = OpenConnection(Arc::clone(&ep.stats));
-        let ep = Arc::clone(&ep);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _open = open;
-            let service = {
-                let ep = Arc::clone(&ep);
-                service_fn(move |req| respond(Arc::clone(&ep), req, peer.ip()))
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ep.config.header_timeout)
-                .max_buf_size(16 * 1024)
-                .max_headers(32)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if result.is_err() {
-                ep.stats.connection_errors.fetch_add(1, Relaxed);
-            }
-        });
-    }
+/// Accepts and serves scrapes until `stop` turns true (see [`crate::httpd`]).
+pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, stop: watch::Receiver<bool>) {
+    let limits =
+        Limits { max_connections: ep.config.max_connections, header_timeout: ep.config.header_timeout };
+    let conn = Arc::clone(&ep.stats.conn);
+    httpd::serve("metrics endpoint", listener, limits, conn, stop, move |req, peer| {
+        respond(Arc::clone(&ep), req, peer)
+    })
+    .await;
 }
