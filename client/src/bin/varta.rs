@@ -159,7 +159,14 @@ fn beat(args: &BeatArgs) -> ExitCode {
             && let Some(every) = args.every
         {
             deadline += every;
-            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            if deadline < now {
+                // Fell behind (stopped, suspended): one beat now, then the
+                // schedule resumes from here — missed ticks are not replayed
+                // as a burst the collector would rate-limit.
+                deadline = now;
+            }
+            std::thread::sleep(deadline.saturating_duration_since(now));
         }
         last = client.beat(args.status, args.payload);
         if !last.is_sent() {
