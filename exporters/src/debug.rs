@@ -8,25 +8,43 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use varta_agents::AttributeStore;
+
+use crate::aggregate::{Admit, BulkBudget, Summary};
 use varta_processor::{Event, EventKind};
 use varta_proto::Refusal;
 
 use crate::Exporter;
 
 /// Configuration of the `debug` exporter.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebugExporterConfig {
     /// Also log every accepted beat (default false: only stalls, resumes,
     /// status changes, refusals and other notable events).
     #[serde(default)]
     pub beats: bool,
+    /// Bulk events (refusals, rate limits …) logged one by one per second at
+    /// most; the rest are logged as one summary per kind and source per
+    /// second ([`crate::aggregate`]).
+    #[serde(default = "default_bulk")]
+    pub bulk_lines_per_second: u64,
+}
+
+fn default_bulk() -> u64 {
+    100
+}
+
+impl Default for DebugExporterConfig {
+    fn default() -> Self {
+        DebugExporterConfig { beats: false, bulk_lines_per_second: default_bulk() }
+    }
 }
 
 /// Logs events; see the module docs.
 #[derive(Debug)]
 pub struct DebugExporter {
     config: DebugExporterConfig,
+    budget: BulkBudget,
     attributes: Option<Arc<AttributeStore>>,
 }
 
@@ -34,7 +52,8 @@ impl DebugExporter {
     /// `attributes`: the pipeline's resolver store, if it has one (agents'
     /// program, service and container are then logged too).
     pub fn new(config: DebugExporterConfig, attributes: Option<Arc<AttributeStore>>) -> DebugExporter {
-        DebugExporter { config, attributes }
+        let budget = BulkBudget::new(config.bulk_lines_per_second);
+        DebugExporter { config, budget, attributes }
     }
 }
 
@@ -115,6 +134,9 @@ impl Exporter for DebugExporter {
         if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
             return Ok(());
         }
+        if self.budget.admit(ev, &mut log_summary) == Admit::Aggregated {
+            return Ok(());
+        }
         let kind = kind_name(&ev.kind);
         match &ev.agent {
             Some(a) => {
@@ -143,4 +165,23 @@ impl Exporter for DebugExporter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.budget.finish(&mut log_summary);
+        Ok(())
+    }
+}
+
+fn log_summary(s: &Summary) {
+    let source = s.source.map_or_else(|| "other".to_owned(), |src| src.to_string());
+    tracing::info!(
+        target: "varta::event",
+        kind = "aggregated",
+        of = s.kind,
+        source,
+        count = s.count,
+        "{} {} events not logged one by one (over the per-second budget)",
+        s.count,
+        s.kind
+    );
 }

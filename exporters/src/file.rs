@@ -26,9 +26,16 @@
 //! | `recovery` | pid | incident | `started`, `succeeded`, `failed`, `timed_out`, `spawn_failed`, `refused`, `skipped` | `key=value;…` (reason, or program, child pid, exit, duration, output sizes) |
 //! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
 //!
-//! Beat lines can be switched off (`beats: false`). With `rotate_bytes`
-//! set, the file is rotated to `path.1` … `path.N` (`rotate_keep`) when it
-//! grows past that size. The file is created owner-only (0600) and never
+//! | `aggregated` | `-` | count | kind (`bad_magic`, `per_agent`, …) | source (`local`, an IP, or `other`) |
+//!
+//! Beat lines can be switched off (`beats: false`). The file is rotated to
+//! `path.1` … `path.N` (`rotate_keep`, 5) when it grows past `rotate_bytes`
+//! (default 100 MiB; 0 never rotates), so it holds at most
+//! `rotate_bytes × (rotate_keep + 1)` plus one line. Bulk lines (refusals,
+//! rate limits, stale nonces, origin conflicts, capacity refusals) beyond
+//! `bulk_lines_per_second` (100) become one `aggregated` line per kind and
+//! source per second ([`crate::aggregate`]); stall, diagnosis, recovery,
+//! resume, status, panic and eviction lines are never aggregated. The file is created owner-only (0600) and never
 //! through a symlink.
 
 use std::fs::{File, OpenOptions};
@@ -41,6 +48,7 @@ use varta_processor::{Event, EventKind};
 use varta_proto::Refusal;
 
 use crate::Exporter;
+use crate::aggregate::{Admit, BulkBudget, Summary};
 
 fn default_true() -> bool {
     true
@@ -62,8 +70,9 @@ pub struct FileExporterConfig {
     /// Write a line per accepted beat (default true, as varta-watch).
     #[serde(default = "default_true")]
     pub beats: bool,
-    /// Rotate when the file exceeds this many bytes; 0 never rotates.
-    #[serde(default)]
+    /// Rotate when the file exceeds this many bytes (default 100 MiB); 0
+    /// never rotates.
+    #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
     /// Rotated generations kept (`path.1` newest).
     #[serde(default = "default_keep")]
@@ -71,6 +80,18 @@ pub struct FileExporterConfig {
     /// Events that may wait for the disk; beyond it the oldest are dropped and counted.
     #[serde(default = "default_queue")]
     pub queue_size: usize,
+    /// Bulk lines (refusals, rate limits, stale nonces …) written per
+    /// second at most; the rest become `aggregated` summary lines (see
+    /// [`crate::aggregate`]). 0 writes none one by one.
+    #[serde(default = "default_bulk")]
+    pub bulk_lines_per_second: u64,
+}
+
+fn default_rotate_bytes() -> u64 {
+    100 << 20
+}
+fn default_bulk() -> u64 {
+    100
 }
 
 impl Default for FileExporterConfig {
@@ -78,9 +99,10 @@ impl Default for FileExporterConfig {
         FileExporterConfig {
             path: PathBuf::new(),
             beats: true,
-            rotate_bytes: 0,
+            rotate_bytes: default_rotate_bytes(),
             rotate_keep: default_keep(),
             queue_size: default_queue(),
+            bulk_lines_per_second: default_bulk(),
         }
     }
 }
@@ -105,12 +127,36 @@ impl FileExporterConfig {
     }
 }
 
+impl FileExporter {
+    fn account(&mut self, bytes: u64) -> io::Result<()> {
+        self.written += bytes;
+        if self.config.rotate_bytes > 0 && self.written >= self.config.rotate_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// `window_ns aggregated - count kind source`.
+    fn write_summaries(&mut self) -> io::Result<()> {
+        for s in std::mem::take(&mut self.summaries) {
+            let mut w = Counting { inner: &mut self.out, n: 0 };
+            let source = s.source.map_or_else(|| "other".to_owned(), |src| src.to_string());
+            writeln!(w, "{}\taggregated\t-\t{}\t{}\t{source}", s.window_ns, s.count, s.kind)?;
+            let n = w.n;
+            self.account(n)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes events as TSV lines through a buffer; see the module docs.
 #[derive(Debug)]
 pub struct FileExporter {
     config: FileExporterConfig,
     out: BufWriter<File>,
     written: u64,
+    budget: BulkBudget,
+    summaries: Vec<Summary>,
 }
 
 fn open(path: &Path) -> io::Result<(File, u64)> {
@@ -129,7 +175,14 @@ impl FileExporter {
     /// Opens (creating, owner-only) the event file for appending.
     pub fn open(config: FileExporterConfig) -> io::Result<FileExporter> {
         let (file, written) = open(&config.path)?;
-        Ok(FileExporter { out: BufWriter::with_capacity(64 * 1024, file), config, written })
+        let budget = BulkBudget::new(config.bulk_lines_per_second);
+        Ok(FileExporter {
+            out: BufWriter::with_capacity(64 * 1024, file),
+            config,
+            written,
+            budget,
+            summaries: Vec::new(),
+        })
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -235,13 +288,23 @@ impl Exporter for FileExporter {
         if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
             return Ok(());
         }
+        let summaries = &mut self.summaries;
+        let admit = self.budget.admit(ev, &mut |s| summaries.push(*s));
+        self.write_summaries()?;
+        if admit == Admit::Aggregated {
+            return Ok(());
+        }
         let mut w = Counting { inner: &mut self.out, n: 0 };
         write_line(&mut w, ev)?;
-        self.written += w.n;
-        if self.config.rotate_bytes > 0 && self.written >= self.config.rotate_bytes {
-            self.rotate()?;
-        }
-        Ok(())
+        let n = w.n;
+        self.account(n)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let summaries = &mut self.summaries;
+        self.budget.finish(&mut |s| summaries.push(*s));
+        self.write_summaries()?;
+        self.flush()
     }
 
     fn flush(&mut self) -> io::Result<()> {

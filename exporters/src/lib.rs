@@ -9,6 +9,8 @@
 //! of beats or refusals cannot push them out.
 //!
 //! * [`file`]: varta-watch-compatible TSV event file with rotation.
+//! * [`aggregate`]: the per-second budget that keeps floods of refusals
+//!   from filling a disk or a log (file and debug exporters).
 //! * [`debug`]: events as log lines.
 //! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
 //! * [`otlp`]: metrics and stall-incident traces over OTLP/gRPC.
@@ -16,6 +18,7 @@
 //! * [`view`]: what metrics views read (every component's metrics, each
 //!   pipeline's published snapshot).
 
+pub mod aggregate;
 pub mod debug;
 pub mod fanout;
 pub mod file;
@@ -42,6 +45,12 @@ pub trait Exporter: Send + 'static {
     /// Writes or buffers one event.
     fn export(&mut self, event: &Event) -> std::io::Result<()>;
     /// Makes everything exported so far durable/visible. Called whenever the
-    /// queue runs empty and once at shutdown.
+    /// queue runs empty.
     fn flush(&mut self) -> std::io::Result<()>;
+
+    /// Writes whatever is still held back (e.g. pending summaries) and
+    /// flushes; called once, when the exporter stops.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
 }

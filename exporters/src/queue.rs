@@ -311,7 +311,7 @@ fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2
             tracing::warn!(exporter = id, "flush failed: {e}");
         }
     }
-    if let Err(e) = exporter.flush() {
+    if let Err(e) = exporter.finish() {
         stats.failed.fetch_add(1, Relaxed);
         tracing::warn!(exporter = id, "final flush failed: {e}");
     }
