@@ -8,6 +8,7 @@ mod health;
 mod logging;
 mod notify;
 mod pipeline;
+mod reload;
 mod runtime;
 mod signals;
 mod stats;
@@ -39,6 +40,15 @@ enum Command {
     Components,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Ask a running collector to reload its configuration (SIGHUP).
+    Reload {
+        /// The collector's pid.
+        #[arg(long, conflicts_with = "pid_file")]
+        pid: Option<i32>,
+        /// A file holding it (`service.pid_file`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
     /// Recovery audit log tools.
     Audit {
         #[command(subcommand)]
@@ -102,6 +112,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
+        Command::Reload { pid, pid_file } => send_reload(pid, pid_file.as_deref()),
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -129,6 +140,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `varta-collector reload`: SIGHUP to the collector named by `--pid` or
+/// `--pid-file`. Exit 0 sent, 1 no such process, 2 usage.
+fn send_reload(pid: Option<i32>, pid_file: Option<&std::path::Path>) -> ExitCode {
+    let pid = match (pid, pid_file) {
+        (Some(p), _) => p,
+        (None, Some(f)) => match std::fs::read_to_string(f).ok().and_then(|t| t.trim().parse().ok()) {
+            Some(p) => p,
+            None => {
+                eprintln!("varta-collector: no pid in {}", f.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => {
+            eprintln!("varta-collector: reload needs --pid PID or --pid-file FILE");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if pid <= 1 {
+        eprintln!("varta-collector: refusing to signal pid {pid}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    // SAFETY: kill(2) with a validated pid and a valid signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!("varta-collector: cannot signal pid {pid}: {}", std::io::Error::last_os_error());
+        return ExitCode::FAILURE;
+    }
+    println!("reload requested from pid {pid}");
+    ExitCode::SUCCESS
+}
+
+/// Reads and checks the configuration again, from where it came.
+fn load_again(current: &Config) -> Result<Config, config::ConfigError> {
+    let new = match current.path() {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default()?,
+    };
+    new.check_files()?;
+    Ok(new)
+}
+
 fn run(config: &Config) -> ExitCode {
     if let Err(e) = logging::init(&config.service.telemetry.logs) {
         eprintln!("varta-collector: configuration error: {}: {e}", config.source());
@@ -154,6 +205,11 @@ fn run(config: &Config) -> ExitCode {
     };
     let notifier = notify::Notifier::from_env();
     running.check_health(config.service.progress_timeout);
+    if let Some(path) = &config.service.pid_file
+        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
+    }
     notifier.send("READY=1");
     tracing::info!(config = config.source(), "collector started");
 
@@ -167,7 +223,17 @@ fn run(config: &Config) -> ExitCode {
                 stats::dump(&running.view, stats::Dump::All)
             }
             Some(signals::Signal::Hangup) => {
-                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes")
+                notifier.send("RELOADING=1");
+                let outcome = match load_again(config) {
+                    Ok(new) => reload::apply(config, &new, &running.keys),
+                    Err(e) => {
+                        tracing::error!("reload: {e}; the running configuration stays");
+                        reload::Outcome::Invalid
+                    }
+                };
+                running.reloads.count(outcome);
+                tracing::info!(outcome = outcome.label(), "reload finished");
+                notifier.send("READY=1");
             }
             None => {}
         }
@@ -186,6 +252,9 @@ fn run(config: &Config) -> ExitCode {
         tracing::info!(signal, "shutting down");
     }
     let (clean, view) = running.shutdown(config.service.shutdown_timeout);
+    if let Some(path) = &config.service.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     stats::dump(&view, stats::Dump::NonZero);
     if clean && stop.is_ok() {
         tracing::info!("shutdown complete");

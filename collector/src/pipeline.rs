@@ -21,13 +21,14 @@ use varta_exporters::{
 use varta_pipeline::{Instrumented, Role};
 use varta_processor::Processor;
 use varta_processor::recovery::Recovery;
-use varta_receiver::{StopHandle, VlpReceiver};
+use varta_receiver::{KeyHandle, StopHandle, VlpReceiver};
 
 use crate::config::{
     Config, ConfigError, ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig,
     components::Component,
 };
 use crate::health::{self, HealthServer, Phase, SharedReport, Stage};
+use crate::reload::ReloadStats;
 use crate::runtime::AsyncRuntime;
 
 /// A started collector.
@@ -52,6 +53,10 @@ pub struct Running {
     health: Option<HealthServer>,
     /// What the health endpoint serves (written by the main loop).
     pub report: SharedReport,
+    /// Secure receivers' key handles, for reloads.
+    pub keys: Vec<(String, KeyHandle)>,
+    /// Reload counters.
+    pub reloads: Arc<ReloadStats>,
 }
 
 fn component_error<T>(config: &Config, section: &str, c: &Component<T>, message: String) -> ConfigError {
@@ -103,6 +108,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut resolvers = Vec::new();
     let mut exporters = Vec::new();
     let mut stages = Vec::new();
+    let mut keys = Vec::new();
     let mut ready = Vec::new();
     // Metrics endpoints, bound before anything runs, with the pipelines each serves.
     let mut endpoints: Vec<(String, BoundEndpoint, Vec<String>)> = Vec::new();
@@ -228,6 +234,9 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
                 ..component_error(config, "receivers", c, e.to_string())
             })?;
             receivers.push((id.clone(), receiver.stats()));
+            if let Some(handle) = receiver.key_handle() {
+                keys.push((id.clone(), handle));
+            }
             bound.push((id.clone(), receiver));
         }
         ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound, attributes));
@@ -262,6 +271,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     for (id, bound, _) in &endpoints {
         view.add(Role::Exporter, id.clone(), bound.telemetry());
     }
+    let reloads = Arc::new(ReloadStats::default());
+    view.add(Role::Service, "service", reloads.clone());
 
     // The view is complete: async exporters may read it from now on.
     let _ = view_cell.set(view.clone());
@@ -307,6 +318,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         stages,
         health: health_server,
         report,
+        keys,
+        reloads,
     };
     for (name, processor, mut fanout, bound, tx, rx) in pipelines {
         let wedge = test_wedge();

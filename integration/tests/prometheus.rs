@@ -32,7 +32,7 @@ fn config(port: u16, prometheus_body: &str, udp_port: Option<u16>) -> String {
         r#"receivers:
   vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
 {udp_receiver}processors:
-  tracker: {{ threshold: 300ms, snapshot_interval: 50ms }}
+  tracker: {{ threshold: 1s, snapshot_interval: 50ms }}
 exporters:
   file: {{ path: "@DIR@/events.tsv" }}
   prometheus:
@@ -271,18 +271,18 @@ fn per_agent_series_are_bounded_and_can_be_switched_off() {
     let c = start(port, "    bearer_token_file: \"@DIR@/token\"\n    max_agent_series: 1", Some(udp_port));
     // The UDP agent beats once and stalls; the UDS agent keeps beating.
     let (agent, _) = agents(&c, udp_port);
-    let body = wait_for("both agents tracked, one stalled", || {
+    // (On a loaded machine the UDS agent may stall now and then too; wait
+    // for the moment only the UDP agent is stalled.)
+    let me = std::process::id();
+    let udp_status = format!("varta_status{{pid=\"{me}\",source=\"127.0.0.1\"}}");
+    let body = wait_for("both agents tracked, only the UDP one stalled", || {
         let body = scrape(port);
         let stalled = sample(&body, "varta_collector_pipeline_agents_stalled{component=\"liveness\"}");
-        (sample(&body, "varta_watch_pids_tracked") == Some(2.0) && stalled == Some(1.0)).then_some(body)
+        let tracked = sample(&body, "varta_watch_pids_tracked");
+        (tracked == Some(2.0) && stalled == Some(1.0) && sample(&body, &udp_status) == Some(3.0))
+            .then_some(body)
     });
     // The stalled agent is kept; the live one is counted as omitted.
-    let me = std::process::id();
-    assert_eq!(
-        sample(&body, &format!("varta_status{{pid=\"{me}\",source=\"127.0.0.1\"}}")),
-        Some(3.0),
-        "{body}"
-    );
     assert_eq!(body.lines().filter(|l| l.starts_with("varta_status{")).count(), 1);
     assert_eq!(sample(&body, "varta_prometheus_agents_omitted"), Some(1.0));
     reap(agent);
@@ -415,7 +415,7 @@ fn a_flood_of_connections_never_costs_a_beat() {
         }
         held
     });
-    // Meanwhile one agent beats every 5 ms, well inside the 300 ms threshold.
+    // Meanwhile one agent beats every 5 ms, well inside the 1 s threshold.
     let mut sent = 0u64;
     let until = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < until {

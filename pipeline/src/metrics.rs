@@ -77,6 +77,8 @@ pub enum Role {
     Processor,
     Pipeline,
     Exporter,
+    /// The collector itself (`service`: reloads).
+    Service,
 }
 
 impl Role {
@@ -87,6 +89,7 @@ impl Role {
             Role::Processor => "processor",
             Role::Pipeline => "pipeline",
             Role::Exporter => "exporter",
+            Role::Service => "service",
         }
     }
 
@@ -97,6 +100,7 @@ impl Role {
             Role::Processor => "processors",
             Role::Pipeline => "pipelines",
             Role::Exporter => "exporters",
+            Role::Service => "service",
         }
     }
 }

@@ -42,7 +42,7 @@ use std::time::Duration;
 use varta_pipeline::LogThrottle;
 use varta_pipeline::clock::monotonic_ns;
 use varta_pipeline::queue::{BatchSender, TrySendError};
-use varta_proto::{Arrival, FrameCipher, MasterKey, Refusal, RefusedFrame, Source, Transport};
+use varta_proto::{Arrival, Refusal, RefusedFrame, Source, Transport};
 
 pub use config::{SocketMode, TransportKind, VlpReceiverConfig};
 pub use error::{ConfigError, ReceiverError};
@@ -50,7 +50,8 @@ pub use stats::ReceiverStats;
 pub use varta_secrets::{SecretFileError, load_key_file};
 
 use mmsg::{Ancillary, RecvBatch};
-use secure::{MasterCiphers, SecureReceiver};
+use secure::SecureReceiver;
+pub use secure::{KeyHandle, KeyRing};
 use stats::RefusalLog;
 use udp::{BoundUdp, UdpReceiver};
 use uds::UdsReceiver;
@@ -159,6 +160,15 @@ impl VlpReceiver {
     /// The handle that stops [`VlpReceiver::run`]; take it before running.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// For a secure UDP receiver: the handle that swaps its keys while it
+    /// runs (see [`KeyHandle`]).
+    pub fn key_handle(&self) -> Option<KeyHandle> {
+        match &self.endpoint {
+            Endpoint::Secure(s) => Some(s.key_handle()),
+            _ => None,
+        }
     }
 
     /// Counters, shared with whoever wants to read them.
@@ -295,25 +305,30 @@ impl VlpReceiver {
     }
 }
 
-fn bind_secure(id: &str, cfg: &VlpReceiverConfig) -> Result<SecureReceiver, ReceiverError> {
+/// Reads the key files a secure receiver's configuration names.
+pub fn load_key_ring(id: &str, cfg: &VlpReceiverConfig) -> Result<KeyRing, ReceiverError> {
     let key_err = |source| ReceiverError::Key { id: id.to_owned(), source };
     let mut shared = Vec::new();
     for path in cfg.key_files.iter().flatten() {
-        shared.push(FrameCipher::new(&load_key_file(path).map_err(key_err)?));
+        shared.push(load_key_file(path).map_err(key_err)?);
     }
     let master = match &cfg.master_key_file {
-        Some(path) => Some(MasterCiphers::new(MasterKey::new(load_key_file(path).map_err(key_err)?))),
+        Some(path) => Some(load_key_file(path).map_err(key_err)?),
         None => None,
     };
+    Ok(KeyRing::new(&shared, master))
+}
+
+fn bind_secure(id: &str, cfg: &VlpReceiverConfig) -> Result<SecureReceiver, ReceiverError> {
+    let ring = load_key_ring(id, cfg)?;
     let max_senders = cfg.max_senders.unwrap_or(config::DEFAULT_MAX_SENDERS);
     let socket = BoundUdp::bind(id, cfg.secure_endpoint(), cfg.recv_buffer())?;
-    Ok(SecureReceiver {
+    Ok(SecureReceiver::new(
         socket,
-        shared,
-        master,
-        replay: replay::ReplayTable::new(max_senders, cfg.idle_timeout()),
+        ring,
+        replay::ReplayTable::new(max_senders, cfg.idle_timeout()),
         max_senders,
-    })
+    ))
 }
 
 /// A refusal arrival.

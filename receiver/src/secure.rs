@@ -18,6 +18,9 @@
 //! random pids cost an HKDF each but cannot flush legitimate entries.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use varta_proto::{
     Arrival, Beat, FrameCipher, MASTER_FRAME_LEN, MasterKey, OpenError, Refusal, SHARED_FRAME_LEN, Source,
@@ -60,24 +63,95 @@ impl MasterCiphers {
     }
 }
 
+/// The keys a secure receiver opens frames with. Replaced as a whole on a
+/// reload ([`KeyHandle::replace`]); the receiver picks the new ring up at
+/// its next datagram, without touching its replay state.
+#[derive(Debug)]
+pub struct KeyRing {
+    shared: Vec<FrameCipher>,
+    master: Option<varta_proto::Key>,
+}
+
+impl KeyRing {
+    pub fn new(shared: &[varta_proto::Key], master: Option<varta_proto::Key>) -> KeyRing {
+        KeyRing { shared: shared.iter().map(FrameCipher::new).collect(), master }
+    }
+
+    /// A fresh per-pid cipher cache for the master key, if any (the copy of
+    /// the key is zeroized with the cache).
+    fn master_ciphers(&self) -> Option<MasterCiphers> {
+        self.master
+            .as_ref()
+            .map(|k| MasterCiphers::new(MasterKey::new(varta_proto::Key::from_bytes(*k.expose_bytes()))))
+    }
+}
+
+/// Swaps a running secure receiver's keys (key rotation without a restart).
+#[derive(Debug, Clone)]
+pub struct KeyHandle(Arc<ArcSwap<KeyRing>>);
+
+impl KeyHandle {
+    pub fn replace(&self, ring: KeyRing) {
+        self.0.store(Arc::new(ring));
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SecureReceiver {
     pub(crate) socket: BoundUdp,
-    pub(crate) shared: Vec<FrameCipher>,
+    keys: Arc<ArcSwap<KeyRing>>,
+    /// The ring `master` was derived from (a new ring means new agent keys).
+    ring: Arc<KeyRing>,
     pub(crate) master: Option<MasterCiphers>,
     pub(crate) replay: ReplayTable,
     pub(crate) max_senders: usize,
 }
 
 impl SecureReceiver {
+    pub(crate) fn new(
+        socket: BoundUdp,
+        ring: KeyRing,
+        replay: ReplayTable,
+        max_senders: usize,
+    ) -> SecureReceiver {
+        let ring = Arc::new(ring);
+        let master = ring.master_ciphers();
+        SecureReceiver {
+            socket,
+            keys: Arc::new(ArcSwap::new(Arc::clone(&ring))),
+            ring,
+            master,
+            replay,
+            max_senders,
+        }
+    }
+
+    pub(crate) fn key_handle(&self) -> KeyHandle {
+        KeyHandle(Arc::clone(&self.keys))
+    }
+
+    /// Picks up a replaced key ring (one pointer comparison per datagram).
+    fn refresh_keys(&mut self) {
+        let current = self.keys.load();
+        if !Arc::ptr_eq(&current, &self.ring) {
+            self.ring = Arc::clone(&current);
+            self.master = self.ring.master_ciphers();
+            tracing::info!(
+                shared_keys = self.ring.shared.len(),
+                master_key = self.ring.master.is_some(),
+                "secure receiver: new keys in effect for new frames"
+            );
+        }
+    }
+
     pub(crate) fn fd(&self) -> RawFd {
         self.socket.fd()
     }
 
     pub(crate) fn describe(&self) -> String {
         let mut keys = Vec::new();
-        if !self.shared.is_empty() {
-            keys.push(format!("{} shared key(s)", self.shared.len()));
+        if !self.ring.shared.is_empty() {
+            keys.push(format!("{} shared key(s)", self.ring.shared.len()));
         }
         if self.master.is_some() {
             keys.push("master key".to_owned());
@@ -92,17 +166,18 @@ impl SecureReceiver {
     }
 
     pub(crate) fn classify(&mut self, d: &Datagram<'_>, now: u64, stats: &ReceiverStats) -> Arrival {
+        self.refresh_keys();
         let ip = source_of(d);
         let source = Source::Ip(ip);
-        let guess = if self.shared.is_empty() { Transport::SecureMaster } else { Transport::SecureShared };
+        let shared = &self.ring.shared;
+        let guess = if shared.is_empty() { Transport::SecureMaster } else { Transport::SecureShared };
         if d.truncated() {
             return refused(Refusal::Truncated, guess, source, 0, now);
         }
         let (transport, opened) = match (d.len, &mut self.master) {
-            (SHARED_FRAME_LEN, _) if !self.shared.is_empty() => (
-                Transport::SecureShared,
-                open_shared_any(&self.shared, d.bytes).map(|(_, iv, frame)| (iv, frame)),
-            ),
+            (SHARED_FRAME_LEN, _) if !shared.is_empty() => {
+                (Transport::SecureShared, open_shared_any(shared, d.bytes).map(|(_, iv, frame)| (iv, frame)))
+            }
             (MASTER_FRAME_LEN, Some(m)) => (Transport::SecureMaster, m.open(d.bytes)),
             _ => return refused(Refusal::Decode(DecodeErrorKind::BadLength), guess, source, 0, now),
         };

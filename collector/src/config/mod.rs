@@ -164,6 +164,10 @@ pub struct Service {
     /// Longest time an ordered shutdown may take before the collector gives up waiting.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub shutdown_timeout: std::time::Duration,
+    /// Written with the collector's pid at start, removed at exit
+    /// (`varta-collector reload --pid-file`).
+    #[serde(default)]
+    pub pid_file: Option<std::path::PathBuf>,
     /// Extensions to start (ids from the top-level `extensions:` section).
     #[serde(default)]
     pub extensions: Vec<String>,
@@ -204,6 +208,9 @@ pub struct Config {
     pub service: Service,
     #[serde(skip)]
     pub source: String,
+    /// The file it was read from (`None`: the embedded default).
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A configuration problem: where it is and what is wrong.
@@ -241,7 +248,9 @@ impl Config {
             component: None,
             message: format!("cannot read config file: {e}"),
         })?;
-        Config::parse(&text, &source, |k| std::env::var(k).ok())
+        let mut config = Config::parse(&text, &source, |k| std::env::var(k).ok())?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// The embedded default configuration.
@@ -441,6 +450,10 @@ impl Config {
     /// Where a config came from, for messages.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 }
 
