@@ -270,12 +270,37 @@ impl Config {
             component: None,
             message,
         };
-        let text = env::substitute(text, lookup)
+        let prepared = env::prepare(text, lookup)
             .map_err(|e| err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message))?;
-        let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| {
+        let report = |e: serde_saphyr::Error| {
             let at = e.location().map(|l| Position { line: l.line(), column: l.column() });
             err(at, first_line(&e.to_string()))
-        })?;
+        };
+        // References are expanded inside scalars, after parsing (see `env`).
+        let mut config: Config = match serde_saphyr::from_str_with_options(&prepared.text, prepared.options())
+        {
+            Ok(c) => c,
+            // The parser hides interpolated values (and with them misspelt
+            // keys) in its errors: word the error from the plain text.
+            Err(e) => match serde_saphyr::from_str::<Config>(&prepared.plain) {
+                Err(plain) => {
+                    let mut e = report(plain);
+                    // Never echo a substituted value (it may be a secret).
+                    for value in prepared.properties.values().filter(|v| v.len() >= 3) {
+                        e.message = e.message.replace(value.as_str(), "<redacted>");
+                    }
+                    return Err(e);
+                }
+                // Only as a whole scalar is the value wrong: say so plainly.
+                Ok(_) => {
+                    let mut e = report(e);
+                    e.message = "the environment value substituted here is not valid for this field \
+                                 (a value is always one scalar: it cannot add keys or structure)"
+                        .into();
+                    return Err(e);
+                }
+            },
+        };
         config.source = source.to_owned();
         config.check()?;
         Ok(config)
@@ -551,6 +576,21 @@ service:
             "{GOOD}    second:\n      receivers: [vlp/uds]\n      processors: [tracker]\n      exporters: [debug]\n"
         );
         assert!(error(&two).contains("already used by pipeline `liveness`"));
+    }
+
+    #[test]
+    fn an_environment_value_cannot_inject_configuration() {
+        // A value that would add a key if pasted into the text stays one
+        // scalar: here an invalid duration, refused as such.
+        let evil = |k: &str| (k == "THRESHOLD").then(|| "2s\n    capacity: 1".to_owned());
+        let e = Config::parse(GOOD, "t.yaml", evil).expect_err("not a duration").to_string();
+        assert!(e.contains("t.yaml:8:") && e.contains("environment value") && !e.contains("capacity"), "{e}");
+        let ok = |k: &str| (k == "THRESHOLD").then(|| "3s".to_owned());
+        let c = Config::parse(GOOD, "t.yaml", ok).expect("valid");
+        let ProcessorConfig::Tracker(t) = &c.processors.get("tracker").expect("tracker").config else {
+            panic!("tracker expected")
+        };
+        assert_eq!(t.threshold, std::time::Duration::from_secs(3));
     }
 
     #[test]
