@@ -35,7 +35,7 @@ service:
   telemetry:
     logs:
       level: info
-      format: json
+      encoding: json # the OpenTelemetry spelling of `format: json`
 "#
     )
 }

@@ -119,7 +119,9 @@ pub struct Pipeline {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines; the OpenTelemetry Collector calls it `console`.
     #[default]
+    #[serde(alias = "console")]
     Text,
     Json,
 }
@@ -134,7 +136,9 @@ pub struct Logs {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     #[serde(default = "default_level")]
     pub level: String,
-    #[serde(default)]
+    /// `text|json`; `encoding: console|json` is the OpenTelemetry
+    /// Collector's spelling of the same setting (giving both is an error).
+    #[serde(default, alias = "encoding")]
     pub format: LogFormat,
 }
 
@@ -624,6 +628,25 @@ service:
         let e = Config::parse(&GOOD.replace(":-2s", ""), "t.yaml", |_| None).expect_err("unset");
         assert_eq!(e.at.map(|p| p.line), Some(8));
         assert!(e.message.contains("THRESHOLD is not set"));
+    }
+
+    #[test]
+    fn logs_encoding_is_the_opentelemetry_spelling_of_format() {
+        let with =
+            |logs: &str| GOOD.replace("service:\n", &format!("service:\n  telemetry:\n    logs: {logs}\n"));
+        for (logs, want) in [
+            ("{ encoding: json }", LogFormat::Json),
+            ("{ encoding: console }", LogFormat::Text),
+            ("{ format: text }", LogFormat::Text),
+            ("{ format: json }", LogFormat::Json),
+        ] {
+            let c = parse(&with(logs)).unwrap_or_else(|e| panic!("{logs}: {e}"));
+            assert_eq!(c.service.telemetry.logs.format, want, "{logs}");
+        }
+        let e = error(&with("{ encoding: yaml }"));
+        assert!(e.starts_with("t.yaml:13:") && e.contains("yaml"), "{e}");
+        let e = error(&with("{ format: json, encoding: json }"));
+        assert!(e.starts_with("t.yaml:13:") && e.contains("duplicate"), "{e}");
     }
 
     #[test]
