@@ -58,10 +58,18 @@ impl Client {
                 deadline += every;
                 let now = Instant::now();
                 if deadline < now {
-                    deadline = now; // fell behind (suspended?): do not burst
+                    deadline = now; // fell behind (suspended?): one beat now, no burst
                 }
                 match stopped.recv_timeout(deadline - now) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let woke = Instant::now();
+                        if woke > deadline + every {
+                            // Suspended while waiting: the next beat is the
+                            // catch-up beat; re-anchor so the one after it
+                            // is a period later, not at once.
+                            deadline = woke;
+                        }
+                    }
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }

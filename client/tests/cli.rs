@@ -279,11 +279,21 @@ fn beat_every_after_a_pause_sends_one_beat_not_the_missed_ones() {
         frames.push(Frame::decode(&c.recv().0).unwrap());
     }
     assert!(child.wait().unwrap().success());
-    // A replayed burst would put ~15 beats back to back (gaps of µs); the
-    // schedule resumes instead. A beat made late by the scheduler may be
-    // followed by a quicker one, so a few short gaps are tolerated.
-    let short = frames.windows(2).filter(|w| w[1].timestamp - w[0].timestamp < 10_000_000).count();
-    assert!(short <= 3, "{short} beats closer than half a period: the missed ticks were replayed");
+    // The first beat after the pause follows the longest gap. It is the one
+    // catch-up beat: a replay of the missed ticks (or a second beat at once)
+    // would put the next beats at its timestamp. Beat i after it is sent no
+    // earlier than i periods later (the scheduler only makes beats late).
+    let every = 20_000_000u64;
+    let gaps: Vec<u64> = frames.windows(2).map(|w| w[1].timestamp - w[0].timestamp).collect();
+    let pause = (0..gaps.len()).max_by_key(|&i| gaps[i]).unwrap();
+    assert!(gaps[pause] >= 10 * every, "no pause seen: {gaps:?}");
+    let first = frames[pause + 1].timestamp;
+    for (i, f) in frames[pause + 1..].iter().enumerate() {
+        assert!(
+            f.timestamp - first + every / 2 >= i as u64 * every,
+            "beat {i} after the pause came early: {gaps:?}"
+        );
+    }
 }
 
 #[test]

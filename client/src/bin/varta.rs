@@ -161,12 +161,18 @@ fn beat(args: &BeatArgs) -> ExitCode {
             deadline += every;
             let now = Instant::now();
             if deadline < now {
-                // Fell behind (stopped, suspended): one beat now, then the
-                // schedule resumes from here — missed ticks are not replayed
-                // as a burst the collector would rate-limit.
+                // Fell behind (stopped, suspended): one catch-up beat now.
+                // Missed ticks are not replayed as a burst the collector
+                // would rate-limit; the schedule restarts from here.
                 deadline = now;
             }
             std::thread::sleep(deadline.saturating_duration_since(now));
+            let woke = Instant::now();
+            if woke > deadline + every {
+                // Stopped while sleeping: this beat is the catch-up beat;
+                // re-anchor so the next one is a period after it, not at once.
+                deadline = woke;
+            }
         }
         last = client.beat(args.status, args.payload);
         if !last.is_sent() {
