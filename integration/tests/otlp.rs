@@ -205,6 +205,21 @@ fn unix_ns() -> i128 {
 // ---------------------------------------------------------------------------
 // Configs and agents.
 
+/// A collector on `text` with the resolver added after the tracker, and an
+/// agent named `checkout` beating every 50 ms on its UDS socket.
+fn start_with_checkout_agent(text: &str) -> (Collector, std::process::Child) {
+    let text = text
+        .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
+        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let c = Collector::start(&text);
+    let sock = c.path("varta.sock");
+    let agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .spawn()
+        .expect("spawn varta beat");
+    (c, agent)
+}
+
 /// UDS + plain UDP receivers, a tracker, a file exporter and an otlp
 /// exporter with `otlp_extra` lines (indented by four spaces).
 fn config(endpoint: &str, udp_port: u16, threshold: &str, otlp_extra: &str) -> String {
@@ -454,15 +469,8 @@ fn stall_spans_survive_a_gateway_hop_and_a_gateway_restart() {
         free_udp_port(),
         "300ms",
         "    retry_on_failure: { initial_interval: 100ms, max_interval: 500ms }",
-    )
-    .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
-    .replace("processors: [tracker]", "processors: [tracker, resolver]");
-    let c = Collector::start(&text);
-    let sock = c.path("varta.sock");
-    let mut agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
-        .env("OTEL_SERVICE_NAME", "checkout")
-        .spawn()
-        .expect("spawn varta beat");
+    );
+    let (c, mut agent) = start_with_checkout_agent(&text);
     let pid = agent.id();
     let pid_line = format!("-> process.pid: Int({pid})");
     let stalls_at_sink =
@@ -658,15 +666,8 @@ fn local_agents_carry_attributes_and_their_stalls_a_diagnosis_span() {
         free_udp_port(),
         "300ms",
         "    metrics: { interval: 200ms }",
-    )
-    .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
-    .replace("processors: [tracker]", "processors: [tracker, resolver]");
-    let c = Collector::start(&text);
-    let sock = c.path("varta.sock");
-    let mut agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
-        .env("OTEL_SERVICE_NAME", "checkout")
-        .spawn()
-        .expect("spawn varta beat");
+    );
+    let (_collector, mut agent) = start_with_checkout_agent(&text);
     let pid = agent.id();
     wait_for("the agent's metric point with its service", || {
         let m = metric(&sink, "varta.agent.status")?;
