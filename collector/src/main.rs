@@ -24,8 +24,14 @@ use config::Config;
 #[command(name = "varta-collector", version, about = "Process-liveness collector for VLP heartbeats")]
 struct Cli {
     /// Configuration file (YAML). Without it the embedded default is used.
+    /// Given several times, later files merge over earlier ones (mappings
+    /// key by key; lists and scalars replaced whole).
     #[arg(long, global = true)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
+    /// Overrides one value after the files: `processors::tracker::threshold=3s`
+    /// (or `processors.tracker.threshold=3s`); the value is read as YAML.
+    #[arg(long = "set", global = true, value_name = "KEY::PATH=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,6 +46,9 @@ enum Command {
     Components,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print the configuration the `--config` files and `--set` overrides
+    /// merge into (`${env:…}` references unresolved).
+    PrintConfig,
     /// Ask a running collector to reload its configuration (SIGHUP).
     Reload {
         /// The collector's pid.
@@ -93,12 +102,8 @@ fn audit_verify(files: &[PathBuf]) -> ExitCode {
 
 const EXIT_CONFIG: u8 = 2;
 
-fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
-    let loaded = match path {
-        Some(p) => Config::load(p),
-        None => Config::embedded_default(),
-    };
-    loaded.map_err(|e| {
+fn load(origin: &config::Origin) -> Result<Config, ExitCode> {
+    Config::load(origin).map_err(|e| {
         eprintln!("varta-collector: configuration error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -106,6 +111,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let origin = config::Origin { files: cli.config, sets: cli.set };
     match cli.command.unwrap_or(Command::Run) {
         Command::Components => {
             print!("{}", config::components_listing());
@@ -117,7 +123,17 @@ fn main() -> ExitCode {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
         }
-        Command::Validate => match load(cli.config.as_ref()) {
+        Command::PrintConfig => match origin.merged_text() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("varta-collector: configuration error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Validate => match load(&origin) {
             Ok(c) => match c.check_files() {
                 Ok(()) => {
                     for unused in c.unused_components() {
@@ -133,7 +149,7 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Run => match load(cli.config.as_ref()) {
+        Command::Run => match load(&origin) {
             Ok(c) => run(&c),
             Err(code) => code,
         },
@@ -172,10 +188,7 @@ fn send_reload(pid: Option<i32>, pid_file: Option<&std::path::Path>) -> ExitCode
 
 /// Reads and checks the configuration again, from where it came.
 fn load_again(current: &Config) -> Result<Config, config::ConfigError> {
-    let new = match current.path() {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default()?,
-    };
+    let new = Config::load(current.origin())?;
     new.check_files()?;
     Ok(new)
 }

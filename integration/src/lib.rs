@@ -136,9 +136,20 @@ impl Collector {
     /// Like [`Collector::start_with`], calling `prepare` with the temp dir
     /// first (to write token or key files the config refers to).
     pub fn start_prepared(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Collector {
+        Self::start_with_args(config, env, prepare, &[])
+    }
+
+    /// Like [`Collector::start_prepared`], with more command-line `args`
+    /// after `--config` (`@DIR@` is replaced by the temp dir there too).
+    pub fn start_with_args(
+        config: &str,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+        args: &[&str],
+    ) -> Collector {
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
-        let (child, stderr_path, notify) = spawn(&dir, Some(config), env);
+        let (child, stderr_path, notify) = spawn(&dir, Some(config), env, args);
         let mut c = Collector { dir, child: Some(child), stderr_path, notify };
         c.wait_ready();
         c
@@ -147,7 +158,7 @@ impl Collector {
     /// Starts the collector without `--config` (the embedded default).
     pub fn start_default(env: &[(&str, &str)]) -> Collector {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (child, stderr_path, notify) = spawn(&dir, None, env);
+        let (child, stderr_path, notify) = spawn(&dir, None, env, &[]);
         let mut c = Collector { dir, child: Some(child), stderr_path, notify };
         c.wait_ready();
         c
@@ -266,6 +277,7 @@ fn spawn(
     dir: &tempfile::TempDir,
     config: Option<&str>,
     env: &[(&str, &str)],
+    args: &[&str],
 ) -> (Child, PathBuf, UnixDatagram) {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -279,6 +291,7 @@ fn spawn(
         std::fs::write(&config_path, config).expect("write config");
         cmd.arg("--config").arg(&config_path);
     }
+    cmd.args(args.iter().map(|a| a.replace("@DIR@", &dir.path().display().to_string())));
     let child = cmd
         .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("RUST_LOG")

@@ -459,3 +459,82 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn several_config_files_and_set_overrides_merge_and_reload_together() {
+    // The overlay moves the event file; --set moves the socket (the value is
+    // YAML, here a path). Both must win over the base file.
+    let overlay = |threshold: &str| {
+        format!(
+            "exporters:\n  file:\n    path: \"@DIR@/overlay.tsv\"\nprocessors:\n  tracker:\n    threshold: {threshold}\n"
+        )
+    };
+    let c = Collector::start_with_args(
+        &uds_config(""),
+        &[],
+        |dir| {
+            let text = overlay(&format!("{THRESHOLD_MS}ms")).replace("@DIR@", &dir.display().to_string());
+            std::fs::write(dir.join("overlay.yaml"), text).expect("overlay");
+        },
+        &["--config", "@DIR@/overlay.yaml", "--set", "receivers::vlp/uds::path=@DIR@/set.sock"],
+    );
+    assert!(c.path("set.sock").exists() && !c.path("varta.sock").exists(), "--set did not move the socket");
+    let mut agent = varta(&["beat", "--socket", &c.path("set.sock").display().to_string(), "--count", "1"])
+        .spawn()
+        .expect("agent");
+    assert!(agent.wait().expect("exit").success());
+    let pid = agent.id().to_string();
+    wait_for("the beat in the overlay's event file", || {
+        read_events(&c.path("overlay.tsv")).iter().any(|e| e.kind == "beat" && e.pid == pid).then_some(())
+    });
+    assert!(!c.path("events.tsv").exists(), "the base file's exporter path was used");
+
+    // print-config shows the merged document the collector runs.
+    let dir = c.dir.path().display().to_string();
+    let printed = collector_cmd(&[
+        "print-config",
+        "--config",
+        &format!("{dir}/collector.yaml"),
+        "--config",
+        &format!("{dir}/overlay.yaml"),
+        "--set",
+        &format!("receivers::vlp/uds::path={dir}/set.sock"),
+    ]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.status.success() && text.contains("overlay.tsv") && text.contains("set.sock"), "{text}");
+
+    // A reload reads the same files and overrides: unchanged, it is `ok`;
+    // a changed threshold in the overlay is seen (and needs a restart).
+    c.signal(libc::SIGHUP);
+    wait_for("the unchanged reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    std::fs::write(c.path("overlay.yaml"), overlay("3s").replace("@DIR@", &dir)).expect("overlay");
+    c.signal(libc::SIGHUP);
+    wait_for("the changed reload", || {
+        (c.counter("service::service", "reloads", "needs_restart") == 1).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn merged_config_errors_name_their_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.yaml");
+    std::fs::write(&base, uds_config("").replace("@DIR@", &dir.path().display().to_string())).expect("base");
+    let base = base.display().to_string();
+    let out = collector_cmd(&["validate", "--config", &base, "--set", "processors::tracker::threshold=1ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("merged configuration") && err.contains("1 --set") && err.contains("threshold"),
+        "{err}"
+    );
+    let out = collector_cmd(&["validate", "--config", &base, "--set", "no-equals-sign"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY.PATH=VALUE"));
+    let out = collector_cmd(&["validate", "--config", &base, "--config", "/nonexistent/overlay.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/overlay.yaml: cannot read"));
+    let out = collector_cmd(&["validate", "--config", &base, "--set", "processors::tracker::threshold=3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -16,6 +16,9 @@
 
 pub mod components;
 pub mod env;
+mod merge;
+
+pub use merge::Origin;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -212,9 +215,9 @@ pub struct Config {
     pub service: Service,
     #[serde(skip)]
     pub source: String,
-    /// The file it was read from (`None`: the embedded default).
+    /// Where it was read from (a reload reads the same again).
     #[serde(skip)]
-    pub path: Option<std::path::PathBuf>,
+    pub origin: Origin,
 }
 
 /// A configuration problem: where it is and what is wrong.
@@ -243,23 +246,31 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and checks a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source: source.clone(),
-            at: None,
-            component: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
-        let mut config = Config::parse(&text, &source, |k| std::env::var(k).ok())?;
-        config.path = Some(path.to_path_buf());
+    /// Reads, merges and checks the configuration `origin` names.
+    pub fn load(origin: &Origin) -> Result<Config, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok();
+        let mut config = match origin.files.as_slice() {
+            [] if origin.is_single() => Config::parse(EMBEDDED_DEFAULT, &origin.describe(), env)?,
+            [path] if origin.is_single() => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    source: origin.describe(),
+                    at: None,
+                    component: None,
+                    message: format!("cannot read config file: {e}"),
+                })?;
+                Config::parse(&text, &origin.describe(), env)?
+            }
+            _ => Config::parse(&origin.merged_text()?, &origin.describe(), env).map_err(|mut e| {
+                if e.at.is_some() {
+                    e.message.push_str(
+                        " (the position is in the merged document: see `varta-collector print-config`)",
+                    );
+                }
+                e
+            })?,
+        };
+        config.origin = origin.clone();
         Ok(config)
-    }
-
-    /// The embedded default configuration.
-    pub fn embedded_default() -> Result<Config, ConfigError> {
-        Config::parse(EMBEDDED_DEFAULT, "<embedded default config>", |k| std::env::var(k).ok())
     }
 
     /// Parses and checks config text; `source` names it in errors.
@@ -481,8 +492,8 @@ impl Config {
         &self.source
     }
 
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 }
 
