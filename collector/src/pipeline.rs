@@ -112,6 +112,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut ready = Vec::new();
     // Metrics endpoints, bound before anything runs, with the pipelines each serves.
     let mut endpoints: Vec<(String, BoundEndpoint, Vec<String>)> = Vec::new();
+    // Event exporters started so far (a handle each, dropped once wired).
+    let mut started: Vec<ExporterQueue> = Vec::new();
 
     for (name, pipeline) in &config.service.pipelines {
         let p = &pipeline.value;
@@ -175,6 +177,12 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         let mut queues = Vec::new();
         for id in &p.exporters {
             let Some(c) = config.exporters.get(id) else { continue };
+            // An exporter serving several pipelines runs once; later
+            // pipelines get another producer handle on its queue.
+            if let Some(first) = started.iter().find(|q: &&ExporterQueue| q.id() == id) {
+                queues.push(first.share());
+                continue;
+            }
             let err = |m: String| component_error(config, "exporters", c, m);
             let mut otlp_stats = None;
             let (exporter, capacity): (Box<dyn Exporter>, usize) = match &c.config {
@@ -221,6 +229,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             exporter_metrics.push((id.clone(), telemetry));
             stages.push(Stage::new(format!("exporters::{id}"), Box::new(queue.progress_probe())));
             exporters.push((id.clone(), thread));
+            started.push(queue.share());
             queues.push(queue);
         }
 

@@ -132,7 +132,9 @@ struct Lane {
 pub struct ExporterQueue {
     id: String,
     lanes: [Lane; 2],
-    next_seq: u64,
+    /// Shared by every producer of this queue (pipelines sharing the
+    /// exporter): each producer's events keep their offer order.
+    next_seq: Arc<AtomicU64>,
     stats: Arc<ExporterStats>,
     wants_beats: bool,
 }
@@ -154,7 +156,20 @@ impl ExporterQueue {
             move || drain(&id, exporter, &lanes, &stats)
         })?;
         let lanes = [Lane { tx: bulk_tx, evict: bulk_rx }, Lane { tx: inc_tx, evict: inc_rx }];
-        Ok((ExporterQueue { id, lanes, next_seq: 0, stats, wants_beats }, thread))
+        Ok((ExporterQueue { id, lanes, next_seq: Arc::new(AtomicU64::new(0)), stats, wants_beats }, thread))
+    }
+
+    /// Another producer of the same queue (for a second pipeline served by
+    /// this exporter): same lanes, counters and thread.
+    pub fn share(&self) -> ExporterQueue {
+        let lane = |l: &Lane| Lane { tx: l.tx.clone(), evict: l.evict.clone() };
+        ExporterQueue {
+            id: self.id.clone(),
+            lanes: [lane(&self.lanes[BULK]), lane(&self.lanes[INCIDENT])],
+            next_seq: Arc::clone(&self.next_seq),
+            stats: Arc::clone(&self.stats),
+            wants_beats: self.wants_beats,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -196,8 +211,7 @@ impl ExporterQueue {
         }
         let incident = is_incident(&event.kind);
         let lane = &self.lanes[if incident { INCIDENT } else { BULK }];
-        let mut item = (self.next_seq, *event);
-        self.next_seq += 1;
+        let mut item = (self.next_seq.fetch_add(1, Relaxed), *event);
         loop {
             match lane.tx.try_send(item) {
                 Ok(()) => {
@@ -245,9 +259,10 @@ impl Merge<'_> {
                     }
                 }
             }
-            // Both heads were refilled before choosing, and one producer
-            // numbers events in offer order, so the smaller number is the
-            // earlier offer.
+            // Both heads were refilled before choosing (bulk first), and a
+            // producer numbers its events in offer order, so the smaller
+            // number is its earlier offer. (Between producers — pipelines
+            // sharing the exporter — there is no order to keep.)
             let pick = match (&self.held[BULK], &self.held[INCIDENT]) {
                 (Some(a), Some(b)) => Some(if a.0 < b.0 { BULK } else { INCIDENT }),
                 (Some(_), None) => Some(BULK),

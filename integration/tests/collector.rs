@@ -538,3 +538,46 @@ fn merged_config_errors_name_their_origin() {
     let out = collector_cmd(&["validate", "--config", &base, "--set", "processors::tracker::threshold=3s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn one_file_exporter_serves_two_pipelines() {
+    let config = format!(
+        r#"receivers:
+  vlp/a: {{ transport: uds, path: "@DIR@/a.sock" }}
+  vlp/b: {{ transport: uds, path: "@DIR@/b.sock" }}
+processors:
+  tracker/a: {{ threshold: {THRESHOLD_MS}ms }}
+  tracker/b: {{ threshold: {THRESHOLD_MS}ms }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+service:
+  pipelines:
+    a: {{ receivers: [vlp/a], processors: [tracker/a], exporters: [file] }}
+    b: {{ receivers: [vlp/b], processors: [tracker/b], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    );
+    let c = Collector::start(&config);
+    // One beat on each pipeline, then silence: each agent stalls in its own
+    // pipeline, and both pipelines' events land in the one file.
+    let mut pids = Vec::new();
+    for socket in ["a.sock", "b.sock"] {
+        let mut agent = varta(&["beat", "--socket", &c.path(socket).display().to_string(), "--count", "1"])
+            .spawn()
+            .expect("agent");
+        assert!(agent.wait().expect("exit").success());
+        pids.push(agent.id());
+    }
+    for &pid in &pids {
+        wait_events(&c, "beat", pid, 1);
+        wait_events(&c, "stall", pid, 1);
+    }
+    assert_eq!(c.counter("pipelines::a", "stalls", ""), 1);
+    assert_eq!(c.counter("pipelines::b", "stalls", ""), 1);
+    // The exporter runs once (one set of counters) and its thread ends at
+    // shutdown once both pipelines have stopped.
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let exported = final_counter(&log, "exporters::file", "exported", "").expect("exporter counters");
+    assert!(exported >= 4, "exported {exported}");
+}

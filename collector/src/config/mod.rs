@@ -82,10 +82,12 @@ pub enum ExporterConfig {
 }
 
 impl ExporterConfig {
-    /// Views read snapshots instead of consuming events, so one instance
-    /// may serve several pipelines.
-    pub fn is_view(&self) -> bool {
-        matches!(self, ExporterConfig::Prometheus(_))
+    /// Whether one instance may serve several pipelines: views read
+    /// snapshots instead of consuming events, and the file exporter writes
+    /// every pipeline's events to one file through one queue. (Debug and
+    /// OTLP read per-pipeline state: agent attributes, metric snapshots.)
+    pub fn is_shareable(&self) -> bool {
+        matches!(self, ExporterConfig::Prometheus(_) | ExporterConfig::File(_))
     }
 }
 
@@ -403,12 +405,16 @@ impl Config {
                             "{section} `{id}` is not defined in the top-level `{section}:` section"
                         )));
                     }
-                    let shared_view = section == "exporters"
-                        && self.exporters.0.iter().any(|c| c.id.to_string() == *id && c.config.is_view());
+                    let shareable = section == "exporters"
+                        && self
+                            .exporters
+                            .0
+                            .iter()
+                            .any(|c| c.id.to_string() == *id && c.config.is_shareable());
                     let key = format!("{section}::{id}");
-                    if !shared_view && let Some(other) = owner.insert(key, name) {
+                    if !shareable && let Some(other) = owner.insert(key, name) {
                         return Err(perr(format!(
-                            "{section} `{id}` is already used by pipeline `{other}`; each component instance serves one pipeline (define another id, e.g. `{}/2`)",
+                            "{section} `{id}` is already used by pipeline `{other}`; only `file` and `prometheus` exporters serve several pipelines (define another id, e.g. `{}/2`)",
                             id.split('/').next().unwrap_or(id)
                         )));
                     }
@@ -591,6 +597,25 @@ service:
             "{GOOD}    second:\n      receivers: [vlp/uds]\n      processors: [tracker]\n      exporters: [debug]\n"
         );
         assert!(error(&two).contains("already used by pipeline `liveness`"));
+    }
+
+    #[test]
+    fn only_file_and_prometheus_exporters_serve_several_pipelines() {
+        let two = |exporter: &str| {
+            format!(
+                "{GOOD}    second:\n      receivers: [vlp/two]\n      processors: [tracker/two]\n      exporters: [{exporter}]\n"
+            )
+            .replace("processors:\n  ratelimit: {}", "processors:\n  tracker/two: { threshold: 1s }\n  ratelimit: {}")
+            .replace("receivers:\n", "receivers:\n  vlp/two: { transport: uds, path: /tmp/two.sock }\n")
+            .replace("exporters:\n  debug:\n", "exporters:\n  debug:\n  file: { path: /tmp/e.tsv }\n")
+            .replace("exporters: [debug]\n    second", "exporters: [debug, file]\n    second")
+        };
+        parse(&two("file")).expect("a file exporter may serve both pipelines");
+        let e = error(&two("debug"));
+        assert!(
+            e.contains("`debug` is already used by pipeline `liveness`") && e.contains("only `file`"),
+            "{e}"
+        );
     }
 
     #[test]
