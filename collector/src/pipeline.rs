@@ -112,6 +112,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     let mut ready = Vec::new();
     // Metrics endpoints, bound before anything runs, with the pipelines each serves.
     let mut endpoints: Vec<(String, BoundEndpoint, Vec<String>)> = Vec::new();
+    // Receivers bound so far, with the pipelines each feeds.
+    let mut bound: Vec<(String, VlpReceiver, Vec<String>)> = Vec::new();
     // Event exporters started so far (a handle each, dropped once wired).
     let mut started: Vec<ExporterQueue> = Vec::new();
 
@@ -233,9 +235,13 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             queues.push(queue);
         }
 
-        let mut bound = Vec::new();
         for id in &p.receivers {
             let Some(c) = config.receivers.get(id) else { continue };
+            // A receiver shared by several pipelines is bound once and feeds each.
+            if let Some((.., fed)) = bound.iter_mut().find(|(rid, ..)| rid == id) {
+                fed.push(name.clone());
+                continue;
+            }
             let ReceiverConfig::Vlp(cfg) = &c.config;
             // ReceiverError messages already name the receiver.
             let receiver = VlpReceiver::bind(id, cfg).map_err(|e| ConfigError {
@@ -246,9 +252,9 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             if let Some(handle) = receiver.key_handle() {
                 keys.push((id.clone(), handle));
             }
-            bound.push((id.clone(), receiver));
+            bound.push((id.clone(), receiver, vec![name.clone()]));
         }
-        ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), bound, attributes));
+        ready.push((name.clone(), p.queue_batches, processor, Fanout::new(queues), attributes));
     }
 
     // Metrics are listed in configuration order: receivers, pipelines, exporters.
@@ -259,7 +265,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
     for (id, metrics) in processor_metrics {
         view.add(Role::Processor, id, metrics);
     }
-    for (name, queue_batches, processor, fanout, bound, attributes) in ready {
+    for (name, queue_batches, processor, fanout, attributes) in ready {
         let (tx, rx) = varta_pipeline::queue::batch_queue(queue_batches);
         let (stats, depth) = (processor.stats(), rx.depth());
         stages.push(Stage::new(
@@ -272,7 +278,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             queue: rx.depth(),
             attributes,
         });
-        pipelines.push((name, processor, fanout, bound, tx, rx));
+        pipelines.push((name, processor, fanout, tx, rx));
     }
     for (id, metrics) in exporter_metrics {
         view.add(Role::Exporter, id, metrics);
@@ -330,7 +336,8 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         keys,
         reloads,
     };
-    for (name, processor, mut fanout, bound, tx, rx) in pipelines {
+    let mut senders = Vec::new();
+    for (name, processor, mut fanout, tx, rx) in pipelines {
         let wedge = test_wedge();
         let handle = spawn(format!("proc-{name}"), move || match wedge {
             Some(after) => processor.run(rx, &mut Wedge { inner: fanout, remaining: after }),
@@ -343,24 +350,31 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
             message: m,
         })?;
         running.processors.push((name.clone(), handle));
-        for (id, receiver) in bound {
-            let tx = tx.clone();
-            running.stops.push(receiver.stop_handle());
-            let rid = id.clone();
-            let handle = spawn(format!("recv-{id}"), move || {
-                if let Err(e) = receiver.run(tx) {
-                    tracing::error!(receiver = %rid, "receiver stopped with an error: {e}");
-                }
-            })
-            .map_err(|m| ConfigError {
-                source: config.source().to_owned(),
-                at: None,
-                component: None,
-                message: m,
-            })?;
-            running.receivers.push((id, handle));
-        }
+        senders.push((name, tx));
     }
+    for (id, receiver, fed) in bound {
+        let mut queues =
+            fed.iter().filter_map(|p| senders.iter().find(|(name, _)| name == p)).map(|(_, tx)| tx.clone());
+        let Some(first) = queues.next() else { continue };
+        let more: Vec<_> = queues.collect();
+        running.stops.push(receiver.stop_handle());
+        let rid = id.clone();
+        let handle = spawn(format!("recv-{id}"), move || {
+            if let Err(e) = receiver.run_fanout(first, more) {
+                tracing::error!(receiver = %rid, "receiver stopped with an error: {e}");
+            }
+        })
+        .map_err(|m| ConfigError {
+            source: config.source().to_owned(),
+            at: None,
+            component: None,
+            message: m,
+        })?;
+        running.receivers.push((id, handle));
+    }
+    // Only the receivers hold senders now: a pipeline's queue closes when
+    // every receiver feeding it has stopped.
+    drop(senders);
     running.processors.extend(resolvers);
     Ok(running)
 }

@@ -540,11 +540,12 @@ fn merged_config_errors_name_their_origin() {
 }
 
 #[test]
-fn one_file_exporter_serves_two_pipelines() {
+fn one_file_exporter_serves_two_pipelines_and_one_receiver_feeds_both() {
     let config = format!(
         r#"receivers:
   vlp/a: {{ transport: uds, path: "@DIR@/a.sock" }}
   vlp/b: {{ transport: uds, path: "@DIR@/b.sock" }}
+  vlp/shared: {{ transport: uds, path: "@DIR@/shared.sock" }}
 processors:
   tracker/a: {{ threshold: {THRESHOLD_MS}ms }}
   tracker/b: {{ threshold: {THRESHOLD_MS}ms }}
@@ -552,8 +553,8 @@ exporters:
   file: {{ path: "@DIR@/events.tsv" }}
 service:
   pipelines:
-    a: {{ receivers: [vlp/a], processors: [tracker/a], exporters: [file] }}
-    b: {{ receivers: [vlp/b], processors: [tracker/b], exporters: [file] }}
+    a: {{ receivers: [vlp/a, vlp/shared], processors: [tracker/a], exporters: [file] }}
+    b: {{ receivers: [vlp/b, vlp/shared], processors: [tracker/b], exporters: [file] }}
   telemetry: {{ logs: {{ format: json }} }}
 "#
     );
@@ -574,10 +575,22 @@ service:
     }
     assert_eq!(c.counter("pipelines::a", "stalls", ""), 1);
     assert_eq!(c.counter("pipelines::b", "stalls", ""), 1);
+    // The shared receiver reads a beat once and both pipelines track it:
+    // one stall of the agent in each.
+    let mut agent =
+        varta(&["beat", "--socket", &c.path("shared.sock").display().to_string(), "--count", "1"])
+            .spawn()
+            .expect("agent");
+    assert!(agent.wait().expect("exit").success());
+    let stalls = wait_events(&c, "stall", agent.id(), 2);
+    assert_eq!(stalls.len(), 2, "one stall per pipeline");
+    assert_eq!(c.counter("receivers::vlp/shared", "datagrams", ""), 1, "counted once, by its one owner");
+    assert_eq!(c.counter("pipelines::a", "stalls", ""), 2);
+    assert_eq!(c.counter("pipelines::b", "stalls", ""), 2);
     // The exporter runs once (one set of counters) and its thread ends at
     // shutdown once both pipelines have stopped.
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
     let exported = final_counter(&log, "exporters::file", "exported", "").expect("exporter counters");
-    assert!(exported >= 4, "exported {exported}");
+    assert!(exported >= 8, "exported {exported}");
 }

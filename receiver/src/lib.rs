@@ -201,7 +201,16 @@ impl VlpReceiver {
     /// Returns `Ok` on stop, [`ReceiverError::QueueClosed`] if the processor
     /// dropped the queue first. Dropping `queue` on return tells the
     /// processor we are done.
-    pub fn run(mut self, queue: BatchSender) -> Result<(), ReceiverError> {
+    pub fn run(self, queue: BatchSender) -> Result<(), ReceiverError> {
+        self.run_fanout(queue, Vec::new())
+    }
+
+    /// Like [`VlpReceiver::run`], also feeding every pipeline in `more` a
+    /// copy of each batch (a receiver shared by several pipelines). Counters
+    /// keep one owner: datagrams, beats and refusals are counted once; a
+    /// batch a full queue could not take is counted per pipeline that missed
+    /// it.
+    pub fn run_fanout(mut self, queue: BatchSender, more: Vec<BatchSender>) -> Result<(), ReceiverError> {
         let ancillary = match self.endpoint {
             Endpoint::Uds(_) => Ancillary::Credentials,
             _ => Ancillary::SourceAddress,
@@ -280,18 +289,15 @@ impl VlpReceiver {
             if batch.is_empty() {
                 continue;
             }
-            match queue.try_send(batch) {
-                Ok(()) => {
-                    ReceiverStats::add(&stats.batches, 1);
-                    batch = queue.empty_batch();
-                }
-                Err(TrySendError::Full(mut b)) => {
-                    ReceiverStats::add(&stats.queue_full_beats, beats);
-                    ReceiverStats::add(&stats.queue_full_refusals, b.len() as u64 - beats);
-                    b.clear();
-                    batch = b;
-                }
-                Err(TrySendError::Disconnected(_)) => {
+            let mut closed = false;
+            for extra in &more {
+                let mut copy = extra.empty_batch();
+                copy.clone_from(&batch);
+                closed |= deliver(extra, copy, beats, stats).is_err();
+            }
+            match deliver(&queue, batch, beats, stats) {
+                Ok(back) if !closed => batch = back.unwrap_or_else(|| queue.empty_batch()),
+                _ => {
                     if stop.is_requested() {
                         break;
                     }
@@ -302,6 +308,30 @@ impl VlpReceiver {
         }
         tracing::debug!(receiver = %self.id, "vlp receiver stopped");
         Ok(())
+    }
+}
+
+/// Queues `batch` (holding `beats` beats) without blocking. A full queue
+/// gives the batch back, emptied and counted; `Err` when the processor has
+/// gone.
+fn deliver(
+    queue: &BatchSender,
+    batch: Box<varta_proto::Batch>,
+    beats: u64,
+    stats: &ReceiverStats,
+) -> Result<Option<Box<varta_proto::Batch>>, ()> {
+    match queue.try_send(batch) {
+        Ok(()) => {
+            ReceiverStats::add(&stats.batches, 1);
+            Ok(None)
+        }
+        Err(TrySendError::Full(mut b)) => {
+            ReceiverStats::add(&stats.queue_full_beats, beats);
+            ReceiverStats::add(&stats.queue_full_refusals, b.len() as u64 - beats);
+            b.clear();
+            Ok(Some(b))
+        }
+        Err(TrySendError::Disconnected(_)) => Err(()),
     }
 }
 

@@ -405,16 +405,18 @@ impl Config {
                             "{section} `{id}` is not defined in the top-level `{section}:` section"
                         )));
                     }
-                    let shareable = section == "exporters"
-                        && self
-                            .exporters
-                            .0
-                            .iter()
-                            .any(|c| c.id.to_string() == *id && c.config.is_shareable());
+                    // Receivers fan out to every pipeline they feed.
+                    let shareable = section == "receivers"
+                        || (section == "exporters"
+                            && self
+                                .exporters
+                                .0
+                                .iter()
+                                .any(|c| c.id.to_string() == *id && c.config.is_shareable()));
                     let key = format!("{section}::{id}");
                     if !shareable && let Some(other) = owner.insert(key, name) {
                         return Err(perr(format!(
-                            "{section} `{id}` is already used by pipeline `{other}`; only `file` and `prometheus` exporters serve several pipelines (define another id, e.g. `{}/2`)",
+                            "{section} `{id}` is already used by pipeline `{other}`; only receivers and the `file` and `prometheus` exporters serve several pipelines (define another id, e.g. `{}/2`)",
                             id.split('/').next().unwrap_or(id)
                         )));
                     }
@@ -596,11 +598,12 @@ service:
         let two = format!(
             "{GOOD}    second:\n      receivers: [vlp/uds]\n      processors: [tracker]\n      exporters: [debug]\n"
         );
-        assert!(error(&two).contains("already used by pipeline `liveness`"));
+        let e = error(&two);
+        assert!(e.contains("processors `tracker` is already used by pipeline `liveness`"), "{e}");
     }
 
     #[test]
-    fn only_file_and_prometheus_exporters_serve_several_pipelines() {
+    fn receivers_and_file_and_prometheus_exporters_serve_several_pipelines() {
         let two = |exporter: &str| {
             format!(
                 "{GOOD}    second:\n      receivers: [vlp/two]\n      processors: [tracker/two]\n      exporters: [{exporter}]\n"
@@ -611,9 +614,12 @@ service:
             .replace("exporters: [debug]\n    second", "exporters: [debug, file]\n    second")
         };
         parse(&two("file")).expect("a file exporter may serve both pipelines");
+        parse(&two("file").replace("receivers: [vlp/two]", "receivers: [vlp/uds, vlp/two]"))
+            .expect("a receiver may feed both pipelines");
         let e = error(&two("debug"));
         assert!(
-            e.contains("`debug` is already used by pipeline `liveness`") && e.contains("only `file`"),
+            e.contains("`debug` is already used by pipeline `liveness`")
+                && e.contains("only receivers and the `file`"),
             "{e}"
         );
     }
