@@ -114,15 +114,12 @@ pub fn apply(current: &Config, new: &Config, keys: &[(String, KeyHandle)]) -> Ou
         let ReceiverConfig::Vlp(cfg) = &r.config;
         let id = r.id.to_string();
         let Some((_, handle)) = keys.iter().find(|(k, _)| *k == id) else { continue };
-        let Some(old) = current.receivers.get(&id) else { continue };
-        let ReceiverConfig::Vlp(old_cfg) = &old.config;
-        if old_cfg.key_files == cfg.key_files && old_cfg.master_key_file == cfg.master_key_file {
-            continue;
-        }
+        // Always re-read: a key is usually rotated by rewriting the same
+        // file, and a reload may return to keys replaced by an earlier one.
         match varta_receiver::load_key_ring(&id, cfg) {
             Ok(ring) => {
                 handle.replace(ring);
-                tracing::info!(receiver = %id, "reload: new key files in effect");
+                tracing::info!(receiver = %id, "reload: key files re-read and in effect");
             }
             Err(e) => {
                 // Checked moments ago; a file changed in between.

@@ -101,6 +101,17 @@ fn a_key_rotates_while_agents_beat() {
     assert!(never_stalled(&c, new_agent.id()), "the agent on the new key never stalled");
     kill(late);
     kill(new_agent);
+
+    // Rotation by rewriting the same file (the config does not change): the
+    // reload re-reads it, and the key it now holds is in effect.
+    std::fs::copy(dir.join("old.key"), dir.join("new.key")).expect("rewrite the key file");
+    reload(&c, &config(&dir, port, &["new.key"], "500ms"));
+    wait_for("the third reload", || (c.counter("service::service", "reloads", "ok") == 3).then_some(()));
+    let rewritten = secure_agent(port, &dir.join("old.key"));
+    wait_for("beats sealed with the rewritten file's key", || {
+        (beats_of(&c, rewritten.id()) >= 2).then_some(())
+    });
+    kill(rewritten);
 }
 
 fn never_stalled(c: &Collector, pid: u32) -> bool {
