@@ -158,6 +158,7 @@ fn respond(report: &SharedReport, path: &str, method: &Method, uri_path: &str) -
 #[derive(Debug)]
 pub struct HealthServer {
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl HealthServer {
@@ -181,7 +182,7 @@ impl HealthServer {
         let (stop, stopped) = watch::channel(false);
         let path = config.path.clone();
         let limits = Limits { max_connections: 16, header_timeout: Duration::from_secs(5) };
-        runtime.spawn(httpd::serve(
+        let task = runtime.spawn(httpd::serve(
             "health endpoint",
             listener,
             limits,
@@ -193,7 +194,12 @@ impl HealthServer {
             },
         ));
         tracing::info!(%addr, "health endpoint listening");
-        Ok(HealthServer { stop })
+        Ok(HealthServer { stop, task })
+    }
+
+    /// Whether it stopped serving (its listener is closed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     pub fn stop(&self) {

@@ -1,20 +1,63 @@
 //! The collector's own logs: `tracing` to stderr, text or JSON, level from
-//! `service.telemetry.logs.level` (overridden by `RUST_LOG` when set).
+//! `service.telemetry.logs.level` (overridden by `RUST_LOG` when set). A
+//! reload may change the level while running; the format needs a restart.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, Logs};
 
-pub fn init(logs: &Logs) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
-        _ => EnvFilter::try_new(&logs.level),
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String>>;
+
+/// Changes the level of the installed logger.
+pub struct LogControl {
+    set: SetFilter,
+    /// `RUST_LOG` was set: it wins over the configuration, at start and on reload.
+    from_env: bool,
+}
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogControl").field("from_env", &self.from_env).finish_non_exhaustive()
     }
-    .map_err(|e| format!("invalid log level {:?}: {e}", logs.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = match logs.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+}
+
+/// Checks a `logs.level` without applying it.
+pub fn check_level(level: &str) -> Result<(), String> {
+    filter(level).map(drop)
+}
+
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))
+}
+
+pub fn init(logs: &Logs) -> Result<LogControl, String> {
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let initial = filter(env.as_deref().unwrap_or(&logs.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(initial).with_writer(std::io::stderr);
+    let set: SetFilter = match logs.format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map_err(|e| format!("cannot install logger: {e}"))?;
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map_err(|e| format!("cannot install logger: {e}"))?;
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
     };
-    result.map_err(|e| format!("cannot install logger: {e}"))
+    Ok(LogControl { set, from_env: env.is_some() })
+}
+
+impl LogControl {
+    /// Applies a new `logs.level` (a validated configuration's).
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        if self.from_env {
+            tracing::info!("reload: RUST_LOG is set and keeps deciding the log level");
+            return Ok(());
+        }
+        (self.set)(filter(level)?)
+    }
 }

@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run => match load(&origin) {
-            Ok(c) => run(&c),
+            Ok(c) => run(c),
             Err(code) => code,
         },
     }
@@ -193,11 +193,51 @@ fn load_again(current: &Config) -> Result<Config, config::ConfigError> {
     Ok(new)
 }
 
-fn run(config: &Config) -> ExitCode {
-    if let Err(e) = logging::init(&config.service.telemetry.logs) {
-        eprintln!("varta-collector: configuration error: {}: {e}", config.source());
-        return ExitCode::from(EXIT_CONFIG);
+/// Writes the pid file (a failure is logged: the collector runs without it).
+fn write_pid_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
     }
+}
+
+/// SIGHUP: reads the configuration again and applies it (see [`reload`]).
+/// Returns the configuration now running.
+fn reload_config(running: &mut pipeline::Running, current: Config, logs: &logging::LogControl) -> Config {
+    let outcome = match load_again(&current) {
+        Ok(new) => (reload::apply(running, &current, &new, logs), Some(new)),
+        Err(e) => {
+            tracing::error!("reload: {e}; the running configuration stays");
+            (reload::Outcome::Invalid, None)
+        }
+    };
+    running.reloads.count(outcome.0);
+    tracing::info!(outcome = outcome.0.label(), "reload finished");
+    match outcome {
+        (o, Some(mut new)) if o.applied() => {
+            if new.service.pid_file != current.service.pid_file {
+                if let Some(old) = &current.service.pid_file {
+                    let _ = std::fs::remove_file(old);
+                }
+                if let Some(path) = &new.service.pid_file {
+                    write_pid_file(path);
+                }
+            }
+            // The log format is not changed live: keep describing what runs.
+            new.service.telemetry.logs.format = current.service.telemetry.logs.format;
+            new
+        }
+        _ => current,
+    }
+}
+
+fn run(mut config: Config) -> ExitCode {
+    let logs = match logging::init(&config.service.telemetry.logs) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("varta-collector: configuration error: {}: {e}", config.source());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = config.check_files() {
         eprintln!("varta-collector: configuration error: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -209,7 +249,7 @@ fn run(config: &Config) -> ExitCode {
     for unused in config.unused_components() {
         tracing::warn!("{unused} is defined but not used by any pipeline; it is not started");
     }
-    let mut running = match pipeline::start(config) {
+    let mut running = match pipeline::start(&config) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("startup failed: {e}");
@@ -218,10 +258,8 @@ fn run(config: &Config) -> ExitCode {
     };
     let notifier = notify::Notifier::from_env();
     running.check_health(config.service.progress_timeout);
-    if let Some(path) = &config.service.pid_file
-        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
-    {
-        tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
+    if let Some(path) = &config.service.pid_file {
+        write_pid_file(path);
     }
     notifier.send("READY=1");
     tracing::info!(config = config.source(), "collector started");
@@ -237,15 +275,7 @@ fn run(config: &Config) -> ExitCode {
             }
             Some(signals::Signal::Hangup) => {
                 notifier.send("RELOADING=1");
-                let outcome = match load_again(config) {
-                    Ok(new) => reload::apply(config, &new, &running.keys),
-                    Err(e) => {
-                        tracing::error!("reload: {e}; the running configuration stays");
-                        reload::Outcome::Invalid
-                    }
-                };
-                running.reloads.count(outcome);
-                tracing::info!(outcome = outcome.label(), "reload finished");
+                config = reload_config(&mut running, config, &logs);
                 notifier.send("READY=1");
             }
             None => {}

@@ -2,50 +2,74 @@
 //!
 //! Promises: the new configuration is read and fully checked (the same
 //! checks as at start, key and token files included) before anything
-//! changes; on any error the running configuration stays, the error is
-//! logged and counted (`reloads{outcome="invalid"}`). What a valid new
-//! configuration may change while running:
+//! changes; a configuration that fails them changes nothing, and is logged
+//! and counted (`reloads{outcome="invalid"}`). A valid one is applied
+//! component by component ([`crate::pipeline`]):
 //!
-//! * nothing (the same configuration): nothing happens, sockets and
-//!   tracker state untouched (`ok`);
-//! * the key files of `secure_udp` receivers: the new keys take effect for
-//!   the next frame, the socket and the replay state of every sender stay
-//!   (`ok`) — key rotation without a restart;
-//! * anything else: not applied (`needs_restart`), logged with what
-//!   differs; the running configuration stays. Restart the collector for
-//!   those (systemd: `systemctl restart`).
+//! * unchanged components keep running untouched: receivers keep their
+//!   sockets (no window where beats bounce), pipelines keep their agents,
+//!   incidents and pending stalls, exporters their queues;
+//! * secure receivers re-read their key files on every reload: new keys
+//!   take effect for the next frame, and the replay state of every sender
+//!   stays — key rotation without a restart, by a new file list or by
+//!   rewriting a file in place;
+//! * a receiver whose settings changed is closed and bound again; a
+//!   pipeline whose `tracker` or `ratelimit` settings changed starts with
+//!   no agents; a changed `resolver`/`recovery` is replaced in the running
+//!   pipeline (agents kept); changed exporters, endpoints and extensions
+//!   are stopped (flushing what they hold) and started again; added and
+//!   removed ones are started and stopped;
+//! * `service.telemetry.logs.level` changes at once; `logs.format` needs a
+//!   restart (the rest is applied, the outcome is `needs_restart`).
+//!
+//! If applying fails part way (a port taken, a file that cannot be
+//! created), the collector goes back to the previous configuration
+//! (`failed`). Should even that fail, health checks fail naming the broken
+//! component until a later reload succeeds.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use varta_pipeline::{Instrumented, Metric, Sample};
-use varta_receiver::KeyHandle;
 
 use crate::config::{Config, ReceiverConfig};
+use crate::logging::{self, LogControl};
+use crate::pipeline::Running;
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Applied in full.
     Ok,
+    /// Refused by the checks; nothing changed.
     Invalid,
+    /// Applying failed; the previous configuration runs again.
+    Failed,
+    /// Applied except what needs a restart (the log format).
     NeedsRestart,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Invalid, Outcome::NeedsRestart];
+    const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Invalid, Outcome::Failed, Outcome::NeedsRestart];
 
     pub const fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
             Outcome::NeedsRestart => "needs_restart",
         }
+    }
+
+    /// Whether the new configuration is now the running one.
+    pub fn applied(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::NeedsRestart)
     }
 }
 
 /// Reload counters (the `service` component).
 #[derive(Debug, Default)]
 pub struct ReloadStats {
-    outcomes: [AtomicU64; 3],
+    outcomes: [AtomicU64; 4],
 }
 
 static RELOADS: Metric =
@@ -65,68 +89,57 @@ impl Instrumented for ReloadStats {
     }
 }
 
-/// A receiver's settings without its key files, for comparison.
-fn without_keys(c: &ReceiverConfig) -> String {
-    let ReceiverConfig::Vlp(cfg) = c;
-    let mut cfg = cfg.clone();
-    cfg.key_files = None;
-    cfg.master_key_file = None;
-    format!("{cfg:?}")
-}
-
-/// Everything but secure receivers' key files, as comparable text (component
-/// configurations and pipeline wiring; file positions excluded).
-fn shape(c: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    out.extend(c.receivers.0.iter().map(|r| format!("receivers::{} {}", r.id, without_keys(&r.config))));
-    out.extend(c.processors.0.iter().map(|p| format!("processors::{} {:?}", p.id, p.config)));
-    out.extend(c.exporters.0.iter().map(|e| format!("exporters::{} {:?}", e.id, e.config)));
-    out.extend(c.extensions.0.iter().map(|e| format!("extensions::{} {:?}", e.id, e.config)));
-    out.extend(
-        c.service.pipelines.iter().map(|(name, p)| format!("service::pipelines::{name} {:?}", p.value)),
-    );
-    out.push(format!(
-        "service {:?} {:?} {:?} {:?} {:?}",
-        c.service.telemetry,
-        c.service.shutdown_timeout,
-        c.service.extensions,
-        c.service.progress_timeout,
-        c.service.pid_file
-    ));
-    out
-}
-
-/// Applies `new` over `current` where it can (see the module docs).
-/// `keys` are the running secure receivers' key handles by id.
-pub fn apply(current: &Config, new: &Config, keys: &[(String, KeyHandle)]) -> Outcome {
-    let (old_shape, new_shape) = (shape(current), shape(new));
-    if old_shape != new_shape {
-        let changed: Vec<&String> = new_shape.iter().filter(|s| !old_shape.contains(s)).collect();
-        let removed: Vec<&String> = old_shape.iter().filter(|s| !new_shape.contains(s)).collect();
-        tracing::error!(
-            ?changed,
-            ?removed,
-            "reload: only key files of secure_udp receivers can change while running; restart to apply the rest (the running configuration stays)"
+/// Applies `new` (already checked) over `current` (see the module docs).
+pub fn apply(running: &mut Running, current: &Config, new: &Config, logs: &LogControl) -> Outcome {
+    let (old_logs, new_logs) = (&current.service.telemetry.logs, &new.service.telemetry.logs);
+    if let Err(e) = logging::check_level(&new_logs.level) {
+        tracing::error!("reload: service::telemetry::logs: {e}; the running configuration stays");
+        return Outcome::Invalid;
+    }
+    if let Err(e) = running.apply(new) {
+        tracing::error!("reload: {e}; going back to the running configuration");
+        if let Err(again) = running.apply(current) {
+            let component = again.component.clone().unwrap_or_else(|| "service".into());
+            tracing::error!("reload: cannot go back to the running configuration either: {again}");
+            running.mark_broken(component, again.message);
+        }
+        rotate_keys(running, current);
+        return Outcome::Failed;
+    }
+    rotate_keys(running, new);
+    if new_logs.level != old_logs.level {
+        match logs.set_level(&new_logs.level) {
+            Ok(()) => tracing::info!(level = %new_logs.level, "reload: log level changed"),
+            Err(e) => tracing::error!("reload: cannot change the log level: {e}"),
+        }
+    }
+    if new_logs.format != old_logs.format {
+        tracing::warn!(
+            running = ?old_logs.format,
+            configured = ?new_logs.format,
+            "reload: a new log format needs a restart; everything else is applied"
         );
         return Outcome::NeedsRestart;
     }
-    for r in &new.receivers.0 {
-        let ReceiverConfig::Vlp(cfg) = &r.config;
-        let id = r.id.to_string();
-        let Some((_, handle)) = keys.iter().find(|(k, _)| *k == id) else { continue };
-        // Always re-read: a key is usually rotated by rewriting the same
-        // file, and a reload may return to keys replaced by an earlier one.
-        match varta_receiver::load_key_ring(&id, cfg) {
+    Outcome::Ok
+}
+
+/// Re-reads every running secure receiver's key files: a key is usually
+/// rotated by rewriting the same file, and a reload may return to keys an
+/// earlier one replaced.
+fn rotate_keys(running: &Running, config: &Config) {
+    for (id, handle) in running.keys() {
+        let Some(ReceiverConfig::Vlp(cfg)) = config.receivers.get(id).map(|c| &c.config) else { continue };
+        match varta_receiver::load_key_ring(id, cfg) {
             Ok(ring) => {
                 handle.replace(ring);
                 tracing::info!(receiver = %id, "reload: key files re-read and in effect");
             }
+            // Checked moments ago; a file changed in between. The keys in
+            // effect stay (logged: an operator must look).
             Err(e) => {
-                // Checked moments ago; a file changed in between.
-                tracing::error!(receiver = %id, "reload: cannot read the new keys: {e}");
-                return Outcome::Invalid;
+                tracing::error!(receiver = %id, "reload: cannot read the new keys, the old stay in effect: {e}")
             }
         }
     }
-    Outcome::Ok
 }

@@ -33,7 +33,7 @@ pub use fanout::Fanout;
 pub use file::{FileExporter, FileExporterConfig};
 pub use otlp::{OtlpExporter, OtlpExporterConfig};
 pub use queue::{ExporterQueue, ExporterStats, ExporterTelemetry};
-pub use view::{CollectorView, PipelineView};
+pub use view::{CollectorView, LiveView, PipelineView};
 
 use varta_processor::Event;
 

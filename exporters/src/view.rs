@@ -7,7 +7,7 @@
 //! the processor's published [`Snapshot`], queue depths are read from the
 //! queues. Reading is lock-free and never blocks a pipeline thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use varta_agents::AttributeStore;
@@ -117,5 +117,34 @@ impl CollectorView {
         for p in &self.pipelines {
             p.snapshots.fresh(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+/// The view a long-lived reader (a metrics endpoint, the OTLP exporter)
+/// serves: replaced whole when a reload changes the components, read at
+/// the start of each scrape or export. Empty until the collector has
+/// started every component.
+#[derive(Debug, Clone, Default)]
+pub struct LiveView(Arc<RwLock<Option<Arc<CollectorView>>>>);
+
+impl LiveView {
+    pub fn new(view: CollectorView) -> LiveView {
+        let me = LiveView::default();
+        me.set(view);
+        me
+    }
+
+    /// The current view, if there is one yet.
+    pub fn get(&self) -> Option<Arc<CollectorView>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current view, or an empty one before the first is set.
+    pub fn load(&self) -> Arc<CollectorView> {
+        self.get().unwrap_or_default()
+    }
+
+    pub fn set(&self, view: CollectorView) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(view));
     }
 }

@@ -41,7 +41,7 @@ pub use event::{
     AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
 };
 pub use inspect::{Cause, Diagnosed, Diagnosis, Inspector, Wchan};
-pub use processor::{Processor, StartTimeProbe};
+pub use processor::{Ended, Processor, StartTimeProbe};
 pub use recovery::{RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 pub use snapshot::{AgentState, AgentView, Snapshot, SnapshotReader};
 pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};

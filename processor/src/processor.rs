@@ -10,8 +10,12 @@
 //! * Per beat: one hash lookup, O(1) list moves, no allocation unless a new
 //!   agent grows the slab. Per due stall: O(1). No scan over agents.
 //! * [`Processor::run`] sleeps on the queue until the next stall deadline
-//!   exactly (no periodic wake-up), and returns once every sender is gone and
-//!   every queued batch has been handled.
+//!   exactly (and at most [`IDLE_WAKE`], so a pause is seen), and returns
+//!   once every sender is gone and every queued batch has been handled.
+//!   [`Processor::run_until`] also returns when asked to pause, keeping all
+//!   agent state and leaving queued batches for the next run — how a reload
+//!   rewires a pipeline (new exporters, resolver or recovery runner)
+//!   without losing its agents.
 //!
 //! Beat pipeline (first refusal wins, each counted and emitted):
 //! 1. origin: a beat over a weaker transport than the agent's pinned one →
@@ -35,6 +39,7 @@
 //! (which a receiver may stamp from a different clock).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use varta_pipeline::queue::{BatchReceiver, RecvTimeoutError};
@@ -53,6 +58,19 @@ use crate::tracker::{Slot, Tracker};
 /// Returns the process start time of a host pid (e.g. field 22 of
 /// `/proc/<pid>/stat`), `None` if it cannot be read.
 pub type StartTimeProbe = Box<dyn Fn(u32) -> Option<u64> + Send>;
+
+/// The longest the run loop sleeps without a deadline: bounds how long a
+/// pause takes to be seen.
+pub const IDLE_WAKE: Duration = Duration::from_millis(250);
+
+/// Why [`Processor::run_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to pause: run again to resume.
+    Paused,
+    /// Every sender is gone and the queue is drained.
+    Disconnected,
+}
 
 /// The `ratelimit` + `tracker` processors; owns all agent state.
 pub struct Processor {
@@ -124,6 +142,26 @@ impl Processor {
     pub fn with_recovery(mut self, recovery: RecoveryHandle) -> Processor {
         self.recovery = Some(recovery);
         self
+    }
+
+    /// Replaces the inspector of a processor that already tracks agents (a
+    /// reload): the new one is told about every tracked agent, so their
+    /// attributes and diagnoses continue; dropping the old one ends it.
+    pub fn set_inspector(&mut self, inspector: Option<Box<dyn Inspector>>) {
+        self.inspector = inspector;
+        if let Some(inspector) = self.inspector.as_mut() {
+            let now = self.guard.last_ns().unwrap_or(0);
+            for slot in self.tracker.slots() {
+                inspector.agent_started(&slot.agent_ref(), now);
+            }
+        }
+        self.publisher.mark_dirty();
+    }
+
+    /// Replaces the recovery runner (a reload). Actions the old runner had
+    /// pending are dropped with it; incidents from now on use the new one.
+    pub fn set_recovery(&mut self, recovery: Option<RecoveryHandle>) {
+        self.recovery = recovery;
     }
 
     /// The shared counters (read from any thread).
@@ -240,20 +278,32 @@ impl Processor {
     /// outstanding). Returns when every sender has been dropped
     /// and the queue is drained, after publishing a final snapshot.
     pub fn run(mut self, rx: BatchReceiver, out: &mut dyn EventSink) {
+        self.run_until(&rx, out, &AtomicBool::new(false));
+    }
+
+    /// [`Processor::run`] that also returns [`Ended::Paused`] soon after
+    /// `pause` is set (within [`IDLE_WAKE`]), keeping its state and leaving
+    /// queued batches in `rx`; clears `pause` as it starts.
+    pub fn run_until(&mut self, rx: &BatchReceiver, out: &mut dyn EventSink, pause: &AtomicBool) -> Ended {
+        pause.store(false, Ordering::Release);
         loop {
+            if pause.load(Ordering::Acquire) {
+                return Ended::Paused;
+            }
             let stall = self.fire_due(self.clock.now_ns(), out);
             let now = self.guard.last_ns().unwrap_or(0);
             if self.publisher.is_due(now) {
                 self.publish_snapshot(now);
             }
             let deadline = earliest(stall, self.publisher.due_at());
-            let received = match deadline {
+            let wait = match deadline {
                 Some(deadline) => {
                     let now = self.guard.last_ns().unwrap_or(0);
-                    rx.recv_timeout(Duration::from_nanos(deadline.saturating_sub(now)))
+                    Duration::from_nanos(deadline.saturating_sub(now)).min(IDLE_WAKE)
                 }
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => IDLE_WAKE,
             };
+            let received = rx.recv_timeout(wait);
             match received {
                 Ok(batch) => {
                     self.handle_batch(&batch, self.clock.now_ns(), out);
@@ -263,7 +313,7 @@ impl Processor {
                 Err(RecvTimeoutError::Disconnected) => {
                     let now = self.guard.last_ns().unwrap_or(0);
                     self.publish_snapshot(now);
-                    return;
+                    return Ended::Disconnected;
                 }
             }
         }

@@ -14,10 +14,15 @@
 //! * **Bounds.** One `recvmmsg` round reads ≤ 64 datagrams into
 //!   preallocated buffers and yields one batch; the steady-state path does
 //!   not allocate. Secure-UDP sender state is bounded by `max_senders`.
-//! * **Shutdown.** An idle receiver sleeps in the kernel (no polling);
+//! * **Shutdown.** An idle receiver sleeps in the kernel, waking every
+//!   [`IDLE_WAKE`] to show it is alive ([`VlpReceiver::progress`]);
 //!   [`StopHandle::stop`] wakes it at once, and [`VlpReceiver::run`] then
 //!   drops the queue sender and unlinks a UDS socket file it created (only
 //!   if it is still our inode).
+//! * **Pause.** [`StopHandle::pause`] makes [`VlpReceiver::run_fanout`]
+//!   return after the batch in hand (within [`IDLE_WAKE`] when idle) while
+//!   the socket stays bound and keeps queueing datagrams in the kernel, so a
+//!   reload can rewire a receiver without a window where beats bounce.
 //!
 //! Modules: [`config`] (YAML config + validation), [`error`], [`mmsg`]
 //! (batched receive, the libc edge),
@@ -36,7 +41,7 @@ mod uds;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use varta_pipeline::LogThrottle;
@@ -60,6 +65,11 @@ use uds::UdsReceiver;
 /// datagrams still queued in its socket.
 const MAX_DRAIN_ROUNDS: usize = 1024;
 
+/// The longest an idle receiver sleeps in the kernel (`SO_RCVTIMEO`): it
+/// bounds how long a pause takes and keeps the progress counter moving, so
+/// a receiver that stops looping is seen by health checks.
+pub const IDLE_WAKE: Duration = Duration::from_millis(250);
+
 /// Pause before the next receive after a partial batch under load (UDP only).
 const LINGER: Duration = Duration::from_micros(100);
 
@@ -78,6 +88,7 @@ enum Endpoint {
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     requested: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     socket: Arc<OwnedFd>,
 }
 
@@ -91,7 +102,23 @@ impl StopHandle {
         }
         // SAFETY: `dup` is a freshly created descriptor nobody else owns.
         let socket = unsafe { OwnedFd::from_raw_fd(dup) };
-        Ok(StopHandle { requested: Arc::new(AtomicBool::new(false)), socket: Arc::new(socket) })
+        Ok(StopHandle {
+            requested: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
+            socket: Arc::new(socket),
+        })
+    }
+
+    /// Asks a running receiver to return from [`VlpReceiver::run_fanout`]
+    /// without closing its socket (datagrams keep queueing in the kernel):
+    /// after the batch in hand, or within [`IDLE_WAKE`] when idle. Run it
+    /// again to resume; running clears the request.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     /// Asks the receiver to stop; it returns from [`VlpReceiver::run`] promptly.
@@ -115,6 +142,9 @@ pub struct VlpReceiver {
     endpoint: Endpoint,
     stats: Arc<ReceiverStats>,
     stop: StopHandle,
+    /// Receive rounds so far (timeouts included): moves at least every
+    /// [`IDLE_WAKE`] while the receiver loops.
+    rounds: Arc<AtomicU64>,
 }
 
 impl VlpReceiver {
@@ -135,12 +165,16 @@ impl VlpReceiver {
             Endpoint::Udp(u) => u.socket.fd(),
             Endpoint::Secure(s) => s.fd(),
         };
-        let stop = StopHandle::new(fd).map_err(|source| ReceiverError::Io {
+        let io_err = |what: &str, source| ReceiverError::Io { id: id.to_owned(), what: what.into(), source };
+        let stop = StopHandle::new(fd).map_err(|e| io_err("duplicate socket descriptor", e))?;
+        set_receive_timeout(fd, IDLE_WAKE).map_err(|e| io_err("set SO_RCVTIMEO", e))?;
+        let me = VlpReceiver {
             id: id.to_owned(),
-            what: "duplicate socket descriptor".into(),
-            source,
-        })?;
-        let me = VlpReceiver { id: id.to_owned(), endpoint, stats: Arc::new(ReceiverStats::default()), stop };
+            endpoint,
+            stats: Arc::new(ReceiverStats::default()),
+            stop,
+            rounds: Arc::new(AtomicU64::new(0)),
+        };
         let granted = match &me.endpoint {
             Endpoint::Uds(u) => u.granted,
             Endpoint::Udp(u) => u.socket.granted,
@@ -176,6 +210,12 @@ impl VlpReceiver {
         Arc::clone(&self.stats)
     }
 
+    /// Receive rounds so far, for liveness checks: it moves at least every
+    /// [`IDLE_WAKE`] while the receiver thread loops, busy or idle.
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.rounds)
+    }
+
     /// Human-readable summary, e.g. `uds /run/user/1000/varta.sock (mode 0600, rcvbuf 2097152)`.
     pub fn describe(&self) -> String {
         match &self.endpoint {
@@ -201,7 +241,7 @@ impl VlpReceiver {
     /// Returns `Ok` on stop, [`ReceiverError::QueueClosed`] if the processor
     /// dropped the queue first. Dropping `queue` on return tells the
     /// processor we are done.
-    pub fn run(self, queue: BatchSender) -> Result<(), ReceiverError> {
+    pub fn run(mut self, queue: BatchSender) -> Result<(), ReceiverError> {
         self.run_fanout(queue, Vec::new())
     }
 
@@ -210,7 +250,10 @@ impl VlpReceiver {
     /// keep one owner: datagrams, beats and refusals are counted once; a
     /// batch a full queue could not take is counted per pipeline that missed
     /// it.
-    pub fn run_fanout(mut self, queue: BatchSender, more: Vec<BatchSender>) -> Result<(), ReceiverError> {
+    ///
+    /// Also returns `Ok` after [`StopHandle::pause`], with the socket still
+    /// bound: call it again (with the same or other queues) to resume.
+    pub fn run_fanout(&mut self, queue: BatchSender, more: Vec<BatchSender>) -> Result<(), ReceiverError> {
         let ancillary = match self.endpoint {
             Endpoint::Uds(_) => Ancillary::Credentials,
             _ => Ancillary::SourceAddress,
@@ -226,6 +269,8 @@ impl VlpReceiver {
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
         let stop = self.stop.clone();
+        stop.paused.store(false, Ordering::Release);
+        let rounds = Arc::clone(&self.rounds);
         let mut batch = queue.empty_batch();
         // Under load a UDP socket hands over a few datagrams per wakeup; a
         // short pause after a partial batch lets a full one accumulate,
@@ -236,10 +281,15 @@ impl VlpReceiver {
         let mut busy = false;
         let mut drain_rounds = 0usize;
         loop {
+            if stop.is_paused() && !stop.is_requested() {
+                tracing::debug!(receiver = %self.id, "vlp receiver paused");
+                return Ok(());
+            }
             if busy && !stop.is_requested() {
                 std::thread::sleep(LINGER);
             }
             let received = rx.recv(fd);
+            rounds.fetch_add(1, Ordering::Relaxed);
             busy = may_linger && matches!(received, Ok(n) if (2..varta_proto::BATCH_CAPACITY).contains(&n));
             // Once stopped (the read side is shut down), the socket is
             // drained: datagrams already queued are still handled, and the
@@ -309,6 +359,26 @@ impl VlpReceiver {
         tracing::debug!(receiver = %self.id, "vlp receiver stopped");
         Ok(())
     }
+}
+
+/// Bounds a blocking receive (see [`IDLE_WAKE`]).
+fn set_receive_timeout(fd: RawFd, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on an open socket we own, with a pointer to a live
+    // timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Queues `batch` (holding `beats` beats) without blocking. A full queue

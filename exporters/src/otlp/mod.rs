@@ -8,7 +8,7 @@
 //! the collector's shared Tokio runtime do all network I/O — one sends
 //! queued spans as soon as they are there (batches of up to
 //! [`MAX_SPANS_PER_REQUEST`], so detection → export takes one round trip,
-//! well under a second), one reads the [`CollectorView`] every
+//! well under a second), one reads the [`CollectorView`](crate::view::CollectorView) every
 //! `metrics.interval` and sends metrics ([`metrics`]).
 //!
 //! Promises:
@@ -63,7 +63,6 @@ use varta_processor::{Event, SnapshotReader};
 
 use crate::Exporter;
 use crate::queue::is_incident;
-use crate::view::CollectorView;
 use client::{Client, Failure, with_retry};
 pub use config::OtlpExporterConfig;
 use ids::IdSource;
@@ -79,8 +78,9 @@ pub const MAX_POINTS_PER_REQUEST: usize = 8192;
 
 /// The collector's view, filled in once every component has started (the
 /// exporter starts before the view is complete: it must be ready before
-/// the first event exists). Until then metric exports are skipped.
-pub type ViewCell = Arc<OnceLock<CollectorView>>;
+/// the first event exists) and replaced by reloads. Until it is set metric
+/// exports are skipped.
+pub type ViewCell = crate::view::LiveView;
 
 /// When the collector's ordered shutdown must be over; set once shutdown
 /// begins. The exporter's final flush never waits past it (nor past
@@ -476,7 +476,7 @@ async fn send_metrics(
             _ = tick.tick() => false,
             () = shared.until_closing() => true,
         };
-        if let Some(view) = view.get().cloned()
+        if let Some(view) = view.get()
             && let Some(mut b) = builder.take()
         {
             // Reading a large fleet is CPU work: keep it off the async workers.

@@ -29,7 +29,7 @@ use varta_processor::{
 use varta_proto::{Source, Status};
 
 use super::http::HttpStats;
-use crate::view::CollectorView;
+use crate::view::{CollectorView, LiveView};
 
 /// The eight decode-error kinds varta-watch exports (receiver refusal labels).
 pub const DECODE_KINDS: [&str; 8] = [
@@ -62,7 +62,7 @@ pub struct AgentSeries {
 #[derive(Debug)]
 pub struct VartaFamilies {
     /// Every component, and the pipelines whose agents this exporter serves.
-    view: CollectorView,
+    view: LiveView,
     agents: AgentSeries,
     http: Arc<HttpStats>,
     descs: Vec<Desc>,
@@ -131,18 +131,36 @@ fn label(k: &str, v: &str) -> proto::LabelPair {
 }
 
 impl VartaFamilies {
-    pub fn new(view: CollectorView, agents: AgentSeries, http: Arc<HttpStats>) -> VartaFamilies {
-        let mut me = VartaFamilies { view, agents, http, descs: Vec::new() };
+    pub fn new(view: LiveView, agents: AgentSeries, http: Arc<HttpStats>) -> VartaFamilies {
         // Descriptors of every family this collector can produce (the
         // registry checks names for validity and uniqueness).
-        me.descs = me
+        let descs = Scrape { view: &view.load(), agents, http: &http }
             .collect()
             .iter()
             .filter_map(|f| {
                 Desc::new(f.name().to_owned(), f.help().to_owned(), Vec::new(), Default::default()).ok()
             })
             .collect();
-        me
+        VartaFamilies { view, agents, http, descs }
+    }
+}
+
+/// One scrape: families built from the view current when it began (a
+/// reload replaces the view whole, never under a scrape).
+struct Scrape<'a> {
+    view: &'a CollectorView,
+    agents: AgentSeries,
+    http: &'a Arc<HttpStats>,
+}
+
+impl Scrape<'_> {
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snaps = self.snapshots();
+        let mut out = Vec::with_capacity(64);
+        self.compat(&snaps, &mut out);
+        self.per_agent(&snaps, &mut out);
+        self.components(&mut out);
+        out
     }
 
     fn snapshots(&self) -> Vec<(&str, Arc<Snapshot>)> {
@@ -407,11 +425,6 @@ impl Collector for VartaFamilies {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let snaps = self.snapshots();
-        let mut out = Vec::with_capacity(64);
-        self.compat(&snaps, &mut out);
-        self.per_agent(&snaps, &mut out);
-        self.components(&mut out);
-        out
+        Scrape { view: &self.view.load(), agents: self.agents, http: &self.http }.collect()
     }
 }

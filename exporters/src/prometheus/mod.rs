@@ -28,7 +28,7 @@ pub use config::{Auth, PrometheusConfig, RateLimit};
 pub use families::{AgentSeries, VartaFamilies};
 pub use http::HttpStats;
 
-use crate::view::CollectorView;
+use crate::view::LiveView;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl BoundEndpoint {
     /// Starts serving `view` on `runtime`.
     pub fn serve(
         self,
-        view: CollectorView,
+        view: LiveView,
         runtime: &tokio::runtime::Handle,
     ) -> Result<PrometheusServer, PrometheusError> {
         let addr = self

@@ -1,0 +1,161 @@
+//! What a running component is, as far as a reload is concerned: two
+//! configurations that give a component the same key let a reload keep it
+//! running untouched (its socket, queue and state); a different key means
+//! it is rebuilt. Keys are the components' settings as text (file
+//! positions excluded).
+
+use varta_agents::ResolverConfig;
+use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
+
+use crate::config::{Config, ExporterConfig, Pipeline, ProcessorConfig, ReceiverConfig};
+
+/// A receiver's settings without its key files: keys are swapped in place
+/// (see [`crate::reload`]), anything else rebinds the socket.
+pub fn receiver(c: &ReceiverConfig) -> String {
+    let ReceiverConfig::Vlp(cfg) = c;
+    let mut cfg = cfg.clone();
+    cfg.key_files = None;
+    cfg.master_key_file = None;
+    format!("{cfg:?}")
+}
+
+/// The pipelines a receiver feeds, in configuration order.
+pub fn feeds(config: &Config, receiver: &str) -> Vec<String> {
+    config
+        .service
+        .pipelines
+        .iter()
+        .filter(|(_, p)| p.value.receivers.iter().any(|r| r == receiver))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// An exporter's settings. `debug` and `otlp` exporters also read their
+/// pipeline's state (agent attributes, metric snapshots), so they are
+/// rebuilt when that pipeline's state is (`generation`).
+pub fn exporter(c: &ExporterConfig, pipeline: Option<(&str, u64)>) -> String {
+    match (c, pipeline) {
+        (ExporterConfig::Debug(_) | ExporterConfig::Otlp(_), Some((name, generation))) => {
+            format!("{c:?} for {name}#{generation}")
+        }
+        _ => format!("{c:?}"),
+    }
+}
+
+/// One pipeline as configured: its processors resolved, its exporters.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    pub name: String,
+    pub ratelimit: Option<RateLimitConfig>,
+    pub tracker: Option<TrackerConfig>,
+    pub resolver: Option<(String, ResolverConfig)>,
+    pub recovery: Option<(String, RecoveryConfig)>,
+    pub exporters: Vec<String>,
+    pub queue_batches: usize,
+}
+
+impl PipelinePlan {
+    pub fn of(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
+        let mut plan = PipelinePlan {
+            name: name.to_owned(),
+            ratelimit: None,
+            tracker: None,
+            resolver: None,
+            recovery: None,
+            exporters: p.exporters.clone(),
+            queue_batches: p.queue_batches,
+        };
+        for id in &p.processors {
+            match config.processors.get(id).map(|c| &c.config) {
+                Some(ProcessorConfig::RateLimit(cfg)) => plan.ratelimit = Some(*cfg),
+                Some(ProcessorConfig::Tracker(cfg)) => plan.tracker = Some(*cfg),
+                Some(ProcessorConfig::Resolver(cfg)) => plan.resolver = Some((id.clone(), *cfg)),
+                Some(ProcessorConfig::Recovery(cfg)) => plan.recovery = Some((id.clone(), (**cfg).clone())),
+                None => {}
+            }
+        }
+        plan
+    }
+
+    /// What owns the agents: a change starts the pipeline's state afresh.
+    pub fn processor_key(&self) -> String {
+        format!("{:?} {:?}", self.ratelimit, self.tracker)
+    }
+
+    /// The resolver and the recovery runner (which reads the resolver's
+    /// attributes, so it is rebuilt with it).
+    pub fn resolver_key(&self) -> String {
+        format!("{:?}", self.resolver)
+    }
+
+    pub fn recovery_key(&self) -> String {
+        format!("{:?} {}", self.recovery, self.resolver_key())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Config {
+        Config::parse(yaml, "test.yaml", |_| None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const BASE: &str = "
+receivers:
+  vlp/a: { transport: udp, endpoint: 127.0.0.1:0 }
+  vlp/b: { transport: secure_udp, endpoint: 127.0.0.1:0, key_files: [k1] }
+processors:
+  tracker: { threshold: 2s }
+  resolver: {}
+exporters:
+  debug: {}
+  file: { path: /tmp/x.tsv }
+service:
+  pipelines:
+    one: { receivers: [vlp/a, vlp/b], processors: [tracker, resolver], exporters: [debug, file] }
+    two: { receivers: [vlp/a], processors: [tracker], exporters: [file] }
+";
+
+    #[test]
+    fn receiver_key_ignores_key_files_only() {
+        let a = parse(BASE);
+        let b = parse(&BASE.replace("key_files: [k1]", "key_files: [k2, k3]"));
+        let c =
+            parse(&BASE.replace("secure_udp, endpoint: 127.0.0.1:0", "secure_udp, endpoint: 127.0.0.1:1"));
+        let key = |c: &Config| receiver(&c.receivers.get("vlp/b").unwrap().config);
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&c));
+    }
+
+    #[test]
+    fn feeds_lists_pipelines_in_order() {
+        let c = parse(BASE);
+        assert_eq!(feeds(&c, "vlp/a"), ["one", "two"]);
+        assert_eq!(feeds(&c, "vlp/b"), ["one"]);
+        assert!(feeds(&c, "vlp/none").is_empty());
+    }
+
+    #[test]
+    fn pipeline_keys_separate_tracker_from_helpers() {
+        let a = parse(BASE);
+        let plan = |c: &Config, n: &str| PipelinePlan::of(c, n, &c.service.pipelines[n].value);
+        let threshold = parse(&BASE.replace("threshold: 2s", "threshold: 3s"));
+        assert_ne!(plan(&a, "one").processor_key(), plan(&threshold, "one").processor_key());
+        let resolver = parse(&BASE.replace("resolver: {}", "resolver: { queue_size: 7 }"));
+        assert_eq!(plan(&a, "one").processor_key(), plan(&resolver, "one").processor_key());
+        assert_ne!(plan(&a, "one").resolver_key(), plan(&resolver, "one").resolver_key());
+        // The recovery runner reads the resolver's attributes: rebuilt with it.
+        assert_ne!(plan(&a, "one").recovery_key(), plan(&resolver, "one").recovery_key());
+        assert_eq!(plan(&a, "two").recovery_key(), plan(&resolver, "two").recovery_key());
+    }
+
+    #[test]
+    fn state_reading_exporters_follow_their_pipeline() {
+        let c = parse(BASE);
+        let debug = &c.exporters.get("debug").unwrap().config;
+        let file = &c.exporters.get("file").unwrap().config;
+        assert_ne!(exporter(debug, Some(("one", 1))), exporter(debug, Some(("one", 2))));
+        assert_eq!(exporter(file, Some(("one", 1))), exporter(file, Some(("one", 2))));
+    }
+}

@@ -1,0 +1,643 @@
+//! The running instance of each component kind, and the few things a
+//! reload does to it: park (stop its thread, keep its state), resume
+//! (start the thread again, rewired), close (stop it for good, bounded).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use varta_agents::{AttributeStore, Resolver};
+use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell, Wiring};
+use varta_exporters::prometheus::{BoundEndpoint, PrometheusConfig, PrometheusServer};
+use varta_exporters::{DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, LiveView, OtlpExporter};
+use varta_pipeline::Instrumented;
+use varta_pipeline::queue::{BatchReceiver, BatchSender, QueueDepth};
+use varta_processor::recovery::{AgentLabels, Recovery};
+use varta_processor::{Processor, ProcessorStats, SnapshotReader};
+use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
+
+use super::keys::PipelinePlan;
+use super::wedge;
+use crate::config::ExporterConfig;
+use crate::health::{HealthCheckConfig, HealthServer, SharedReport, Stage};
+
+fn spawn<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, String> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Waits for `thread` until `deadline`; gives it back if it is still running.
+fn join_by<T>(thread: JoinHandle<T>, deadline: Instant) -> Result<std::thread::Result<T>, JoinHandle<T>> {
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if thread.is_finished() { Ok(thread.join()) } else { Err(thread) }
+}
+
+/// Joins a thread that should be ending; says whether it ended cleanly in time.
+fn join_logged<T>(what: &str, component: &str, thread: JoinHandle<T>, deadline: Instant) -> bool {
+    match join_by(thread, deadline) {
+        Ok(Ok(_)) => true,
+        Ok(Err(_)) => {
+            tracing::error!(component, "{what} thread panicked");
+            false
+        }
+        Err(_) => {
+            tracing::error!(component, "{what} did not stop before the deadline");
+            false
+        }
+    }
+}
+
+type ReceiverRun = (VlpReceiver, Result<(), ReceiverError>);
+
+/// A bound receiver: its socket lives as long as the slot.
+#[derive(Debug)]
+pub struct ReceiverSlot {
+    pub id: String,
+    /// See [`super::keys::receiver`].
+    pub key: String,
+    pub feeds: Vec<String>,
+    pub stats: Arc<ReceiverStats>,
+    pub keys: Option<KeyHandle>,
+    progress: Arc<AtomicU64>,
+    stop: StopHandle,
+    thread: Option<JoinHandle<ReceiverRun>>,
+    parked: Option<VlpReceiver>,
+    parking: bool,
+}
+
+impl ReceiverSlot {
+    /// Binds the socket (parked: [`ReceiverSlot::resume`] starts it).
+    pub fn bind(
+        id: &str,
+        key: String,
+        cfg: &VlpReceiverConfig,
+        feeds: Vec<String>,
+    ) -> Result<ReceiverSlot, String> {
+        let receiver = VlpReceiver::bind(id, cfg).map_err(|e| e.to_string())?;
+        Ok(ReceiverSlot {
+            id: id.to_owned(),
+            key,
+            feeds,
+            stats: receiver.stats(),
+            keys: receiver.key_handle(),
+            progress: receiver.progress(),
+            stop: receiver.stop_handle(),
+            thread: None,
+            parked: Some(receiver),
+            parking: false,
+        })
+    }
+
+    /// Asks the thread to return its receiver (see [`StopHandle::pause`]).
+    pub fn request_park(&mut self) {
+        if self.thread.is_some() {
+            self.stop.pause();
+            self.parking = true;
+        }
+    }
+
+    /// Takes the receiver back from a thread asked to park.
+    pub fn park(&mut self, deadline: Instant) {
+        if !std::mem::take(&mut self.parking) {
+            return;
+        }
+        let Some(thread) = self.thread.take() else { return };
+        match join_by(thread, deadline) {
+            Ok(Ok((receiver, result))) => {
+                if let Err(e) = result {
+                    tracing::error!(receiver = %self.id, "receiver had stopped with an error: {e}");
+                }
+                self.parked = Some(receiver);
+            }
+            Ok(Err(_)) => tracing::error!(receiver = %self.id, "receiver thread panicked"),
+            Err(thread) => {
+                tracing::error!(receiver = %self.id, "receiver did not pause in time; it keeps its old wiring");
+                self.thread = Some(thread);
+            }
+        }
+    }
+
+    /// Runs a parked receiver, feeding `queues`.
+    pub fn resume(&mut self, queues: Vec<BatchSender>) -> Result<(), String> {
+        let Some(mut receiver) = self.parked.take() else { return Ok(()) };
+        let mut queues = queues.into_iter();
+        let Some(first) = queues.next() else {
+            self.parked = Some(receiver);
+            return Err("feeds no running pipeline".into());
+        };
+        let more: Vec<_> = queues.collect();
+        let id = self.id.clone();
+        self.thread = Some(spawn(format!("recv-{id}"), move || {
+            let result = receiver.run_fanout(first, more);
+            if let Err(e) = &result {
+                tracing::error!(receiver = %id, "receiver stopped with an error: {e}");
+            }
+            (receiver, result)
+        })?);
+        Ok(())
+    }
+
+    /// Liveness: receive rounds move at least every
+    /// [`varta_receiver::IDLE_WAKE`] while the thread loops.
+    pub fn stage(&self) -> Stage {
+        let progress = Arc::clone(&self.progress);
+        Stage::new(
+            format!("receivers::{}", self.id),
+            Box::new(move || (progress.load(Ordering::Relaxed), true)),
+        )
+    }
+
+    pub fn died(&self) -> bool {
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// Closes the socket for good (the address is free once this returns).
+    pub fn close(mut self, deadline: Instant) {
+        if self.thread.is_some() {
+            self.stop.stop();
+            if let Some(t) = self.thread.take() {
+                join_logged("receiver", &self.id, t, deadline);
+            }
+        }
+        tracing::info!(receiver = %self.id, "receiver closed");
+    }
+
+    /// Shutdown, step one: stop receiving (drains what the socket holds).
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    pub fn join(mut self, what: &str, deadline: Instant) -> bool {
+        self.thread.take().is_none_or(|t| join_logged(what, &self.id, t, deadline))
+    }
+}
+
+/// A resolver or recovery runner thread, with its metrics.
+#[derive(Debug)]
+struct Helper {
+    id: String,
+    stats: Arc<dyn Instrumented>,
+    thread: JoinHandle<()>,
+}
+
+impl Helper {
+    fn join(self, deadline: Instant) -> bool {
+        join_logged("processor", &self.id, self.thread, deadline)
+    }
+}
+
+/// Distinguishes the pipeline states a `debug`/`otlp` exporter may read.
+static GENERATIONS: LazyLock<AtomicU64> = LazyLock::new(|| AtomicU64::new(1));
+
+type ProcessorRun = (Processor, BatchReceiver);
+
+/// One pipeline: its queue, its processor (running or parked) and the
+/// processor's helpers.
+#[derive(Debug)]
+pub struct PipelineSlot {
+    pub name: String,
+    processor_key: String,
+    resolver_key: String,
+    recovery_key: String,
+    queue_batches: usize,
+    /// Its exporters' ids, in configuration order.
+    pub exporters: Vec<String>,
+    /// Changes whenever the state exporters read (snapshots, attributes) is replaced.
+    pub generation: u64,
+    tx: BatchSender,
+    pub depth: QueueDepth,
+    /// A replaced queue still holding batches, drained on resume.
+    stale: Option<BatchReceiver>,
+    pause: Arc<AtomicBool>,
+    stats: Arc<ProcessorStats>,
+    pub snapshots: SnapshotReader,
+    pub attributes: Option<Arc<AttributeStore>>,
+    resolver: Option<Helper>,
+    recovery: Option<Helper>,
+    thread: Option<JoinHandle<ProcessorRun>>,
+    processor: Option<Processor>,
+    rx: Option<BatchReceiver>,
+}
+
+fn new_processor(plan: &PipelinePlan) -> Result<Processor, String> {
+    let tracker = plan.tracker.ok_or("no tracker processor")?;
+    Processor::new(plan.ratelimit, tracker, Box::new(varta_pipeline::procfs::start_time))
+        .map_err(|e| e.to_string())
+}
+
+impl PipelineSlot {
+    /// A new pipeline, parked.
+    pub fn build(plan: &PipelinePlan) -> Result<PipelineSlot, String> {
+        let processor = new_processor(plan)?;
+        let (tx, rx) = varta_pipeline::queue::batch_queue(plan.queue_batches);
+        let mut slot = PipelineSlot {
+            name: plan.name.clone(),
+            processor_key: plan.processor_key(),
+            resolver_key: String::new(),
+            recovery_key: String::new(),
+            queue_batches: plan.queue_batches,
+            exporters: plan.exporters.clone(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            depth: rx.depth(),
+            tx,
+            stale: None,
+            pause: Arc::new(AtomicBool::new(false)),
+            stats: processor.stats(),
+            snapshots: processor.snapshots(),
+            attributes: None,
+            resolver: None,
+            recovery: None,
+            thread: None,
+            processor: Some(processor),
+            rx: Some(rx),
+        };
+        slot.set_helpers(plan, Instant::now())?;
+        Ok(slot)
+    }
+
+    /// Whether `plan` needs a new queue (so receivers feeding it rewire).
+    pub fn needs_queue(&self, plan: &PipelinePlan) -> bool {
+        self.queue_batches != plan.queue_batches
+    }
+
+    /// Brings a parked pipeline to `plan`, keeping its agents unless its
+    /// tracker or rate limit settings changed.
+    pub fn update(&mut self, plan: &PipelinePlan, deadline: Instant) -> Result<(), String> {
+        self.exporters = plan.exporters.clone();
+        if self.needs_queue(plan) {
+            let (tx, rx) = varta_pipeline::queue::batch_queue(plan.queue_batches);
+            self.tx = tx;
+            self.depth = rx.depth();
+            self.stale = self.rx.replace(rx);
+            self.queue_batches = plan.queue_batches;
+        }
+        if self.processor.is_none() || self.processor_key != plan.processor_key() {
+            // Helpers first: a recovery runner must have closed its audit
+            // file before the new one opens it.
+            self.drop_helpers(deadline);
+            let processor = new_processor(plan)?;
+            self.stats = processor.stats();
+            self.snapshots = processor.snapshots();
+            self.processor = Some(processor);
+            self.processor_key = plan.processor_key();
+            self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(pipeline = %self.name, "reload: tracker settings changed; the pipeline starts with no agents");
+        }
+        self.set_helpers(plan, deadline)
+    }
+
+    /// Replaces the resolver and recovery runner where `plan` differs.
+    fn set_helpers(&mut self, plan: &PipelinePlan, deadline: Instant) -> Result<(), String> {
+        let processor = self.processor.as_mut().ok_or("no processor")?;
+        let resolver_changed = self.resolver_key != plan.resolver_key();
+        if self.recovery_key != plan.recovery_key() || resolver_changed {
+            processor.set_recovery(None);
+            self.recovery.take().map(|h| h.join(deadline));
+            self.recovery_key.clear();
+        }
+        if resolver_changed {
+            processor.set_inspector(None);
+            self.resolver.take().map(|h| h.join(deadline));
+            self.attributes = None;
+            self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+            if let Some((id, cfg)) = &plan.resolver {
+                let (started, handle) = Resolver::start(&self.name, *cfg)
+                    .map_err(|e| format!("cannot start the resolver: {e}"))?;
+                processor.set_inspector(Some(Box::new(handle)));
+                self.attributes = Some(started.store);
+                self.resolver = Some(Helper { id: id.clone(), stats: started.stats, thread: started.thread });
+            }
+            self.resolver_key = plan.resolver_key();
+        }
+        if self.recovery_key.is_empty()
+            && let Some((id, cfg)) = &plan.recovery
+        {
+            let store = self.attributes.clone();
+            let labels: AgentLabels = Box::new(move |agent| {
+                let view = store.as_ref().map(|s| s.read());
+                let a = view.as_ref().and_then(|v| v.get(agent));
+                [
+                    a.and_then(|a| a.service_name()).map(str::to_owned),
+                    a.and_then(|a| a.executable_name()).map(str::to_owned),
+                    a.and_then(|a| a.container_id()).map(str::to_owned),
+                ]
+            });
+            let (started, handle) =
+                Recovery::start(&self.name, cfg.clone(), Box::new(varta_agents::proc::process_facts), labels)
+                    .map_err(|e| format!("cannot start the recovery runner: {e}"))?;
+            processor.set_recovery(Some(handle));
+            self.recovery = Some(Helper { id: id.clone(), stats: started.stats, thread: started.thread });
+        }
+        self.recovery_key = plan.recovery_key();
+        Ok(())
+    }
+
+    fn drop_helpers(&mut self, deadline: Instant) {
+        if let Some(p) = self.processor.as_mut() {
+            p.set_recovery(None);
+            p.set_inspector(None);
+        }
+        self.processor = None;
+        for h in [self.recovery.take(), self.resolver.take()].into_iter().flatten() {
+            h.join(deadline);
+        }
+        self.attributes = None;
+        self.resolver_key.clear();
+        self.recovery_key.clear();
+    }
+
+    /// The resolver's and recovery runner's metrics, by processor id.
+    pub fn helper_metrics(&self) -> Vec<(String, Arc<dyn Instrumented>)> {
+        [&self.resolver, &self.recovery]
+            .into_iter()
+            .flatten()
+            .map(|h| (h.id.clone(), h.stats.clone()))
+            .collect()
+    }
+
+    /// A sender for a receiver feeding this pipeline.
+    pub fn sender(&self) -> BatchSender {
+        self.tx.clone()
+    }
+
+    /// Asks the processor thread to park, waking it if it sleeps.
+    pub fn request_park(&self) {
+        if self.thread.is_some() {
+            self.pause.store(true, Ordering::Release);
+            // An empty batch is a no-op for the processor; it only wakes it.
+            let _ = self.tx.try_send(self.tx.empty_batch());
+        }
+    }
+
+    /// Takes the processor back from a thread asked to park.
+    pub fn park(&mut self, deadline: Instant) {
+        let Some(thread) = self.thread.take() else { return };
+        match join_by(thread, deadline) {
+            Ok(Ok((processor, rx))) => {
+                self.processor = Some(processor);
+                self.rx = Some(rx);
+            }
+            Ok(Err(_)) => tracing::error!(pipeline = %self.name, "processor thread panicked"),
+            Err(thread) => {
+                tracing::error!(pipeline = %self.name, "processor did not pause in time; it keeps its old wiring");
+                self.thread = Some(thread);
+            }
+        }
+    }
+
+    /// Runs a parked processor, emitting into `producers`.
+    pub fn resume(&mut self, producers: Vec<ExporterQueue>) -> Result<(), String> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        let (Some(mut processor), Some(rx)) = (self.processor.take(), self.rx.take()) else {
+            return Err("no processor (see the reload error)".into());
+        };
+        let mut fanout = Fanout::new(producers);
+        if let Some(stale) = self.stale.take() {
+            while let Some(batch) = stale.try_recv() {
+                processor.handle_batch(&batch, processor.clock().now_ns(), &mut fanout);
+            }
+        }
+        let pause = Arc::clone(&self.pause);
+        let wedge = wedge::from_env();
+        self.thread = Some(spawn(format!("proc-{}", self.name), move || {
+            match wedge {
+                Some(after) => processor.run_until(&rx, &mut wedge::Wedge::new(fanout, after), &pause),
+                None => processor.run_until(&rx, &mut fanout, &pause),
+            };
+            (processor, rx)
+        })?);
+        Ok(())
+    }
+
+    pub fn stage(&self) -> Stage {
+        let (stats, depth) = (Arc::clone(&self.stats), self.depth.clone());
+        Stage::new(
+            format!("pipelines::{}", self.name),
+            Box::new(move || (stats.snapshot().batches, !depth.is_empty())),
+        )
+    }
+
+    /// The component whose thread ended, if one did.
+    pub fn died(&self) -> Option<String> {
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Some(format!("pipelines::{}", self.name));
+        }
+        [&self.resolver, &self.recovery]
+            .into_iter()
+            .flatten()
+            .find(|h| h.thread.is_finished())
+            .map(|h| format!("processors::{} ({})", h.id, self.name))
+    }
+
+    /// Ends a parked pipeline that was removed.
+    pub fn close(mut self, deadline: Instant) {
+        self.drop_helpers(deadline);
+        tracing::info!(pipeline = %self.name, "pipeline removed");
+    }
+
+    /// Shutdown: drops the pipeline's own sender, so its queue closes once
+    /// the receivers have stopped.
+    pub fn finish(self) -> Finishing {
+        let PipelineSlot { name, thread, resolver, recovery, .. } = self;
+        Finishing { name, thread, helpers: [resolver, recovery].into_iter().flatten().collect() }
+    }
+}
+
+/// A pipeline on its way out (see [`PipelineSlot::finish`]).
+pub struct Finishing {
+    name: String,
+    thread: Option<JoinHandle<ProcessorRun>>,
+    helpers: Vec<Helper>,
+}
+
+impl Finishing {
+    pub fn join(self, deadline: Instant) -> bool {
+        // The processor ends first; dropping it ends its helpers.
+        let mut clean = self.thread.is_none_or(|t| join_logged("processor", &self.name, t, deadline));
+        for h in self.helpers {
+            clean &= h.join(deadline);
+        }
+        clean
+    }
+}
+
+/// What async exporters are given besides their configuration.
+#[derive(Debug, Clone)]
+pub struct AsyncWiring {
+    pub runtime: Option<Handle>,
+    pub view: ViewCell,
+    pub shutdown_timeout: Duration,
+    pub shutdown_deadline: ShutdownDeadline,
+}
+
+/// An event exporter: its thread behind its queue.
+#[derive(Debug)]
+pub struct ExporterSlot {
+    pub id: String,
+    pub key: String,
+    queue: ExporterQueue,
+    thread: JoinHandle<()>,
+    pub telemetry: Arc<dyn Instrumented>,
+}
+
+impl ExporterSlot {
+    /// Starts the exporter; `owner` is its (first) pipeline.
+    pub fn start(
+        id: &str,
+        key: String,
+        config: &ExporterConfig,
+        owner: &PipelineSlot,
+        wiring: AsyncWiring,
+    ) -> Result<ExporterSlot, String> {
+        let mut otlp_stats = None;
+        let (exporter, capacity): (Box<dyn Exporter>, usize) = match config {
+            ExporterConfig::File(cfg) => {
+                (Box::new(FileExporter::open(cfg.clone()).map_err(|e| e.to_string())?), cfg.queue_size)
+            }
+            ExporterConfig::Debug(cfg) => {
+                (Box::new(DebugExporter::new(cfg.clone(), owner.attributes.clone())), 4096)
+            }
+            ExporterConfig::Otlp(cfg) => {
+                let runtime = wiring.runtime.ok_or("no async runtime")?;
+                let wiring = Wiring {
+                    pipeline: owner.name.clone(),
+                    snapshots: owner.snapshots.clone(),
+                    view: wiring.view,
+                    runtime,
+                    shutdown_timeout: wiring.shutdown_timeout,
+                    shutdown_deadline: wiring.shutdown_deadline,
+                    attributes: owner.attributes.clone(),
+                };
+                let (exporter, stats) = OtlpExporter::start(id, cfg, wiring).map_err(|e| e.to_string())?;
+                otlp_stats = Some(stats);
+                (Box::new(exporter), cfg.sending_queue.queue_size)
+            }
+            ExporterConfig::Prometheus(_) => return Err("a metrics endpoint is not an event exporter".into()),
+        };
+        let (queue, thread) =
+            ExporterQueue::start(id.to_owned(), exporter, capacity).map_err(|e| e.to_string())?;
+        let telemetry: Arc<dyn Instrumented> = match otlp_stats {
+            Some(otlp) => Arc::new(OtlpTelemetry { queue: queue.telemetry(), otlp }),
+            None => queue.telemetry(),
+        };
+        Ok(ExporterSlot { id: id.to_owned(), key, queue, thread, telemetry })
+    }
+
+    /// A producer handle for a pipeline's fan-out.
+    pub fn producer(&self) -> ExporterQueue {
+        self.queue.share()
+    }
+
+    pub fn stage(&self) -> Stage {
+        Stage::new(format!("exporters::{}", self.id), Box::new(self.queue.progress_probe()))
+    }
+
+    pub fn died(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Ends the exporter: it writes what is queued, flushes and stops once
+    /// no pipeline holds a producer (parked pipelines hold none).
+    pub fn close(self, deadline: Instant) {
+        let id = self.id.clone();
+        if self.join(deadline) {
+            tracing::info!(exporter = %id, "exporter stopped");
+        }
+    }
+
+    pub fn join(self, deadline: Instant) -> bool {
+        drop(self.queue);
+        join_logged("exporter", &self.id, self.thread, deadline)
+    }
+}
+
+/// Waits (bounded) for an async server task to end, so its port is free.
+fn wait_finished(done: impl Fn() -> bool, deadline: Instant) -> bool {
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    done()
+}
+
+/// A metrics endpoint serving a [`LiveView`].
+#[derive(Debug)]
+pub struct EndpointSlot {
+    pub id: String,
+    pub key: String,
+    server: PrometheusServer,
+    pub telemetry: Arc<dyn Instrumented>,
+    /// What it serves: set (and replaced) by every apply.
+    pub view: LiveView,
+}
+
+impl EndpointSlot {
+    pub fn start(
+        id: &str,
+        key: String,
+        config: &PrometheusConfig,
+        runtime: &Handle,
+    ) -> Result<EndpointSlot, String> {
+        let bound = BoundEndpoint::bind(config.clone()).map_err(|e| e.to_string())?;
+        let telemetry = bound.telemetry();
+        let view = LiveView::default();
+        let server = bound.serve(view.clone(), runtime).map_err(|e| e.to_string())?;
+        Ok(EndpointSlot { id: id.to_owned(), key, server, telemetry, view })
+    }
+
+    pub fn died(&self) -> bool {
+        self.server.is_finished()
+    }
+
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    pub fn close(self, deadline: Instant) {
+        self.server.stop();
+        if !wait_finished(|| self.server.is_finished(), deadline) {
+            tracing::error!(exporter = %self.id, "metrics endpoint did not stop before the deadline");
+        }
+    }
+}
+
+/// The `health_check` extension.
+#[derive(Debug)]
+pub struct HealthSlot {
+    pub id: String,
+    pub key: String,
+    server: HealthServer,
+}
+
+impl HealthSlot {
+    pub fn start(
+        id: &str,
+        config: &HealthCheckConfig,
+        report: SharedReport,
+        runtime: &Handle,
+    ) -> Result<HealthSlot, String> {
+        let server = HealthServer::start(config, report, runtime)?;
+        Ok(HealthSlot { id: id.to_owned(), key: format!("{config:?}"), server })
+    }
+
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    pub fn close(self, deadline: Instant) {
+        self.server.stop();
+        if !wait_finished(|| self.server.is_finished(), deadline) {
+            tracing::error!(extension = %self.id, "health endpoint did not stop before the deadline");
+        }
+    }
+}
