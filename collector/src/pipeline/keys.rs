@@ -103,10 +103,11 @@ mod tests {
 
     const BASE: &str = "
 receivers:
-  vlp/a: { transport: udp, endpoint: 127.0.0.1:0 }
+  vlp/a: { transport: udp, endpoint: 127.0.0.1:0, accept_unauthenticated: true }
   vlp/b: { transport: secure_udp, endpoint: 127.0.0.1:0, key_files: [k1] }
 processors:
   tracker: { threshold: 2s }
+  tracker/2: { threshold: 5s }
   resolver: {}
 exporters:
   debug: {}
@@ -114,7 +115,7 @@ exporters:
 service:
   pipelines:
     one: { receivers: [vlp/a, vlp/b], processors: [tracker, resolver], exporters: [debug, file] }
-    two: { receivers: [vlp/a], processors: [tracker], exporters: [file] }
+    two: { receivers: [vlp/a], processors: [tracker/2], exporters: [file] }
 ";
 
     #[test]
