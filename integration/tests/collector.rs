@@ -480,9 +480,10 @@ fn several_config_files_and_set_overrides_merge_and_reload_together() {
     );
     assert!(c.path("set.sock").exists() && !c.path("varta.sock").exists(), "--set did not move the socket");
     let beat_into = |file: &str| {
-        let mut agent = varta(&["beat", "--socket", &c.path("set.sock").display().to_string(), "--count", "1"])
-            .spawn()
-            .expect("agent");
+        let mut agent =
+            varta(&["beat", "--socket", &c.path("set.sock").display().to_string(), "--count", "1"])
+                .spawn()
+                .expect("agent");
         assert!(agent.wait().expect("exit").success());
         let pid = agent.id().to_string();
         wait_for("the beat in the overlay's event file", || {

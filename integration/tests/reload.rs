@@ -141,16 +141,37 @@ fn systemd_sees_ready_watchdog_reloading_and_stopping() {
     c.wait_notification("STOPPING=1", |m| m.contains("STOPPING=1"));
 }
 
+/// `good` plus a plain UDP receiver on `udp` and a second file exporter
+/// (`more.tsv`), both wired into the pipeline.
+fn grown(good: &str, dir: &Path, udp: u16) -> String {
+    let d = dir.display();
+    good.replace(
+        "processors:\n",
+        &format!(
+            "  vlp/udp: {{ transport: udp, endpoint: \"127.0.0.1:{udp}\", accept_unauthenticated: true }}\nprocessors:\n"
+        ),
+    )
+    .replace("service:\n", &format!("  file/more: {{ path: \"{d}/more.tsv\" }}\nservice:\n"))
+    .replace("receivers: [vlp/uds, vlp/secure]", "receivers: [vlp/uds, vlp/secure, vlp/udp]")
+    .replace("exporters: [file]", "exporters: [file, file/more]")
+    .replace("format: json", "format: json, level: debug")
+}
+
+fn kinds_of(c: &Collector, file: &str, pid: u32) -> Vec<String> {
+    read_events(&c.path(file)).into_iter().filter(|e| e.pid == pid.to_string()).map(|e| e.kind).collect()
+}
+
 #[test]
-fn a_broken_or_unapplicable_config_changes_nothing_and_an_unchanged_one_keeps_state() {
+fn components_change_live_and_what_did_not_change_keeps_running() {
     let port = free_udp_port();
     let c = Collector::start_prepared(&config(Path::new("@DIR@"), port, &["old.key"], "300ms"), &[], |dir| {
         keygen(dir, "old.key");
     });
     let dir = c.dir.path().to_path_buf();
-    let inode = std::fs::metadata(c.path("varta.sock")).expect("socket").ino();
+    let inode = || std::fs::metadata(c.path("varta.sock")).expect("socket").ino();
+    let first_inode = inode();
     let good = config(&dir, port, &["old.key"], "300ms");
-    // An agent beats, then stalls once: the tracker holds its state.
+    // An agent beats, then stalls: the tracker holds an open incident.
     let mut agent =
         varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--every", "50ms"])
             .spawn()
@@ -161,23 +182,86 @@ fn a_broken_or_unapplicable_config_changes_nothing_and_an_unchanged_one_keeps_st
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
     wait_for("its stall", || (c.counter("pipelines::liveness", "stalls", "") == 1).then_some(()));
 
+    // A broken configuration changes nothing.
     reload(&c, "receivers: [this is not a config\n");
     wait_for("the broken reload counted", || {
         (c.counter("service::service", "reloads", "invalid") == 1).then_some(())
     });
-    reload(&c, &good.replace("threshold: 300ms", "threshold: 5s"));
-    wait_for("the unapplicable reload counted", || {
-        (c.counter("service::service", "reloads", "needs_restart") == 1).then_some(())
+
+    // Grow the pipeline: a new receiver, a new exporter, another log level.
+    let udp = free_udp_port();
+    reload(&c, &grown(&good, &dir, udp));
+    wait_for("the growing reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    assert_eq!(inode(), first_inode, "the unchanged UDS receiver kept its socket");
+    let mut udp_agent =
+        varta(&["beat", "--udp", &format!("127.0.0.1:{udp}"), "--count", "1"]).spawn().expect("udp agent");
+    assert!(udp_agent.wait().expect("exit").success());
+    wait_for("the new receiver's beat in the new exporter", || {
+        kinds_of(&c, "more.tsv", udp_agent.id()).contains(&"beat".to_owned()).then_some(())
     });
-    reload(&c, &good);
-    wait_for("the unchanged reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
-    // Same socket, same tracker state: the agent resumes from its stall.
-    assert_eq!(std::fs::metadata(c.path("varta.sock")).expect("socket").ino(), inode);
+    // The tracker kept the open incident: the agent resumes from the same
+    // stall (no second one), and the new exporter sees the resume.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     wait_for("the resume of the same incident", || {
         (c.counter("pipelines::liveness", "resumes", "") == 1).then_some(())
     });
     assert_eq!(c.counter("pipelines::liveness", "stalls", ""), 1);
+    wait_for("the resume in the new exporter", || {
+        kinds_of(&c, "more.tsv", pid).contains(&"resume".to_owned()).then_some(())
+    });
+    assert!(c.log().contains("\"level\":\"DEBUG\""), "the new log level is in effect");
+
+    // Shrink back: the UDP receiver's socket is closed (its port is free)
+    // and the removed exporter stops receiving.
+    reload(&c, &good);
+    wait_for("the shrinking reload", || (c.counter("service::service", "reloads", "ok") == 2).then_some(()));
+    std::net::UdpSocket::bind(("127.0.0.1", udp)).expect("the removed receiver's port is free");
+    let more_lines = read_events(&c.path("more.tsv")).len();
+    wait_for("beats go on into the kept exporter", || {
+        let before = beats_of(&c, pid);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        (beats_of(&c, pid) > before).then_some(())
+    });
+    assert_eq!(read_events(&c.path("more.tsv")).len(), more_lines, "the removed exporter got events");
+
+    // A configuration that cannot be applied (its new receiver's port is
+    // taken): the collector goes back to what ran, and says so.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port_taken = taken.local_addr().expect("addr").port();
+    reload(&c, &grown(&good, &dir, port_taken));
+    wait_for("the failed reload counted", || {
+        (c.counter("service::service", "reloads", "failed") == 1).then_some(())
+    });
+    assert_eq!(inode(), first_inode, "the UDS receiver kept its socket through the failed reload");
+    let before = beats_of(&c, pid);
+    wait_for("beats go on after the failed reload", || (beats_of(&c, pid) > before + 2).then_some(()));
+    assert!(c.log().contains("going back to the running configuration"), "{}", c.log());
     let _ = agent.kill();
     let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_changed_tracker_starts_its_pipeline_afresh() {
+    let port = free_udp_port();
+    let c = Collector::start_prepared(&config(Path::new("@DIR@"), port, &["old.key"], "300ms"), &[], |dir| {
+        keygen(dir, "old.key");
+    });
+    let dir = c.dir.path().to_path_buf();
+    let mut agent =
+        varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--count", "1"])
+            .spawn()
+            .expect("agent");
+    assert!(agent.wait().expect("exit").success());
+    wait_for("its stall", || (c.counter("pipelines::liveness", "stalls", "") == 1).then_some(()));
+    reload(&c, &config(&dir, port, &["old.key"], "5s"));
+    wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    // A new tracker: no agents, counters from zero (a counter reset to
+    // Prometheus), and the log says why.
+    wait_for("the fresh pipeline", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") == 0).then_some(())
+    });
+    assert_eq!(c.counter("pipelines::liveness", "stalls", ""), 0);
+    assert!(c.log().contains("the pipeline starts with no agents"), "{}", c.log());
 }
