@@ -96,8 +96,21 @@ pub fn apply(running: &mut Running, current: &Config, new: &Config, logs: &LogCo
         tracing::error!("reload: service::telemetry::logs: {e}; the running configuration stays");
         return Outcome::Invalid;
     }
+    // The level first, so the reload's own logs follow it.
+    let set_level = |level: &str| {
+        if let Err(e) = logs.set_level(level) {
+            tracing::error!("reload: cannot change the log level: {e}");
+        }
+    };
+    if new_logs.level != old_logs.level {
+        set_level(&new_logs.level);
+        tracing::info!(level = %new_logs.level, "reload: log level changed");
+    }
     if let Err(e) = running.apply(new) {
         tracing::error!("reload: {e}; going back to the running configuration");
+        if new_logs.level != old_logs.level {
+            set_level(&old_logs.level);
+        }
         if let Err(again) = running.apply(current) {
             let component = again.component.clone().unwrap_or_else(|| "service".into());
             tracing::error!("reload: cannot go back to the running configuration either: {again}");
@@ -107,12 +120,6 @@ pub fn apply(running: &mut Running, current: &Config, new: &Config, logs: &LogCo
         return Outcome::Failed;
     }
     rotate_keys(running, new);
-    if new_logs.level != old_logs.level {
-        match logs.set_level(&new_logs.level) {
-            Ok(()) => tracing::info!(level = %new_logs.level, "reload: log level changed"),
-            Err(e) => tracing::error!("reload: cannot change the log level: {e}"),
-        }
-    }
     if new_logs.format != old_logs.format {
         tracing::warn!(
             running = ?old_logs.format,

@@ -45,15 +45,21 @@ impl Default for DebugExporterConfig {
 pub struct DebugExporter {
     config: DebugExporterConfig,
     budget: BulkBudget,
-    attributes: Option<Arc<AttributeStore>>,
+    /// Each pipeline served, by source index: its name and its resolver
+    /// store, if it has one (agents' program, service and container are
+    /// then logged too).
+    pipelines: Vec<(String, Option<Arc<AttributeStore>>)>,
 }
 
 impl DebugExporter {
-    /// `attributes`: the pipeline's resolver store, if it has one (agents'
-    /// program, service and container are then logged too).
-    pub fn new(config: DebugExporterConfig, attributes: Option<Arc<AttributeStore>>) -> DebugExporter {
+    /// `pipelines`: see the field; events from source `i` are logged with
+    /// the `i`-th pipeline's name and attributes.
+    pub fn new(
+        config: DebugExporterConfig,
+        pipelines: Vec<(String, Option<Arc<AttributeStore>>)>,
+    ) -> DebugExporter {
         let budget = BulkBudget::new(config.bulk_lines_per_second);
-        DebugExporter { config, budget, attributes }
+        DebugExporter { config, budget, pipelines }
     }
 }
 
@@ -131,6 +137,10 @@ impl Exporter for DebugExporter {
     }
 
     fn export(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.export_from(0, ev)
+    }
+
+    fn export_from(&mut self, source: usize, ev: &Event) -> std::io::Result<()> {
         if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
             return Ok(());
         }
@@ -138,13 +148,18 @@ impl Exporter for DebugExporter {
             return Ok(());
         }
         let kind = kind_name(&ev.kind);
+        let (pipeline, attributes) = match self.pipelines.get(source) {
+            Some((name, attributes)) => (name.as_str(), attributes.as_ref()),
+            None => ("-", None),
+        };
         match &ev.agent {
             Some(a) => {
-                let view = self.attributes.as_ref().map(|s| s.read());
+                let view = attributes.map(|s| s.read());
                 let attrs = view.as_ref().and_then(|v| v.get(&a.id));
                 tracing::info!(
                     target: "varta::event",
                     kind,
+                    pipeline,
                     pid = a.id.pid,
                     frame_pid = a.frame_pid,
                     source = %a.id.source,
@@ -157,7 +172,9 @@ impl Exporter for DebugExporter {
                     Describe(&ev.kind)
                 )
             }
-            None => tracing::info!(target: "varta::event", kind, at_ns = ev.at_ns, "{}", Describe(&ev.kind)),
+            None => {
+                tracing::info!(target: "varta::event", kind, pipeline, at_ns = ev.at_ns, "{}", Describe(&ev.kind))
+            }
         }
         Ok(())
     }

@@ -44,6 +44,14 @@ pub trait Exporter: Send + 'static {
     fn wants_beats(&self) -> bool;
     /// Writes or buffers one event.
     fn export(&mut self, event: &Event) -> std::io::Result<()>;
+
+    /// Writes or buffers one event offered by the `source`-th pipeline this
+    /// exporter serves (see [`ExporterQueue::share_as`]). Exporters that
+    /// read per-pipeline state (attributes, snapshots) use `source`.
+    fn export_from(&mut self, source: usize, event: &Event) -> std::io::Result<()> {
+        let _ = source;
+        self.export(event)
+    }
     /// Makes everything exported so far durable/visible. Called whenever the
     /// queue runs empty.
     fn flush(&mut self) -> std::io::Result<()>;

@@ -113,8 +113,9 @@ impl Instrumented for ExporterTelemetry {
     }
 }
 
-/// An event and its place in the order it was offered.
-type Queued = (u64, Event);
+/// An event, its place in the order it was offered, and the producer
+/// (pipeline) that offered it.
+type Queued = (u64, u16, Event);
 
 const BULK: usize = 0;
 const INCIDENT: usize = 1;
@@ -135,6 +136,8 @@ pub struct ExporterQueue {
     /// Shared by every producer of this queue (pipelines sharing the
     /// exporter): each producer's events keep their offer order.
     next_seq: Arc<AtomicU64>,
+    /// Which producer this handle is (see [`ExporterQueue::share_as`]).
+    source: u16,
     stats: Arc<ExporterStats>,
     wants_beats: bool,
 }
@@ -156,17 +159,25 @@ impl ExporterQueue {
             move || drain(&id, exporter, &lanes, &stats)
         })?;
         let lanes = [Lane { tx: bulk_tx, evict: bulk_rx }, Lane { tx: inc_tx, evict: inc_rx }];
-        Ok((ExporterQueue { id, lanes, next_seq: Arc::new(AtomicU64::new(0)), stats, wants_beats }, thread))
+        let next_seq = Arc::new(AtomicU64::new(0));
+        Ok((ExporterQueue { id, lanes, next_seq, source: 0, stats, wants_beats }, thread))
     }
 
-    /// Another producer of the same queue (for a second pipeline served by
-    /// this exporter): same lanes, counters and thread.
+    /// Another producer of the same queue: same lanes, counters and thread.
     pub fn share(&self) -> ExporterQueue {
+        self.share_as(self.source)
+    }
+
+    /// Another producer of the same queue whose events the exporter sees
+    /// as coming from `source` ([`Exporter::export_from`]): for the
+    /// `source`-th pipeline served by this exporter.
+    pub fn share_as(&self, source: u16) -> ExporterQueue {
         let lane = |l: &Lane| Lane { tx: l.tx.clone(), evict: l.evict.clone() };
         ExporterQueue {
             id: self.id.clone(),
             lanes: [lane(&self.lanes[BULK]), lane(&self.lanes[INCIDENT])],
             next_seq: Arc::clone(&self.next_seq),
+            source,
             stats: Arc::clone(&self.stats),
             wants_beats: self.wants_beats,
         }
@@ -211,7 +222,7 @@ impl ExporterQueue {
         }
         let incident = is_incident(&event.kind);
         let lane = &self.lanes[if incident { INCIDENT } else { BULK }];
-        let mut item = (self.next_seq.fetch_add(1, Relaxed), *event);
+        let mut item = (self.next_seq.fetch_add(1, Relaxed), self.source, *event);
         loop {
             match lane.tx.try_send(item) {
                 Ok(()) => {
@@ -219,7 +230,7 @@ impl ExporterQueue {
                     return;
                 }
                 Err(TrySendError::Full(back)) => {
-                    if let Ok((_, old)) = lane.evict.try_recv() {
+                    if let Ok((_, _, old)) = lane.evict.try_recv() {
                         self.stats.dropped_full.fetch_add(1, Relaxed);
                         if is_incident(&old.kind) {
                             self.stats.incidents_dropped.fetch_add(1, Relaxed);
@@ -247,7 +258,7 @@ impl Merge<'_> {
     /// The next event in offer order, waiting for one when both lanes are
     /// empty and `wait` is set; `None` once both lanes are disconnected and
     /// drained (or, without `wait`, when nothing is waiting).
-    fn next(&mut self, wait: bool) -> Option<Event> {
+    fn next(&mut self, wait: bool) -> Option<(u16, Event)> {
         loop {
             let mut closed = 0;
             for (held, lane) in self.held.iter_mut().zip(self.lanes) {
@@ -270,7 +281,7 @@ impl Merge<'_> {
                 (None, None) => None,
             };
             if let Some(i) = pick {
-                return self.held[i].take().map(|(_, ev)| ev);
+                return self.held[i].take().map(|(_, source, ev)| (source, ev));
             }
             if closed == 2 || !wait {
                 return None;
@@ -297,7 +308,9 @@ impl Drop for StoppedOnDrop<'_> {
 fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2], stats: &ExporterStats) {
     let _stopped = StoppedOnDrop(&stats.stopped);
     let mut failures = LogThrottle::default();
-    let mut export = |exporter: &mut Box<dyn Exporter>, ev: &Event| match exporter.export(ev) {
+    let mut export = |exporter: &mut Box<dyn Exporter>, (source, ev): (u16, Event)| match exporter
+        .export_from(usize::from(source), &ev)
+    {
         Ok(()) => {
             stats.exported.fetch_add(1, Relaxed);
         }
@@ -317,9 +330,9 @@ fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2
     // flush: one flush per burst keeps latency low when idle and cost low
     // under load.
     while let Some(first) = merge.next(true) {
-        export(&mut exporter, &first);
-        while let Some(ev) = merge.next(false) {
-            export(&mut exporter, &ev);
+        export(&mut exporter, first);
+        while let Some(next) = merge.next(false) {
+            export(&mut exporter, next);
         }
         if let Err(e) = exporter.flush() {
             stats.failed.fetch_add(1, Relaxed);

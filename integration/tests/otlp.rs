@@ -1051,3 +1051,53 @@ fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
     assert_eq!(final_counter(&log, "exporters::otlp", "spans_dropped", "shutdown"), Some(1), "{log}");
     assert_eq!(final_counter(&log, "exporters::otlp", "spans_exported", "").unwrap_or(0), 0);
 }
+
+/// One `otlp` exporter (and one `debug` exporter) listed in two pipelines:
+/// it runs once (one set of counters), and each stall span says which
+/// pipeline it came from, with that pipeline's threshold.
+#[test]
+fn one_otlp_exporter_serves_two_pipelines() {
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let _server = OtlpServer::start(port, &sink);
+    let udp = free_udp_port();
+    let text = config(&format!("http://127.0.0.1:{port}"), udp, "300ms", "")
+        .replace("  tracker:\n", "  tracker/net:\n    threshold: 500ms\n  tracker:\n")
+        .replace("  otlp:\n", "  debug: {}\n  otlp:\n")
+        .replace(
+            "      receivers: [vlp/uds, vlp/udp]\n      processors: [tracker]\n      exporters: [file, otlp]\n",
+            "      receivers: [vlp/uds]\n      processors: [tracker]\n      exporters: [file, otlp, debug]\n    network:\n      receivers: [vlp/udp]\n      processors: [tracker/net]\n      exporters: [otlp, debug]\n",
+        );
+    let c = Collector::start(&text);
+    let mut agent = uds_agent(&c);
+    let local = agent.id();
+    wait_for("the local agent tracked", || {
+        (count(&c, "pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let remote = 4_000_001;
+    udp_beats(udp, [remote], 1);
+    let local_stall = wait_for("the local stall span", || spans_of(&sink, "varta.stall", local).pop());
+    let remote_stall = wait_for("the network stall span", || spans_of(&sink, "varta.stall", remote).pop());
+    let pipeline = |s: &Span| str_attr(&s.attributes, "varta.pipeline").map(str::to_owned);
+    assert_eq!(pipeline(&local_stall).as_deref(), Some("liveness"));
+    assert_eq!(pipeline(&remote_stall).as_deref(), Some("network"));
+    assert_ne!(local_stall.trace_id, remote_stall.trace_id);
+    // One exporter: its counters hold both pipelines' spans.
+    wait_for("both spans counted once", || (counter(&c, "spans_exported", "") >= 2).then_some(()));
+    // The debug exporter names each event's pipeline.
+    let log = c.log();
+    let stall_line = |p: &str, pid: u32| {
+        log.lines().any(|l| {
+            l.contains("\"kind\":\"stall\"")
+                && l.contains(&format!("\"pipeline\":\"{p}\""))
+                && l.contains(&format!("\"pid\":{pid}"))
+        })
+    };
+    assert!(stall_line("liveness", local) && stall_line("network", remote), "{log}");
+    signal(&agent, libc::SIGCONT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}

@@ -30,14 +30,13 @@ pub fn feeds(config: &Config, receiver: &str) -> Vec<String> {
         .collect()
 }
 
-/// An exporter's settings. `debug` and `otlp` exporters also read their
-/// pipeline's state (agent attributes, metric snapshots), so they are
-/// rebuilt when that pipeline's state is (`generation`).
-pub fn exporter(c: &ExporterConfig, pipeline: Option<(&str, u64)>) -> String {
-    match (c, pipeline) {
-        (ExporterConfig::Debug(_) | ExporterConfig::Otlp(_), Some((name, generation))) => {
-            format!("{c:?} for {name}#{generation}")
-        }
+/// An exporter's settings. `debug` and `otlp` exporters also read the
+/// state of the pipelines they serve (agent attributes, snapshots), so
+/// they are rebuilt when those pipelines or their state change
+/// (`(name, generation)` of each, in order).
+pub fn exporter(c: &ExporterConfig, serves: &[(&str, u64)]) -> String {
+    match c {
+        ExporterConfig::Debug(_) | ExporterConfig::Otlp(_) => format!("{c:?} for {serves:?}"),
         _ => format!("{c:?}"),
     }
 }
@@ -156,7 +155,8 @@ service:
         let c = parse(BASE);
         let debug = &c.exporters.get("debug").unwrap().config;
         let file = &c.exporters.get("file").unwrap().config;
-        assert_ne!(exporter(debug, Some(("one", 1))), exporter(debug, Some(("one", 2))));
-        assert_eq!(exporter(file, Some(("one", 1))), exporter(file, Some(("one", 2))));
+        assert_ne!(exporter(debug, &[("one", 1)]), exporter(debug, &[("one", 2)]));
+        assert_ne!(exporter(debug, &[("one", 1)]), exporter(debug, &[("one", 1), ("two", 3)]));
+        assert_eq!(exporter(file, &[("one", 1)]), exporter(file, &[("one", 2), ("two", 3)]));
     }
 }

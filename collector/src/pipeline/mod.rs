@@ -225,8 +225,13 @@ impl Running {
             .filter(|c| !matches!(c.config, ExporterConfig::Prometheus(_)))
             .filter_map(|c| {
                 let id = c.id.to_string();
-                let owner = self.pipelines.iter().find(|p| p.exporters.contains(&id))?;
-                Some((id, keys::exporter(&c.config, Some((&owner.name, owner.generation)))))
+                let serves: Vec<(&str, u64)> = self
+                    .pipelines
+                    .iter()
+                    .filter(|p| p.exporters.contains(&id))
+                    .map(|p| (p.name.as_str(), p.generation))
+                    .collect();
+                (!serves.is_empty()).then(|| (id, keys::exporter(&c.config, &serves)))
             })
             .collect();
         let before = std::mem::take(&mut self.exporters);
@@ -242,10 +247,12 @@ impl Running {
                 continue;
             }
             let c = config.exporters.get(&id).expect("listed from the config");
-            let owner = self.pipelines.iter().find(|p| p.exporters.contains(&id)).expect("has an owner");
-            let slot = ExporterSlot::start(&id, key, &c.config, owner, self.wiring(config)).map_err(|m| {
-                ConfigError { at: Some(c.at), ..error(config, Some(format!("exporters::{id}")), m) }
-            })?;
+            let serves: Vec<&PipelineSlot> =
+                self.pipelines.iter().filter(|p| p.exporters.contains(&id)).collect();
+            let slot =
+                ExporterSlot::start(&id, key, &c.config, &serves, self.wiring(config)).map_err(|m| {
+                    ConfigError { at: Some(c.at), ..error(config, Some(format!("exporters::{id}")), m) }
+                })?;
             self.exporters.push(slot);
         }
         self.exporters.sort_by_key(|e| config.exporters.0.iter().position(|c| c.id.to_string() == e.id));
@@ -256,7 +263,7 @@ impl Running {
             .0
             .iter()
             .filter(|c| matches!(c.config, ExporterConfig::Prometheus(_)))
-            .map(|c| (c.id.to_string(), keys::exporter(&c.config, None)))
+            .map(|c| (c.id.to_string(), keys::exporter(&c.config, &[])))
             .filter(|(id, _)| plans.iter().any(|p| p.exporters.contains(id)))
             .collect();
         let before = std::mem::take(&mut self.endpoints);
@@ -339,7 +346,7 @@ impl Running {
     fn resume(&mut self) {
         for p in &mut self.pipelines {
             let queues = p.exporters.iter().filter_map(|id| self.exporters.iter().find(|e| e.id == *id));
-            if let Err(e) = p.resume(queues.map(ExporterSlot::producer).collect()) {
+            if let Err(e) = p.resume(queues.filter_map(|e| e.producer(&p.name)).collect()) {
                 self.broken = Some((format!("pipelines::{}", p.name), e));
             }
         }

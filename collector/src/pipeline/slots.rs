@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use varta_agents::{AttributeStore, Resolver};
-use varta_exporters::otlp::{OtlpTelemetry, ShutdownDeadline, ViewCell, Wiring};
+use varta_exporters::otlp::{OtlpTelemetry, PipelineWiring, ShutdownDeadline, ViewCell, Wiring};
 use varta_exporters::prometheus::{BoundEndpoint, PrometheusConfig, PrometheusServer};
 use varta_exporters::{DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, LiveView, OtlpExporter};
 use varta_pipeline::Instrumented;
@@ -486,38 +486,51 @@ pub struct AsyncWiring {
 pub struct ExporterSlot {
     pub id: String,
     pub key: String,
+    /// The pipelines it serves; a pipeline's events reach the exporter as
+    /// coming from its index here.
+    serves: Vec<String>,
     queue: ExporterQueue,
     thread: JoinHandle<()>,
     pub telemetry: Arc<dyn Instrumented>,
 }
 
 impl ExporterSlot {
-    /// Starts the exporter; `owner` is its (first) pipeline.
+    /// Starts the exporter for the pipelines it `serves`.
     pub fn start(
         id: &str,
         key: String,
         config: &ExporterConfig,
-        owner: &PipelineSlot,
+        serves: &[&PipelineSlot],
         wiring: AsyncWiring,
     ) -> Result<ExporterSlot, String> {
+        if serves.len() > usize::from(u16::MAX) {
+            return Err("serves too many pipelines".into());
+        }
         let mut otlp_stats = None;
         let (exporter, capacity): (Box<dyn Exporter>, usize) = match config {
             ExporterConfig::File(cfg) => {
                 (Box::new(FileExporter::open(cfg.clone()).map_err(|e| e.to_string())?), cfg.queue_size)
             }
             ExporterConfig::Debug(cfg) => {
-                (Box::new(DebugExporter::new(cfg.clone(), owner.attributes.clone())), 4096)
+                let pipelines = serves.iter().map(|p| (p.name.clone(), p.attributes.clone())).collect();
+                (Box::new(DebugExporter::new(cfg.clone(), pipelines)), 4096)
             }
             ExporterConfig::Otlp(cfg) => {
                 let runtime = wiring.runtime.ok_or("no async runtime")?;
+                let pipelines = serves
+                    .iter()
+                    .map(|p| PipelineWiring {
+                        name: p.name.clone(),
+                        snapshots: p.snapshots.clone(),
+                        attributes: p.attributes.clone(),
+                    })
+                    .collect();
                 let wiring = Wiring {
-                    pipeline: owner.name.clone(),
-                    snapshots: owner.snapshots.clone(),
+                    pipelines,
                     view: wiring.view,
                     runtime,
                     shutdown_timeout: wiring.shutdown_timeout,
                     shutdown_deadline: wiring.shutdown_deadline,
-                    attributes: owner.attributes.clone(),
                 };
                 let (exporter, stats) = OtlpExporter::start(id, cfg, wiring).map_err(|e| e.to_string())?;
                 otlp_stats = Some(stats);
@@ -531,12 +544,14 @@ impl ExporterSlot {
             Some(otlp) => Arc::new(OtlpTelemetry { queue: queue.telemetry(), otlp }),
             None => queue.telemetry(),
         };
-        Ok(ExporterSlot { id: id.to_owned(), key, queue, thread, telemetry })
+        let serves = serves.iter().map(|p| p.name.clone()).collect();
+        Ok(ExporterSlot { id: id.to_owned(), key, serves, queue, thread, telemetry })
     }
 
-    /// A producer handle for a pipeline's fan-out.
-    pub fn producer(&self) -> ExporterQueue {
-        self.queue.share()
+    /// A producer handle for `pipeline`'s fan-out, if it serves it.
+    pub fn producer(&self, pipeline: &str) -> Option<ExporterQueue> {
+        let source = self.serves.iter().position(|p| p == pipeline)?;
+        Some(self.queue.share_as(u16::try_from(source).ok()?))
     }
 
     pub fn stage(&self) -> Stage {

@@ -207,14 +207,24 @@ fn scope() -> InstrumentationScope {
     }
 }
 
+/// One pipeline an `otlp` exporter serves.
+#[derive(Debug, Clone)]
+pub struct PipelineWiring {
+    /// Its name (trace ids and the `varta.pipeline` attribute).
+    pub name: String,
+    /// Its snapshots (threshold, processor clock).
+    pub snapshots: SnapshotReader,
+    /// Its resolver store (agent attributes), if it has one.
+    pub attributes: Option<Arc<AttributeStore>>,
+}
+
 /// What the collector hands an `otlp` exporter besides its configuration.
 #[derive(Debug, Clone)]
 pub struct Wiring {
-    /// The pipeline whose events this exporter receives (trace ids and the
-    /// `varta.pipeline` attribute).
-    pub pipeline: String,
-    /// That pipeline's snapshots (threshold, processor clock).
-    pub snapshots: SnapshotReader,
+    /// The pipelines whose events this exporter receives; events from
+    /// source `i` (see [`crate::ExporterQueue::share_as`]) belong to the
+    /// `i`-th.
+    pub pipelines: Vec<PipelineWiring>,
     /// The whole collector, for metrics (filled in once everything started).
     pub view: ViewCell,
     /// The collector's shared Tokio runtime, where all network I/O runs.
@@ -223,8 +233,14 @@ pub struct Wiring {
     pub shutdown_timeout: Duration,
     /// Set when the collector's shutdown begins.
     pub shutdown_deadline: ShutdownDeadline,
-    /// The pipeline's resolver store (agent attributes), if it has one.
-    pub attributes: Option<Arc<AttributeStore>>,
+}
+
+/// Per served pipeline: how its incidents become spans.
+#[derive(Debug)]
+struct Source {
+    spans: SpanBuilder,
+    clock: WallClock,
+    snapshots: SnapshotReader,
 }
 
 /// The `otlp` exporter (the part on the exporter thread). See the module docs.
@@ -232,9 +248,7 @@ pub struct Wiring {
 pub struct OtlpExporter {
     id: String,
     traces_enabled: bool,
-    spans: SpanBuilder,
-    clock: WallClock,
-    snapshots: SnapshotReader,
+    sources: Vec<Source>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -250,9 +264,7 @@ impl OtlpExporter {
         config: &OtlpExporterConfig,
         wiring: Wiring,
     ) -> Result<(OtlpExporter, Arc<OtlpStats>), OtlpError> {
-        let Wiring { pipeline, snapshots, view, runtime, shutdown_timeout, shutdown_deadline, attributes } =
-            wiring;
-        let pipeline = pipeline.as_str();
+        let Wiring { pipelines, view, runtime, shutdown_timeout, shutdown_deadline } = wiring;
         config.validate()?;
         let client = {
             // tonic's lazy channel spawns its worker on the current runtime.
@@ -271,7 +283,14 @@ impl OtlpExporter {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
         });
-        let clock = WallClock::new(snapshots.latest().clock);
+        let sources = pipelines
+            .into_iter()
+            .map(|p| Source {
+                spans: SpanBuilder::new(IdSource::new(salt, &p.name), &p.name).with_attributes(p.attributes),
+                clock: WallClock::new(p.snapshots.latest().clock),
+                snapshots: p.snapshots,
+            })
+            .collect();
         let mut tasks = Vec::new();
         if config.traces.enabled {
             tasks.push(runtime.spawn(send_spans(
@@ -301,9 +320,7 @@ impl OtlpExporter {
         let exporter = OtlpExporter {
             id: id.to_owned(),
             traces_enabled: config.traces.enabled,
-            spans: SpanBuilder::new(IdSource::new(salt, pipeline), pipeline).with_attributes(attributes),
-            clock,
-            snapshots,
+            sources,
             shared,
             tasks,
             shutdown_timeout,
@@ -320,17 +337,22 @@ impl Exporter for OtlpExporter {
     }
 
     fn export(&mut self, event: &Event) -> std::io::Result<()> {
+        self.export_from(0, event)
+    }
+
+    fn export_from(&mut self, source: usize, event: &Event) -> std::io::Result<()> {
         if !self.traces_enabled || !is_incident(&event.kind) {
             return Ok(());
         }
-        if self.clock.check_step() {
+        let Some(src) = self.sources.get_mut(source) else { return Ok(()) };
+        if src.clock.check_step() {
             self.shared.stats.clock_steps.fetch_add(1, Relaxed);
             if let Some(count) = self.steps_logged.note(monotonic_ns()) {
                 tracing::warn!(exporter = %self.id, count, "wall clock stepped; span timestamps follow the new wall-clock time");
             }
         }
-        let threshold_ns = self.snapshots.latest().threshold_ns;
-        if let Some(span) = self.spans.span(event, &self.clock, threshold_ns) {
+        let threshold_ns = src.snapshots.latest().threshold_ns;
+        if let Some(span) = src.spans.span(event, &src.clock, threshold_ns) {
             self.shared.push(span);
         }
         Ok(())
