@@ -69,3 +69,23 @@ fn a_wedged_processor_fails_the_health_check_and_starves_the_watchdog() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_wedged_receiver_fails_the_health_check() {
+    let port = free_tcp_port();
+    let c = Collector::start_with(&config(port), &[("VARTA_TEST_WEDGE_RECEIVER_AFTER", "3")]);
+    let url = format!("http://127.0.0.1:{port}/health");
+    // Idle, the receiver still turns (it wakes to show it is alive).
+    wait_for("a healthy answer", || (http::request("GET", &url, &[]).ok()?.status == 200).then_some(()));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(http::request("GET", &url, &[]).expect("GET").status, 200, "an idle receiver is healthy");
+    let sock = c.path("varta.sock").display().to_string();
+    let mut agent = varta(&["beat", "--socket", &sock, "--every", "10ms"]).spawn().expect("agent");
+    let unhealthy = wait_for("503 naming the stuck receiver", || {
+        let r = http::request("GET", &url, &[]).ok()?;
+        (r.status == 503).then(|| r.text())
+    });
+    assert!(unhealthy.contains("receivers::vlp/uds"), "{unhealthy}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

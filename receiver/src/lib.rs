@@ -271,6 +271,7 @@ impl VlpReceiver {
         let stop = self.stop.clone();
         stop.paused.store(false, Ordering::Release);
         let rounds = Arc::clone(&self.rounds);
+        let mut wedge = test_wedge();
         let mut batch = queue.empty_batch();
         // Under load a UDP socket hands over a few datagrams per wakeup; a
         // short pause after a partial batch lets a full one accumulate,
@@ -339,6 +340,15 @@ impl VlpReceiver {
             if batch.is_empty() {
                 continue;
             }
+            if let Some(left) = wedge.as_mut() {
+                if *left == 0 {
+                    tracing::warn!(receiver = %self.id, "VARTA_TEST_WEDGE_RECEIVER_AFTER: wedging the receiver thread (test hook)");
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                *left -= 1;
+            }
             let mut closed = false;
             for extra in &more {
                 let mut copy = extra.empty_batch();
@@ -359,6 +369,17 @@ impl VlpReceiver {
         tracing::debug!(receiver = %self.id, "vlp receiver stopped");
         Ok(())
     }
+}
+
+/// Test-only fault hook (debug builds only): with
+/// `VARTA_TEST_WEDGE_RECEIVER_AFTER=N` the receiver thread blocks forever
+/// after N batches — how the integration tests check that health checks
+/// see a receiver that stopped turning.
+fn test_wedge() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("VARTA_TEST_WEDGE_RECEIVER_AFTER").ok()?.parse().ok()
 }
 
 /// Bounds a blocking receive (see [`IDLE_WAKE`]).
