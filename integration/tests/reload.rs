@@ -265,3 +265,60 @@ fn a_changed_tracker_starts_its_pipeline_afresh() {
     assert_eq!(c.counter("pipelines::liveness", "stalls", ""), 0);
     assert!(c.log().contains("the pipeline starts with no agents"), "{}", c.log());
 }
+
+/// A reload that fails part way, and whose way back fails too (the old
+/// event file's directory was removed meanwhile): health checks fail naming
+/// the broken component until a later reload succeeds.
+#[test]
+fn a_reload_that_cannot_go_back_fails_health_until_fixed() {
+    let health = varta_integration::free_tcp_port();
+    let base = |events: &str, extra_exporter: &str, exporters: &str| {
+        format!(
+            r#"receivers:
+  vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
+processors:
+  tracker: {{ threshold: 2s }}
+exporters:
+  file: {{ path: "@DIR@/{events}" }}
+{extra_exporter}
+extensions:
+  health_check: {{ endpoint: "127.0.0.1:{health}" }}
+service:
+  extensions: [health_check]
+  pid_file: "@DIR@/collector.pid"
+  pipelines:
+    liveness: {{ receivers: [vlp/uds], processors: [tracker], exporters: [{exporters}] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+        )
+    };
+    let c = Collector::start_prepared(&base("sub/events.tsv", "", "file"), &[], |dir| {
+        std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    });
+    let dir = c.dir.path().display().to_string();
+    let url = format!("http://127.0.0.1:{health}/");
+    let status = || varta_integration::http::request("GET", &url, &[]).map(|r| (r.status, r.text())).ok();
+    wait_for("healthy", || (status()?.0 == 200).then_some(()));
+
+    std::fs::remove_dir_all(c.path("sub")).expect("remove the event file's directory");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let metrics = format!("  prometheus: {{ endpoint: \"127.0.0.1:{port}\", auth: none }}");
+    reload(&c, &base("other.tsv", &metrics, "file, prometheus").replace("@DIR@", &dir));
+    wait_for("the failed reload", || (c.counter("service::service", "reloads", "failed") == 1).then_some(()));
+    let (code, body) = wait_for("503 naming the broken exporter", || status().filter(|(s, _)| *s == 503));
+    assert_eq!(code, 503);
+    assert!(body.contains("exporters::file"), "{body}");
+
+    reload(&c, &base("other.tsv", "", "file").replace("@DIR@", &dir));
+    wait_for("the fixing reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    wait_for("healthy again", || (status()?.0 == 200).then_some(()));
+    let mut agent =
+        varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--count", "1"])
+            .spawn()
+            .expect("agent");
+    assert!(agent.wait().expect("exit").success());
+    wait_for("events in the new file", || {
+        read_events(&c.path("other.tsv")).iter().any(|e| e.pid == agent.id().to_string()).then_some(())
+    });
+}
