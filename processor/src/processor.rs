@@ -283,9 +283,9 @@ impl Processor {
 
     /// [`Processor::run`] that also returns [`Ended::Paused`] soon after
     /// `pause` is set (within [`IDLE_WAKE`]), keeping its state and leaving
-    /// queued batches in `rx`; clears `pause` as it starts.
+    /// queued batches in `rx`. The caller clears `pause` before running
+    /// again (never the run itself: a request made as it starts would be lost).
     pub fn run_until(&mut self, rx: &BatchReceiver, out: &mut dyn EventSink, pause: &AtomicBool) -> Ended {
-        pause.store(false, Ordering::Release);
         loop {
             if pause.load(Ordering::Acquire) {
                 return Ended::Paused;

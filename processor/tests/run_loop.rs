@@ -66,3 +66,42 @@ fn run_returns_when_idle_and_disconnected() {
     assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok());
     assert!(worker.join().is_ok());
 }
+
+/// A pause returns the processor with its agents; batches queued meanwhile
+/// wait for the next run, and a pause requested while it sleeps is seen.
+#[test]
+fn a_paused_processor_keeps_its_agents_and_its_queue() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use varta_processor::Ended;
+
+    let mut p = processor(None, tracker(60_000));
+    let (tx, rx) = batch_queue(16);
+    let pause = Arc::new(AtomicBool::new(false));
+    assert!(tx.try_send(Box::new(batch(&[uds(11, 1)]))).is_ok());
+    let run = |mut p: Processor, rx, pause: Arc<AtomicBool>| {
+        thread::spawn(move || {
+            let ended = p.run_until(&rx, &mut varta_processor::DiscardSink, &pause);
+            (p, rx, ended)
+        })
+    };
+    let stats = p.stats();
+    let worker = run(p, rx, Arc::clone(&pause));
+    // Once the beat is handled the processor sleeps (no deadline is near).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stats.snapshot().beats_accepted == 0 {
+        assert!(std::time::Instant::now() < deadline, "the beat was not handled");
+        thread::sleep(Duration::from_millis(5));
+    }
+    pause.store(true, Ordering::Release);
+    let (back, rx, ended) = worker.join().expect("processor thread");
+    assert_eq!(ended, Ended::Paused);
+    p = back;
+    assert!(tx.try_send(Box::new(batch(&[uds(12, 1)]))).is_ok(), "queued while paused");
+    pause.store(false, Ordering::Release);
+    let worker = run(p, rx, Arc::clone(&pause));
+    drop(tx);
+    let (p, _, ended) = worker.join().expect("processor thread");
+    assert_eq!(ended, Ended::Disconnected);
+    assert_eq!(p.agents(), 2, "the agent from before the pause and the one queued during it");
+}

@@ -111,10 +111,16 @@ impl StopHandle {
 
     /// Asks a running receiver to return from [`VlpReceiver::run_fanout`]
     /// without closing its socket (datagrams keep queueing in the kernel):
-    /// after the batch in hand, or within [`IDLE_WAKE`] when idle. Run it
-    /// again to resume; running clears the request.
+    /// after the batch in hand, or within [`IDLE_WAKE`] when idle. Clear
+    /// the request ([`StopHandle::unpause`]) before running it again.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Release);
+    }
+
+    /// Withdraws a pause request (before the receiver runs again; not done
+    /// by running, so a request made just after a resume is never lost).
+    pub fn unpause(&self) {
+        self.paused.store(false, Ordering::Release);
     }
 
     fn is_paused(&self) -> bool {
@@ -252,7 +258,8 @@ impl VlpReceiver {
     /// it.
     ///
     /// Also returns `Ok` after [`StopHandle::pause`], with the socket still
-    /// bound: call it again (with the same or other queues) to resume.
+    /// bound: [`StopHandle::unpause`], then call it again (with the same or
+    /// other queues) to resume.
     pub fn run_fanout(&mut self, queue: BatchSender, more: Vec<BatchSender>) -> Result<(), ReceiverError> {
         let ancillary = match self.endpoint {
             Endpoint::Uds(_) => Ancillary::Credentials,
@@ -269,7 +276,6 @@ impl VlpReceiver {
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
         let stop = self.stop.clone();
-        stop.paused.store(false, Ordering::Release);
         let rounds = Arc::clone(&self.rounds);
         let mut wedge = test_wedge();
         let mut batch = queue.empty_batch();

@@ -62,3 +62,40 @@ fn queued_datagrams_arrive_in_few_batches() {
     assert!(run.batches_seen <= 4, "{} batches for {N} datagrams", run.batches_seen);
     assert_eq!(run.stats.datagrams.load(Relaxed), N);
 }
+
+/// A pause hands the receiver back with its socket still bound: datagrams
+/// sent meanwhile wait in the kernel and are received once it runs again
+/// (how a reload rewires a receiver), and an idle receiver keeps turning.
+#[test]
+fn a_paused_receiver_keeps_its_socket_and_what_arrived_meanwhile() {
+    let mut r = bind();
+    let addr = r.local_addr().expect("udp address");
+    let stop = r.stop_handle();
+    let progress = r.progress();
+    let (tx, rx) = varta_pipeline::queue::batch_queue(16);
+    let (first_tx, worker) = (
+        tx.clone(),
+        std::thread::spawn(move || {
+            let result = r.run_fanout(tx, Vec::new());
+            (r, result)
+        }),
+    );
+    // Idle, it still wakes (bounded by IDLE_WAKE) to show it is alive.
+    let turned = progress.load(Relaxed);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while progress.load(Relaxed) <= turned + 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(progress.load(Relaxed) > turned + 1, "an idle receiver stopped turning");
+    stop.pause();
+    let (mut r, result) = worker.join().expect("receiver thread");
+    assert!(result.is_ok(), "{result:?}");
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client.send_to(&Frame::new(Status::Ok, 77, 1, 1, 0).encode(), addr).expect("send while paused");
+    stop.unpause();
+    let worker = std::thread::spawn(move || r.run_fanout(first_tx, Vec::new()));
+    let batch = rx.recv_timeout(common::WAIT).expect("the datagram sent while paused");
+    assert!(matches!(batch.as_slice(), [varta_proto::Arrival::Beat(b)] if b.host_pid == 77), "{batch:?}");
+    stop.stop();
+    assert!(worker.join().expect("receiver thread").is_ok());
+}

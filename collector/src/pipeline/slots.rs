@@ -135,6 +135,7 @@ impl ReceiverSlot {
             return Err("feeds no running pipeline".into());
         };
         let more: Vec<_> = queues.collect();
+        self.stop.unpause();
         let id = self.id.clone();
         self.thread = Some(spawn(format!("recv-{id}"), move || {
             let result = receiver.run_fanout(first, more);
@@ -308,6 +309,9 @@ impl PipelineSlot {
             processor.set_inspector(None);
             self.resolver.take().map(|h| h.join(deadline));
             self.attributes = None;
+            // Cleared until the new one runs: a failed start is retried by
+            // the next apply.
+            self.resolver_key.clear();
             self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
             if let Some((id, cfg)) = &plan.resolver {
                 let (started, handle) = Resolver::start(&self.name, *cfg)
@@ -408,6 +412,7 @@ impl PipelineSlot {
                 processor.handle_batch(&batch, processor.clock().now_ns(), &mut fanout);
             }
         }
+        self.pause.store(false, Ordering::Release);
         let pause = Arc::clone(&self.pause);
         let wedge = wedge::from_env();
         self.thread = Some(spawn(format!("proc-{}", self.name), move || {
