@@ -1,11 +1,11 @@
 //! Health as progress, not thread existence, and the `health_check`
 //! extension that serves it.
 //!
-//! Promises: every pipeline stage that consumes a queue (each processor,
-//! each event exporter) is judged by its progress counter *while work waits
-//! for it*: a stage whose queue is non-empty and whose counter has not
-//! moved for `service.progress_timeout` is unhealthy (an idle stage blocked
-//! on an empty queue is healthy). A stage whose thread ended is unhealthy.
+//! Promises: every pipeline stage (each receiver, processor and event
+//! exporter) is judged by its progress counter *while work waits for it*: a
+//! stage whose socket or queue is non-empty and whose counter has not moved
+//! for `service.progress_timeout` is unhealthy (an idle stage blocked on an
+//! empty socket or queue is healthy). A stage whose thread ended is unhealthy.
 //! The main loop re-checks once per tick; the systemd watchdog is fed and
 //! the endpoint answers 200 only while everything is healthy; 503 while
 //! starting, while shutting down, or naming the unhealthy components in a

@@ -224,6 +224,17 @@ fn components_change_live_and_what_did_not_change_keeps_running() {
     });
     assert_eq!(read_events(&c.path("more.tsv")).len(), more_lines, "the removed exporter got events");
 
+    // A new queue for the pipeline: its receivers pause (sockets bound) and
+    // are rewired to it; beats go on, nothing is refused or lost on the way.
+    let requeued = good.replace("exporters: [file] }", "exporters: [file], queue_batches: 512 }");
+    reload(&c, &requeued);
+    wait_for("the requeueing reload", || (c.counter("service::service", "reloads", "ok") == 3).then_some(()));
+    assert_eq!(inode(), first_inode, "the rewired UDS receiver kept its socket");
+    assert_eq!(c.counter("pipelines::liveness", "queue_capacity", ""), 512, "the new queue is in use");
+    let before = beats_of(&c, pid);
+    wait_for("beats go on through the new queue", || (beats_of(&c, pid) > before + 2).then_some(()));
+    assert_eq!(c.counter("receivers::vlp/uds", "queue_full_beats", ""), 0);
+
     // A configuration that cannot be applied (its new receiver's port is
     // taken): the collector goes back to what ran, and says so.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

@@ -10,8 +10,8 @@
 //! * Per beat: one hash lookup, O(1) list moves, no allocation unless a new
 //!   agent grows the slab. Per due stall: O(1). No scan over agents.
 //! * [`Processor::run`] sleeps on the queue until the next stall deadline
-//!   exactly (and at most [`IDLE_WAKE`], so a pause is seen), and returns
-//!   once every sender is gone and every queued batch has been handled.
+//!   exactly (no periodic wake-up), and returns once every sender is gone
+//!   and every queued batch has been handled.
 //!   [`Processor::run_until`] also returns when asked to pause, keeping all
 //!   agent state and leaving queued batches for the next run — how a reload
 //!   rewires a pipeline (new exporters, resolver or recovery runner)
@@ -58,10 +58,6 @@ use crate::tracker::{Slot, Tracker};
 /// Returns the process start time of a host pid (e.g. field 22 of
 /// `/proc/<pid>/stat`), `None` if it cannot be read.
 pub type StartTimeProbe = Box<dyn Fn(u32) -> Option<u64> + Send>;
-
-/// The longest the run loop sleeps without a deadline: bounds how long a
-/// pause takes to be seen.
-pub const IDLE_WAKE: Duration = Duration::from_millis(250);
 
 /// Why [`Processor::run_until`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,9 +277,10 @@ impl Processor {
         self.run_until(&rx, out, &AtomicBool::new(false));
     }
 
-    /// [`Processor::run`] that also returns [`Ended::Paused`] soon after
-    /// `pause` is set (within [`IDLE_WAKE`]), keeping its state and leaving
-    /// queued batches in `rx`. The caller clears `pause` before running
+    /// [`Processor::run`] that also returns [`Ended::Paused`] once `pause`
+    /// is set and the next batch (or deadline) wakes it — send an empty
+    /// batch to wake it at once — keeping its state and leaving queued
+    /// batches in `rx`. The caller clears `pause` before running
     /// again (never the run itself: a request made as it starts would be lost).
     pub fn run_until(&mut self, rx: &BatchReceiver, out: &mut dyn EventSink, pause: &AtomicBool) -> Ended {
         loop {
@@ -296,14 +293,13 @@ impl Processor {
                 self.publish_snapshot(now);
             }
             let deadline = earliest(stall, self.publisher.due_at());
-            let wait = match deadline {
+            let received = match deadline {
                 Some(deadline) => {
                     let now = self.guard.last_ns().unwrap_or(0);
-                    Duration::from_nanos(deadline.saturating_sub(now)).min(IDLE_WAKE)
+                    rx.recv_timeout(Duration::from_nanos(deadline.saturating_sub(now)))
                 }
-                None => IDLE_WAKE,
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
-            let received = rx.recv_timeout(wait);
             match received {
                 Ok(batch) => {
                     self.handle_batch(&batch, self.clock.now_ns(), out);

@@ -14,15 +14,16 @@
 //! * **Bounds.** One `recvmmsg` round reads ≤ 64 datagrams into
 //!   preallocated buffers and yields one batch; the steady-state path does
 //!   not allocate. Secure-UDP sender state is bounded by `max_senders`.
-//! * **Shutdown.** An idle receiver sleeps in the kernel, waking every
-//!   [`IDLE_WAKE`] to show it is alive ([`VlpReceiver::progress`]);
+//! * **Shutdown.** An idle receiver sleeps in the kernel (no polling);
 //!   [`StopHandle::stop`] wakes it at once, and [`VlpReceiver::run`] then
 //!   drops the queue sender and unlinks a UDS socket file it created (only
 //!   if it is still our inode).
 //! * **Pause.** [`StopHandle::pause`] makes [`VlpReceiver::run_fanout`]
-//!   return after the batch in hand (within [`IDLE_WAKE`] when idle) while
-//!   the socket stays bound and keeps queueing datagrams in the kernel, so a
-//!   reload can rewire a receiver without a window where beats bounce.
+//!   return after the batch in hand while the socket stays bound and keeps
+//!   queueing datagrams in the kernel, so a reload can rewire a receiver
+//!   without a window where beats bounce. An idle receiver is woken by a
+//!   datagram holding the handle's random wake token, which is never
+//!   counted or handed on.
 //!
 //! Modules: [`config`] (YAML config + validation), [`error`], [`mmsg`]
 //! (batched receive, the libc edge),
@@ -41,7 +42,7 @@ mod uds;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use varta_pipeline::LogThrottle;
@@ -65,11 +66,6 @@ use uds::UdsReceiver;
 /// datagrams still queued in its socket.
 const MAX_DRAIN_ROUNDS: usize = 1024;
 
-/// The longest an idle receiver sleeps in the kernel (`SO_RCVTIMEO`): it
-/// bounds how long a pause takes and keeps the progress counter moving, so
-/// a receiver that stops looping is seen by health checks.
-pub const IDLE_WAKE: Duration = Duration::from_millis(250);
-
 /// Pause before the next receive after a partial batch under load (UDP only).
 const LINGER: Duration = Duration::from_micros(100);
 
@@ -90,10 +86,32 @@ pub struct StopHandle {
     requested: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
     socket: Arc<OwnedFd>,
+    /// Where a wake datagram reaches the socket, and what it holds.
+    wake: Arc<(WakeTarget, WakeToken)>,
+}
+
+/// A random datagram body that wakes an idle receiver for a pause; the
+/// receiver drops it uncounted. Never a VLP frame (frames are 32 bytes).
+type WakeToken = [u8; 16];
+
+fn wake_token() -> WakeToken {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    let mut token = [0u8; 16];
+    token[..8].copy_from_slice(&state.hash_one(monotonic_ns()).to_le_bytes());
+    token[8..].copy_from_slice(&state.hash_one(std::process::id()).to_le_bytes());
+    token
+}
+
+/// The address a wake datagram is sent to.
+#[derive(Debug)]
+enum WakeTarget {
+    Ip(SocketAddr),
+    Path(std::path::PathBuf),
 }
 
 impl StopHandle {
-    fn new(fd: RawFd) -> std::io::Result<StopHandle> {
+    fn new(fd: RawFd, wake: WakeTarget) -> std::io::Result<StopHandle> {
         // SAFETY: `fd` is a valid open socket owned by the receiver; F_DUPFD_CLOEXEC
         // returns a new descriptor (or -1) that we then own exclusively.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -106,15 +124,46 @@ impl StopHandle {
             requested: Arc::new(AtomicBool::new(false)),
             paused: Arc::new(AtomicBool::new(false)),
             socket: Arc::new(socket),
+            wake: Arc::new((wake, wake_token())),
         })
     }
 
     /// Asks a running receiver to return from [`VlpReceiver::run_fanout`]
-    /// without closing its socket (datagrams keep queueing in the kernel):
-    /// after the batch in hand, or within [`IDLE_WAKE`] when idle. Clear
-    /// the request ([`StopHandle::unpause`]) before running it again.
+    /// without closing its socket (datagrams keep queueing in the kernel),
+    /// after the batch in hand; an idle one is woken by a wake datagram.
+    /// Clear the request ([`StopHandle::unpause`]) before running it again.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Release);
+        // Best effort and never blocking: if the socket's queue is full the
+        // receiver is busy and sees the request after its current round.
+        let (target, token) = &*self.wake;
+        let sent = match target {
+            WakeTarget::Ip(addr) => {
+                let any: SocketAddr = if addr.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                std::net::UdpSocket::bind(any).and_then(|s| s.send_to(token, addr))
+            }
+            WakeTarget::Path(path) => std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| s.send_to(token, path)),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(
+                "pause: no wake datagram sent ({e}); the receiver sees the request after its current round"
+            );
+        }
+    }
+
+    /// Bytes waiting in the socket's receive queue (`FIONREAD`: the next
+    /// datagram's length), for liveness checks: work waiting.
+    pub fn queued(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on a socket we own writes one c_int through the pointer.
+        let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::FIONREAD, &raw mut n) };
+        if rc == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
     }
 
     /// Withdraws a pause request (before the receiver runs again; not done
@@ -148,9 +197,6 @@ pub struct VlpReceiver {
     endpoint: Endpoint,
     stats: Arc<ReceiverStats>,
     stop: StopHandle,
-    /// Receive rounds so far (timeouts included): moves at least every
-    /// [`IDLE_WAKE`] while the receiver loops.
-    rounds: Arc<AtomicU64>,
 }
 
 impl VlpReceiver {
@@ -171,16 +217,17 @@ impl VlpReceiver {
             Endpoint::Udp(u) => u.socket.fd(),
             Endpoint::Secure(s) => s.fd(),
         };
-        let io_err = |what: &str, source| ReceiverError::Io { id: id.to_owned(), what: what.into(), source };
-        let stop = StopHandle::new(fd).map_err(|e| io_err("duplicate socket descriptor", e))?;
-        set_receive_timeout(fd, IDLE_WAKE).map_err(|e| io_err("set SO_RCVTIMEO", e))?;
-        let me = VlpReceiver {
-            id: id.to_owned(),
-            endpoint,
-            stats: Arc::new(ReceiverStats::default()),
-            stop,
-            rounds: Arc::new(AtomicU64::new(0)),
+        let wake = match &endpoint {
+            Endpoint::Uds(u) => WakeTarget::Path(u.path().to_owned()),
+            Endpoint::Udp(u) => WakeTarget::Ip(reachable(u.socket.local)),
+            Endpoint::Secure(s) => WakeTarget::Ip(reachable(s.socket.local)),
         };
+        let stop = StopHandle::new(fd, wake).map_err(|source| ReceiverError::Io {
+            id: id.to_owned(),
+            what: "duplicate socket descriptor".into(),
+            source,
+        })?;
+        let me = VlpReceiver { id: id.to_owned(), endpoint, stats: Arc::new(ReceiverStats::default()), stop };
         let granted = match &me.endpoint {
             Endpoint::Uds(u) => u.granted,
             Endpoint::Udp(u) => u.socket.granted,
@@ -214,12 +261,6 @@ impl VlpReceiver {
     /// Counters, shared with whoever wants to read them.
     pub fn stats(&self) -> Arc<ReceiverStats> {
         Arc::clone(&self.stats)
-    }
-
-    /// Receive rounds so far, for liveness checks: it moves at least every
-    /// [`IDLE_WAKE`] while the receiver thread loops, busy or idle.
-    pub fn progress(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.rounds)
     }
 
     /// Human-readable summary, e.g. `uds /run/user/1000/varta.sock (mode 0600, rcvbuf 2097152)`.
@@ -276,7 +317,7 @@ impl VlpReceiver {
         let stats = &*self.stats;
         tracing::debug!(receiver = %self.id, "vlp receiver running");
         let stop = self.stop.clone();
-        let rounds = Arc::clone(&self.rounds);
+        let token = self.stop.wake.1;
         let mut wedge = test_wedge();
         let mut batch = queue.empty_batch();
         // Under load a UDP socket hands over a few datagrams per wakeup; a
@@ -296,7 +337,6 @@ impl VlpReceiver {
                 std::thread::sleep(LINGER);
             }
             let received = rx.recv(fd);
-            rounds.fetch_add(1, Ordering::Relaxed);
             busy = may_linger && matches!(received, Ok(n) if (2..varta_proto::BATCH_CAPACITY).contains(&n));
             // Once stopped (the read side is shut down), the socket is
             // drained: datagrams already queued are still handled, and the
@@ -325,7 +365,12 @@ impl VlpReceiver {
             }
             let now = monotonic_ns();
             let mut beats = 0u64;
+            let mut woken = 0;
             for d in (0..round).filter_map(|i| rx.get(i)) {
+                if d.len == token.len() && d.bytes == token {
+                    woken += 1;
+                    continue;
+                }
                 let arrival = match &mut self.endpoint {
                     Endpoint::Uds(u) => u.classify(&d, now),
                     Endpoint::Udp(u) => u.classify(&d, now),
@@ -341,7 +386,7 @@ impl VlpReceiver {
                 // A round holds at most BATCH_CAPACITY datagrams, so this cannot overflow.
                 let _ = batch.push(arrival);
             }
-            ReceiverStats::add(&stats.datagrams, round as u64);
+            ReceiverStats::add(&stats.datagrams, (round - woken) as u64);
             ReceiverStats::add(&stats.beats, beats);
             if batch.is_empty() {
                 continue;
@@ -388,24 +433,18 @@ fn test_wedge() -> Option<u64> {
     std::env::var("VARTA_TEST_WEDGE_RECEIVER_AFTER").ok()?.parse().ok()
 }
 
-/// Bounds a blocking receive (see [`IDLE_WAKE`]).
-fn set_receive_timeout(fd: RawFd, timeout: Duration) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt on an open socket we own, with a pointer to a live
-    // timeval of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+/// Where a wake datagram reaches a socket bound to `local` (a wildcard
+/// address is reached on loopback).
+fn reachable(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            (std::net::Ipv4Addr::LOCALHOST, local.port()).into()
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            (std::net::Ipv6Addr::LOCALHOST, local.port()).into()
+        }
+        _ => local,
+    }
 }
 
 /// Queues `batch` (holding `beats` beats) without blocking. A full queue

@@ -91,6 +91,11 @@ impl UdsReceiver {
         Ok(me)
     }
 
+    /// The socket file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(crate) fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }

@@ -67,7 +67,6 @@ pub struct ReceiverSlot {
     pub feeds: Vec<String>,
     pub stats: Arc<ReceiverStats>,
     pub keys: Option<KeyHandle>,
-    progress: Arc<AtomicU64>,
     stop: StopHandle,
     thread: Option<JoinHandle<ReceiverRun>>,
     parked: Option<VlpReceiver>,
@@ -89,7 +88,6 @@ impl ReceiverSlot {
             feeds,
             stats: receiver.stats(),
             keys: receiver.key_handle(),
-            progress: receiver.progress(),
             stop: receiver.stop_handle(),
             thread: None,
             parked: Some(receiver),
@@ -147,13 +145,12 @@ impl ReceiverSlot {
         Ok(())
     }
 
-    /// Liveness: receive rounds move at least every
-    /// [`varta_receiver::IDLE_WAKE`] while the thread loops.
+    /// Liveness: datagrams read, judged while datagrams wait in the socket.
     pub fn stage(&self) -> Stage {
-        let progress = Arc::clone(&self.progress);
+        let (stats, stop) = (Arc::clone(&self.stats), self.stop.clone());
         Stage::new(
             format!("receivers::{}", self.id),
-            Box::new(move || (progress.load(Ordering::Relaxed), true)),
+            Box::new(move || (stats.datagrams.load(Ordering::Relaxed), stop.queued() > 0)),
         )
     }
 
