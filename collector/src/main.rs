@@ -203,6 +203,7 @@ fn write_pid_file(path: &std::path::Path) {
 /// SIGHUP: reads the configuration again and applies it (see [`reload`]).
 /// Returns the configuration now running.
 fn reload_config(running: &mut pipeline::Running, current: Config, logs: &logging::LogControl) -> Config {
+    let began = std::time::Instant::now();
     let outcome = match load_again(&current) {
         Ok(new) => (reload::apply(running, &current, &new, logs), Some(new)),
         Err(e) => {
@@ -211,7 +212,8 @@ fn reload_config(running: &mut pipeline::Running, current: Config, logs: &loggin
         }
     };
     running.reloads.count(outcome.0);
-    tracing::info!(outcome = outcome.0.label(), "reload finished");
+    let elapsed_ms = began.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(outcome = outcome.0.label(), elapsed_ms, "reload finished");
     match outcome {
         (o, Some(mut new)) if o.applied() => {
             if new.service.pid_file != current.service.pid_file {
