@@ -53,6 +53,14 @@ fn reload(c: &Collector, config_text: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// `varta beat` on the collector's UDS socket, with `args`.
+fn uds_agent(c: &Collector, args: &[&str]) -> Child {
+    let sock = c.path("varta.sock");
+    let mut all = vec!["beat", "--socket", sock.to_str().expect("utf8")];
+    all.extend_from_slice(args);
+    varta(&all).spawn().expect("agent")
+}
+
 fn beats_of(c: &Collector, pid: u32) -> usize {
     read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "beat" && e.pid == pid.to_string()).count()
 }
@@ -172,10 +180,7 @@ fn components_change_live_and_what_did_not_change_keeps_running() {
     let first_inode = inode();
     let good = config(&dir, port, &["old.key"], "300ms");
     // An agent beats, then stalls: the tracker holds an open incident.
-    let mut agent =
-        varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--every", "50ms"])
-            .spawn()
-            .expect("agent");
+    let mut agent = uds_agent(&c, &["--every", "50ms"]);
     let pid = agent.id();
     wait_for("beats", || (beats_of(&c, pid) >= 2).then_some(()));
     // SAFETY: kill(2) on our own child.
@@ -260,10 +265,7 @@ fn a_changed_tracker_starts_its_pipeline_afresh() {
         keygen(dir, "old.key");
     });
     let dir = c.dir.path().to_path_buf();
-    let mut agent =
-        varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--count", "1"])
-            .spawn()
-            .expect("agent");
+    let mut agent = uds_agent(&c, &["--count", "1"]);
     assert!(agent.wait().expect("exit").success());
     wait_for("its stall", || (c.counter("pipelines::liveness", "stalls", "") == 1).then_some(()));
     reload(&c, &config(&dir, port, &["old.key"], "5s"));
@@ -324,10 +326,7 @@ service:
     reload(&c, &base("other.tsv", "", "file").replace("@DIR@", &dir));
     wait_for("the fixing reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
     wait_for("healthy again", || (status()?.0 == 200).then_some(()));
-    let mut agent =
-        varta(&["beat", "--socket", c.path("varta.sock").to_str().expect("utf8"), "--count", "1"])
-            .spawn()
-            .expect("agent");
+    let mut agent = uds_agent(&c, &["--count", "1"]);
     assert!(agent.wait().expect("exit").success());
     wait_for("events in the new file", || {
         read_events(&c.path("other.tsv")).iter().any(|e| e.pid == agent.id().to_string()).then_some(())

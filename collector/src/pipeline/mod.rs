@@ -46,7 +46,7 @@ use crate::health::{self, Phase, SharedReport, Stage};
 use crate::reload::ReloadStats;
 use crate::runtime::AsyncRuntime;
 use keys::PipelinePlan;
-use slots::{EndpointSlot, ExporterSlot, HealthSlot, PipelineSlot, ReceiverSlot};
+use slots::{EndpointSlot, ExporterSlot, HealthSlot, PipelineSlot, ReceiverSlot, keep_wanted};
 
 /// A running collector.
 #[derive(Debug)]
@@ -234,18 +234,7 @@ impl Running {
                 (!serves.is_empty()).then(|| (id, keys::exporter(&c.config, &serves)))
             })
             .collect();
-        let before = std::mem::take(&mut self.exporters);
-        for e in before {
-            if wanted.iter().any(|(id, key)| *id == e.id && *key == e.key) {
-                self.exporters.push(e);
-            } else {
-                e.close(deadline());
-            }
-        }
-        for (id, key) in wanted {
-            if self.exporters.iter().any(|e| e.id == id) {
-                continue;
-            }
+        for (id, key) in keep_wanted(&mut self.exporters, wanted, deadline()) {
             let c = config.exporters.get(&id).expect("listed from the config");
             let serves: Vec<&PipelineSlot> =
                 self.pipelines.iter().filter(|p| p.exporters.contains(&id)).collect();
@@ -266,18 +255,7 @@ impl Running {
             .map(|c| (c.id.to_string(), keys::exporter(&c.config, &[])))
             .filter(|(id, _)| plans.iter().any(|p| p.exporters.contains(id)))
             .collect();
-        let before = std::mem::take(&mut self.endpoints);
-        for e in before {
-            if wanted.iter().any(|(id, key)| *id == e.id && *key == e.key) {
-                self.endpoints.push(e);
-            } else {
-                e.close(deadline());
-            }
-        }
-        for (id, key) in wanted {
-            if self.endpoints.iter().any(|e| e.id == id) {
-                continue;
-            }
+        for (id, key) in keep_wanted(&mut self.endpoints, wanted, deadline()) {
             let c = config.exporters.get(&id).expect("listed from the config");
             let ExporterConfig::Prometheus(cfg) = &c.config else { continue };
             let rt = self.runtime.as_ref().expect("started above").handle();

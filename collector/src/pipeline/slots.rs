@@ -56,6 +56,48 @@ fn join_logged<T>(what: &str, component: &str, thread: JoinHandle<T>, deadline: 
     }
 }
 
+/// Takes back what a thread asked to park returns, waiting until
+/// `deadline`; a thread still running is left in place (logged).
+fn take_parked<T>(thread: &mut Option<JoinHandle<T>>, component: &str, deadline: Instant) -> Option<T> {
+    match join_by(thread.take()?, deadline) {
+        Ok(Ok(back)) => Some(back),
+        Ok(Err(_)) => {
+            tracing::error!(component, "thread panicked");
+            None
+        }
+        Err(running) => {
+            tracing::error!(component, "did not pause in time; it keeps its old wiring");
+            *thread = Some(running);
+            None
+        }
+    }
+}
+
+/// A running component a reload keeps, replaces or stops by its key.
+pub trait Keyed {
+    fn id(&self) -> &str;
+    fn key(&self) -> &str;
+    /// Stops it for good, bounded by `deadline`.
+    fn close(self, deadline: Instant);
+}
+
+/// Keeps the `slots` whose `(id, key)` is still `wanted`, closes the
+/// others, and returns the wanted ones that do not run yet.
+pub fn keep_wanted<S: Keyed>(
+    slots: &mut Vec<S>,
+    wanted: Vec<(String, String)>,
+    deadline: Instant,
+) -> Vec<(String, String)> {
+    for s in std::mem::take(slots) {
+        if wanted.iter().any(|(id, key)| id == s.id() && key == s.key()) {
+            slots.push(s);
+        } else {
+            s.close(deadline);
+        }
+    }
+    wanted.into_iter().filter(|(id, _)| !slots.iter().any(|s| s.id() == id)).collect()
+}
+
 type ReceiverRun = (VlpReceiver, Result<(), ReceiverError>);
 
 /// A bound receiver: its socket lives as long as the slot.
@@ -108,19 +150,12 @@ impl ReceiverSlot {
         if !std::mem::take(&mut self.parking) {
             return;
         }
-        let Some(thread) = self.thread.take() else { return };
-        match join_by(thread, deadline) {
-            Ok(Ok((receiver, result))) => {
-                if let Err(e) = result {
-                    tracing::error!(receiver = %self.id, "receiver had stopped with an error: {e}");
-                }
-                self.parked = Some(receiver);
+        let component = format!("receivers::{}", self.id);
+        if let Some((receiver, result)) = take_parked(&mut self.thread, &component, deadline) {
+            if let Err(e) = result {
+                tracing::error!(component, "receiver had stopped with an error: {e}");
             }
-            Ok(Err(_)) => tracing::error!(receiver = %self.id, "receiver thread panicked"),
-            Err(thread) => {
-                tracing::error!(receiver = %self.id, "receiver did not pause in time; it keeps its old wiring");
-                self.thread = Some(thread);
-            }
+            self.parked = Some(receiver);
         }
     }
 
@@ -381,17 +416,10 @@ impl PipelineSlot {
 
     /// Takes the processor back from a thread asked to park.
     pub fn park(&mut self, deadline: Instant) {
-        let Some(thread) = self.thread.take() else { return };
-        match join_by(thread, deadline) {
-            Ok(Ok((processor, rx))) => {
-                self.processor = Some(processor);
-                self.rx = Some(rx);
-            }
-            Ok(Err(_)) => tracing::error!(pipeline = %self.name, "processor thread panicked"),
-            Err(thread) => {
-                tracing::error!(pipeline = %self.name, "processor did not pause in time; it keeps its old wiring");
-                self.thread = Some(thread);
-            }
+        let component = format!("pipelines::{}", self.name);
+        if let Some((processor, rx)) = take_parked(&mut self.thread, &component, deadline) {
+            self.processor = Some(processor);
+            self.rx = Some(rx);
         }
     }
 
@@ -564,15 +592,6 @@ impl ExporterSlot {
         self.thread.is_finished()
     }
 
-    /// Ends the exporter: it writes what is queued, flushes and stops once
-    /// no pipeline holds a producer (parked pipelines hold none).
-    pub fn close(self, deadline: Instant) {
-        let id = self.id.clone();
-        if self.join(deadline) {
-            tracing::info!(exporter = %id, "exporter stopped");
-        }
-    }
-
     pub fn join(self, deadline: Instant) -> bool {
         drop(self.queue);
         join_logged("exporter", &self.id, self.thread, deadline)
@@ -619,8 +638,37 @@ impl EndpointSlot {
     pub fn stop(&self) {
         self.server.stop();
     }
+}
 
-    pub fn close(self, deadline: Instant) {
+impl Keyed for ExporterSlot {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Ends the exporter: it writes what is queued, flushes and stops once
+    /// no pipeline holds a producer (parked pipelines hold none).
+    fn close(self, deadline: Instant) {
+        let id = self.id.clone();
+        if self.join(deadline) {
+            tracing::info!(exporter = %id, "exporter stopped");
+        }
+    }
+}
+
+impl Keyed for EndpointSlot {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn close(self, deadline: Instant) {
         self.server.stop();
         if !wait_finished(|| self.server.is_finished(), deadline) {
             tracing::error!(exporter = %self.id, "metrics endpoint did not stop before the deadline");
