@@ -529,8 +529,9 @@ fn merged_config_errors_name_their_origin() {
     let out = collector_cmd(&["validate", "--config", &base, "--set", "processors::tracker::threshold=1ms"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    // The error names the `--set` that supplied the offending value.
     assert!(
-        err.contains("merged configuration") && err.contains("1 --set") && err.contains("threshold"),
+        err.contains("--set processors::tracker::threshold=1ms: processors::tracker: tracker.threshold"),
         "{err}"
     );
     let out = collector_cmd(&["validate", "--config", &base, "--set", "no-equals-sign"]);
@@ -541,6 +542,36 @@ fn merged_config_errors_name_their_origin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/overlay.yaml: cannot read"));
     let out = collector_cmd(&["validate", "--config", &base, "--set", "processors::tracker::threshold=3s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn merged_config_errors_point_at_the_file_and_line_that_wrote_the_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.yaml");
+    std::fs::write(&base, uds_config("").replace("@DIR@", &dir.path().display().to_string())).expect("base");
+    let base = base.display().to_string();
+    let overlay = dir.path().join("overlay.yaml");
+    // The misspelt key is on line 4, column 5 of the overlay (in the merged
+    // document it is elsewhere: keys are sorted, the base comes first).
+    std::fs::write(&overlay, "# overlay: a longer threshold\nprocessors:\n  tracker:\n    treshold: 2s\n")
+        .expect("overlay");
+    let overlay = overlay.display().to_string();
+    let out = collector_cmd(&["validate", "--config", &base, "--config", &overlay]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("configuration error: {overlay}:4:5: ")) && err.contains("treshold"),
+        "{err}"
+    );
+    assert!(!err.contains("merged document"), "{err}");
+
+    // A bad value from `--set`: the message names that argument.
+    std::fs::write(&overlay, "processors:\n  tracker:\n    threshold: 2s\n").expect("overlay");
+    let set = "processors::tracker::threshold=soon";
+    let out = collector_cmd(&["validate", "--config", &base, "--config", &overlay, "--set", set]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("configuration error: --set {set}: ")) && err.contains("soon"), "{err}");
 }
 
 #[test]

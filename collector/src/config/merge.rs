@@ -8,12 +8,26 @@
 //! substitution keeps its guarantee (a value never adds structure), and the
 //! merged text — which `print-config` shows and error positions point into —
 //! holds references, never their (possibly secret) values.
+//!
+//! Alongside, [`Provenance`] records which file (and where in it) or which
+//! `--set` supplied each key path, so errors found in the merged document
+//! can name the place the user wrote.
 
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use super::provenance::{Provenance, Tree};
 use super::{ConfigError, EMBEDDED_DEFAULT, Position};
+
+/// A merged configuration: its text and where each of its values came
+/// from (`None` if a source could not be read with positions; errors then
+/// point into the merged text).
+#[derive(Debug)]
+pub struct Merged {
+    pub text: String,
+    pub provenance: Option<Provenance>,
+}
 
 /// Where a configuration comes from: the files (none: the embedded
 /// default) and the `--set` overrides, in command-line order.
@@ -48,9 +62,23 @@ impl Origin {
 
     /// The merged document, as YAML text.
     pub fn merged_text(&self) -> Result<String, ConfigError> {
+        self.merged().map(|m| m.text)
+    }
+
+    /// The merged document and the provenance of its values.
+    pub fn merged(&self) -> Result<Merged, ConfigError> {
         let mut merged = Value::Object(Map::new());
+        let mut provenance = Some(Provenance::default());
+        let mut add_file = |merged: &mut Value, text: &str, source: String| {
+            merge(merged, document(text, &source)?);
+            match (Tree::read(text), provenance.as_mut()) {
+                (Some(tree), Some(p)) => p.add(source, &tree),
+                _ => provenance = None,
+            }
+            Ok::<(), ConfigError>(())
+        };
         if self.files.is_empty() {
-            merge(&mut merged, document(EMBEDDED_DEFAULT, "<embedded default config>")?);
+            add_file(&mut merged, EMBEDDED_DEFAULT, "<embedded default config>".into())?;
         }
         for file in &self.files {
             let source = file.display().to_string();
@@ -60,22 +88,34 @@ impl Origin {
                 component: None,
                 message: format!("cannot read config file: {e}"),
             })?;
-            merge(&mut merged, document(&text, &source)?);
+            add_file(&mut merged, &text, source)?;
         }
         for set in &self.sets {
-            apply_set(&mut merged, set).map_err(|message| ConfigError {
-                source: format!("--set {set}"),
+            let source = format!("--set {set}");
+            let (keys, value) = apply_set(&mut merged, set).map_err(|message| ConfigError {
+                source: source.clone(),
                 at: None,
                 component: None,
                 message,
             })?;
+            if let Some(p) = provenance.as_mut() {
+                p.add_set(source, &keys, &value);
+            }
         }
-        serde_saphyr::to_string(&merged).map_err(|e| ConfigError {
+        let text = serde_saphyr::to_string(&merged).map_err(|e| ConfigError {
             source: self.describe(),
             at: None,
             component: None,
             message: format!("cannot write the merged configuration: {e}"),
-        })
+        })?;
+        let provenance = match (provenance, Tree::read(&text)) {
+            (Some(mut p), Some(tree)) => {
+                p.set_merged(&tree);
+                Some(p)
+            }
+            _ => None,
+        };
+        Ok(Merged { text, provenance })
     }
 }
 
@@ -118,8 +158,8 @@ fn merge(base: &mut Value, over: Value) {
 
 /// `key::path=value` (or `key.path=value`): the value is read as YAML, so
 /// `[a, b]` is a list and `2s` a string; `${env:…}` in it is resolved later,
-/// like anywhere else.
-fn apply_set(root: &mut Value, set: &str) -> Result<(), String> {
+/// like anywhere else. Returns the key path and the value it set.
+fn apply_set<'s>(root: &mut Value, set: &'s str) -> Result<(Vec<&'s str>, Value), String> {
     let (path, raw) =
         set.split_once('=').ok_or("expected KEY.PATH=VALUE (e.g. processors::tracker::threshold=3s)")?;
     let keys: Vec<&str> =
@@ -147,8 +187,8 @@ fn apply_set(root: &mut Value, set: &str) -> Result<(), String> {
     let Value::Object(map) = node else {
         return Err(format!("`{}` is not a mapping", parents.join("::")));
     };
-    map.insert((*last).to_owned(), value);
-    Ok(())
+    map.insert((*last).to_owned(), value.clone());
+    Ok((keys, value))
 }
 
 #[cfg(test)]

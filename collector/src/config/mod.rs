@@ -12,11 +12,14 @@
 //! Loading is: read file → `${env:VAR}` substitution → YAML parse (unknown
 //! keys and types are errors with line:column) → semantic checks (each
 //! component's own `validate`, pipeline wiring). Every error names the file,
-//! a position where one is known, and the component id.
+//! a position where one is known, and the component id. For several
+//! `--config` files or `--set`s, the file (or `--set`) and position are
+//! those of the source that supplied the offending value (see `provenance`).
 
 pub mod components;
 pub mod env;
 mod merge;
+mod provenance;
 
 pub use merge::Origin;
 
@@ -28,7 +31,7 @@ use serde::Deserialize;
 use serde::de::MapAccess;
 use serde_saphyr::Spanned;
 
-use components::{ComponentFamily, Components, Position, spanned_body, spanned_required};
+use components::{ComponentFamily, ComponentId, Components, Position, spanned_body, spanned_required};
 use varta_agents::ResolverConfig;
 use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
@@ -210,6 +213,10 @@ pub struct Config {
     /// Where it was read from (a reload reads the same again).
     #[serde(skip)]
     pub origin: Origin,
+    /// For a merged configuration: which source supplied each value, so
+    /// errors name it.
+    #[serde(skip)]
+    provenance: Option<provenance::Provenance>,
 }
 
 /// A configuration problem: where it is and what is wrong.
@@ -252,14 +259,10 @@ impl Config {
                 })?;
                 Config::parse(&text, &origin.describe(), env)?
             }
-            _ => Config::parse(&origin.merged_text()?, &origin.describe(), env).map_err(|mut e| {
-                if e.at.is_some() {
-                    e.message.push_str(
-                        " (the position is in the merged document: see `varta-collector print-config`)",
-                    );
-                }
-                e
-            })?,
+            _ => {
+                let merged = origin.merged()?;
+                Config::parse_traced(&merged.text, &origin.describe(), env, merged.provenance)?
+            }
         };
         config.origin = origin.clone();
         Ok(config)
@@ -271,14 +274,32 @@ impl Config {
         source: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::parse_traced(text, source, lookup, None)
+    }
+
+    /// [`Config::parse`] of a merged text: errors name the source that
+    /// supplied the value in question, as `provenance` tells (without it,
+    /// they point into the merged text with a `print-config` hint).
+    fn parse_traced(
+        text: &str,
+        source: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+        provenance: Option<provenance::Provenance>,
+    ) -> Result<Config, ConfigError> {
+        // Parse errors are located once their message is final.
+        let located = |e: ConfigError| match &provenance {
+            Some(p) => p.locate(e, None),
+            None => e,
+        };
         let err = |at: Option<Position>, message: String| ConfigError {
             source: source.to_owned(),
             at,
             component: None,
             message,
         };
-        let prepared = env::prepare(text, lookup)
-            .map_err(|e| err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message))?;
+        let prepared = env::prepare(text, lookup).map_err(|e| {
+            located(err(Some(Position { line: e.line as u64, column: e.column as u64 }), e.message))
+        })?;
         let report = |e: serde_saphyr::Error| {
             let at = e.location().map(|l| Position { line: l.line(), column: l.column() });
             err(at, first_line(&e.to_string()))
@@ -296,7 +317,13 @@ impl Config {
                     for value in prepared.properties.values().filter(|v| v.len() >= 3) {
                         e.message = e.message.replace(value.as_str(), "<redacted>");
                     }
-                    return Err(e);
+                    // A value holding a line break moves the plain text's
+                    // lines: its position names no source reliably.
+                    if provenance.is_some() && prepared.properties.values().any(|v| v.contains(['\n', '\r']))
+                    {
+                        return Err(provenance::in_merged_document(e));
+                    }
+                    return Err(located(e));
                 }
                 // Only as a whole scalar is the value wrong: say so plainly.
                 Ok(_) => {
@@ -304,17 +331,36 @@ impl Config {
                     e.message = "the environment value substituted here is not valid for this field \
                                  (a value is always one scalar: it cannot add keys or structure)"
                         .into();
-                    return Err(e);
+                    return Err(located(e));
                 }
             },
         };
         config.source = source.to_owned();
+        config.provenance = provenance;
         config.check()?;
         Ok(config)
     }
 
+    /// An error about this configuration; for a merged one, naming the
+    /// source that supplied the value at `at` (or the component).
     fn error(&self, at: Option<Position>, component: Option<String>, message: String) -> ConfigError {
-        ConfigError { source: self.source.clone(), at, component, message }
+        self.error_on(&[], at, component, message)
+    }
+
+    /// [`Config::error`] about the value at key path `path` (e.g. one id in
+    /// a pipeline's list), which names the source more precisely than the
+    /// position of the whole component.
+    fn error_on(
+        &self,
+        path: &[&str],
+        at: Option<Position>,
+        component: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        let e = ConfigError { source: self.source.clone(), at, component, message };
+        let Some(p) = &self.provenance else { return e };
+        let path: Vec<String> = path.iter().map(|k| (*k).to_owned()).collect();
+        p.locate(e, (!path.is_empty()).then_some(path.as_slice()))
     }
 
     /// Semantic checks: component settings and pipeline wiring.
@@ -323,9 +369,10 @@ impl Config {
             let ExtensionConfig::HealthCheck(cfg) = &c.config;
             cfg.validate().map_err(|m| self.error(Some(c.at), Some(format!("extensions::{}", c.id)), m))?;
         }
-        for id in &self.service.extensions {
+        for (i, id) in self.service.extensions.iter().enumerate() {
             if self.extensions.get(id).is_none() {
-                return Err(self.error(
+                return Err(self.error_on(
+                    &["service", "extensions", &i.to_string()],
                     None,
                     Some("service::extensions".into()),
                     format!("extension `{id}` is not defined in the top-level `extensions:` section"),
@@ -333,34 +380,57 @@ impl Config {
             }
         }
         if self.service.progress_timeout < std::time::Duration::from_millis(100) {
-            return Err(self.error(
+            return Err(self.error_on(
+                &["service", "progress_timeout"],
                 None,
                 Some("service".into()),
                 "`progress_timeout` must be at least 100ms".into(),
             ));
         }
+        // Where a component's check names the offending field, a merged
+        // configuration's error names the source of that field (`fields`:
+        // its key path below the component, dot-separated).
+        let field_error = |section: &str, id: &ComponentId, at: Position, fields: &str, m: String| {
+            let id = id.to_string();
+            let path: Vec<&str> = [section, id.as_str()]
+                .into_iter()
+                .chain(fields.split('.').filter(|f| !f.is_empty()))
+                .collect();
+            let path = if fields.is_empty() { &[][..] } else { &path[..] };
+            self.error_on(path, Some(at), Some(format!("{section}::{id}")), m)
+        };
         for c in &self.receivers.0 {
             let ReceiverConfig::Vlp(cfg) = &c.config;
-            cfg.validate()
-                .map_err(|e| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), e.to_string()))?;
+            cfg.validate().map_err(|e| {
+                let field = match &e {
+                    varta_receiver::ConfigError::Invalid { field, .. }
+                    | varta_receiver::ConfigError::NotApplicable { field, .. } => field,
+                    _ => "",
+                };
+                field_error("receivers", &c.id, c.at, field, e.to_string())
+            })?;
         }
         for c in &self.processors.0 {
-            let r = match &c.config {
-                ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(|e| e.to_string()),
-                ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(|e| e.to_string()),
-                ProcessorConfig::Resolver(cfg) => cfg.validate(),
-                ProcessorConfig::Recovery(cfg) => cfg.validate(),
+            // `tracker.threshold`: the type, then the key path.
+            let below_type = |e: varta_processor::ConfigError| {
+                (e.field().split_once('.').map_or("", |(_, f)| f).to_owned(), e.to_string())
             };
-            r.map_err(|m| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m))?;
+            let r = match &c.config {
+                ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(below_type),
+                ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(below_type),
+                ProcessorConfig::Resolver(cfg) => cfg.validate().map_err(|m| (String::new(), m)),
+                ProcessorConfig::Recovery(cfg) => cfg.validate().map_err(|m| (String::new(), m)),
+            };
+            r.map_err(|(field, m)| field_error("processors", &c.id, c.at, &field, m))?;
         }
         for c in &self.exporters.0 {
             let r = match &c.config {
-                ExporterConfig::File(cfg) => cfg.validate(),
+                ExporterConfig::File(cfg) => cfg.validate().map_err(|m| ("", m)),
                 ExporterConfig::Debug(_) => Ok(()),
-                ExporterConfig::Prometheus(cfg) => cfg.validate(),
-                ExporterConfig::Otlp(cfg) => cfg.validate().map_err(|e| e.to_string()),
+                ExporterConfig::Prometheus(cfg) => cfg.validate().map_err(|m| ("", m)),
+                ExporterConfig::Otlp(cfg) => cfg.validate().map_err(|e| (e.field, e.to_string())),
             };
-            r.map_err(|m| self.error(Some(c.at), Some(format!("exporters::{}", c.id)), m))?;
+            r.map_err(|(field, m)| field_error("exporters", &c.id, c.at, field, m))?;
         }
         if self.service.pipelines.is_empty() {
             return Err(self.error(
@@ -372,13 +442,19 @@ impl Config {
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
         for (name, p) in &self.service.pipelines {
             let at = Some(Position { line: p.referenced.line(), column: p.referenced.column() });
-            let perr = |m: String| self.error(at, Some(format!("service::pipelines::{name}")), m);
+            // `key` names the pipeline's setting at fault (for a merged
+            // configuration, the source that wrote it is named).
+            let perr = |key: &[&str], m: String| {
+                let path = [&["service", "pipelines", name.as_str()][..], key].concat();
+                self.error_on(&path, at, Some(format!("service::pipelines::{name}")), m)
+            };
             let p = &p.value;
             if p.receivers.is_empty() || p.exporters.is_empty() {
-                return Err(perr("a pipeline needs at least one receiver and one exporter".into()));
+                let empty = if p.receivers.is_empty() { "receivers" } else { "exporters" };
+                return Err(perr(&[empty], "a pipeline needs at least one receiver and one exporter".into()));
             }
             if p.queue_batches == 0 {
-                return Err(perr("queue_batches must be at least 1".into()));
+                return Err(perr(&["queue_batches"], "queue_batches must be at least 1".into()));
             }
             for (section, ids, known) in [
                 (
@@ -389,11 +465,14 @@ impl Config {
                 ("processors", &p.processors, self.processors.0.iter().map(|c| c.id.to_string()).collect()),
                 ("exporters", &p.exporters, self.exporters.0.iter().map(|c| c.id.to_string()).collect()),
             ] {
-                for id in ids {
+                for (i, id) in ids.iter().enumerate() {
+                    let index = i.to_string();
+                    let item = [section, index.as_str()];
                     if !known.contains(id) {
-                        return Err(perr(format!(
-                            "{section} `{id}` is not defined in the top-level `{section}:` section"
-                        )));
+                        return Err(perr(
+                            &item,
+                            format!("{section} `{id}` is not defined in the top-level `{section}:` section"),
+                        ));
                     }
                     // Receivers fan out to every pipeline they feed; an
                     // exporter serves every pipeline that lists it. A
@@ -401,19 +480,25 @@ impl Config {
                     let shareable = section != "processors";
                     let key = format!("{section}::{id}");
                     if !shareable && let Some(other) = owner.insert(key, name) {
-                        return Err(perr(format!(
-                            "{section} `{id}` is already used by pipeline `{other}`; a processor holds one pipeline's state (define another id, e.g. `{}/2`)",
-                            id.split('/').next().unwrap_or(id)
-                        )));
+                        return Err(perr(
+                            &item,
+                            format!(
+                                "{section} `{id}` is already used by pipeline `{other}`; a processor holds one pipeline's state (define another id, e.g. `{}/2`)",
+                                id.split('/').next().unwrap_or(id)
+                            ),
+                        ));
                     }
                 }
             }
             let kinds: Vec<&str> = p.processors.iter().map(|id| id.split('/').next().unwrap_or(id)).collect();
             if !processor_order_ok(&kinds) {
-                return Err(perr(format!(
-                    "processors must be `[ratelimit, tracker, resolver, recovery]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking; resolving, then recovery, after), found {:?}",
-                    p.processors
-                )));
+                return Err(perr(
+                    &["processors"],
+                    format!(
+                        "processors must be `[ratelimit, tracker, resolver, recovery]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking; resolving, then recovery, after), found {:?}",
+                        p.processors
+                    ),
+                ));
             }
         }
         Ok(())
@@ -676,5 +761,82 @@ service:
     fn unused_components_are_listed() {
         let c = parse(&GOOD.replace("  debug:\n", "  debug:\n  debug/spare:\n")).expect("valid");
         assert_eq!(c.unused_components(), vec!["exporters::debug/spare".to_owned()]);
+    }
+
+    /// Loads GOOD merged with `second` and `sets` (THRESHOLD unset; SECRET
+    /// and LINES set); the error, and the second file's name.
+    fn merged_error(second: &str, sets: &[&str]) -> (String, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = ["one.yaml", "two.yaml"].map(|name| dir.path().join(name));
+        std::fs::write(&files[0], GOOD).expect("write");
+        std::fs::write(&files[1], second).expect("write");
+        let origin = Origin { files: files.to_vec(), sets: sets.iter().map(|s| (*s).to_owned()).collect() };
+        let merged = origin.merged().expect("merged");
+        let lookup = |k: &str| match k {
+            "SECRET" => Some("hunter2-secret".to_owned()),
+            "LINES" => Some("5\n    clock: x".to_owned()),
+            _ => None,
+        };
+        let e = Config::parse_traced(&merged.text, &origin.describe(), lookup, merged.provenance)
+            .expect_err("config must be refused");
+        (e.to_string(), files[1].display().to_string())
+    }
+
+    #[test]
+    fn merged_errors_name_the_file_and_line_that_supplied_the_value() {
+        let tracker = |line: &str| format!("processors:\n  tracker:\n    {line}\n");
+        let (e, two) = merged_error(&tracker("treshold: 3s"), &[]);
+        assert!(e.starts_with(&format!("{two}:3:5: ")) && e.contains("treshold"), "{e}");
+        assert!(!e.contains("merged document"), "{e}");
+        let (e, two) = merged_error(&tracker("threshold: soon"), &[]);
+        assert!(e.starts_with(&format!("{two}:3:16: ")) && e.contains("soon"), "{e}");
+        // An exporter id a pipeline names but nothing defines: the list item.
+        let (e, two) =
+            merged_error("service:\n  pipelines:\n    liveness:\n      exporters: [debug, file]\n", &[]);
+        assert!(e.starts_with(&format!("{two}:4:26: service::pipelines::liveness: exporters `file`")), "{e}");
+        let (e, two) = merged_error("\nservice:\n  extensions: [health_check]\n", &[]);
+        assert!(e.starts_with(&format!("{two}:3:16: service::extensions: ")), "{e}");
+    }
+
+    #[test]
+    fn merged_errors_name_the_set_that_supplied_the_value() {
+        let (e, _) = merged_error("", &["processors::tracker::threshold=soon"]);
+        assert!(e.starts_with("--set processors::tracker::threshold=soon: ") && e.contains("soon"), "{e}");
+        let (e, _) = merged_error("", &["processors.tracker.treshold=3s"]);
+        assert!(e.starts_with("--set processors.tracker.treshold=3s: ") && e.contains("treshold"), "{e}");
+        // A component's own check that names the field: that field's source.
+        let (e, _) = merged_error("", &["processors::tracker::threshold=1ms"]);
+        assert!(
+            e.starts_with("--set processors::tracker::threshold=1ms: processors::tracker: tracker.threshold"),
+            "{e}"
+        );
+        let (e, _) = merged_error("", &["receivers::vlp/uds::transport=udp"]);
+        assert!(e.contains("one.yaml:4:11: receivers::vlp/uds: `path` does not apply"), "{e}");
+        // A field that is missing: the component, merged from a file and sets.
+        let (e, _) = merged_error("", &["receivers::vlp/uds::transport=udp", "receivers::vlp/uds::path="]);
+        assert!(e.contains("one.yaml:3:5: receivers::vlp/uds: `endpoint` is required"), "{e}");
+        assert!(
+            e.ends_with(
+                "(merged with --set receivers::vlp/uds::transport=udp, --set receivers::vlp/uds::path=)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn merged_errors_never_echo_environment_values() {
+        let tracker = |line: &str| format!("processors:\n  tracker:\n    {line}\n");
+        for line in ["threshold: ${env:SECRET}", "treshold: ${env:SECRET}"] {
+            let (e, two) = merged_error(&tracker(line), &[]);
+            assert!(e.starts_with(&format!("{two}:3:")) && !e.contains("hunter2"), "{e}");
+        }
+        // An unset variable: the error's position is inside the value.
+        let (e, two) = merged_error(&tracker("threshold: \"x${env:UNSET}\""), &[]);
+        assert!(e.starts_with(&format!("{two}:3:16: ")) && e.contains("UNSET"), "{e}");
+        // A value with a line break shifts the positions of the text the
+        // message is worded from: no source is named rather than a wrong one.
+        let (e, _) =
+            merged_error(&format!("{}    capacity: ${{env:LINES}}\n", tracker("threshold: 2s")), &[]);
+        assert!(e.starts_with("merged configuration (") && e.contains("the merged document"), "{e}");
     }
 }
