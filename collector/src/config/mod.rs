@@ -343,7 +343,7 @@ impl Config {
 
     /// An error about this configuration; for a merged one, naming the
     /// source that supplied the value at `at` (or the component).
-    fn error(&self, at: Option<Position>, component: Option<String>, message: String) -> ConfigError {
+    pub fn error(&self, at: Option<Position>, component: Option<String>, message: String) -> ConfigError {
         self.error_on(&[], at, component, message)
     }
 

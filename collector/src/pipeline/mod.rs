@@ -77,10 +77,6 @@ pub struct Running {
     join_timeout: Duration,
 }
 
-fn error(config: &Config, component: Option<String>, message: String) -> ConfigError {
-    ConfigError { source: config.source().to_owned(), at: None, component, message }
-}
-
 /// Builds and starts every pipeline of `config`. Nothing receives until
 /// every other component was built (receivers bind last), and a startup
 /// error leaves nothing running.
@@ -204,11 +200,11 @@ impl Running {
         if runtime_needed && self.runtime.is_none() {
             self.runtime = Some(
                 AsyncRuntime::start()
-                    .map_err(|e| error(config, None, format!("cannot start the async runtime: {e}")))?,
+                    .map_err(|e| config.error(None, None, format!("cannot start the async runtime: {e}")))?,
             );
         }
         for plan in plans {
-            let err = |m: String| error(config, Some(format!("service::pipelines::{}", plan.name)), m);
+            let err = |m: String| config.error(None, Some(format!("service::pipelines::{}", plan.name)), m);
             match self.pipelines.iter_mut().find(|p| p.name == plan.name) {
                 Some(p) => p.update(plan, deadline()).map_err(err)?,
                 None => self.pipelines.push(PipelineSlot::build(plan).map_err(err)?),
@@ -238,10 +234,8 @@ impl Running {
             let c = config.exporters.get(&id).expect("listed from the config");
             let serves: Vec<&PipelineSlot> =
                 self.pipelines.iter().filter(|p| p.exporters.contains(&id)).collect();
-            let slot =
-                ExporterSlot::start(&id, key, &c.config, &serves, self.wiring(config)).map_err(|m| {
-                    ConfigError { at: Some(c.at), ..error(config, Some(format!("exporters::{id}")), m) }
-                })?;
+            let slot = ExporterSlot::start(&id, key, &c.config, &serves, self.wiring(config))
+                .map_err(|m| config.error(Some(c.at), Some(format!("exporters::{id}")), m))?;
             self.exporters.push(slot);
         }
         self.exporters.sort_by_key(|e| config.exporters.0.iter().position(|c| c.id.to_string() == e.id));
@@ -259,10 +253,8 @@ impl Running {
             let c = config.exporters.get(&id).expect("listed from the config");
             let ExporterConfig::Prometheus(cfg) = &c.config else { continue };
             let rt = self.runtime.as_ref().expect("started above").handle();
-            let slot = EndpointSlot::start(&id, key, cfg, &rt).map_err(|m| ConfigError {
-                at: Some(c.at),
-                ..error(config, Some(format!("exporters::{id}")), m)
-            })?;
+            let slot = EndpointSlot::start(&id, key, cfg, &rt)
+                .map_err(|m| config.error(Some(c.at), Some(format!("exporters::{id}")), m))?;
             self.endpoints.push(slot);
         }
         self.endpoints.sort_by_key(|e| config.exporters.0.iter().position(|c| c.id.to_string() == e.id));
@@ -283,10 +275,10 @@ impl Running {
             }
             if let Some((id, at, cfg)) = wanted {
                 let rt = self.runtime.as_ref().expect("started above").handle();
-                self.health =
-                    Some(HealthSlot::start(&id, cfg, Arc::clone(&self.report), &rt).map_err(|m| {
-                        ConfigError { at: Some(at), ..error(config, Some(format!("extensions::{id}")), m) }
-                    })?);
+                self.health = Some(
+                    HealthSlot::start(&id, cfg, Arc::clone(&self.report), &rt)
+                        .map_err(|m| config.error(Some(at), Some(format!("extensions::{id}")), m))?,
+                );
             }
         }
 
@@ -300,7 +292,7 @@ impl Running {
             let ReceiverConfig::Vlp(cfg) = &c.config;
             // ReceiverError messages already name the receiver.
             let slot = ReceiverSlot::bind(&id, keys::receiver(&c.config), cfg, feeds)
-                .map_err(|m| ConfigError { at: Some(c.at), ..error(config, None, m) })?;
+                .map_err(|m| config.error(Some(c.at), None, m))?;
             self.receivers.push(slot);
         }
         for r in &mut self.receivers {
