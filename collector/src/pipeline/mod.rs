@@ -133,19 +133,16 @@ impl Running {
             .filter(|p| !plans.iter().any(|plan| plan.name == p.name))
             .map(|p| p.name.as_str())
             .collect();
+        // Receivers that stay but feed other queues pause; those that go
+        // keep running until they are closed (they drain their socket).
         for r in &mut self.receivers {
-            let wanted =
-                config.receivers.get(&r.id).map(|c| (keys::receiver(&c.config), keys::feeds(config, &r.id)));
-            let rewire = match &wanted {
-                Some((key, feeds)) => {
-                    *key != r.key
-                        || *feeds != r.feeds
-                        || feeds.iter().any(|f| requeued.contains(&f.as_str()))
-                        || r.feeds.iter().any(|f| removed.contains(&f.as_str()))
-                }
-                None => true,
-            };
-            if rewire {
+            let Some(c) = config.receivers.get(&r.id) else { continue };
+            let feeds = keys::feeds(config, &r.id);
+            let stays = keys::receiver(&c.config) == r.key && !feeds.is_empty();
+            let rewire = feeds != r.feeds
+                || feeds.iter().any(|f| requeued.contains(&f.as_str()))
+                || r.feeds.iter().any(|f| removed.contains(&f.as_str()));
+            if stays && rewire {
                 r.request_park();
             }
         }

@@ -194,6 +194,8 @@ impl ReceiverSlot {
     }
 
     /// Closes the socket for good (the address is free once this returns).
+    /// A running receiver first reads what its socket holds into the
+    /// queues it feeds (see [`StopHandle::stop`]).
     pub fn close(mut self, deadline: Instant) {
         if self.thread.is_some() {
             self.stop.stop();
