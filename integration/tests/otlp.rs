@@ -256,6 +256,23 @@ service:
     )
 }
 
+/// An in-test OTLP server (recording into a sink) on a free port and the
+/// `config` for a collector exporting to it, with a free plain-UDP port.
+struct Rig {
+    sink: Sink,
+    server: OtlpServer,
+    udp: u16,
+    config: String,
+}
+
+fn rig(threshold: &str, otlp_extra: &str) -> Rig {
+    let (port, udp) = (free_tcp_port(), free_udp_port());
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    let config = config(&format!("http://127.0.0.1:{port}"), udp, threshold, otlp_extra);
+    Rig { sink, server, udp, config }
+}
+
 /// A `varta beat` agent process beating every 50 ms over the collector's socket.
 fn uds_agent(c: &Collector) -> Child {
     let sock = c.path("varta.sock");
@@ -696,16 +713,9 @@ fn local_agents_carry_attributes_and_their_stalls_a_diagnosis_span() {
 
 #[test]
 fn delta_temporality_sends_differences() {
-    let port = free_tcp_port();
-    let udp = free_udp_port();
-    let sink = Sink::default();
-    let server = OtlpServer::start(port, &sink);
-    let c = Collector::start(&config(
-        &format!("http://127.0.0.1:{port}"),
-        udp,
-        "10s",
-        "    traces: { enabled: false }\n    metrics: { interval: 200ms, temporality: delta }",
-    ));
+    let Rig { sink, server, udp, config } =
+        rig("10s", "    traces: { enabled: false }\n    metrics: { interval: 200ms, temporality: delta }");
+    let c = Collector::start(&config);
     udp_beats(udp, [4001, 4002, 4003], 1);
     // Deltas add up to the total, and each is marked delta.
     let total = wait_for("three beats summed over delta exports", || {
@@ -801,16 +811,8 @@ fn backend_absent_then_killed_and_restarted_export_resumes() {
 fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
     let _turn = heavy();
     const AGENTS: u32 = 10_000;
-    let port = free_tcp_port();
-    let udp = free_udp_port();
-    let sink = Sink::default();
-    let server = OtlpServer::start(port, &sink);
-    let c = Collector::start(&config(
-        &format!("http://127.0.0.1:{port}"),
-        udp,
-        "1s",
-        "    metrics: { interval: 1s, per_agent: true }",
-    ));
+    let Rig { sink, server, udp, config } = rig("1s", "    metrics: { interval: 1s, per_agent: true }");
+    let c = Collector::start(&config);
     udp_beats(udp, 100_000..100_000 + AGENTS, 1);
     // Every agent that was tracked stalls (one beat, then silence).
     wait_for("every tracked agent to stall", || {
@@ -846,14 +848,10 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
 #[test]
 fn beat_flood_alongside_stalls_loses_no_stall_event() {
     let _turn = heavy();
-    let port = free_tcp_port();
-    let udp = free_udp_port();
-    let sink = Sink::default();
-    let server = OtlpServer::start(port, &sink);
+    let Rig { sink, server, udp, config } = rig("300ms", "    metrics: { interval: 1s }");
     // Beats into the file exporter too, through a small queue, so the
     // flood overflows it.
-    let cfg = config(&format!("http://127.0.0.1:{port}"), udp, "300ms", "    metrics: { interval: 1s }")
-        .replace("    beats: false", "    beats: true\n    queue_size: 256");
+    let cfg = config.replace("    beats: false", "    beats: true\n    queue_size: 256");
     let c = Collector::start(&cfg);
     // 200 agents that will stall, then a flood from 1,000 others.
     let stalling: Vec<u32> = (300_000..300_200).collect();
@@ -1057,11 +1055,8 @@ fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
 /// pipeline it came from, with that pipeline's threshold.
 #[test]
 fn one_otlp_exporter_serves_two_pipelines() {
-    let port = free_tcp_port();
-    let sink = Sink::default();
-    let _server = OtlpServer::start(port, &sink);
-    let udp = free_udp_port();
-    let text = config(&format!("http://127.0.0.1:{port}"), udp, "300ms", "")
+    let Rig { sink, server: _server, udp, config } = rig("300ms", "");
+    let text = config
         .replace("  tracker:\n", "  tracker/net:\n    threshold: 500ms\n  tracker:\n")
         .replace("  otlp:\n", "  debug: {}\n  otlp:\n")
         .replace(
