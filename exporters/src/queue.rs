@@ -498,4 +498,38 @@ mod tests {
         assert!(samples.contains(&("dropped", "exporter_stopped", 2)), "{samples:?}");
         assert!(samples.contains(&("queue_depth", "", 0)), "{samples:?}");
     }
+
+    /// Records which producer each event came from.
+    struct Sources(Arc<Mutex<Vec<(usize, u64)>>>);
+
+    impl Exporter for Sources {
+        fn wants_beats(&self) -> bool {
+            true
+        }
+        fn export(&mut self, ev: &Event) -> std::io::Result<()> {
+            self.export_from(0, ev)
+        }
+        fn export_from(&mut self, source: usize, ev: &Event) -> std::io::Result<()> {
+            self.0.lock().expect("lock").push((source, ev.at_ns));
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_producer_is_seen_as_its_source() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (first, thread) =
+            ExporterQueue::start("shared".into(), Box::new(Sources(seen.clone())), 16).expect("start");
+        let (mut a, mut b) = (first.share_as(0), first.share_as(1));
+        drop(first);
+        a.offer(&beat(10));
+        b.offer(&beat(20));
+        a.offer(&beat(11));
+        drop((a, b));
+        thread.join().expect("exporter thread");
+        assert_eq!(*seen.lock().expect("lock"), [(0, 10), (1, 20), (0, 11)]);
+    }
 }
