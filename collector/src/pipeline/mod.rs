@@ -432,7 +432,7 @@ impl Running {
         }
         let mut clean = true;
         for r in self.receivers {
-            clean &= r.join("receiver", deadline);
+            clean &= r.join(deadline);
         }
         // With every receiver gone, dropping the pipelines' own senders
         // closes their queues: processors drain and end.

@@ -211,8 +211,8 @@ impl ReceiverSlot {
         self.stop.stop();
     }
 
-    pub fn join(mut self, what: &str, deadline: Instant) -> bool {
-        self.thread.take().is_none_or(|t| join_logged(what, &self.id, t, deadline))
+    pub fn join(mut self, deadline: Instant) -> bool {
+        self.thread.take().is_none_or(|t| join_logged("receiver", &self.id, t, deadline))
     }
 }
 
