@@ -30,7 +30,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Metric, metric::Data};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, NumberDataPoint, metric::Data,
+};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tonic::codec::CompressionEncoding;
@@ -43,7 +45,13 @@ use varta_proto::{Frame, Status};
 #[derive(Debug, Default)]
 struct Received {
     spans: Vec<Span>,
+    /// The resource attributes each span of `spans` arrived under.
+    span_resources: Vec<Vec<KeyValue>>,
+    /// The instrumentation scope of each span.
+    span_scopes: Vec<String>,
     metrics: Vec<Metric>,
+    /// The resource attributes each metric of `metrics` arrived under.
+    metric_resources: Vec<Vec<KeyValue>>,
     /// Values of the `x-varta-tenant` header, per request.
     tenants: Vec<String>,
     /// Whether any request carried an `authorization` header (it must reach
@@ -75,15 +83,22 @@ impl TraceService for Sink {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.note_headers(request.metadata());
-        let spans = request.into_inner().resource_spans.into_iter().flat_map(|rs| {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for rs in request.into_inner().resource_spans {
             let resource = rs.resource.unwrap_or_default();
             assert!(
                 resource.attributes.iter().any(|kv| kv.key == "service.name"),
-                "every request names its service"
+                "every resource names its service"
             );
-            rs.scope_spans.into_iter().flat_map(|ss| ss.spans)
-        });
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).spans.extend(spans);
+            for ss in rs.scope_spans {
+                let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                for span in ss.spans {
+                    r.spans.push(span);
+                    r.span_resources.push(resource.attributes.clone());
+                    r.span_scopes.push(scope.clone());
+                }
+            }
+        }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -95,12 +110,14 @@ impl MetricsService for Sink {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         self.note_headers(request.metadata());
-        let metrics = request
-            .into_inner()
-            .resource_metrics
-            .into_iter()
-            .flat_map(|rm| rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics));
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).metrics.extend(metrics);
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for rm in request.into_inner().resource_metrics {
+            let resource = rm.resource.unwrap_or_default();
+            for m in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
+                r.metrics.push(m);
+                r.metric_resources.push(resource.attributes.clone());
+            }
+        }
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -184,18 +201,52 @@ fn int_attr(attributes: &[KeyValue], key: &str) -> Option<i64> {
     }
 }
 
+/// Spans named `name` about agent `pid` (its resource's `process.pid`).
 fn spans_of(sink: &Sink, name: &str, pid: u32) -> Vec<Span> {
+    agent_spans(sink, name, pid).into_iter().map(|(_, s)| s).collect()
+}
+
+/// Spans named `name` about agent `pid`, each with its resource attributes.
+fn agent_spans(sink: &Sink, name: &str, pid: u32) -> Vec<(Vec<KeyValue>, Span)> {
     sink.with(|r| {
         r.spans
             .iter()
-            .filter(|s| s.name == name && int_attr(&s.attributes, "process.pid") == Some(i64::from(pid)))
-            .cloned()
+            .zip(&r.span_resources)
+            .filter(|(s, res)| s.name == name && int_attr(res, "process.pid") == Some(i64::from(pid)))
+            .map(|(s, res)| (res.clone(), s.clone()))
             .collect()
     })
 }
 
+/// The newest collector-level metric named `name` (under the collector's
+/// own resource).
 fn metric(sink: &Sink, name: &str) -> Option<Metric> {
-    sink.with(|r| r.metrics.iter().rev().find(|m| m.name == name).cloned())
+    sink.with(|r| {
+        r.metrics
+            .iter()
+            .zip(&r.metric_resources)
+            .rev()
+            .find(|(m, res)| m.name == name && str_attr(res, "service.name") == Some("varta-collector"))
+            .map(|(m, _)| m.clone())
+    })
+}
+
+/// The newest point of the per-agent metric `name` about agent `pid`, with
+/// the resource it arrived under.
+fn agent_point(sink: &Sink, name: &str, pid: u32) -> Option<(Vec<KeyValue>, NumberDataPoint)> {
+    sink.with(|r| {
+        r.metrics.iter().zip(&r.metric_resources).rev().find_map(|(m, res)| {
+            if m.name != name || int_attr(res, "process.pid") != Some(i64::from(pid)) {
+                return None;
+            }
+            let points = match &m.data {
+                Some(Data::Gauge(g)) => &g.data_points,
+                Some(Data::Sum(s)) => &s.data_points,
+                _ => return None,
+            };
+            points.first().map(|p| (res.clone(), p.clone()))
+        })
+    })
 }
 
 fn unix_ns() -> i128 {
@@ -546,17 +597,16 @@ fn spans_and_metrics_have_the_promised_structure() {
     let started_ns = unix_ns();
     let mut agent = uds_agent(&c);
     let pid = agent.id();
-    wait_for("the agent to be tracked", || {
-        let m = metric(&sink, "varta.agent.status")?;
-        let Some(Data::Gauge(g)) = m.data else { return None };
-        g.data_points
-            .iter()
-            .any(|p| int_attr(&p.attributes, "process.pid") == Some(i64::from(pid)))
-            .then_some(())
-    });
+    let (agent_resource, point) =
+        wait_for("the agent to be tracked", || agent_point(&sink, "varta.agent.status", pid));
+    // Per-agent points are about the agent: its resource, the pipeline as
+    // the only point attribute.
+    assert_eq!(str_attr(&agent_resource, "service.name"), Some("unknown_service"));
+    assert!(int_attr(&point.attributes, "process.pid").is_none(), "{point:?}");
+    assert_eq!(str_attr(&point.attributes, "varta.pipeline"), Some("liveness"));
     signal(&agent, libc::SIGSTOP);
     let stopped_ns = unix_ns();
-    let stall = wait_for("the stall span", || spans_of(&sink, "varta.stall", pid).pop());
+    let (resource, stall) = wait_for("the stall span", || agent_spans(&sink, "varta.stall", pid).pop());
     signal(&agent, libc::SIGCONT);
     let resumed_ns = unix_ns();
     let resolved = wait_for("the resolved span", || spans_of(&sink, "varta.stall.resolved", pid).pop());
@@ -570,11 +620,17 @@ fn spans_and_metrics_have_the_promised_structure() {
     assert_ne!(resolved.span_id, stall.span_id);
     assert_eq!(spans_of(&sink, "varta.stall", pid).len(), 1, "exactly one stall span for one incident");
 
+    // The agent is the resource; the collector is the scope.
+    assert_eq!(int_attr(&resource, "process.pid"), Some(i64::from(pid)));
+    assert_eq!(str_attr(&resource, "varta.agent.source"), Some("local"));
+    assert_eq!(str_attr(&resource, "varta.agent.transport"), Some("uds"));
+    // No resolver in this pipeline: the executable is unknown too.
+    assert_eq!(str_attr(&resource, "service.name"), Some("unknown_service"));
+    assert!(str_attr(&resource, "host.name").is_some(), "a local agent runs on this node");
+    assert!(sink.with(|r| r.span_scopes.iter().all(|s| s == "varta-collector")));
     // Attribute names and types.
     let a = &stall.attributes;
-    assert_eq!(int_attr(a, "process.pid"), Some(i64::from(pid)));
-    assert!(matches!(attr(a, "varta.agent.source"), Some(Value::StringValue(s)) if s == "local"));
-    assert!(matches!(attr(a, "varta.agent.transport"), Some(Value::StringValue(s)) if s == "uds"));
+    assert!(int_attr(a, "process.pid").is_none(), "identity lives on the resource");
     assert_eq!(int_attr(a, "varta.stall.threshold_ns"), Some(400_000_000));
     assert!(matches!(attr(a, "varta.last_status"), Some(Value::StringValue(s)) if s == "ok"));
     assert!(int_attr(a, "varta.last_nonce").is_some_and(|n| n > 0));
@@ -686,27 +742,31 @@ fn local_agents_carry_attributes_and_their_stalls_a_diagnosis_span() {
     );
     let (_collector, mut agent) = start_with_checkout_agent(&text);
     let pid = agent.id();
-    wait_for("the agent's metric point with its service", || {
-        let m = metric(&sink, "varta.agent.status")?;
-        let Some(Data::Gauge(g)) = m.data else { return None };
-        g.data_points
-            .iter()
-            .any(|p| {
-                int_attr(&p.attributes, "process.pid") == Some(i64::from(pid))
-                    && str_attr(&p.attributes, "service.name") == Some("checkout")
-            })
-            .then_some(())
+    let (resource, _) = wait_for("the agent's metric point under its service", || {
+        agent_point(&sink, "varta.agent.status", pid)
+            .filter(|(res, _)| str_attr(res, "service.name") == Some("checkout"))
     });
+    assert_eq!(str_attr(&resource, "process.executable.name"), Some("varta"));
     signal(&agent, libc::SIGSTOP);
-    let stall = wait_for("the stall span", || spans_of(&sink, "varta.stall", pid).pop());
-    assert_eq!(str_attr(&stall.attributes, "service.name"), Some("checkout"));
-    assert_eq!(str_attr(&stall.attributes, "process.executable.name"), Some("varta"));
-    assert!(str_attr(&stall.attributes, "process.creation.time").is_some_and(|t| t.ends_with('Z')));
+    // The stall arrives under checkout's own resource, as a trace store
+    // lists it ("service: checkout"); the collector's own metrics stay
+    // under varta-collector.
+    let (resource, stall) = wait_for("the stall span", || agent_spans(&sink, "varta.stall", pid).pop());
+    assert_eq!(str_attr(&resource, "service.name"), Some("checkout"));
+    assert_eq!(int_attr(&resource, "process.pid"), Some(i64::from(pid)));
+    assert_eq!(str_attr(&resource, "process.executable.name"), Some("varta"));
+    assert!(str_attr(&resource, "process.creation.time").is_some_and(|t| t.ends_with('Z')));
+    assert!(str_attr(&stall.attributes, "service.name").is_none(), "service.name is a resource attribute");
+    assert!(metric(&sink, "varta.stalls").is_some(), "fleet metrics under the collector's resource");
     let diagnosis = wait_for("the diagnosis span", || spans_of(&sink, "varta.stall.diagnosis", pid).pop());
     assert_eq!(str_attr(&diagnosis.attributes, "varta.stall.cause"), Some("stopped"));
     assert_eq!(diagnosis.trace_id, stall.trace_id, "same incident, same trace");
     assert_eq!(diagnosis.parent_span_id, stall.span_id);
     signal(&agent, libc::SIGCONT);
+    let (resource, resolved) =
+        wait_for("the resolved span", || agent_spans(&sink, "varta.stall.resolved", pid).pop());
+    assert_eq!(str_attr(&resource, "service.name"), Some("checkout"));
+    assert_eq!(resolved.parent_span_id, stall.span_id);
     let _ = agent.kill();
     let _ = agent.wait();
 }
@@ -890,10 +950,13 @@ fn beat_flood_alongside_stalls_loses_no_stall_event() {
     let dropped = final_counter(&log, "exporters::file", "dropped", "queue_full").unwrap_or(0);
     assert!(dropped > 0, "the flood did overflow the beat lane, or this test proves nothing");
     let spans: HashMap<i64, usize> = sink.with(|r| {
-        r.spans.iter().filter(|s| s.name == "varta.stall").fold(HashMap::new(), |mut m, s| {
-            *m.entry(int_attr(&s.attributes, "process.pid").unwrap_or(0)).or_default() += 1;
-            m
-        })
+        r.spans.iter().zip(&r.span_resources).filter(|(s, _)| s.name == "varta.stall").fold(
+            HashMap::new(),
+            |mut m, (_, res)| {
+                *m.entry(int_attr(res, "process.pid").unwrap_or(0)).or_default() += 1;
+                m
+            },
+        )
     });
     for pid in &stalling {
         assert_eq!(spans.get(&i64::from(*pid)), Some(&1), "stall span of {pid}");

@@ -31,8 +31,11 @@ use serde::Deserialize;
 use serde::de::MapAccess;
 use serde_saphyr::Spanned;
 
-use components::{ComponentFamily, ComponentId, Components, Position, spanned_body, spanned_required};
+use components::{
+    Component, ComponentFamily, ComponentId, Components, Position, spanned_body, spanned_required,
+};
 use varta_agents::ResolverConfig;
+use varta_exporters::otlp::config::Protocol;
 use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
 use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
@@ -86,12 +89,15 @@ pub enum ExporterConfig {
 
 impl ComponentFamily for ExporterConfig {
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus", "otlp"];
+    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus", "otlp", "otlphttp"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "file" => spanned_body(map, ExporterConfig::File),
             "prometheus" => spanned_body(map, ExporterConfig::Prometheus),
             "otlp" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
+            "otlphttp" => spanned_body(map, |c: OtlpExporterConfig| {
+                ExporterConfig::Otlp(Box::new(OtlpExporterConfig { protocol: Protocol::Http, ..c }))
+            }),
             _ => spanned_body(map, ExporterConfig::Debug),
         }
     }
@@ -249,7 +255,11 @@ impl Config {
     pub fn load(origin: &Origin) -> Result<Config, ConfigError> {
         let env = |k: &str| std::env::var(k).ok();
         let mut config = match origin.files.as_slice() {
-            [] if origin.is_single() => Config::parse(EMBEDDED_DEFAULT, &origin.describe(), env)?,
+            [] if origin.is_single() => {
+                let mut c = Config::parse(EMBEDDED_DEFAULT, &origin.describe(), env)?;
+                c.add_otel_env_exporter(env)?;
+                c
+            }
             [path] if origin.is_single() => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     source: origin.describe(),
@@ -266,6 +276,34 @@ impl Config {
         };
         config.origin = origin.clone();
         Ok(config)
+    }
+
+    /// The embedded default configuration also exports over OTLP when the
+    /// OpenTelemetry SDK variables name an endpoint
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` …, see
+    /// [`varta_exporters::otlp::env`]): an exporter `otlp/env` (or
+    /// `otlphttp/env`) is added to every pipeline. Only ever for the
+    /// embedded default: an explicit configuration always wins.
+    fn add_otel_env_exporter(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let error = |message: String| ConfigError {
+            source: self.source.clone(),
+            at: None,
+            component: Some("exporters::otlp/env".into()),
+            message,
+        };
+        let Some(cfg) = varta_exporters::otlp::env::from_otel_env(env).map_err(|e| error(e.message))? else {
+            return Ok(());
+        };
+        let id = ComponentId { kind: cfg.kind().to_owned(), name: Some("env".into()) };
+        for p in self.service.pipelines.values_mut() {
+            p.value.exporters.push(id.to_string());
+        }
+        self.exporters.0.push(Component {
+            id,
+            at: Position::default(),
+            config: ExporterConfig::Otlp(Box::new(cfg)),
+        });
+        self.check()
     }
 
     /// Parses and checks config text; `source` names it in errors.

@@ -1,145 +1,92 @@
-//! The gRPC connection to the OTLP backend and the retry policy.
+//! The connection to the OTLP backend, whichever transport, and the retry
+//! policy: the one sending core behind both `otlp` (gRPC, [`super::grpc`])
+//! and `otlphttp` (HTTP, [`super::http`]).
 //!
-//! Promises: the channel is lazy and reconnects by itself, so a backend
-//! that is absent at start or restarts mid-run needs nothing from us but
-//! the next export; every call carries the configured headers (marked
-//! sensitive, never logged), compression and deadline; a retryable failure
-//! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`,
-//! `CANCELLED`, `OUT_OF_RANGE`, `DATA_LOSS`, as the OTLP specification
-//! lists) is retried with exponential backoff until
-//! `retry_on_failure.max_elapsed_time`, or until the exporter is closing.
+//! Promises: connections are lazy and reconnect by themselves, so a
+//! backend that is absent at start or restarts mid-run needs nothing from
+//! us but the next export; every call carries the configured headers
+//! (marked sensitive, never logged), compression and deadline; a retryable
+//! failure (gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`,
+//! `ABORTED`, `CANCELLED`, `OUT_OF_RANGE`, `DATA_LOSS`; HTTP 429, 502, 503,
+//! 504 or no connection, as the OTLP specification lists) is retried with
+//! exponential backoff — waiting at least what the server's `Retry-After`
+//! asks — until `retry_on_failure.max_elapsed_time`, or until the exporter
+//! is closing.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tonic::codec::CompressionEncoding;
-use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::OtlpError;
-use super::config::{Compression, OtlpExporterConfig, RetryConfig, Scheme};
+use super::config::{OtlpExporterConfig, Protocol, RetryConfig};
+use super::grpc::GrpcClient;
+use super::http::HttpClient;
 
 /// What a failed call means for the data it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Worth trying again later (backend down, overloaded, slow).
-    Retryable(String),
+    /// Worth trying again later (backend down, overloaded, slow); `after`
+    /// is the server's `Retry-After`, when it gave one.
+    Retryable { message: String, after: Option<Duration> },
     /// The backend will never take it (bad request, unauthenticated …).
     Permanent(String),
 }
 
 impl Failure {
+    pub fn retryable(message: impl Into<String>) -> Failure {
+        Failure::Retryable { message: message.into(), after: None }
+    }
+
     pub fn message(&self) -> &str {
         match self {
-            Failure::Retryable(m) | Failure::Permanent(m) => m,
+            Failure::Retryable { message, .. } | Failure::Permanent(message) => message,
         }
     }
 }
 
-fn classify(status: &tonic::Status) -> Failure {
-    use tonic::Code::*;
-    // The message may echo request metadata from some servers; keep the
-    // code and the server's message only (never our headers).
-    let text = format!("{:?}: {}", status.code(), status.message());
-    match status.code() {
-        Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled | OutOfRange | DataLoss => {
-            Failure::Retryable(text)
-        }
-        _ => Failure::Permanent(text),
-    }
-}
-
-/// One backend connection (shared by the span and metric senders; tonic
-/// channels multiplex).
+/// One backend connection (cloned by the span and metric senders).
 #[derive(Debug, Clone)]
-pub struct Client {
-    traces: TraceServiceClient<Channel>,
-    metrics: MetricsServiceClient<Channel>,
-    headers: MetadataMap,
-    timeout: Duration,
+pub enum Client {
+    Grpc(GrpcClient),
+    Http(HttpClient),
 }
 
 impl Client {
-    /// Builds the (lazy) channel. Must run inside the Tokio runtime.
+    /// Builds the (lazy) connection. Must run inside the Tokio runtime.
     pub fn connect(config: &OtlpExporterConfig) -> Result<Client, OtlpError> {
-        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| OtlpError::Endpoint(e.to_string()))?
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .tcp_nodelay(true);
-        if config.scheme() == Scheme::Tls {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &config.tls.ca_file {
-                Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
-                None => tls.with_native_roots(),
-            };
-            if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| OtlpError::Tls(e.to_string()))?;
+        match config.protocol {
+            Protocol::Grpc => GrpcClient::connect(config).map(Client::Grpc),
+            Protocol::Http => HttpClient::new(config).map(Client::Http),
         }
-        let channel = endpoint.connect_lazy();
-        let mut traces = TraceServiceClient::new(channel.clone());
-        let mut metrics = MetricsServiceClient::new(channel);
-        if config.compression == Compression::Gzip {
-            traces = traces
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-            metrics = metrics
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-        }
-        let mut headers = MetadataMap::new();
-        for (name, value) in &config.headers.0 {
-            let key = MetadataKey::<Ascii>::from_bytes(name.as_bytes())
-                .map_err(|_| OtlpError::Endpoint(format!("header name {name:?} is invalid")))?;
-            let mut value = MetadataValue::<Ascii>::try_from(value.as_str())
-                .map_err(|_| OtlpError::Endpoint(format!("the value of header {name:?} is invalid")))?;
-            value.set_sensitive(true);
-            headers.insert(key, value);
-        }
-        Ok(Client { traces, metrics, headers, timeout: config.timeout })
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        *r.metadata_mut() = self.headers.clone();
-        r.set_timeout(self.timeout);
-        r
+    /// A client for a second sender: same settings; over HTTP its own
+    /// connection (gRPC channels multiplex, so they are shared).
+    pub fn fork(&self) -> Client {
+        match self {
+            Client::Grpc(c) => Client::Grpc(c.clone()),
+            Client::Http(c) => Client::Http(c.fork()),
+        }
     }
 
     /// One attempt. `Ok(rejected)`: the backend took the request and
     /// rejected that many spans (partial success).
     pub async fn export_traces(&mut self, req: ExportTraceServiceRequest) -> Result<u64, Failure> {
-        let r = self.request(req);
-        match self.traces.export(r).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .partial_success
-                .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))),
-            Err(status) => Err(classify(&status)),
+        match self {
+            Client::Grpc(c) => c.export_traces(req).await,
+            Client::Http(c) => c.export_traces(req).await,
         }
     }
 
     /// One attempt; `Ok(rejected data points)`.
     pub async fn export_metrics(&mut self, req: ExportMetricsServiceRequest) -> Result<u64, Failure> {
-        let r = self.request(req);
-        match self.metrics.export(r).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .partial_success
-                .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0))),
-            Err(status) => Err(classify(&status)),
+        match self {
+            Client::Grpc(c) => c.export_metrics(req).await,
+            Client::Http(c) => c.export_metrics(req).await,
         }
     }
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, OtlpError> {
-    std::fs::read(path).map_err(|e| OtlpError::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Exponential backoff of one batch.
@@ -153,6 +100,11 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(policy: RetryConfig) -> Backoff {
         Backoff { policy, next: policy.initial_interval, started: Instant::now() }
+    }
+
+    /// Whether waiting `wait` more stays within `max_elapsed_time`.
+    pub fn allows(&self, wait: Duration) -> bool {
+        self.started.elapsed() + wait <= self.policy.max_elapsed_time
     }
 
     /// The wait before the next attempt, or `None` when it is time to give up.
@@ -193,6 +145,17 @@ where
             Err(f) => f,
         };
         let Some(wait) = backoff.next_wait() else { return Err(failure) };
+        // The server asked for a longer pause: honour it, unless it would
+        // outlast the retry budget (then give up now, counted).
+        let wait = match &failure {
+            Failure::Retryable { after: Some(after), .. } if *after > wait => {
+                if !backoff.allows(*after) {
+                    return Err(failure);
+                }
+                *after
+            }
+            _ => wait,
+        };
         on_retry(&failure);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -220,13 +183,5 @@ mod tests {
         let mut expired =
             Backoff::new(RetryConfig { max_elapsed_time: Duration::ZERO, ..RetryConfig::default() });
         assert_eq!(expired.next_wait(), None);
-    }
-
-    #[test]
-    fn codes_are_classified_as_the_spec_says() {
-        assert!(matches!(classify(&tonic::Status::unavailable("down")), Failure::Retryable(_)));
-        assert!(matches!(classify(&tonic::Status::resource_exhausted("slow")), Failure::Retryable(_)));
-        assert!(matches!(classify(&tonic::Status::unauthenticated("key")), Failure::Permanent(_)));
-        assert!(matches!(classify(&tonic::Status::invalid_argument("bad")), Failure::Permanent(_)));
     }
 }

@@ -1,10 +1,17 @@
-//! Configuration of the `otlp` exporter, shaped like the OpenTelemetry
-//! Collector's `otlp` exporter so that people who know one know the other.
+//! Configuration of the `otlp` (OTLP/gRPC) and `otlphttp` (OTLP/HTTP)
+//! exporters, shaped like the OpenTelemetry Collector's exporters of the
+//! same names so that people who know one know the other: a Collector
+//! config block copied over works (`endpoint: host:port` with
+//! `tls: {insecure: true}`, `headers`, `compression`, `retry_on_failure`,
+//! `sending_queue`, `encoding`, `traces_endpoint` …).
 //!
-//! Promises: unknown keys are errors (`deny_unknown_fields`);
+//! Promises: unknown keys are errors (`deny_unknown_fields`), and so is a
+//! key of the other transport (`encoding` on `otlp`);
 //! [`OtlpExporterConfig::validate`] refuses every setting that cannot work
 //! and names the field; header values (API keys) never appear in `Debug`
-//! output or in any error message.
+//! output or in any error message; `tls.key_file` is read by the same
+//! careful reader as every other secret (regular file, not a symlink,
+//! ours, 0600).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,20 +23,49 @@ use serde::Deserialize;
 /// How `endpoint` is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
-    /// `http://`: plaintext gRPC (an explicit choice, never a default).
+    /// `http://`, or `host:port` with `tls.insecure: true`: plaintext (an
+    /// explicit choice, never a default).
     Plaintext,
-    /// `https://`: TLS, verified against the system roots or `tls.ca_file`.
+    /// `https://`, or `host:port`: TLS, verified against the system roots
+    /// or `tls.ca_file`.
     Tls,
 }
 
-/// `tls:` — only meaningful with an `https://` endpoint.
+/// Which wire the exporter speaks; chosen by the component type, never
+/// by a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// `otlp`: OTLP/gRPC.
+    #[default]
+    Grpc,
+    /// `otlphttp`: OTLP/HTTP (`POST {endpoint}/v1/traces`, `/v1/metrics`).
+    Http,
+}
+
+/// `encoding:` of `otlphttp` request bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `application/x-protobuf`.
+    #[default]
+    Proto,
+    /// `application/json` (OTLP/JSON: hex ids, camelCase names).
+    Json,
+}
+
+/// `tls:` — as the OpenTelemetry Collector's `configtls` client settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// OpenTelemetry Collector compatibility: `true` means "no TLS", which
-    /// here must also be spelled out as an `http://` endpoint.
+    /// `true`: plaintext. With a `host:port` endpoint this is how the
+    /// Collector says "no TLS"; with `https://` it is a contradiction.
     #[serde(default)]
     pub insecure: bool,
+    /// Accept any server certificate (TLS still encrypts, but anyone on
+    /// the path can impersonate the backend). For tests and labs only;
+    /// logged as a warning at start.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// PEM CA bundle to verify the server with, instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -180,13 +216,33 @@ impl fmt::Debug for Headers {
     }
 }
 
-/// Configuration of the `otlp` exporter (OTLP over gRPC).
+/// Configuration of the `otlp` exporter (OTLP/gRPC) and of the `otlphttp`
+/// exporter (OTLP/HTTP): one struct, one sending core; [`Self::protocol`]
+/// is set by the component type and [`Self::validate`] refuses the keys of
+/// the other transport.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
-    /// `http://host:port` (plaintext, explicit) or `https://host:port`.
+    /// Set from the component type (`otlp` or `otlphttp`), never from YAML.
+    #[serde(skip)]
+    pub protocol: Protocol,
+    /// `otlp`: `host:port` (TLS unless `tls.insecure`), `https://host:port`
+    /// or `http://host:port` (plaintext). `otlphttp`: a base URL
+    /// (`https://otlp.example.com`, `http://127.0.0.1:4318`) to which
+    /// `/v1/traces` and `/v1/metrics` are appended.
     #[serde(default)]
     pub endpoint: String,
+    /// `otlphttp` only: the full URL for traces, instead of
+    /// `{endpoint}/v1/traces`.
+    #[serde(default)]
+    pub traces_endpoint: Option<String>,
+    /// `otlphttp` only: the full URL for metrics, instead of
+    /// `{endpoint}/v1/metrics`.
+    #[serde(default)]
+    pub metrics_endpoint: Option<String>,
+    /// `otlphttp` only: request body encoding.
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
     #[serde(default)]
     pub tls: TlsConfig,
     /// gRPC metadata sent with every export; values may come from
@@ -206,17 +262,30 @@ pub struct OtlpExporterConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub traces: TracesConfig,
-    /// Resource attributes; they override the computed ones (`service.name`
-    /// = `varta-collector`, `service.version`, `host.name`,
-    /// `service.instance.id`).
+    /// The collector's own resource attributes; they override the computed
+    /// ones (`service.name` = `varta-collector` or `OTEL_SERVICE_NAME`,
+    /// `service.version`, `host.name`, `service.instance.id`, then
+    /// `OTEL_RESOURCE_ATTRIBUTES`).
     #[serde(default)]
     pub resource: BTreeMap<String, String>,
+    /// `true` (default): incident spans and per-agent metric points are
+    /// sent under a resource describing the observed agent (its
+    /// `service.name`, `process.*`, `container.id` …), so a trace store
+    /// lists a service's stalls under that service. `false`: everything
+    /// under the collector's resource, agent attributes on each span and
+    /// point (the form before agent resources).
+    #[serde(default = "default_true")]
+    pub agent_resource: bool,
 }
 
 impl Default for OtlpExporterConfig {
     fn default() -> Self {
         OtlpExporterConfig {
+            protocol: Protocol::Grpc,
             endpoint: String::new(),
+            traces_endpoint: None,
+            metrics_endpoint: None,
+            encoding: None,
             tls: TlsConfig::default(),
             headers: Headers::default(),
             compression: Compression::Gzip,
@@ -226,6 +295,7 @@ impl Default for OtlpExporterConfig {
             metrics: MetricsConfig::default(),
             traces: TracesConfig::default(),
             resource: BTreeMap::new(),
+            agent_resource: true,
         }
     }
 }
@@ -246,44 +316,75 @@ fn bad(field: &'static str, message: impl Into<String>) -> OtlpConfigError {
 pub const MAX_QUEUE_SIZE: usize = 1 << 20;
 
 impl OtlpExporterConfig {
+    /// The component type's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Grpc => "otlp",
+            Protocol::Http => "otlphttp",
+        }
+    }
+
     /// The endpoint's scheme (after [`Self::validate`] succeeded).
     pub fn scheme(&self) -> Scheme {
-        if self.endpoint.starts_with("https://") { Scheme::Tls } else { Scheme::Plaintext }
+        let explicit = |url: &str| {
+            if url.starts_with("https://") {
+                Some(Scheme::Tls)
+            } else if url.starts_with("http://") {
+                Some(Scheme::Plaintext)
+            } else {
+                None
+            }
+        };
+        explicit(&self.endpoint)
+            .or_else(|| self.traces_endpoint.as_deref().and_then(explicit))
+            .or_else(|| self.metrics_endpoint.as_deref().and_then(explicit))
+            .unwrap_or(if self.tls.insecure { Scheme::Plaintext } else { Scheme::Tls })
+    }
+
+    /// The gRPC target as a URI tonic accepts: `host:port` gains the scheme
+    /// its `tls` settings imply.
+    pub fn grpc_uri(&self) -> String {
+        if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            match self.scheme() {
+                Scheme::Tls => format!("https://{}", self.endpoint),
+                Scheme::Plaintext => format!("http://{}", self.endpoint),
+            }
+        }
+    }
+
+    /// `otlphttp`: the URL traces are posted to.
+    pub fn traces_url(&self) -> String {
+        self.traces_endpoint.clone().unwrap_or_else(|| signal_url(&self.endpoint, "traces"))
+    }
+
+    /// `otlphttp`: the URL metrics are posted to.
+    pub fn metrics_url(&self) -> String {
+        self.metrics_endpoint.clone().unwrap_or_else(|| signal_url(&self.endpoint, "metrics"))
+    }
+
+    /// `otlphttp`: the request body encoding.
+    pub fn http_encoding(&self) -> Encoding {
+        self.encoding.unwrap_or_default()
     }
 
     /// Semantic checks; errors name the field.
     pub fn validate(&self) -> Result<(), OtlpConfigError> {
-        let scheme = if let Some(rest) = self.endpoint.strip_prefix("http://") {
-            (Scheme::Plaintext, rest)
-        } else if let Some(rest) = self.endpoint.strip_prefix("https://") {
-            (Scheme::Tls, rest)
-        } else if self.endpoint.is_empty() {
-            return Err(bad(
-                "endpoint",
-                "is required, e.g. `http://127.0.0.1:4317` or `https://otlp.example.com:4317`",
-            ));
-        } else {
-            return Err(bad(
-                "endpoint",
-                format!(
-                    "{:?} must start with `http://` (plaintext, said explicitly) or `https://` (TLS)",
-                    self.endpoint
-                ),
-            ));
-        };
-        let (scheme, rest) = scheme;
-        let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() {
-            return Err(bad("endpoint", format!("{:?} has no host", self.endpoint)));
+        match self.protocol {
+            Protocol::Grpc => self.validate_grpc_endpoint()?,
+            Protocol::Http => self.validate_http_endpoints()?,
         }
-        tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| bad("endpoint", format!("{:?} is not a valid URI: {e}", self.endpoint)))?;
-        match scheme {
+        match self.scheme() {
             Scheme::Plaintext => {
-                if self.tls.ca_file.is_some() || self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
+                if self.tls.ca_file.is_some()
+                    || self.tls.cert_file.is_some()
+                    || self.tls.key_file.is_some()
+                    || self.tls.insecure_skip_verify
+                {
                     return Err(bad(
                         "tls",
-                        "certificate files are set but `endpoint` is plaintext `http://`; use `https://`",
+                        "TLS settings are given but the endpoint is plaintext (`http://` or `tls.insecure: true`)",
                     ));
                 }
             }
@@ -299,18 +400,19 @@ impl OtlpExporterConfig {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(bad("tls.cert_file", "`cert_file` and `key_file` must be given together"));
         }
-        for (field, path) in [
-            ("tls.ca_file", &self.tls.ca_file),
-            ("tls.cert_file", &self.tls.cert_file),
-            ("tls.key_file", &self.tls.key_file),
-        ] {
+        for (field, path) in [("tls.ca_file", &self.tls.ca_file), ("tls.cert_file", &self.tls.cert_file)] {
             if let Some(p) = path
                 && !p.is_file()
             {
                 return Err(bad(field, format!("{} is not a readable file", p.display())));
             }
         }
-        for (name, value) in &self.headers.0 {
+        if let Some(p) = &self.tls.key_file {
+            // A private key: the secret reader's rules, checked now so that
+            // `validate` and a reload refuse a world-readable key.
+            varta_secrets::read_secret_file(p).map_err(|e| bad("tls.key_file", e.to_string()))?;
+        }
+        for (name, value) in self.headers.0.iter().filter(|_| self.protocol == Protocol::Grpc) {
             if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes()).is_err()
                 || name.ends_with("-bin")
             {
@@ -357,6 +459,101 @@ impl OtlpExporterConfig {
         }
         Ok(())
     }
+
+    fn validate_grpc_endpoint(&self) -> Result<(), OtlpConfigError> {
+        for (field, given) in [
+            ("traces_endpoint", self.traces_endpoint.is_some()),
+            ("metrics_endpoint", self.metrics_endpoint.is_some()),
+            ("encoding", self.encoding.is_some()),
+        ] {
+            if given {
+                return Err(bad(field, "is an `otlphttp` setting; the `otlp` exporter speaks gRPC"));
+            }
+        }
+        if self.endpoint.is_empty() {
+            return Err(bad(
+                "endpoint",
+                "is required, e.g. `otlp.example.com:4317` (TLS), `127.0.0.1:4317` with `tls: {insecure: true}`, or `http://127.0.0.1:4317`",
+            ));
+        }
+        let rest = match self.endpoint.split_once("://") {
+            Some(("http" | "https", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(bad(
+                    "endpoint",
+                    format!(
+                        "{:?}: scheme `{scheme}` is not `http` or `https` (or leave it out: `host:port`)",
+                        self.endpoint
+                    ),
+                ));
+            }
+            None => &self.endpoint,
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.is_empty() {
+            return Err(bad("endpoint", format!("{:?} has no host", self.endpoint)));
+        }
+        if !self.endpoint.contains("://")
+            && !authority.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return Err(bad("endpoint", format!("{:?} is not `host:port`", self.endpoint)));
+        }
+        tonic::transport::Endpoint::from_shared(self.grpc_uri())
+            .map_err(|e| bad("endpoint", format!("{:?} is not a valid URI: {e}", self.endpoint)))?;
+        Ok(())
+    }
+
+    fn validate_http_endpoints(&self) -> Result<(), OtlpConfigError> {
+        let urls = [
+            ("endpoint", (!self.endpoint.is_empty()).then_some(self.endpoint.as_str())),
+            ("traces_endpoint", self.traces_endpoint.as_deref()),
+            ("metrics_endpoint", self.metrics_endpoint.as_deref()),
+        ];
+        let needed = (self.traces.enabled && self.traces_endpoint.is_none())
+            || (self.metrics.enabled && self.metrics_endpoint.is_none());
+        if self.endpoint.is_empty() && needed {
+            return Err(bad(
+                "endpoint",
+                "is required (or `traces_endpoint` and `metrics_endpoint`), e.g. `https://otlp.example.com` or `http://127.0.0.1:4318`",
+            ));
+        }
+        let mut schemes = Vec::new();
+        for (field, url) in urls {
+            let Some(url) = url else { continue };
+            let parsed: Result<hyper::Uri, _> = url.parse();
+            match parsed {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty()) =>
+                {
+                    schemes.push(u.scheme_str() == Some("https"));
+                }
+                _ => {
+                    return Err(bad(
+                        field,
+                        format!("{url:?} must be a URL starting with `http://` or `https://`, with a host"),
+                    ));
+                }
+            }
+        }
+        if schemes.windows(2).any(|w| w[0] != w[1]) {
+            return Err(bad("traces_endpoint", "endpoints must all be `https://` or all be `http://`"));
+        }
+        for (name, value) in &self.headers.0 {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(bad("headers", format!("{name:?} is not a valid HTTP header name")));
+            }
+            if hyper::header::HeaderValue::from_str(value).is_err() {
+                return Err(bad("headers", format!("the value of {name:?} is not a valid header value")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `{base}/v1/{signal}`, as the Collector's `otlphttp` appends it.
+fn signal_url(base: &str, signal: &str) -> String {
+    format!("{}/v1/{signal}", base.trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -415,13 +612,52 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_needs_an_explicit_scheme() {
+    fn endpoint_forms_follow_the_collector() {
         assert_eq!(invalid(r#"{}"#).field, "endpoint");
-        let e = invalid(r#"{"endpoint":"127.0.0.1:4317"}"#);
-        assert_eq!(e.field, "endpoint");
-        assert!(e.to_string().contains("http://"), "{e}");
+        // `host:port` is TLS, as in the OpenTelemetry Collector …
+        let c = parse(r#"{"endpoint":"otelcol:4317"}"#).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!((c.scheme(), c.grpc_uri().as_str()), (Scheme::Tls, "https://otelcol:4317"));
+        // … and plaintext with `tls.insecure`.
+        let c = parse(r#"{"endpoint":"127.0.0.1:4317","tls":{"insecure":true}}"#).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!((c.scheme(), c.grpc_uri().as_str()), (Scheme::Plaintext, "http://127.0.0.1:4317"));
         assert_eq!(invalid(r#"{"endpoint":"http://"}"#).field, "endpoint");
         assert_eq!(invalid(r#"{"endpoint":"grpc://a:1"}"#).field, "endpoint");
+        assert_eq!(invalid(r#"{"endpoint":"no-port"}"#).field, "endpoint");
+        // HTTP-only keys are refused on the gRPC exporter, with the reason.
+        let e = invalid(r#"{"endpoint":"http://a:1","encoding":"json"}"#);
+        assert!(e.field == "encoding" && e.message.contains("otlphttp"), "{e}");
+    }
+
+    fn http(json: &str) -> Result<OtlpExporterConfig, OtlpConfigError> {
+        let mut c = parse(json).expect("parses");
+        c.protocol = Protocol::Http;
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn otlphttp_takes_base_urls_and_signal_urls() {
+        let c = http(r#"{"endpoint":"http://127.0.0.1:4318"}"#).expect("valid");
+        assert_eq!(c.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(c.http_encoding(), Encoding::Proto);
+        let c = http(
+            r#"{"traces_endpoint":"https://t.example/v1/traces","metrics_endpoint":"https://m.example/x","encoding":"json"}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.metrics_url(), "https://m.example/x");
+        assert_eq!(c.scheme(), Scheme::Tls);
+        assert_eq!(http(r#"{}"#).expect_err("needs an endpoint").field, "endpoint");
+        assert_eq!(http(r#"{"endpoint":"127.0.0.1:4318"}"#).expect_err("needs a URL").field, "endpoint");
+        let e = http(r#"{"endpoint":"http://a:1","traces_endpoint":"https://b:2/t"}"#).expect_err("mixed");
+        assert_eq!(e.field, "traces_endpoint");
+        // Grafana Cloud style header: capitalised name, Basic credentials.
+        http(r#"{"endpoint":"https://otlp.example","headers":{"Authorization":"Basic dXNlcjpzM2NyZXQ="}}"#)
+            .expect("valid");
+        assert_eq!(
+            http(r#"{"endpoint":"http://a:1","headers":{"Bad Name":"v"}}"#).expect_err("name").field,
+            "headers"
+        );
     }
 
     #[test]
@@ -430,10 +666,29 @@ mod tests {
         assert_eq!(e.field, "tls.insecure");
         let e = invalid(r#"{"endpoint":"http://a:1","tls":{"ca_file":"/etc/hostname"}}"#);
         assert_eq!(e.field, "tls");
+        let e = invalid(r#"{"endpoint":"a:1","tls":{"insecure":true,"insecure_skip_verify":true}}"#);
+        assert_eq!(e.field, "tls");
         let e = invalid(r#"{"endpoint":"https://a:1","tls":{"cert_file":"/etc/hostname"}}"#);
         assert_eq!(e.field, "tls.cert_file");
         let e = invalid(r#"{"endpoint":"https://a:1","tls":{"ca_file":"/nonexistent/ca.pem"}}"#);
         assert_eq!(e.field, "tls.ca_file");
+        // The client key goes through the secret reader: not world-readable.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").expect("write");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let body = format!(
+            r#"{{"endpoint":"https://a:1","tls":{{"cert_file":"/etc/hostname","key_file":{:?}}}}}"#,
+            key.display().to_string()
+        );
+        let e = invalid(&body);
+        assert_eq!(e.field, "tls.key_file", "{e}");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        parse(&body).expect("parses").validate().expect("a 0600 key of ours is accepted");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&key, &link).expect("symlink");
+        let body = body.replace("client.key", "link.key");
+        assert_eq!(invalid(&body).field, "tls.key_file", "a symlinked key is refused");
         // insecure with plaintext is simply consistent.
         parse(r#"{"endpoint":"http://a:1","tls":{"insecure":true}}"#)
             .expect("parses")

@@ -25,6 +25,11 @@
 //!   collection, computed from the previous cumulative values (a value that
 //!   went down — a component restarted — counts from zero).
 //! * Every series is present from the first export, zeros included.
+//! * **Who per-agent points are about.** With agent resources (the
+//!   default) each agent's three points are sent under the agent's own
+//!   resource ([`super::resource::agent`]), attribute `varta.pipeline`
+//!   only ([`Collected::agents`]); otherwise under the collector's
+//!   resource with the agent's identity as point attributes.
 
 use std::collections::HashMap;
 
@@ -33,6 +38,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric::Data,
     number_data_point,
 };
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use varta_pipeline::{MetricKind, Role};
 use varta_processor::{AgentId, STALL_DURATION_BOUNDS_NS, StallDurations};
 use varta_proto::{DecodeErrorKind, Status};
@@ -84,11 +90,29 @@ enum Shape {
     Gauge,
 }
 
+/// One collection: the collector's metrics, and each agent's own points
+/// under its resource (empty unless agents are resources).
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub metrics: Vec<Metric>,
+    pub agents: Vec<AgentMetrics>,
+}
+
+/// An agent's points, under its resource.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    pub resource: Resource,
+    pub metrics: Vec<Metric>,
+}
+
 /// Turns the collector view into OTLP metrics; keeps what delta needs.
 #[derive(Debug)]
 pub struct MetricsBuilder {
     temporality: Temporality,
     per_agent: bool,
+    /// `Some(this node's host name)`: per-agent points go under the
+    /// agent's resource.
+    agent_resource: Option<Option<String>>,
     /// Unix ns the cumulative series start at (collector start).
     start_ns: u64,
     /// Unix ns of the previous collection (delta start).
@@ -103,12 +127,20 @@ impl MetricsBuilder {
         MetricsBuilder {
             temporality,
             per_agent,
+            agent_resource: None,
             start_ns,
             last_ns: start_ns,
             prev: HashMap::new(),
             prev_hist: HashMap::new(),
             prev_agents: HashMap::new(),
         }
+    }
+
+    /// Per-agent points under each agent's resource; `host_name` is this
+    /// node's (for local agents). `None` keeps them on the collector's.
+    pub fn with_agent_resource(mut self, host_name: Option<Option<String>>) -> MetricsBuilder {
+        self.agent_resource = host_name;
+        self
     }
 
     fn temporality_code(&self) -> i32 {
@@ -138,8 +170,10 @@ impl MetricsBuilder {
     }
 
     /// Every metric, read now. `now_ns` is the wall clock (Unix ns).
-    pub fn collect(&mut self, view: &CollectorView, now_ns: u64) -> Vec<Metric> {
+    pub fn collect(&mut self, view: &CollectorView, now_ns: u64) -> Collected {
         let start = self.series_start();
+        let mut agent_metrics: Vec<AgentMetrics> = Vec::new();
+        let temporality_code = self.temporality_code();
         let mut families: Vec<Family> = Vec::new();
         let fam = |families: &mut Vec<Family>,
                    name: &str,
@@ -260,11 +294,7 @@ impl MetricsBuilder {
                 let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
                 for a in snap.agents() {
                     let agent = a.agent_ref();
-                    let mut at = pl();
-                    attrs::agent(&mut at, &agent);
-                    if let Some(resolved) = store.as_ref().and_then(|s| s.get(&a.id)) {
-                        attrs::resolved_brief(&mut at, &resolved);
-                    }
+                    let resolved = store.as_ref().and_then(|s| s.get(&a.id));
                     // Per-agent sums are deltas of the agent's own previous
                     // reading; kept per agent (not by string key) and
                     // rebuilt every collection so departed agents vanish.
@@ -279,23 +309,61 @@ impl MetricsBuilder {
                         }
                     };
                     agents_now.insert((pi, a.id), (a.beats, u64::from(a.stalls)));
-                    for (i, v) in [(beats, b), (stalls, st)] {
-                        families[i].points.push(NumberDataPoint {
-                            attributes: at.clone(),
-                            start_time_unix_nano: start,
-                            time_unix_nano: now_ns,
-                            value: Some(number_data_point::Value::AsInt(
-                                i64::try_from(v).unwrap_or(i64::MAX),
-                            )),
-                            ..Default::default()
-                        });
-                    }
-                    families[status].points.push(NumberDataPoint {
-                        attributes: at,
+                    let sum_point = |attributes: Vec<KeyValue>, v: u64| NumberDataPoint {
+                        attributes,
+                        start_time_unix_nano: start,
+                        time_unix_nano: now_ns,
+                        value: Some(number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX))),
+                        ..Default::default()
+                    };
+                    let status_point = |attributes: Vec<KeyValue>| NumberDataPoint {
+                        attributes,
                         time_unix_nano: now_ns,
                         value: Some(number_data_point::Value::AsInt(status_code(a.status))),
                         ..Default::default()
-                    });
+                    };
+                    if let Some(host) = &self.agent_resource {
+                        let resource = super::resource::agent(&agent, resolved.as_ref(), host.as_deref());
+                        let metric = |name: &str, description: &str, unit: &str, data: Data| Metric {
+                            name: name.to_owned(),
+                            description: description.to_owned(),
+                            unit: unit.to_owned(),
+                            data: Some(data),
+                            ..Default::default()
+                        };
+                        let sum = |p| {
+                            Data::Sum(Sum {
+                                data_points: vec![p],
+                                aggregation_temporality: temporality_code,
+                                is_monotonic: true,
+                            })
+                        };
+                        let f =
+                            |i: usize| (families[i].name.clone(), families[i].description, families[i].unit);
+                        let ((sn, sd, su), (bn, bd, bu), (tn, td, tu)) = (f(status), f(beats), f(stalls));
+                        agent_metrics.push(AgentMetrics {
+                            resource,
+                            metrics: vec![
+                                metric(
+                                    &sn,
+                                    sd,
+                                    su,
+                                    Data::Gauge(Gauge { data_points: vec![status_point(pl())] }),
+                                ),
+                                metric(&bn, bd, bu, sum(sum_point(pl(), b))),
+                                metric(&tn, td, tu, sum(sum_point(pl(), st))),
+                            ],
+                        });
+                        continue;
+                    }
+                    let mut at = pl();
+                    attrs::agent(&mut at, &agent);
+                    if let Some(resolved) = &resolved {
+                        attrs::resolved_brief(&mut at, resolved);
+                    }
+                    families[beats].points.push(sum_point(at.clone(), b));
+                    families[stalls].points.push(sum_point(at.clone(), st));
+                    families[status].points.push(status_point(at));
                 }
             }
         }
@@ -375,7 +443,10 @@ impl MetricsBuilder {
             })),
             ..Default::default()
         });
-        out
+        // Families of per-agent points that went to agent resources carry
+        // no point here: leave them out rather than send empty metrics.
+        out.retain(|m| points(m) > 0 || !m.name.starts_with("varta.agent."));
+        Collected { metrics: out, agents: agent_metrics }
     }
 
     fn histogram_point(
@@ -543,7 +614,7 @@ mod tests {
     fn names_shapes_and_the_decode_refusal_split() {
         let (v, _p) = view(Arc::new(Fake::default()));
         let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100);
-        let m = b.collect(&v, 200);
+        let m = b.collect(&v, 200).metrics;
         assert!(matches!(find(&m, name::BEATS).data, Some(Data::Sum(Sum { is_monotonic: true, .. }))));
         assert!(matches!(find(&m, name::AGENTS_TRACKED).data, Some(Data::Gauge(_))));
         let Some(Data::Histogram(h)) = &find(&m, name::STALL_DURATION).data else { panic!("histogram") };
@@ -564,7 +635,7 @@ mod tests {
         let (v, _p) = view(fake.clone());
         let mut b = MetricsBuilder::new(Temporality::Delta, true, 100);
         let value = |b: &mut MetricsBuilder, now| {
-            let m = b.collect(&v, now);
+            let m = b.collect(&v, now).metrics;
             let Some(Data::Sum(s)) = &find(&m, name::DECODE_ERRORS).data else { panic!("sum") };
             assert_eq!(s.aggregation_temporality, AggregationTemporality::Delta as i32);
             (int(&s.data_points[0]), s.data_points[0].start_time_unix_nano)

@@ -37,13 +37,18 @@
 pub mod attrs;
 pub mod client;
 pub mod config;
+pub mod env;
+pub mod grpc;
+pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod resource;
 pub mod stats;
+pub mod tls;
 pub mod traces;
 pub mod wallclock;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,7 +56,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tokio::runtime::Handle;
@@ -59,7 +64,7 @@ use tokio::sync::Notify;
 use varta_agents::AttributeStore;
 use varta_pipeline::LogThrottle;
 use varta_pipeline::clock::monotonic_ns;
-use varta_processor::{Event, SnapshotReader};
+use varta_processor::{AgentId, Event, SnapshotReader};
 
 use crate::Exporter;
 use crate::queue::is_incident;
@@ -98,10 +103,27 @@ pub enum OtlpError {
     Tls(String),
 }
 
+/// A span waiting to be sent, with the resource it is about (`None`: the
+/// collector's) and the agent it belongs to, so that a request groups one
+/// `ResourceSpans` per agent.
+#[derive(Debug)]
+struct QueuedSpan {
+    owner: Option<(usize, AgentId)>,
+    resource: Option<Resource>,
+    span: Span,
+}
+
+impl QueuedSpan {
+    #[cfg(test)]
+    fn of_collector(span: Span) -> QueuedSpan {
+        QueuedSpan { owner: None, resource: None, span }
+    }
+}
+
 /// State shared by the exporter thread and the sender tasks.
 #[derive(Debug)]
 struct Shared {
-    spans: Mutex<VecDeque<Span>>,
+    spans: Mutex<VecDeque<QueuedSpan>>,
     capacity: usize,
     /// Spans of the export call in progress. Whoever swaps it to zero
     /// counts them: the sender when the call ends, or shutdown when the
@@ -116,7 +138,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn push(&self, span: Span) {
+    fn push(&self, span: QueuedSpan) {
         let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= self.capacity {
             q.pop_front();
@@ -126,10 +148,10 @@ impl Shared {
         self.stats.spans_queued.store(q.len() as u64, Relaxed);
     }
 
-    fn take(&self, max: usize) -> Vec<Span> {
+    fn take(&self, max: usize) -> Vec<QueuedSpan> {
         let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         let n = q.len().min(max);
-        let batch: Vec<Span> = q.drain(..n).collect();
+        let batch: Vec<QueuedSpan> = q.drain(..n).collect();
         self.stats.spans_queued.store(q.len() as u64, Relaxed);
         batch
     }
@@ -147,29 +169,6 @@ impl Shared {
             }
             notified.await;
         }
-    }
-}
-
-/// `service.name`, `service.version`, `host.name`, `service.instance.id`,
-/// then the configured `resource:` entries (which win).
-pub fn resource(config: &OtlpExporterConfig, instance_id: &str) -> Resource {
-    let mut entries: Vec<(String, String)> = vec![
-        ("service.name".into(), "varta-collector".into()),
-        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
-        ("service.instance.id".into(), instance_id.into()),
-    ];
-    if let Some(host) = hostname() {
-        entries.push(("host.name".into(), host));
-    }
-    for (k, v) in &config.resource {
-        match entries.iter_mut().find(|(key, _)| key == k) {
-            Some(e) => e.1 = v.clone(),
-            None => entries.push((k.clone(), v.clone())),
-        }
-    }
-    Resource {
-        attributes: entries.iter().map(|(k, v)| attrs::string(k, v.as_str())).collect(),
-        ..Default::default()
     }
 }
 
@@ -197,14 +196,6 @@ fn instance_id(a: u64, b: u64) -> String {
         b >> 48,
         b & 0xffff_ffff_ffff
     )
-}
-
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: "varta-collector".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    }
 }
 
 /// One pipeline an `otlp` exporter serves.
@@ -272,7 +263,12 @@ impl OtlpExporter {
             Client::connect(config)?
         };
         let salt = ids::random_salt();
-        let resource = resource(config, &instance_id(salt, ids::random_salt()));
+        let instance = instance_id(salt, ids::random_salt());
+        let host_name = hostname();
+        let own = Arc::new(Identity {
+            resource: resource::collector(config, &instance, host_name.as_deref(), |k| std::env::var(k).ok()),
+            scope: resource::scope(&instance),
+        });
         let stats = Arc::new(OtlpStats::default());
         let shared = Arc::new(Shared {
             spans: Mutex::new(VecDeque::new()),
@@ -285,10 +281,18 @@ impl OtlpExporter {
         });
         let sources = pipelines
             .into_iter()
-            .map(|p| Source {
-                spans: SpanBuilder::new(IdSource::new(salt, &p.name), &p.name).with_attributes(p.attributes),
-                clock: WallClock::new(p.snapshots.latest().clock),
-                snapshots: p.snapshots,
+            .map(|p| {
+                let spans =
+                    SpanBuilder::new(IdSource::new(salt, &p.name), &p.name).with_attributes(p.attributes);
+                Source {
+                    spans: if config.agent_resource {
+                        spans.with_agent_resource(host_name.clone())
+                    } else {
+                        spans
+                    },
+                    clock: WallClock::new(p.snapshots.latest().clock),
+                    snapshots: p.snapshots,
+                }
             })
             .collect();
         let mut tasks = Vec::new();
@@ -296,8 +300,8 @@ impl OtlpExporter {
             tasks.push(runtime.spawn(send_spans(
                 id.to_owned(),
                 shared.clone(),
-                client.clone(),
-                resource.clone(),
+                client.fork(),
+                own.clone(),
                 config.clone(),
             )));
         }
@@ -306,12 +310,13 @@ impl OtlpExporter {
                 config.metrics.temporality,
                 config.metrics.per_agent,
                 u64::try_from(wallclock::unix_now_ns()).unwrap_or(0),
-            );
+            )
+            .with_agent_resource(config.agent_resource.then(|| host_name.clone()));
             tasks.push(runtime.spawn(send_metrics(
                 id.to_owned(),
                 shared.clone(),
                 client,
-                resource,
+                own,
                 config.clone(),
                 builder,
                 view,
@@ -353,7 +358,10 @@ impl Exporter for OtlpExporter {
         }
         let threshold_ns = src.snapshots.latest().threshold_ns;
         if let Some(span) = src.spans.span(event, &src.clock, threshold_ns) {
-            self.shared.push(span);
+            let agent = event.agent.as_ref();
+            let resource = agent.and_then(|a| src.spans.resource(a));
+            let owner = agent.filter(|_| resource.is_some()).map(|a| (source, a.id));
+            self.shared.push(QueuedSpan { owner, resource, span });
         }
         Ok(())
     }
@@ -392,13 +400,39 @@ impl Drop for OtlpExporter {
     }
 }
 
-fn trace_request(resource: &Resource, spans: Vec<Span>) -> ExportTraceServiceRequest {
+/// The collector's own resource and its instrumentation scope.
+#[derive(Debug)]
+struct Identity {
+    resource: Resource,
+    scope: InstrumentationScope,
+}
+
+/// One request for `batch`: one `ResourceSpans` per distinct resource (per
+/// agent, or the collector's), spans in queue order within each.
+fn trace_request(own: &Identity, batch: Vec<QueuedSpan>) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(Option<Resource>, Vec<Span>)> = Vec::new();
+    // Owner → indices of its groups (an agent's resource may have changed
+    // between two of its spans, e.g. once its attributes were resolved).
+    let mut by_owner: HashMap<Option<(usize, AgentId)>, Vec<usize>> = HashMap::new();
+    for q in batch {
+        let slots = by_owner.entry(q.owner).or_default();
+        match slots.iter().find(|&&i| groups[i].0 == q.resource) {
+            Some(&i) => groups[i].1.push(q.span),
+            None => {
+                slots.push(groups.len());
+                groups.push((q.resource, vec![q.span]));
+            }
+        }
+    }
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans { scope: Some(scope()), spans, ..Default::default() }],
-            ..Default::default()
-        }],
+        resource_spans: groups
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource: Some(resource.unwrap_or_else(|| own.resource.clone())),
+                scope_spans: vec![ScopeSpans { scope: Some(own.scope.clone()), spans, ..Default::default() }],
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 
@@ -407,7 +441,7 @@ async fn send_spans(
     id: String,
     shared: Arc<Shared>,
     client: Client,
-    resource: Resource,
+    own: Arc<Identity>,
     config: OtlpExporterConfig,
 ) {
     let mut failures = LogThrottle::default();
@@ -423,7 +457,7 @@ async fn send_spans(
             continue;
         }
         shared.in_flight.store(batch.len() as u64, Relaxed);
-        let request = trace_request(&resource, batch);
+        let request = trace_request(&own, batch);
         // While closing: no backoff waits, one attempt only.
         let policy = if shared.is_closing() {
             config::RetryConfig { enabled: false, ..config.retry_on_failure }
@@ -478,12 +512,43 @@ fn log_failure(id: &str, what: &str, f: &Failure, n: u64, throttle: &mut LogThro
     }
 }
 
+/// The requests of one collection: the collector's metrics under its own
+/// resource, then the agents' points under theirs — each request bounded
+/// by [`MAX_POINTS_PER_REQUEST`].
+fn metric_requests(own: &Identity, collected: metrics::Collected) -> Vec<ExportMetricsServiceRequest> {
+    let scoped = |resource: Resource, metrics: Vec<Metric>| ResourceMetrics {
+        resource: Some(resource),
+        scope_metrics: vec![ScopeMetrics { scope: Some(own.scope.clone()), metrics, ..Default::default() }],
+        ..Default::default()
+    };
+    let mut requests: Vec<ExportMetricsServiceRequest> =
+        metrics::split(collected.metrics, MAX_POINTS_PER_REQUEST)
+            .into_iter()
+            .map(|group| ExportMetricsServiceRequest {
+                resource_metrics: vec![scoped(own.resource.clone(), group)],
+            })
+            .collect();
+    let mut agents = collected.agents.into_iter().peekable();
+    while agents.peek().is_some() {
+        let mut points = 0;
+        let mut resource_metrics = Vec::new();
+        while let Some(a) =
+            agents.next_if(|a| points == 0 || points + a.metrics.len() <= MAX_POINTS_PER_REQUEST)
+        {
+            points += a.metrics.len();
+            resource_metrics.push(scoped(a.resource, a.metrics));
+        }
+        requests.push(ExportMetricsServiceRequest { resource_metrics });
+    }
+    requests
+}
+
 /// Reads the view every `metrics.interval` and sends it; once more when closing.
 async fn send_metrics(
     id: String,
     shared: Arc<Shared>,
     client: Client,
-    resource: Resource,
+    own: Arc<Identity>,
     config: OtlpExporterConfig,
     builder: metrics::MetricsBuilder,
     view: ViewCell,
@@ -503,7 +568,7 @@ async fn send_metrics(
         {
             // Reading a large fleet is CPU work: keep it off the async workers.
             let now = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
-            let Ok((b, metrics)) = tokio::task::spawn_blocking(move || {
+            let Ok((b, collected)) = tokio::task::spawn_blocking(move || {
                 let m = b.collect(&view, now);
                 (b, m)
             })
@@ -518,18 +583,7 @@ async fn send_metrics(
             if closing {
                 policy.enabled = false;
             }
-            for group in metrics::split(metrics, MAX_POINTS_PER_REQUEST) {
-                let request = ExportMetricsServiceRequest {
-                    resource_metrics: vec![ResourceMetrics {
-                        resource: Some(resource.clone()),
-                        scope_metrics: vec![ScopeMetrics {
-                            scope: Some(scope()),
-                            metrics: group,
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                };
+            for request in metric_requests(&own, collected) {
                 let result = with_retry(
                     policy,
                     || {
@@ -571,30 +625,6 @@ mod tests {
     }
 
     #[test]
-    fn resource_has_defaults_and_config_wins() {
-        let mut c = OtlpExporterConfig { endpoint: "http://a:1".into(), ..Default::default() };
-        c.resource.insert("service.name".into(), "edge-liveness".into());
-        c.resource.insert("deployment.environment".into(), "prod".into());
-        let r = resource(&c, "id-1");
-        let get = |k: &str| {
-            r.attributes.iter().find(|kv| kv.key == k).and_then(|kv| {
-                match kv.value.as_ref()?.value.as_ref()? {
-                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
-                        Some(s.clone())
-                    }
-                    _ => None,
-                }
-            })
-        };
-        assert_eq!(get("service.name").as_deref(), Some("edge-liveness"));
-        assert_eq!(get("deployment.environment").as_deref(), Some("prod"));
-        assert_eq!(get("service.instance.id").as_deref(), Some("id-1"));
-        assert!(get("service.version").is_some());
-        assert!(get("host.name").is_some());
-        assert_eq!(r.attributes.iter().filter(|kv| kv.key == "service.name").count(), 1);
-    }
-
-    #[test]
     fn full_sending_queue_drops_oldest_and_counts() {
         let stats = Arc::new(OtlpStats::default());
         let shared = Shared {
@@ -607,10 +637,10 @@ mod tests {
             closed: Notify::new(),
         };
         for name in ["a", "b", "c"] {
-            shared.push(Span { name: name.into(), ..Default::default() });
+            shared.push(QueuedSpan::of_collector(Span { name: name.into(), ..Default::default() }));
         }
         assert_eq!(stats.spans_dropped_full.load(Relaxed), 1);
-        let names: Vec<String> = shared.take(10).into_iter().map(|s| s.name).collect();
+        let names: Vec<String> = shared.take(10).into_iter().map(|q| q.span.name).collect();
         assert_eq!(names, ["b", "c"]);
         assert_eq!(stats.spans_queued.load(Relaxed), 0);
     }

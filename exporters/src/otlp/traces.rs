@@ -24,11 +24,16 @@
 //!   spawn to completion for a command that ran (program, child pid, exit
 //!   code or signal, duration, outcome; status OK when it succeeded, ERROR
 //!   otherwise), zero length with the refusal reason when it did not run.
-//! * Local agents' spans carry what the resolver knows about them
-//!   (`process.executable.name`, `service.name`, `container.id`, …).
+//! * Who the span is about: with `agent_resource` (the default) the agent
+//!   is the span's resource ([`SpanBuilder::resource`], see
+//!   [`super::resource`]) and the span carries only what belongs to the
+//!   event (`varta.*`); without it, the agent's identity and what the
+//!   resolver knows (`process.pid`, `service.name`, `container.id`, …) are
+//!   span attributes under the collector's resource.
 //! * Other events produce no span.
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event as SpanEvent, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status as SpanStatus};
@@ -37,9 +42,9 @@ use std::sync::Arc;
 use varta_agents::AttributeStore;
 use varta_processor::{AgentRef, Event, EventKind, RecoveryOutcome};
 
-use super::attrs;
 use super::ids::{IdSource, PANIC_SEQ_BIT, SpanRole};
 use super::wallclock::WallClock;
+use super::{attrs, resource};
 
 /// Names, so tests and docs agree.
 pub mod name {
@@ -58,11 +63,13 @@ pub struct SpanBuilder {
     pipeline: String,
     panics: u64,
     attributes: Option<Arc<AttributeStore>>,
+    /// `Some(this node's host name, if known)`: agents are resources.
+    agent_resource: Option<Option<String>>,
 }
 
 impl SpanBuilder {
     pub fn new(ids: IdSource, pipeline: impl Into<String>) -> SpanBuilder {
-        SpanBuilder { ids, pipeline: pipeline.into(), panics: 0, attributes: None }
+        SpanBuilder { ids, pipeline: pipeline.into(), panics: 0, attributes: None, agent_resource: None }
     }
 
     /// Spans of local agents also carry the resolver's attributes.
@@ -71,10 +78,29 @@ impl SpanBuilder {
         self
     }
 
+    /// The agent becomes the spans' resource ([`Self::resource`]);
+    /// `host_name` is this node's, for local agents.
+    pub fn with_agent_resource(mut self, host_name: Option<String>) -> SpanBuilder {
+        self.agent_resource = Some(host_name);
+        self
+    }
+
+    /// The resource of `agent`'s spans, or `None` when spans go under the
+    /// collector's resource.
+    pub fn resource(&self, agent: &AgentRef) -> Option<Resource> {
+        let host = self.agent_resource.as_ref()?;
+        let view = self.attributes.as_ref().map(|s| s.read());
+        let resolved = view.as_ref().and_then(|v| v.get(&agent.id));
+        Some(resource::agent(agent, resolved.as_ref(), host.as_deref()))
+    }
+
     fn common(&self, agent: &AgentRef) -> Vec<KeyValue> {
         let mut a = Vec::with_capacity(24);
-        attrs::agent(&mut a, agent);
         a.push(attrs::string("varta.pipeline", self.pipeline.as_str()));
+        if self.agent_resource.is_some() {
+            return a;
+        }
+        attrs::agent(&mut a, agent);
         if let Some(store) = &self.attributes {
             let view = store.read();
             if let Some(resolved) = view.get(&agent.id) {
@@ -356,6 +382,25 @@ mod tests {
             Event { at_ns: 5, agent: Some(agent(77)), kind: EventKind::Recovery { incident: 5, report } };
         let r = b.span(&refused, &clock, 1).expect("refusal span");
         assert_eq!(attr(&r, "varta.recovery.refused_reason"), Some(&Value::StringValue("debounce".into())));
+    }
+
+    #[test]
+    fn with_agent_resources_identity_moves_from_the_span_to_the_resource() {
+        let clock = WallClock::new(Clock::Monotonic);
+        let mut b = SpanBuilder::new(IdSource::new(5, "p"), "p").with_agent_resource(Some("node-1".into()));
+        let panic = Event {
+            at_ns: 1,
+            agent: Some(agent(3)),
+            kind: EventKind::Panic { frame: Frame::new(Status::Critical, 3, 0, u64::MAX, 7) },
+        };
+        let span = b.span(&panic, &clock, 1).expect("panic span");
+        assert!(attr(&span, "process.pid").is_none(), "identity is the resource's");
+        assert_eq!(attr(&span, "varta.pipeline"), Some(&Value::StringValue("p".into())));
+        let r = b.resource(&agent(3)).expect("an agent resource");
+        let get = |k: &str| r.attributes.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()?.value);
+        assert_eq!(get("process.pid"), Some(Value::IntValue(3)));
+        assert_eq!(get("service.name"), Some(Value::StringValue("unknown_service".into())));
+        assert!(SpanBuilder::new(IdSource::new(5, "p"), "p").resource(&agent(3)).is_none());
     }
 
     #[test]

@@ -1,0 +1,310 @@
+//! OTLP/HTTP (`otlphttp`): `POST` of the same protobuf messages as gRPC,
+//! encoded as `application/x-protobuf` or OTLP/JSON, to
+//! `{endpoint}/v1/traces` and `{endpoint}/v1/metrics` (or the configured
+//! per-signal URLs), over HTTP/1.1 with one kept-alive connection per
+//! sender.
+//!
+//! Promises (the rest is the shared core, [`super::client`]):
+//! * Status codes as the OTLP/HTTP specification says: 2xx is success (a
+//!   partial-success body is decoded and its rejections counted); 429, 502,
+//!   503 and 504 are retryable and a `Retry-After` of whole seconds is
+//!   honoured; every other status is permanent. A connection that cannot
+//!   be made, breaks, or outlasts `timeout` is retryable.
+//! * Headers are marked sensitive and never appear in a log or error; an
+//!   error quotes at most 256 bytes of the server's answer, escaped.
+//! * Bodies are gzip-compressed unless `compression: none`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::Compression as Level;
+use flate2::write::GzEncoder;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use rustls::ClientConfig;
+
+use super::OtlpError;
+use super::client::Failure;
+use super::config::{Compression, Encoding, OtlpExporterConfig, Scheme};
+use super::tls;
+
+/// Longest excerpt of a server's error answer put into a message.
+const MAX_ERROR_EXCERPT: usize = 256;
+/// Largest response body read (a partial-success answer is tiny).
+const MAX_RESPONSE: usize = 64 << 10;
+
+/// One OTLP/HTTP sender. Clones share the settings and the kept-alive
+/// connection (one request at a time on it); [`Self::fork`] makes a
+/// sender with a connection of its own.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    traces: Uri,
+    metrics: Uri,
+    headers: Arc<HeaderMap>,
+    encoding: Encoding,
+    gzip: bool,
+    timeout: Duration,
+    tls: Option<Arc<ClientConfig>>,
+    connection: Arc<tokio::sync::Mutex<Option<Connection>>>,
+}
+
+/// A kept-alive HTTP/1.1 connection to one authority.
+#[derive(Debug)]
+struct Connection {
+    authority: String,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new(config: &OtlpExporterConfig) -> Result<HttpClient, OtlpError> {
+        let parse = |url: String| -> Result<Uri, OtlpError> {
+            url.parse().map_err(|e| OtlpError::Endpoint(format!("{url:?}: {e}")))
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers.0 {
+            let key = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| OtlpError::Endpoint(format!("header name {name:?} is invalid")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| OtlpError::Endpoint(format!("the value of header {name:?} is invalid")))?;
+            value.set_sensitive(true);
+            headers.insert(key, value);
+        }
+        let tls = match config.scheme() {
+            Scheme::Tls => Some(tls::client_config(&config.tls, &[b"http/1.1"])?),
+            Scheme::Plaintext => None,
+        };
+        Ok(HttpClient {
+            traces: parse(config.traces_url())?,
+            metrics: parse(config.metrics_url())?,
+            headers: Arc::new(headers),
+            encoding: config.http_encoding(),
+            gzip: config.compression == Compression::Gzip,
+            timeout: config.timeout,
+            tls,
+            connection: Arc::default(),
+        })
+    }
+
+    /// The same settings with a connection of its own (the span and the
+    /// metric sender each get one, so a large metrics export never holds
+    /// up a stall span).
+    pub fn fork(&self) -> HttpClient {
+        HttpClient { connection: Arc::default(), ..self.clone() }
+    }
+
+    /// One attempt. `Ok(rejected)`: the backend took the request and
+    /// rejected that many spans (partial success).
+    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<u64, Failure> {
+        let body = self.encode(&req)?;
+        let url = self.traces.clone();
+        let answer = self.post(&url, body).await?;
+        let response: ExportTraceServiceResponse = self.decode(&answer)?;
+        Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)))
+    }
+
+    /// One attempt; `Ok(rejected data points)`.
+    pub async fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<u64, Failure> {
+        let body = self.encode(&req)?;
+        let url = self.metrics.clone();
+        let answer = self.post(&url, body).await?;
+        let response: ExportMetricsServiceResponse = self.decode(&answer)?;
+        Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0)))
+    }
+
+    fn encode<M: Message + serde::Serialize>(&self, message: &M) -> Result<Vec<u8>, Failure> {
+        let raw = match self.encoding {
+            Encoding::Proto => message.encode_to_vec(),
+            Encoding::Json => serde_json::to_vec(message)
+                .map_err(|e| Failure::Permanent(format!("cannot encode OTLP/JSON: {e}")))?,
+        };
+        if !self.gzip {
+            return Ok(raw);
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Level::fast());
+        gz.write_all(&raw).and_then(|()| gz.finish()).map_err(|e| Failure::Permanent(format!("gzip: {e}")))
+    }
+
+    /// A response body (empty means "all accepted").
+    fn decode<M: Message + Default + serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<M, Failure> {
+        if body.is_empty() {
+            return Ok(M::default());
+        }
+        // The data was accepted (2xx); an answer we cannot read only loses
+        // the partial-success count, so it is not a failure of the data.
+        Ok(match self.encoding {
+            Encoding::Proto => M::decode(body).unwrap_or_default(),
+            Encoding::Json => serde_json::from_slice(body).unwrap_or_default(),
+        })
+    }
+
+    async fn post(&self, url: &Uri, body: Vec<u8>) -> Result<Bytes, Failure> {
+        let slot = self.connection.clone();
+        let mut connection = slot.lock().await;
+        match tokio::time::timeout(self.timeout, self.post_once(&mut connection, url, body)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may hold half a request: start afresh.
+                *connection = None;
+                Err(Failure::retryable(format!("no answer within {:?}", self.timeout)))
+            }
+        }
+    }
+
+    async fn post_once(
+        &self,
+        connection: &mut Option<Connection>,
+        url: &Uri,
+        body: Vec<u8>,
+    ) -> Result<Bytes, Failure> {
+        let authority = url.authority().map_or_else(String::new, |a| a.as_str().to_owned());
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(url.path_and_query().map_or("/", |p| p.as_str()))
+            .header(HOST, authority.as_str())
+            .header(
+                CONTENT_TYPE,
+                match self.encoding {
+                    Encoding::Proto => "application/x-protobuf",
+                    Encoding::Json => "application/json",
+                },
+            )
+            .header(hyper::header::USER_AGENT, concat!("varta-collector/", env!("CARGO_PKG_VERSION")));
+        if self.gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        let mut request =
+            request.body(Full::new(Bytes::from(body))).map_err(|e| Failure::Permanent(e.to_string()))?;
+        for (k, v) in self.headers.iter() {
+            request.headers_mut().insert(k.clone(), v.clone());
+        }
+        let sender = self.sender(connection, url, &authority).await?;
+        let response = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                *connection = None;
+                return Err(Failure::retryable(format!("request failed: {e}")));
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = read_limited(response.into_body()).await;
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                *connection = None;
+                return Err(Failure::retryable(format!("reading the answer failed: {e}")));
+            }
+        };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = format!("HTTP {}: {}", status.as_u16(), excerpt(&body));
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Failure::Retryable { message: text, after: retry_after },
+            _ => Failure::Permanent(text),
+        })
+    }
+
+    /// The kept connection when it is still good, else a new one.
+    async fn sender<'c>(
+        &self,
+        connection: &'c mut Option<Connection>,
+        url: &Uri,
+        authority: &str,
+    ) -> Result<&'c mut SendRequest<Full<Bytes>>, Failure> {
+        let reusable = match connection {
+            Some(c) => c.authority == authority && c.sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *connection = Some(self.open(url, authority).await?);
+        }
+        match connection {
+            Some(c) => Ok(&mut c.sender),
+            None => Err(Failure::retryable("no connection")),
+        }
+    }
+
+    async fn open(&self, url: &Uri, authority: &str) -> Result<Connection, Failure> {
+        let tls = if url.scheme_str() == Some("https") { self.tls.as_ref() } else { None };
+        let stream = tls::connect(url, tls)
+            .await
+            .map_err(|e| Failure::retryable(format!("cannot connect to {authority}: {e}")))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::retryable(format!("HTTP handshake with {authority} failed: {e}")))?;
+        // Drives the connection; ends when it closes or the sender is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection { authority: authority.to_owned(), sender })
+    }
+}
+
+/// `Retry-After: <seconds>` (the HTTP-date form is rare for OTLP backends
+/// and is treated as absent: the backoff applies).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+async fn read_limited(body: hyper::body::Incoming) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, MAX_RESPONSE);
+    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string())
+}
+
+/// The start of a server's answer, printable.
+fn excerpt(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(MAX_ERROR_EXCERPT)];
+    String::from_utf8_lossy(cut).escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn error_excerpts_are_short_and_escaped() {
+        let long = vec![b'x'; 1000];
+        assert_eq!(excerpt(&long).len(), MAX_ERROR_EXCERPT);
+        assert_eq!(excerpt(b"bad\nline\x1b[31m"), "bad\\nline\\u{1b}[31m");
+    }
+
+    #[test]
+    fn urls_follow_the_collector() {
+        let c = OtlpExporterConfig {
+            protocol: super::super::config::Protocol::Http,
+            endpoint: "https://otlp.example.com/otlp/".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.traces_url(), "https://otlp.example.com/otlp/v1/traces");
+        assert_eq!(c.metrics_url(), "https://otlp.example.com/otlp/v1/metrics");
+        let c = OtlpExporterConfig { traces_endpoint: Some("http://a:1/t".into()), ..c };
+        assert_eq!(c.traces_url(), "http://a:1/t");
+    }
+}
