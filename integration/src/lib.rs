@@ -157,8 +157,14 @@ impl Collector {
 
     /// Starts the collector without `--config` (the embedded default).
     pub fn start_default(env: &[(&str, &str)]) -> Collector {
+        Self::start_default_with_args(env, &[])
+    }
+
+    /// Like [`Collector::start_default`], with command-line `args` (such
+    /// as `--set` overrides of the embedded default).
+    pub fn start_default_with_args(env: &[(&str, &str)], args: &[&str]) -> Collector {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (child, stderr_path, notify) = spawn(&dir, None, env, &[]);
+        let (child, stderr_path, notify) = spawn(&dir, None, env, args);
         let mut c = Collector { dir, child: Some(child), stderr_path, notify };
         c.wait_ready();
         c

@@ -406,12 +406,25 @@ fn rotel_binary() -> PathBuf {
 struct Rotel {
     child: Child,
     out: PathBuf,
+    /// Its OTLP/gRPC and OTLP/HTTP ports.
+    grpc: u16,
+    http: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Rotel {
     fn start(grpc: u16) -> Rotel {
-        Self::launch(grpc, &["--exporter", "blackhole", "--debug-log", "traces", "--debug-log", "metrics"])
+        Self::start_on(grpc, free_tcp_port())
+    }
+
+    /// Printing what it receives on OTLP/gRPC port `grpc` and OTLP/HTTP
+    /// port `http`.
+    fn start_on(grpc: u16, http: u16) -> Rotel {
+        Self::launch(
+            grpc,
+            http,
+            &["--exporter", "blackhole", "--debug-log", "traces", "--debug-log", "metrics"],
+        )
     }
 
     /// A gateway: receives OTLP on `grpc` and forwards everything to
@@ -420,15 +433,15 @@ impl Rotel {
         let endpoint = format!("http://127.0.0.1:{to}");
         Self::launch(
             grpc,
+            free_tcp_port(),
             &["--exporter", "otlp", "--otlp-exporter-endpoint", &endpoint, "--debug-log", "traces"],
         )
     }
 
-    fn launch(grpc: u16, args: &[&str]) -> Rotel {
+    fn launch(grpc: u16, http: u16, args: &[&str]) -> Rotel {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("rotel.out");
         let file = std::fs::File::create(&out).expect("rotel output");
-        let http = free_tcp_port();
         let child = Command::new(rotel_binary())
             .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
@@ -440,7 +453,7 @@ impl Rotel {
             .stderr(file)
             .spawn()
             .expect("start rotel-agent");
-        let r = Rotel { child, out, _dir: dir };
+        let r = Rotel { child, out, grpc, http, _dir: dir };
         wait_for("rotel to start", || r.output().contains("Starting Rotel").then_some(()));
         r
     }
@@ -449,18 +462,33 @@ impl Rotel {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
-    /// The printed span blocks (from `Span #` to the next `Span #` or
-    /// resource block) named `name`.
+    /// The printed span blocks named `name`, each preceded by the resource
+    /// block it arrived under (so a block shows both who the span is about
+    /// and what it says).
     fn span_blocks(&self, name: &str) -> Vec<String> {
         let out = self.output();
         let mut blocks = Vec::new();
-        for part in out.split("\nSpan #").skip(1) {
-            let block = part.split("\nResource").next().unwrap_or(part);
-            if block.lines().any(|l| l.trim() == format!("Name           : {name}")) {
-                blocks.push(block.to_owned());
+        for resource_spans in out.split("\nResourceSpans #").skip(1) {
+            let resource_spans = resource_spans.split("\nResourceMetrics #").next().unwrap_or(resource_spans);
+            let mut parts = resource_spans.split("\nSpan #");
+            let resource = parts.next().unwrap_or("");
+            for span in parts {
+                if span.lines().any(|l| l.trim() == format!("Name           : {name}")) {
+                    blocks.push(format!("{resource}\nSpan #{span}"));
+                }
             }
         }
         blocks
+    }
+
+    /// The printed resource blocks of metrics (`ResourceMetrics #` up to
+    /// the next resource).
+    fn metric_blocks(&self) -> Vec<String> {
+        let out = self.output();
+        out.split("\nResourceMetrics #")
+            .skip(1)
+            .map(|b| b.split("\nResourceSpans #").next().unwrap_or(b).to_owned())
+            .collect()
     }
 }
 
@@ -518,6 +546,180 @@ fn rotel_receives_stall_span_metrics_and_resolution() {
         0,
         "no failures: {log}"
     );
+}
+
+/// What a Tempo/Jaeger user needs, checked at a real third-party backend
+/// over all three wires at once: `otlp` in the OpenTelemetry Collector's
+/// `host:port` + `tls.insecure` form, and `otlphttp` with proto and with
+/// JSON bodies. checkout's stall, diagnosis and resolution arrive under
+/// checkout's own resource (with its pid), an agent without a service name
+/// as `unknown_service:varta`, the collector's own metrics under
+/// `varta-collector`.
+#[test]
+fn rotel_sees_stalls_under_the_agents_resource_over_grpc_and_http_proto_and_json() {
+    let (grpc, proto, json) =
+        (Rotel::start(free_tcp_port()), Rotel::start(free_tcp_port()), Rotel::start(free_tcp_port()));
+    let text = config(
+        &format!("127.0.0.1:{}", grpc.grpc),
+        free_udp_port(),
+        "300ms",
+        &format!(
+            "    tls: {{ insecure: true }}\n    metrics: {{ interval: 300ms }}\n  otlphttp/proto:\n    endpoint: http://127.0.0.1:{}\n    metrics: {{ interval: 300ms }}\n  otlphttp/json:\n    endpoint: http://127.0.0.1:{}/\n    encoding: json\n    compression: none\n    metrics: {{ interval: 300ms }}",
+            proto.http, json.http
+        ),
+    )
+    .replace("exporters: [file, otlp]", "exporters: [file, otlp, otlphttp/proto, otlphttp/json]");
+    let (c, mut checkout) = start_with_checkout_agent(&text);
+    let sock = c.path("varta.sock");
+    let mut anonymous = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env_remove("OTEL_SERVICE_NAME")
+        .spawn()
+        .expect("spawn varta beat");
+    let (pid, anon) = (checkout.id(), anonymous.id());
+    let pid_line = format!("-> process.pid: Int({pid})");
+    let anon_line = format!("-> process.pid: Int({anon})");
+    for r in [&grpc, &proto, &json] {
+        wait_for("checkout's metric points under its own resource", || {
+            r.metric_blocks()
+                .into_iter()
+                .find(|b| b.contains(&pid_line) && b.contains("-> service.name: Str(checkout)"))
+        });
+    }
+    signal(&checkout, libc::SIGSTOP);
+    signal(&anonymous, libc::SIGSTOP);
+    for (wire, r) in [("grpc", &grpc), ("http/protobuf", &proto), ("http/json", &json)] {
+        let stall = wait_for("checkout's stall span", || {
+            r.span_blocks("varta.stall").into_iter().find(|b| b.contains(&pid_line))
+        });
+        assert!(stall.contains("-> service.name: Str(checkout)"), "{wire}: {stall}");
+        assert!(stall.contains("-> process.executable.name: Str(varta)"), "{wire}: {stall}");
+        assert!(stall.contains("InstrumentationScope varta-collector"), "{wire}: {stall}");
+        assert!(stall.contains("-> varta.collector.instance.id: Str("), "{wire}: {stall}");
+        assert!(
+            stall.contains("STATUS_CODE_ERROR") && stall.contains("varta.stall.detected"),
+            "{wire}: {stall}"
+        );
+        let diagnosis = wait_for("checkout's diagnosis span", || {
+            r.span_blocks("varta.stall.diagnosis").into_iter().find(|b| b.contains(&pid_line))
+        });
+        assert!(diagnosis.contains("-> service.name: Str(checkout)"), "{wire}: {diagnosis}");
+        assert_eq!(trace_id_of(&diagnosis), trace_id_of(&stall), "{wire}");
+        let other = wait_for("the anonymous agent's stall span", || {
+            r.span_blocks("varta.stall").into_iter().find(|b| b.contains(&anon_line))
+        });
+        assert!(other.contains("-> service.name: Str(unknown_service:varta)"), "{wire}: {other}");
+        let own = r.metric_blocks().into_iter().find(|b| b.contains("Name: varta.stalls"));
+        let own = own.unwrap_or_else(|| panic!("{wire}: no collector metrics"));
+        assert!(own.contains("-> service.name: Str(varta-collector)"), "{wire}: {own}");
+    }
+    signal(&checkout, libc::SIGCONT);
+    for (wire, r) in [("grpc", &grpc), ("http/protobuf", &proto), ("http/json", &json)] {
+        let resolved = wait_for("checkout's resolved span", || {
+            r.span_blocks("varta.stall.resolved").into_iter().find(|b| b.contains(&pid_line))
+        });
+        assert!(resolved.contains("-> service.name: Str(checkout)"), "{wire}: {resolved}");
+        assert!(resolved.contains("STATUS_CODE_OK"), "{wire}: {resolved}");
+    }
+    signal(&anonymous, libc::SIGCONT);
+    for child in [&mut checkout, &mut anonymous] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    for exporter in ["exporters::otlp", "exporters::otlphttp/proto", "exporters::otlphttp/json"] {
+        assert_eq!(final_counter(&log, exporter, "spans_failed", "").unwrap_or(0), 0, "{exporter}: {log}");
+        assert!(final_counter(&log, exporter, "spans_exported", "").unwrap_or(0) >= 5, "{exporter}: {log}");
+    }
+}
+
+/// The newcomer's line: no configuration, `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// set — the embedded default also exports, and the stall span arrives.
+/// `OTEL_SERVICE_NAME` in the collector's environment names the
+/// collector's own resource.
+#[test]
+fn no_config_and_otel_exporter_otlp_endpoint_deliver_the_stall_span() {
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start(port, &sink);
+    let runtime = tempfile::tempdir().expect("runtime dir");
+    let rt = runtime.path().to_str().expect("utf8");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let c = Collector::start_default_with_args(
+        &[
+            ("XDG_RUNTIME_DIR", rt),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "edge-liveness"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+        ],
+        // JSON logs, so that the test can read counters.
+        &["--set", "service.telemetry.logs.format=json"],
+    );
+    let socket = runtime.path().join("varta.sock");
+    let mut agent = varta(&["beat", "--socket", socket.to_str().expect("utf8"), "--every", "100ms"])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .spawn()
+        .expect("agent");
+    let pid = agent.id();
+    wait_for("the agent tracked", || {
+        (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    // The embedded default's threshold is 2 s.
+    let (resource, stall) = wait_for("the stall span", || agent_spans(&sink, "varta.stall", pid).pop());
+    assert_eq!(str_attr(&resource, "service.name"), Some("checkout"));
+    assert_eq!(int_attr(&stall.attributes, "varta.stall.threshold_ns"), Some(2_000_000_000));
+    let own = wait_for("the collector's own metrics", || {
+        sink.with(|r| {
+            r.metrics
+                .iter()
+                .zip(&r.metric_resources)
+                .find(|(m, _)| m.name == "varta.beats")
+                .map(|(_, res)| res.clone())
+        })
+    });
+    assert_eq!(str_attr(&own, "service.name"), Some("edge-liveness"));
+    assert_eq!(str_attr(&own, "deployment.environment.name"), Some("test"));
+    signal(&agent, libc::SIGCONT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(final_counter(&log, "exporters::otlp/env", "spans_exported", "").unwrap_or(0) >= 1, "{log}");
+    server.kill();
+}
+
+/// OTLP/HTTP with the backend gone: spans wait and are retried, and once
+/// a backend listens again on the same port every stall span arrives —
+/// none failed, none dropped, none lost uncounted.
+#[test]
+fn otlphttp_backend_killed_and_restarted_loses_nothing() {
+    let (grpc, http) = (free_tcp_port(), free_tcp_port());
+    let first = Rotel::start_on(grpc, http);
+    let udp = free_udp_port();
+    let text = config(&format!("http://127.0.0.1:{grpc}"), udp, "200ms", "    metrics: { enabled: false }")
+        .replace("  otlp:\n", "  otlphttp:\n")
+        .replace(&format!("    endpoint: http://127.0.0.1:{grpc}\n"), &format!("    endpoint: http://127.0.0.1:{http}\n    retry_on_failure: {{ initial_interval: 100ms, max_interval: 300ms }}\n"))
+        .replace("exporters: [file, otlp]", "exporters: [file, otlphttp]");
+    let c = Collector::start(&text);
+    let http_count = |name: &str| count(&c, "exporters::otlphttp", name, "");
+    let stalls = stall_once(&c, udp, 9101, 0);
+    wait_for("the first stall span at the backend", || {
+        first.span_blocks("varta.stall").into_iter().find(|b| b.contains("-> process.pid: Int(9101)"))
+    });
+    drop(first);
+    let stalls = stall_once(&c, udp, 9102, stalls);
+    wait_for("retries while the backend is down", || (http_count("span_exports_retried") > 0).then_some(()));
+    let second = Rotel::start_on(grpc, http);
+    wait_for("the second stall span once a backend is back", || {
+        second.span_blocks("varta.stall").into_iter().find(|b| b.contains("-> process.pid: Int(9102)"))
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let get = |name: &str, label: &str| final_counter(&log, "exporters::otlphttp", name, label).unwrap_or(0);
+    assert_eq!(get("spans_exported", ""), stalls, "{log}");
+    assert_eq!(get("spans_failed", ""), 0, "{log}");
+    assert_eq!(get("spans_dropped", "queue_full") + get("spans_dropped", "shutdown"), 0, "{log}");
 }
 
 // ---------------------------------------------------------------------------
@@ -687,10 +889,15 @@ fn spans_and_metrics_have_the_promised_structure() {
         let m = metric(&sink, name).unwrap_or_else(|| panic!("{name} missing"));
         assert!(matches!(m.data, Some(Data::Sum(_))), "{name} is a sum");
     }
-    for name in ["varta.agents.tracked", "varta.agent.status"] {
-        let m = metric(&sink, name).unwrap_or_else(|| panic!("{name} missing"));
-        assert!(matches!(m.data, Some(Data::Gauge(_))), "{name} is a gauge");
-    }
+    let m = metric(&sink, "varta.agents.tracked").expect("varta.agents.tracked");
+    assert!(matches!(m.data, Some(Data::Gauge(_))), "varta.agents.tracked is a gauge");
+    assert!(
+        sink.with(|r| r
+            .metrics
+            .iter()
+            .any(|m| m.name == "varta.agent.status" && matches!(m.data, Some(Data::Gauge(_))))),
+        "varta.agent.status is a gauge"
+    );
     let decode = metric(&sink, "varta.decode_errors").expect("decode errors");
     let Some(Data::Sum(d)) = decode.data else { panic!("sum") };
     assert!(
@@ -979,7 +1186,7 @@ fn the_otlp_example_validates() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(
         &path,
-        text.replace("${env:VARTA_OTLP_ENDPOINT:-http://127.0.0.1:4317}", "127.0.0.1:4317"),
+        text.replace("${env:VARTA_OTLP_ENDPOINT:-http://127.0.0.1:4317}", "grpc://127.0.0.1:4317"),
     )
     .expect("write");
     let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);

@@ -255,11 +255,7 @@ impl Config {
     pub fn load(origin: &Origin) -> Result<Config, ConfigError> {
         let env = |k: &str| std::env::var(k).ok();
         let mut config = match origin.files.as_slice() {
-            [] if origin.is_single() => {
-                let mut c = Config::parse(EMBEDDED_DEFAULT, &origin.describe(), env)?;
-                c.add_otel_env_exporter(env)?;
-                c
-            }
+            [] if origin.is_single() => Config::parse(EMBEDDED_DEFAULT, &origin.describe(), env)?,
             [path] if origin.is_single() => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     source: origin.describe(),
@@ -274,6 +270,9 @@ impl Config {
                 Config::parse_traced(&merged.text, &origin.describe(), env, merged.provenance)?
             }
         };
+        if origin.files.is_empty() {
+            config.add_otel_env_exporter(env)?;
+        }
         config.origin = origin.clone();
         Ok(config)
     }
@@ -283,7 +282,8 @@ impl Config {
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT` …, see
     /// [`varta_exporters::otlp::env`]): an exporter `otlp/env` (or
     /// `otlphttp/env`) is added to every pipeline. Only ever for the
-    /// embedded default: an explicit configuration always wins.
+    /// embedded default (with or without `--set` overrides): a
+    /// configuration file always wins.
     fn add_otel_env_exporter(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let error = |message: String| ConfigError {
             source: self.source.clone(),

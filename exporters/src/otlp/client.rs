@@ -48,6 +48,8 @@ impl Failure {
 
 /// One backend connection (cloned by the span and metric senders).
 #[derive(Debug, Clone)]
+// Two per exporter, moved rarely: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Client {
     Grpc(GrpcClient),
     Http(HttpClient),
