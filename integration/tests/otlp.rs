@@ -885,6 +885,33 @@ fn spans_and_metrics_have_the_promised_structure() {
     let hp = &hist.1.data_points[0];
     assert_eq!(hp.bucket_counts.len(), hp.explicit_bounds.len() + 1);
     assert!(hp.sum.is_some_and(|s| s >= 0.4), "{hp:?}");
+    // Exemplars: the stall counter and the stall-duration histogram link
+    // to the incident's trace (a Grafana panel jumps from the spike to it).
+    let exemplars = |name: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+        sink.with(|r| {
+            r.metrics
+                .iter()
+                .filter(|m| m.name == name)
+                .flat_map(|m| match &m.data {
+                    Some(Data::Sum(s)) => {
+                        s.data_points.iter().flat_map(|p| p.exemplars.clone()).collect::<Vec<_>>()
+                    }
+                    Some(Data::Histogram(h)) => {
+                        h.data_points.iter().flat_map(|p| p.exemplars.clone()).collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .map(|e| (e.trace_id, e.span_id))
+                .collect()
+        })
+    };
+    // (The exporter notes an incident when its span is made; the next
+    // collection carries it.)
+    let stall_ex = wait_for("a stall exemplar", || Some(exemplars("varta.stalls")).filter(|e| !e.is_empty()));
+    assert_eq!(stall_ex, [(stall.trace_id.clone(), stall.span_id.clone())], "once, the stall's span");
+    let duration_ex =
+        wait_for("a duration exemplar", || Some(exemplars("varta.stall.duration")).filter(|e| !e.is_empty()));
+    assert_eq!(duration_ex, [(resolved.trace_id.clone(), resolved.span_id.clone())]);
     for name in ["varta.beats", "varta.resumes", "varta.decode_errors", "varta.refusals", "varta.evictions"] {
         let m = metric(&sink, name).unwrap_or_else(|| panic!("{name} missing"));
         assert!(matches!(m.data, Some(Data::Sum(_))), "{name} is a sum");

@@ -35,8 +35,8 @@ use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric::Data,
-    number_data_point,
+    AggregationTemporality, Exemplar, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
+    metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use varta_pipeline::{MetricKind, Role};
@@ -88,6 +88,61 @@ struct Family {
 enum Shape {
     Sum,
     Gauge,
+}
+
+/// Exemplars kept per series until the next collection (the latest win).
+pub const MAX_EXEMPLARS_PER_SERIES: usize = 4;
+
+/// Which series an exemplar belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExemplarSeries {
+    /// `varta.stalls`: one exemplar per stall, pointing at its `varta.stall` span.
+    Stalls,
+    /// `varta.stall.duration`: one per ended stall, its length in seconds,
+    /// pointing at the `varta.stall.resolved` span.
+    StallDuration,
+}
+
+/// Incidents since the last collection, per pipeline and series, bounded
+/// ([`MAX_EXEMPLARS_PER_SERIES`] each, oldest dropped): the link from a
+/// metric spike to its traces (Grafana's "exemplars").
+#[derive(Debug, Default)]
+pub struct Exemplars {
+    by_series: HashMap<(String, ExemplarSeries), std::collections::VecDeque<Exemplar>>,
+}
+
+impl Exemplars {
+    /// Notes an incident of `pipeline` in `series`; `span` is its span.
+    pub fn note(
+        &mut self,
+        pipeline: &str,
+        series: ExemplarSeries,
+        span: &opentelemetry_proto::tonic::trace::v1::Span,
+        value: f64,
+    ) {
+        let q = self.by_series.entry((pipeline.to_owned(), series)).or_default();
+        if q.len() == MAX_EXEMPLARS_PER_SERIES {
+            q.pop_front();
+        }
+        q.push_back(Exemplar {
+            time_unix_nano: span.end_time_unix_nano,
+            trace_id: span.trace_id.clone(),
+            span_id: span.span_id.clone(),
+            value: Some(match series {
+                ExemplarSeries::Stalls => {
+                    opentelemetry_proto::tonic::metrics::v1::exemplar::Value::AsInt(value as i64)
+                }
+                ExemplarSeries::StallDuration => {
+                    opentelemetry_proto::tonic::metrics::v1::exemplar::Value::AsDouble(value)
+                }
+            }),
+            ..Default::default()
+        });
+    }
+
+    fn take(&mut self, pipeline: &str, series: ExemplarSeries) -> Vec<Exemplar> {
+        self.by_series.remove(&(pipeline.to_owned(), series)).map(Vec::from).unwrap_or_default()
+    }
 }
 
 /// One collection: the collector's metrics, and each agent's own points
@@ -171,6 +226,17 @@ impl MetricsBuilder {
 
     /// Every metric, read now. `now_ns` is the wall clock (Unix ns).
     pub fn collect(&mut self, view: &CollectorView, now_ns: u64) -> Collected {
+        self.collect_with(view, now_ns, &mut Exemplars::default())
+    }
+
+    /// [`Self::collect`], attaching (and consuming) the incidents' exemplars
+    /// to the stall counter and stall-duration points of their pipeline.
+    pub fn collect_with(
+        &mut self,
+        view: &CollectorView,
+        now_ns: u64,
+        exemplars: &mut Exemplars,
+    ) -> Collected {
         let start = self.series_start();
         let mut agent_metrics: Vec<AgentMetrics> = Vec::new();
         let temporality_code = self.temporality_code();
@@ -443,6 +509,35 @@ impl MetricsBuilder {
             })),
             ..Default::default()
         });
+        let pipeline_of = |attributes: &[KeyValue]| {
+            attributes.iter().find(|kv| kv.key == "varta.pipeline").and_then(|kv| {
+                match kv.value.as_ref()?.value.as_ref()? {
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                }
+            })
+        };
+        for m in &mut out {
+            match (m.name.as_str(), &mut m.data) {
+                (name::STALLS, Some(Data::Sum(sum))) => {
+                    for p in &mut sum.data_points {
+                        if let Some(pl) = pipeline_of(&p.attributes) {
+                            p.exemplars = exemplars.take(&pl, ExemplarSeries::Stalls);
+                        }
+                    }
+                }
+                (name::STALL_DURATION, Some(Data::Histogram(h))) => {
+                    for p in &mut h.data_points {
+                        if let Some(pl) = pipeline_of(&p.attributes) {
+                            p.exemplars = exemplars.take(&pl, ExemplarSeries::StallDuration);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         // Families of per-agent points that went to agent resources carry
         // no point here: leave them out rather than send empty metrics.
         out.retain(|m| points(m) > 0 || !m.name.starts_with("varta.agent."));

@@ -135,6 +135,8 @@ struct Shared {
     /// The exporter is closing: send what is left, once, and stop.
     closing: AtomicBool,
     closed: Notify,
+    /// Incidents since the last metrics collection (bounded per series).
+    exemplars: Mutex<metrics::Exemplars>,
 }
 
 impl Shared {
@@ -278,6 +280,7 @@ impl OtlpExporter {
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
+            exemplars: Mutex::default(),
         });
         let sources = pipelines
             .into_iter()
@@ -358,6 +361,17 @@ impl Exporter for OtlpExporter {
         }
         let threshold_ns = src.snapshots.latest().threshold_ns;
         if let Some(span) = src.spans.span(event, &src.clock, threshold_ns) {
+            let exemplar = match event.kind {
+                varta_processor::EventKind::Stall { .. } => Some((metrics::ExemplarSeries::Stalls, 1.0)),
+                varta_processor::EventKind::Resume { silence_ns, .. } => {
+                    Some((metrics::ExemplarSeries::StallDuration, silence_ns as f64 / 1e9))
+                }
+                _ => None,
+            };
+            if let Some((series, value)) = exemplar {
+                let mut ex = self.shared.exemplars.lock().unwrap_or_else(|p| p.into_inner());
+                ex.note(src.spans.pipeline(), series, &span, value);
+            }
             let agent = event.agent.as_ref();
             let resource = agent.and_then(|a| src.spans.resource(a));
             let owner = agent.filter(|_| resource.is_some()).map(|a| (source, a.id));
@@ -568,8 +582,10 @@ async fn send_metrics(
         {
             // Reading a large fleet is CPU work: keep it off the async workers.
             let now = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
+            let exemplars = std::mem::take(&mut *shared.exemplars.lock().unwrap_or_else(|p| p.into_inner()));
             let Ok((b, collected)) = tokio::task::spawn_blocking(move || {
-                let m = b.collect(&view, now);
+                let mut exemplars = exemplars;
+                let m = b.collect_with(&view, now, &mut exemplars);
                 (b, m)
             })
             .await
@@ -635,6 +651,7 @@ mod tests {
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
+            exemplars: Mutex::default(),
         };
         for name in ["a", "b", "c"] {
             shared.push(QueuedSpan::of_collector(Span { name: name.into(), ..Default::default() }));

@@ -78,6 +78,11 @@ impl SpanBuilder {
         self
     }
 
+    /// The pipeline these spans come from.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
     /// The agent becomes the spans' resource ([`Self::resource`]);
     /// `host_name` is this node's, for local agents.
     pub fn with_agent_resource(mut self, host_name: Option<String>) -> SpanBuilder {
