@@ -1310,6 +1310,49 @@ fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
     server.kill();
 }
 
+/// The Collector's `host:port` form is TLS: against a server whose
+/// certificate is signed by a CA we were not given, export fails (counted);
+/// with `tls.insecure_skip_verify` the same server is accepted.
+#[test]
+fn host_port_endpoints_verify_the_server_unless_told_not_to() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let read = |f: &str| std::fs::read(certs.path().join(f)).expect("cert file");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read("server.pem"), read("server.key")));
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let server = OtlpServer::start_with_tls(port, &sink, Some(tls));
+    let udp = free_udp_port();
+    let endpoint = format!("localhost:{port}");
+    let c = Collector::start(&config(
+        &endpoint,
+        udp,
+        "200ms",
+        "    retry_on_failure: { enabled: false }\n    metrics: { enabled: false }",
+    ));
+    udp_beats(udp, [6101], 1);
+    wait_for("the unverifiable export to be counted", || {
+        (counter(&c, "spans_failed", "") >= 1).then_some(())
+    });
+    assert!(spans_of(&sink, "varta.stall", 6101).is_empty());
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let c = Collector::start(&config(
+        &endpoint,
+        udp,
+        "200ms",
+        "    tls: { insecure_skip_verify: true }\n    metrics: { enabled: false }",
+    ));
+    udp_beats(udp, [6102], 1);
+    wait_for("the stall span over unverified TLS", || {
+        (!spans_of(&sink, "varta.stall", 6102).is_empty()).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
+}
+
 /// A backend that accepts connections and never answers: shutdown still
 /// ends within `service.shutdown_timeout`, cleanly, and the span that was
 /// in flight is counted as dropped at shutdown — not lost.

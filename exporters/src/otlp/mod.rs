@@ -259,6 +259,9 @@ impl OtlpExporter {
     ) -> Result<(OtlpExporter, Arc<OtlpStats>), OtlpError> {
         let Wiring { pipelines, view, runtime, shutdown_timeout, shutdown_deadline } = wiring;
         config.validate()?;
+        if config.tls.insecure_skip_verify {
+            tracing::warn!(exporter = %id, "tls.insecure_skip_verify: the backend's certificate is not verified; anyone on the path can impersonate it");
+        }
         let client = {
             // tonic's lazy channel spawns its worker on the current runtime.
             let _guard = runtime.enter();
