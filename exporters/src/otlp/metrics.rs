@@ -145,6 +145,24 @@ impl Exemplars {
     }
 }
 
+/// Agents per chunk of per-agent points: three points each, so a chunk is
+/// one request well below [`super::MAX_POINTS_PER_REQUEST`].
+pub const AGENTS_PER_CHUNK: usize = 1024;
+
+const AGENT_STATUS_HELP: &str = "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.";
+const AGENT_BEATS_HELP: &str = "Beats accepted from this agent.";
+const AGENT_STALLS_HELP: &str = "Stalls of this agent.";
+
+/// Per-agent points of up to [`AGENTS_PER_CHUNK`] agents.
+#[derive(Debug)]
+pub enum AgentChunk {
+    /// Under each agent's own resource.
+    Resources(Vec<AgentMetrics>),
+    /// Under the collector's resource, agent identity as point attributes:
+    /// the three `varta.agent.*` metrics holding the chunk's points.
+    Points(Vec<Metric>),
+}
+
 /// One collection: the collector's metrics, and each agent's own points
 /// under its resource (empty unless agents are resources).
 #[derive(Debug, Default)]
@@ -224,22 +242,36 @@ impl MetricsBuilder {
         }
     }
 
-    /// Every metric, read now. `now_ns` is the wall clock (Unix ns).
+    /// Every metric, read now, all at once (tests; the exporter streams
+    /// with [`Self::collect_with`]). `now_ns` is the wall clock (Unix ns).
     pub fn collect(&mut self, view: &CollectorView, now_ns: u64) -> Collected {
-        self.collect_with(view, now_ns, &mut Exemplars::default())
+        let mut agents = Vec::new();
+        let mut points = Vec::new();
+        let metrics = self.collect_with(view, now_ns, &mut Exemplars::default(), &mut |chunk| {
+            match chunk {
+                AgentChunk::Resources(mut r) => agents.append(&mut r),
+                AgentChunk::Points(mut m) => points.append(&mut m),
+            }
+            true
+        });
+        Collected { metrics: [metrics, points].concat(), agents }
     }
 
-    /// [`Self::collect`], attaching (and consuming) the incidents' exemplars
-    /// to the stall counter and stall-duration points of their pipeline.
+    /// Every metric, read now: returns the collector's own metrics and
+    /// hands the per-agent points to `emit` in chunks of at most
+    /// [`AGENTS_PER_CHUNK`] agents as they are built (so that a large fleet
+    /// costs memory for one chunk, not for every agent; `emit` returning
+    /// `false` stops the collection). Attaches (and consumes) the
+    /// incidents' exemplars to the stall counter and stall-duration points
+    /// of their pipeline.
     pub fn collect_with(
         &mut self,
         view: &CollectorView,
         now_ns: u64,
         exemplars: &mut Exemplars,
-    ) -> Collected {
+        emit: &mut dyn FnMut(AgentChunk) -> bool,
+    ) -> Vec<Metric> {
         let start = self.series_start();
-        let mut agent_metrics: Vec<AgentMetrics> = Vec::new();
-        let temporality_code = self.temporality_code();
         let mut families: Vec<Family> = Vec::new();
         let fam = |families: &mut Vec<Family>,
                    name: &str,
@@ -273,8 +305,7 @@ impl MetricsBuilder {
         };
 
         let mut raw_histograms = Vec::new();
-        let mut agents_now: HashMap<(usize, AgentId), (u64, u64)> = HashMap::new();
-        for (pi, p) in view.pipelines.iter().enumerate() {
+        for p in &view.pipelines {
             let snap = p.latest();
             let s = &snap.stats;
             let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
@@ -339,101 +370,7 @@ impl MetricsBuilder {
             push(&mut families, i, with("reason", "stale"), s.evicted_stale);
             push(&mut families, i, with("reason", "pid_recycled"), s.evicted_pid_recycled);
             raw_histograms.push((p.name.clone(), pl(), s.stall_durations));
-
-            if self.per_agent {
-                let status = fam(
-                    &mut families,
-                    name::AGENT_STATUS,
-                    "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.",
-                    "1",
-                    Shape::Gauge,
-                );
-                let beats = fam(
-                    &mut families,
-                    name::AGENT_BEATS,
-                    "Beats accepted from this agent.",
-                    "{beat}",
-                    Shape::Sum,
-                );
-                let stalls =
-                    fam(&mut families, name::AGENT_STALLS, "Stalls of this agent.", "{stall}", Shape::Sum);
-                let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
-                for a in snap.agents() {
-                    let agent = a.agent_ref();
-                    let resolved = store.as_ref().and_then(|s| s.get(&a.id));
-                    // Per-agent sums are deltas of the agent's own previous
-                    // reading; kept per agent (not by string key) and
-                    // rebuilt every collection so departed agents vanish.
-                    let (b, st) = match self.temporality {
-                        Temporality::Cumulative => (a.beats, u64::from(a.stalls)),
-                        Temporality::Delta => {
-                            let (pb, ps) = self.prev_agents.get(&(pi, a.id)).copied().unwrap_or((0, 0));
-                            (
-                                a.beats.checked_sub(pb).unwrap_or(a.beats),
-                                u64::from(a.stalls).checked_sub(ps).unwrap_or(u64::from(a.stalls)),
-                            )
-                        }
-                    };
-                    agents_now.insert((pi, a.id), (a.beats, u64::from(a.stalls)));
-                    let sum_point = |attributes: Vec<KeyValue>, v: u64| NumberDataPoint {
-                        attributes,
-                        start_time_unix_nano: start,
-                        time_unix_nano: now_ns,
-                        value: Some(number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX))),
-                        ..Default::default()
-                    };
-                    let status_point = |attributes: Vec<KeyValue>| NumberDataPoint {
-                        attributes,
-                        time_unix_nano: now_ns,
-                        value: Some(number_data_point::Value::AsInt(status_code(a.status))),
-                        ..Default::default()
-                    };
-                    if let Some(host) = &self.agent_resource {
-                        let resource = super::resource::agent(&agent, resolved.as_ref(), host.as_deref());
-                        let metric = |name: &str, description: &str, unit: &str, data: Data| Metric {
-                            name: name.to_owned(),
-                            description: description.to_owned(),
-                            unit: unit.to_owned(),
-                            data: Some(data),
-                            ..Default::default()
-                        };
-                        let sum = |p| {
-                            Data::Sum(Sum {
-                                data_points: vec![p],
-                                aggregation_temporality: temporality_code,
-                                is_monotonic: true,
-                            })
-                        };
-                        let f =
-                            |i: usize| (families[i].name.clone(), families[i].description, families[i].unit);
-                        let ((sn, sd, su), (bn, bd, bu), (tn, td, tu)) = (f(status), f(beats), f(stalls));
-                        agent_metrics.push(AgentMetrics {
-                            resource,
-                            metrics: vec![
-                                metric(
-                                    &sn,
-                                    sd,
-                                    su,
-                                    Data::Gauge(Gauge { data_points: vec![status_point(pl())] }),
-                                ),
-                                metric(&bn, bd, bu, sum(sum_point(pl(), b))),
-                                metric(&tn, td, tu, sum(sum_point(pl(), st))),
-                            ],
-                        });
-                        continue;
-                    }
-                    let mut at = pl();
-                    attrs::agent(&mut at, &agent);
-                    if let Some(resolved) = &resolved {
-                        attrs::resolved_brief(&mut at, resolved);
-                    }
-                    families[beats].points.push(sum_point(at.clone(), b));
-                    families[stalls].points.push(sum_point(at.clone(), st));
-                    families[status].points.push(status_point(at));
-                }
-            }
         }
-        self.prev_agents = agents_now;
 
         let decode_kinds: Vec<&str> = DecodeErrorKind::ALL.iter().map(|k| k.label()).collect();
         for c in view.components.iter().filter(|c| c.role == Role::Receiver) {
@@ -476,6 +413,9 @@ impl MetricsBuilder {
             });
         }
 
+        if self.per_agent {
+            self.agent_chunks(view, start, now_ns, emit);
+        }
         let histograms: Vec<HistogramDataPoint> = raw_histograms
             .into_iter()
             .map(|(pipeline, attributes, h)| self.histogram_point(&pipeline, attributes, h, start, now_ns))
@@ -541,7 +481,131 @@ impl MetricsBuilder {
         // Families of per-agent points that went to agent resources carry
         // no point here: leave them out rather than send empty metrics.
         out.retain(|m| points(m) > 0 || !m.name.starts_with("varta.agent."));
-        Collected { metrics: out, agents: agent_metrics }
+        out
+    }
+
+    /// The per-agent points of every pipeline, chunk by chunk (see
+    /// [`Self::collect_with`]).
+    fn agent_chunks(
+        &mut self,
+        view: &CollectorView,
+        start: u64,
+        now_ns: u64,
+        emit: &mut dyn FnMut(AgentChunk) -> bool,
+    ) {
+        let temporality = self.temporality;
+        let temporality_code = self.temporality_code();
+        // Only delta sums need the previous reading of every agent.
+        let mut agents_now: HashMap<(usize, AgentId), (u64, u64)> = HashMap::new();
+        let metric = |name: &str, description: &str, unit: &str, data: Data| Metric {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            unit: unit.to_owned(),
+            data: Some(data),
+            ..Default::default()
+        };
+        let sum = |points: Vec<NumberDataPoint>| {
+            Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality_code,
+                is_monotonic: true,
+            })
+        };
+        let families = |status: Vec<NumberDataPoint>, beats, stalls| {
+            vec![
+                metric(
+                    name::AGENT_STATUS,
+                    AGENT_STATUS_HELP,
+                    "1",
+                    Data::Gauge(Gauge { data_points: status }),
+                ),
+                metric(name::AGENT_BEATS, AGENT_BEATS_HELP, "{beat}", sum(beats)),
+                metric(name::AGENT_STALLS, AGENT_STALLS_HELP, "{stall}", sum(stalls)),
+            ]
+        };
+        let mut chunk_resources: Vec<AgentMetrics> = Vec::new();
+        let (mut status_points, mut beat_points, mut stall_points) = (Vec::new(), Vec::new(), Vec::new());
+        let mut in_chunk = 0;
+        for (pi, p) in view.pipelines.iter().enumerate() {
+            let snap = p.latest();
+            let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
+            let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
+            for a in snap.agents() {
+                let agent = a.agent_ref();
+                let resolved = store.as_ref().and_then(|s| s.get(&a.id));
+                // Per-agent sums are deltas of the agent's own previous
+                // reading; kept per agent (not by string key) and rebuilt
+                // every collection so departed agents vanish.
+                let (b, st) = match temporality {
+                    Temporality::Cumulative => (a.beats, u64::from(a.stalls)),
+                    Temporality::Delta => {
+                        let (pb, ps) = self.prev_agents.get(&(pi, a.id)).copied().unwrap_or((0, 0));
+                        agents_now.insert((pi, a.id), (a.beats, u64::from(a.stalls)));
+                        (
+                            a.beats.checked_sub(pb).unwrap_or(a.beats),
+                            u64::from(a.stalls).checked_sub(ps).unwrap_or(u64::from(a.stalls)),
+                        )
+                    }
+                };
+                let sum_point = |attributes: Vec<KeyValue>, v: u64| NumberDataPoint {
+                    attributes,
+                    start_time_unix_nano: start,
+                    time_unix_nano: now_ns,
+                    value: Some(number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX))),
+                    ..Default::default()
+                };
+                let status_point = |attributes: Vec<KeyValue>| NumberDataPoint {
+                    attributes,
+                    time_unix_nano: now_ns,
+                    value: Some(number_data_point::Value::AsInt(status_code(a.status))),
+                    ..Default::default()
+                };
+                if let Some(host) = &self.agent_resource {
+                    chunk_resources.push(AgentMetrics {
+                        resource: super::resource::agent(&agent, resolved.as_ref(), host.as_deref()),
+                        metrics: families(
+                            vec![status_point(pl())],
+                            vec![sum_point(pl(), b)],
+                            vec![sum_point(pl(), st)],
+                        ),
+                    });
+                } else {
+                    let mut at = pl();
+                    attrs::agent(&mut at, &agent);
+                    if let Some(resolved) = &resolved {
+                        attrs::resolved_brief(&mut at, resolved);
+                    }
+                    beat_points.push(sum_point(at.clone(), b));
+                    stall_points.push(sum_point(at.clone(), st));
+                    status_points.push(status_point(at));
+                }
+                in_chunk += 1;
+                if in_chunk == AGENTS_PER_CHUNK {
+                    in_chunk = 0;
+                    let chunk = if self.agent_resource.is_some() {
+                        AgentChunk::Resources(std::mem::take(&mut chunk_resources))
+                    } else {
+                        AgentChunk::Points(families(
+                            std::mem::take(&mut status_points),
+                            std::mem::take(&mut beat_points),
+                            std::mem::take(&mut stall_points),
+                        ))
+                    };
+                    if !emit(chunk) {
+                        return;
+                    }
+                }
+            }
+        }
+        if in_chunk > 0 {
+            let chunk = if self.agent_resource.is_some() {
+                AgentChunk::Resources(chunk_resources)
+            } else {
+                AgentChunk::Points(families(status_points, beat_points, stall_points))
+            };
+            emit(chunk);
+        }
+        self.prev_agents = agents_now;
     }
 
     fn histogram_point(

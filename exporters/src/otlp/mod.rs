@@ -529,36 +529,39 @@ fn log_failure(id: &str, what: &str, f: &Failure, n: u64, throttle: &mut LogThro
     }
 }
 
-/// The requests of one collection: the collector's metrics under its own
-/// resource, then the agents' points under theirs — each request bounded
-/// by [`MAX_POINTS_PER_REQUEST`].
-fn metric_requests(own: &Identity, collected: metrics::Collected) -> Vec<ExportMetricsServiceRequest> {
-    let scoped = |resource: Resource, metrics: Vec<Metric>| ResourceMetrics {
-        resource: Some(resource),
-        scope_metrics: vec![ScopeMetrics { scope: Some(own.scope.clone()), metrics, ..Default::default() }],
-        ..Default::default()
-    };
-    let mut requests: Vec<ExportMetricsServiceRequest> =
-        metrics::split(collected.metrics, MAX_POINTS_PER_REQUEST)
-            .into_iter()
-            .map(|group| ExportMetricsServiceRequest {
-                resource_metrics: vec![scoped(own.resource.clone(), group)],
-            })
-            .collect();
-    let mut agents = collected.agents.into_iter().peekable();
-    while agents.peek().is_some() {
-        let mut points = 0;
-        let mut resource_metrics = Vec::new();
-        while let Some(a) =
-            agents.next_if(|a| points == 0 || points + a.metrics.len() <= MAX_POINTS_PER_REQUEST)
-        {
-            points += a.metrics.len();
-            resource_metrics.push(scoped(a.resource, a.metrics));
-        }
-        requests.push(ExportMetricsServiceRequest { resource_metrics });
+impl Identity {
+    fn request(&self, resource_metrics: Vec<ResourceMetrics>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest { resource_metrics }
     }
-    requests
+
+    /// Metrics under `resource` (the collector's when `None`), in this scope.
+    fn scoped(&self, resource: Option<Resource>, metrics: Vec<Metric>) -> ResourceMetrics {
+        ResourceMetrics {
+            resource: Some(resource.unwrap_or_else(|| self.resource.clone())),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(self.scope.clone()),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The request carrying one chunk of per-agent points.
+    fn agent_request(&self, chunk: metrics::AgentChunk) -> ExportMetricsServiceRequest {
+        match chunk {
+            metrics::AgentChunk::Resources(agents) => {
+                self.request(agents.into_iter().map(|a| self.scoped(Some(a.resource), a.metrics)).collect())
+            }
+            metrics::AgentChunk::Points(metrics) => self.request(vec![self.scoped(None, metrics)]),
+        }
+    }
 }
+
+/// Metric requests a collection hands from its blocking thread to the
+/// sender: one chunk in flight and one being built, so exporting a large
+/// fleet costs memory for two chunks, never for every agent.
+const METRIC_REQUESTS_IN_FLIGHT: usize = 1;
 
 /// Reads the view every `metrics.interval` and sends it; once more when closing.
 async fn send_metrics(
@@ -586,23 +589,26 @@ async fn send_metrics(
             // Reading a large fleet is CPU work: keep it off the async workers.
             let now = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
             let exemplars = std::mem::take(&mut *shared.exemplars.lock().unwrap_or_else(|p| p.into_inner()));
-            let Ok((b, collected)) = tokio::task::spawn_blocking(move || {
+            let (tx, mut requests) = tokio::sync::mpsc::channel(METRIC_REQUESTS_IN_FLIGHT);
+            let ident = own.clone();
+            let collecting = tokio::task::spawn_blocking(move || {
                 let mut exemplars = exemplars;
-                let m = b.collect_with(&view, now, &mut exemplars);
-                (b, m)
-            })
-            .await
-            else {
-                return;
-            };
-            builder = Some(b);
+                let mut emit = |chunk| tx.blocking_send(ident.agent_request(chunk)).is_ok();
+                let fleet = b.collect_with(&view, now, &mut exemplars, &mut emit);
+                for group in metrics::split(fleet, MAX_POINTS_PER_REQUEST) {
+                    if tx.blocking_send(ident.request(vec![ident.scoped(None, group)])).is_err() {
+                        break;
+                    }
+                }
+                b
+            });
             // Retries never outlast the next collection, nor shutdown.
             let mut policy = config.retry_on_failure;
             policy.max_elapsed_time = policy.max_elapsed_time.min(config.metrics.interval);
             if closing {
                 policy.enabled = false;
             }
-            for request in metric_requests(&own, collected) {
+            while let Some(request) = requests.recv().await {
                 let result = with_retry(
                     policy,
                     || {
@@ -623,6 +629,10 @@ async fn send_metrics(
                         log_failure(&id, "metric", &f, 1, &mut failures);
                     }
                 }
+            }
+            match collecting.await {
+                Ok(b) => builder = Some(b),
+                Err(_) => return,
             }
         }
         if closing {
