@@ -1112,8 +1112,23 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
     wait_for("every tracked agent to stall", || {
         let stalled = count(&c, "pipelines::liveness", "agents_stalled", "");
         let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
-        (stalled >= u64::from(AGENTS) * 9 / 10 && stalled == tracked).then_some(())
+        (stalled >= u64::from(AGENTS) * 9 / 10 && stalled == tracked).then_some(tracked)
     });
+    // Per-agent points are sent in chunks (1,024 agents a request): every
+    // tracked agent's status point arrives, each under its own resource.
+    let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
+    let reported = wait_for("every tracked agent's status point", || {
+        let pids: std::collections::HashSet<i64> = sink.with(|r| {
+            r.metrics
+                .iter()
+                .zip(&r.metric_resources)
+                .filter(|(m, _)| m.name == "varta.agent.status")
+                .filter_map(|(_, res)| int_attr(res, "process.pid"))
+                .collect()
+        });
+        (pids.len() as u64 >= tracked).then_some(pids.len() as u64)
+    });
+    assert_eq!(reported, tracked);
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
     let stalls = final_counter(&log, "pipelines::liveness", "stalls", "").unwrap_or(0);
