@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OTLP exporter benchmarks (loopback only, nothing else needed but rotel):
 #
-#   bench/otlp.sh [latency] [ingest]        (default: both)
+#   bench/otlp.sh [latency] [latency-http] [ingest] [memory]   (default: latency ingest)
 #
 # latency: 1,000 simulated UDP agents beat every 100 ms; 10 % of them stop
 #   after 2 s (threshold 1 s), i.e. 100 stalls detected together per run. rotel (a real OTLP/gRPC receiver, installed
@@ -15,7 +15,16 @@
 #   metrics every 1 s with per-agent points ("on"); alternated REPS times;
 #   median accepted beats/s of each.
 #
-# Knobs: REPS [3], SKIP_BUILD=1. Results go to bench/results/otlp.md.
+# latency-http: the same, exporting with `otlphttp` (protobuf) to rotel's
+#   OTLP/HTTP port.
+# memory: AGENTS (50,000 by default; list several, e.g. "50000 500000")
+#   simulated UDP agents beating once a second for 25 s; collector RSS
+#   growth per tracked agent ((VmRSS at the end − VmRSS before the load) /
+#   agents) with exporters: file only; file + prometheus scraped every 2 s;
+#   file + otlp (metrics every 5 s, per-agent points) + otlphttp to rotel;
+#   all of them. Every variant in one run, one after the other.
+#
+# Knobs: REPS [3], SKIP_BUILD=1, AGENTS. Results go to bench/results/otlp.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -38,9 +47,9 @@ eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_rotel() { # start_rotel GRPC_PORT OUTFILE
+start_rotel() { # start_rotel GRPC_PORT OUTFILE [HTTP_PORT]
     local http
-    http=$(free_port)
+    http=${3:-$(free_port)}
     # Stamp every line with the wall clock when it is read (rotel flushes per line).
     NO_COLOR=1 "$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$1" --otlp-http-endpoint "127.0.0.1:$http" \
         --exporter blackhole --debug-log traces --debug-log-verbosity detailed 2>&1 |
@@ -53,9 +62,12 @@ for line in sys.stdin:
     exit 1
 }
 
-config() { # config UDP_PORT OTLP_PORT|"" EXTRA_TRACKER
+config() { # config UDP_PORT OTLP_PORT|"" [http]
     local otlp="" list="[file]"
-    if [[ -n $2 ]]; then
+    if [[ -n $2 && ${3:-} == http ]]; then
+        otlp="  otlphttp:\n    endpoint: http://127.0.0.1:$2\n    metrics: { interval: 1s }\n"
+        list="[file, otlphttp]"
+    elif [[ -n $2 ]]; then
         otlp="  otlp:\n    endpoint: http://127.0.0.1:$2\n    metrics: { interval: 1s }\n"
         list="[file, otlp]"
     fi
@@ -66,13 +78,13 @@ pct() { # pct P < sorted numbers
     awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int((NR - 1) * p / 100) + 1; print v[i] }'
 }
 
-latency() {
+latency() { # latency [http]
     : >"$WORK/lat.txt"
     for rep in $(seq "$REPS"); do
-        local grpc udp cp
-        grpc=$(free_port) udp=$(free_port)
-        start_rotel "$grpc" "$WORK/rotel.out"
-        config "$udp" "$grpc"
+        local grpc http udp cp
+        grpc=$(free_port) http=$(free_port) udp=$(free_port)
+        start_rotel "$grpc" "$WORK/rotel.out" "$http"
+        if [[ ${1:-} == http ]]; then config "$udp" "$http" http; else config "$udp" "$grpc"; fi
         "$BIN/varta-collector" --config "$WORK/c.yaml" 2>"$WORK/coll.log" &
         cp=$!
         sleep 0.5
@@ -92,8 +104,8 @@ latency() {
     p50=$(sort -n "$WORK/lat.txt" | pct 50)
     p99=$(sort -n "$WORK/lat.txt" | pct 99)
     max=$(sort -n "$WORK/lat.txt" | tail -1)
-    printf '| detection → span printed by rotel | %s stalls (%s runs × 100) | p50 %s µs | p99 %s µs | max %s µs |\n' \
-        "$n" "$REPS" "$p50" "$p99" "$max" | tee -a "$HERE/results/otlp.md"
+    printf '| detection → span printed by rotel (%s) | %s stalls (%s runs × 100) | p50 %s µs | p99 %s µs | max %s µs |\n' \
+        "${1:-grpc}" "$n" "$REPS" "$p50" "$p99" "$max" | tee -a "$HERE/results/otlp.md"
 }
 
 ingest_once() { # ingest_once on|off → accepted beats/s
@@ -131,12 +143,70 @@ ingest() {
         tee -a "$HERE/results/otlp.md"
 }
 
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+
+memory_once() { # memory_once AGENTS VARIANT → bytes per agent
+    local agents=$1 variant=$2 udp grpc http prom cp before after exporters="[file]" extra=""
+    udp=$(free_port) grpc=$(free_port) http=$(free_port) prom=$(free_port)
+    case $variant in
+    prometheus | all)
+        extra+="  prometheus:\n    endpoint: 127.0.0.1:$prom\n    auth: none\n    max_agent_series: 1000000\n    rate_limit: { rate: 1000, burst: 1000 }\n"
+        exporters="[file, prometheus" ;;&
+    otlp | all)
+        start_rotel "$grpc" "$WORK/rotel-mem.out" "$http"
+        extra+="  otlp:\n    endpoint: http://127.0.0.1:$grpc\n    metrics: { interval: 5s }\n  otlphttp:\n    endpoint: http://127.0.0.1:$http\n    metrics: { interval: 5s }\n"
+        ;;
+    esac
+    case $variant in
+    file) exporters="[file]" ;;
+    prometheus) exporters="[file, prometheus]" ;;
+    otlp) exporters="[file, otlp, otlphttp]" ;;
+    all) exporters="[file, prometheus, otlp, otlphttp]" ;;
+    esac
+    printf "receivers:\n  vlp/r:\n    transport: udp\n    endpoint: \"127.0.0.1:$udp\"\n    accept_unauthenticated: true\n    recv_buffer_bytes: 33554432\nprocessors:\n  tracker: { threshold: 30s, capacity: 1100000 }\nexporters:\n  file: { path: $WORK/e.tsv, beats: false }\n$extra\nservice:\n  pipelines:\n    l: { receivers: [vlp/r], processors: [tracker], exporters: $exporters, queue_batches: 8192 }\n  telemetry: { logs: { format: json } }\n" >"$WORK/m.yaml"
+    "$BIN/varta-collector" --config "$WORK/m.yaml" 2>"$WORK/coll-mem.log" &
+    cp=$!
+    sleep 1
+    before=$(rss_kib "$cp")
+    local scraper=""
+    if [[ $variant == prometheus || $variant == all ]]; then
+        (while kill -0 "$cp" 2>/dev/null; do curl -s -o /dev/null "http://127.0.0.1:$prom/metrics"; sleep 2; done) &
+        scraper=$!
+    fi
+    "$BIN/varta-load" --transport udp --target "127.0.0.1:$udp" --agents "$agents" --interval 1s \
+        --duration 25s --on-full wait >/dev/null 2>>"$WORK/load.log"
+    after=$(rss_kib "$cp")
+    [[ -n $scraper ]] && kill "$scraper" 2>/dev/null || true
+    kill -TERM "$cp"
+    wait "$cp" || true
+    [[ $variant == otlp || $variant == all ]] && kill "${PIDS[-1]}" 2>/dev/null || true
+    local tracked
+    tracked=$(grep '"agents_tracked"' "$WORK/coll-mem.log" | grep -o '"value":[0-9]*' | tail -1 | cut -d: -f2)
+    echo $(( (after - before) * 1024 / ${tracked:-1} )) "$tracked"
+}
+
+memory() {
+    for n in ${AGENTS:-50000}; do
+        local row="" file_b=""
+        for v in file prometheus otlp all; do
+            read -r b tracked < <(memory_once "$n" "$v")
+            log "memory $n agents, $v: $b B/agent ($tracked tracked)"
+            [[ $v == file ]] && file_b=$b
+            row+=" $v $b B |"
+        done
+        printf '| RSS growth per agent, %s UDP agents at 1 beat/s, 25 s |%s all/file %s |\n' "$n" "$row" \
+            "$(awk -v a="$b" -v f="$file_b" 'BEGIN { printf "%.2f", a / f }')" | tee -a "$HERE/results/otlp.md"
+    done
+}
+
 mkdir -p "$HERE/results"
 printf '\n## bench/otlp.sh %s — %s, REPS=%s, %s\n\n' "${scenarios[*]}" "$(date -u +%FT%TZ)" "$REPS" "$(git -C "$ROOT" rev-parse --short HEAD)" >>"$HERE/results/otlp.md"
 for s in "${scenarios[@]}"; do
     case $s in
     latency) latency ;;
+    latency-http) latency http ;;
     ingest) ingest ;;
-    *) echo "unknown scenario $s (latency, ingest)" >&2; exit 2 ;;
+    memory) memory ;;
+    *) echo "unknown scenario $s (latency, latency-http, ingest, memory)" >&2; exit 2 ;;
     esac
 done
