@@ -151,7 +151,7 @@ memory_once() { # memory_once AGENTS VARIANT → bytes per agent
     case $variant in
     prometheus | all)
         extra+="  prometheus:\n    endpoint: 127.0.0.1:$prom\n    auth: none\n    max_agent_series: 1000000\n    rate_limit: { rate: 1000, burst: 1000 }\n"
-        exporters="[file, prometheus" ;;&
+        ;;&
     otlp | all)
         start_rotel "$grpc" "$WORK/rotel-mem.out" "$http"
         extra+="  otlp:\n    endpoint: http://127.0.0.1:$grpc\n    metrics: { interval: 5s }\n  otlphttp:\n    endpoint: http://127.0.0.1:$http\n    metrics: { interval: 5s }\n"
