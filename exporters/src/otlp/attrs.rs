@@ -2,6 +2,9 @@
 //! describe an agent (shared by spans and per-agent metric points).
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_semantic_conventions::resource::{
+    CONTAINER_ID, PROCESS_EXECUTABLE_NAME, PROCESS_PID, SERVICE_NAME,
+};
 use varta_agents::attributes::{AttrValue, AttributesRef};
 use varta_processor::AgentRef;
 
@@ -39,7 +42,7 @@ pub fn boolean(key: &str, value: bool) -> KeyValue {
 /// `varta.agent.frame_pid` when the agent writes another pid in its frames
 /// (it lives in another pid namespace).
 pub fn agent(out: &mut Vec<KeyValue>, agent: &AgentRef) {
-    out.push(int("process.pid", i64::from(agent.id.pid)));
+    out.push(int(PROCESS_PID, i64::from(agent.id.pid)));
     out.push(string("varta.agent.source", agent.id.source.to_string()));
     out.push(string("varta.agent.transport", agent.transport.as_str()));
     if agent.frame_pid != agent.id.pid {
@@ -63,13 +66,13 @@ pub fn resolved(out: &mut Vec<KeyValue>, attributes: &AttributesRef<'_>) {
 /// per agent per export).
 pub fn resolved_brief(out: &mut Vec<KeyValue>, attributes: &AttributesRef<'_>) {
     if let Some(v) = attributes.executable_name() {
-        out.push(string("process.executable.name", v));
+        out.push(string(PROCESS_EXECUTABLE_NAME, v));
     }
     if let Some(v) = attributes.service_name() {
-        out.push(string("service.name", v));
+        out.push(string(SERVICE_NAME, v));
     }
     if let Some(v) = attributes.container_id() {
-        out.push(string("container.id", v));
+        out.push(string(CONTAINER_ID, v));
     }
 }
 

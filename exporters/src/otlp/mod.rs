@@ -1,6 +1,8 @@
-//! The `otlp` exporter: liveness metrics and stall-incident traces pushed
-//! over OTLP/gRPC to any OpenTelemetry backend (an OpenTelemetry Collector,
-//! Tempo, a vendor).
+//! The `otlp` and `otlphttp` exporters: liveness metrics and
+//! stall-incident traces pushed over OTLP/gRPC ([`grpc`]) or OTLP/HTTP
+//! ([`http`]) to any OpenTelemetry backend (an OpenTelemetry Collector,
+//! Tempo, Jaeger, a vendor). One sending core serves both: everything
+//! below but the wire is shared ([`client`]).
 //!
 //! Shape: the exporter thread (behind the usual two-lane
 //! [`crate::ExporterQueue`]) turns incident events into spans
@@ -26,13 +28,28 @@
 //!   then are counted `dropped{shutdown}`. Only the exporter thread waits,
 //!   never a runtime worker.
 //!
-//! Why not the OpenTelemetry SDK's `BatchSpanProcessor` and
-//! `PeriodicReader`: the batch processor drops spans on overflow without
-//! a counter we can read and exports on a thread of its own, and an
-//! observable histogram does not exist in the SDK, while the processor
-//! already keeps the stall-duration histogram. Building the OTLP messages
-//! from `opentelemetry-proto` directly gives every promise above, exact
-//! histogram buckets, and no SDK call at all on the event path.
+//! Which OpenTelemetry crate serves where, and why:
+//! * `opentelemetry-proto`: the OTLP messages and gRPC stubs, built
+//!   directly. The SDK's `BatchSpanProcessor` drops spans on overflow
+//!   without a counter we can read and exports on a thread of its own; SDK
+//!   metric data cannot be built by hand and there is no observable
+//!   histogram, while the processor already keeps the stall-duration
+//!   histogram. Building the messages ourselves gives every promise above,
+//!   exact histogram buckets, agent resources made per incident, and no SDK
+//!   call on the event path. Its `with-serde` mapping is the OTLP/JSON
+//!   encoding of `otlphttp`.
+//! * `opentelemetry-semantic-conventions`: attribute names ([`resource`],
+//!   [`attrs`]).
+//! * Not `opentelemetry-otlp`: its exporters take SDK data (see above), its
+//!   builders panic outside a Tokio runtime and its partial-success
+//!   rejections are logged, not returned — we count them. Its
+//!   `OTEL_EXPORTER_OTLP_*` handling lives in those builders, so [`env`]
+//!   reads the same variables into our configuration instead.
+//! * Not `opentelemetry_sdk::Resource`: a resource here is a handful of
+//!   key-values made per incident from the resolver's store; an SDK value
+//!   converted straight back to the proto would be a wrapper for its own
+//!   sake. The embedding façade (which reports through a host program's
+//!   SDK) is where the SDK types belong.
 
 pub mod attrs;
 pub mod client;

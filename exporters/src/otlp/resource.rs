@@ -31,8 +31,10 @@ use super::attrs;
 use super::config::OtlpExporterConfig;
 use varta_processor::AgentRef;
 
-/// `service.name` (semantic conventions).
-pub const SERVICE_NAME: &str = "service.name";
+use opentelemetry_semantic_conventions::resource::{
+    HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
+};
+
 /// The collector's instance id, on the scope of every span and point.
 pub const COLLECTOR_INSTANCE_ID: &str = "varta.collector.instance.id";
 /// The collector's service name unless configured otherwise.
@@ -48,11 +50,11 @@ pub fn collector(
 ) -> Resource {
     let mut entries: Vec<(String, String)> = vec![
         (SERVICE_NAME.into(), COLLECTOR_SERVICE_NAME.into()),
-        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
-        ("service.instance.id".into(), instance_id.into()),
+        (SERVICE_VERSION.into(), env!("CARGO_PKG_VERSION").into()),
+        (SERVICE_INSTANCE_ID.into(), instance_id.into()),
     ];
     if let Some(host) = host_name {
-        entries.push(("host.name".into(), host.into()));
+        entries.push((HOST_NAME.into(), host.into()));
     }
     let mut set = |k: &str, v: &str| match entries.iter_mut().find(|(key, _)| key == k) {
         Some(e) => e.1 = v.to_owned(),
@@ -130,7 +132,7 @@ pub fn agent(agent: &AgentRef, resolved: Option<&AttributesRef<'_>>, host_name: 
     if agent.id.source == Source::Local
         && let Some(h) = host_name
     {
-        a.push(attrs::string("host.name", h));
+        a.push(attrs::string(HOST_NAME, h));
     }
     Resource { attributes: a, ..Default::default() }
 }
