@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OTLP exporter benchmarks (loopback only, nothing else needed but rotel):
 #
-#   bench/otlp.sh [latency] [latency-http] [ingest] [memory]   (default: latency ingest)
+#   bench/otlp.sh [latency] [latency-http] [ingest] [ingest-uds] [memory]   (default: latency ingest)
 #
 # latency: 1,000 simulated UDP agents beat every 100 ms; 10 % of them stop
 #   after 2 s (threshold 1 s), i.e. 100 stalls detected together per run. rotel (a real OTLP/gRPC receiver, installed
@@ -15,7 +15,10 @@
 #   metrics every 1 s with per-agent points ("on"); alternated REPS times;
 #   median accepted beats/s of each.
 #
-# latency-http: the same, exporting with `otlphttp` (protobuf) to rotel's
+# ingest-uds: UDS ingest (4 sender processes flat out, 5 s), file exporter
+#   only vs file + prometheus scraped every 2 s + otlp + otlphttp (metrics
+#   every 1 s, per-agent points), alternated REPS times in one run.
+# latency-http: the same as latency, exporting with `otlphttp` (protobuf) to rotel's
 #   OTLP/HTTP port.
 # memory: AGENTS (50,000 by default; list several, e.g. "50000 500000")
 #   simulated UDP agents beating once a second for 25 s; collector RSS
@@ -143,6 +146,47 @@ ingest() {
         tee -a "$HERE/results/otlp.md"
 }
 
+ingest_uds_once() { # ingest_uds_once on|off → accepted beats/s (UDS, 4 sender processes flat out)
+    local grpc http prom cp acc extra="" exporters="[file]" scraper=""
+    grpc=$(free_port) http=$(free_port) prom=$(free_port)
+    if [[ $1 == on ]]; then
+        start_rotel "$grpc" "$WORK/rotel-uds.out" "$http"
+        extra="  prometheus:\n    endpoint: 127.0.0.1:$prom\n    auth: none\n    rate_limit: { rate: 1000, burst: 1000 }\n  otlp:\n    endpoint: http://127.0.0.1:$grpc\n    metrics: { interval: 1s }\n  otlphttp:\n    endpoint: http://127.0.0.1:$http\n    metrics: { interval: 1s }\n"
+        exporters="[file, prometheus, otlp, otlphttp]"
+    fi
+    printf "receivers:\n  vlp/r:\n    transport: uds\n    path: $WORK/u.sock\n    recv_buffer_bytes: 8388608\nprocessors:\n  tracker: { threshold: 1s, capacity: 100000 }\nexporters:\n  file: { path: $WORK/e.tsv, beats: false }\n$extra\nservice:\n  pipelines:\n    l: { receivers: [vlp/r], processors: [tracker], exporters: $exporters, queue_batches: 4096 }\n  telemetry: { logs: { format: json } }\n" >"$WORK/u.yaml"
+    "$BIN/varta-collector" --config "$WORK/u.yaml" 2>"$WORK/coll-uds.log" &
+    cp=$!
+    sleep 0.5
+    if [[ $1 == on ]]; then
+        (while kill -0 "$cp" 2>/dev/null; do curl -s -o /dev/null "http://127.0.0.1:$prom/metrics"; sleep 2; done) &
+        scraper=$!
+    fi
+    "$BIN/varta-load" --transport uds --target "$WORK/u.sock" --agents 4 --rate 0 --on-full drop \
+        --duration 5s >/dev/null 2>>"$WORK/load.log"
+    [[ -n $scraper ]] && kill "$scraper" 2>/dev/null || true
+    kill -TERM "$cp"
+    wait "$cp" || true
+    [[ $1 == on ]] && kill "${PIDS[-1]}" 2>/dev/null || true
+    acc=$(grep '"beats_accepted"' "$WORK/coll-uds.log" | grep -o '"value":[0-9]*' | tail -1 | cut -d: -f2)
+    echo $(( ${acc:-0} / 5 ))
+}
+
+ingest_uds() {
+    local on=() off=() a b
+    for rep in $(seq "$REPS"); do
+        a=$(ingest_uds_once off) b=$(ingest_uds_once on)
+        off+=("$a") on+=("$b")
+        log "uds ingest rep $rep: file only $a/s, + prometheus scraped + otlp + otlphttp $b/s"
+    done
+    local mon moff
+    moff=$(printf '%s\n' "${off[@]}" | sort -n | pct 50)
+    mon=$(printf '%s\n' "${on[@]}" | sort -n | pct 50)
+    printf '| UDS ingest, 4 senders flat out | file only %s beats/s | + prometheus (scraped every 2 s) + otlp + otlphttp %s beats/s | on/off %s | runs: off %s; on %s |\n' \
+        "$moff" "$mon" "$(awk -v a="$mon" -v b="$moff" 'BEGIN { printf "%.3f", a / b }')" "${off[*]}" "${on[*]}" |
+        tee -a "$HERE/results/otlp.md"
+}
+
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 memory_once() { # memory_once AGENTS VARIANT → bytes per agent
@@ -206,7 +250,8 @@ for s in "${scenarios[@]}"; do
     latency) latency ;;
     latency-http) latency http ;;
     ingest) ingest ;;
+    ingest-uds) ingest_uds ;;
     memory) memory ;;
-    *) echo "unknown scenario $s (latency, latency-http, ingest, memory)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (latency, latency-http, ingest, ingest-uds, memory)" >&2; exit 2 ;;
     esac
 done
