@@ -9,7 +9,7 @@
 //! I/O, no blocking, no allocation per call in steady state); an inspector
 //! that cannot keep up drops work and counts it instead of pushing back.
 
-use crate::event::{AgentId, AgentRef};
+use crate::agent::{AgentId, AgentRef};
 
 /// What a stalled process was doing, judged from two looks at `/proc`
 /// (at detection and a window later).

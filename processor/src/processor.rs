@@ -45,9 +45,10 @@ use std::time::Duration;
 use varta_pipeline::queue::{BatchReceiver, RecvTimeoutError};
 use varta_proto::{Arrival, Batch, Beat, Frame, Transport};
 
+use crate::agent::{AgentId, AgentRef};
 use crate::clock::{Clock, ClockGuard};
 use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
-use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
+use crate::event::{Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 use crate::inspect::{Diagnosed, Inspector};
 use crate::ratelimit::RateLimiter;
 use crate::recovery::{Recovered, RecoveryHandle};

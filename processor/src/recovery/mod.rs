@@ -334,7 +334,7 @@ impl RecoveryReport {
 /// A finished recovery step, handed back to the processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
-    pub agent: crate::event::AgentRef,
+    pub agent: crate::agent::AgentRef,
     pub incident: u64,
     pub report: RecoveryReport,
 }

@@ -17,7 +17,7 @@ use varta_proto::Transport;
 
 use super::audit::{AuditLog, Record};
 use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
-use crate::event::{AgentId, AgentRef};
+use crate::agent::{AgentId, AgentRef};
 use crate::inspect::{Cause, Wchan};
 
 /// What the host says about a process right before a spawn.
