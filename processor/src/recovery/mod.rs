@@ -25,6 +25,7 @@
 //!   `capture_output_bytes` per stream.
 //! * Every spawn, completion and refusal is an audit record (see [`audit`]).
 
+pub mod argv;
 pub mod audit;
 mod runner;
 
@@ -36,7 +37,9 @@ use serde::Deserialize;
 
 use crate::inspect::{Cause, Wchan};
 
-pub use runner::{AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats};
+pub use runner::{
+    AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats, SHUTDOWN_MARGIN,
+};
 
 fn default_debounce() -> Duration {
     Duration::from_secs(1)
@@ -57,7 +60,11 @@ fn default_capture() -> usize {
     4096
 }
 fn default_causes() -> Vec<String> {
-    Cause::ALL.iter().filter(|c| **c != Cause::Stopped).map(|c| c.label().to_owned()).collect()
+    Cause::ALL
+        .iter()
+        .filter(|c| !matches!(c, Cause::Stopped | Cause::Unknown))
+        .map(|c| c.label().to_owned())
+        .collect()
 }
 fn default_keep() -> u32 {
     5
@@ -75,6 +82,15 @@ pub enum AuditSync {
     /// may lose the last second of records (the chain still verifies up to
     /// the last complete one).
     Interval,
+}
+
+/// What to do with a stall whose cause is not known (no diagnosis in
+/// time, a network agent, or a diagnosis that says `unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknownCause {
+    Run,
+    Refuse,
 }
 
 /// `processors: recovery:` — see the README's recovery how-to.
@@ -100,8 +116,12 @@ pub struct RecoveryConfig {
     #[serde(default = "default_capture")]
     pub capture_output_bytes: usize,
     /// Diagnosis causes that trigger a run (default: all but `stopped`).
-    #[serde(default = "default_causes")]
-    pub on_causes: Vec<String>,
+    #[serde(default)]
+    pub on_causes: Option<Vec<String>>,
+    /// A stall with no known cause (default: `refuse` when `on_causes` is
+    /// given, `run` otherwise).
+    #[serde(default)]
+    pub on_unknown_cause: Option<OnUnknownCause>,
     #[serde(default)]
     pub allow_unauthenticated: bool,
     #[serde(default)]
@@ -143,21 +163,23 @@ impl RecoveryConfig {
                 "`exec[0]` must be an absolute path (no PATH lookup, no shell): {program:?}"
             ));
         }
+        if program.contains('{') {
+            return Err(format!(
+                "`exec[0]` may not contain a placeholder: the program must be the one written here, \
+                 not one an agent's values choose: {program:?}"
+            ));
+        }
         for arg in &self.exec {
-            let mut rest = arg.as_str();
-            while let Some(at) = rest.find('{') {
-                let end = rest[at..].find('}').map(|e| at + e + 1).unwrap_or(rest.len());
-                let token = &rest[at..end];
+            for token in argv::placeholders(arg) {
                 if !PLACEHOLDERS.contains(&token) {
                     return Err(format!(
                         "`exec`: unknown placeholder {token:?} (known: {})",
                         PLACEHOLDERS.join(", ")
                     ));
                 }
-                rest = &rest[end..];
             }
         }
-        for cause in &self.on_causes {
+        for cause in self.on_causes.iter().flatten() {
             if Cause::parse(cause).is_none() {
                 let known: Vec<&str> = Cause::ALL.iter().map(|c| c.label()).collect();
                 return Err(format!("`on_causes`: unknown cause {cause:?} (known: {})", known.join(", ")));
@@ -175,8 +197,18 @@ impl RecoveryConfig {
         Ok(())
     }
 
+    /// Whether a stall of this (known) cause triggers a run.
     pub fn triggers_on(&self, cause: Cause) -> bool {
-        self.on_causes.iter().any(|c| c == cause.label())
+        match &self.on_causes {
+            Some(causes) => causes.iter().any(|c| c == cause.label()),
+            None => default_causes().iter().any(|c| c == cause.label()),
+        }
+    }
+
+    /// Whether a stall whose cause is unknown runs.
+    pub fn runs_on_unknown_cause(&self) -> bool {
+        let default = if self.on_causes.is_some() { OnUnknownCause::Refuse } else { OnUnknownCause::Run };
+        self.on_unknown_cause.unwrap_or(default) == OnUnknownCause::Run
     }
 }
 
@@ -189,6 +221,13 @@ pub enum RecoveryRefusal {
     CrossNamespace,
     /// Its diagnosis' cause is not in `on_causes`.
     Cause,
+    /// Its cause is unknown and `on_unknown_cause` is `refuse`.
+    CauseUnknown,
+    /// A local agent whose start time could not be read: its pid cannot
+    /// be tied to the process that stalled.
+    IdentityUnknown,
+    /// A placeholder's value breaks the value rule (see [`argv`]).
+    UnsafeValue,
     /// The process is stopped or traced (not in `on_causes`).
     Stopped,
     /// Its pid now belongs to another process (or it is gone).
@@ -201,10 +240,13 @@ pub enum RecoveryRefusal {
 }
 
 impl RecoveryRefusal {
-    pub const ALL: [RecoveryRefusal; 9] = [
+    pub const ALL: [RecoveryRefusal; 12] = [
         RecoveryRefusal::Unauthenticated,
         RecoveryRefusal::CrossNamespace,
+        RecoveryRefusal::IdentityUnknown,
         RecoveryRefusal::Cause,
+        RecoveryRefusal::CauseUnknown,
+        RecoveryRefusal::UnsafeValue,
         RecoveryRefusal::Stopped,
         RecoveryRefusal::PidRecycled,
         RecoveryRefusal::Debounce,
@@ -218,6 +260,9 @@ impl RecoveryRefusal {
             RecoveryRefusal::Unauthenticated => "unauthenticated",
             RecoveryRefusal::CrossNamespace => "cross_namespace",
             RecoveryRefusal::Cause => "cause",
+            RecoveryRefusal::CauseUnknown => "cause_unknown",
+            RecoveryRefusal::IdentityUnknown => "identity_unknown",
+            RecoveryRefusal::UnsafeValue => "unsafe_value",
             RecoveryRefusal::Stopped => "stopped",
             RecoveryRefusal::PidRecycled => "pid_recycled",
             RecoveryRefusal::Debounce => "debounce",
