@@ -385,3 +385,58 @@ fn the_audit_log_survives_kill_9_and_detects_edits() {
     let missing = verify(&[&keep.path().join("no-such-file")]);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn an_excluded_cause_is_refused_even_when_its_diagnosis_takes_longer_than_two_seconds() {
+    // The wait for the diagnosis follows its window (3 s here), so the
+    // spinning cause the operator left out of `on_causes` is known in time.
+    let text = config(RECORD_RUN, "    on_causes: [waiting]", free_udp_port())
+        .replace("window: 100ms", "window: 3s");
+    let c = Collector::start(&text);
+    let agent = stall_agent(&c, "spin");
+    let pid = agent.id();
+    let refused = wait_for("the decision", || {
+        recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused" || o == "started")
+    });
+    assert!(refused.0 == "refused" && refused.1.contains("reason=cause"), "{refused:?}");
+    assert!(!c.path("runs").exists(), "nothing was run");
+    kill(agent);
+}
+
+#[test]
+fn a_stall_without_a_cause_is_refused_when_on_causes_is_given() {
+    let text = config(RECORD_RUN, "    on_causes: [waiting]", free_udp_port())
+        .replace("diagnosis: { window: 100ms }", "diagnosis: { enabled: false }");
+    let c = Collector::start(&text);
+    let agent = stall_agent(&c, "sleep");
+    let pid = agent.id();
+    let refused = wait_for("the decision", || {
+        recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused" || o == "started")
+    });
+    assert!(refused.0 == "refused" && refused.1.contains("reason=cause_unknown"), "{refused:?}");
+    assert!(!c.path("runs").exists(), "nothing was run");
+    kill(agent);
+}
+
+#[test]
+fn a_stopped_agent_whose_diagnosis_never_comes_is_still_not_recovered() {
+    // No diagnosis, and every cause (unknown included) would run: only the
+    // look at /proc right before spawning sees the SIGSTOP.
+    let text = config(RECORD_RUN, "    on_unknown_cause: run", free_udp_port())
+        .replace("diagnosis: { window: 100ms }", "diagnosis: { enabled: false }");
+    let c = Collector::start(&text);
+    let agent = stall_agent(&c, "sleep");
+    let pid = agent.id();
+    wait_for("the agent's first beat", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") >= 1).then_some(())
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let refused = wait_for("the decision", || {
+        recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused" || o == "started")
+    });
+    assert!(refused.0 == "refused" && refused.1.contains("reason=stopped"), "{refused:?}");
+    assert!(!c.path("runs").exists(), "nothing was run");
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    kill(agent);
+}
