@@ -440,3 +440,130 @@ fn a_stopped_agent_whose_diagnosis_never_comes_is_still_not_recovered() {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     kill(agent);
 }
+
+#[test]
+fn a_reload_during_a_running_recovery_leaves_one_verifiable_chain() {
+    // The command ignores SIGTERM, so the old runner needs all of
+    // kill_grace (5 s) and more — longer than shutdown_timeout (5 s).
+    let text = config(STUBBORN, "", free_udp_port());
+    let c = Collector::start(&text);
+    let agent = stall_agent(&c, "sleep");
+    let pid = agent.id();
+    background_pid(&c);
+    // A changed recovery setting replaces the runner.
+    let dir = c.dir.path().display().to_string();
+    let changed = text.replace("@DIR@", &dir).replace("    audit_file:", "    debounce: 2s\n    audit_file:");
+    std::fs::write(c.path("collector.yaml"), changed).expect("rewrite config");
+    c.signal(libc::SIGHUP);
+    c.wait_notification("READY=1 after the reload", |m| m.contains("READY=1"));
+    let text = wait_for("the new runner's boot record", || {
+        let t = audit(&c);
+        (records(&t).iter().filter(|r| r[2] == "boot").count() == 2).then_some(t)
+    });
+    let complete = records(&text).into_iter().find(|r| r[2] == "complete").expect("the old child's record");
+    assert_eq!(complete[4], pid.to_string(), "{text}");
+    let out = verify(&[&c.path("audit.tsv")]);
+    assert_eq!(out.status.code(), Some(0), "one writer, one chain: {out:?}\n{text}");
+    kill(agent);
+}
+
+#[test]
+fn audit_verify_refuses_a_fifo_and_catches_bad_bytes_a_cut_newest_file_and_a_forged_keyed_log() {
+    let keep = tempfile::tempdir().expect("tempdir");
+    let key = keep.path().join("audit.key");
+    varta_integration::write_secret(&key, &"ab".repeat(32));
+    let audit_path = keep.path().join("audit.tsv");
+    let extra = format!("    audit_key_file: \"{}\"\n    audit_rotate_bytes: 300", key.display());
+    let text = config(RECORD_RUN, &extra, free_udp_port())
+        .replace("@DIR@/audit.tsv", &audit_path.display().to_string());
+    let c = Collector::start(&text);
+    let agent = stall_agent(&c, "sleep");
+    wait_for("a finished recovery", || {
+        recovery_lines(&c, agent.id()).into_iter().find(|(o, _)| o == "succeeded")
+    });
+    kill(agent);
+    let (status, _) = c.stop();
+    assert!(status.success());
+    let older = keep.path().join("audit.tsv.1");
+    assert!(older.exists(), "rotated: {}", std::fs::read_to_string(&audit_path).unwrap_or_default());
+    let key_arg = key.to_str().expect("utf8");
+    let verify_keyed = |files: &[&std::path::Path]| {
+        let mut args = vec!["audit", "verify", "--key-file", key_arg];
+        args.extend(files.iter().map(|f| f.to_str().expect("utf8")));
+        collector_cmd(&args)
+    };
+    let files = [older.as_path(), audit_path.as_path()];
+    assert_eq!(verify_keyed(&files).status.code(), Some(0), "{:?}", verify_keyed(&files));
+    assert_eq!(verify(&files).status.code(), Some(2), "a keyed log needs its key");
+
+    // A forger without the key writes a whole valid log of its own (a
+    // plain chain, as the collector would without a key): never verifies
+    // with the key.
+    let forged = keep.path().join("forged.tsv");
+    let plain =
+        config(RECORD_RUN, "", free_udp_port()).replace("@DIR@/audit.tsv", forged.to_str().expect("utf8"));
+    let (status, _) = Collector::start(&plain).stop();
+    assert!(status.success());
+    assert_eq!(verify(&[&forged]).status.code(), Some(0), "a valid plain log");
+    let said = verify_keyed(&[&forged]);
+    assert_eq!(said.status.code(), Some(1), "{said:?}");
+    let newest = std::fs::read(&audit_path).expect("read");
+    let header = newest.split(|&b| b == b'\n').next().expect("header").to_vec();
+
+    // A non-UTF-8 byte in a record is a broken log, not an unreadable one.
+    let mut bad = newest.clone();
+    let at = bad.len() - 2;
+    bad[at] = 0xff;
+    std::fs::write(&audit_path, &bad).expect("write");
+    let said = verify_keyed(&files);
+    assert_eq!(said.status.code(), Some(1), "{said:?}");
+    assert!(String::from_utf8_lossy(&said.stdout).contains("UTF-8"), "{said:?}");
+
+    // The newest file cut back to its header, after an older one with records.
+    std::fs::write(&audit_path, [&header[..], b"\n"].concat()).expect("write");
+    let said = verify_keyed(&files);
+    assert_eq!(said.status.code(), Some(1), "{said:?}");
+
+    // A FIFO at the path: a clear error (exit 2), not a hang.
+    let fifo = keep.path().join("fifo.tsv");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let said = verify(&[&fifo]);
+    assert_eq!(said.status.code(), Some(2), "{said:?}");
+    assert!(String::from_utf8_lossy(&said.stderr).contains("not a regular file"), "{said:?}");
+}
+
+#[test]
+fn a_fifo_at_the_audit_path_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("audit.tsv");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let path = dir.path().join("recovery.yaml");
+    let text = config(RECORD_RUN, "", free_udp_port())
+        .replace("@DIR@/audit.tsv", fifo.to_str().expect("utf8"))
+        .replace("@DIR@", &dir.path().display().to_string());
+    std::fs::write(&path, text).expect("write");
+    let out = varta_integration::collector_cmd(&["--config", path.to_str().expect("utf8")]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"), "{out:?}");
+}
+
+#[test]
+fn output_written_right_before_exit_is_captured_and_logged_escaped() {
+    let exec = r#"["/bin/sh", "-c", "printf 'line one\\nline two'; printf 'oops' >&2"]"#;
+    let c = Collector::start(&config(exec, "", free_udp_port()));
+    let agent = stall_agent(&c, "sleep");
+    let done = wait_for("the recovery", || {
+        recovery_lines(&c, agent.id()).into_iter().find(|(o, _)| o == "succeeded")
+    });
+    assert!(done.1.contains("stdout_bytes=17;stderr_bytes=4"), "every byte read: {done:?}");
+    let line = wait_for("the output log line", || {
+        c.log().lines().find(|l| l.contains("recovery command output")).map(str::to_owned)
+    });
+    // One log line; the newline inside the output is escaped (JSON then escapes the backslash).
+    assert!(line.contains(r"line one\\nline two"), "{line}");
+    kill(agent);
+}

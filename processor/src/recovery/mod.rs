@@ -69,6 +69,9 @@ fn default_causes() -> Vec<String> {
 fn default_keep() -> u32 {
     5
 }
+fn default_rotate_bytes() -> u64 {
+    64 << 20
+}
 
 /// How often audit records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -129,8 +132,12 @@ pub struct RecoveryConfig {
     pub audit_file: PathBuf,
     #[serde(default)]
     pub audit_sync: AuditSync,
-    /// Rotate the audit file past this size (0: never).
+    /// Key of the audit chain (HMAC-SHA256): a hex key file, read like
+    /// every secret (regular, owner-only, ours).
     #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
+    /// Rotate the audit file at this size (0: never; default 64 MiB).
+    #[serde(default = "default_rotate_bytes")]
     pub audit_rotate_bytes: u64,
     #[serde(default = "default_keep")]
     pub audit_rotate_keep: u32,

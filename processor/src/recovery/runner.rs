@@ -181,11 +181,16 @@ impl Recovery {
         labels: AgentLabels,
         diagnosis_window: Option<Duration>,
     ) -> std::io::Result<(Recovery, RecoveryHandle)> {
+        let key = match &config.audit_key_file {
+            Some(path) => Some(varta_secrets::load_key_file(path).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let audit = AuditLog::open(
             &config.audit_file,
             config.audit_sync,
             config.audit_rotate_bytes,
             config.audit_rotate_keep,
+            key,
         )?;
         let stats = Arc::new(RecoveryStats::default());
         stats.audit_records.store(2, Relaxed);
