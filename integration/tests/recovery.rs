@@ -567,3 +567,32 @@ fn output_written_right_before_exit_is_captured_and_logged_escaped() {
     assert!(line.contains(r"line one\\nline two"), "{line}");
     kill(agent);
 }
+
+#[test]
+fn an_agent_whose_start_time_was_never_read_is_not_acted_on() {
+    // The collector is stopped while the agent beats once and exits, so
+    // its start time cannot be read at its first beat: its pid may
+    // already be another process's by the time it stalls.
+    let c = Collector::start(&config(RECORD_RUN, "", free_udp_port()));
+    c.signal(libc::SIGSTOP);
+    let sock = c.path("varta.sock");
+    let mut agent = varta_integration::varta(&["beat", "--socket", sock.to_str().expect("utf8")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("varta beat");
+    let pid = agent.id();
+    let status = agent.wait().expect("wait");
+    c.signal(libc::SIGCONT);
+    assert!(status.success(), "the beat was sent");
+    let decided = wait_for("the decision", || {
+        recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused" || o == "started")
+    });
+    assert!(decided.0 == "refused" && decided.1.contains("reason=identity_unknown"), "{decided:?}");
+    assert!(!c.path("runs").exists(), "nothing was run");
+    let diagnosis = read_events(&c.path("events.tsv"))
+        .into_iter()
+        .find(|e| e.kind == "diagnosis" && e.pid == pid.to_string())
+        .expect("a diagnosis line");
+    assert_eq!(diagnosis.status, "unknown", "{diagnosis:?}");
+    assert_eq!(c.counter("pipelines::liveness", "recovery_refused", "identity_unknown"), 1);
+}

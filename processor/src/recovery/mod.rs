@@ -8,21 +8,29 @@
 //!   `queue_full`) and polls finished reports, which it emits as
 //!   [`crate::EventKind::Recovery`] events and counts.
 //! * Commands are exec'd from an argv list (never a shell), placeholders
-//!   substituted per argument, with an environment cleared to
+//!   substituted per argument, each value checked by [`argv::check_value`]
+//!   first (a value that breaks the rule refuses the run: `unsafe_value`);
+//!   `exec[0]` holds no placeholder. The environment is cleared to
 //!   `PATH=/usr/bin:/bin` plus `env` (unless `inherit_env`).
 //! * A stall is acted on only when the agent's origin authenticates its pid
 //!   (kernel-attested UDS, master-key secure UDP; others only with
 //!   `allow_unauthenticated`), never for a cross-namespace agent without
-//!   `allow_cross_namespace`, never when the pid was recycled since the
-//!   stall (start time re-checked right before spawning), never for a
-//!   stopped/traced process unless `stopped` is in `on_causes`, at most
-//!   once per `debounce` per agent, within `max_outstanding` children and
-//!   `max_spawns_per_second`; every refusal is reported with its reason.
-//!   A stall whose agent resumed before the spawn is skipped.
-//! * Every child is reaped; one that outlives `timeout` gets SIGTERM, then
-//!   SIGKILL after `kill_grace`; at shutdown outstanding children get
-//!   `kill_grace`, then are killed. Output is captured up to
-//!   `capture_output_bytes` per stream.
+//!   `allow_cross_namespace`, never for a local agent whose start time is
+//!   unknown (`identity_unknown`), never when the pid was recycled since
+//!   the stall or the process is stopped/traced (both re-read from `/proc`
+//!   right before spawning, whatever the diagnosis said), never for a
+//!   cause outside `on_causes` or an unknown one unless `on_unknown_cause`
+//!   says `run`, at most once per `debounce` per agent, within
+//!   `max_outstanding` children and `max_spawns_per_second`; every refusal
+//!   is reported with its reason. A stall whose agent resumed before the
+//!   spawn is skipped. A stall waits for its diagnosis up to the
+//!   resolver's window plus a margin.
+//! * Every child runs in its own process group; one that outlives
+//!   `timeout` gets SIGTERM to the group, then SIGKILL after `kill_grace`;
+//!   at shutdown every group gets SIGTERM, `kill_grace` later SIGKILL, and
+//!   a `complete` record. A child counts as outstanding until its group is
+//!   gone; its output is read to the end then (up to
+//!   `capture_output_bytes` kept per stream, logged escaped).
 //! * Every spawn, completion and refusal is an audit record (see [`audit`]).
 
 pub mod argv;
@@ -336,7 +344,7 @@ pub struct RecoveryReport {
     pub duration_ns: u64,
     pub stdout_bytes: u32,
     pub stderr_bytes: u32,
-    /// The program's file name (argv[0]'s last component).
+    /// The program's file name (`exec[0]`'s last component; the audit log records the whole path).
     pub program: Wchan,
 }
 

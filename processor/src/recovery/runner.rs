@@ -61,6 +61,7 @@ pub struct RecoveryStats {
     audit_records: AtomicU64,
     audit_dropped: AtomicU64,
     reports_dropped: AtomicU64,
+    notices_dropped: AtomicU64,
     outstanding: AtomicU64,
     captured_bytes: AtomicU64,
     /// `queue_full` refusals the processor side made, not yet audited.
@@ -80,6 +81,10 @@ pub mod metric {
         "reports_dropped",
         "Recovery reports (audited) the processor did not read in time, so no event or counter shows them.",
     );
+    pub static NOTICES_DROPPED: Metric = Metric::counter(
+        "notices_dropped",
+        "Diagnoses and resumes the runner's full queue could not take (the stall is then decided without them).",
+    );
     pub static OUTSTANDING: Metric = Metric::gauge("outstanding", "Recovery commands running now.");
     pub static CAPTURED: Metric = Metric::counter(
         "captured_output_bytes",
@@ -90,10 +95,11 @@ pub mod metric {
 impl Instrumented for RecoveryStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let all: [(&'static Metric, &AtomicU64); 5] = [
+        let all: [(&'static Metric, &AtomicU64); 6] = [
             (&AUDIT_RECORDS, &self.audit_records),
             (&AUDIT_DROPPED, &self.audit_dropped),
             (&REPORTS_DROPPED, &self.reports_dropped),
+            (&NOTICES_DROPPED, &self.notices_dropped),
             (&OUTSTANDING, &self.outstanding),
             (&CAPTURED, &self.captured_bytes),
         ];
@@ -256,11 +262,15 @@ impl RecoveryHandle {
     }
 
     pub fn diagnosed(&mut self, incident: u64, cause: Cause) {
-        self.send(Notice::Diagnosed { incident, cause });
+        if !self.send(Notice::Diagnosed { incident, cause }) {
+            self.stats.notices_dropped.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn resumed(&mut self, incident: u64) {
-        self.send(Notice::Resumed { incident });
+        if !self.send(Notice::Resumed { incident }) {
+            self.stats.notices_dropped.fetch_add(1, Relaxed);
+        }
     }
 
     /// Every report since the last poll.
