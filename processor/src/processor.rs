@@ -456,6 +456,10 @@ impl Processor {
         } else {
             None
         };
+        // 0 when it cannot be read (the sender is already gone, or `/proc`
+        // hides it): an unknown identity, which whatever acts on it
+        // (recovery) refuses and whatever reports on it (resolver,
+        // diagnosis) leaves `unknown`.
         let start_time =
             if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
         let slot = new_slot(beat, start_time, now);

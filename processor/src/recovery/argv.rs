@@ -173,4 +173,17 @@ mod tests {
         assert_eq!(build(&exec, |_| String::new()), Err(("{service}", UnsafeValue::Empty)));
         assert_eq!(placeholders("{pid}-{cause}x"), ["{pid}", "{cause}"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_passes_is_one_plain_word(v in "\\PC{0,300}|[a-z.:@+_-]{0,12}") {
+            if check_value(&v).is_ok() {
+                proptest::prop_assert!(!v.is_empty() && v.len() <= MAX_VALUE_BYTES);
+                proptest::prop_assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@+".contains(&b)));
+                proptest::prop_assert!(!v.starts_with('-') && !v.contains("..") && v != ".");
+                let exec = vec!["/bin/x".to_owned(), "{service}".to_owned()];
+                proptest::prop_assert_eq!(build(&exec, |_| v.clone()).ok(), Some(vec!["/bin/x".to_owned(), v.clone()]));
+            }
+        }
+    }
 }
