@@ -139,9 +139,12 @@ fn hostile_service_names_are_refused_and_a_well_named_agent_is_recovered_once() 
 #[test]
 fn a_placeholder_in_the_program_is_refused_by_validate() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The file exists under that very name, so only the rule refuses it.
+    let program = dir.path().join("{service}");
+    std::fs::copy("/bin/true", &program).expect("a program named {service}");
     let path = dir.path().join("recovery.yaml");
-    let text = config(r#"["/opt/handlers/{service}", "{pid}"]"#, "", free_udp_port())
-        .replace("@DIR@", &dir.path().display().to_string());
+    let exec = format!(r#"["{}", "{{pid}}"]"#, program.display());
+    let text = config(&exec, "", free_udp_port()).replace("@DIR@", &dir.path().display().to_string());
     std::fs::write(&path, text).expect("write");
     let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -420,9 +423,9 @@ fn a_stall_without_a_cause_is_refused_when_on_causes_is_given() {
 
 #[test]
 fn a_stopped_agent_whose_diagnosis_never_comes_is_still_not_recovered() {
-    // No diagnosis, and every cause (unknown included) would run: only the
-    // look at /proc right before spawning sees the SIGSTOP.
-    let text = config(RECORD_RUN, "    on_unknown_cause: run", free_udp_port())
+    // No diagnosis, and `on_causes` is not given, so an unknown cause
+    // runs: only the look at /proc right before spawning sees the SIGSTOP.
+    let text = config(RECORD_RUN, "", free_udp_port())
         .replace("diagnosis: { window: 100ms }", "diagnosis: { enabled: false }");
     let c = Collector::start(&text);
     let agent = stall_agent(&c, "sleep");
