@@ -147,6 +147,7 @@ pub struct AuditLog {
     last_sync: Instant,
     rotate_bytes: u64,
     keep: u32,
+    written: u64,
 }
 
 /// Opens `path` for appending — created 0600, never through a symlink,
@@ -302,6 +303,7 @@ impl AuditLog {
             last_sync: Instant::now(),
             rotate_bytes,
             keep: keep.max(1),
+            written: 0,
         };
         if kept == 0 {
             log.write_header()?;
@@ -332,6 +334,11 @@ impl AuditLog {
     /// The sequence number of the last record written.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Records this log wrote since it was opened (`boot`, `torn` included).
+    pub fn records_written(&self) -> u64 {
+        self.written
     }
 
     /// Appends one record (one `write`; rotating first when the file has
@@ -365,6 +372,7 @@ impl AuditLog {
         self.file.write_all(line.as_bytes())?;
         self.size += line.len() as u64;
         self.seq += 1;
+        self.written += 1;
         self.last_hash = h;
         match self.sync {
             AuditSync::EveryRecord => self.file.sync_data()?,

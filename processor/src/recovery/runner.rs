@@ -199,7 +199,7 @@ impl Recovery {
             key,
         )?;
         let stats = Arc::new(RecoveryStats::default());
-        stats.audit_records.store(2, Relaxed);
+        stats.audit_records.store(audit.records_written(), Relaxed);
         let (tx, notices) = bounded(4096);
         let (results_tx, results) = bounded(65_536);
         let program = program_name(&config);
@@ -758,7 +758,7 @@ impl Runner {
     /// The processor is gone: outstanding children get the grace, then die.
     fn shutdown(&mut self) {
         for p in std::mem::take(&mut self.pending) {
-            self.refuse(&p, RecoveryRefusal::QueueFull);
+            self.refuse_because(&p, RecoveryRefusal::QueueFull, "queue_full: the collector is shutting down");
         }
         self.audit_queue_full();
         let deadline = Instant::now() + self.config.kill_grace + SHUTDOWN_MARGIN;
