@@ -1,7 +1,8 @@
 //! Stall diagnosis: two looks at a stalled process — when the stall is
 //! detected and a window later — turned into a [`Diagnosis`].
 //!
-//! Causes, first match wins: `exited` (gone at either look, or its pid now
+//! Causes, first match wins: `unknown` (the agent's start time was never
+//! read, so neither look can be tied to it), `exited` (gone at either look, or its pid now
 //! has another start time), `zombie` (main thread Z), `stopped` (a thread
 //! in T/t: SIGSTOP or a tracer — `tracer_pid` says who), `spinning` (CPU
 //! used over the window ≥ a fifth of a core: some thread is burning it),
@@ -97,8 +98,12 @@ pub fn diagnose(
         tracer_pid: 0,
         wchan: Wchan::default(),
     };
+    if pinned_start == 0 {
+        // Unknown identity: whatever the pid shows may be another process.
+        return Diagnosis { cause: Cause::Unknown, ..exited };
+    }
     let (Some(b), Some(a)) = (before, after) else { return exited };
-    let recycled = |s: &Sample| pinned_start != 0 && s.start_time != pinned_start;
+    let recycled = |s: &Sample| s.start_time != pinned_start;
     if recycled(b) || recycled(a) || a.start_time != b.start_time {
         return exited;
     }
@@ -210,6 +215,9 @@ mod tests {
         other.start_time = 999;
         let d = diagnose(500, Some(&look('S', 0, sleeping())), Some(&other), W, 100);
         assert_eq!(d.cause, Cause::Exited, "pid recycled: the agent is gone");
+        // Unknown identity: even a clearly spinning pid is not judged.
+        let d = diagnose(0, Some(&look('R', 0, vec![])), Some(&look('R', 100, vec![])), W, 100);
+        assert_eq!(d.cause, Cause::Unknown, "start time never read");
     }
 
     #[test]

@@ -362,7 +362,9 @@ impl Worker {
 
     fn resolve(&mut self, agent: &AgentRef) {
         let resolved = attributes::resolve(agent.host_pid, self.host, self.config.include_command_args)
-            .filter(|r| agent.id.start_time == 0 || r.start_time == agent.id.start_time);
+            // Unknown identity (start time never read) gets no attributes:
+            // the pid may already be another process's.
+            .filter(|r| agent.id.start_time != 0 && r.start_time == agent.id.start_time);
         match resolved {
             Some(r) => {
                 self.store.insert(agent.id, &r);

@@ -71,14 +71,24 @@ enum AuditCommand {
     /// headers, sequence continuity and the hash chain. Exit 0 intact, 1
     /// broken (the first broken record is named), 2 unreadable.
     Verify {
+        /// The `audit_key_file` of a keyed log (then every file must be keyed).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
 }
 
-fn audit_verify(files: &[PathBuf]) -> ExitCode {
+fn audit_verify(files: &[PathBuf], key_file: Option<&std::path::Path>) -> ExitCode {
     use varta_processor::recovery::audit::{Verdict, verify};
-    match verify(files) {
+    let key = match key_file.map(varta_secrets::load_key_file).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("varta-collector: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match verify(files, key.as_ref()) {
         Ok(Verdict::Intact { records, torn_tail }) => {
             let note = if torn_tail {
                 " (the newest file ends in a torn record, ignored: a crash mid-write)"
@@ -117,7 +127,9 @@ fn main() -> ExitCode {
             print!("{}", config::components_listing());
             ExitCode::SUCCESS
         }
-        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
+        Command::Audit { command: AuditCommand::Verify { files, key_file } } => {
+            audit_verify(&files, key_file.as_deref())
+        }
         Command::Reload { pid, pid_file } => send_reload(pid, pid_file.as_deref()),
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);

@@ -24,7 +24,7 @@
 //! | `stale_nonce` | pid | nonce | status | payload |
 //! | `clock` | `-` | `-` | `-` | anomaly |
 //! | `recovery` | pid | incident | `started`, `succeeded`, `failed`, `timed_out`, `spawn_failed`, `refused`, `skipped` | `key=value;…` (reason, or program, child pid, exit, duration, output sizes) |
-//! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
+//! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`, `unknown`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
 //!
 //! | `aggregated` | `-` | count | kind (`bad_magic`, `per_agent`, …) | source (`local`, an IP, or `other`) |
 //!

@@ -9,7 +9,7 @@
 //! I/O, no blocking, no allocation per call in steady state); an inspector
 //! that cannot keep up drops work and counts it instead of pushing back.
 
-use crate::event::{AgentId, AgentRef};
+use crate::agent::{AgentId, AgentRef};
 
 /// What a stalled process was doing, judged from two looks at `/proc`
 /// (at detection and a window later).
@@ -28,11 +28,22 @@ pub enum Cause {
     /// Every thread asleep: a lock, a wedged event loop, a lost wake-up
     /// (see the diagnosis' `wchan`).
     Waiting,
+    /// The process cannot be told apart from another one (its start time
+    /// was never read, e.g. `/proc` mounted with `hidepid`): nothing about
+    /// it is judged.
+    Unknown,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 6] =
-        [Cause::Exited, Cause::Zombie, Cause::Stopped, Cause::Spinning, Cause::BlockedIo, Cause::Waiting];
+    pub const ALL: [Cause; 7] = [
+        Cause::Exited,
+        Cause::Zombie,
+        Cause::Stopped,
+        Cause::Spinning,
+        Cause::BlockedIo,
+        Cause::Waiting,
+        Cause::Unknown,
+    ];
     pub const COUNT: usize = Cause::ALL.len();
 
     pub const fn label(self) -> &'static str {
@@ -43,6 +54,7 @@ impl Cause {
             Cause::Spinning => "spinning",
             Cause::BlockedIo => "blocked_io",
             Cause::Waiting => "waiting",
+            Cause::Unknown => "unknown",
         }
     }
 

@@ -14,6 +14,8 @@
 //! * [`ratelimit`]: per-agent minimum interval and global token bucket, O(1).
 //! * [`tracker`]: slab of agent slots, hash index, intrusive live/stalled
 //!   recency lists; O(1) per beat, exact next deadline, bounded memory.
+//! * [`agent`]: who an agent is ([`AgentId`], [`AgentRef`]), the data
+//!   types `event`, `inspect` and `recovery` share (so none imports another's).
 //! * [`event`]: the `Copy`, heap-free events and the [`EventSink`] trait.
 //! * [`inspect`]: the [`Inspector`] seam (attributes, stall diagnosis) —
 //!   implemented outside, because the processor never reads `/proc`.
@@ -24,6 +26,7 @@
 //!   gated and bounded, on a runner thread, with a hash-chained audit log.
 //! * [`processor`]: ties them together ([`Processor`]) and runs the loop.
 
+pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod event;
@@ -35,11 +38,10 @@ pub mod snapshot;
 pub mod stats;
 pub mod tracker;
 
+pub use agent::{AgentId, AgentRef};
 pub use clock::{Clock, ClockAnomalyKind};
 pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
-pub use event::{
-    AgentId, AgentRef, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason,
-};
+pub use event::{DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 pub use inspect::{Cause, Diagnosed, Diagnosis, Inspector, Wchan};
 pub use processor::{Ended, Processor, StartTimeProbe};
 pub use recovery::{RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};

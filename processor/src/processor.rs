@@ -45,9 +45,10 @@ use std::time::Duration;
 use varta_pipeline::queue::{BatchReceiver, RecvTimeoutError};
 use varta_proto::{Arrival, Batch, Beat, Frame, Transport};
 
+use crate::agent::{AgentId, AgentRef};
 use crate::clock::{Clock, ClockGuard};
 use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
-use crate::event::{AgentId, AgentRef, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
+use crate::event::{Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 use crate::inspect::{Diagnosed, Inspector};
 use crate::ratelimit::RateLimiter;
 use crate::recovery::{Recovered, RecoveryHandle};
@@ -455,6 +456,10 @@ impl Processor {
         } else {
             None
         };
+        // 0 when it cannot be read (the sender is already gone, or `/proc`
+        // hides it): an unknown identity, which whatever acts on it
+        // (recovery) refuses and whatever reports on it (resolver,
+        // diagnosis) leaves `unknown`.
         let start_time =
             if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
         let slot = new_slot(beat, start_time, now);

@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use varta_proto::{Status, Transport};
 
+use crate::agent::AgentId;
 use crate::clock::Clock;
-use crate::event::AgentId;
 use crate::stats::StatsSnapshot;
 use crate::tracker::{Slot, Tracker, VIEW_CHUNK};
 

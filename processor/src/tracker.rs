@@ -23,7 +23,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 use varta_proto::{Source, Status, Transport};
 
-use crate::event::{AgentId, AgentRef};
+use crate::agent::{AgentId, AgentRef};
 
 /// "No slot" in the intrusive links.
 const NIL: u32 = u32::MAX;

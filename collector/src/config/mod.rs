@@ -573,6 +573,9 @@ impl Config {
                 if !program.is_file() {
                     return Err(err(format!("exec program {} does not exist", program.display())));
                 }
+                if let Some(path) = &cfg.audit_key_file {
+                    varta_secrets::load_key_file(path).map_err(|e| err(e.to_string()))?;
+                }
             }
         }
         for c in &self.exporters.0 {

@@ -424,7 +424,10 @@ impl Running {
     /// and hands back the view (processors published their final snapshot
     /// when they ended).
     pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
-        let deadline = Instant::now() + timeout;
+        // A recovery runner's children get their `kill_grace` (then are
+        // killed and recorded) whatever `shutdown_timeout` says.
+        let helpers = self.pipelines.iter().map(PipelineSlot::ends_within).max().unwrap_or_default();
+        let deadline = Instant::now() + timeout.max(helpers + Duration::from_millis(500));
         self.report.lock().unwrap_or_else(|p| p.into_inner()).phase = Phase::Stopping;
         let _ = self.deadline.set(deadline);
         for r in &self.receivers {

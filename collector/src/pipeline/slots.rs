@@ -14,7 +14,7 @@ use varta_exporters::prometheus::{BoundEndpoint, PrometheusConfig, PrometheusSer
 use varta_exporters::{DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, LiveView, OtlpExporter};
 use varta_pipeline::Instrumented;
 use varta_pipeline::queue::{BatchReceiver, BatchSender, QueueDepth};
-use varta_processor::recovery::{AgentLabels, Recovery};
+use varta_processor::recovery::{AgentLabels, Recovery, SHUTDOWN_MARGIN};
 use varta_processor::{Processor, ProcessorStats, SnapshotReader};
 use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 
@@ -222,10 +222,15 @@ struct Helper {
     id: String,
     stats: Arc<dyn Instrumented>,
     thread: JoinHandle<()>,
+    /// How long its own shutdown may take (a recovery runner gives its
+    /// children `kill_grace`, then kills and records them): a join waits
+    /// at least this long, whatever the caller's deadline.
+    ends_within: Duration,
 }
 
 impl Helper {
     fn join(self, deadline: Instant) -> bool {
+        let deadline = deadline.max(Instant::now() + self.ends_within);
         join_logged("processor", &self.id, self.thread, deadline)
     }
 }
@@ -352,7 +357,12 @@ impl PipelineSlot {
                     .map_err(|e| format!("cannot start the resolver: {e}"))?;
                 processor.set_inspector(Some(Box::new(handle)));
                 self.attributes = Some(started.store);
-                self.resolver = Some(Helper { id: id.clone(), stats: started.stats, thread: started.thread });
+                self.resolver = Some(Helper {
+                    id: id.clone(),
+                    stats: started.stats,
+                    thread: started.thread,
+                    ends_within: Duration::ZERO,
+                });
             }
             self.resolver_key = plan.resolver_key();
         }
@@ -369,11 +379,17 @@ impl PipelineSlot {
                     a.and_then(|a| a.container_id()).map(str::to_owned),
                 ]
             });
-            let (started, handle) =
-                Recovery::start(&self.name, cfg.clone(), Box::new(varta_agents::proc::process_facts), labels)
-                    .map_err(|e| format!("cannot start the recovery runner: {e}"))?;
+            let window = plan.resolver.as_ref().map(|(_, r)| r.diagnosis.window);
+            let probe = Box::new(varta_agents::proc::process_facts);
+            let (started, handle) = Recovery::start(&self.name, cfg.clone(), probe, labels, window)
+                .map_err(|e| format!("cannot start the recovery runner: {e}"))?;
             processor.set_recovery(Some(handle));
-            self.recovery = Some(Helper { id: id.clone(), stats: started.stats, thread: started.thread });
+            self.recovery = Some(Helper {
+                id: id.clone(),
+                stats: started.stats,
+                thread: started.thread,
+                ends_within: cfg.kill_grace + SHUTDOWN_MARGIN + Duration::from_millis(500),
+            });
         }
         self.recovery_key = plan.recovery_key();
         Ok(())
@@ -391,6 +407,17 @@ impl PipelineSlot {
         self.attributes = None;
         self.resolver_key.clear();
         self.recovery_key.clear();
+    }
+
+    /// How long its helpers may take to end (a recovery runner's
+    /// `kill_grace` and margin): shutdown gives at least this.
+    pub fn ends_within(&self) -> Duration {
+        [&self.resolver, &self.recovery]
+            .into_iter()
+            .flatten()
+            .map(|h| h.ends_within)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The resolver's and recovery runner's metrics, by processor id.

@@ -8,23 +8,32 @@
 //!   `queue_full`) and polls finished reports, which it emits as
 //!   [`crate::EventKind::Recovery`] events and counts.
 //! * Commands are exec'd from an argv list (never a shell), placeholders
-//!   substituted per argument, with an environment cleared to
+//!   substituted per argument, each value checked by [`argv::check_value`]
+//!   first (a value that breaks the rule refuses the run: `unsafe_value`);
+//!   `exec[0]` holds no placeholder. The environment is cleared to
 //!   `PATH=/usr/bin:/bin` plus `env` (unless `inherit_env`).
 //! * A stall is acted on only when the agent's origin authenticates its pid
 //!   (kernel-attested UDS, master-key secure UDP; others only with
 //!   `allow_unauthenticated`), never for a cross-namespace agent without
-//!   `allow_cross_namespace`, never when the pid was recycled since the
-//!   stall (start time re-checked right before spawning), never for a
-//!   stopped/traced process unless `stopped` is in `on_causes`, at most
-//!   once per `debounce` per agent, within `max_outstanding` children and
-//!   `max_spawns_per_second`; every refusal is reported with its reason.
-//!   A stall whose agent resumed before the spawn is skipped.
-//! * Every child is reaped; one that outlives `timeout` gets SIGTERM, then
-//!   SIGKILL after `kill_grace`; at shutdown outstanding children get
-//!   `kill_grace`, then are killed. Output is captured up to
-//!   `capture_output_bytes` per stream.
+//!   `allow_cross_namespace`, never for a local agent whose start time is
+//!   unknown (`identity_unknown`), never when the pid was recycled since
+//!   the stall or the process is stopped/traced (both re-read from `/proc`
+//!   right before spawning, whatever the diagnosis said), never for a
+//!   cause outside `on_causes` or an unknown one unless `on_unknown_cause`
+//!   says `run`, at most once per `debounce` per agent, within
+//!   `max_outstanding` children and `max_spawns_per_second`; every refusal
+//!   is reported with its reason. A stall whose agent resumed before the
+//!   spawn is skipped. A stall waits for its diagnosis up to the
+//!   resolver's window plus a margin.
+//! * Every child runs in its own process group; one that outlives
+//!   `timeout` gets SIGTERM to the group, then SIGKILL after `kill_grace`;
+//!   at shutdown every group gets SIGTERM, `kill_grace` later SIGKILL, and
+//!   a `complete` record. A child counts as outstanding until its group is
+//!   gone; its output is read to the end then (up to
+//!   `capture_output_bytes` kept per stream, logged escaped).
 //! * Every spawn, completion and refusal is an audit record (see [`audit`]).
 
+pub mod argv;
 pub mod audit;
 mod runner;
 
@@ -36,7 +45,9 @@ use serde::Deserialize;
 
 use crate::inspect::{Cause, Wchan};
 
-pub use runner::{AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats};
+pub use runner::{
+    AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats, SHUTDOWN_MARGIN,
+};
 
 fn default_debounce() -> Duration {
     Duration::from_secs(1)
@@ -57,10 +68,17 @@ fn default_capture() -> usize {
     4096
 }
 fn default_causes() -> Vec<String> {
-    Cause::ALL.iter().filter(|c| **c != Cause::Stopped).map(|c| c.label().to_owned()).collect()
+    Cause::ALL
+        .iter()
+        .filter(|c| !matches!(c, Cause::Stopped | Cause::Unknown))
+        .map(|c| c.label().to_owned())
+        .collect()
 }
 fn default_keep() -> u32 {
     5
+}
+fn default_rotate_bytes() -> u64 {
+    64 << 20
 }
 
 /// How often audit records are made durable.
@@ -75,6 +93,15 @@ pub enum AuditSync {
     /// may lose the last second of records (the chain still verifies up to
     /// the last complete one).
     Interval,
+}
+
+/// What to do with a stall whose cause is not known (no diagnosis in
+/// time, a network agent, or a diagnosis that says `unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknownCause {
+    Run,
+    Refuse,
 }
 
 /// `processors: recovery:` — see the README's recovery how-to.
@@ -100,8 +127,12 @@ pub struct RecoveryConfig {
     #[serde(default = "default_capture")]
     pub capture_output_bytes: usize,
     /// Diagnosis causes that trigger a run (default: all but `stopped`).
-    #[serde(default = "default_causes")]
-    pub on_causes: Vec<String>,
+    #[serde(default)]
+    pub on_causes: Option<Vec<String>>,
+    /// A stall with no known cause (default: `refuse` when `on_causes` is
+    /// given, `run` otherwise).
+    #[serde(default)]
+    pub on_unknown_cause: Option<OnUnknownCause>,
     #[serde(default)]
     pub allow_unauthenticated: bool,
     #[serde(default)]
@@ -109,8 +140,12 @@ pub struct RecoveryConfig {
     pub audit_file: PathBuf,
     #[serde(default)]
     pub audit_sync: AuditSync,
-    /// Rotate the audit file past this size (0: never).
+    /// Key of the audit chain (HMAC-SHA256): a hex key file, read like
+    /// every secret (regular, owner-only, ours).
     #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
+    /// Rotate the audit file at this size (0: never; default 64 MiB).
+    #[serde(default = "default_rotate_bytes")]
     pub audit_rotate_bytes: u64,
     #[serde(default = "default_keep")]
     pub audit_rotate_keep: u32,
@@ -143,21 +178,23 @@ impl RecoveryConfig {
                 "`exec[0]` must be an absolute path (no PATH lookup, no shell): {program:?}"
             ));
         }
+        if program.contains('{') {
+            return Err(format!(
+                "`exec[0]` may not contain a placeholder: the program must be the one written here, \
+                 not one an agent's values choose: {program:?}"
+            ));
+        }
         for arg in &self.exec {
-            let mut rest = arg.as_str();
-            while let Some(at) = rest.find('{') {
-                let end = rest[at..].find('}').map(|e| at + e + 1).unwrap_or(rest.len());
-                let token = &rest[at..end];
+            for token in argv::placeholders(arg) {
                 if !PLACEHOLDERS.contains(&token) {
                     return Err(format!(
                         "`exec`: unknown placeholder {token:?} (known: {})",
                         PLACEHOLDERS.join(", ")
                     ));
                 }
-                rest = &rest[end..];
             }
         }
-        for cause in &self.on_causes {
+        for cause in self.on_causes.iter().flatten() {
             if Cause::parse(cause).is_none() {
                 let known: Vec<&str> = Cause::ALL.iter().map(|c| c.label()).collect();
                 return Err(format!("`on_causes`: unknown cause {cause:?} (known: {})", known.join(", ")));
@@ -175,8 +212,18 @@ impl RecoveryConfig {
         Ok(())
     }
 
+    /// Whether a stall of this (known) cause triggers a run.
     pub fn triggers_on(&self, cause: Cause) -> bool {
-        self.on_causes.iter().any(|c| c == cause.label())
+        match &self.on_causes {
+            Some(causes) => causes.iter().any(|c| c == cause.label()),
+            None => default_causes().iter().any(|c| c == cause.label()),
+        }
+    }
+
+    /// Whether a stall whose cause is unknown runs.
+    pub fn runs_on_unknown_cause(&self) -> bool {
+        let default = if self.on_causes.is_some() { OnUnknownCause::Refuse } else { OnUnknownCause::Run };
+        self.on_unknown_cause.unwrap_or(default) == OnUnknownCause::Run
     }
 }
 
@@ -189,6 +236,13 @@ pub enum RecoveryRefusal {
     CrossNamespace,
     /// Its diagnosis' cause is not in `on_causes`.
     Cause,
+    /// Its cause is unknown and `on_unknown_cause` is `refuse`.
+    CauseUnknown,
+    /// A local agent whose start time could not be read: its pid cannot
+    /// be tied to the process that stalled.
+    IdentityUnknown,
+    /// A placeholder's value breaks the value rule (see [`argv`]).
+    UnsafeValue,
     /// The process is stopped or traced (not in `on_causes`).
     Stopped,
     /// Its pid now belongs to another process (or it is gone).
@@ -201,10 +255,13 @@ pub enum RecoveryRefusal {
 }
 
 impl RecoveryRefusal {
-    pub const ALL: [RecoveryRefusal; 9] = [
+    pub const ALL: [RecoveryRefusal; 12] = [
         RecoveryRefusal::Unauthenticated,
         RecoveryRefusal::CrossNamespace,
+        RecoveryRefusal::IdentityUnknown,
         RecoveryRefusal::Cause,
+        RecoveryRefusal::CauseUnknown,
+        RecoveryRefusal::UnsafeValue,
         RecoveryRefusal::Stopped,
         RecoveryRefusal::PidRecycled,
         RecoveryRefusal::Debounce,
@@ -218,6 +275,9 @@ impl RecoveryRefusal {
             RecoveryRefusal::Unauthenticated => "unauthenticated",
             RecoveryRefusal::CrossNamespace => "cross_namespace",
             RecoveryRefusal::Cause => "cause",
+            RecoveryRefusal::CauseUnknown => "cause_unknown",
+            RecoveryRefusal::IdentityUnknown => "identity_unknown",
+            RecoveryRefusal::UnsafeValue => "unsafe_value",
             RecoveryRefusal::Stopped => "stopped",
             RecoveryRefusal::PidRecycled => "pid_recycled",
             RecoveryRefusal::Debounce => "debounce",
@@ -284,7 +344,7 @@ pub struct RecoveryReport {
     pub duration_ns: u64,
     pub stdout_bytes: u32,
     pub stderr_bytes: u32,
-    /// The program's file name (argv[0]'s last component).
+    /// The program's file name (`exec[0]`'s last component; the audit log records the whole path).
     pub program: Wchan,
 }
 
@@ -334,7 +394,7 @@ impl RecoveryReport {
 /// A finished recovery step, handed back to the processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
-    pub agent: crate::event::AgentRef,
+    pub agent: crate::agent::AgentRef,
     pub incident: u64,
     pub report: RecoveryReport,
 }

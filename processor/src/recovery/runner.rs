@@ -1,4 +1,10 @@
 //! The recovery runner thread and the processor's handle to it.
+//!
+//! Promises: every stall handed over gets exactly one decision, and every
+//! decision and outcome an audit record (refusals the processor side made
+//! because the queue was full are audited as a summary record with their
+//! count). Each command runs in its own process group, which is signalled
+//! as a whole and counts as outstanding until its last member is gone.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -17,7 +23,7 @@ use varta_proto::Transport;
 
 use super::audit::{AuditLog, Record};
 use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
-use crate::event::{AgentId, AgentRef};
+use crate::agent::{AgentId, AgentRef};
 use crate::inspect::{Cause, Wchan};
 
 /// What the host says about a process right before a spawn.
@@ -35,8 +41,11 @@ pub type ProcessProbe = Box<dyn Fn(u32) -> Option<ProcessFacts> + Send>;
 /// `{service}`, `{exe}`, `{container}` of a local agent, when known.
 pub type AgentLabels = Box<dyn Fn(&AgentId) -> [Option<String>; 3] + Send>;
 
-/// Runs a stall's command when its diagnosis does not arrive in this time.
-const DIAGNOSIS_WAIT: Duration = Duration::from_secs(2);
+/// How much longer than the diagnosis window a stall waits for its
+/// diagnosis (the resolver may be busy), before it is decided without one.
+const DIAGNOSIS_MARGIN: Duration = Duration::from_secs(1);
+/// How long shutdown waits beyond `kill_grace` for killed groups to go.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
 /// How often the runner looks at its children while any is outstanding.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -50,9 +59,13 @@ enum Notice {
 #[derive(Debug, Default)]
 pub struct RecoveryStats {
     audit_records: AtomicU64,
-    audit_failures: AtomicU64,
+    audit_dropped: AtomicU64,
+    reports_dropped: AtomicU64,
+    notices_dropped: AtomicU64,
     outstanding: AtomicU64,
     captured_bytes: AtomicU64,
+    /// `queue_full` refusals the processor side made, not yet audited.
+    unaudited_queue_full: AtomicU64,
 }
 
 /// The runner's metrics.
@@ -60,8 +73,18 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static AUDIT_RECORDS: Metric = Metric::counter("audit_records", "Records written to the audit log.");
-    pub static AUDIT_FAILURES: Metric =
-        Metric::counter("audit_failures", "Audit records that could not be written (logged).");
+    pub static AUDIT_DROPPED: Metric = Metric::counter(
+        "audit_dropped",
+        "Audit records that could not be written (logged; the next record that can says how many).",
+    );
+    pub static REPORTS_DROPPED: Metric = Metric::counter(
+        "reports_dropped",
+        "Recovery reports (audited) the processor did not read in time, so no event or counter shows them.",
+    );
+    pub static NOTICES_DROPPED: Metric = Metric::counter(
+        "notices_dropped",
+        "Diagnoses and resumes the runner's full queue could not take (the stall is then decided without them).",
+    );
     pub static OUTSTANDING: Metric = Metric::gauge("outstanding", "Recovery commands running now.");
     pub static CAPTURED: Metric = Metric::counter(
         "captured_output_bytes",
@@ -72,9 +95,11 @@ pub mod metric {
 impl Instrumented for RecoveryStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let all: [(&'static Metric, &AtomicU64); 4] = [
+        let all: [(&'static Metric, &AtomicU64); 6] = [
             (&AUDIT_RECORDS, &self.audit_records),
-            (&AUDIT_FAILURES, &self.audit_failures),
+            (&AUDIT_DROPPED, &self.audit_dropped),
+            (&REPORTS_DROPPED, &self.reports_dropped),
+            (&NOTICES_DROPPED, &self.notices_dropped),
             (&OUTSTANDING, &self.outstanding),
             (&CAPTURED, &self.captured_bytes),
         ];
@@ -85,17 +110,40 @@ impl Instrumented for RecoveryStats {
 }
 
 /// Reads what a non-blocking pipe holds: counts every byte, keeps the
-/// first `cap`.
+/// first `cap`, until end of file or until it would block.
 fn drain_pipe(pipe: &mut impl Read, kept: &mut Vec<u8>, total: &mut u64, cap: usize) {
     let mut chunk = [0u8; 4096];
-    while let Ok(n) = pipe.read(&mut chunk) {
-        if n == 0 {
-            break;
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                *total += n as u64;
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
-        *total += n as u64;
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&chunk[..n.min(room)]);
     }
+}
+
+/// Captured output as one log-safe line: control characters (newlines
+/// included) and invalid UTF-8 are escaped.
+fn escaped(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).escape_debug().to_string()
+}
+
+/// Whether any process of group `pgid` is left.
+fn group_alive(pgid: libc::pid_t) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    let r = unsafe { libc::kill(-pgid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) on the process group we created for our child
+    // (its leader's pid; the group cannot be reused while it has members).
+    unsafe { libc::kill(-pgid, sig) };
 }
 
 /// A started runner: its thread and counters; the processor gets the handle.
@@ -115,6 +163,7 @@ pub struct RecoveryHandle {
     program: Wchan,
     outstanding: u64,
     last_poll_ns: u64,
+    stats: Arc<RecoveryStats>,
 }
 
 impl std::fmt::Debug for Notice {
@@ -129,24 +178,34 @@ impl std::fmt::Debug for Notice {
 
 impl Recovery {
     /// Opens the audit log (a `boot` record) and starts the runner thread.
+    /// `diagnosis_window`: the resolver's, when stalls get a diagnosis
+    /// (a stall waits that long plus a margin for it).
     pub fn start(
         name: &str,
         config: RecoveryConfig,
         probe: ProcessProbe,
         labels: AgentLabels,
+        diagnosis_window: Option<Duration>,
     ) -> std::io::Result<(Recovery, RecoveryHandle)> {
+        let key = match &config.audit_key_file {
+            Some(path) => Some(varta_secrets::load_key_file(path).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let audit = AuditLog::open(
             &config.audit_file,
             config.audit_sync,
             config.audit_rotate_bytes,
             config.audit_rotate_keep,
+            key,
         )?;
         let stats = Arc::new(RecoveryStats::default());
-        stats.audit_records.store(2, Relaxed);
+        stats.audit_records.store(audit.records_written(), Relaxed);
         let (tx, notices) = bounded(4096);
         let (results_tx, results) = bounded(65_536);
         let program = program_name(&config);
         let runner = Runner {
+            diagnosis_wait: diagnosis_window.unwrap_or_default() + DIAGNOSIS_MARGIN,
+            unaudited_lost: 0,
             rate_tokens: f64::from(config.max_spawns_per_second),
             rate_last: Instant::now(),
             config,
@@ -162,8 +221,15 @@ impl Recovery {
         };
         let thread =
             std::thread::Builder::new().name(format!("recover-{name}")).spawn(move || runner.run(notices))?;
-        let handle =
-            RecoveryHandle { tx, results, local: VecDeque::new(), program, outstanding: 0, last_poll_ns: 0 };
+        let handle = RecoveryHandle {
+            tx,
+            results,
+            local: VecDeque::new(),
+            program,
+            outstanding: 0,
+            last_poll_ns: 0,
+            stats: Arc::clone(&stats),
+        };
         Ok((Recovery { thread, stats }, handle))
     }
 }
@@ -190,15 +256,21 @@ impl RecoveryHandle {
             let report =
                 RecoveryReport::new(RecoveryOutcome::Refused(RecoveryRefusal::QueueFull), self.program);
             self.local.push_back(Recovered { agent: *agent, incident, report });
+            // The runner audits these (a summary record with the count).
+            self.stats.unaudited_queue_full.fetch_add(1, Relaxed);
         }
     }
 
     pub fn diagnosed(&mut self, incident: u64, cause: Cause) {
-        self.send(Notice::Diagnosed { incident, cause });
+        if !self.send(Notice::Diagnosed { incident, cause }) {
+            self.stats.notices_dropped.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn resumed(&mut self, incident: u64) {
-        self.send(Notice::Resumed { incident });
+        if !self.send(Notice::Resumed { incident }) {
+            self.stats.notices_dropped.fetch_add(1, Relaxed);
+        }
     }
 
     /// Every report since the last poll.
@@ -234,7 +306,11 @@ struct Running {
     agent: AgentRef,
     incident: u64,
     started: Instant,
+    /// The leader's exit status, once it exited (its group may live on).
+    exited: Option<std::process::ExitStatus>,
+    /// When the group got SIGTERM (timeout or shutdown).
     terminated_at: Option<Instant>,
+    killed: bool,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     stdout_total: u64,
@@ -254,10 +330,24 @@ struct Runner {
     rate_tokens: f64,
     rate_last: Instant,
     program: Wchan,
+    diagnosis_wait: Duration,
+    /// Audit records that could not be written since the last one that could.
+    unaudited_lost: u64,
 }
 
 fn origin(agent: &AgentRef) -> String {
     format!("{} {}", agent.transport.as_str(), agent.id.source)
+}
+
+impl Running {
+    fn drain(&mut self, cap: usize) {
+        if let Some(p) = self.child.stdout.as_mut() {
+            drain_pipe(p, &mut self.stdout, &mut self.stdout_total, cap);
+        }
+        if let Some(p) = self.child.stderr.as_mut() {
+            drain_pipe(p, &mut self.stderr, &mut self.stderr_total, cap);
+        }
+    }
 }
 
 impl Runner {
@@ -276,6 +366,7 @@ impl Runner {
             }
             self.decide_ready();
             self.tend_children(false);
+            self.audit_queue_full();
         }
         self.shutdown();
     }
@@ -313,7 +404,7 @@ impl Runner {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
-            if p.ready || p.since.elapsed() >= DIAGNOSIS_WAIT {
+            if p.ready || p.since.elapsed() >= self.diagnosis_wait {
                 let p = self.pending.swap_remove(i);
                 self.decide(p);
             } else {
@@ -323,8 +414,27 @@ impl Runner {
     }
 
     fn refuse(&mut self, p: &Pending, why: RecoveryRefusal) {
+        self.refuse_because(p, why, why.label());
+    }
+
+    fn refuse_because(&mut self, p: &Pending, why: RecoveryRefusal, detail: &str) {
         let report = RecoveryReport::new(RecoveryOutcome::Refused(why), self.program);
-        self.report(&p.agent, p.incident, report, why.label());
+        self.report(&p.agent, p.incident, report, detail);
+    }
+
+    /// One record for the stalls the processor side refused (queue full).
+    fn audit_queue_full(&mut self) {
+        let n = self.stats.unaudited_queue_full.swap(0, Relaxed);
+        if n > 0 {
+            let record = Record {
+                kind: "refused",
+                outcome: "refused:queue_full".into(),
+                program: self.program_path(),
+                detail: format!("{n} stalls refused without a decision: the runner's queue was full"),
+                ..Record::default()
+            };
+            self.append(&record);
+        }
     }
 
     fn take_rate_token(&mut self) -> bool {
@@ -349,12 +459,36 @@ impl Runner {
         if local && a.frame_pid != a.id.pid && !self.config.allow_cross_namespace {
             return self.refuse(&p, RecoveryRefusal::CrossNamespace);
         }
-        if let Some(cause) = p.cause
-            && !self.config.triggers_on(cause)
-        {
-            let why = if cause == Cause::Stopped { RecoveryRefusal::Stopped } else { RecoveryRefusal::Cause };
-            return self.refuse(&p, why);
+        if local && a.id.start_time == 0 {
+            // Without a start time the pid cannot be tied to the process
+            // that stalled (it may already belong to another one).
+            return self.refuse(&p, RecoveryRefusal::IdentityUnknown);
         }
+        match p.cause.filter(|c| *c != Cause::Unknown) {
+            Some(cause) if !self.config.triggers_on(cause) => {
+                let why =
+                    if cause == Cause::Stopped { RecoveryRefusal::Stopped } else { RecoveryRefusal::Cause };
+                return self.refuse(&p, why);
+            }
+            None if !self.config.runs_on_unknown_cause() => {
+                return self.refuse(&p, RecoveryRefusal::CauseUnknown);
+            }
+            _ => {}
+        }
+        let argv = match self.argv(&p) {
+            Ok(argv) => argv,
+            Err((placeholder, why)) => {
+                // Name the placeholder, never the value: it is the agent's.
+                let detail = format!("unsafe_value: {placeholder} {}", why.label());
+                tracing::warn!(
+                    incident = p.incident,
+                    placeholder,
+                    "recovery refused: the value {}",
+                    why.label()
+                );
+                return self.refuse_because(&p, RecoveryRefusal::UnsafeValue, &detail);
+            }
+        };
         let now = Instant::now();
         let debounce = self.config.debounce;
         self.last_run.retain(|_, t| now.duration_since(*t) < debounce);
@@ -368,9 +502,11 @@ impl Runner {
             return self.refuse(&p, RecoveryRefusal::Rate);
         }
         if local {
-            // Right before spawning: the pid must still be the agent's.
+            // Right before spawning: the pid must still be the agent's, and
+            // not stopped or traced — whatever the diagnosis said, or if
+            // it never came.
             match (self.probe)(a.host_pid) {
-                Some(f) if a.id.start_time != 0 && f.start_time != a.id.start_time => {
+                Some(f) if f.start_time != a.id.start_time => {
                     return self.refuse(&p, RecoveryRefusal::PidRecycled);
                 }
                 None if p.cause != Some(Cause::Exited) || !self.config.triggers_on(Cause::Exited) => {
@@ -383,10 +519,12 @@ impl Runner {
             }
         }
         self.last_run.insert(a.id, now);
-        self.spawn(p);
+        self.spawn(p, argv);
     }
 
-    fn argv(&self, p: &Pending) -> Vec<String> {
+    /// The command for `p`, every placeholder's value checked by
+    /// [`super::argv::check_value`].
+    fn argv(&self, p: &Pending) -> Result<Vec<String>, (&str, super::argv::UnsafeValue)> {
         let a = &p.agent;
         let [service, exe, container] = (self.labels)(&a.id);
         let value = |token: &str| -> String {
@@ -397,35 +535,29 @@ impl Runner {
                 "{incident}" => p.incident.to_string(),
                 "{source}" => a.id.source.to_string(),
                 "{transport}" => a.transport.as_str().to_owned(),
-                "{cause}" => p.cause.map_or("unknown", Cause::label).to_owned(),
+                "{cause}" => p.cause.unwrap_or(Cause::Unknown).label().to_owned(),
                 "{service}" => service.clone().unwrap_or_default(),
                 "{exe}" => exe.clone().unwrap_or_default(),
                 "{container}" => container.clone().unwrap_or_default(),
-                other => other.to_owned(),
+                // Validation refuses unknown placeholders; never pass one on.
+                _ => String::new(),
             }
         };
-        self.config
-            .exec
-            .iter()
-            .map(|arg| {
-                let mut out = String::with_capacity(arg.len());
-                let mut rest = arg.as_str();
-                while let Some(at) = rest.find('{') {
-                    out.push_str(&rest[..at]);
-                    let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
-                    out.push_str(&value(&rest[at..end]));
-                    rest = &rest[end..];
-                }
-                out.push_str(rest);
-                out
-            })
-            .collect()
+        super::argv::build(&self.config.exec, value)
     }
 
-    fn spawn(&mut self, p: Pending) {
-        let argv = self.argv(&p);
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    /// The program as exec'd (`exec[0]`: absolute, placeholder-free).
+    fn program_path(&self) -> String {
+        self.config.exec.first().cloned().unwrap_or_default()
+    }
+
+    fn spawn(&mut self, p: Pending, argv: Vec<String>) {
+        let Some((program, args)) = argv.split_first() else { return };
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group: timeouts and shutdown signal the group, so
+        // what the command starts cannot outlive it.
+        cmd.process_group(0);
         if !self.config.inherit_env {
             cmd.env_clear().env("PATH", "/usr/bin:/bin");
         }
@@ -463,7 +595,7 @@ impl Runner {
                     &p.agent,
                     p.incident,
                     report,
-                    &format!("cause {}", p.cause.map_or("unknown", Cause::label)),
+                    &format!("cause {}", p.cause.unwrap_or(Cause::Unknown).label()),
                 );
                 self.stats.outstanding.fetch_add(1, Relaxed);
                 self.children.push(Running {
@@ -471,7 +603,9 @@ impl Runner {
                     agent: p.agent,
                     incident: p.incident,
                     started: Instant::now(),
+                    exited: None,
                     terminated_at: None,
+                    killed: false,
                     stdout: Vec::new(),
                     stderr: Vec::new(),
                     stdout_total: 0,
@@ -480,45 +614,45 @@ impl Runner {
             }
             Err(e) => {
                 let report = RecoveryReport::new(RecoveryOutcome::SpawnFailed, self.program);
-                tracing::error!(program = %argv[0], "cannot start the recovery command: {e}");
+                tracing::error!(program = %program, "cannot start the recovery command: {e}");
                 self.report(&p.agent, p.incident, report, &e.to_string());
             }
         }
     }
 
-    /// Reads output, enforces timeouts (SIGTERM, then SIGKILL after the
-    /// grace) and reaps. With `kill_all` (shutdown), every child gets its
-    /// SIGTERM now.
+    /// Reads output, enforces timeouts (SIGTERM to the group, then SIGKILL
+    /// after the grace) and reaps. A child is done when its leader has
+    /// exited and its group is gone; then its output is read to the end.
+    /// With `kill_all` (shutdown), every group gets its SIGTERM now.
     fn tend_children(&mut self, kill_all: bool) {
         let cap = self.config.capture_output_bytes;
         let mut i = 0;
         while i < self.children.len() {
             let c = &mut self.children[i];
-            if let Some(p) = c.child.stdout.as_mut() {
-                drain_pipe(p, &mut c.stdout, &mut c.stdout_total, cap);
-            }
-            if let Some(p) = c.child.stderr.as_mut() {
-                drain_pipe(p, &mut c.stderr, &mut c.stderr_total, cap);
-            }
-            let elapsed = c.started.elapsed();
-            match c.child.try_wait() {
-                Ok(Some(status)) => {
-                    let c = self.children.swap_remove(i);
-                    self.finished(c, status);
-                    continue;
+            c.drain(cap);
+            if c.exited.is_none() {
+                match c.child.try_wait() {
+                    Ok(Some(status)) => c.exited = Some(status),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("cannot wait for a recovery command: {e}"),
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("cannot wait for a recovery command: {e}"),
             }
-            let pid = c.child.id() as libc::pid_t;
+            let pgid = c.child.id() as libc::pid_t;
+            if c.exited.is_some() && !group_alive(pgid) {
+                // Whatever it wrote right before exiting is still in the pipes.
+                c.drain(cap);
+                let c = self.children.swap_remove(i);
+                self.finished(c);
+                continue;
+            }
             match c.terminated_at {
-                None if kill_all || elapsed >= self.config.timeout => {
-                    // SAFETY: kill(2) on our own, not yet reaped child.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                None if kill_all || c.started.elapsed() >= self.config.timeout => {
+                    signal_group(pgid, libc::SIGTERM);
                     c.terminated_at = Some(Instant::now());
                 }
-                Some(t) if t.elapsed() >= self.config.kill_grace => {
-                    let _ = c.child.kill();
+                Some(t) if !c.killed && t.elapsed() >= self.config.kill_grace => {
+                    signal_group(pgid, libc::SIGKILL);
+                    c.killed = true;
                 }
                 _ => {}
             }
@@ -526,19 +660,20 @@ impl Runner {
         }
     }
 
-    fn finished(&mut self, c: Running, status: std::process::ExitStatus) {
+    fn finished(&mut self, c: Running) {
         use std::os::unix::process::ExitStatusExt;
         self.stats.outstanding.fetch_sub(1, Relaxed);
         self.stats.captured_bytes.fetch_add(c.stdout.len() as u64 + c.stderr.len() as u64, Relaxed);
-        let outcome = match (status.code(), c.terminated_at) {
-            (Some(0), _) => RecoveryOutcome::Succeeded,
+        let (code, signal) = c.exited.map_or((None, None), |s| (s.code(), s.signal()));
+        let outcome = match (code, c.terminated_at) {
             (_, Some(_)) => RecoveryOutcome::TimedOut,
+            (Some(0), None) => RecoveryOutcome::Succeeded,
             _ => RecoveryOutcome::Failed,
         };
         let mut report = RecoveryReport::new(outcome, self.program);
         report.child_pid = c.child.id();
-        report.exit_code = status.code();
-        report.signal = status.signal();
+        report.exit_code = code;
+        report.signal = signal;
         report.duration_ns = u64::try_from(c.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         report.stdout_bytes = u32::try_from(c.stdout_total).unwrap_or(u32::MAX);
         report.stderr_bytes = u32::try_from(c.stderr_total).unwrap_or(u32::MAX);
@@ -547,13 +682,14 @@ impl Runner {
                 target: "varta::recovery",
                 incident = c.incident,
                 child_pid = report.child_pid,
-                stdout = %String::from_utf8_lossy(&c.stdout),
-                stderr = %String::from_utf8_lossy(&c.stderr),
-                "recovery command output (first {} bytes of each stream)",
+                stdout = %escaped(&c.stdout),
+                stderr = %escaped(&c.stderr),
+                "recovery command output (first {} bytes of each stream, escaped)",
                 self.config.capture_output_bytes
             );
         }
-        self.report(&c.agent, c.incident, report, "");
+        let detail = if c.killed { "its process group was killed (SIGKILL)" } else { "" };
+        self.report(&c.agent, c.incident, report, detail);
     }
 
     /// Audits and hands a report to the processor.
@@ -579,7 +715,7 @@ impl Runner {
             start_time: agent.id.start_time,
             origin: origin(agent),
             child_pid: report.child_pid,
-            program: report.program.as_str().to_owned(),
+            program: self.program_path(),
             outcome,
             exit,
             duration_ms: report.duration_ns / 1_000_000,
@@ -587,31 +723,59 @@ impl Runner {
             stderr_bytes: u64::from(report.stderr_bytes),
             detail: detail.to_owned(),
         };
-        match self.audit.append(&record) {
+        self.append(&record);
+        if self.results.try_send(Recovered { agent: *agent, incident, report }).is_err() {
+            self.stats.reports_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes one audit record; when earlier ones were lost, first a
+    /// record saying how many.
+    fn append(&mut self, record: &Record) {
+        if self.unaudited_lost > 0 {
+            let lost = Record {
+                kind: "lost",
+                detail: format!("{} audit records could not be written", self.unaudited_lost),
+                ..Record::default()
+            };
+            if self.audit.append(&lost).is_ok() {
+                self.stats.audit_records.fetch_add(1, Relaxed);
+                self.unaudited_lost = 0;
+            }
+        }
+        match self.audit.append(record) {
             Ok(()) => {
                 self.stats.audit_records.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                self.stats.audit_failures.fetch_add(1, Relaxed);
+                self.unaudited_lost += 1;
+                self.stats.audit_dropped.fetch_add(1, Relaxed);
                 tracing::error!("cannot write the recovery audit log: {e}");
             }
         }
-        let _ = self.results.try_send(Recovered { agent: *agent, incident, report });
     }
 
     /// The processor is gone: outstanding children get the grace, then die.
     fn shutdown(&mut self) {
         for p in std::mem::take(&mut self.pending) {
-            self.refuse(&p, RecoveryRefusal::QueueFull);
+            self.refuse_because(&p, RecoveryRefusal::QueueFull, "queue_full: the collector is shutting down");
         }
-        let deadline = Instant::now() + self.config.kill_grace + Duration::from_millis(500);
+        self.audit_queue_full();
+        let deadline = Instant::now() + self.config.kill_grace + SHUTDOWN_MARGIN;
         while !self.children.is_empty() && Instant::now() < deadline {
             self.tend_children(true);
             std::thread::sleep(TICK);
         }
-        for c in &mut self.children {
-            let _ = c.child.kill();
-            let _ = c.child.wait();
+        // Past the deadline: kill what is left, and still record each one.
+        for mut c in std::mem::take(&mut self.children) {
+            let pgid = c.child.id() as libc::pid_t;
+            signal_group(pgid, libc::SIGKILL);
+            c.killed = true;
+            if c.exited.is_none() {
+                c.exited = c.child.wait().ok();
+            }
+            c.drain(self.config.capture_output_bytes);
+            self.finished(c);
         }
         if let Err(e) = self.audit.sync() {
             tracing::error!("cannot sync the recovery audit log: {e}");
