@@ -318,11 +318,13 @@ fn liveness(c: &Collector, name: &str) -> u64 {
     c.counter("pipelines::liveness", name, "")
 }
 
-/// Stops the agent until the collector has counted stall number `n`, then
-/// lets it resume and waits for the resumption.
+/// Stops the agent until the collector has counted and diagnosed stall
+/// number `n` (so the diagnosis sees it stopped), then lets it resume and
+/// waits for the resumption.
 fn stall(c: &Collector, agent: &Child, n: u64) {
     signal(agent, libc::SIGSTOP);
     wait_for("the stall", || (liveness(c, "stalls") >= n).then_some(()));
+    wait_for("its diagnosis", || (c.counter("processors::resolver", "diagnoses", "") >= n).then_some(()));
     signal(agent, libc::SIGCONT);
     wait_for("the agent to resume", || (liveness(c, "resumes") >= n).then_some(()));
 }
@@ -355,7 +357,7 @@ fn checkout_stalls_reach_jaeger_and_prometheus_through_the_real_gateway_across_i
     let process = process_of(&trace, stall_span);
     assert_eq!(process["serviceName"], "checkout", "{trace}");
     assert_eq!(tag(&process["tags"], "process.executable.name"), Some(&Value::from("varta")), "{process}");
-    assert_eq!(tag(&stall_span["tags"], "varta.agent.transport"), Some(&Value::from("uds")), "{stall_span}");
+    assert_eq!(tag(&process["tags"], "varta.agent.transport"), Some(&Value::from("uds")), "{process}");
     assert_eq!(tag(&stall_span["tags"], "error"), Some(&Value::from(true)), "{stall_span}");
     let stall_id = stall_span["spanID"].as_str();
     let diagnosis = spans_named(&trace, "varta.stall.diagnosis")[0];
