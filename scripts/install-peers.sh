@@ -5,10 +5,14 @@
 #   - Debian `systemd` for `systemd-analyze verify` (no service is started);
 #   - PyPI `rotel==0.0.1a15` (an OTLP receiver; its `rotel-agent` binary ships
 #     inside the wheel) and `kubernetes-validate==1.37.0` (offline manifest
-#     validation) in a virtualenv under the cargo target directory.
-# Idempotent and quiet when everything is present. Prints only
-# `PROMETHEUS=…`, `PROMTOOL=…` and `ROTEL=…` on stdout (for `eval`); messages
-# go to stderr.
+#     validation) in a virtualenv under the cargo target directory;
+#   - a minimal OpenTelemetry Collector (integration/peers/otelcol, built
+#     from the Collector's Go modules) and Jaeger v2
+#     (integration/peers/jaeger) into <target>/peers/ with Go (needs `go`
+#     1.26 and the Go module proxy; Go's module and build caches make every
+#     build after the first fast).
+# Idempotent and quiet when everything is present. Prints only the
+# `NAME=path` assignments on stdout (for `eval`); messages go to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,8 +73,25 @@ if [[ ! -x $venv/bin/kubernetes-validate ]]; then
     "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0 >&2
 fi
 
+# Go peers: each a module of its own (the Collector's and Jaeger's
+# dependency versions never meet); lean builds (-trimpath, no symbols).
+peers=${CARGO_TARGET_DIR:-$PWD/target}/peers
+peers=$(mkdir -p "$peers" && cd "$peers" && pwd)
+go_peer() { # name package-in-module
+    if [[ ! -x $peers/$1 ]]; then
+        command -v go >/dev/null || { say "go is needed to build $1 (Go 1.26)"; exit 1; }
+        say "building $1 (Go; the first build downloads and compiles its modules)"
+        (cd "integration/peers/$1" && go build -trimpath -ldflags='-s -w' -o "$peers/$1.tmp" "$2") >&2
+        mv "$peers/$1.tmp" "$peers/$1"
+    fi
+}
+go_peer otelcol .
+go_peer jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+
 echo "PROMETHEUS=$(command -v prometheus)"
 echo "PROMTOOL=$(command -v promtool)"
 echo "ROTEL=$rotel"
 echo "SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
 echo "KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate"
+echo "OTELCOL=$peers/otelcol"
+echo "JAEGER=$peers/jaeger"

@@ -4,7 +4,8 @@
 # the real binaries and real peers). Installs the peers the end-to-end tests
 # talk to when they are missing (Debian `prometheus` for prometheus and
 # promtool, Debian `systemd` for systemd-analyze, PyPI `rotel` and
-# `kubernetes-validate` in a virtualenv under target/): see
+# `kubernetes-validate` in a virtualenv under target/, an OpenTelemetry
+# Collector and Jaeger built with Go into target/peers/): see
 # scripts/install-peers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 peers=$(./scripts/install-peers.sh)
 eval "$peers"
-export PROMETHEUS PROMTOOL ROTEL SYSTEMD_ANALYZE KUBERNETES_VALIDATE
+export PROMETHEUS PROMTOOL ROTEL SYSTEMD_ANALYZE KUBERNETES_VALIDATE OTELCOL JAEGER
 # Integration tests drive the real binaries; build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -1,6 +1,7 @@
 //! The real third-party programs tests talk to: `promtool` and
 //! `prometheus` (Debian package `prometheus`), `systemd-analyze` (Debian
-//! `systemd`), `rotel` and `kubernetes-validate` (PyPI). The
+//! `systemd`), `rotel` and `kubernetes-validate` (PyPI), an OpenTelemetry
+//! Collector and Jaeger (built with Go from `integration/peers/`). The
 //! README test command installs them (`scripts/install-peers.sh`) and
 //! exports their paths; a test that needs one and cannot find it fails
 //! with a message saying so — it never passes without having run.
@@ -47,4 +48,24 @@ pub fn kubernetes_validate() -> PathBuf {
     let venv =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv/bin/kubernetes-validate");
     find("KUBERNETES_VALIDATE", "kubernetes-validate", &[venv.to_str().unwrap_or_default()])
+}
+
+/// `$VAR`, else `<target>/peers/<name>` where `scripts/install-peers.sh`
+/// builds the Go peers.
+fn go_peer(var: &str, name: &str) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let built = target.join("peers").join(name);
+    find(var, &format!("varta-peer-{name}"), &[built.to_str().unwrap_or_default()])
+}
+
+/// The minimal OpenTelemetry Collector of `integration/peers/otelcol`.
+pub fn otelcol() -> PathBuf {
+    go_peer("OTELCOL", "otelcol")
+}
+
+/// Jaeger v2 (`integration/peers/jaeger`).
+pub fn jaeger() -> PathBuf {
+    go_peer("JAEGER", "jaeger")
 }

@@ -1,0 +1,477 @@
+//! The real OpenTelemetry engines end to end, all on loopback:
+//! * a minimal OpenTelemetry Collector built from the Collector's own Go
+//!   modules (`integration/peers/otelcol`) loads the shipped gateway config
+//!   `otel-config/otelcol-gateway.yaml`;
+//! * README's *Wiring* chain: `varta-collector` → that gateway → Jaeger v2
+//!   (`integration/peers/jaeger`, in-memory storage, its query API) for the
+//!   stall traces and Prometheus (remote write receiver) for the metrics;
+//! * our `otlphttp` exporter straight into the Collector's OTLP/HTTP
+//!   receiver, proto and JSON bodies.
+//!
+//! The peers are built by `scripts/install-peers.sh` (the README test
+//! command runs it); a missing peer fails the test, never skips it. No
+//! timing thresholds: everything is polled with bounded timeouts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use varta_integration::{Collector, free_tcp_port, http, peers, varta, wait_for};
+
+/// A third-party program running with its output in a log file, killed on drop.
+struct Peer {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    fn start(name: &'static str, program: PathBuf, args: &[String], dir: tempfile::TempDir) -> Peer {
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("peer log");
+        let child = Command::new(&program)
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({}): {e}", program.display()));
+        Peer { name, child, log, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for `line` in the log; on a peer that exited, shows its log.
+    fn wait_log(&mut self, what: &str, line: &str) {
+        wait_for(what, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) while waiting for {what}:\n{}", self.name, self.log());
+            }
+            self.log().contains(line).then_some(())
+        });
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The OpenTelemetry Collector.
+
+fn shipped_gateway() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../otel-config/otelcol-gateway.yaml");
+    std::fs::read_to_string(path).expect("read otel-config/otelcol-gateway.yaml")
+}
+
+/// The shipped gateway config with its endpoints replaced by loopback ones
+/// (each replacement must match, so a changed config fails here, loudly).
+fn gateway_config(grpc: u16, traces_to: u16, remote_write_to: u16) -> String {
+    let mut text = shipped_gateway();
+    for (from, to) in [
+        ("endpoint: 0.0.0.0:4317", format!("endpoint: 127.0.0.1:{grpc}")),
+        ("endpoint: tempo-distributor.observability.svc:4317", format!("endpoint: 127.0.0.1:{traces_to}")),
+        (
+            "endpoint: http://mimir-distributor.observability.svc:8080/api/v1/push",
+            format!("endpoint: http://127.0.0.1:{remote_write_to}/api/v1/write"),
+        ),
+    ] {
+        assert!(text.contains(from), "otelcol-gateway.yaml no longer contains `{from}`");
+        text = text.replace(from, &to);
+    }
+    text
+}
+
+/// Merged after the gateway config: the Collector's own telemetry off (its
+/// default metrics listener would take a fixed port).
+const QUIET_TELEMETRY: &str = "service:\n  telemetry:\n    metrics:\n      level: none\n";
+
+fn otelcol(config: &str) -> Peer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write otelcol config");
+    std::fs::write(dir.path().join("telemetry.yaml"), QUIET_TELEMETRY).expect("write overlay");
+    let args = ["--config", "config.yaml", "--config", "telemetry.yaml"].map(String::from);
+    let mut p = Peer::start("otelcol", peers::otelcol(), &args, dir);
+    p.wait_log("the Collector to be ready", "Everything is ready");
+    p
+}
+
+fn validate(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write otelcol config");
+    let out = Command::new(peers::otelcol())
+        .args(["validate", "--config", "config.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run otelcol validate");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_collector_validates_the_shipped_gateway_config() {
+    let config = gateway_config(free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let (ok, out) = validate(&config);
+    assert!(ok, "otelcol validate refused otel-config/otelcol-gateway.yaml:\n{out}");
+    // The same check refuses a renamed option and a removed component, so
+    // the acceptance above means something.
+    let (ok, out) = validate(&config.replace("send_batch_size:", "send_batch_sizes:"));
+    assert!(!ok && out.contains("send_batch_sizes"), "{out}");
+    let (ok, out) = validate(&config.replace("prometheus_remote_write:", "prometheus_remote_writ:"));
+    assert!(!ok && out.contains("prometheus_remote_writ"), "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// Jaeger and Prometheus.
+
+struct Jaeger {
+    _peer: Peer,
+    otlp: u16,
+    query: u16,
+}
+
+impl Jaeger {
+    /// Jaeger v2 with in-memory storage, receiving OTLP/gRPC and serving
+    /// its query API, every listener on loopback (its default config binds
+    /// 0.0.0.0 and fixed ports, so it gets this one).
+    fn start() -> Jaeger {
+        let (otlp, query, query_grpc) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+        let config = format!(
+            r#"service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: []
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 10000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{otlp}
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"#
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("jaeger.yaml"), config).expect("write jaeger config");
+        let args = ["--config", "jaeger.yaml"].map(String::from);
+        let mut peer = Peer::start("jaeger", peers::jaeger(), &args, dir);
+        peer.wait_log("Jaeger to be ready", "Everything is ready");
+        let url = format!("http://127.0.0.1:{query}/api/services");
+        wait_for("Jaeger's query API", || http::request("GET", &url, &[]).ok().filter(|r| r.status == 200));
+        Jaeger { _peer: peer, otlp, query }
+    }
+
+    /// The traces Jaeger's query API returns for `service`.
+    fn traces(&self, service: &str) -> Vec<Value> {
+        let url =
+            format!("http://127.0.0.1:{}/api/traces?service={service}&limit=100&lookback=1h", self.query);
+        let Ok(reply) = http::request("GET", &url, &[]) else { return Vec::new() };
+        let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        body["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn spans_named<'a>(trace: &'a Value, name: &str) -> Vec<&'a Value> {
+    trace["spans"].as_array().into_iter().flatten().filter(|s| s["operationName"] == name).collect()
+}
+
+fn tag<'a>(tags: &'a Value, key: &str) -> Option<&'a Value> {
+    tags.as_array()?.iter().find(|t| t["key"] == key).map(|t| &t["value"])
+}
+
+/// The process (resource) a span of `trace` was reported under.
+fn process_of<'a>(trace: &'a Value, span: &Value) -> &'a Value {
+    &trace["processes"][span["processID"].as_str().unwrap_or_default()]
+}
+
+fn parent_of(span: &Value) -> Option<&str> {
+    span["references"].as_array()?.iter().find(|r| r["refType"] == "CHILD_OF")?["spanID"].as_str()
+}
+
+/// Checkout's traces holding a stall of agent `pid`, with its diagnosis
+/// and resolution.
+fn complete_incidents(jaeger: &Jaeger, pid: u32) -> Vec<Value> {
+    jaeger
+        .traces("checkout")
+        .into_iter()
+        .filter(|t| {
+            spans_named(t, "varta.stall")
+                .first()
+                .is_some_and(|s| tag(&process_of(t, s)["tags"], "process.pid") == Some(&Value::from(pid)))
+                && !spans_named(t, "varta.stall.diagnosis").is_empty()
+                && !spans_named(t, "varta.stall.resolved").is_empty()
+        })
+        .collect()
+}
+
+struct Prometheus {
+    _peer: Peer,
+    port: u16,
+}
+
+impl Prometheus {
+    /// Prometheus receiving remote write, scraping nothing.
+    fn start() -> Prometheus {
+        let port = free_tcp_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 1m\n")
+            .expect("config");
+        let args = [
+            "--config.file=prometheus.yml".to_owned(),
+            "--storage.tsdb.path=data".to_owned(),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-remote-write-receiver".to_owned(),
+        ];
+        let mut peer = Peer::start("prometheus", peers::prometheus(), &args, dir);
+        peer.wait_log("Prometheus to be ready", "Server is ready to receive web requests.");
+        Prometheus { _peer: peer, port }
+    }
+
+    /// The first value of an instant query, once it exists.
+    fn query(&self, q: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, encode(q));
+        let r = http::request("GET", &url, &[]).ok()?;
+        let v: Value = serde_json::from_slice(&r.body).ok()?;
+        v.pointer("/data/result/0/value/1")?.as_str()?.parse().ok()
+    }
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// varta-collector and its agent.
+
+/// A collector (UDS receiver, tracker, resolver) with `exporter` (its
+/// YAML block, indented by two spaces) and a `checkout` agent beating
+/// every 50 ms.
+fn collector_with_checkout(exporter_name: &str, exporter: &str) -> (Collector, Child) {
+    let text = format!(
+        r#"receivers:
+  vlp/uds:
+    transport: uds
+    path: "@DIR@/varta.sock"
+processors:
+  tracker:
+    threshold: 300ms
+  resolver: {{}}
+exporters:
+{exporter}
+service:
+  pipelines:
+    liveness:
+      receivers: [vlp/uds]
+      processors: [tracker, resolver]
+      exporters: [{exporter_name}]
+  telemetry:
+    logs:
+      format: json
+"#
+    );
+    let c = Collector::start(&text);
+    let sock = c.path("varta.sock");
+    let agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .spawn()
+        .expect("spawn varta beat");
+    (c, agent)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned, with a valid signal number.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+fn liveness(c: &Collector, name: &str) -> u64 {
+    c.counter("pipelines::liveness", name, "")
+}
+
+/// Stops the agent until the collector has counted and diagnosed stall
+/// number `n` (so the diagnosis sees it stopped), then lets it resume and
+/// waits for the resumption.
+fn stall(c: &Collector, agent: &Child, n: u64) {
+    signal(agent, libc::SIGSTOP);
+    wait_for("the stall", || (liveness(c, "stalls") >= n).then_some(()));
+    wait_for("its diagnosis", || (c.counter("processors::resolver", "diagnoses", "") >= n).then_some(()));
+    signal(agent, libc::SIGCONT);
+    wait_for("the agent to resume", || (liveness(c, "resumes") >= n).then_some(()));
+}
+
+fn reap(mut agent: Child) {
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[test]
+fn checkout_stalls_reach_jaeger_and_prometheus_through_the_real_gateway_across_its_restart() {
+    let prometheus = Prometheus::start();
+    let jaeger = Jaeger::start();
+    let gw = free_tcp_port();
+    let gateway_text = gateway_config(gw, jaeger.otlp, prometheus.port);
+    let gateway = otelcol(&gateway_text);
+    let exporter = format!(
+        "  otlp:\n    endpoint: 127.0.0.1:{gw}\n    tls: {{ insecure: true }}\n    metrics: {{ interval: 200ms }}\n    \
+         retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms }}"
+    );
+    let (c, agent) = collector_with_checkout("otlp", &exporter);
+    let pid = agent.id();
+    wait_for("the agent beating", || (liveness(&c, "beats_accepted") > 0).then_some(()));
+    // Nothing in the shipped config is deprecated (a renamed component or
+    // option still loads, with a warning at start-up).
+    let deprecated: Vec<String> =
+        gateway.log().lines().filter(|l| l.contains("deprecated")).map(str::to_owned).collect();
+    assert!(deprecated.is_empty(), "otelcol-gateway.yaml uses deprecated names:\n{}", deprecated.join("\n"));
+
+    // One incident: stall, diagnosis, resolution — one trace in Jaeger,
+    // found as a Jaeger user finds it, by service.
+    stall(&c, &agent, 1);
+    let trace = wait_for("checkout's incident in Jaeger", || complete_incidents(&jaeger, pid).pop());
+    let stall_span = spans_named(&trace, "varta.stall")[0];
+    let process = process_of(&trace, stall_span);
+    assert_eq!(process["serviceName"], "checkout", "{trace}");
+    assert_eq!(tag(&process["tags"], "process.executable.name"), Some(&Value::from("varta")), "{process}");
+    assert_eq!(tag(&process["tags"], "varta.agent.transport"), Some(&Value::from("uds")), "{process}");
+    assert_eq!(tag(&stall_span["tags"], "error"), Some(&Value::from(true)), "{stall_span}");
+    let stall_id = stall_span["spanID"].as_str();
+    let diagnosis = spans_named(&trace, "varta.stall.diagnosis")[0];
+    assert_eq!(tag(&diagnosis["tags"], "varta.stall.cause"), Some(&Value::from("stopped")), "{diagnosis}");
+    assert_eq!(parent_of(diagnosis), stall_id, "{trace}");
+    let resolved = spans_named(&trace, "varta.stall.resolved")[0];
+    assert_eq!(parent_of(resolved), stall_id, "{trace}");
+    assert!(tag(&resolved["tags"], "varta.stall.silence_ns").is_some(), "{resolved}");
+    assert_eq!(process_of(&trace, resolved)["serviceName"], "checkout");
+
+    // And Prometheus answers PromQL for checkout's stall count (remote
+    // write, resource attributes as labels).
+    let stalls_query = format!("varta_agent_stalls_total{{service_name=\"checkout\",process_pid=\"{pid}\"}}");
+    wait_for("checkout's stall count in Prometheus", || {
+        prometheus.query(&stalls_query).filter(|&v| v >= 1.0)
+    });
+
+    // The gateway goes away; two incidents happen meanwhile; it comes back
+    // on the same port and nothing is lost.
+    drop(gateway);
+    stall(&c, &agent, 2);
+    stall(&c, &agent, 3);
+    let _gateway = otelcol(&gateway_text);
+    let all = wait_for("all three incidents in Jaeger", || {
+        let t = complete_incidents(&jaeger, pid);
+        (t.len() >= 3).then_some(t)
+    });
+    let mut ids: Vec<&str> = all.iter().filter_map(|t| t["traceID"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three incidents, three traces");
+    let three =
+        wait_for("the stall count 3 in Prometheus", || prometheus.query(&stalls_query).filter(|&v| v >= 3.0));
+    assert_eq!(three, 3.0);
+    assert_eq!(c.counter("exporters::otlp", "spans_dropped", "queue_full"), 0);
+    reap(agent);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The Collector's debug exporter prints what it receives; the span blocks
+/// named `name` with their resource (as `otlp.rs` reads rotel's output).
+fn span_blocks(out: &str, name: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    for resource_spans in out.split("ResourceSpans #").skip(1) {
+        let mut parts = resource_spans.split("Span #");
+        let resource = parts.next().unwrap_or("");
+        for span in parts {
+            if span.lines().any(|l| l.trim() == format!("Name           : {name}")) {
+                blocks.push(format!("{resource}\nSpan #{span}"));
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn otlphttp_delivers_to_the_collectors_otlp_http_receiver_in_proto_and_json() {
+    let http_port = free_tcp_port();
+    let gateway = otelcol(&format!(
+        r#"receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{http_port}
+exporters:
+  debug:
+    verbosity: detailed
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+    metrics:
+      receivers: [otlp]
+      exporters: [debug]
+"#
+    ));
+    for encoding in ["proto", "json"] {
+        let exporter = format!(
+            "  otlphttp:\n    endpoint: http://127.0.0.1:{http_port}\n    encoding: {encoding}\n    \
+             metrics: {{ interval: 200ms }}"
+        );
+        let (c, agent) = collector_with_checkout("otlphttp", &exporter);
+        let pid_line = format!("-> process.pid: Int({})", agent.id());
+        wait_for("the agent beating", || (liveness(&c, "beats_accepted") > 0).then_some(()));
+        stall(&c, &agent, 1);
+        let block = wait_for("checkout's resolution at the Collector", || {
+            span_blocks(&gateway.log(), "varta.stall.resolved").into_iter().find(|b| b.contains(&pid_line))
+        });
+        assert!(block.contains("-> service.name: Str(checkout)"), "{encoding}: {block}");
+        let stalled = span_blocks(&gateway.log(), "varta.stall").into_iter().find(|b| b.contains(&pid_line));
+        let stalled =
+            stalled.unwrap_or_else(|| panic!("{encoding}: no varta.stall span:\n{}", gateway.log()));
+        assert!(stalled.contains("varta.stall.detected"), "{encoding}: {stalled}");
+        wait_for("checkout's metric points at the Collector", || {
+            let log = gateway.log();
+            log.split("ResourceMetrics #")
+                .skip(1)
+                .any(|b| b.contains(&pid_line) && b.contains("varta.agent.stalls"))
+                .then_some(())
+        });
+        reap(agent);
+        let (status, log) = c.stop();
+        assert!(status.success(), "{log}");
+        assert_eq!(
+            varta_integration::final_counter(&log, "exporters::otlphttp", "spans_failed", "").unwrap_or(0),
+            0,
+            "{encoding}: {log}"
+        );
+    }
+}
