@@ -763,13 +763,26 @@ service:
         let c = parse(&otlp("    endpoint: http://127.0.0.1:4317\n    headers: { x-api-key: k }\n"))
             .expect("valid");
         assert!(matches!(c.exporters.0[0].config, ExporterConfig::Otlp(_)));
-        let e = error(&otlp("    endpoint: 127.0.0.1:4317\n"));
-        assert!(e.contains("exporters::otlp") && e.contains("`endpoint`") && e.contains("http://"), "{e}");
+        // The Collector's own form: host:port (TLS), or plaintext when insecure.
+        parse(&otlp("    endpoint: 127.0.0.1:4317\n    tls: { insecure: true }\n")).expect("host:port form");
+        let e = error(&otlp("    endpoint: grpc://127.0.0.1:4317\n"));
+        assert!(e.contains("exporters::otlp") && e.contains("`endpoint`") && e.contains("http"), "{e}");
+        let e = error(&otlp("    endpoint: http://a:1\n    encoding: json\n"));
+        assert!(e.contains("`encoding`") && e.contains("otlphttp"), "{e}");
+        // `otlphttp` is the same exporter over OTLP/HTTP.
+        let http = GOOD
+            .replace("  debug:\n", "  otlphttp:\n    endpoint: http://127.0.0.1:4318\n    encoding: json\n")
+            .replace("exporters: [debug]", "exporters: [otlphttp]");
+        let c = parse(&http).expect("otlphttp");
+        let ExporterConfig::Otlp(cfg) = &c.exporters.0[0].config else { panic!("otlp config") };
+        assert_eq!(cfg.protocol, Protocol::Http);
+        let e = error(&http.replace("http://127.0.0.1:4318", "127.0.0.1:4318"));
+        assert!(e.contains("exporters::otlphttp") && e.contains("`endpoint`"), "{e}");
         let e = error(&otlp("    endpoint: http://a:1\n    metrics: { intervall: 1s }\n"));
         assert!(e.contains("t.yaml:") && e.contains("intervall"), "{e}");
         let e = error(&otlp(""));
         assert!(e.contains("`endpoint`: is required"), "{e}");
-        assert!(components_listing().contains("otlp"));
+        assert!(components_listing().contains("otlp") && components_listing().contains("otlphttp"));
     }
 
     #[test]
