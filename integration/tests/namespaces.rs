@@ -146,7 +146,9 @@ fn main() {
         .collect();
     let skip = match (unavailable(), std::env::var("VARTA_TEST_NO_NAMESPACES")) {
         (None, _) => None,
-        (Some(why), Ok(allowed)) if !allowed.trim().is_empty() => Some(format!("{why}; VARTA_TEST_NO_NAMESPACES={allowed}")),
+        (Some(why), Ok(allowed)) if !allowed.trim().is_empty() => {
+            Some(format!("{why}; VARTA_TEST_NO_NAMESPACES={allowed}"))
+        }
         (Some(why), _) => {
             println!("namespaces are not available here ({why}): set VARTA_TEST_NO_NAMESPACES=<why> to skip");
             std::process::exit(1);

@@ -225,7 +225,8 @@ fn full_queue_drops_batches_and_counts_them() {
 #[test]
 #[ignore = "a helper the cross-namespace test runs inside a pid namespace"]
 fn ns_sender_helper() {
-    let path = std::env::var_os("VARTA_NS_SEND").expect("run by cross_namespace_sender_is_refused_unless_allowed");
+    let path =
+        std::env::var_os("VARTA_NS_SEND").expect("run by cross_namespace_sender_is_refused_unless_allowed");
     if me() == 1 {
         let status = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args(["ns_sender_helper", "--exact", "--ignored", "--test-threads=1"])
