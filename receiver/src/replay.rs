@@ -2,24 +2,33 @@
 //!
 //! A *sender* is (source IP, authenticated pid, key kind): the same pid on
 //! two hosts is two senders, and a shared-key holder cannot disturb the
-//! state of a master-key sender with the same pid. Per sender we keep:
+//! state of a master-key sender with the same pid. Per sender we keep up to
+//! [`SESSIONS`] *sessions* (one per `iv_random`), each with its own
+//! high-water marks:
 //!
-//! * the current `iv_random` and the last accepted `iv_counter` under it —
-//!   only strictly greater counters are accepted;
-//! * a ring of the last [`PREVIOUS_IVS`] `iv_random`s — a frame under one of
-//!   them is a replay;
-//! * the high-water mark of regular VLP nonces — a frame must exceed it (a
-//!   wrap from near `u64::MAX` to a small value is accepted); a panic frame
+//! * the last accepted `iv_counter` — only strictly greater counters are
+//!   accepted under that `iv_random`;
+//! * the last regular VLP nonce — a frame must exceed it (a wrap from near
+//!   `u64::MAX` to a small value is accepted); a panic frame
 //!   (NONCE_TERMINAL) is accepted once per session.
 //!
-//! **Restarted sessions.** A never-seen `iv_random` whose nonce is at or
-//! below the high-water mark is an agent that restarted with the same pid
-//! (containers do this all the time): it is accepted, the high-water mark is
-//! reset, and it is reported as [`Admitted::restarted`]. Trade-off: frames
-//! recorded under an `iv_random` that has since left the ring (more than
-//! [`PREVIOUS_IVS`] rotations or restarts ago) can be replayed once as a
-//! "restart". Refusing them instead would lock out every restarted agent
-//! until its nonce overtook the old session's.
+//! A never-seen `iv_random` starts a new session (an agent that rotated its
+//! IV, or restarted with the same pid — containers do this all the time);
+//! when its nonce is not above that of the sender's most recent session it
+//! is reported as [`Admitted::restarted`]. When a sender already has
+//! [`SESSIONS`] sessions, the one heard from least recently is forgotten.
+//!
+//! **What a replay can and cannot achieve.** Replaying a recorded datagram
+//! of a session still remembered is refused (`replay`). A datagram of a
+//! session no longer remembered (or recorded before the collector
+//! restarted) is accepted once as a new session: at most a beat counted
+//! from an old session. It can never make the live session's frames
+//! refused: sessions never judge each other's counters or nonces, and a
+//! forgotten session is forgotten, not banned — were the live session
+//! pushed out by a burst of replays, its next genuine frame simply starts it
+//! again. (The design before this one moved the live session aside when an
+//! unknown `iv_random` arrived and refused it from then on: one replayed
+//! datagram after a collector restart silenced a live agent.)
 //!
 //! **Bounds.** At most `max_senders` senders. The table starts at
 //! [`INITIAL_SENDERS`] and grows (only when a new sender arrives) up to the
@@ -39,8 +48,8 @@ use varta_proto::{Frame, Iv, Refusal};
 
 /// Senders the table has room for before its first growth.
 pub const INITIAL_SENDERS: usize = 1024;
-/// Previous `iv_random`s remembered per sender.
-pub const PREVIOUS_IVS: usize = 8;
+/// Sessions (`iv_random`s) remembered per sender.
+pub const SESSIONS: usize = 4;
 /// Longest interval between two sweeps of a full table.
 const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -56,19 +65,18 @@ pub struct SenderId {
 /// An accepted frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Admitted {
-    /// A new session under a known pid (fresh `iv_random`, nonce not above the old mark).
+    /// A new session under a known pid (fresh `iv_random`, nonce not above
+    /// that of the sender's most recent session).
     pub restarted: bool,
     /// Idle senders evicted to make room for this one.
     pub evicted: usize,
 }
 
-#[derive(Debug, Clone)]
-struct SenderState {
+/// One `iv_random` of a sender and its high-water marks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Session {
     iv_random: [u8; 8],
     iv_counter: u32,
-    previous: [[u8; 8]; PREVIOUS_IVS],
-    previous_len: usize,
-    previous_next: usize,
     nonce_high: u64,
     terminal_seen: bool,
     last_seen_ns: u64,
@@ -79,57 +87,67 @@ fn nonce_after(nonce: u64, high: u64) -> bool {
     varta_proto::nonce_follows(high, nonce)
 }
 
-impl SenderState {
-    fn new(iv: Iv, frame: &Frame, now: u64) -> SenderState {
-        let mut s = SenderState {
-            iv_random: iv.random,
-            iv_counter: iv.counter,
-            previous: [[0; 8]; PREVIOUS_IVS],
-            previous_len: 0,
-            previous_next: 0,
-            nonce_high: 0,
-            terminal_seen: false,
-            last_seen_ns: now,
-        };
-        s.record(frame);
+impl Session {
+    fn start(iv: Iv, frame: &Frame, now: u64) -> Session {
+        let mut s = Session { iv_random: iv.random, ..Session::default() };
+        s.record(iv, frame, now);
         s
     }
 
-    fn nonce_fresh(&self, frame: &Frame) -> bool {
-        if frame.is_panic() { !self.terminal_seen } else { nonce_after(frame.nonce, self.nonce_high) }
+    fn fresh(&self, iv: Iv, frame: &Frame) -> bool {
+        iv.counter > self.iv_counter
+            && if frame.is_panic() { !self.terminal_seen } else { nonce_after(frame.nonce, self.nonce_high) }
     }
 
-    fn record(&mut self, frame: &Frame) {
+    fn record(&mut self, iv: Iv, frame: &Frame, now: u64) {
+        self.iv_counter = iv.counter;
         if frame.is_panic() {
             self.terminal_seen = true;
         } else {
             self.nonce_high = frame.nonce;
         }
+        self.last_seen_ns = now;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SenderState {
+    sessions: [Session; SESSIONS],
+    len: usize,
+}
+
+impl SenderState {
+    fn new(iv: Iv, frame: &Frame, now: u64) -> SenderState {
+        let mut sessions = [Session::default(); SESSIONS];
+        sessions[0] = Session::start(iv, frame, now);
+        SenderState { sessions, len: 1 }
+    }
+
+    fn last_seen_ns(&self) -> u64 {
+        self.sessions[..self.len].iter().map(|s| s.last_seen_ns).max().unwrap_or(0)
     }
 
     fn admit(&mut self, iv: Iv, frame: &Frame, now: u64) -> Result<bool, Refusal> {
-        let mut restarted = false;
-        if iv.random == self.iv_random {
-            if iv.counter <= self.iv_counter || !self.nonce_fresh(frame) {
+        let live = &mut self.sessions[..self.len];
+        if let Some(s) = live.iter_mut().find(|s| s.iv_random == iv.random) {
+            if !s.fresh(iv, frame) {
                 return Err(Refusal::Replay);
             }
-        } else if self.previous[..self.previous_len].contains(&iv.random) {
-            return Err(Refusal::Replay);
-        } else {
-            // A rotation (nonce continues) or a restarted session (nonce starts over).
-            if !self.nonce_fresh(frame) {
-                restarted = true;
-                self.nonce_high = 0;
-                self.terminal_seen = false;
-            }
-            self.previous[self.previous_next] = self.iv_random;
-            self.previous_next = (self.previous_next + 1) % PREVIOUS_IVS;
-            self.previous_len = (self.previous_len + 1).min(PREVIOUS_IVS);
-            self.iv_random = iv.random;
+            s.record(iv, frame, now);
+            return Ok(false);
         }
-        self.iv_counter = iv.counter;
-        self.record(frame);
-        self.last_seen_ns = now;
+        // A new session: a rotation (nonce continues) or a restart (nonce
+        // starts over), judged against the most recent session only.
+        let newest = live.iter().max_by_key(|s| s.last_seen_ns).copied().unwrap_or_default();
+        let restarted = !frame.is_panic() && !nonce_after(frame.nonce, newest.nonce_high);
+        let slot = if self.len < SESSIONS {
+            self.len += 1;
+            self.len - 1
+        } else {
+            // Full: forget the session heard from least recently.
+            (0..SESSIONS).min_by_key(|&i| self.sessions[i].last_seen_ns).unwrap_or(0)
+        };
+        self.sessions[slot] = Session::start(iv, frame, now);
         Ok(restarted)
     }
 }
@@ -176,7 +194,7 @@ impl ReplayTable {
             if now >= self.next_sweep_ns {
                 let before = self.senders.len();
                 let idle_ns = self.idle_ns;
-                self.senders.retain(|_, s| now.saturating_sub(s.last_seen_ns) <= idle_ns);
+                self.senders.retain(|_, s| now.saturating_sub(s.last_seen_ns()) <= idle_ns);
                 evicted = before - self.senders.len();
                 self.next_sweep_ns = now.saturating_add(self.sweep_interval_ns);
             }
@@ -230,20 +248,47 @@ mod tests {
     }
 
     #[test]
-    fn rotation_restart_and_ring() {
+    fn rotation_and_restart_start_sessions_and_old_frames_stay_refused() {
         let mut t = table();
         assert!(t.admit(id(42), iv(A, 5), &frame(10), 1).is_ok());
         assert_eq!(t.admit(id(42), iv(B, 0), &frame(11), 2), Ok(Admitted::default()), "rotation");
-        assert_eq!(t.admit(id(42), iv(A, 6), &frame(12), 3), Err(Refusal::Replay), "old iv_random");
+        assert_eq!(t.admit(id(42), iv(A, 5), &frame(10), 3), Err(Refusal::Replay), "A's frame again");
         let r = t.admit(id(42), iv([3; 8], 0), &frame(1), 4).expect("restart accepted");
         assert!(r.restarted);
         assert!(t.admit(id(42), iv([3; 8], 1), &frame(2), 5).is_ok());
-        assert_eq!(t.admit(id(42), iv(B, 1), &frame(99), 6), Err(Refusal::Replay), "B is in the ring");
-        // After PREVIOUS_IVS more rotations, A has left the ring: the documented trade-off.
-        for k in 0..PREVIOUS_IVS as u8 {
-            assert!(t.admit(id(42), iv([10 + k; 8], 0), &frame(3 + u64::from(k)), 7).is_ok());
+        assert_eq!(t.admit(id(42), iv(B, 0), &frame(11), 6), Err(Refusal::Replay), "B's frame again");
+    }
+
+    /// The collector restarted (empty table); someone replays one frame of
+    /// the agent's earlier session, then the live agent goes on beating:
+    /// every live frame is accepted.
+    #[test]
+    fn a_replayed_old_session_never_gets_the_live_one_refused() {
+        let mut t = table();
+        let old = [9; 8];
+        assert!(t.admit(id(42), iv(old, 700), &frame(700), 1).is_ok(), "the replay counts once");
+        for k in 0..50u32 {
+            let now = 2 + u64::from(k);
+            assert!(
+                t.admit(id(42), iv(A, 100 + k), &frame(100 + u64::from(k)), now).is_ok(),
+                "live frame {k}"
+            );
         }
-        assert!(t.admit(id(42), iv(A, 7), &frame(1), 8).is_ok_and(|a| a.restarted));
+        assert_eq!(t.admit(id(42), iv(old, 700), &frame(700), 60), Err(Refusal::Replay), "once only");
+    }
+
+    /// More old sessions than are remembered, replayed between two live
+    /// beats: the live session may be forgotten, never refused.
+    #[test]
+    fn overflowing_the_sessions_forgets_the_live_one_but_never_refuses_it() {
+        let mut t = table();
+        assert!(t.admit(id(42), iv(A, 1), &frame(1), 1).is_ok());
+        for k in 0..(SESSIONS as u8 + 2) {
+            assert!(t.admit(id(42), iv([20 + k; 8], 0), &frame(1000), 2 + u64::from(k)).is_ok());
+        }
+        for k in 2..20u32 {
+            assert!(t.admit(id(42), iv(A, k), &frame(u64::from(k)), 100 + u64::from(k)).is_ok(), "live {k}");
+        }
     }
 
     #[test]

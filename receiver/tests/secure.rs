@@ -92,15 +92,17 @@ fn shared_key_round_trip_replay_rotation_and_restart() {
     // Exact replay; older counter under the current iv_random.
     s.send(&f1);
     assert_eq!(s.run.expect_refusal(Refusal::Replay).claimed_pid, 4242);
-    s.send(&c1.seal_shared(iv(1, 5), &plain(4242, 5)));
+    let f5 = c1.seal_shared(iv(1, 5), &plain(4242, 5));
+    s.send(&f5);
     s.run.next_beat();
     s.send(&c1.seal_shared(iv(1, 4), &plain(4242, 6)));
     s.run.expect_refusal(Refusal::Replay);
 
-    // Rotation to a new iv_random with a higher nonce; the old one is now a replay.
+    // Rotation to a new iv_random with a higher nonce; a recorded frame of
+    // the old session is still a replay (its session is remembered).
     s.send(&c1.seal_shared(iv(2, 0), &plain(4242, 7)));
     assert_eq!(s.run.next_beat().frame.nonce, 7);
-    s.send(&c1.seal_shared(iv(1, 6), &plain(4242, 8)));
+    s.send(&f5);
     s.run.expect_refusal(Refusal::Replay);
 
     // Restart: fresh iv_random, nonce 1 again — accepted and counted.
