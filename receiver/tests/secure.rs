@@ -169,3 +169,29 @@ fn bad_key_file_fails_bind_naming_the_rule() {
     let e = VlpReceiver::bind("vlp/s", &cfg).expect_err("0644 key").to_string();
     assert!(e.contains("owner-only") && e.contains(&k.display().to_string()), "{e}");
 }
+
+/// The reported lock-out: an agent beat in an earlier session; the
+/// collector restarts (a fresh receiver, empty replay state); someone sends
+/// one captured frame of that earlier session; the live agent goes on
+/// beating under its new session. Every live frame is accepted (no false
+/// stall); the captured frame counts once and is refused when sent again.
+#[test]
+fn a_replayed_frame_of_an_earlier_session_never_locks_the_live_agent_out() {
+    let c = shared(K1);
+    let captured = c.seal_shared(iv(7, 900), &plain(4242, 900));
+    let mut s = Setup::new("");
+    let live = |k: u32| c.seal_shared(iv(8, k), &plain(4242, 1 + u64::from(k)));
+    for k in 0..3 {
+        s.send(&live(k));
+        s.run.next_beat();
+    }
+    s.send(&captured);
+    assert_eq!(s.run.next_beat().frame.nonce, 900, "a replay is at most one counted beat");
+    for k in 3..58u32 {
+        s.send(&live(k));
+        assert_eq!(s.run.next_beat().frame.nonce, 1 + u64::from(k), "live frame {k}");
+    }
+    s.send(&captured);
+    s.run.expect_refusal(Refusal::Replay);
+    assert_eq!(s.run.stats.refusal(Refusal::Replay), 1, "only the replay was refused");
+}
