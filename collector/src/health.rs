@@ -39,11 +39,38 @@ pub struct HealthCheckConfig {
     pub endpoint: String,
     #[serde(default = "default_path")]
     pub path: String,
+    /// Open connections at most.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections at most from one source address, so that a
+    /// neighbour's idle connections never starve the kubelet's probes.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Time a client has to send its request headers; an idle connection
+    /// frees its slot then.
+    #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
+    pub header_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_connections_per_source() -> usize {
+    4
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for HealthCheckConfig {
     fn default() -> Self {
-        HealthCheckConfig { endpoint: default_endpoint(), path: default_path() }
+        HealthCheckConfig {
+            endpoint: default_endpoint(),
+            path: default_path(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            header_timeout: default_header_timeout(),
+        }
     }
 }
 
@@ -54,6 +81,15 @@ impl HealthCheckConfig {
         })?;
         if !self.path.starts_with('/') {
             return Err(format!("`path` {:?} must start with `/`", self.path));
+        }
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return Err("`max_connections` must be between 1 and 65536".into());
+        }
+        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
+            return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
+        }
+        if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
+            return Err("`header_timeout` must be between 1ms and 5m".into());
         }
         Ok(())
     }
@@ -159,6 +195,8 @@ fn respond(report: &SharedReport, path: &str, method: &Method, uri_path: &str) -
 pub struct HealthServer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Its connection counters (`connections_refused{reason}` …).
+    pub connections: Arc<ConnectionStats>,
 }
 
 impl HealthServer {
@@ -181,12 +219,17 @@ impl HealthServer {
         };
         let (stop, stopped) = watch::channel(false);
         let path = config.path.clone();
-        let limits = Limits { max_connections: 16, header_timeout: Duration::from_secs(5) };
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_connections_per_source: config.max_connections_per_source,
+            header_timeout: config.header_timeout,
+        };
+        let connections = Arc::new(ConnectionStats::default());
         let task = runtime.spawn(httpd::serve(
             "health endpoint",
             listener,
             limits,
-            Arc::new(ConnectionStats::default()),
+            Arc::clone(&connections),
             stopped,
             move |req, _peer| {
                 let resp = respond(&report, &path, req.method(), req.uri().path());
@@ -194,7 +237,7 @@ impl HealthServer {
             },
         ));
         tracing::info!(%addr, "health endpoint listening");
-        Ok(HealthServer { stop, task })
+        Ok(HealthServer { stop, task, connections })
     }
 
     /// Whether it stopped serving (its listener is closed).

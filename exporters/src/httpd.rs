@@ -2,18 +2,24 @@
 //! serves (the Prometheus exporter, the `health_check` extension): hyper on
 //! the collector's Tokio runtime, never on a pipeline thread.
 //!
-//! Promises: at most `max_connections` connections are open (more are
-//! closed at once and counted); request headers are bounded in size (16 KiB
-//! buffer, 32 fields) and in time (`header_timeout`, slowloris); accept
+//! Promises: at most `max_connections` connections are open, and at most
+//! `max_connections_per_source` from one source address — so one
+//! neighbour opening (idle) connections can never take the slots probes
+//! and scrapes from elsewhere need; more are closed at once and counted by
+//! reason (`connections_refused{reason=per_source|total}`); request headers
+//! are bounded in size (16 KiB buffer, 32 fields) and in time
+//! (`header_timeout`, slowloris: a connection that sends nothing frees its
+//! slot then); accept
 //! errors are logged at a limited pace and never spin; a stop request ends
 //! the accept loop and asks open connections to finish. What a request gets
 //! is the caller's `handle`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -30,6 +36,7 @@ use varta_pipeline::{Metric, Sample};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
     pub header_timeout: Duration,
 }
 
@@ -37,7 +44,8 @@ pub struct Limits {
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
     connections: AtomicU64,
-    refused: AtomicU64,
+    refused_total: AtomicU64,
+    refused_per_source: AtomicU64,
     open: AtomicU64,
     errors: AtomicU64,
 }
@@ -47,8 +55,11 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static CONNECTIONS: Metric = Metric::counter("connections", "HTTP connections accepted.");
-    pub static CONNECTIONS_REFUSED: Metric =
-        Metric::counter("connections_refused", "HTTP connections closed at once: max_connections reached.");
+    pub static CONNECTIONS_REFUSED: Metric = Metric::labelled(
+        "connections_refused",
+        "reason",
+        "HTTP connections closed at once: per_source (max_connections_per_source from that address reached) or total (max_connections reached).",
+    );
     pub static CONNECTIONS_OPEN: Metric = Metric::gauge("connections_open", "HTTP connections open now.");
     pub static CONNECTION_ERRORS: Metric = Metric::counter(
         "connection_errors",
@@ -60,24 +71,65 @@ impl ConnectionStats {
     /// Lists the connection samples.
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let all: [(&'static Metric, &AtomicU64); 4] = [
+        let all: [(&'static Metric, &AtomicU64); 3] = [
             (&CONNECTIONS, &self.connections),
-            (&CONNECTIONS_REFUSED, &self.refused),
             (&CONNECTIONS_OPEN, &self.open),
             (&CONNECTION_ERRORS, &self.errors),
         ];
         for (m, v) in all {
             out(Sample::new(m, v.load(Relaxed)));
         }
+        out(Sample::labelled(&CONNECTIONS_REFUSED, "per_source", self.refused_per_source.load(Relaxed)));
+        out(Sample::labelled(&CONNECTIONS_REFUSED, "total", self.refused_total.load(Relaxed)));
     }
 }
 
-/// Keeps `connections_open` exact however a connection ends.
-struct OpenConnection(Arc<ConnectionStats>);
+impl varta_pipeline::Instrumented for ConnectionStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        ConnectionStats::samples(self, out);
+    }
+}
+
+/// Open connections per source address. Holds only addresses with a
+/// connection open, so it is bounded by `max_connections`.
+#[derive(Debug, Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerSource {
+    /// Takes a slot for `ip` unless it already holds `max`.
+    fn take(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Keeps `connections_open` and the per-source count exact however a
+/// connection ends.
+struct OpenConnection {
+    stats: Arc<ConnectionStats>,
+    sources: Arc<PerSource>,
+    ip: IpAddr,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
+        self.stats.open.fetch_sub(1, Relaxed);
+        self.sources.give_back(self.ip);
     }
 }
 
@@ -95,6 +147,7 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(PerSource::default());
     let mut accept_errors = varta_pipeline::LogThrottle::default();
     loop {
         let accepted = tokio::select! {
@@ -112,14 +165,22 @@ pub async fn serve<F, Fut>(
                 continue;
             }
         };
+        // Per source first: a neighbour over its share is refused before
+        // it can take one of the slots everybody shares.
+        if !sources.take(peer.ip(), limits.max_connections_per_source) {
+            stats.refused_per_source.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            stats.refused.fetch_add(1, Relaxed);
+            sources.give_back(peer.ip());
+            stats.refused_total.fetch_add(1, Relaxed);
             drop(stream);
             continue;
         };
         stats.connections.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
-        let open = OpenConnection(Arc::clone(&stats));
+        let open = OpenConnection { stats: Arc::clone(&stats), sources: Arc::clone(&sources), ip: peer.ip() };
         let stats = Arc::clone(&stats);
         let handle = handle.clone();
         let mut stop = stop.clone();

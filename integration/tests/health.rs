@@ -89,3 +89,63 @@ fn a_wedged_receiver_fails_the_health_check() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A neighbour cannot starve the probes: 200 idle connections from
+/// 127.0.0.2 to the health endpoint and to the Prometheus endpoint, held
+/// open while 127.0.0.1 probes and scrapes — every probe and scrape is
+/// answered, and what the neighbour opened beyond its per-source cap is
+/// refused at once and counted (`connections_refused{reason="per_source"}`).
+#[test]
+fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
+    let (health, metrics) = (free_tcp_port(), free_tcp_port());
+    let text = config(health)
+        .replace(
+            "exporters:\n  debug: {}\n",
+            &format!(
+                "exporters:\n  debug: {{}}\n  prometheus: {{ endpoint: \"127.0.0.1:{metrics}\", auth: none, header_timeout: 1m, rate_limit: {{ rate: 1000, burst: 1000 }} }}\n"
+            ),
+        )
+        .replace("exporters: [debug]", "exporters: [debug, prometheus]")
+        // Idle connections would otherwise be closed after 2 s; keep them
+        // for the whole test so the flood lasts while we probe.
+        .replace("path: /health }", "path: /health, header_timeout: 1m }");
+    let c = Collector::start(&text);
+    let health_url = format!("http://127.0.0.1:{health}/health");
+    let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
+    wait_for("the endpoints", || http::request("GET", &health_url, &[]).ok().filter(|r| r.status == 200));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let flood = |port: u16| -> Vec<tokio::net::TcpStream> {
+        rt.block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..200 {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+                held.push(socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect"));
+            }
+            held
+        })
+    };
+    let held_health = flood(health);
+    let held_metrics = flood(metrics);
+    // During the flood (all 400 sockets still open on our side).
+    for i in 0..20 {
+        let r = http::request("GET", &health_url, &[]).unwrap_or_else(|e| panic!("probe {i} failed: {e}"));
+        assert_eq!(r.status, 200, "probe {i}");
+        let r = http::request("GET", &metrics_url, &[]).unwrap_or_else(|e| panic!("scrape {i} failed: {e}"));
+        assert_eq!(r.status, 200, "scrape {i}");
+    }
+    let refused = |component: &str| c.counter(component, "connections_refused", "per_source");
+    let h = wait_for("health refusals counted", || {
+        Some(refused("extensions::health_check")).filter(|&n| n >= 196)
+    });
+    let m =
+        wait_for("metrics refusals counted", || Some(refused("exporters::prometheus")).filter(|&n| n >= 192));
+    assert_eq!(
+        (h, m),
+        (196, 192),
+        "the cap is 4 per source (health) and 8 (metrics): the rest refused, exactly"
+    );
+    drop((held_health, held_metrics));
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}

@@ -79,6 +79,8 @@ pub enum Role {
     Exporter,
     /// The collector itself (`service`: reloads).
     Service,
+    /// An extension (`health_check`: its connections).
+    Extension,
 }
 
 impl Role {
@@ -90,6 +92,7 @@ impl Role {
             Role::Pipeline => "pipeline",
             Role::Exporter => "exporter",
             Role::Service => "service",
+            Role::Extension => "extension",
         }
     }
 
@@ -101,6 +104,7 @@ impl Role {
             Role::Pipeline => "pipelines",
             Role::Exporter => "exporters",
             Role::Service => "service",
+            Role::Extension => "extensions",
         }
     }
 }

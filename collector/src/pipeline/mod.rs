@@ -357,6 +357,9 @@ impl Running {
         for e in &self.endpoints {
             view.add(Role::Exporter, e.id.clone(), e.telemetry.clone());
         }
+        if let Some(h) = &self.health {
+            view.add(Role::Extension, h.id.clone(), h.connections());
+        }
         view.add(Role::Service, "service", self.reloads.clone());
         self.otlp_view.set(view.clone());
         for e in &self.endpoints {

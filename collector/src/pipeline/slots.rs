@@ -728,6 +728,11 @@ impl HealthSlot {
         self.server.stop();
     }
 
+    /// Its connection counters, for the metrics views.
+    pub fn connections(&self) -> Arc<dyn varta_pipeline::Instrumented> {
+        self.server.connections.clone()
+    }
+
     pub fn close(self, deadline: Instant) {
         self.server.stop();
         if !wait_finished(|| self.server.is_finished(), deadline) {

@@ -46,7 +46,10 @@ fn default_true() -> bool {
     true
 }
 fn default_max_connections() -> usize {
-    64
+    1024
+}
+fn default_max_connections_per_source() -> usize {
+    8
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(5)
@@ -81,6 +84,9 @@ pub struct PrometheusConfig {
     /// Open connections at most; more are closed at once and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections at most from one source address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
     /// Time a client has to send its request headers (slowloris bound).
     #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub header_timeout: Duration,
@@ -97,6 +103,7 @@ impl Default for PrometheusConfig {
             max_agent_series: default_max_agent_series(),
             per_agent_series: true,
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
             header_timeout: default_header_timeout(),
         }
     }
@@ -145,6 +152,9 @@ impl PrometheusConfig {
         }
         if self.max_connections == 0 || self.max_connections > 65_536 {
             return Err("`max_connections` must be between 1 and 65536".into());
+        }
+        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
+            return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
         }
         if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
             return Err("`header_timeout` must be between 1ms and 5m".into());
