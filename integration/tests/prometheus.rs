@@ -434,7 +434,10 @@ fn a_flood_of_connections_never_costs_a_beat() {
     assert_eq!(accepted, sent, "no beat lost");
     let events = read_events(&c.path("events.tsv"));
     assert!(!events.iter().any(|e| e.kind == "stall" && e.ns < beating_until_ns), "no false stall");
-    assert!(c.counter("exporters::prometheus", "connections_refused", "") > 0, "the connection cap held");
+    assert!(
+        c.counter("exporters::prometheus", "connections_refused", "per_source") > 0,
+        "the connection cap held"
+    );
     drop(held);
     // The endpoint still serves once the flood is gone.
     let body = wait_for("endpoint serves again", || {
