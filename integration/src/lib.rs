@@ -321,3 +321,22 @@ pub fn varta(args: &[&str]) -> Command {
     c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
+
+/// The span blocks named `name` in the text output of an OTLP receiver that
+/// prints what it receives (rotel's `--debug-log`, the Collector's `debug`
+/// exporter), each preceded by the resource block it arrived under — so a
+/// block shows both who the span is about and what it says.
+pub fn span_blocks(out: &str, name: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    for resource_spans in out.split("ResourceSpans #").skip(1) {
+        let resource_spans = resource_spans.split("ResourceMetrics #").next().unwrap_or(resource_spans);
+        let mut parts = resource_spans.split("Span #");
+        let resource = parts.next().unwrap_or("");
+        for span in parts {
+            if span.lines().any(|l| l.trim() == format!("Name           : {name}")) {
+                blocks.push(format!("{resource}\nSpan #{span}"));
+            }
+        }
+    }
+    blocks
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use varta_integration::{Collector, free_tcp_port, http, peers, varta, wait_for};
+use varta_integration::{Collector, free_tcp_port, http, peers, span_blocks, varta, wait_for};
 
 /// A third-party program running with its output in a log file, killed on drop.
 struct Peer {
@@ -401,22 +401,6 @@ fn checkout_stalls_reach_jaeger_and_prometheus_through_the_real_gateway_across_i
     reap(agent);
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
-}
-
-/// The Collector's debug exporter prints what it receives; the span blocks
-/// named `name` with their resource (as `otlp.rs` reads rotel's output).
-fn span_blocks(out: &str, name: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    for resource_spans in out.split("ResourceSpans #").skip(1) {
-        let mut parts = resource_spans.split("Span #");
-        let resource = parts.next().unwrap_or("");
-        for span in parts {
-            if span.lines().any(|l| l.trim() == format!("Name           : {name}")) {
-                blocks.push(format!("{resource}\nSpan #{span}"));
-            }
-        }
-    }
-    blocks
 }
 
 #[test]

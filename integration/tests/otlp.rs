@@ -460,19 +460,7 @@ impl Rotel {
     /// block it arrived under (so a block shows both who the span is about
     /// and what it says).
     fn span_blocks(&self, name: &str) -> Vec<String> {
-        let out = self.output();
-        let mut blocks = Vec::new();
-        for resource_spans in out.split("\nResourceSpans #").skip(1) {
-            let resource_spans = resource_spans.split("\nResourceMetrics #").next().unwrap_or(resource_spans);
-            let mut parts = resource_spans.split("\nSpan #");
-            let resource = parts.next().unwrap_or("");
-            for span in parts {
-                if span.lines().any(|l| l.trim() == format!("Name           : {name}")) {
-                    blocks.push(format!("{resource}\nSpan #{span}"));
-                }
-            }
-        }
-        blocks
+        varta_integration::span_blocks(&self.output(), name)
     }
 
     /// The printed resource blocks of metrics (`ResourceMetrics #` up to
