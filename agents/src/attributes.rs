@@ -6,10 +6,14 @@
 //! touches it. Memory is bounded: one compact [`Attributes`] (interned
 //! string ids, 48 bytes; ~75 bytes per agent with its key and index) per
 //! tracked local agent, removed when the agent's
-//! state is dropped, and each distinct string once, up to
-//! [`MAX_STRINGS`] / [`MAX_STRING_BYTES`] (beyond, new values are left out
-//! and counted). Command arguments are only kept when configured, because
-//! they can hold secrets.
+//! state is dropped, and each distinct string once while an agent refers
+//! to it (reference counts: a string no agent uses is freed at once, O(1)),
+//! up to [`MAX_STRINGS`] / [`MAX_STRING_BYTES`] (beyond, new values are
+//! left out and counted). Every value is cut to the store's value limit
+//! (default [`DEFAULT_VALUE_LIMIT`] bytes, at a character boundary;
+//! counted), like the OpenTelemetry SDK's attribute value length limit, so
+//! an agent's 100 KiB `OTEL_SERVICE_NAME` costs 256 bytes. Command
+//! arguments are only kept when configured, because they can hold secrets.
 //!
 //! Names and sources (semantic conventions): `process.pid`,
 //! `process.parent_pid` (stat), `process.executable.name` and
@@ -35,48 +39,126 @@ use crate::proc;
 pub const MAX_STRINGS: usize = 1 << 20;
 /// Bytes of distinct strings kept at most.
 pub const MAX_STRING_BYTES: usize = 64 << 20;
+/// Bytes an attribute value is cut to unless configured otherwise.
+pub const DEFAULT_VALUE_LIMIT: usize = 256;
 
 /// An interned string (an index into the store's strings).
 pub type Sym = Option<NonZeroU32>;
 
-/// Each distinct string once.
-#[derive(Debug, Default)]
+/// Each distinct string once, while referred to.
+#[derive(Debug)]
 struct Interner {
-    strings: Vec<Box<str>>,
+    /// `None`: a freed slot (listed in `free`).
+    strings: Vec<Option<Box<str>>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     bytes: usize,
     refused: u64,
+    truncated: u64,
+    value_limit: usize,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            strings: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            bytes: 0,
+            refused: 0,
+            truncated: 0,
+            value_limit: DEFAULT_VALUE_LIMIT,
+        }
+    }
+}
+
+/// `s` cut to at most `limit` bytes at a character boundary.
+fn cut(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Interner {
+    /// Takes a reference to `s` (cut to the value limit), storing it if new.
     fn intern(&mut self, s: &str) -> Sym {
         if s.is_empty() {
             return None;
         }
+        let short = cut(s, self.value_limit);
+        if short.len() < s.len() {
+            self.truncated += 1;
+        }
+        let s = short;
         let hash = self.hasher.hash_one(s);
         let strings = &self.strings;
-        if let Some(&i) = self.index.find(hash, |&i| &*strings[i as usize] == s) {
+        if let Some(&i) = self.index.find(hash, |&i| strings[i as usize].as_deref() == Some(s)) {
+            self.refs[i as usize] += 1;
             return NonZeroU32::new(i + 1);
         }
-        if self.strings.len() >= MAX_STRINGS || self.bytes + s.len() > MAX_STRING_BYTES {
+        if self.live() >= MAX_STRINGS || self.bytes + s.len() > MAX_STRING_BYTES {
             self.refused += 1;
             return None;
         }
-        let i = u32::try_from(self.strings.len()).ok()?;
-        self.strings.push(s.into());
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.strings[i as usize] = Some(s.into());
+                self.refs[i as usize] = 1;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.strings.len()).ok()?;
+                self.strings.push(Some(s.into()));
+                self.refs.push(1);
+                i
+            }
+        };
         self.bytes += s.len();
         let (strings, hasher) = (&self.strings, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| hasher.hash_one(&*strings[j as usize]));
+        self.index.insert_unique(hash, i, |&j| hasher.hash_one(strings[j as usize].as_deref().unwrap_or("")));
         NonZeroU32::new(i + 1)
     }
 
+    /// Gives back a reference; the string is freed when none is left.
+    fn release(&mut self, sym: Sym) {
+        let Some(i) = sym.map(|s| s.get() as usize - 1) else { return };
+        let Some(refs) = self.refs.get_mut(i) else { return };
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
+            return;
+        }
+        let Some(s) = self.strings[i].take() else { return };
+        let hash = self.hasher.hash_one(&*s);
+        if let Ok(entry) = self.index.find_entry(hash, |&j| j as usize == i) {
+            entry.remove();
+        }
+        self.bytes -= s.len();
+        self.free.push(i as u32);
+    }
+
+    fn live(&self) -> usize {
+        self.strings.len() - self.free.len()
+    }
+
     fn get(&self, sym: Sym) -> Option<&str> {
-        sym.and_then(|s| self.strings.get(s.get() as usize - 1)).map(|s| &**s)
+        sym.and_then(|s| self.strings.get(s.get() as usize - 1)).and_then(|s| s.as_deref())
     }
 
     fn memory_bytes(&self) -> usize {
-        self.bytes + self.strings.capacity() * std::mem::size_of::<Box<str>>() + self.index.allocation_size()
+        self.bytes
+            + self.strings.capacity() * std::mem::size_of::<Option<Box<str>>>()
+            + self.refs.capacity() * 4
+            + self.free.capacity() * 4
+            + self.index.allocation_size()
     }
 }
 
@@ -96,6 +178,24 @@ pub struct Attributes {
     pub service_namespace: Sym,
     pub service_instance_id: Sym,
     pub deployment_environment: Sym,
+}
+
+impl Attributes {
+    fn syms(&self) -> [Sym; 11] {
+        [
+            self.executable_name,
+            self.executable_path,
+            self.command,
+            self.command_args,
+            self.owner,
+            self.container_id,
+            self.pod_uid,
+            self.service_name,
+            self.service_namespace,
+            self.service_instance_id,
+            self.deployment_environment,
+        ]
+    }
 }
 
 /// Everything read for one process, before interning.
@@ -428,6 +528,12 @@ impl AttributeStore {
         AttributeStore { inner: RwLock::default(), host }
     }
 
+    /// Values are cut to `limit` bytes (at least 1).
+    pub fn with_value_limit(self, limit: usize) -> AttributeStore {
+        self.inner.write().unwrap_or_else(|p| p.into_inner()).strings.value_limit = limit.max(1);
+        self
+    }
+
     pub fn read(&self) -> StoreView<'_> {
         StoreView {
             inner: self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
@@ -457,7 +563,10 @@ impl AttributeStore {
             deployment_environment: i(&r.deployment_environment),
         };
         if let Some(at) = inner.find(pid, start_time) {
-            inner.entries[at].attrs = attrs;
+            let old = std::mem::replace(&mut inner.entries[at].attrs, attrs);
+            for sym in old.syms() {
+                inner.strings.release(sym);
+            }
             return;
         }
         let Ok(slot) = u32::try_from(inner.entries.len()) else { return };
@@ -482,7 +591,10 @@ impl AttributeStore {
             entry.remove();
         }
         let last = inner.entries.len() - 1;
-        inner.entries.swap_remove(at);
+        let gone = inner.entries.swap_remove(at);
+        for sym in gone.attrs.syms() {
+            inner.strings.release(sym);
+        }
         if at != last {
             // The last entry moved into `at`: repoint its index slot.
             let moved = inner.entries[at];
@@ -493,6 +605,11 @@ impl AttributeStore {
         }
     }
 
+    /// Values cut to the value limit so far.
+    pub fn truncated(&self) -> u64 {
+        self.read().inner.strings.truncated
+    }
+
     /// `(agents, distinct strings, strings refused, bytes held)`.
     pub fn usage(&self) -> (usize, usize, u64, usize) {
         let view = self.read();
@@ -500,7 +617,7 @@ impl AttributeStore {
         let bytes = i.entries.capacity() * std::mem::size_of::<Entry>()
             + i.index.allocation_size()
             + i.strings.memory_bytes();
-        (i.entries.len(), i.strings.strings.len(), i.strings.refused, bytes)
+        (i.entries.len(), i.strings.live(), i.strings.refused, bytes)
     }
 }
 
@@ -508,6 +625,43 @@ impl AttributeStore {
 mod tests {
     use super::*;
     use varta_proto::Source;
+
+    fn id(pid: u32) -> AgentId {
+        AgentId { source: Source::Local, pid, start_time: u64::from(pid) }
+    }
+
+    #[test]
+    fn strings_are_freed_when_no_agent_refers_to_them_and_values_are_cut() {
+        let store = AttributeStore::new(Host { clock_ticks: 100, boot_time_s: None });
+        let shared = Resolved { executable_name: Some("worker".into()), ..Resolved::default() };
+        store.insert(id(1), &shared);
+        let (_, start_strings, _, start_bytes) = store.usage();
+        // Churn: short-lived agents, each with values of its own, one huge.
+        for pid in 2..2_002u32 {
+            let r = Resolved {
+                executable_name: Some("worker".into()),
+                service_name: Some(format!("job-{pid}-{}", "x".repeat(100 << 10))),
+                command: Some(format!("/bin/job --run {pid}")),
+                ..Resolved::default()
+            };
+            store.insert(id(pid), &r);
+            let view = store.read();
+            let name = view.get(&id(pid)).and_then(|a| a.service_name()).map(str::len);
+            assert_eq!(name, Some(DEFAULT_VALUE_LIMIT), "cut to the limit");
+            drop(view);
+            store.remove(&id(pid));
+        }
+        let (agents, strings, refused, bytes) = store.usage();
+        assert_eq!((agents, strings, refused), (1, start_strings, 0), "back to the start");
+        assert!(bytes <= start_bytes + 64 * 1024, "only slot capacity remains: {bytes} vs {start_bytes}");
+        assert_eq!(store.truncated(), 2_000);
+        // A re-resolved agent gives back what it no longer uses.
+        store.insert(id(1), &Resolved { executable_name: Some("renamed".into()), ..Resolved::default() });
+        assert_eq!(store.usage().1, 1);
+        assert_eq!(store.read().get(&id(1)).and_then(|a| a.executable_name()), Some("renamed"));
+        // Cuts respect character boundaries.
+        assert_eq!(cut("ééé", 3), "é");
+    }
 
     const ID: &str = "3f4c1f1b0c2e4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
 

@@ -68,9 +68,25 @@ pub fn status(pid: u32) -> Option<Status> {
     parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
-/// `argv` from `/proc/<pid>/cmdline` (NUL-separated).
+/// Most bytes read from `/proc/<pid>/cmdline` (argv[0] and, opt-in, the
+/// arguments: any longer is cut, as attribute values are anyway).
+pub const MAX_CMDLINE_BYTES: u64 = 64 << 10;
+/// Most bytes read from `/proc/<pid>/environ` (an agent controls its size;
+/// the kernel allows megabytes).
+pub const MAX_ENVIRON_BYTES: u64 = 1 << 20;
+
+/// At most `max` bytes of a file.
+fn read_bounded(path: &str, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    fs::File::open(path).ok()?.take(max).read_to_end(&mut raw).ok()?;
+    Some(raw)
+}
+
+/// `argv` from `/proc/<pid>/cmdline` (NUL-separated), at most
+/// [`MAX_CMDLINE_BYTES`] of it.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = read_bounded(&format!("/proc/{pid}/cmdline"), MAX_CMDLINE_BYTES)?;
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -80,9 +96,12 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 }
 
 /// The environment variables `/proc/<pid>/environ` holds that `wanted`
-/// accepts (readable for our own user's processes, or as root).
+/// accepts (readable for our own user's processes, or as root), from its
+/// first [`MAX_ENVIRON_BYTES`].
 pub fn environ(pid: u32, wanted: impl Fn(&str) -> bool) -> Vec<(String, String)> {
-    let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else { return Vec::new() };
+    let Some(raw) = read_bounded(&format!("/proc/{pid}/environ"), MAX_ENVIRON_BYTES) else {
+        return Vec::new();
+    };
     raw.split(|&b| b == 0)
         .filter_map(|kv| {
             let kv = std::str::from_utf8(kv).ok()?;

@@ -37,6 +37,9 @@ fn default_window() -> Duration {
 fn default_queue_size() -> usize {
     65_536
 }
+fn default_value_limit() -> usize {
+    attributes::DEFAULT_VALUE_LIMIT
+}
 
 /// `diagnosis:` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,6 +73,10 @@ pub struct ResolverConfig {
     /// Notices (new agents, stalls) waiting for the resolver at most.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// Bytes an attribute value is cut to (an agent controls its
+    /// environment and command line).
+    #[serde(default = "default_value_limit")]
+    pub attribute_value_limit: usize,
 }
 
 impl Default for ResolverConfig {
@@ -78,6 +85,7 @@ impl Default for ResolverConfig {
             include_command_args: false,
             diagnosis: DiagnosisConfig::default(),
             queue_size: default_queue_size(),
+            attribute_value_limit: default_value_limit(),
         }
     }
 }
@@ -95,6 +103,9 @@ impl ResolverConfig {
         }
         if self.queue_size == 0 || self.queue_size > 1 << 24 {
             return Err("`queue_size` must be between 1 and 16777216".into());
+        }
+        if self.attribute_value_limit == 0 || self.attribute_value_limit > 65_536 {
+            return Err("`attribute_value_limit` must be between 1 and 65536".into());
         }
         Ok(())
     }
@@ -137,6 +148,8 @@ pub mod metric {
     pub static STRINGS_REFUSED: Metric =
         Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.");
     pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.");
+    pub static TRUNCATED: Metric =
+        Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.");
 }
 
 impl Instrumented for ResolverStats {
@@ -158,6 +171,7 @@ impl Instrumented for ResolverStats {
         out(Sample::new(&STRINGS, strings as u64));
         out(Sample::new(&STRINGS_REFUSED, refused));
         out(Sample::new(&BYTES, bytes as u64));
+        out(Sample::new(&TRUNCATED, self.store.truncated()));
     }
 }
 
@@ -179,7 +193,7 @@ pub struct Resolver {
 impl Resolver {
     /// Starts the thread (named `resolve-<name>`).
     pub fn start(name: &str, config: ResolverConfig) -> std::io::Result<(Resolver, ResolverHandle)> {
-        let store = Arc::new(AttributeStore::default());
+        let store = Arc::new(AttributeStore::default().with_value_limit(config.attribute_value_limit));
         let stats = Arc::new(ResolverStats { store: Arc::clone(&store), ..ResolverStats::default() });
         let (tx, notices) = bounded(config.queue_size);
         let (results_tx, results) = bounded(config.queue_size);
