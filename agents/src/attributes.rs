@@ -636,11 +636,15 @@ mod tests {
         let shared = Resolved { executable_name: Some("worker".into()), ..Resolved::default() };
         store.insert(id(1), &shared);
         let (_, start_strings, _, start_bytes) = store.usage();
-        // Churn: short-lived agents, each with values of its own, one huge.
-        for pid in 2..2_002u32 {
+        // Churn: 10,000 short-lived agents, each with values of its own
+        // (every tenth a 100 KiB service name).
+        for pid in 2..10_002u32 {
             let r = Resolved {
                 executable_name: Some("worker".into()),
-                service_name: Some(format!("job-{pid}-{}", "x".repeat(100 << 10))),
+                service_name: Some(format!(
+                    "job-{pid}-{}",
+                    "x".repeat(if pid % 10 == 0 { 100 << 10 } else { 300 })
+                )),
                 command: Some(format!("/bin/job --run {pid}")),
                 ..Resolved::default()
             };
@@ -654,7 +658,7 @@ mod tests {
         let (agents, strings, refused, bytes) = store.usage();
         assert_eq!((agents, strings, refused), (1, start_strings, 0), "back to the start");
         assert!(bytes <= start_bytes + 64 * 1024, "only slot capacity remains: {bytes} vs {start_bytes}");
-        assert_eq!(store.truncated(), 2_000);
+        assert_eq!(store.truncated(), 10_000);
         // A re-resolved agent gives back what it no longer uses.
         store.insert(id(1), &Resolved { executable_name: Some("renamed".into()), ..Resolved::default() });
         assert_eq!(store.usage().1, 1);
