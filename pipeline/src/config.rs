@@ -1,5 +1,7 @@
-//! Serde adapters shared by every component configuration.
+//! Serde adapters and the one error type shared by every component
+//! configuration.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -37,5 +39,37 @@ mod tests {
         assert_eq!(t.b, None);
         let err = serde_json::from_str::<T>(r#"{"a":"soon"}"#).expect_err("invalid");
         assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+}
+
+/// A component setting that cannot work, from any component's `validate`:
+/// `field` is the offending key's path below the component, dot-separated
+/// (`retry_on_failure.max_interval`), or empty when no single key is at
+/// fault. The collector turns it into a position in the configuration
+/// file (and, for merged configurations, the source that wrote the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// A message that names no single key.
+impl From<String> for FieldError {
+    fn from(message: String) -> FieldError {
+        FieldError { field: String::new(), message }
     }
 }

@@ -34,6 +34,14 @@ impl ConfigError {
     }
 }
 
+/// `tracker.threshold` → key path `threshold` below the component.
+impl From<ConfigError> for varta_pipeline::config::FieldError {
+    fn from(e: ConfigError) -> Self {
+        let below_type = e.field().split_once('.').map_or("", |(_, f)| f);
+        varta_pipeline::config::FieldError::new(below_type, e.to_string())
+    }
+}
+
 /// Default minimum interval between admitted beats of one agent (100 beats/s).
 pub const DEFAULT_PER_AGENT_MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Default global admission rate, beats per second.

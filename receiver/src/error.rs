@@ -22,6 +22,17 @@ pub enum ConfigError {
     UnauthenticatedUdp,
 }
 
+impl From<ConfigError> for varta_pipeline::config::FieldError {
+    fn from(e: ConfigError) -> Self {
+        // A missing key has no position of its own: point at the receiver.
+        let field: &'static str = match &e {
+            ConfigError::Invalid { field, .. } | ConfigError::NotApplicable { field, .. } => field,
+            ConfigError::Missing { .. } | ConfigError::UnauthenticatedUdp => "",
+        };
+        varta_pipeline::config::FieldError::new(field, e.to_string())
+    }
+}
+
 /// A receiver that could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {

@@ -38,6 +38,7 @@ use varta_agents::ResolverConfig;
 use varta_exporters::otlp::config::Protocol;
 use varta_exporters::prometheus::PrometheusConfig;
 use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
+use varta_pipeline::config::FieldError;
 use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
 use varta_receiver::VlpReceiverConfig;
 
@@ -100,6 +101,48 @@ impl ComponentFamily for ExporterConfig {
             }),
             _ => spanned_body(map, ExporterConfig::Debug),
         }
+    }
+}
+
+/// A component configuration's own checks, in the one error type every
+/// component's `validate` maps to.
+trait Validate {
+    fn validate(&self) -> Result<(), FieldError>;
+}
+
+impl Validate for ReceiverConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        let ReceiverConfig::Vlp(cfg) = self;
+        Ok(cfg.validate()?)
+    }
+}
+
+impl Validate for ProcessorConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            ProcessorConfig::RateLimit(cfg) => Ok(cfg.validate()?),
+            ProcessorConfig::Tracker(cfg) => Ok(cfg.validate()?),
+            ProcessorConfig::Resolver(cfg) => Ok(cfg.validate()?),
+            ProcessorConfig::Recovery(cfg) => Ok(cfg.validate()?),
+        }
+    }
+}
+
+impl Validate for ExporterConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            ExporterConfig::File(cfg) => Ok(cfg.validate()?),
+            ExporterConfig::Debug(_) => Ok(()),
+            ExporterConfig::Prometheus(cfg) => Ok(cfg.validate()?),
+            ExporterConfig::Otlp(cfg) => Ok(cfg.validate()?),
+        }
+    }
+}
+
+impl Validate for ExtensionConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        let ExtensionConfig::HealthCheck(cfg) = self;
+        Ok(cfg.validate()?)
     }
 }
 
@@ -401,12 +444,29 @@ impl Config {
         p.locate(e, (!path.is_empty()).then_some(path.as_slice()))
     }
 
+    /// Each component's own checks. Where one names the offending field,
+    /// the error points at that key (in a merged configuration, at the
+    /// source that wrote it); otherwise at the component.
+    fn check_components<T: ComponentFamily + Validate>(
+        &self,
+        section: &Components<T>,
+    ) -> Result<(), ConfigError> {
+        for c in &section.0 {
+            c.config.validate().map_err(|e| {
+                let id = c.id.to_string();
+                let path: Vec<&str> = [T::SECTION, id.as_str()]
+                    .into_iter()
+                    .chain(e.field.split('.').filter(|f| !f.is_empty()))
+                    .collect();
+                let path = if e.field.is_empty() { &[][..] } else { &path[..] };
+                self.error_on(path, Some(c.at), Some(format!("{}::{id}", T::SECTION)), e.message)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Semantic checks: component settings and pipeline wiring.
     fn check(&self) -> Result<(), ConfigError> {
-        for c in &self.extensions.0 {
-            let ExtensionConfig::HealthCheck(cfg) = &c.config;
-            cfg.validate().map_err(|m| self.error(Some(c.at), Some(format!("extensions::{}", c.id)), m))?;
-        }
         for (i, id) in self.service.extensions.iter().enumerate() {
             if self.extensions.get(id).is_none() {
                 return Err(self.error_on(
@@ -425,51 +485,10 @@ impl Config {
                 "`progress_timeout` must be at least 100ms".into(),
             ));
         }
-        // Where a component's check names the offending field, a merged
-        // configuration's error names the source of that field (`fields`:
-        // its key path below the component, dot-separated).
-        let field_error = |section: &str, id: &ComponentId, at: Position, fields: &str, m: String| {
-            let id = id.to_string();
-            let path: Vec<&str> = [section, id.as_str()]
-                .into_iter()
-                .chain(fields.split('.').filter(|f| !f.is_empty()))
-                .collect();
-            let path = if fields.is_empty() { &[][..] } else { &path[..] };
-            self.error_on(path, Some(at), Some(format!("{section}::{id}")), m)
-        };
-        for c in &self.receivers.0 {
-            let ReceiverConfig::Vlp(cfg) = &c.config;
-            cfg.validate().map_err(|e| {
-                let field = match &e {
-                    varta_receiver::ConfigError::Invalid { field, .. }
-                    | varta_receiver::ConfigError::NotApplicable { field, .. } => field,
-                    _ => "",
-                };
-                field_error("receivers", &c.id, c.at, field, e.to_string())
-            })?;
-        }
-        for c in &self.processors.0 {
-            // `tracker.threshold`: the type, then the key path.
-            let below_type = |e: varta_processor::ConfigError| {
-                (e.field().split_once('.').map_or("", |(_, f)| f).to_owned(), e.to_string())
-            };
-            let r = match &c.config {
-                ProcessorConfig::RateLimit(cfg) => cfg.validate().map_err(below_type),
-                ProcessorConfig::Tracker(cfg) => cfg.validate().map_err(below_type),
-                ProcessorConfig::Resolver(cfg) => cfg.validate().map_err(|m| (String::new(), m)),
-                ProcessorConfig::Recovery(cfg) => cfg.validate().map_err(|m| (String::new(), m)),
-            };
-            r.map_err(|(field, m)| field_error("processors", &c.id, c.at, &field, m))?;
-        }
-        for c in &self.exporters.0 {
-            let r = match &c.config {
-                ExporterConfig::File(cfg) => cfg.validate().map_err(|m| ("", m)),
-                ExporterConfig::Debug(_) => Ok(()),
-                ExporterConfig::Prometheus(cfg) => cfg.validate().map_err(|m| ("", m)),
-                ExporterConfig::Otlp(cfg) => cfg.validate().map_err(|e| (e.field, e.to_string())),
-            };
-            r.map_err(|(field, m)| field_error("exporters", &c.id, c.at, field, m))?;
-        }
+        self.check_components(&self.extensions)?;
+        self.check_components(&self.receivers)?;
+        self.check_components(&self.processors)?;
+        self.check_components(&self.exporters)?;
         if self.service.pipelines.is_empty() {
             return Err(self.error(
                 None,

@@ -308,6 +308,12 @@ pub struct OtlpConfigError {
     pub message: String,
 }
 
+impl From<OtlpConfigError> for varta_pipeline::config::FieldError {
+    fn from(e: OtlpConfigError) -> Self {
+        varta_pipeline::config::FieldError::new(e.field, e.to_string())
+    }
+}
+
 fn bad(field: &'static str, message: impl Into<String>) -> OtlpConfigError {
     OtlpConfigError { field, message: message.into() }
 }
