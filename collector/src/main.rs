@@ -9,6 +9,7 @@ mod logging;
 mod notify;
 mod pipeline;
 mod reload;
+mod reloads;
 mod runtime;
 mod signals;
 mod stats;
