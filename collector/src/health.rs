@@ -75,6 +75,15 @@ impl Default for HealthCheckConfig {
 }
 
 impl HealthCheckConfig {
+    /// Its connection bounds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            header_timeout: self.header_timeout,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.endpoint.parse::<SocketAddr>().map_err(|_| {
             format!("`endpoint` {:?} is not an IP:port address (e.g. 127.0.0.1:13133)", self.endpoint)
@@ -82,15 +91,7 @@ impl HealthCheckConfig {
         if !self.path.starts_with('/') {
             return Err(format!("`path` {:?} must start with `/`", self.path));
         }
-        if self.max_connections == 0 || self.max_connections > 65_536 {
-            return Err("`max_connections` must be between 1 and 65536".into());
-        }
-        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
-            return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
-        }
-        if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
-            return Err("`header_timeout` must be between 1ms and 5m".into());
-        }
+        self.limits().validate()?;
         Ok(())
     }
 }
@@ -219,11 +220,7 @@ impl HealthServer {
         };
         let (stop, stopped) = watch::channel(false);
         let path = config.path.clone();
-        let limits = Limits {
-            max_connections: config.max_connections,
-            max_connections_per_source: config.max_connections_per_source,
-            header_timeout: config.header_timeout,
-        };
+        let limits = config.limits();
         let connections = Arc::new(ConnectionStats::default());
         let task = runtime.spawn(httpd::serve(
             "health endpoint",

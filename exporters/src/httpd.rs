@@ -32,12 +32,29 @@ use tokio::sync::{Semaphore, watch};
 use varta_pipeline::clock::monotonic_ns;
 use varta_pipeline::{Metric, Sample};
 
-/// Connection bounds.
+/// Connection bounds (the `max_connections`, `max_connections_per_source`
+/// and `header_timeout` keys of every endpoint's configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_source: usize,
     pub header_timeout: Duration,
+}
+
+impl Limits {
+    /// The same bounds for every endpoint; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return Err("`max_connections` must be between 1 and 65536".into());
+        }
+        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
+            return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
+        }
+        if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
+            return Err("`header_timeout` must be between 1ms and 5m".into());
+        }
+        Ok(())
+    }
 }
 
 /// Connection counters of one endpoint.

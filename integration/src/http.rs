@@ -57,3 +57,22 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// The first value of the Prometheus instant query `q` at the server on
+/// loopback port `port`, once the query returns one.
+pub fn promql(port: u16, q: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query={}", url_encode(q));
+    let r = request("GET", &url, &[]).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+    v.pointer("/data/result/0/value/1")?.as_str()?.parse().ok()
+}
+
+/// `q` percent-encoded for a URL query (letters, digits, `_`, `.` kept).
+pub fn url_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -340,3 +340,13 @@ pub fn span_blocks(out: &str, name: &str) -> Vec<String> {
     }
     blocks
 }
+
+/// A `varta beat` agent beating every 50 ms on the collector's
+/// `varta.sock`, named `service` (its `OTEL_SERVICE_NAME`).
+pub fn service_agent(c: &Collector, service: &str) -> std::process::Child {
+    let sock = c.path("varta.sock");
+    varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
+        .env("OTEL_SERVICE_NAME", service)
+        .spawn()
+        .expect("spawn varta beat")
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use varta_integration::{Collector, free_tcp_port, http, peers, span_blocks, varta, wait_for};
+use varta_integration::{Collector, free_tcp_port, http, peers, span_blocks, wait_for};
 
 /// A third-party program running with its output in a log file, killed on drop.
 struct Peer {
@@ -255,20 +255,8 @@ impl Prometheus {
 
     /// The first value of an instant query, once it exists.
     fn query(&self, q: &str) -> Option<f64> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, encode(q));
-        let r = http::request("GET", &url, &[]).ok()?;
-        let v: Value = serde_json::from_slice(&r.body).ok()?;
-        v.pointer("/data/result/0/value/1")?.as_str()?.parse().ok()
+        http::promql(self.port, q)
     }
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -301,11 +289,7 @@ service:
 "#
     );
     let c = Collector::start(&text);
-    let sock = c.path("varta.sock");
-    let agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
-        .env("OTEL_SERVICE_NAME", "checkout")
-        .spawn()
-        .expect("spawn varta beat");
+    let agent = varta_integration::service_agent(&c, "checkout");
     (c, agent)
 }
 

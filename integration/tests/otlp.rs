@@ -268,11 +268,7 @@ fn start_with_checkout_agent(text: &str) -> (Collector, std::process::Child) {
         .replace("  tracker:\n    threshold: 300ms\n", "  tracker:\n    threshold: 300ms\n  resolver: {}\n")
         .replace("processors: [tracker]", "processors: [tracker, resolver]");
     let c = Collector::start(&text);
-    let sock = c.path("varta.sock");
-    let agent = varta(&["beat", "--socket", sock.to_str().expect("utf8"), "--every", "50ms"])
-        .env("OTEL_SERVICE_NAME", "checkout")
-        .spawn()
-        .expect("spawn varta beat");
+    let agent = varta_integration::service_agent(&c, "checkout");
     (c, agent)
 }
 

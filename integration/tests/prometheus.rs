@@ -335,11 +335,7 @@ impl Prometheus {
 
     /// The first value of an instant query, once it exists.
     fn query(&self, q: &str) -> Option<f64> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, encode(q));
-        let r = http::request("GET", &url, &[]).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-        let value = v.pointer("/data/result/0/value/1")?.as_str()?;
-        value.parse().ok()
+        http::promql(self.port, q)
     }
 }
 
@@ -348,15 +344,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::httpd::Limits;
 use serde::Deserialize;
 
 /// How scrapers authenticate.
@@ -118,6 +119,15 @@ impl PrometheusConfig {
     }
 
     /// Checks settings without touching files or sockets.
+    /// Its connection bounds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            header_timeout: self.header_timeout,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let addr = self.socket_addr()?;
         if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
@@ -150,15 +160,7 @@ impl PrometheusConfig {
         if self.rate_limit.burst == 0 {
             return Err("`rate_limit.burst` must be at least 1".into());
         }
-        if self.max_connections == 0 || self.max_connections > 65_536 {
-            return Err("`max_connections` must be between 1 and 65536".into());
-        }
-        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
-            return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
-        }
-        if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
-            return Err("`header_timeout` must be between 1ms and 5m".into());
-        }
+        self.limits().validate()?;
         Ok(())
     }
 }

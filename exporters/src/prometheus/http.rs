@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::httpd::{self, ConnectionStats, Limits};
+use crate::httpd::{self, ConnectionStats};
 use varta_pipeline::clock::monotonic_ns;
 use varta_pipeline::{Instrumented, Sample};
 use varta_proto::Key;
@@ -250,11 +250,7 @@ async fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<Full<Bytes>> {
 
 /// Accepts and serves scrapes until `stop` turns true (see [`crate::httpd`]).
 pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, stop: watch::Receiver<bool>) {
-    let limits = Limits {
-        max_connections: ep.config.max_connections,
-        max_connections_per_source: ep.config.max_connections_per_source,
-        header_timeout: ep.config.header_timeout,
-    };
+    let limits = ep.config.limits();
     let conn = Arc::clone(&ep.stats.conn);
     httpd::serve("metrics endpoint", listener, limits, conn, stop, move |req, peer| {
         respond(Arc::clone(&ep), req, peer)
