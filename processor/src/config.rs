@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::clock::Clock;
 pub use crate::threshold::{AdaptiveConfig, ThresholdRule};
 use crate::threshold::{MAX_RULES, Thresholds};
+use crate::tracker::MAX_WARMUP;
 
 /// A configuration value outside its allowed range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -292,8 +293,11 @@ impl TrackerConfig {
                 format!("must be between `min` ({:?}) and 7 days (got {max:?})", a.min),
             ));
         }
-        if a.warmup_beats == 0 {
-            return Err(ConfigError::invalid("tracker.adaptive.warmup_beats", "must be between 1 and 255"));
+        if a.warmup_beats == 0 || a.warmup_beats > MAX_WARMUP {
+            return Err(ConfigError::invalid(
+                "tracker.adaptive.warmup_beats",
+                format!("must be between 1 and {MAX_WARMUP} (got {})", a.warmup_beats),
+            ));
         }
         Ok(())
     }
@@ -361,6 +365,33 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert!(matches!(&err, Err(msg) if msg.contains("invalid duration")), "{err:?}");
+    }
+
+    #[test]
+    fn threshold_rules_and_learning_are_validated() -> Result<(), serde_json::Error> {
+        let tr: TrackerConfig = serde_json::from_str(
+            r#"{"thresholds": [{"match": {"service.name": "batch-*"}, "threshold": "10m"}],
+                "adaptive": {"enabled": true, "multiplier": 3, "min": "50ms", "warmup_beats": 4}}"#,
+        )?;
+        assert!(tr.validate().is_ok());
+        assert_eq!(tr.adaptive.max_or(tr.threshold), Duration::from_secs(20));
+        let bad = |f: &dyn Fn(&mut TrackerConfig)| {
+            let mut t = tr.clone();
+            f(&mut t);
+            t.validate().map_err(|e| e.to_string())
+        };
+        let e = bad(&|t| t.thresholds[0].threshold = Duration::from_millis(1));
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.thresholds[0].threshold:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.multiplier = 0.5);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.multiplier:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.max = Some(Duration::from_millis(20)));
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.max:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.warmup_beats = 64);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.warmup_beats:")), "{e:?}");
+        let e = bad(&|t| t.thresholds = vec![t.thresholds[0].clone(); 65]);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.thresholds:")), "{e:?}");
+        assert!(serde_json::from_str::<TrackerConfig>(r#"{"adaptive": {"enabld": true}}"#).is_err());
+        Ok(())
     }
 
     #[test]

@@ -465,15 +465,21 @@ impl Tracker {
         self.live.link_tail(&mut self.slots, class, idx);
     }
 
-    /// The earliest deadline among live agents and whose it is.
+    /// The earliest deadline among live agents and whose it is: one look
+    /// per non-empty class.
     #[inline]
     fn earliest(&self) -> Option<(u64, u32)> {
         let mut best: Option<(u64, u32)> = None;
-        for class in self.live.classes() {
-            let head = self.live.head(class);
-            let deadline = self.slots[head as usize].last_beat_ns.saturating_add(self.threshold_ns(class));
-            if best.is_none_or(|(b, _)| deadline < b) {
-                best = Some((deadline, head));
+        for (w, &word) in self.live.nonempty.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let class = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let head = self.live.lists[class].head;
+                let deadline = self.slots[head as usize].last_beat_ns.saturating_add(self.class_ns[class]);
+                if best.is_none_or(|(b, _)| deadline < b) {
+                    best = Some((deadline, head));
+                }
             }
         }
         best
@@ -637,6 +643,51 @@ mod tests {
         assert_eq!(live_order(&t), [2, 3]);
         assert_eq!(t.evictable(u64::MAX, 1), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn per_agent_deadlines_cost_no_bytes() {
+        // Class, rule and learned interval live in what was padding and in
+        // the host pid's place (it always equals the key pid).
+        assert_eq!(std::mem::size_of::<Slot>(), 104);
+        assert_eq!(std::mem::size_of::<crate::snapshot::AgentView>(), 64);
+    }
+
+    #[test]
+    fn classes_keep_their_own_order_and_the_earliest_deadline_wins() {
+        // Class 0: 100 ns; class 1: 30 ns; class 2: 1000 ns.
+        let mut t = Tracker::new(8, &[100, 30, 1000]);
+        let mut add_in = |pid: u32, now: u64, class: Class| {
+            let h = t.hash(&Source::Local, pid);
+            let idx = t.insert(h, Slot::new(Source::Local, pid, 0, Transport::Uds, now, class));
+            if let Some(idx) = idx {
+                t.touch(idx, now, class);
+            }
+            idx
+        };
+        let a = add_in(1, 0, 0); // due at 100
+        add_in(2, 50, 1); // due at 80
+        add_in(3, 60, 2); // due at 1060
+        assert_eq!(t.next_deadline(), Some(80));
+        let due = t.due(80);
+        assert_eq!(due.map(|i| t.slot(i).pid), Some(2));
+        if let Some(i) = due {
+            t.mark_stalled(i);
+        }
+        assert_eq!(t.next_deadline(), Some(100));
+        // A beat can move an agent to another class.
+        if let Some(a) = a {
+            t.touch(a, 90, 2);
+        }
+        assert_eq!(t.next_deadline(), Some(1060));
+        // Eviction is by each agent's own threshold: pid 2 (30 ns) is
+        // evictable after 3 × 30 ns of silence.
+        assert_eq!(t.evictable(50 + 90, 3), None);
+        assert_eq!(t.evictable(50 + 91, 3).map(|i| t.slot(i).pid), Some(2));
+        // New classes (a reload): lists rebuilt in last-beat order.
+        t.set_classes(&[10, 20], |s| (0, if s.pid == 3 { 1 } else { 0 }));
+        assert_eq!(t.next_deadline(), Some(80), "pid 3: 60 + 20");
+        assert_eq!(t.slot(0).class(), 0);
     }
 
     #[test]
