@@ -615,7 +615,7 @@ impl Processor {
                 learned.observe(now.saturating_sub(previous_beat_ns), warmup);
             }
         }
-        let class = self.thresholds.effective(slot.rule, &learned);
+        let class = self.thresholds.effective_near(slot.rule, &learned, Some(slot.class()));
         self.tracker.touch(idx, now, class);
         let slot = self.tracker.slot_mut(idx);
         slot.set_learned(learned);

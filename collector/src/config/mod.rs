@@ -711,7 +711,7 @@ service:
     #[test]
     fn unknown_keys_types_and_ids_have_positions() {
         let e = error(&GOOD.replace("    threshold:", "    treshold:"));
-        assert!(e.starts_with("t.yaml:9:5: ") && e.contains("treshold"), "{e}");
+        assert!(e.starts_with("t.yaml:8:5: ") && e.contains("treshold"), "{e}");
         let e = error(&GOOD.replace("  debug:", "  kafka/x:"));
         assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `kafka`"), "{e}");
         let e = error(&GOOD.replace("service:", "servce:"));

@@ -93,7 +93,8 @@ fn ns(d: Duration) -> u64 {
 /// The learned-threshold part of [`Thresholds`].
 #[derive(Debug, Clone)]
 struct Ladder {
-    multiplier: f64,
+    /// `multiplier` in 1/65536ths (integer arithmetic on every beat).
+    multiplier_fx: u64,
     warmup: u8,
     min_ns: u64,
     /// The class of `adaptive.max` (the ceiling of agents no rule matches).
@@ -138,7 +139,7 @@ impl Thresholds {
                 class_ns.push(step.clamp(min_ns, top));
             }
             Ladder {
-                multiplier: adaptive.multiplier,
+                multiplier_fx: (adaptive.multiplier * 65536.0).round() as u64,
                 warmup: adaptive.warmup_beats,
                 min_ns,
                 max_class,
@@ -178,6 +179,14 @@ impl Thresholds {
     /// The class an agent runs under: `rule_class` while it has no learned
     /// interval (or learning is off), else its learned threshold's.
     pub fn effective(&self, rule_class: Class, learned: &Learned) -> Class {
+        self.effective_near(rule_class, learned, None)
+    }
+
+    /// [`Thresholds::effective`], searching the ladder from `near` (the
+    /// class the agent ran under so far): a learned interval moves at most
+    /// one step per beat, so the search is a step or two instead of a
+    /// logarithm on every beat. The answer does not depend on `near`.
+    pub fn effective_near(&self, rule_class: Class, learned: &Learned, near: Option<Class>) -> Class {
         let Some(l) = &self.ladder else { return rule_class };
         let Some(interval) = learned.interval_ns(l.warmup) else { return rule_class };
         let (ceiling_class, ceiling) = if rule_class == DEFAULT_CLASS {
@@ -185,17 +194,21 @@ impl Thresholds {
         } else {
             (rule_class, self.class_ns[usize::from(rule_class)])
         };
-        let wanted = (interval as f64 * l.multiplier).min(u64::MAX as f64) as u64;
+        let wanted =
+            u64::try_from((u128::from(interval) * u128::from(l.multiplier_fx)) >> 16).unwrap_or(u64::MAX);
         if ceiling <= l.min_ns || wanted >= ceiling {
             return ceiling_class;
         }
         let wanted = wanted.max(l.min_ns);
-        // The smallest step ≥ wanted: the estimate from logarithms, then
-        // corrected against the table (floating rounding).
-        let mut k = if l.ln_ratio > 0.0 {
-            ((wanted as f64 / l.min_ns as f64).ln() / l.ln_ratio).ceil().max(0.0) as usize
-        } else {
-            0
+        // The smallest step ≥ wanted: from `near` when it is a step, else
+        // estimated by logarithms; then corrected against the table.
+        let near = near.map(usize::from).filter(|&c| (l.first..l.first + l.steps).contains(&c));
+        let mut k = match near {
+            Some(c) => c - l.first,
+            None if l.ln_ratio > 0.0 => {
+                ((wanted as f64 / l.min_ns as f64).ln() / l.ln_ratio).ceil().max(0.0) as usize
+            }
+            None => 0,
         };
         k = k.min(l.steps - 1);
         let step = |k: usize| self.class_ns[l.first + k];
@@ -264,6 +277,23 @@ mod tests {
         // Not warmed up: the rule's (or default's) class.
         assert_eq!(t.effective(1, &Learned::default()), 1);
         assert!(t.class_ns().len() <= 256);
+    }
+
+    #[test]
+    fn the_search_hint_never_changes_the_answer() {
+        let adaptive = AdaptiveConfig { enabled: true, ..AdaptiveConfig::default() };
+        let t = Thresholds::new(Duration::from_secs(10), &[], &adaptive);
+        for interval in [1, 30, 99, 100, 101, 333, 1000, 4999, 24_999, 99_999] {
+            let l = learned(interval);
+            let want = t.effective(DEFAULT_CLASS, &l);
+            for near in 0..t.class_ns().len() {
+                assert_eq!(
+                    t.effective_near(DEFAULT_CLASS, &l, Some(near as Class)),
+                    want,
+                    "{interval} from {near}"
+                );
+            }
+        }
     }
 
     #[test]
