@@ -24,4 +24,23 @@ pub mod proc;
 pub mod resolver;
 
 pub use attributes::{AttributeStore, Attributes, StoreView};
+
+use std::sync::Arc;
+
+use varta_processor::recovery::AgentLabels;
+
+/// What a recovery runner's command templates may name of a local agent
+/// (`{service}`, `{exe}`, `{container}`), read from the resolver's `store`
+/// when there is one (`None`: every label unknown).
+pub fn recovery_labels(store: Option<Arc<AttributeStore>>) -> AgentLabels {
+    Box::new(move |agent| {
+        let view = store.as_ref().map(|s| s.read());
+        let a = view.as_ref().and_then(|v| v.get(agent));
+        [
+            a.and_then(|a| a.service_name()).map(str::to_owned),
+            a.and_then(|a| a.executable_name()).map(str::to_owned),
+            a.and_then(|a| a.container_id()).map(str::to_owned),
+        ]
+    })
+}
 pub use resolver::{Resolver, ResolverConfig, ResolverStats};
