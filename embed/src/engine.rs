@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use varta_agents::{AttributeStore, Resolver, ResolverConfig};
+use varta_exporters::otlp::wallclock::WallClock;
 use varta_exporters::{CollectorView, Exporter, ExporterQueue, Fanout, PipelineView};
 use varta_pipeline::Role;
 use varta_pipeline::threads::{join_by, spawn};
@@ -412,14 +413,22 @@ impl Engine {
     ) -> Result<Option<(opentelemetry::metrics::Meter, bool)>, EmbedError> {
         Self::helpers(name, resolver, recovery, parts)?;
         let store = parts.attributes.clone();
+        let clock = WallClock::new(snapshots.latest().clock);
         if let Some(callback) = incidents {
-            let exporter = IncidentExporter::new(callback, snapshots, store.clone());
+            let exporter = IncidentExporter::new(callback, clock.clone(), store.clone());
             output("incidents", Box::new(exporter), queue, parts)?;
         }
         let Some(t) = telemetry else { return Ok(None) };
         let durations = t.meter.as_ref().map(otel::metrics::stall_durations);
-        let (exporter, span_stats) =
-            otel::spans::SpanExporter::new(t.tracer, name, snapshots.clone(), store, capacity, durations);
+        let (exporter, span_stats) = otel::spans::SpanExporter::new(
+            t.tracer,
+            name,
+            snapshots.clone(),
+            clock,
+            store,
+            capacity,
+            durations,
+        );
         output("opentelemetry", Box::new(exporter), queue, parts)?;
         parts.view.add(Role::Exporter, "opentelemetry.spans", span_stats);
         Ok(t.meter.map(|m| (m, t.per_agent)))

@@ -18,7 +18,7 @@ use varta_agents::AttributeStore;
 use varta_exporters::Exporter;
 use varta_exporters::otlp::attrs;
 use varta_exporters::otlp::wallclock::WallClock;
-use varta_processor::{AgentRef, Event, EventKind, SnapshotReader};
+use varta_processor::{AgentRef, Event, EventKind};
 
 use crate::otel::convert;
 
@@ -98,12 +98,13 @@ impl std::fmt::Debug for IncidentExporter {
 }
 
 impl IncidentExporter {
+    /// `clock`: the pipeline's (shared with the span adapter, so both agree on times).
     pub fn new(
         callback: IncidentCallback,
-        snapshots: &SnapshotReader,
+        clock: WallClock,
         store: Option<Arc<AttributeStore>>,
     ) -> IncidentExporter {
-        IncidentExporter { callback, clock: WallClock::new(snapshots.latest().clock), store }
+        IncidentExporter { callback, clock, store }
     }
 }
 

@@ -40,7 +40,7 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::AnyValue;
 
     fn proto(key: &str, value: Option<any_value::Value>) -> ProtoKeyValue {
-        ProtoKeyValue { key: key.into(), value: Some(AnyValue { value }) }
+        ProtoKeyValue { key: key.into(), value: Some(AnyValue { value }), ..Default::default() }
     }
 
     #[test]

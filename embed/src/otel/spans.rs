@@ -146,6 +146,7 @@ impl SpanExporter {
         tracer: Option<BoxedTracer>,
         pipeline: &str,
         snapshots: SnapshotReader,
+        clock: WallClock,
         store: Option<Arc<AttributeStore>>,
         capacity: usize,
         durations: Option<opentelemetry::metrics::Histogram<f64>>,
@@ -155,7 +156,7 @@ impl SpanExporter {
             tracer,
             // The ids it makes are not used: the host's SDK assigns them.
             spans: SpanBuilder::new(IdSource::new(0, pipeline), pipeline).with_attributes(store),
-            clock: WallClock::new(snapshots.latest().clock),
+            clock,
             snapshots,
             parents: Parents { capacity: capacity.max(1), ..Parents::default() },
             stats: stats.clone(),
