@@ -78,7 +78,7 @@ pub fn value(rm: &ResourceMetrics, name: &str, with: &[KeyValue]) -> Option<u64>
     let m = rm.scope_metrics().flat_map(|s| s.metrics()).find(|m| m.name() == name)?;
     let has = |attrs: &mut dyn Iterator<Item = &KeyValue>| {
         let attrs: Vec<&KeyValue> = attrs.collect();
-        with.iter().all(|w| attrs.iter().any(|a| *a == w))
+        with.iter().all(|w| attrs.contains(&w))
     };
     match m.data() {
         AggregatedMetrics::U64(MetricData::Sum(s)) => {
