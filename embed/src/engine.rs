@@ -284,7 +284,7 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    fn start(b: EngineBuilder) -> Result<Engine, EmbedError> {
+    fn start(mut b: EngineBuilder) -> Result<Engine, EmbedError> {
         if b.receivers.is_empty() {
             return Err(EmbedError::NoReceiver);
         }
@@ -315,17 +315,7 @@ impl Engine {
             helpers_end_within: Duration::ZERO,
             attributes: None,
         };
-        let meter = match Self::outputs(
-            &b.name,
-            b.resolver,
-            b.recovery,
-            b.incidents,
-            b.telemetry,
-            b.output_queue,
-            capacity,
-            &snapshots,
-            &mut parts,
-        ) {
+        let meter = match Self::outputs(&mut b, capacity, &snapshots, &mut parts) {
             Ok(meter) => meter,
             Err(e) => {
                 parts.abandon();
@@ -399,26 +389,22 @@ impl Engine {
 
     /// Starts the helpers and the outputs; returns the meter to register
     /// the metrics on once everything runs.
-    #[allow(clippy::too_many_arguments)]
+    /// (Takes the helpers' and outputs' settings out of `b`.)
     fn outputs(
-        name: &str,
-        resolver: Option<ResolverConfig>,
-        recovery: Option<RecoveryConfig>,
-        incidents: Option<IncidentCallback>,
-        telemetry: Option<OpenTelemetry>,
-        queue: usize,
+        b: &mut EngineBuilder,
         capacity: usize,
         snapshots: &SnapshotReader,
         parts: &mut Parts,
     ) -> Result<Option<(opentelemetry::metrics::Meter, bool)>, EmbedError> {
-        Self::helpers(name, resolver, recovery, parts)?;
+        let (name, queue) = (b.name.as_str(), b.output_queue);
+        Self::helpers(name, b.resolver.take(), b.recovery.take(), parts)?;
         let store = parts.attributes.clone();
         let clock = WallClock::new(snapshots.latest().clock);
-        if let Some(callback) = incidents {
+        if let Some(callback) = b.incidents.take() {
             let exporter = IncidentExporter::new(callback, clock.clone(), store.clone());
             output("incidents", Box::new(exporter), queue, parts)?;
         }
-        let Some(t) = telemetry else { return Ok(None) };
+        let Some(t) = b.telemetry.take() else { return Ok(None) };
         let durations = t.meter.as_ref().map(otel::metrics::stall_durations);
         let (exporter, span_stats) = otel::spans::SpanExporter::new(
             t.tracer,

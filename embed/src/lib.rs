@@ -56,6 +56,6 @@ pub use otel::OpenTelemetry;
 
 pub use varta_agents::ResolverConfig;
 pub use varta_processor::recovery::RecoveryConfig;
-pub use varta_processor::{Event, EventKind, RateLimitConfig, TrackerConfig};
+pub use varta_processor::{AgentRef, Event, EventKind, RateLimitConfig, RecoveryOutcome, TrackerConfig};
 pub use varta_proto::duration::parse_duration;
 pub use varta_receiver::{SocketMode, TransportKind, VlpReceiverConfig};

@@ -119,9 +119,12 @@ fn stall_resume_and_refused_frames_reach_the_hosts_sdk_in_the_collectors_shape()
     assert_eq!(value(&rm, "varta.agent.beats", std::slice::from_ref(&pid)), Some(4));
     assert_eq!(value(&rm, "varta.agent.stalls", std::slice::from_ref(&pid)), Some(2));
     assert_eq!(value(&rm, "varta.agent.status", std::slice::from_ref(&pid)), Some(3), "3: stalled");
-    let (count, sum) =
+    let (count, sum, bounds) =
         histogram(&rm, "varta.stall.duration", std::slice::from_ref(&pipeline)).expect("histogram");
     assert_eq!((count, sum), (1, silence_ns as f64 / 1e9));
+    let collectors: Vec<f64> =
+        varta_processor::STALL_DURATION_BOUNDS_NS.iter().map(|&ns| ns as f64 / 1e9).collect();
+    assert_eq!(bounds, collectors, "the collector's buckets");
     assert_eq!(
         value(&rm, "varta.collector.exporter.dropped", &[KeyValue::new("component", "incidents")]),
         Some(0),

@@ -259,3 +259,54 @@ impl Exporter for SpanExporter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    use varta_proto::Source;
+
+    fn agent(pid: u32) -> AgentId {
+        AgentId { source: Source::Local, pid, start_time: 1 }
+    }
+
+    fn cx(n: u64) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(u128::from(n)),
+            SpanId::from(n),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    #[test]
+    fn children_find_their_incident_while_open_and_for_a_while_after() {
+        let mut p = Parents { capacity: 2, ..Parents::default() };
+        p.opened(agent(1), 10, cx(10));
+        assert_eq!(p.find(&agent(1), 10), Some(&cx(10)));
+        assert_eq!(p.find(&agent(1), 11), None, "another incident of the same agent");
+        p.close(&agent(1));
+        assert!(p.open.is_empty());
+        assert_eq!(p.find(&agent(1), 10), Some(&cx(10)), "a late recovery still finds its stall");
+        for i in 0..RECENT_INCIDENTS as u64 {
+            p.opened(agent(2), 100 + i, cx(100 + i));
+            p.close(&agent(2));
+        }
+        assert_eq!(p.find(&agent(1), 10), None, "the ring forgets the oldest");
+        assert_eq!(p.recent.len(), RECENT_INCIDENTS);
+    }
+
+    #[test]
+    fn open_incidents_stay_within_the_tracker_capacity() {
+        let mut p = Parents { capacity: 2, ..Parents::default() };
+        for pid in 1..=5 {
+            p.opened(agent(pid), u64::from(pid), cx(u64::from(pid)));
+            assert!(p.open.len() <= 2);
+        }
+        // Whoever was pushed out is still findable among the recent ones.
+        for pid in 1..=5u32 {
+            assert_eq!(p.find(&agent(pid), u64::from(pid)), Some(&cx(u64::from(pid))));
+        }
+    }
+}

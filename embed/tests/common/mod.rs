@@ -91,12 +91,12 @@ pub fn value(rm: &ResourceMetrics, name: &str, with: &[KeyValue]) -> Option<u64>
     }
 }
 
-/// Count and sum of the histogram `name`'s point with `with`.
-pub fn histogram(rm: &ResourceMetrics, name: &str, with: &[KeyValue]) -> Option<(u64, f64)> {
+/// Count, sum and bucket bounds of the histogram `name`'s point with `with`.
+pub fn histogram(rm: &ResourceMetrics, name: &str, with: &[KeyValue]) -> Option<(u64, f64, Vec<f64>)> {
     let m = rm.scope_metrics().flat_map(|s| s.metrics()).find(|m| m.name() == name)?;
     let AggregatedMetrics::F64(MetricData::Histogram(h)) = m.data() else { return None };
     let p = h.data_points().find(|p| with.iter().all(|w| p.attributes().any(|a| a == w)))?;
-    Some((p.count(), p.sum()))
+    Some((p.count(), p.sum(), p.bounds().collect()))
 }
 
 /// The value of attribute `key` of `span`.
