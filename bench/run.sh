@@ -124,7 +124,7 @@ receivers:
   vlp/bench: $2
 processors:
   ratelimit: { per_agent_min_interval: "0", global_rate: 0 }
-  tracker: { threshold: ${THRESHOLD_MS}ms, capacity: $3 }
+  tracker: { threshold: ${THRESHOLD_MS}ms, capacity: $3${OURS_TRACKER_EXTRA:-} }
 exporters:
   file: { path: $5, beats: $4 }
 $prom_def
@@ -338,6 +338,33 @@ stall_once() { # stall_once IMPL CASE TRANSPORT AGENTS INTERVAL REP
     log "stall $case $impl rep $rep: $s"
 }
 
+# Per-agent deadlines: 100,000 UDP agents in four loads from 127.0.0.1–4,
+# whose thresholds differ by source rule (1 s default, 700 ms, 1.3 s, 1.6 s).
+# Lateness is measured against each stall line's own threshold.
+stall_mixed_once() { # stall_mixed_once REP
+    local rep=$1 ev=$WORK/ours.events k0 k1 i pids=() reports=()
+    k0=$(udp_rcvbuf_errors)
+    OURS_TRACKER_EXTRA=", thresholds: [{ match: { source: 127.0.0.2 }, threshold: 700ms }, { match: { source: 127.0.0.3 }, threshold: 1300ms }, { match: { source: 127.0.0.4 }, threshold: 1600ms }]" \
+        start_ours udp 1100000 false "$ev"
+    for i in 1 2 3 4; do
+        "$LOAD" --transport udp --target "$(target_for ours udp)" --bind "127.0.0.$i" --pid-base $((i * 100000)) \
+            --agents 25000 --interval "$STALL_BIG_INTERVAL" --duration 4500ms --stop-fraction 0.1 --stop-after 2s \
+            --report "$WORK/load$i.json" 2>>"$WORK/load.log" &
+        pids+=($!)
+        reports+=("$WORK/load$i.json")
+    done
+    wait "${pids[@]}"
+    stop_ours
+    k1=$(udp_rcvbuf_errors)
+    local s rate=0
+    s=$("$TOOL" stall --report "${reports[@]}" --events "$ev" --threshold 1s)
+    for i in 1 2 3 4; do
+        rate=$(awk -v a="$rate" -v b="$(json "$WORK/load$i.json" achieved_rate)" 'BEGIN { printf "%.0f", a + b }')
+    done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' udp-100000-mixed ours "$rep" "$s" "$rate" "$((k1 - k0))" >>"$RESULTS/stall-latency.tsv"
+    log "stall udp-100000-mixed ours rep $rep: $s"
+}
+
 scenario_stall_latency() {
     printf 'case\timpl\trep\tstopped\tdetected\tfalse_stalls\tmin_us\tp50_us\tp99_us\tmax_us\torigin_ns\tsent_per_s\tkernel_drops\n' \
         >"$RESULTS/stall-latency.tsv"
@@ -348,10 +375,12 @@ scenario_stall_latency() {
         stall_once ours udp-4096 udp 4096 100ms "$rep"
         stall_once vw udp-4096 udp 4096 100ms "$rep"
         stall_once ours udp-100000 udp 100000 "$STALL_BIG_INTERVAL" "$rep"
+        stall_mixed_once "$rep"
     done
     header stall-latency "Stall detection latency (threshold 1 s, 10 % of agents stopped)"
     {
-        echo "latency = stall event observer_ns − (CLOCK_MONOTONIC just before the sendmmsg carrying the last beat + 1 s), per stopped agent;"
+        echo "latency = stall event observer_ns − (CLOCK_MONOTONIC just before the sendmmsg carrying the last beat + its threshold), per stopped agent;"
+        echo "udp-100000-mixed: four loads of 25,000 agents from 127.0.0.1–4 under thresholds of 1 s, 700 ms, 1.3 s and 1.6 s (rules on source)."
         echo "agents beat every 100 ms (udp-100000: every $STALL_BIG_INTERVAL). uds-256 uses 256 real sender processes."
         echo "varta-watch's event file counts from its own start; its origin is calibrated from its beat lines (see bench/src/analysis.rs)."
         echo "*false* = stall events for agents that never stopped (beats lost), *kernel* = UDP RcvbufErrors during the run."
@@ -359,7 +388,7 @@ scenario_stall_latency() {
         echo "| case | impl | detected/stopped | p50 (ms) | p99 (ms) | max (ms) | false stalls | kernel drops |"
         echo "|---|---|---:|---:|---:|---:|---:|---:|"
         local c i
-        for c in uds-256 udp-4096 udp-100000; do
+        for c in uds-256 udp-4096 udp-100000 udp-100000-mixed; do
             for i in ours vw; do
                 [[ -z "$(col "$RESULTS/stall-latency.tsv" "$c" "$i" 4)" ]] && continue
                 printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s |\n' "$c" "$([[ $i == vw ]] && echo varta-watch || echo ours)" \

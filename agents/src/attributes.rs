@@ -490,6 +490,21 @@ impl<'a> AttributesRef<'a> {
     }
 }
 
+/// What threshold rules (`tracker.thresholds`) read of an agent.
+impl varta_processor::AgentAttributes for AttributesRef<'_> {
+    fn attribute(&self, key: varta_processor::AttributeKey) -> Option<&str> {
+        use varta_processor::AttributeKey as K;
+        let a = self.attrs;
+        self.s(match key {
+            K::ServiceName => a.service_name,
+            K::ServiceNamespace => a.service_namespace,
+            K::ExecutableName => a.executable_name,
+            K::ContainerId => a.container_id,
+            K::PodUid => a.pod_uid,
+        })
+    }
+}
+
 /// Unix time of a process start (`start_time` in clock ticks since boot).
 pub fn creation_time_ns(start_time: u64, host: Host) -> Option<u64> {
     let boot = host.boot_time_s?;

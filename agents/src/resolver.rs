@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use serde::Deserialize;
 use varta_pipeline::{Instrumented, Metric, Sample};
-use varta_processor::{AgentId, AgentRef, Diagnosed, Inspector};
+use varta_processor::{AgentAttributes, AgentId, AgentRef, Diagnosed, Inspector};
 use varta_proto::Transport;
 
 use crate::attributes::{self, AttributeStore, Host};
@@ -135,7 +135,7 @@ pub mod metric {
     );
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
-        "New-agent and stall notices dropped: the resolver's backlog was full.",
+        "New-agent and stall notices dropped (the resolver's backlog was full), and resolved-agent notices the processor did not take.",
     );
     pub static DIAGNOSES: Metric = Metric::counter("diagnoses", "Stalls diagnosed.");
     pub static UNDIAGNOSED: Metric = Metric::labelled(
@@ -197,12 +197,14 @@ impl Resolver {
         let stats = Arc::new(ResolverStats { store: Arc::clone(&store), ..ResolverStats::default() });
         let (tx, notices) = bounded(config.queue_size);
         let (results_tx, results) = bounded(config.queue_size);
+        let (resolved_tx, resolved) = bounded(config.queue_size);
         let worker = Worker {
             config,
             host: Host::read(),
             store: Arc::clone(&store),
             stats: Arc::clone(&stats),
             results: results_tx,
+            resolved: resolved_tx,
             pending: VecDeque::new(),
         };
         let thread =
@@ -211,6 +213,7 @@ impl Resolver {
         let handle = ResolverHandle {
             tx,
             results,
+            resolved,
             stats: Arc::clone(&stats),
             diagnose: config.diagnosis.enabled,
             window_ns,
@@ -235,6 +238,8 @@ const REPOLL_NS: u64 = 10_000_000;
 pub struct ResolverHandle {
     tx: Sender<Notice>,
     results: Receiver<Diagnosed>,
+    /// Agents whose attributes were stored (for threshold rules on them).
+    resolved: Receiver<AgentId>,
     stats: Arc<ResolverStats>,
     diagnose: bool,
     window_ns: u64,
@@ -321,6 +326,18 @@ impl Inspector for ResolverHandle {
     fn next_poll(&self) -> Option<u64> {
         self.due.front().map(|&due| due.max(self.last_poll_ns.saturating_add(REPOLL_NS)))
     }
+
+    fn take_resolved(&mut self, out: &mut Vec<AgentId>) {
+        out.extend(self.resolved.try_iter());
+    }
+
+    fn with_attributes(&self, agent: &AgentId, f: &mut dyn FnMut(&dyn AgentAttributes)) {
+        let view = self.stats.store.read();
+        match view.get(agent) {
+            Some(attrs) => f(&attrs),
+            None => f(&varta_processor::threshold::Unresolved),
+        }
+    }
 }
 
 /// A diagnosis waiting for its second look.
@@ -337,6 +354,7 @@ struct Worker {
     store: Arc<AttributeStore>,
     stats: Arc<ResolverStats>,
     results: Sender<Diagnosed>,
+    resolved: Sender<AgentId>,
     pending: VecDeque<Pending>,
 }
 
@@ -383,6 +401,11 @@ impl Worker {
             Some(r) => {
                 self.store.insert(agent.id, &r);
                 self.stats.resolved.fetch_add(1, Relaxed);
+                if self.resolved.try_send(agent.id).is_err() {
+                    // The processor is not reading (or gone): its rules on
+                    // attributes miss this agent, which keeps the default.
+                    self.stats.notices_dropped.fetch_add(1, Relaxed);
+                }
             }
             None => {
                 self.stats.resolve_failed.fetch_add(1, Relaxed);

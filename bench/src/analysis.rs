@@ -72,12 +72,14 @@ pub fn stall_latency(
 ) -> std::io::Result<StallSummary> {
     // Per stopped pid: the beat line of its last frame, and its stall lines.
     let mut last_beat_line: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
-    let mut stalls: Vec<(u32, u64)> = Vec::new();
+    // (pid, observer time, the threshold it ran under)
+    let mut stalls: Vec<(u32, u64, u64)> = Vec::new();
     let mut false_stalls = 0;
     for line in events.lines() {
         let line = line?;
         let mut cols = line.split('\t');
-        let (Some(ts), Some(kind), Some(pid), nonce) = (cols.next(), cols.next(), cols.next(), cols.next())
+        let (Some(ts), Some(kind), Some(pid), nonce, _, detail) =
+            (cols.next(), cols.next(), cols.next(), cols.next(), cols.next(), cols.next())
         else {
             continue;
         };
@@ -89,7 +91,13 @@ pub fn stall_latency(
             ("beat", Some(last)) if nonce.and_then(|n| n.parse::<u64>().ok()) == Some(last.nonce) => {
                 last_beat_line.insert(pid, ts);
             }
-            ("stall", Some(_)) => stalls.push((pid, ts)),
+            ("stall", Some(_)) => {
+                // Per-agent deadlines: the line names its own threshold.
+                let own = detail.and_then(|d| {
+                    d.split(';').find_map(|kv| kv.strip_prefix("threshold_ns=")?.parse::<u64>().ok())
+                });
+                stalls.push((pid, ts, own.unwrap_or(threshold_ns)));
+            }
             ("stall", None) => false_stalls += 1,
             _ => {}
         }
@@ -100,20 +108,20 @@ pub fn stall_latency(
         .max()
         .filter(|&o| o > 1_000_000_000)
         .unwrap_or(0);
-    let mut first: HashMap<u32, u64> = HashMap::with_capacity(stopped.len());
-    for (pid, ts) in stalls {
+    let mut first: HashMap<u32, (u64, u64)> = HashMap::with_capacity(stopped.len());
+    for (pid, ts, threshold) in stalls {
         let ts = ts + origin;
         if let Some(last) = stopped.get(&pid)
             && ts >= last.sent_ns
         {
-            first.entry(pid).or_insert(ts);
+            first.entry(pid).or_insert((ts, threshold));
         }
     }
     let mut lat: Vec<f64> = first
         .iter()
-        .filter_map(|(pid, &ts)| {
+        .filter_map(|(pid, &(ts, threshold))| {
             let last = stopped.get(pid)?.sent_ns;
-            Some((ts as f64 - (last + threshold_ns) as f64) / 1e3)
+            Some((ts as f64 - (last + threshold) as f64) / 1e3)
         })
         .collect();
     lat.sort_by(f64::total_cmp);

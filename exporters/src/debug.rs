@@ -96,8 +96,17 @@ impl Display for Describe<'_> {
             EventKind::Beat { frame } => {
                 write!(f, "beat nonce={} status={} payload={}", frame.nonce, frame.status, frame.payload)
             }
-            EventKind::Stall { incident, silence_ns, .. } => {
-                write!(f, "agent stalled: silent for {:.1} ms (incident {incident})", ms(*silence_ns))
+            EventKind::Stall { incident, silence_ns, threshold_ns, learned_interval_ns, .. } => {
+                write!(
+                    f,
+                    "agent stalled: silent for {:.1} ms, threshold {:.1} ms",
+                    ms(*silence_ns),
+                    ms(*threshold_ns)
+                )?;
+                if *learned_interval_ns != 0 {
+                    write!(f, " (learned from its {:.1} ms beat)", ms(*learned_interval_ns))?;
+                }
+                write!(f, " (incident {incident})")
             }
             EventKind::Resume { incident, silence_ns, .. } => {
                 write!(f, "agent resumed after {:.1} ms of silence (incident {incident})", ms(*silence_ns))

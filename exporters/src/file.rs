@@ -232,7 +232,13 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::Beat { frame } => {
             writeln!(w, "{ns}\tbeat\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
         }
-        EventKind::Stall { last_nonce, .. } => writeln!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\t-"),
+        EventKind::Stall { last_nonce, threshold_ns, learned_interval_ns, .. } => {
+            write!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\tthreshold_ns={threshold_ns}")?;
+            if *learned_interval_ns != 0 {
+                write!(w, ";learned_interval_ns={learned_interval_ns}")?;
+            }
+            writeln!(w)
+        }
         EventKind::Resume { silence_ns, frame, .. } => {
             writeln!(w, "{ns}\tresume\t{pid}\t{}\t{}\t{silence_ns}", frame.nonce, frame.status)
         }
@@ -348,9 +354,25 @@ mod tests {
                 silence_ns: 100,
                 last_status: Status::Ok,
                 last_payload: 0,
+                threshold_ns: 100,
+                learned_interval_ns: 0,
             },
         };
-        assert_eq!(line(&stall), "200\tstall\t42\t5\tstall\t-\n");
+        assert_eq!(line(&stall), "200\tstall\t42\t5\tstall\tthreshold_ns=100\n");
+        let learned = Event {
+            kind: EventKind::Stall {
+                incident: 1,
+                last_beat_ns: 100,
+                last_nonce: 5,
+                silence_ns: 100,
+                last_status: Status::Ok,
+                last_payload: 0,
+                threshold_ns: 100,
+                learned_interval_ns: 25,
+            },
+            ..stall
+        };
+        assert_eq!(line(&learned), "200\tstall\t42\t5\tstall\tthreshold_ns=100;learned_interval_ns=25\n");
         let refused = |refusal| Event {
             at_ns: 300,
             agent: None,

@@ -268,7 +268,8 @@ fn a_changed_tracker_starts_its_pipeline_afresh() {
     let mut agent = uds_agent(&c, &["--count", "1"]);
     assert!(agent.wait().expect("exit").success());
     wait_for("its stall", || (c.counter("pipelines::liveness", "stalls", "") == 1).then_some(()));
-    reload(&c, &config(&dir, port, &["old.key"], "5s"));
+    // Thresholds are applied in place (tests/thresholds.rs); a new capacity is a new tracker.
+    reload(&c, &config(&dir, port, &["old.key"], "300ms, capacity: 99"));
     wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
     // A new tracker: no agents, counters from zero (a counter reset to
     // Prometheus), and the log says why.

@@ -13,12 +13,18 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::clock::Clock;
+pub use crate::threshold::{AdaptiveConfig, ThresholdRule};
+use crate::threshold::{MAX_RULES, Thresholds};
+use crate::tracker::MAX_WARMUP;
 
 /// A configuration value outside its allowed range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A field of one entry of `tracker.thresholds`.
+    #[error("tracker.thresholds[{index}].{field}: {reason}")]
+    InvalidRule { index: usize, field: &'static str, reason: String },
 }
 
 impl ConfigError {
@@ -30,15 +36,20 @@ impl ConfigError {
     pub fn field(&self) -> &'static str {
         match self {
             ConfigError::Invalid { field, .. } => field,
+            ConfigError::InvalidRule { .. } => "tracker.thresholds",
         }
     }
 }
 
-/// `tracker.threshold` → key path `threshold` below the component.
+/// `tracker.threshold` → key path `threshold` below the component;
+/// `tracker.thresholds[2].threshold` → `thresholds.2.threshold`.
 impl From<ConfigError> for varta_pipeline::config::FieldError {
     fn from(e: ConfigError) -> Self {
-        let below_type = e.field().split_once('.').map_or("", |(_, f)| f);
-        varta_pipeline::config::FieldError::new(below_type, e.to_string())
+        let path = match &e {
+            ConfigError::InvalidRule { index, field, .. } => format!("thresholds.{index}.{field}"),
+            ConfigError::Invalid { field, .. } => field.split_once('.').map_or("", |(_, f)| f).to_owned(),
+        };
+        varta_pipeline::config::FieldError::new(path, e.to_string())
     }
 }
 
@@ -172,7 +183,11 @@ pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 ///   published view of counters and agents (read by the metrics endpoints
 ///   and the stats dump) is refreshed at most this often while anything
 ///   changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// * `thresholds` (default none, at most 64): rules giving matching agents
+///   their own threshold, first match wins (see [`crate::threshold`]).
+/// * `adaptive` (default off): thresholds learned from each agent's own
+///   beat ([`AdaptiveConfig`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
     #[serde(deserialize_with = "varta_pipeline::config::duration")]
@@ -182,6 +197,8 @@ pub struct TrackerConfig {
     pub eviction_after: u32,
     #[serde(deserialize_with = "varta_pipeline::config::duration")]
     pub snapshot_interval: Duration,
+    pub thresholds: Vec<ThresholdRule>,
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Default for TrackerConfig {
@@ -192,13 +209,15 @@ impl Default for TrackerConfig {
             clock: Clock::Monotonic,
             eviction_after: DEFAULT_EVICTION_AFTER,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            thresholds: Vec::new(),
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
 
 impl TrackerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.threshold < MIN_THRESHOLD || self.threshold > MAX_THRESHOLD {
+        if !in_threshold_range(self.threshold) {
             return Err(ConfigError::invalid(
                 "tracker.threshold",
                 format!("must be between 10ms and 7 days (got {:?})", self.threshold),
@@ -224,7 +243,68 @@ impl TrackerConfig {
                 format!("must be between 10ms and 1m (got {:?})", self.snapshot_interval),
             ));
         }
+        self.validate_rules()?;
+        self.validate_adaptive()
+    }
+
+    fn validate_rules(&self) -> Result<(), ConfigError> {
+        if self.thresholds.len() > MAX_RULES {
+            return Err(ConfigError::invalid(
+                "tracker.thresholds",
+                format!("at most {MAX_RULES} rules (got {})", self.thresholds.len()),
+            ));
+        }
+        for (index, rule) in self.thresholds.iter().enumerate() {
+            let invalid = |field, reason: String| ConfigError::InvalidRule { index, field, reason };
+            if rule.matches.is_empty() {
+                return Err(invalid(
+                    "match",
+                    "must name at least one key (the default threshold is `threshold`)".into(),
+                ));
+            }
+            if !in_threshold_range(rule.threshold) {
+                return Err(invalid(
+                    "threshold",
+                    format!("must be between 10ms and 7 days (got {:?})", rule.threshold),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_adaptive(&self) -> Result<(), ConfigError> {
+        let a = &self.adaptive;
+        if !(1.0..=1000.0).contains(&a.multiplier) {
+            return Err(ConfigError::invalid(
+                "tracker.adaptive.multiplier",
+                format!("must be between 1 and 1000 (got {})", a.multiplier),
+            ));
+        }
+        if !in_threshold_range(a.min) {
+            return Err(ConfigError::invalid(
+                "tracker.adaptive.min",
+                format!("must be between 10ms and 7 days (got {:?})", a.min),
+            ));
+        }
+        let max = a.max_or(self.threshold);
+        if max < a.min || max > MAX_THRESHOLD {
+            return Err(ConfigError::invalid(
+                "tracker.adaptive.max",
+                format!("must be between `min` ({:?}) and 7 days (got {max:?})", a.min),
+            ));
+        }
+        if a.warmup_beats == 0 || a.warmup_beats > MAX_WARMUP {
+            return Err(ConfigError::invalid(
+                "tracker.adaptive.warmup_beats",
+                format!("must be between 1 and {MAX_WARMUP} (got {})", a.warmup_beats),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The threshold classes of this configuration.
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds::new(self.threshold, &self.thresholds, &self.adaptive)
     }
 
     pub fn snapshot_interval_ns(&self) -> u64 {
@@ -235,6 +315,10 @@ impl TrackerConfig {
     pub fn threshold_ns(&self) -> u64 {
         u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX)
     }
+}
+
+fn in_threshold_range(d: Duration) -> bool {
+    (MIN_THRESHOLD..=MAX_THRESHOLD).contains(&d)
 }
 
 pub use varta_proto::duration::parse_duration;
@@ -281,6 +365,33 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert!(matches!(&err, Err(msg) if msg.contains("invalid duration")), "{err:?}");
+    }
+
+    #[test]
+    fn threshold_rules_and_learning_are_validated() -> Result<(), serde_json::Error> {
+        let tr: TrackerConfig = serde_json::from_str(
+            r#"{"thresholds": [{"match": {"service.name": "batch-*"}, "threshold": "10m"}],
+                "adaptive": {"enabled": true, "multiplier": 3, "min": "50ms", "warmup_beats": 4}}"#,
+        )?;
+        assert!(tr.validate().is_ok());
+        assert_eq!(tr.adaptive.max_or(tr.threshold), Duration::from_secs(20));
+        let bad = |f: &dyn Fn(&mut TrackerConfig)| {
+            let mut t = tr.clone();
+            f(&mut t);
+            t.validate().map_err(|e| e.to_string())
+        };
+        let e = bad(&|t| t.thresholds[0].threshold = Duration::from_millis(1));
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.thresholds[0].threshold:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.multiplier = 0.5);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.multiplier:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.max = Some(Duration::from_millis(20)));
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.max:")), "{e:?}");
+        let e = bad(&|t| t.adaptive.warmup_beats = 64);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.warmup_beats:")), "{e:?}");
+        let e = bad(&|t| t.thresholds = vec![t.thresholds[0].clone(); 65]);
+        assert!(matches!(&e, Err(m) if m.starts_with("tracker.thresholds:")), "{e:?}");
+        assert!(serde_json::from_str::<TrackerConfig>(r#"{"adaptive": {"enabld": true}}"#).is_err());
+        Ok(())
     }
 
     #[test]

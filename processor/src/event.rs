@@ -75,6 +75,11 @@ pub enum EventKind {
         silence_ns: u64,
         last_status: Status,
         last_payload: u32,
+        /// The threshold the agent ran under (its rule's, the default, or learned).
+        threshold_ns: u64,
+        /// Its learned beat interval, 0 while nothing is learned (learning
+        /// off, or still warming up).
+        learned_interval_ns: u64,
     },
     /// A stalled agent beat again after `silence_ns` of silence.
     Resume { incident: u64, silence_ns: u64, frame: Frame },

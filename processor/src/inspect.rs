@@ -10,6 +10,7 @@
 //! that cannot keep up drops work and counts it instead of pushing back.
 
 use crate::agent::{AgentId, AgentRef};
+use crate::threshold::{AgentAttributes, Unresolved};
 
 /// What a stalled process was doing, judged from two looks at `/proc`
 /// (at detection and a window later).
@@ -164,4 +165,12 @@ pub trait Inspector: Send {
     /// When the processor should poll again at the latest (processor time),
     /// while diagnoses are outstanding.
     fn next_poll(&self) -> Option<u64>;
+    /// Appends the agents whose attributes were resolved since the last
+    /// call (so threshold rules on attributes can apply to them).
+    fn take_resolved(&mut self, _out: &mut Vec<AgentId>) {}
+    /// Calls `f` with the agent's resolved attributes ([`Unresolved`] when
+    /// there are none). Returns at once: a short read, no I/O.
+    fn with_attributes(&self, _agent: &AgentId, f: &mut dyn FnMut(&dyn AgentAttributes)) {
+        f(&Unresolved)
+    }
 }

@@ -12,8 +12,12 @@
 //! * [`clock`]: `CLOCK_MONOTONIC` / `CLOCK_BOOTTIME` readings and the guard
 //!   that keeps processor time monotonic and counts anomalies.
 //! * [`ratelimit`]: per-agent minimum interval and global token bucket, O(1).
+//! * [`threshold`]: which threshold each agent runs under — rules by
+//!   attribute, transport and source, and thresholds learned from the
+//!   agent's own beat — as a few numbered classes.
 //! * [`tracker`]: slab of agent slots, hash index, intrusive live/stalled
-//!   recency lists; O(1) per beat, exact next deadline, bounded memory.
+//!   recency lists per threshold class; O(1) per beat, exact next deadline,
+//!   bounded memory.
 //! * [`agent`]: who an agent is ([`AgentId`], [`AgentRef`]), the data
 //!   types `event`, `inspect` and `recovery` share (so none imports another's).
 //! * [`event`]: the `Copy`, heap-free events and the [`EventSink`] trait.
@@ -36,6 +40,7 @@ pub mod ratelimit;
 pub mod recovery;
 pub mod snapshot;
 pub mod stats;
+pub mod threshold;
 pub mod tracker;
 
 pub use agent::{AgentId, AgentRef};
@@ -47,3 +52,4 @@ pub use processor::{Ended, Processor, StartTimeProbe};
 pub use recovery::{RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 pub use snapshot::{AgentState, AgentView, Snapshot, SnapshotReader};
 pub use stats::{ProcessorStats, STALL_DURATION_BOUNDS_NS, StallDurations, StatsSnapshot};
+pub use threshold::{AdaptiveConfig, AgentAttributes, AttributeKey, ThresholdRule};

@@ -22,8 +22,8 @@
 //!    `OriginConflict` (checked first so a weaker sender cannot use up the
 //!    agent's rate budget); a stronger one upgrades the pin;
 //! 2. per-agent interval, then global token bucket → `RateLimited`;
-//! 3. new agents: capacity (evict the oldest stalled agent silent for more
-//!    than `eviction_after × threshold`, else `CapacityExceeded`), then the
+//! 3. new agents: capacity (evict the stalled agent silent for more than
+//!    `eviction_after ×` its own threshold, else `CapacityExceeded`), then the
 //!    start time is probed once (UDS only);
 //! 4. sequencing ([`varta_proto::nonce_follows`]): advancing nonce → accepted;
 //!    panic frame with timestamp ≥ the last accepted → accepted; otherwise a
@@ -54,6 +54,7 @@ use crate::ratelimit::RateLimiter;
 use crate::recovery::{Recovered, RecoveryHandle};
 use crate::snapshot::{AgentState, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
+use crate::threshold::{Class, Thresholds, Unresolved, rules};
 use crate::tracker::{Slot, Tracker};
 
 /// Returns the process start time of a host pid (e.g. field 22 of
@@ -80,8 +81,13 @@ pub struct Processor {
     publisher: Publisher,
     inspector: Option<Box<dyn Inspector>>,
     recovery: Option<RecoveryHandle>,
-    eviction_after_ns: u64,
+    thresholds: Thresholds,
+    /// The capacity rule's factor: evict stalled agents silent longer than
+    /// this × their own threshold.
+    eviction_after: u64,
     next_incident: u64,
+    /// Scratch list of agents whose attributes were just resolved.
+    resolved: Vec<AgentId>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -111,21 +117,43 @@ impl Processor {
             rl.validate()?;
         }
         tracker.validate()?;
-        let threshold_ns = tracker.threshold_ns();
+        let thresholds = tracker.thresholds();
         let stats = Arc::new(ProcessorStats::new());
         Ok(Processor {
             limiter: RateLimiter::new(ratelimit.as_ref()),
-            tracker: Tracker::new(tracker.capacity, threshold_ns),
+            tracker: Tracker::new(tracker.capacity, thresholds.class_ns()),
             probe,
             clock: tracker.clock,
             guard: ClockGuard::new(),
             stats,
-            publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, threshold_ns),
+            publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, thresholds.class_ns()),
             inspector: None,
             recovery: None,
-            eviction_after_ns: threshold_ns.saturating_mul(u64::from(tracker.eviction_after)),
+            thresholds,
+            eviction_after: u64::from(tracker.eviction_after),
             next_incident: 1,
+            resolved: Vec::new(),
         })
+    }
+
+    /// Applies changed threshold settings (`threshold`, `thresholds`,
+    /// `adaptive`, `eviction_after`) to a processor that already tracks
+    /// agents (a reload): every agent keeps its state and what it learned,
+    /// and is judged by the new settings from now on — one re-evaluated
+    /// past its new deadline stalls at once. Other `tracker` settings
+    /// (capacity, clock, snapshot interval) need a new processor.
+    pub fn set_thresholds(&mut self, tracker: &TrackerConfig) -> Result<(), ConfigError> {
+        tracker.validate()?;
+        self.thresholds = tracker.thresholds();
+        self.eviction_after = u64::from(tracker.eviction_after);
+        let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
+        self.tracker.set_classes(thresholds.class_ns(), |slot| {
+            let rule = rule_class(thresholds, inspector, &slot.agent_ref());
+            (rule, thresholds.effective(rule, &slot.learned()))
+        });
+        self.publisher.set_classes(self.thresholds.class_ns());
+        self.publisher.mark_dirty();
+        Ok(())
     }
 
     /// Attaches the inspector told about agents and asked for stall
@@ -152,6 +180,7 @@ impl Processor {
                 inspector.agent_started(&slot.agent_ref(), now);
             }
         }
+        // Rules on attributes wait for the new inspector to resolve them again.
         self.publisher.mark_dirty();
     }
 
@@ -228,6 +257,7 @@ impl Processor {
     pub fn fire_due(&mut self, now_ns: u64, out: &mut dyn EventSink) -> Option<u64> {
         let now = self.advance_clock(now_ns, out);
         self.fire_stalls(now, out);
+        self.apply_resolved();
         self.emit_diagnoses(now, out);
         self.emit_recoveries(now, out);
         let wake =
@@ -248,6 +278,29 @@ impl Processor {
         if any {
             self.publisher.mark_dirty();
         }
+    }
+
+    /// Gives agents whose attributes were just resolved the rule those
+    /// attributes select; it takes effect at the agent's next beat (its
+    /// place in a class list is set by a beat, keeping every list in order).
+    fn apply_resolved(&mut self) {
+        let Some(inspector) = self.inspector.as_mut() else { return };
+        let mut resolved = std::mem::take(&mut self.resolved);
+        inspector.take_resolved(&mut resolved);
+        if self.thresholds.needs_attributes() {
+            for id in &resolved {
+                let hash = self.tracker.hash(&id.source, id.pid);
+                let Some(idx) = self.tracker.find(hash, &id.source, id.pid) else { continue };
+                let slot = self.tracker.slot(idx);
+                if slot.start_time() != id.start_time {
+                    continue; // another incarnation by now
+                }
+                let rule = rule_class(&self.thresholds, self.inspector.as_deref(), &slot.agent_ref());
+                self.tracker.slot_mut(idx).rule = rule;
+            }
+        }
+        resolved.clear();
+        self.resolved = resolved;
     }
 
     fn emit_diagnoses(&mut self, now: u64, out: &mut dyn EventSink) {
@@ -335,9 +388,12 @@ impl Processor {
             self.tracker.mark_stalled(idx);
             let incident = self.next_incident;
             self.next_incident += 1;
+            let threshold_ns = self.tracker.threshold_ns(self.tracker.slot(idx).class());
+            let warmup = self.thresholds.warmup();
             let slot = self.tracker.slot_mut(idx);
             slot.incident = incident;
             slot.stalls = slot.stalls.saturating_add(1);
+            let learned_interval_ns = warmup.and_then(|w| slot.learned().interval_ns(w)).unwrap_or(0);
             let last_beat_ns = slot.last_beat_ns;
             let last_nonce = slot.last_nonce().unwrap_or(0);
             let (last_status, last_payload) = (slot.status, slot.last_payload);
@@ -356,6 +412,8 @@ impl Processor {
                     silence_ns,
                     last_status,
                     last_payload,
+                    threshold_ns,
+                    learned_interval_ns,
                 },
             );
             let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));
@@ -443,11 +501,7 @@ impl Processor {
             return self.rate_limited(RateLimitReason::Global, unpinned, now, out);
         }
         let victim = if self.tracker.is_full() {
-            let stale = self
-                .tracker
-                .oldest_stalled()
-                .filter(|&v| now.saturating_sub(self.tracker.slot(v).last_beat_ns) > self.eviction_after_ns);
-            let Some(victim) = stale else {
+            let Some(victim) = self.tracker.evictable(now, self.eviction_after) else {
                 self.stats.capacity_exceeded();
                 let kind = EventKind::CapacityExceeded { pid: beat.frame.pid };
                 return Self::emit(out, now, Some(unpinned), kind);
@@ -462,7 +516,7 @@ impl Processor {
         // diagnosis) leaves `unknown`.
         let start_time =
             if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
-        let slot = new_slot(beat, start_time, now);
+        let slot = self.fresh_slot(beat, start_time, now);
         let idx = match victim {
             Some(victim) => {
                 let old = self.tracker.slot(victim).agent_ref();
@@ -486,6 +540,21 @@ impl Processor {
         };
         self.agent_started(idx, now);
         self.accept(idx, beat, now, wants_beats, out);
+    }
+
+    /// A fresh agent for `beat`, first admitted at `now`, under the rule
+    /// its first beat selects: only `transport` and `source` are known yet
+    /// (attributes follow from the resolver, see [`Processor::apply_resolved`]).
+    fn fresh_slot(&self, beat: &Beat, start_time: u64, now: u64) -> Slot {
+        let slot = Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, 0)
+            .with_frame_pid(beat.frame.pid);
+        if self.thresholds.rules().is_empty() {
+            return slot;
+        }
+        let rule = rules::first_match(self.thresholds.rules(), &slot.agent_ref(), &Unresolved);
+        let rule = self.thresholds.rule_class(rule);
+        Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, rule)
+            .with_frame_pid(beat.frame.pid)
     }
 
     fn agent_started(&mut self, idx: u32, now: u64) {
@@ -527,7 +596,7 @@ impl Processor {
         let old = self.tracker.slot(idx).agent_ref();
         self.stats.evicted(reason);
         Self::emit(out, now, Some(old), EventKind::Evicted { reason });
-        let fresh = new_slot(beat, start_time, now);
+        let fresh = self.fresh_slot(beat, start_time, now);
         self.tracker.reincarnate(idx, fresh);
         if let Some(inspector) = self.inspector.as_mut() {
             inspector.agent_gone(&old.id);
@@ -542,13 +611,23 @@ impl Processor {
         let was_stalled = slot.is_stalled();
         let previous_beat_ns = slot.last_beat_ns;
         let from = slot.status;
-        self.tracker.touch(idx, now);
+        let mut learned = slot.learned();
+        if let Some(warmup) = self.thresholds.warmup() {
+            if was_stalled {
+                // A stall teaches nothing; the resumed agent warms up afresh.
+                learned.forget();
+            } else if slot.beats > 0 {
+                learned.observe(now.saturating_sub(previous_beat_ns), warmup);
+            }
+        }
+        let class = self.thresholds.effective(slot.rule, &learned);
+        self.tracker.touch(idx, now, class);
         let slot = self.tracker.slot_mut(idx);
+        slot.set_learned(learned);
         slot.beats += 1;
         slot.status = frame.status;
         slot.last_timestamp = frame.timestamp;
         slot.last_payload = frame.payload;
-        slot.host_pid = beat.host_pid;
         if !frame.is_panic() {
             slot.set_last_nonce(frame.nonce);
         }
@@ -592,8 +671,18 @@ fn key_pid(beat: &Beat) -> u32 {
     if beat.transport == Transport::Uds { beat.host_pid } else { beat.frame.pid }
 }
 
-/// A fresh agent for `beat`, first admitted at `now`.
-fn new_slot(beat: &Beat, start_time: u64, now: u64) -> Slot {
-    Slot::new(beat.source, key_pid(beat), beat.host_pid, start_time, beat.transport, now)
-        .with_frame_pid(beat.frame.pid)
+/// The rule class of `agent` with everything known of it (its attributes,
+/// if an inspector resolved them).
+fn rule_class(thresholds: &Thresholds, inspector: Option<&dyn Inspector>, agent: &AgentRef) -> Class {
+    if thresholds.rules().is_empty() {
+        return crate::threshold::DEFAULT_CLASS;
+    }
+    let mut rule = None;
+    match inspector {
+        Some(i) if thresholds.needs_attributes() => i.with_attributes(&agent.id, &mut |attrs| {
+            rule = rules::first_match(thresholds.rules(), agent, attrs);
+        }),
+        _ => rule = rules::first_match(thresholds.rules(), agent, &Unresolved),
+    }
+    thresholds.rule_class(rule)
 }

@@ -47,6 +47,8 @@ pub struct AgentView {
     pub transport: Transport,
     /// Status of the last accepted frame, or `Stall` while stalled.
     pub status: Status,
+    /// Its threshold class: [`Snapshot::threshold_ns_of`] tells the threshold.
+    pub class: u8,
     pub beats: u64,
     /// Processor time of the last accepted beat (or of first admission).
     pub last_beat_ns: u64,
@@ -72,6 +74,7 @@ impl AgentView {
             stalls: slot.stalls,
             transport: agent.transport,
             status: if slot.is_stalled() { Status::Stall } else { slot.status },
+            class: slot.class(),
             beats: slot.beats,
             last_beat_ns: slot.last_beat_ns,
         }
@@ -121,7 +124,10 @@ pub struct Snapshot {
     /// Processor time (its clock) when the snapshot was taken.
     pub taken_ns: u64,
     pub clock: Clock,
+    /// The default threshold (`tracker.threshold`).
     pub threshold_ns: u64,
+    /// The threshold of every class (index: [`AgentView::class`]).
+    pub class_ns: Arc<[u64]>,
     /// The processor's `snapshot_interval`, in nanoseconds.
     pub interval_ns: u64,
     pub stats: StatsSnapshot,
@@ -139,6 +145,11 @@ impl Snapshot {
     pub fn memory_bytes(&self) -> usize {
         self.chunks.iter().map(|c| c.len() * std::mem::size_of::<AgentView>()).sum::<usize>()
             + self.chunks.capacity() * std::mem::size_of::<Arc<[AgentView]>>()
+    }
+
+    /// The threshold `agent` runs under.
+    pub fn threshold_ns_of(&self, agent: &AgentView) -> u64 {
+        self.class_ns.get(usize::from(agent.class)).copied().unwrap_or(self.threshold_ns)
     }
 
     /// Number of tracked agents (equals `stats.agents_tracked`).
@@ -208,6 +219,7 @@ pub struct Publisher {
     last_ns: Option<u64>,
     seq: u64,
     clock: Clock,
+    class_ns: Arc<[u64]>,
     /// Something changed since the last publication.
     dirty: bool,
     /// Scratch list of changed chunk indices (kept to reuse its allocation).
@@ -215,8 +227,17 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(interval_ns: u64, clock: Clock, threshold_ns: u64) -> Publisher {
-        let empty = Snapshot { clock, threshold_ns, interval_ns, ..Snapshot::default() };
+    /// `class_ns`: the threshold of every class (class 0 the default).
+    pub fn new(interval_ns: u64, clock: Clock, class_ns: &[u64]) -> Publisher {
+        let class_ns: Arc<[u64]> = Arc::from(class_ns);
+        let threshold_ns = class_ns.first().copied().unwrap_or(0);
+        let empty = Snapshot {
+            clock,
+            threshold_ns,
+            class_ns: Arc::clone(&class_ns),
+            interval_ns,
+            ..Snapshot::default()
+        };
         Publisher {
             shared: Arc::new(Shared {
                 latest: ArcSwap::from_pointee(empty),
@@ -228,9 +249,15 @@ impl Publisher {
             last_ns: None,
             seq: 0,
             clock,
+            class_ns,
             dirty: false,
             changed: Vec::new(),
         }
+    }
+
+    /// The thresholds changed (a reload); the next snapshot carries them.
+    pub fn set_classes(&mut self, class_ns: &[u64]) {
+        self.class_ns = Arc::from(class_ns);
     }
 
     pub fn reader(&self) -> SnapshotReader {
@@ -281,7 +308,8 @@ impl Publisher {
             seq: self.seq,
             taken_ns: now_ns,
             clock: self.clock,
-            threshold_ns: tracker.threshold_ns(),
+            threshold_ns: self.class_ns.first().copied().unwrap_or(0),
+            class_ns: Arc::clone(&self.class_ns),
             interval_ns: self.interval_ns,
             stats,
             chunks: self.chunks.clone(),

@@ -7,12 +7,16 @@
 //!   — the key is stored once, in the slot. Lookup, insert and replacement
 //!   are O(1); nothing allocates except when a *new* agent grows the slab
 //!   (never beyond `capacity`) or the index.
-//! * Two intrusive doubly-linked lists through the slots (`u32` links):
-//!   the *live* list in order of last accepted beat (head = next to stall,
-//!   because the threshold is shared) and the *stalled* list in order of
-//!   stall (head = eviction candidate). [`Tracker::touch`] moves an agent to
-//!   the live tail in O(1); [`Tracker::next_deadline`] is the live head's
-//!   last beat + threshold. No scan over agents ever happens on the hot path.
+//! * Every agent runs under a threshold *class* (see [`crate::threshold`]:
+//!   the default, a rule's, or a learned step — at most 256). Per class, two
+//!   intrusive doubly-linked lists through the slots (`u32` links): *live*
+//!   in order of last accepted beat — so its head is the class's next
+//!   stall, as the class shares one threshold — and *stalled* in order of
+//!   stall. [`Tracker::touch`] moves an agent to its class's live tail in
+//!   O(1); [`Tracker::next_deadline`] is the earliest of the live heads'
+//!   deadlines, found through a bitmap of non-empty classes (one word per
+//!   64 classes; one class without rules or learning). No scan over agents
+//!   ever happens on the hot path.
 //! * Memory per agent is bounded: [`Tracker::memory_bytes`] accounts the slab
 //!   and index allocations (≈ 110–130 bytes per agent at 1,000,000 agents).
 //!
@@ -24,19 +28,27 @@ use std::hash::BuildHasher;
 use varta_proto::{Source, Status, Transport};
 
 use crate::agent::{AgentId, AgentRef};
+use crate::threshold::learned::Code;
+use crate::threshold::{Class, Learned};
 
 /// "No slot" in the intrusive links.
 const NIL: u32 = u32::MAX;
 
 const STALLED: u8 = 1;
 const HAS_NONCE: u8 = 2;
+/// The upper six bits of `flags` count the gaps learned from (saturating).
+const GAPS_SHIFT: u32 = 2;
+/// Most warm-up gaps `flags` can count (`tracker.adaptive.warmup_beats` ≤ this).
+pub const MAX_WARMUP: u8 = (u8::MAX >> GAPS_SHIFT) as u8;
 
-/// One tracked agent.
+/// One tracked agent (104 bytes: no field is spare — the host pid is the
+/// key pid for every transport, and the learned-gap count shares `flags`).
 #[derive(Debug, Clone)]
 pub struct Slot {
     source: Source,
+    /// The key pid: the host pid (UDS, kernel-attested, and every network
+    /// receiver's `host_pid`, which is the frame pid there).
     pid: u32,
-    pub(crate) host_pid: u32,
     start_time: u64,
     /// Processor time of the last accepted beat (the stall clock).
     pub(crate) last_beat_ns: u64,
@@ -53,6 +65,12 @@ pub struct Slot {
     pub(crate) frame_pid: u32,
     prev: u32,
     next: u32,
+    /// The class it runs under now (whose lists hold it).
+    class: Class,
+    /// The class of its matching rule (or the default): its threshold while
+    /// nothing is learned, and the ceiling of what is.
+    pub(crate) rule: Class,
+    interval: Code,
     pub(crate) transport: Transport,
     /// Status carried by the last accepted frame.
     pub(crate) status: Status,
@@ -60,19 +78,19 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A fresh agent, first seen (admitted) at `now_ns`; no beat accepted yet.
+    /// A fresh agent, first seen (admitted) at `now_ns`; no beat accepted
+    /// yet; under `rule` (its class) until it learns otherwise.
     pub fn new(
         source: Source,
         pid: u32,
-        host_pid: u32,
         start_time: u64,
         transport: Transport,
         now_ns: u64,
+        rule: Class,
     ) -> Slot {
         Slot {
             source,
             pid,
-            host_pid,
             start_time,
             last_beat_ns: now_ns,
             last_admitted_ns: now_ns,
@@ -85,6 +103,9 @@ impl Slot {
             frame_pid: pid,
             prev: NIL,
             next: NIL,
+            class: rule,
+            rule,
+            interval: Code::default(),
             transport,
             status: Status::Ok,
             flags: 0,
@@ -102,13 +123,29 @@ impl Slot {
         AgentRef {
             id: AgentId { source: self.source, pid: self.pid, start_time: self.start_time },
             frame_pid: self.frame_pid,
-            host_pid: self.host_pid,
+            host_pid: self.pid,
             transport: self.transport,
         }
     }
 
     pub fn is_stalled(&self) -> bool {
         self.flags & STALLED != 0
+    }
+
+    /// The class whose threshold the agent runs under.
+    pub fn class(&self) -> Class {
+        self.class
+    }
+
+    /// What it learned of its own beat.
+    pub fn learned(&self) -> Learned {
+        Learned::from_parts(self.interval, self.flags >> GAPS_SHIFT)
+    }
+
+    pub(crate) fn set_learned(&mut self, learned: Learned) {
+        let (interval, gaps) = learned.parts();
+        self.interval = interval;
+        self.flags = (self.flags & ((1 << GAPS_SHIFT) - 1)) | (gaps.min(MAX_WARMUP) << GAPS_SHIFT);
     }
 
     /// The last accepted regular nonce, if any regular frame was accepted.
@@ -145,32 +182,69 @@ impl List {
     const EMPTY: List = List { head: NIL, tail: NIL };
 }
 
-fn link_tail(slots: &mut [Slot], list: &mut List, idx: u32) {
-    let i = idx as usize;
-    slots[i].prev = list.tail;
-    slots[i].next = NIL;
-    if list.tail == NIL {
-        list.head = idx;
-    } else {
-        slots[list.tail as usize].next = idx;
-    }
-    list.tail = idx;
+/// One list per class, and which of them are non-empty.
+#[derive(Debug)]
+struct Lists {
+    lists: Vec<List>,
+    nonempty: [u64; 4],
 }
 
-fn unlink(slots: &mut [Slot], list: &mut List, idx: u32) {
-    let (prev, next) = (slots[idx as usize].prev, slots[idx as usize].next);
-    if prev == NIL {
-        list.head = next;
-    } else {
-        slots[prev as usize].next = next;
+impl Lists {
+    fn new(classes: usize) -> Lists {
+        Lists { lists: vec![List::EMPTY; classes], nonempty: [0; 4] }
     }
-    if next == NIL {
-        list.tail = prev;
-    } else {
-        slots[next as usize].prev = prev;
+
+    fn head(&self, class: Class) -> u32 {
+        self.lists[usize::from(class)].head
     }
-    slots[idx as usize].prev = NIL;
-    slots[idx as usize].next = NIL;
+
+    /// The non-empty classes, ascending.
+    fn classes(&self) -> impl Iterator<Item = Class> + '_ {
+        self.nonempty.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let c = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    c as Class
+                })
+            })
+        })
+    }
+
+    fn link_tail(&mut self, slots: &mut [Slot], class: Class, idx: u32) {
+        let list = &mut self.lists[usize::from(class)];
+        let i = idx as usize;
+        slots[i].prev = list.tail;
+        slots[i].next = NIL;
+        if list.tail == NIL {
+            list.head = idx;
+            self.nonempty[usize::from(class) / 64] |= 1 << (class % 64);
+        } else {
+            slots[list.tail as usize].next = idx;
+        }
+        list.tail = idx;
+    }
+
+    fn unlink(&mut self, slots: &mut [Slot], class: Class, idx: u32) {
+        let list = &mut self.lists[usize::from(class)];
+        let (prev, next) = (slots[idx as usize].prev, slots[idx as usize].next);
+        if prev == NIL {
+            list.head = next;
+        } else {
+            slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            list.tail = prev;
+        } else {
+            slots[next as usize].prev = prev;
+        }
+        if list.head == NIL {
+            self.nonempty[usize::from(class) / 64] &= !(1 << (class % 64));
+        }
+        slots[idx as usize].prev = NIL;
+        slots[idx as usize].next = NIL;
+    }
 }
 
 /// Slots per view chunk: the published snapshot copies agent views in
@@ -180,16 +254,17 @@ pub const VIEW_CHUNK: usize = 1024;
 /// Initial slab/index reservation bound.
 const INITIAL_RESERVATION: usize = 4096;
 
-/// All tracked agents plus the two recency lists.
+/// All tracked agents plus the per-class recency lists.
 #[derive(Debug)]
 pub struct Tracker {
     slots: Vec<Slot>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     capacity: usize,
-    threshold_ns: u64,
-    live: List,
-    stalled: List,
+    /// Threshold of each class, nanoseconds.
+    class_ns: Vec<u64>,
+    live: Lists,
+    stalled: Lists,
     stalled_len: usize,
     /// One bit per [`VIEW_CHUNK`] of slots: set when a slot in it changed
     /// since the last [`Tracker::take_changed_chunks`].
@@ -197,18 +272,20 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// `capacity` must be ≥ 1 and < `u32::MAX` (validated by `TrackerConfig`).
-    pub fn new(capacity: usize, threshold_ns: u64) -> Tracker {
+    /// `capacity` must be ≥ 1 and < `u32::MAX` (validated by `TrackerConfig`);
+    /// `class_ns` holds 1 to 256 thresholds (class 0 the default).
+    pub fn new(capacity: usize, class_ns: &[u64]) -> Tracker {
         let capacity = capacity.clamp(1, NIL as usize - 1);
         let initial = capacity.min(INITIAL_RESERVATION);
+        let class_ns = valid_classes(class_ns);
         Tracker {
             slots: Vec::with_capacity(initial),
             index: HashTable::with_capacity(initial),
             hasher: DefaultHashBuilder::default(),
             capacity,
-            threshold_ns,
-            live: List::EMPTY,
-            stalled: List::EMPTY,
+            live: Lists::new(class_ns.len()),
+            stalled: Lists::new(class_ns.len()),
+            class_ns,
             stalled_len: 0,
             changed: Vec::new(),
         }
@@ -246,8 +323,15 @@ impl Tracker {
         self.stalled_len
     }
 
-    pub fn threshold_ns(&self) -> u64 {
-        self.threshold_ns
+    /// Threshold of every class, nanoseconds.
+    pub fn class_ns(&self) -> &[u64] {
+        &self.class_ns
+    }
+
+    /// The threshold `class` stands for.
+    #[inline]
+    pub fn threshold_ns(&self, class: Class) -> u64 {
+        self.class_ns[usize::from(class)]
     }
 
     pub fn len(&self) -> usize {
@@ -289,8 +373,8 @@ impl Tracker {
         self.slots.iter()
     }
 
-    /// Adds a new agent at the live tail. `None` when the tracker is full.
-    pub fn insert(&mut self, hash: u64, slot: Slot) -> Option<u32> {
+    /// Adds a new agent at its class's live tail. `None` when the tracker is full.
+    pub fn insert(&mut self, hash: u64, mut slot: Slot) -> Option<u32> {
         if self.is_full() {
             return None;
         }
@@ -300,6 +384,8 @@ impl Tracker {
             self.slots.reserve_exact(target - self.slots.len());
         }
         let idx = u32::try_from(self.slots.len()).ok()?;
+        self.clamp_classes(&mut slot);
+        let class = slot.class;
         self.slots.push(slot);
         let words = (self.slots.len().div_ceil(VIEW_CHUNK)).div_ceil(64);
         if self.changed.len() < words {
@@ -311,19 +397,28 @@ impl Tracker {
             let s = &slots[i as usize];
             hasher.hash_one((&s.source, s.pid))
         });
-        link_tail(&mut self.slots, &mut self.live, idx);
+        self.live.link_tail(&mut self.slots, class, idx);
         Some(idx)
     }
 
+    /// A slot's classes always name one of ours.
+    fn clamp_classes(&self, slot: &mut Slot) {
+        let last = (self.class_ns.len() - 1) as Class;
+        slot.class = slot.class.min(last);
+        slot.rule = slot.rule.min(last);
+    }
+
     /// Puts a new agent (with a different key) in the place of `victim`,
-    /// which leaves the index and its list. The new agent joins the live tail.
-    pub fn replace(&mut self, victim: u32, hash: u64, slot: Slot) {
+    /// which leaves the index and its list. The new agent joins its live tail.
+    pub fn replace(&mut self, victim: u32, hash: u64, mut slot: Slot) {
         self.unlink_any(victim);
         let old = &self.slots[victim as usize];
         let old_hash = self.hash(&old.source, old.pid);
         if let Ok(entry) = self.index.find_entry(old_hash, |&i| i == victim) {
             entry.remove();
         }
+        self.clamp_classes(&mut slot);
+        let class = slot.class;
         self.slots[victim as usize] = slot;
         self.note_change(victim);
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -331,67 +426,133 @@ impl Tracker {
             let s = &slots[i as usize];
             hasher.hash_one((&s.source, s.pid))
         });
-        link_tail(&mut self.slots, &mut self.live, victim);
+        self.live.link_tail(&mut self.slots, class, victim);
     }
 
     /// Starts a new incarnation of the agent in `idx` (same key): its state
-    /// is replaced by `slot` and it joins the live tail.
-    pub fn reincarnate(&mut self, idx: u32, slot: Slot) {
+    /// is replaced by `slot` and it joins its live tail.
+    pub fn reincarnate(&mut self, idx: u32, mut slot: Slot) {
         self.unlink_any(idx);
+        self.clamp_classes(&mut slot);
+        let class = slot.class;
         self.slots[idx as usize] = slot;
         self.note_change(idx);
-        link_tail(&mut self.slots, &mut self.live, idx);
+        self.live.link_tail(&mut self.slots, class, idx);
     }
 
     fn unlink_any(&mut self, idx: u32) {
-        if self.slots[idx as usize].is_stalled() {
-            unlink(&mut self.slots, &mut self.stalled, idx);
+        let slot = &self.slots[idx as usize];
+        let class = slot.class;
+        if slot.is_stalled() {
+            self.stalled.unlink(&mut self.slots, class, idx);
             self.stalled_len -= 1;
         } else {
-            unlink(&mut self.slots, &mut self.live, idx);
+            self.live.unlink(&mut self.slots, class, idx);
         }
     }
 
     /// Records an accepted beat at `now_ns`: the agent moves to the live
-    /// tail (leaving the stalled list if it was stalled).
+    /// tail of `class` (leaving the stalled list if it was stalled).
     #[inline]
-    pub fn touch(&mut self, idx: u32, now_ns: u64) {
+    pub fn touch(&mut self, idx: u32, now_ns: u64, class: Class) {
         self.unlink_any(idx);
         self.note_change(idx);
+        let class = class.min((self.class_ns.len() - 1) as Class);
         let slot = &mut self.slots[idx as usize];
         slot.flags &= !STALLED;
         slot.last_beat_ns = now_ns;
-        link_tail(&mut self.slots, &mut self.live, idx);
+        slot.class = class;
+        self.live.link_tail(&mut self.slots, class, idx);
+    }
+
+    /// The earliest deadline among live agents and whose it is: one look
+    /// per non-empty class.
+    #[inline]
+    fn earliest(&self) -> Option<(u64, u32)> {
+        let mut best: Option<(u64, u32)> = None;
+        for (w, &word) in self.live.nonempty.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let class = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let head = self.live.lists[class].head;
+                let deadline = self.slots[head as usize].last_beat_ns.saturating_add(self.class_ns[class]);
+                if best.is_none_or(|(b, _)| deadline < b) {
+                    best = Some((deadline, head));
+                }
+            }
+        }
+        best
     }
 
     /// When the next live agent stalls, if any agent is live.
     #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
-        (self.live.head != NIL)
-            .then(|| self.slots[self.live.head as usize].last_beat_ns.saturating_add(self.threshold_ns))
+        self.earliest().map(|(d, _)| d)
     }
 
-    /// The live agent whose deadline is ≤ `now_ns`, if any (the live head).
+    /// A live agent whose deadline is ≤ `now_ns`, if any (the earliest).
     #[inline]
     pub fn due(&self, now_ns: u64) -> Option<u32> {
-        self.next_deadline().filter(|&d| d <= now_ns).map(|_| self.live.head)
+        self.earliest().filter(|&(d, _)| d <= now_ns).map(|(_, idx)| idx)
     }
 
-    /// Moves a live agent to the stalled tail.
+    /// Moves a live agent to its class's stalled tail.
     pub fn mark_stalled(&mut self, idx: u32) {
         if self.slots[idx as usize].is_stalled() {
             return;
         }
-        unlink(&mut self.slots, &mut self.live, idx);
+        let class = self.slots[idx as usize].class;
+        self.live.unlink(&mut self.slots, class, idx);
         self.slots[idx as usize].flags |= STALLED;
-        link_tail(&mut self.slots, &mut self.stalled, idx);
+        self.stalled.link_tail(&mut self.slots, class, idx);
         self.stalled_len += 1;
         self.note_change(idx);
     }
 
-    /// The agent that stalled first among those still stalled.
-    pub fn oldest_stalled(&self) -> Option<u32> {
-        (self.stalled.head != NIL).then_some(self.stalled.head)
+    /// The stalled agent that has been silent longest relative to its own
+    /// threshold, if it has been silent for more than `factor ×` it (the
+    /// capacity rule's eviction candidate).
+    pub fn evictable(&self, now_ns: u64, factor: u64) -> Option<u32> {
+        let mut best: Option<(u64, u32)> = None;
+        for class in self.stalled.classes() {
+            let head = self.stalled.head(class);
+            let after = self.threshold_ns(class).saturating_mul(factor);
+            let at = self.slots[head as usize].last_beat_ns.saturating_add(after);
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, head));
+            }
+        }
+        best.filter(|&(at, _)| now_ns > at).map(|(_, idx)| idx)
+    }
+
+    /// Takes a new set of classes (a reload of the threshold settings):
+    /// `classify` gives each agent its new `(rule class, class)`, and every
+    /// list is rebuilt in order of last beat — O(agents log agents), once.
+    /// Stalled agents stay stalled; a live agent now past its new deadline
+    /// stalls at the next [`Tracker::due`].
+    pub fn set_classes(&mut self, class_ns: &[u64], mut classify: impl FnMut(&Slot) -> (Class, Class)) {
+        self.class_ns = valid_classes(class_ns);
+        self.live = Lists::new(self.class_ns.len());
+        self.stalled = Lists::new(self.class_ns.len());
+        let last = (self.class_ns.len() - 1) as Class;
+        for slot in &mut self.slots {
+            let (rule, class) = classify(slot);
+            (slot.rule, slot.class) = (rule.min(last), class.min(last));
+        }
+        let mut order: Vec<(u64, u32)> =
+            self.slots.iter().enumerate().map(|(i, s)| (s.last_beat_ns, i as u32)).collect();
+        order.sort_unstable();
+        for (_, idx) in order {
+            let slot = &self.slots[idx as usize];
+            let class = slot.class;
+            if slot.is_stalled() {
+                self.stalled.link_tail(&mut self.slots, class, idx);
+            } else {
+                self.live.link_tail(&mut self.slots, class, idx);
+            }
+        }
+        self.changed.iter_mut().for_each(|w| *w = u64::MAX);
     }
 
     /// Bytes held by the slab and the index (capacities × element sizes).
@@ -399,7 +560,18 @@ impl Tracker {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.index.allocation_size()
             + self.changed.capacity() * std::mem::size_of::<u64>()
+            + 2 * self.class_ns.len() * std::mem::size_of::<List>()
     }
+}
+
+/// 1 to 256 classes (an empty table becomes one 2 s class; only tests and
+/// unvalidated callers get there).
+fn valid_classes(class_ns: &[u64]) -> Vec<u64> {
+    let mut v = class_ns[..class_ns.len().min(256)].to_vec();
+    if v.is_empty() {
+        v.push(2_000_000_000);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -408,14 +580,14 @@ mod tests {
 
     fn add(t: &mut Tracker, pid: u32, now: u64) -> Option<u32> {
         let h = t.hash(&Source::Local, pid);
-        let idx = t.insert(h, Slot::new(Source::Local, pid, pid, 0, Transport::Uds, now))?;
-        t.touch(idx, now);
+        let idx = t.insert(h, Slot::new(Source::Local, pid, 0, Transport::Uds, now, 0))?;
+        t.touch(idx, now, 0);
         Some(idx)
     }
 
     fn live_order(t: &Tracker) -> Vec<u32> {
         let mut out = vec![];
-        let mut i = t.live.head;
+        let mut i = t.live.head(0);
         while i != NIL {
             out.push(t.slot(i).pid);
             i = t.slot(i).next;
@@ -425,14 +597,14 @@ mod tests {
 
     #[test]
     fn touch_moves_to_tail_and_deadline_follows_head() {
-        let mut t = Tracker::new(8, 100);
+        let mut t = Tracker::new(8, &[100]);
         let a = add(&mut t, 1, 10);
         add(&mut t, 2, 20);
         add(&mut t, 3, 30);
         assert_eq!(live_order(&t), [1, 2, 3]);
         assert_eq!(t.next_deadline(), Some(110));
         if let Some(a) = a {
-            t.touch(a, 40);
+            t.touch(a, 40, 0);
         }
         assert_eq!(live_order(&t), [2, 3, 1]);
         assert_eq!(t.next_deadline(), Some(120));
@@ -443,17 +615,17 @@ mod tests {
             t.mark_stalled(i);
         }
         assert_eq!(live_order(&t), [3, 1]);
-        assert_eq!(t.oldest_stalled().map(|i| t.slot(i).pid), Some(2));
+        assert_eq!(t.evictable(1000, 1).map(|i| t.slot(i).pid), Some(2));
         if let Some(i) = due {
-            t.touch(i, 200);
+            t.touch(i, 200, 0);
         }
         assert_eq!(live_order(&t), [3, 1, 2]);
-        assert_eq!(t.oldest_stalled(), None);
+        assert_eq!(t.evictable(u64::MAX, 1), None);
     }
 
     #[test]
     fn full_tracker_refuses_and_replace_rekeys() {
-        let mut t = Tracker::new(2, 100);
+        let mut t = Tracker::new(2, &[100]);
         add(&mut t, 1, 0);
         add(&mut t, 2, 0);
         assert!(t.is_full());
@@ -464,18 +636,63 @@ mod tests {
         if let Some(v) = victim {
             t.mark_stalled(v);
             let h3 = t.hash(&Source::Local, 3);
-            t.replace(v, h3, Slot::new(Source::Local, 3, 3, 0, Transport::Uds, 5));
+            t.replace(v, h3, Slot::new(Source::Local, 3, 0, Transport::Uds, 5, 0));
             assert_eq!(t.find(h1, &Source::Local, 1), None);
             assert_eq!(t.find(h3, &Source::Local, 3), Some(v));
         }
         assert_eq!(live_order(&t), [2, 3]);
-        assert_eq!(t.oldest_stalled(), None);
+        assert_eq!(t.evictable(u64::MAX, 1), None);
         assert_eq!(t.len(), 2);
     }
 
     #[test]
+    fn per_agent_deadlines_cost_no_bytes() {
+        // Class, rule and learned interval live in what was padding and in
+        // the host pid's place (it always equals the key pid).
+        assert_eq!(std::mem::size_of::<Slot>(), 104);
+        assert_eq!(std::mem::size_of::<crate::snapshot::AgentView>(), 64);
+    }
+
+    #[test]
+    fn classes_keep_their_own_order_and_the_earliest_deadline_wins() {
+        // Class 0: 100 ns; class 1: 30 ns; class 2: 1000 ns.
+        let mut t = Tracker::new(8, &[100, 30, 1000]);
+        let mut add_in = |pid: u32, now: u64, class: Class| {
+            let h = t.hash(&Source::Local, pid);
+            let idx = t.insert(h, Slot::new(Source::Local, pid, 0, Transport::Uds, now, class));
+            if let Some(idx) = idx {
+                t.touch(idx, now, class);
+            }
+            idx
+        };
+        let a = add_in(1, 0, 0); // due at 100
+        add_in(2, 50, 1); // due at 80
+        add_in(3, 60, 2); // due at 1060
+        assert_eq!(t.next_deadline(), Some(80));
+        let due = t.due(80);
+        assert_eq!(due.map(|i| t.slot(i).pid), Some(2));
+        if let Some(i) = due {
+            t.mark_stalled(i);
+        }
+        assert_eq!(t.next_deadline(), Some(100));
+        // A beat can move an agent to another class.
+        if let Some(a) = a {
+            t.touch(a, 90, 2);
+        }
+        assert_eq!(t.next_deadline(), Some(1060));
+        // Eviction is by each agent's own threshold: pid 2 (30 ns) is
+        // evictable after 3 × 30 ns of silence.
+        assert_eq!(t.evictable(50 + 90, 3), None);
+        assert_eq!(t.evictable(50 + 91, 3).map(|i| t.slot(i).pid), Some(2));
+        // New classes (a reload): lists rebuilt in last-beat order.
+        t.set_classes(&[10, 20], |s| (0, if s.pid == 3 { 1 } else { 0 }));
+        assert_eq!(t.next_deadline(), Some(80), "pid 3: 60 + 20");
+        assert_eq!(t.slot(0).class(), 0);
+    }
+
+    #[test]
     fn slab_growth_stops_at_capacity() {
-        let mut t = Tracker::new(5000, 100);
+        let mut t = Tracker::new(5000, &[100]);
         for pid in 1..=5000 {
             add(&mut t, pid, 0);
         }

@@ -38,7 +38,9 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
             last_nonce: 1,
             silence_ns: 2 * S,
             last_status: Status::Ok,
-            last_payload: 0
+            last_payload: 0,
+            threshold_ns: 2 * S,
+            learned_interval_ns: 0,
         }
     );
 
@@ -66,7 +68,9 @@ fn resume_carries_silence_and_incident() {
             last_nonce: 1,
             silence_ns: 2 * S,
             last_status: Status::Ok,
-            last_payload: 0
+            last_payload: 0,
+            threshold_ns: 2 * S,
+            learned_interval_ns: 0,
         }
     );
     assert_eq!(

@@ -32,10 +32,12 @@ struct Args {
 enum Cmd {
     /// Stall-detection latency of the stopped agents in a varta-load report.
     Stall {
-        #[arg(long)]
-        report: PathBuf,
+        /// One or more load reports (several loads, e.g. one per source address).
+        #[arg(long, required = true, num_args = 1..)]
+        report: Vec<PathBuf>,
         #[arg(long)]
         events: PathBuf,
+        /// The threshold, unless a stall line says its own (`threshold_ns=`).
         #[arg(long, value_parser = parse_duration)]
         threshold: Duration,
     },
@@ -85,19 +87,23 @@ fn fmt(x: f64) -> String {
 fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Stall { report, events, threshold } => {
-            let r = read_json(&report)?;
-            let stopped: HashMap<u32, LastBeat> = r["stopped"]
-                .as_array()
-                .ok_or("report has no `stopped` list")?
-                .iter()
-                .filter_map(|s| {
-                    let pid = u32::try_from(s["pid"].as_u64()?).ok()?;
-                    let last =
-                        LastBeat { sent_ns: s["last_beat_ns"].as_u64()?, nonce: s["last_nonce"].as_u64()? };
-                    Some((pid, last))
-                })
-                .filter(|(_, last)| last.sent_ns > 0)
-                .collect();
+            let mut stopped: HashMap<u32, LastBeat> = HashMap::new();
+            for report in &report {
+                let r = read_json(report)?;
+                let list = r["stopped"].as_array().ok_or("report has no `stopped` list")?;
+                stopped.extend(
+                    list.iter()
+                        .filter_map(|s| {
+                            let pid = u32::try_from(s["pid"].as_u64()?).ok()?;
+                            let last = LastBeat {
+                                sent_ns: s["last_beat_ns"].as_u64()?,
+                                nonce: s["last_nonce"].as_u64()?,
+                            };
+                            Some((pid, last))
+                        })
+                        .filter(|(_, last)| last.sent_ns > 0),
+                );
+            }
             let s = stall_latency(&stopped, open(&events)?, threshold.as_nanos() as u64)
                 .map_err(|e| format!("{}: {e}", events.display()))?;
             println!(

@@ -75,6 +75,10 @@ struct Args {
     /// and goes on; `wait` blocks until writable and retries them.
     #[arg(long, default_value = "drop", value_parser = ["drop", "wait"])]
     on_full: String,
+    /// Source address of UDP transports (a loopback address such as
+    /// 127.0.0.2, so that rules on `source` tell loads apart).
+    #[arg(long)]
+    bind: Option<std::net::IpAddr>,
 }
 
 fn main() -> ExitCode {
@@ -193,7 +197,11 @@ fn run_udp(args: &Args, rate: f64, stop: Vec<bool>, key: Option<&Key>) -> Result
     if args.pid_base < 2 || last_pid > u64::from(u32::MAX) {
         return Err("--pid-base must be ≥ 2 and pid-base + agents must fit in u32".into());
     }
-    let sock = UdpSocket::bind((addr.ip(), 0)).map_err(|e| format!("bind: {e}"))?;
+    let from = args.bind.unwrap_or(addr.ip());
+    if !from.is_loopback() {
+        return Err(format!("--bind {from} is not a loopback address"));
+    }
+    let sock = UdpSocket::bind((from, 0)).map_err(|e| format!("bind {from}: {e}"))?;
     sock.connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     sock.set_nonblocking(true).map_err(|e| format!("nonblocking: {e}"))?;
     set_sndbuf(sock.as_raw_fd(), 4 << 20);

@@ -711,11 +711,36 @@ service:
     #[test]
     fn unknown_keys_types_and_ids_have_positions() {
         let e = error(&GOOD.replace("    threshold:", "    treshold:"));
-        assert!(e.starts_with("t.yaml:8:5: ") && e.contains("treshold"), "{e}");
+        assert!(e.starts_with("t.yaml:9:5: ") && e.contains("treshold"), "{e}");
         let e = error(&GOOD.replace("  debug:", "  kafka/x:"));
         assert!(e.contains("t.yaml:10:") && e.contains("unknown exporter type `kafka`"), "{e}");
         let e = error(&GOOD.replace("service:", "servce:"));
         assert!(e.contains("t.yaml:11:1") && e.contains("servce"), "{e}");
+    }
+
+    #[test]
+    fn threshold_rules_are_checked_with_positions() {
+        let with = |rules: &str| {
+            GOOD.replace("    threshold: ${env:THRESHOLD:-2s}\n", &format!("    thresholds:\n{rules}"))
+        };
+        let good = parse(&with("      - { match: { service.name: \"batch-*\" }, threshold: 10m }\n"))
+            .expect("valid rule");
+        assert!(
+            matches!(good.processors.get("tracker").map(|c| &c.config), Some(ProcessorConfig::Tracker(t)) if t.thresholds.len() == 1)
+        );
+        let e = error(&with("      - { match: { servce.name: x }, threshold: 1s }\n"));
+        assert!(e.starts_with("t.yaml:9:20: ") && e.contains("servce.name"), "{e}");
+        let e = error(&with("      - { match: { source: 10.0.0.0/33 }, threshold: 1s }\n"));
+        assert!(e.starts_with("t.yaml:9:28: ") && e.contains("prefix length"), "{e}");
+        let e = error(&with("      - { match: { container.id: \"a[0-9]\" }, threshold: 1s }\n"));
+        assert!(e.starts_with("t.yaml:9:34: ") && e.contains("only `*` and `?`"), "{e}");
+        let e = error(&with("      - { match: { transport: tcp }, threshold: 1s }\n"));
+        assert!(e.starts_with("t.yaml:9:31: ") && e.contains("unknown transport"), "{e}");
+        // Semantic checks (validate) point at `thresholds` and name the rule.
+        let e = error(&with("      - { match: { transport: udp }, threshold: 5ms }\n"));
+        assert!(e.starts_with("t.yaml:8:5: ") && e.contains("tracker.thresholds[0].threshold"), "{e}");
+        let e = error(&with("      - { match: {}, threshold: 5s }\n"));
+        assert!(e.contains("tracker.thresholds[0].match") && e.contains("at least one key"), "{e}");
     }
 
     #[test]

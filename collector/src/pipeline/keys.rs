@@ -67,7 +67,7 @@ impl PipelinePlan {
         for id in &p.processors {
             match config.processors.get(id).map(|c| &c.config) {
                 Some(ProcessorConfig::RateLimit(cfg)) => plan.ratelimit = Some(*cfg),
-                Some(ProcessorConfig::Tracker(cfg)) => plan.tracker = Some(*cfg),
+                Some(ProcessorConfig::Tracker(cfg)) => plan.tracker = Some(cfg.clone()),
                 Some(ProcessorConfig::Resolver(cfg)) => plan.resolver = Some((id.clone(), *cfg)),
                 Some(ProcessorConfig::Recovery(cfg)) => plan.recovery = Some((id.clone(), (**cfg).clone())),
                 None => {}
@@ -77,8 +77,17 @@ impl PipelinePlan {
     }
 
     /// What owns the agents: a change starts the pipeline's state afresh.
+    /// Threshold settings are not part of it ([`PipelinePlan::thresholds_key`]).
     pub fn processor_key(&self) -> String {
-        format!("{:?} {:?}", self.ratelimit, self.tracker)
+        let structure = self.tracker.as_ref().map(|t| (t.capacity, t.clock, t.snapshot_interval));
+        format!("{:?} {structure:?}", self.ratelimit)
+    }
+
+    /// Which threshold each agent runs under: a change is applied to the
+    /// running processor, keeping its agents.
+    pub fn thresholds_key(&self) -> String {
+        let t = self.tracker.as_ref();
+        format!("{:?}", t.map(|t| (t.threshold, &t.thresholds, t.adaptive, t.eviction_after)))
     }
 
     /// The resolver and the recovery runner (which reads the resolver's
@@ -141,7 +150,11 @@ service:
         let a = parse(BASE);
         let plan = |c: &Config, n: &str| PipelinePlan::of(c, n, &c.service.pipelines[n].value);
         let threshold = parse(&BASE.replace("threshold: 2s", "threshold: 3s"));
-        assert_ne!(plan(&a, "one").processor_key(), plan(&threshold, "one").processor_key());
+        assert_eq!(plan(&a, "one").processor_key(), plan(&threshold, "one").processor_key());
+        assert_ne!(plan(&a, "one").thresholds_key(), plan(&threshold, "one").thresholds_key());
+        let capacity = parse(&BASE.replace("threshold: 2s", "threshold: 2s, capacity: 9"));
+        assert_ne!(plan(&a, "one").processor_key(), plan(&capacity, "one").processor_key());
+        assert_eq!(plan(&a, "one").thresholds_key(), plan(&capacity, "one").thresholds_key());
         let resolver = parse(&BASE.replace("resolver: {}", "resolver: { queue_size: 7 }"));
         assert_eq!(plan(&a, "one").processor_key(), plan(&resolver, "one").processor_key());
         assert_ne!(plan(&a, "one").resolver_key(), plan(&resolver, "one").resolver_key());

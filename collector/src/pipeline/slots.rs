@@ -229,6 +229,7 @@ type ProcessorRun = (Processor, BatchReceiver);
 pub struct PipelineSlot {
     pub name: String,
     processor_key: String,
+    thresholds_key: String,
     resolver_key: String,
     recovery_key: String,
     queue_batches: usize,
@@ -252,7 +253,7 @@ pub struct PipelineSlot {
 }
 
 fn new_processor(plan: &PipelinePlan) -> Result<Processor, String> {
-    let tracker = plan.tracker.ok_or("no tracker processor")?;
+    let tracker = plan.tracker.clone().ok_or("no tracker processor")?;
     Processor::new(plan.ratelimit, tracker, Box::new(varta_pipeline::procfs::start_time))
         .map_err(|e| e.to_string())
 }
@@ -265,6 +266,7 @@ impl PipelineSlot {
         let mut slot = PipelineSlot {
             name: plan.name.clone(),
             processor_key: plan.processor_key(),
+            thresholds_key: plan.thresholds_key(),
             resolver_key: String::new(),
             recovery_key: String::new(),
             queue_batches: plan.queue_batches,
@@ -312,10 +314,20 @@ impl PipelineSlot {
             self.snapshots = processor.snapshots();
             self.processor = Some(processor);
             self.processor_key = plan.processor_key();
+            self.thresholds_key = plan.thresholds_key();
             self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(pipeline = %self.name, "reload: tracker settings changed; the pipeline starts with no agents");
+            tracing::info!(pipeline = %self.name, "reload: tracker capacity, clock, snapshot interval or rate limit changed; the pipeline starts with no agents");
         }
-        self.set_helpers(plan, deadline)
+        self.set_helpers(plan, deadline)?;
+        if self.thresholds_key != plan.thresholds_key() {
+            // After the helpers: rules on attributes read the (new) resolver.
+            let tracker = plan.tracker.as_ref().ok_or("no tracker processor")?;
+            let processor = self.processor.as_mut().ok_or("no processor")?;
+            processor.set_thresholds(tracker).map_err(|e| e.to_string())?;
+            self.thresholds_key = plan.thresholds_key();
+            tracing::info!(pipeline = %self.name, agents = processor.agents(), "reload: threshold settings applied to the tracked agents");
+        }
+        Ok(())
     }
 
     /// Replaces the resolver and recovery runner where `plan` differs.

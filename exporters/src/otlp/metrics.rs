@@ -745,7 +745,7 @@ mod tests {
     }
 
     fn view(fake: Arc<Fake>) -> (CollectorView, Publisher) {
-        let publisher = Publisher::new(1, Clock::Monotonic, 2_000_000_000);
+        let publisher = Publisher::new(1, Clock::Monotonic, &[2_000_000_000]);
         let (_tx, rx) = varta_pipeline::queue::batch_queue(4);
         let mut v = CollectorView::default();
         v.add(Role::Receiver, "vlp/udp", fake);

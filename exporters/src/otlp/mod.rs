@@ -222,7 +222,7 @@ fn instance_id(a: u64, b: u64) -> String {
 pub struct PipelineWiring {
     /// Its name (trace ids and the `varta.pipeline` attribute).
     pub name: String,
-    /// Its snapshots (threshold, processor clock).
+    /// Its snapshots (processor clock).
     pub snapshots: SnapshotReader,
     /// Its resolver store (agent attributes), if it has one.
     pub attributes: Option<Arc<AttributeStore>>,
@@ -250,7 +250,6 @@ pub struct Wiring {
 struct Source {
     spans: SpanBuilder,
     clock: WallClock,
-    snapshots: SnapshotReader,
 }
 
 /// The `otlp` exporter (the part on the exporter thread). See the module docs.
@@ -314,7 +313,6 @@ impl OtlpExporter {
                         spans
                     },
                     clock: WallClock::new(p.snapshots.latest().clock),
-                    snapshots: p.snapshots,
                 }
             })
             .collect();
@@ -379,8 +377,7 @@ impl Exporter for OtlpExporter {
                 tracing::warn!(exporter = %self.id, count, "wall clock stepped; span timestamps follow the new wall-clock time");
             }
         }
-        let threshold_ns = src.snapshots.latest().threshold_ns;
-        if let Some(span) = src.spans.span(event, &src.clock, threshold_ns) {
+        if let Some(span) = src.spans.span(event, &src.clock) {
             let exemplar = match event.kind {
                 varta_processor::EventKind::Stall { .. } => Some((metrics::ExemplarSeries::Stalls, 1.0)),
                 varta_processor::EventKind::Resume { silence_ns, .. } => {

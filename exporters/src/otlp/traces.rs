@@ -116,8 +116,7 @@ impl SpanBuilder {
     }
 
     /// The span for `event`, if it is an incident event with an agent.
-    /// `threshold_ns` is the pipeline's stall threshold.
-    pub fn span(&mut self, event: &Event, clock: &WallClock, threshold_ns: u64) -> Option<Span> {
+    pub fn span(&mut self, event: &Event, clock: &WallClock) -> Option<Span> {
         let agent = event.agent.as_ref()?;
         let at = clock.to_unix_ns(event.at_ns);
         match event.kind {
@@ -128,10 +127,15 @@ impl SpanBuilder {
                 silence_ns,
                 last_status,
                 last_payload,
+                threshold_ns,
+                learned_interval_ns,
             } => {
                 let mut a = self.common(agent);
                 a.push(attrs::uint("varta.incident.id", incident));
                 a.push(attrs::uint("varta.stall.threshold_ns", threshold_ns));
+                if learned_interval_ns != 0 {
+                    a.push(attrs::uint("varta.stall.learned_interval_ns", learned_interval_ns));
+                }
                 a.push(attrs::uint("varta.stall.silence_ns", silence_ns));
                 a.push(attrs::string("varta.last_status", last_status.as_str()));
                 a.push(attrs::int("varta.last_payload", i64::from(last_payload)));
@@ -317,9 +321,11 @@ mod tests {
                 silence_ns: 2_000_000_000,
                 last_status: Status::Degraded,
                 last_payload: 99,
+                threshold_ns: 2_000_000_000,
+                learned_interval_ns: 0,
             },
         };
-        let s = b.span(&stall, &clock, 2_000_000_000).expect("stall span");
+        let s = b.span(&stall, &clock).expect("stall span");
         assert_eq!(s.name, "varta.stall");
         assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 2_000_000_000);
         assert_eq!(s.status.as_ref().map(|st| st.code), Some(StatusCode::Error as i32));
@@ -343,7 +349,7 @@ mod tests {
                 frame: Frame::new(Status::Ok, 77, 0, 13, 1),
             },
         };
-        let r = b.span(&resume, &clock, 2_000_000_000).expect("resolved span");
+        let r = b.span(&resume, &clock).expect("resolved span");
         assert_eq!(r.name, "varta.stall.resolved");
         assert_eq!(r.trace_id, s.trace_id);
         assert_eq!(r.parent_span_id, s.span_id);
@@ -364,7 +370,7 @@ mod tests {
             agent: Some(agent(77)),
             kind: EventKind::Recovery { incident: 4, report },
         };
-        assert!(b.span(&started, &clock, 1).is_none(), "the span is made when it finishes");
+        assert!(b.span(&started, &clock).is_none(), "the span is made when it finishes");
         report.outcome = RecoveryOutcome::Failed;
         report.exit_code = Some(3);
         report.duration_ns = 500_000_000;
@@ -374,7 +380,7 @@ mod tests {
             agent: Some(agent(77)),
             kind: EventKind::Recovery { incident: 4, report },
         };
-        let r = b.span(&done, &clock, 1).expect("recovery span");
+        let r = b.span(&done, &clock).expect("recovery span");
         assert_eq!(r.name, "varta.recovery");
         assert_eq!(r.trace_id, IdSource::new(5, "liveness").trace_id(4).to_vec());
         assert_eq!(r.parent_span_id, IdSource::new(5, "liveness").span_id(4, SpanRole::Stall).to_vec());
@@ -385,7 +391,7 @@ mod tests {
         report.outcome = RecoveryOutcome::Refused(RecoveryRefusal::Debounce);
         let refused =
             Event { at_ns: 5, agent: Some(agent(77)), kind: EventKind::Recovery { incident: 5, report } };
-        let r = b.span(&refused, &clock, 1).expect("refusal span");
+        let r = b.span(&refused, &clock).expect("refusal span");
         assert_eq!(attr(&r, "varta.recovery.refused_reason"), Some(&Value::StringValue("debounce".into())));
     }
 
@@ -398,7 +404,7 @@ mod tests {
             agent: Some(agent(3)),
             kind: EventKind::Panic { frame: Frame::new(Status::Critical, 3, 0, u64::MAX, 7) },
         };
-        let span = b.span(&panic, &clock, 1).expect("panic span");
+        let span = b.span(&panic, &clock).expect("panic span");
         assert!(attr(&span, "process.pid").is_none(), "identity is the resource's");
         assert_eq!(attr(&span, "varta.pipeline"), Some(&Value::StringValue("p".into())));
         let r = b.resource(&agent(3)).expect("an agent resource");
@@ -417,8 +423,8 @@ mod tests {
             agent: Some(agent(3)),
             kind: EventKind::Panic { frame: Frame::new(Status::Critical, 3, 0, u64::MAX, 7) },
         };
-        let p1 = b.span(&panic, &clock, 1).expect("panic span");
-        let p2 = b.span(&panic, &clock, 1).expect("panic span");
+        let p1 = b.span(&panic, &clock).expect("panic span");
+        let p2 = b.span(&panic, &clock).expect("panic span");
         assert_eq!(p1.name, "varta.agent.panic");
         assert_eq!(p1.events[0].name, "varta.agent.panic");
         assert_ne!(p1.trace_id, p2.trace_id);
@@ -427,6 +433,6 @@ mod tests {
             agent: Some(agent(3)),
             kind: EventKind::Beat { frame: Frame::new(Status::Ok, 3, 1, 0, 0) },
         };
-        assert!(b.span(&beat, &clock, 1).is_none());
+        assert!(b.span(&beat, &clock).is_none());
     }
 }

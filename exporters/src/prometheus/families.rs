@@ -294,6 +294,10 @@ impl Scrape<'_> {
         let mut stalls = Family::counter("varta_stalls_total", "Stalls of this agent.");
         let mut status =
             Family::gauge("varta_status", "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.");
+        let mut threshold = Family::gauge(
+            "varta_agent_threshold_seconds",
+            "The stall threshold this agent runs under: its rule's, the default, or learned from its beat.",
+        );
         let tagged = snaps.len() > 1;
         let mut budget = if self.agents.enabled { self.agents.max_agents } else { 0 };
         let mut omitted = 0u64;
@@ -313,12 +317,13 @@ impl Scrape<'_> {
                         exe: attrs.and_then(|x| x.executable_name()),
                         service: attrs.and_then(|x| x.service_name()),
                     };
-                    push_agent(a, &series, &mut beats, &mut stalls, &mut status);
+                    let families = [&mut beats, &mut stalls, &mut status, &mut threshold];
+                    push_agent(a, snap.threshold_ns_of(a), &series, families);
                 }
             }
         }
         if self.agents.enabled {
-            out.extend([beats.0, stalls.0, status.0]);
+            out.extend([beats.0, stalls.0, status.0, threshold.0]);
         }
         out.push(
             Family::gauge(
@@ -388,13 +393,9 @@ struct AgentLabels<'a> {
     service: Option<&'a str>,
 }
 
-fn push_agent(
-    a: &AgentView,
-    extra: &AgentLabels<'_>,
-    beats: &mut Family,
-    stalls: &mut Family,
-    status: &mut Family,
-) {
+/// One agent's points in `[beats, stalls, status, threshold]`.
+fn push_agent(a: &AgentView, threshold_ns: u64, extra: &AgentLabels<'_>, families: [&mut Family; 4]) {
+    let [beats, stalls, status, threshold] = families;
     let pid = a.id.pid.to_string();
     let source = match a.id.source {
         Source::Local => None,
@@ -417,6 +418,7 @@ fn push_agent(
     beats.push(&labels, a.beats as f64);
     stalls.push(&labels, a.stalls as f64);
     status.push(&labels, status_value(a.status));
+    threshold.push(&labels, threshold_ns as f64 / 1e9);
 }
 
 impl Collector for VartaFamilies {
