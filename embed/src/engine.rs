@@ -304,7 +304,11 @@ impl Engine {
             bound.push((id.clone(), VlpReceiver::bind(id, cfg)?));
         }
         let capacity = b.tracker.capacity;
-        let processor = Processor::new(b.ratelimit, b.tracker, Box::new(varta_pipeline::procfs::start_time))?;
+        let processor = Processor::new(
+            b.ratelimit,
+            std::mem::take(&mut b.tracker),
+            Box::new(varta_pipeline::procfs::start_time),
+        )?;
         let stats = processor.stats();
         let snapshots = processor.snapshots();
         let mut parts = Parts {
@@ -406,15 +410,8 @@ impl Engine {
         }
         let Some(t) = b.telemetry.take() else { return Ok(None) };
         let durations = t.meter.as_ref().map(otel::metrics::stall_durations);
-        let (exporter, span_stats) = otel::spans::SpanExporter::new(
-            t.tracer,
-            name,
-            snapshots.clone(),
-            clock,
-            store,
-            capacity,
-            durations,
-        );
+        let (exporter, span_stats) =
+            otel::spans::SpanExporter::new(t.tracer, name, clock, store, capacity, durations);
         output("opentelemetry", Box::new(exporter), queue, parts)?;
         parts.view.add(Role::Exporter, "opentelemetry.spans", span_stats);
         Ok(t.meter.map(|m| (m, t.per_agent)))

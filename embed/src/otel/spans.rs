@@ -41,7 +41,7 @@ use varta_exporters::otlp::ids::IdSource;
 use varta_exporters::otlp::traces::SpanBuilder;
 use varta_exporters::otlp::wallclock::WallClock;
 use varta_pipeline::{Instrumented, Metric, Sample};
-use varta_processor::{AgentId, Event, EventKind, SnapshotReader};
+use varta_processor::{AgentId, Event, EventKind};
 
 use super::convert;
 
@@ -127,7 +127,6 @@ pub struct SpanExporter {
     tracer: Option<BoxedTracer>,
     spans: SpanBuilder,
     clock: WallClock,
-    snapshots: SnapshotReader,
     parents: Parents,
     stats: Arc<SpanStats>,
     /// `varta.stall.duration`, recorded per resume (see [`super::metrics`]).
@@ -145,7 +144,6 @@ impl SpanExporter {
     pub fn new(
         tracer: Option<BoxedTracer>,
         pipeline: &str,
-        snapshots: SnapshotReader,
         clock: WallClock,
         store: Option<Arc<AttributeStore>>,
         capacity: usize,
@@ -157,7 +155,6 @@ impl SpanExporter {
             // The ids it makes are not used: the host's SDK assigns them.
             spans: SpanBuilder::new(IdSource::new(0, pipeline), pipeline).with_attributes(store),
             clock,
-            snapshots,
             parents: Parents { capacity: capacity.max(1), ..Parents::default() },
             stats: stats.clone(),
             durations,
@@ -234,8 +231,7 @@ impl Exporter for SpanExporter {
             return Ok(());
         }
         self.clock.check_step();
-        let threshold_ns = self.snapshots.latest().threshold_ns;
-        let Some(span) = self.spans.span(event, &self.clock, threshold_ns) else { return Ok(()) };
+        let Some(span) = self.spans.span(event, &self.clock) else { return Ok(()) };
         match event.kind {
             EventKind::Stall { incident, .. } => {
                 let cx = self.emit(span, None);
