@@ -23,15 +23,17 @@ pub mod diagnose;
 pub mod proc;
 pub mod resolver;
 
-pub use attributes::{AttributeStore, Attributes, StoreView};
-
 use std::sync::Arc;
 
 use varta_processor::recovery::AgentLabels;
 
+pub use attributes::{AttributeStore, Attributes, StoreView};
+pub use resolver::{Resolver, ResolverConfig, ResolverStats};
+
 /// What a recovery runner's command templates may name of a local agent
 /// (`{service}`, `{exe}`, `{container}`), read from the resolver's `store`
-/// when there is one (`None`: every label unknown).
+/// when there is one (`None`: every label unknown). One function for the
+/// collector's pipelines and the embedding façade.
 pub fn recovery_labels(store: Option<Arc<AttributeStore>>) -> AgentLabels {
     Box::new(move |agent| {
         let view = store.as_ref().map(|s| s.read());
@@ -43,4 +45,3 @@ pub fn recovery_labels(store: Option<Arc<AttributeStore>>) -> AgentLabels {
         ]
     })
 }
-pub use resolver::{Resolver, ResolverConfig, ResolverStats};

@@ -90,9 +90,12 @@ fn point(p: &NumberDataPoint) -> (u64, Vec<KeyValue>) {
     (value, convert::attributes(&p.attributes))
 }
 
-/// The registered instruments (kept with the engine; the SDK calls them
-/// for as long as the host's meter provider lives, reading the final
-/// values once the engine has stopped).
+/// The registered instruments. The API's handles are markers: the SDK
+/// keeps calling the callbacks for as long as the host's meter provider
+/// lives, so after [`crate::Engine::shutdown`] they report the engine's
+/// final values (the host's last export, at provider shutdown, has them).
+/// Two engines on one meter need different pipeline names (attribute
+/// `varta.pipeline`) and receiver ids, or their series coincide.
 #[derive(Debug, Default)]
 pub struct Instruments {
     counters: Vec<ObservableCounter<u64>>,
