@@ -405,8 +405,9 @@ impl Engine {
         let store = parts.attributes.clone();
         let clock = WallClock::new(snapshots.latest().clock);
         if let Some(callback) = b.incidents.take() {
-            let exporter = IncidentExporter::new(callback, clock.clone(), store.clone());
+            let (exporter, callback_stats) = IncidentExporter::new(callback, clock.clone(), store.clone());
             output("incidents", Box::new(exporter), queue, parts)?;
+            parts.view.add(Role::Exporter, "incidents.callback", callback_stats);
         }
         let Some(t) = b.telemetry.take() else { return Ok(None) };
         let durations = t.meter.as_ref().map(otel::metrics::stall_durations);

@@ -6,11 +6,16 @@
 //! a slow callback never slows the processor; when the queue is full the
 //! oldest queued event is dropped and counted (component `incidents`,
 //! `varta.collector.exporter.dropped`). Events arrive in the order the
-//! processor decided them. Other events (beats, refusals, status changes,
+//! processor decided them. A callback that panics loses only that
+//! incident: the panic is caught, logged and counted (component
+//! `incidents.callback`, `varta.collector.exporter.callback_panics`), and
+//! delivery goes on. Other events (beats, refusals, status changes,
 //! evictions) are not delivered here: refusals are counted and exported
 //! as metrics.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -18,6 +23,7 @@ use varta_agents::AttributeStore;
 use varta_exporters::Exporter;
 use varta_exporters::otlp::attrs;
 use varta_exporters::otlp::wallclock::WallClock;
+use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_processor::{AgentRef, Event, EventKind};
 
 use crate::otel::convert;
@@ -84,11 +90,38 @@ pub fn agent_attributes(agent: &AgentRef, store: Option<&AttributeStore>) -> Vec
 /// The host's callback.
 pub type IncidentCallback = Box<dyn FnMut(&Incident) + Send>;
 
+mod metric {
+    use varta_pipeline::Metric;
+    pub static DELIVERED: Metric = Metric::counter("delivered", "Incidents handed to the host's callback.");
+    pub static PANICS: Metric =
+        Metric::counter("callback_panics", "Incidents whose callback panicked (caught; delivery went on).");
+}
+
+/// The callback's counters.
+#[derive(Debug, Default)]
+pub struct CallbackStats {
+    pub delivered: AtomicU64,
+    pub panics: AtomicU64,
+}
+
+impl Instrumented for CallbackStats {
+    fn samples(&self, out: &mut dyn FnMut(Sample)) {
+        let plain: [(&'static Metric, u64); 2] = [
+            (&metric::DELIVERED, self.delivered.load(Relaxed)),
+            (&metric::PANICS, self.panics.load(Relaxed)),
+        ];
+        for (m, v) in plain {
+            out(Sample::new(m, v));
+        }
+    }
+}
+
 /// The exporter that hands incidents to the host's callback.
 pub struct IncidentExporter {
     callback: IncidentCallback,
     clock: WallClock,
     store: Option<Arc<AttributeStore>>,
+    stats: Arc<CallbackStats>,
 }
 
 impl std::fmt::Debug for IncidentExporter {
@@ -103,8 +136,9 @@ impl IncidentExporter {
         callback: IncidentCallback,
         clock: WallClock,
         store: Option<Arc<AttributeStore>>,
-    ) -> IncidentExporter {
-        IncidentExporter { callback, clock, store }
+    ) -> (IncidentExporter, Arc<CallbackStats>) {
+        let stats = Arc::new(CallbackStats::default());
+        (IncidentExporter { callback, clock, store, stats: stats.clone() }, stats)
     }
 }
 
@@ -124,7 +158,17 @@ impl Exporter for IncidentExporter {
             time: convert::time(self.clock.to_unix_ns(event.at_ns)),
             attributes: agent_attributes(agent, self.store.as_deref()),
         };
-        (self.callback)(&incident);
+        // The host's code: a panic there must not end delivery for good.
+        let callback = &mut self.callback;
+        match catch_unwind(AssertUnwindSafe(|| callback(&incident))) {
+            Ok(()) => {
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                self.stats.panics.fetch_add(1, Relaxed);
+                tracing::error!(incident = ?incident.incident_id(), "the host's incident callback panicked; delivery goes on");
+            }
+        }
         Ok(())
     }
 
