@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -152,7 +151,7 @@ impl Drop for OpenConnection {
 
 /// Accepts and serves connections until `stop` turns true; `name` appears
 /// in log lines.
-pub async fn serve<F, Fut>(
+pub async fn serve<F, Fut, B>(
     name: &'static str,
     listener: TcpListener,
     limits: Limits,
@@ -161,7 +160,9 @@ pub async fn serve<F, Fut>(
     handle: F,
 ) where
     F: Fn(Request<Incoming>, IpAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Arc::new(PerSource::default());

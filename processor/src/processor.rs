@@ -54,7 +54,7 @@ use crate::ratelimit::RateLimiter;
 use crate::recovery::{Recovered, RecoveryHandle};
 use crate::snapshot::{AgentState, Publisher, SnapshotReader};
 use crate::stats::ProcessorStats;
-use crate::threshold::{Class, Thresholds, Unresolved, rules};
+use crate::threshold::{Class, DEFAULT_CLASS, Thresholds, Unresolved, rules};
 use crate::tracker::{Slot, Tracker};
 
 /// Returns the process start time of a host pid (e.g. field 22 of
@@ -546,15 +546,10 @@ impl Processor {
     /// its first beat selects: only `transport` and `source` are known yet
     /// (attributes follow from the resolver, see [`Processor::apply_resolved`]).
     fn fresh_slot(&self, beat: &Beat, start_time: u64, now: u64) -> Slot {
-        let slot = Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, 0)
+        let slot = Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, DEFAULT_CLASS)
             .with_frame_pid(beat.frame.pid);
-        if self.thresholds.rules().is_empty() {
-            return slot;
-        }
-        let rule = rules::first_match(self.thresholds.rules(), &slot.agent_ref(), &Unresolved);
-        let rule = self.thresholds.rule_class(rule);
-        Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, rule)
-            .with_frame_pid(beat.frame.pid)
+        let rule = rule_class(&self.thresholds, None, &slot.agent_ref());
+        slot.with_rule(rule)
     }
 
     fn agent_started(&mut self, idx: u32, now: u64) {
@@ -675,7 +670,7 @@ fn key_pid(beat: &Beat) -> u32 {
 /// if an inspector resolved them).
 fn rule_class(thresholds: &Thresholds, inspector: Option<&dyn Inspector>, agent: &AgentRef) -> Class {
     if thresholds.rules().is_empty() {
-        return crate::threshold::DEFAULT_CLASS;
+        return DEFAULT_CLASS;
     }
     let mut rule = None;
     match inspector {

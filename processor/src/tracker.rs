@@ -112,6 +112,12 @@ impl Slot {
         }
     }
 
+    /// Puts a fresh agent under rule class `rule`.
+    pub fn with_rule(mut self, rule: Class) -> Slot {
+        (self.rule, self.class) = (rule, rule);
+        self
+    }
+
     /// Sets the frame pid when it differs from the key pid (a UDS agent in
     /// another pid namespace).
     pub fn with_frame_pid(mut self, frame_pid: u32) -> Slot {

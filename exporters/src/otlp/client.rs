@@ -16,8 +16,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 use super::OtlpError;
 use super::config::{OtlpExporterConfig, Protocol, RetryConfig};
@@ -82,13 +84,46 @@ impl Client {
         }
     }
 
-    /// One attempt; `Ok(rejected data points)`.
-    pub async fn export_metrics(&mut self, req: ExportMetricsServiceRequest) -> Result<u64, Failure> {
+    /// One attempt with a body from [`Self::encode_metrics`] (cloning it for
+    /// a retry shares the bytes); `Ok(rejected data points)`.
+    pub async fn export_metrics(&mut self, body: Bytes) -> Result<u64, Failure> {
         match self {
-            Client::Grpc(c) => c.export_metrics(req).await,
-            Client::Http(c) => c.export_metrics(req).await,
+            Client::Grpc(c) => c.export_metrics(body).await,
+            Client::Http(c) => c.export_metrics(body).await,
         }
     }
+
+    /// `req` encoded once as this transport sends it (gRPC: protobuf, which
+    /// tonic frames and compresses; HTTP: protobuf or JSON, then gzip),
+    /// built in `buffers`.
+    pub fn encode_metrics(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        buffers: &mut EncodeBuffers,
+    ) -> Result<Bytes, Failure> {
+        match self {
+            Client::Grpc(_) => {
+                buffers.out.reserve(req.encoded_len());
+                req.encode(&mut buffers.out)
+                    .map_err(|e| Failure::Permanent(format!("cannot encode OTLP: {e}")))?;
+                Ok(buffers.out.split().freeze())
+            }
+            Client::Http(c) => c.encode_into(req, buffers),
+        }
+    }
+}
+
+/// The buffers a metrics collection encodes its requests into, kept from
+/// request to request and export to export: a request's bytes are cut off
+/// `out` and handed to the sender; once the sender has dropped them the
+/// allocation is taken back by the next `reserve` (until then the next
+/// request gets a new one), so encoding costs a few requests' bytes,
+/// never the fleet's.
+#[derive(Debug, Default)]
+pub struct EncodeBuffers {
+    /// Uncompressed message (OTLP/HTTP, before gzip).
+    pub(super) raw: Vec<u8>,
+    pub(super) out: BytesMut,
 }
 
 /// Exponential backoff of one batch.

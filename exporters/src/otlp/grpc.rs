@@ -1,14 +1,19 @@
 //! OTLP/gRPC (`otlp`): the official OTLP service stubs over a tonic
-//! channel. TLS, when the endpoint wants it, is done by [`super::tls`] —
-//! the same setup as OTLP/HTTP — and tonic sees a plaintext channel.
+//! channel for spans; metrics go through the same channel as protobuf
+//! bodies encoded once per request ([`PreEncoded`]), so a retry or a large
+//! fleet never re-builds or re-encodes the message. TLS, when the endpoint
+//! wants it, is done by [`super::tls`] — the same setup as OTLP/HTTP — and
+//! tonic sees a plaintext channel.
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use bytes::{BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tonic::codec::CompressionEncoding;
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -35,7 +40,7 @@ fn classify(status: &tonic::Status) -> Failure {
 #[derive(Debug, Clone)]
 pub struct GrpcClient {
     traces: TraceServiceClient<Channel>,
-    metrics: MetricsServiceClient<Channel>,
+    metrics: tonic::client::Grpc<Channel>,
     headers: MetadataMap,
     timeout: Duration,
 }
@@ -58,7 +63,7 @@ impl GrpcClient {
         };
         let channel = endpoint.connect_with_connector_lazy(tls::Connector { tls, target });
         let mut traces = TraceServiceClient::new(channel.clone());
-        let mut metrics = MetricsServiceClient::new(channel);
+        let mut metrics = tonic::client::Grpc::new(channel);
         if config.compression == Compression::Gzip {
             traces = traces
                 .send_compressed(CompressionEncoding::Gzip)
@@ -99,16 +104,69 @@ impl GrpcClient {
         }
     }
 
-    /// One attempt; `Ok(rejected data points)`.
-    pub async fn export_metrics(&mut self, req: ExportMetricsServiceRequest) -> Result<u64, Failure> {
-        let r = self.request(req);
-        match self.metrics.export(r).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .partial_success
-                .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0))),
+    /// One attempt with a protobuf-encoded `ExportMetricsServiceRequest`;
+    /// `Ok(rejected data points)`.
+    pub async fn export_metrics(&mut self, body: Bytes) -> Result<u64, Failure> {
+        self.metrics
+            .ready()
+            .await
+            .map_err(|e| classify(&tonic::Status::unknown(format!("Service was not ready: {e}"))))?;
+        let path = PathAndQuery::from_static(METRICS_EXPORT);
+        match self.metrics.unary(self.request(body), path, PreEncoded).await {
+            Ok(resp) => {
+                let resp: ExportMetricsServiceResponse = resp.into_inner();
+                Ok(resp.partial_success.map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0)))
+            }
             Err(status) => Err(classify(&status)),
         }
+    }
+}
+
+/// The OTLP metrics service method.
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// A codec sending bytes that already are a protobuf message, and decoding
+/// the service's answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreEncoded;
+
+/// Decodes `ExportMetricsServiceResponse`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseDecoder;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportMetricsServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportMetricsServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        // The data was accepted; an answer we cannot read only loses the
+        // partial-success count.
+        Ok(Some(ExportMetricsServiceResponse::decode(src).unwrap_or_default()))
     }
 }
 

@@ -18,6 +18,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BufMut;
 use flate2::Compression as Level;
 use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full};
@@ -26,9 +27,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -36,7 +35,7 @@ use prost::Message;
 use rustls::ClientConfig;
 
 use super::OtlpError;
-use super::client::Failure;
+use super::client::{EncodeBuffers, Failure};
 use super::config::{Compression, Encoding, OtlpExporterConfig, Scheme};
 use super::tls;
 
@@ -109,18 +108,46 @@ impl HttpClient {
     pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<u64, Failure> {
         let body = self.encode(&req)?;
         let url = self.traces.clone();
-        let answer = self.post(&url, body).await?;
+        let answer = self.post(&url, Bytes::from(body)).await?;
         let response: ExportTraceServiceResponse = self.decode(&answer)?;
         Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)))
     }
 
-    /// One attempt; `Ok(rejected data points)`.
-    pub async fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<u64, Failure> {
-        let body = self.encode(&req)?;
+    /// One attempt with a body from [`Self::encode_into`]; `Ok(rejected data points)`.
+    pub async fn export_metrics(&self, body: Bytes) -> Result<u64, Failure> {
         let url = self.metrics.clone();
         let answer = self.post(&url, body).await?;
         let response: ExportMetricsServiceResponse = self.decode(&answer)?;
         Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0)))
+    }
+
+    /// `message` as this exporter sends it (encoding, then gzip), built in
+    /// `buffers` (reused from request to request).
+    pub fn encode_into<M: Message + serde::Serialize>(
+        &self,
+        message: &M,
+        buffers: &mut EncodeBuffers,
+    ) -> Result<Bytes, Failure> {
+        let raw = &mut buffers.raw;
+        raw.clear();
+        match self.encoding {
+            Encoding::Proto => {
+                message.encode(raw).map_err(|e| Failure::Permanent(format!("cannot encode OTLP: {e}")))?
+            }
+            Encoding::Json => serde_json::to_writer(&mut *raw, message)
+                .map_err(|e| Failure::Permanent(format!("cannot encode OTLP/JSON: {e}")))?,
+        }
+        let out = &mut buffers.out;
+        if !self.gzip {
+            out.reserve(raw.len());
+            out.extend_from_slice(raw);
+            return Ok(out.split().freeze());
+        }
+        out.reserve(raw.len() / 4);
+        let mut gz = GzEncoder::new(std::mem::take(out).writer(), Level::fast());
+        gz.write_all(raw).map_err(|e| Failure::Permanent(format!("gzip: {e}")))?;
+        *out = gz.finish().map_err(|e| Failure::Permanent(format!("gzip: {e}")))?.into_inner();
+        Ok(out.split().freeze())
     }
 
     fn encode<M: Message + serde::Serialize>(&self, message: &M) -> Result<Vec<u8>, Failure> {
@@ -149,7 +176,7 @@ impl HttpClient {
         })
     }
 
-    async fn post(&self, url: &Uri, body: Vec<u8>) -> Result<Bytes, Failure> {
+    async fn post(&self, url: &Uri, body: Bytes) -> Result<Bytes, Failure> {
         let slot = self.connection.clone();
         let mut connection = slot.lock().await;
         match tokio::time::timeout(self.timeout, self.post_once(&mut connection, url, body)).await {
@@ -166,7 +193,7 @@ impl HttpClient {
         &self,
         connection: &mut Option<Connection>,
         url: &Uri,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<Bytes, Failure> {
         let authority = url.authority().map_or_else(String::new, |a| a.as_str().to_owned());
         let mut request = Request::builder()
@@ -184,8 +211,7 @@ impl HttpClient {
         if self.gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
-        let mut request =
-            request.body(Full::new(Bytes::from(body))).map_err(|e| Failure::Permanent(e.to_string()))?;
+        let mut request = request.body(Full::new(body)).map_err(|e| Failure::Permanent(e.to_string()))?;
         for (k, v) in self.headers.iter() {
             request.headers_mut().insert(k.clone(), v.clone());
         }

@@ -147,7 +147,7 @@ impl Exemplars {
 
 /// Agents per chunk of per-agent points: three points each, so a chunk is
 /// one request well below [`super::MAX_POINTS_PER_REQUEST`].
-pub const AGENTS_PER_CHUNK: usize = 1024;
+pub const AGENTS_PER_CHUNK: usize = 512;
 
 pub const AGENT_STATUS_HELP: &str = "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.";
 pub const AGENT_BEATS_HELP: &str = "Beats accepted from this agent.";

@@ -573,8 +573,9 @@ impl Identity {
 }
 
 /// Metric requests a collection hands from its blocking thread to the
-/// sender: one chunk in flight and one being built, so exporting a large
-/// fleet costs memory for two chunks, never for every agent.
+/// sender, already encoded: one in flight and one waiting, so exporting a
+/// large fleet costs memory for a few chunks' bytes (and the objects of the
+/// one being built), never for every agent.
 const METRIC_REQUESTS_IN_FLIGHT: usize = 1;
 
 /// Reads the view every `metrics.interval` and sends it; once more when closing.
@@ -591,30 +592,36 @@ async fn send_metrics(
     let mut tick = tokio::time::interval(config.metrics.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the view is not ready yet
-    let mut builder = Some(builder);
+    let mut builder = Some((builder, client::EncodeBuffers::default()));
     loop {
         let closing = tokio::select! {
             _ = tick.tick() => false,
             () = shared.until_closing() => true,
         };
         if let Some(view) = view.get()
-            && let Some(mut b) = builder.take()
+            && let Some((mut b, mut buffers)) = builder.take()
         {
             // Reading a large fleet is CPU work: keep it off the async workers.
             let now = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
             let exemplars = std::mem::take(&mut *shared.exemplars.lock().unwrap_or_else(|p| p.into_inner()));
             let (tx, mut requests) = tokio::sync::mpsc::channel(METRIC_REQUESTS_IN_FLIGHT);
             let ident = own.clone();
+            let encoder = client.clone();
             let collecting = tokio::task::spawn_blocking(move || {
                 let mut exemplars = exemplars;
-                let mut emit = |chunk| tx.blocking_send(ident.agent_request(chunk)).is_ok();
+                // Each request is encoded as soon as it is built and its
+                // objects dropped: what waits for the network is bytes.
+                let mut send = |request: ExportMetricsServiceRequest| {
+                    tx.blocking_send(encoder.encode_metrics(&request, &mut buffers)).is_ok()
+                };
+                let mut emit = |chunk| send(ident.agent_request(chunk));
                 let fleet = b.collect_with(&view, now, &mut exemplars, &mut emit);
                 for group in metrics::split(fleet, MAX_POINTS_PER_REQUEST) {
-                    if tx.blocking_send(ident.request(vec![ident.scoped(None, group)])).is_err() {
+                    if !send(ident.request(vec![ident.scoped(None, group)])) {
                         break;
                     }
                 }
-                b
+                (b, buffers)
             });
             // Retries never outlast the next collection, nor shutdown.
             let mut policy = config.retry_on_failure;
@@ -622,18 +629,23 @@ async fn send_metrics(
             if closing {
                 policy.enabled = false;
             }
-            while let Some(request) = requests.recv().await {
-                let result = with_retry(
-                    policy,
-                    || {
-                        let mut c = client.clone();
-                        let r = request.clone();
-                        async move { c.export_metrics(r).await }
-                    },
-                    || shared.until_closing(),
-                    |_| {},
-                )
-                .await;
+            while let Some(encoded) = requests.recv().await {
+                let result = match encoded {
+                    Ok(body) => {
+                        with_retry(
+                            policy,
+                            || {
+                                let mut c = client.clone();
+                                let body = body.clone();
+                                async move { c.export_metrics(body).await }
+                            },
+                            || shared.until_closing(),
+                            |_| {},
+                        )
+                        .await
+                    }
+                    Err(f) => Err(f),
+                };
                 match result {
                     Ok(_) => {
                         shared.stats.metric_exports.fetch_add(1, Relaxed);

@@ -1,6 +1,8 @@
-//! Metric families built from the [`CollectorView`] at scrape time — the
-//! `prometheus` crate's [`Collector`] trait, so no per-beat registry call
-//! and no per-agent object ever lives in a registry.
+//! Metric families built from the [`CollectorView`] at scrape time: the
+//! collector's own families as `prometheus` crate [`MetricFamily`]s (their
+//! number does not grow with the fleet), the per-agent ones streamed from
+//! the same snapshots by [`super::agents`] — so no per-beat registry call,
+//! and no per-agent object at all.
 //!
 //! Three groups, every fixed-label series present from the first scrape:
 //! * **varta-watch 0.2 compatible** (`varta_beats_total{pid}`,
@@ -18,17 +20,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use varta_agents::AttributeStore;
 use varta_pipeline::{MetricKind, Role, Sample};
 use varta_processor::{
-    AgentView, Cause, RecoveryOutcome, RecoveryRefusal, STALL_DURATION_BOUNDS_NS, Snapshot, StallDurations,
+    Cause, RecoveryOutcome, RecoveryRefusal, STALL_DURATION_BOUNDS_NS, Snapshot, StallDurations,
     StatsSnapshot,
 };
-use varta_proto::{Source, Status};
 
+use super::agents::{AgentSource, PipelineAgents};
 use super::http::HttpStats;
+use super::scrape::Exposition;
 use crate::view::{CollectorView, LiveView};
 
 /// The eight decode-error kinds varta-watch exports (receiver refusal labels).
@@ -58,23 +60,13 @@ pub struct AgentSeries {
     pub max_agents: usize,
 }
 
-/// The collector handed to the registry.
+/// What the endpoint serves: every family, built anew at each scrape.
 #[derive(Debug)]
 pub struct VartaFamilies {
     /// Every component, and the pipelines whose agents this exporter serves.
     view: LiveView,
     agents: AgentSeries,
     http: Arc<HttpStats>,
-    descs: Vec<Desc>,
-}
-
-fn status_value(s: Status) -> f64 {
-    match s {
-        Status::Ok => 0.0,
-        Status::Degraded => 1.0,
-        Status::Critical => 2.0,
-        Status::Stall => 3.0,
-    }
 }
 
 /// `varta_collector_<role>_<name>[_total]`.
@@ -132,43 +124,49 @@ fn label(k: &str, v: &str) -> proto::LabelPair {
 
 impl VartaFamilies {
     pub fn new(view: LiveView, agents: AgentSeries, http: Arc<HttpStats>) -> VartaFamilies {
-        // Descriptors of every family this collector can produce (the
-        // registry checks names for validity and uniqueness).
-        let descs = Scrape { view: &view.load(), agents, http: &http }
-            .collect()
-            .iter()
-            .filter_map(|f| {
-                Desc::new(f.name().to_owned(), f.help().to_owned(), Vec::new(), Default::default()).ok()
-            })
-            .collect();
-        VartaFamilies { view, agents, http, descs }
+        VartaFamilies { view, agents, http }
+    }
+
+    /// Begins a scrape: the fixed families (encoded now) and the per-agent
+    /// ones (rendered as the body is sent), from one reading of the view
+    /// and its snapshots (a reload replaces the view whole, never under a
+    /// scrape).
+    pub fn scrape(&self) -> prometheus::Result<Exposition> {
+        let view = self.view.load();
+        let scrape = Scrape { view: &view, http: &self.http };
+        let snaps = scrape.snapshots();
+        let agents = AgentSource::new(
+            snaps
+                .iter()
+                .map(|(name, snapshot)| PipelineAgents {
+                    name: (*name).to_owned(),
+                    snapshot: Arc::clone(snapshot),
+                    attributes: scrape.attributes(name),
+                })
+                .collect(),
+            self.agents.enabled.then_some(self.agents.max_agents),
+        );
+        let mut fixed = Vec::with_capacity(64);
+        scrape.compat(&snaps, &mut fixed);
+        scrape.omitted(agents.omitted(), &mut fixed);
+        scrape.components(&mut fixed);
+        Exposition::new(fixed, agents)
     }
 }
 
-/// One scrape: families built from the view current when it began (a
-/// reload replaces the view whole, never under a scrape).
+/// The fixed families of one scrape.
 struct Scrape<'a> {
     view: &'a CollectorView,
-    agents: AgentSeries,
     http: &'a Arc<HttpStats>,
 }
 
 impl Scrape<'_> {
-    fn collect(&self) -> Vec<MetricFamily> {
-        let snaps = self.snapshots();
-        let mut out = Vec::with_capacity(64);
-        self.compat(&snaps, &mut out);
-        self.per_agent(&snaps, &mut out);
-        self.components(&mut out);
-        out
-    }
-
     fn snapshots(&self) -> Vec<(&str, Arc<Snapshot>)> {
         self.view.pipelines.iter().map(|p| (p.name.as_str(), p.latest())).collect()
     }
 
-    fn attributes(&self, pipeline: &str) -> Option<&AttributeStore> {
-        self.view.pipelines.iter().find(|p| p.name == pipeline).and_then(|p| p.attributes.as_deref())
+    fn attributes(&self, pipeline: &str) -> Option<Arc<AttributeStore>> {
+        self.view.pipelines.iter().find(|p| p.name == pipeline).and_then(|p| p.attributes.clone())
     }
 
     fn receiver_total(&self, reasons: &[&str]) -> u64 {
@@ -289,42 +287,9 @@ impl Scrape<'_> {
         ));
     }
 
-    fn per_agent(&self, snaps: &[(&str, Arc<Snapshot>)], out: &mut Vec<MetricFamily>) {
-        let mut beats = Family::counter("varta_beats_total", "Beats accepted from this agent.");
-        let mut stalls = Family::counter("varta_stalls_total", "Stalls of this agent.");
-        let mut status =
-            Family::gauge("varta_status", "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.");
-        let mut threshold = Family::gauge(
-            "varta_agent_threshold_seconds",
-            "The stall threshold this agent runs under: its rule's, the default, or learned from its beat.",
-        );
-        let tagged = snaps.len() > 1;
-        let mut budget = if self.agents.enabled { self.agents.max_agents } else { 0 };
-        let mut omitted = 0u64;
-        // Stalled agents first: they are the ones an operator is looking for.
-        for stalled_pass in [true, false] {
-            for (pipeline, snap) in snaps {
-                let store = self.attributes(pipeline).map(AttributeStore::read);
-                for a in snap.agents().filter(|a| (a.status == Status::Stall) == stalled_pass) {
-                    if budget == 0 {
-                        omitted += 1;
-                        continue;
-                    }
-                    budget -= 1;
-                    let attrs = store.as_ref().and_then(|s| s.get(&a.id));
-                    let series = AgentLabels {
-                        pipeline: tagged.then_some(*pipeline),
-                        exe: attrs.and_then(|x| x.executable_name()),
-                        service: attrs.and_then(|x| x.service_name()),
-                    };
-                    let families = [&mut beats, &mut stalls, &mut status, &mut threshold];
-                    push_agent(a, snap.threshold_ns_of(a), &series, families);
-                }
-            }
-        }
-        if self.agents.enabled {
-            out.extend([beats.0, stalls.0, status.0, threshold.0]);
-        }
+    /// `varta_prometheus_agents_omitted` (the per-agent families themselves
+    /// are streamed by [`super::agents`]).
+    fn omitted(&self, omitted: usize, out: &mut Vec<MetricFamily>) {
         out.push(
             Family::gauge(
                 "varta_prometheus_agents_omitted",
@@ -383,50 +348,4 @@ fn histogram(name: &str, help: &str, parts: impl Iterator<Item = StallDurations>
     m.set_histogram(h);
     f.0.mut_metric().push(m);
     f.0
-}
-
-/// Labels of one agent's series beyond `pid` and `source`.
-struct AgentLabels<'a> {
-    /// Set when the endpoint serves several pipelines.
-    pipeline: Option<&'a str>,
-    exe: Option<&'a str>,
-    service: Option<&'a str>,
-}
-
-/// One agent's points in `[beats, stalls, status, threshold]`.
-fn push_agent(a: &AgentView, threshold_ns: u64, extra: &AgentLabels<'_>, families: [&mut Family; 4]) {
-    let [beats, stalls, status, threshold] = families;
-    let pid = a.id.pid.to_string();
-    let source = match a.id.source {
-        Source::Local => None,
-        other => Some(other.to_string()),
-    };
-    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(5);
-    if let Some(p) = extra.pipeline {
-        labels.push(("pipeline", p));
-    }
-    labels.push(("pid", &pid));
-    if let Some(src) = &source {
-        labels.push(("source", src));
-    }
-    if let Some(exe) = extra.exe {
-        labels.push(("exe", exe));
-    }
-    if let Some(service) = extra.service {
-        labels.push(("service", service));
-    }
-    beats.push(&labels, a.beats as f64);
-    stalls.push(&labels, a.stalls as f64);
-    status.push(&labels, status_value(a.status));
-    threshold.push(&labels, threshold_ns as f64 / 1e9);
-}
-
-impl Collector for VartaFamilies {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        Scrape { view: &self.view.load(), agents: self.agents, http: &self.http }.collect()
-    }
 }

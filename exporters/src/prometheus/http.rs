@@ -9,32 +9,34 @@
 //! `WWW-Authenticate` (constant-time comparison; scheme and hex digits
 //! case-insensitive). Bounds: open connections (`max_connections`; more
 //! are closed at once and counted), request header size (16 KiB buffer,
-//! 32 headers) and header read time (`header_timeout`, slowloris), and
-//! scrape builds run at most two at a time on the blocking pool so a
-//! flood of scrapes cannot starve the runtime. Beat ingestion and stall
+//! 32 headers) and header read time (`header_timeout`, slowloris). A
+//! scrape is streamed ([`super::body`]): its fixed families are built when
+//! the request is classified, its per-agent series rendered slice by slice
+//! as the client takes them, so a scrape costs one slice of memory and a
+//! slow or stalled client holds no thread. Beat ingestion and stall
 //! detection never wait for any of this: they run on their own threads and
 //! publish snapshots this side only reads.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus::{Encoder, Registry, TextEncoder};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::httpd::{self, ConnectionStats};
 use varta_pipeline::clock::monotonic_ns;
 use varta_pipeline::{Instrumented, Sample};
 use varta_proto::Key;
 
+use super::body::ScrapeBody;
 use super::config::PrometheusConfig;
+use super::families::VartaFamilies;
 use super::ratelimit::ClientLimiter;
 
 /// What became of a request.
@@ -88,6 +90,10 @@ impl HttpStats {
     pub fn unauthorized(&self) -> u64 {
         self.requests(Outcome::Unauthorized)
     }
+
+    pub(super) fn count_scrape_failure(&self) {
+        self.scrape_failures.fetch_add(1, Relaxed);
+    }
 }
 
 /// The endpoint's metrics.
@@ -96,8 +102,10 @@ pub mod metric {
 
     pub static REQUESTS: Metric =
         Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.");
-    pub static SCRAPE_FAILURES: Metric =
-        Metric::counter("scrape_failures", "Scrapes that could not be encoded (answered 500).");
+    pub static SCRAPE_FAILURES: Metric = Metric::counter(
+        "scrape_failures",
+        "Scrapes that could not be encoded (answered 500) or compressed (cut).",
+    );
 }
 
 impl Instrumented for HttpStats {
@@ -136,12 +144,13 @@ pub fn token_matches(headers: &HeaderMap, token: &Key) -> bool {
 pub struct Endpoint {
     pub config: PrometheusConfig,
     pub token: Option<Key>,
-    pub registry: Registry,
+    pub families: VartaFamilies,
     pub limiter: Mutex<ClientLimiter>,
     pub stats: Arc<HttpStats>,
-    /// Scrape builds in flight at most.
-    pub builds: Semaphore,
 }
+
+/// A refusal's plain body or a scrape's stream.
+pub type ResponseBody = Either<Full<Bytes>, ScrapeBody>;
 
 /// Decides what a request gets (see the module docs for the order).
 pub fn classify(ep: &Endpoint, method: &Method, path: &str, headers: &HeaderMap, peer: IpAddr) -> Outcome {
@@ -180,24 +189,10 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Builds and encodes one scrape (blocking work: run on the blocking pool).
-fn render(registry: &Registry, gzip: bool) -> Result<(Vec<u8>, bool), String> {
-    let families = registry.gather();
-    let mut text = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&families, &mut text).map_err(|e| e.to_string())?;
-    if !gzip {
-        return Ok((text, false));
-    }
-    let mut z =
-        flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
-    z.write_all(&text).map_err(|e| e.to_string())?;
-    z.finish().map(|b| (b, true)).map_err(|e| e.to_string())
-}
-
-async fn respond(ep: Arc<Endpoint>, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+async fn respond(ep: Arc<Endpoint>, req: Request<Incoming>, peer: IpAddr) -> Response<ResponseBody> {
     let outcome = classify(&ep, req.method(), req.uri().path(), req.headers(), peer);
     ep.stats.count(outcome);
-    match outcome {
+    let refusal = match outcome {
         Outcome::RateLimited => {
             let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -215,35 +210,29 @@ async fn respond(ep: Arc<Endpoint>, req: Request<Incoming>, peer: IpAddr) -> Res
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"varta\""));
             r
         }
-        Outcome::Scrape => scrape(&ep, accepts_gzip(req.headers())).await,
-    }
+        Outcome::Scrape => return scrape(&ep, accepts_gzip(req.headers())),
+    };
+    refusal.map(Either::Left)
 }
 
-async fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<Full<Bytes>> {
-    let Ok(_permit) = ep.builds.acquire().await else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-    };
-    let worker = Arc::clone(ep);
-    let rendered = tokio::task::spawn_blocking(move || render(&worker.registry, gzip)).await;
-    match rendered {
-        Ok(Ok((body, gzipped))) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+/// Begins a scrape: the collector's own families now (an encoding error is
+/// a 500), the per-agent series as the body is sent.
+fn scrape(ep: &Arc<Endpoint>, gzip: bool) -> Response<ResponseBody> {
+    match ep.families.scrape() {
+        Ok(exposition) => {
+            let mut r =
+                Response::new(Either::Right(ScrapeBody::new(exposition, gzip, Arc::clone(&ep.stats))));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
-            if gzipped {
+            if gzip {
                 r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             }
             r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
             r
         }
-        Ok(Err(e)) => {
-            ep.stats.scrape_failures.fetch_add(1, Relaxed);
-            tracing::error!("cannot encode metrics: {e}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
-        }
         Err(e) => {
-            ep.stats.scrape_failures.fetch_add(1, Relaxed);
-            tracing::error!("metrics scrape task failed: {e}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+            ep.stats.count_scrape_failure();
+            tracing::error!("cannot encode metrics: {e}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").map(Either::Left)
         }
     }
 }

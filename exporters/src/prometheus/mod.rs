@@ -2,8 +2,11 @@
 //! collector and every agent's liveness, in the Prometheus text format.
 //!
 //! It is a *view*, not an event consumer: series are built at scrape time
-//! from the published snapshots and component counters ([`families`]),
-//! served over HTTP on the collector's Tokio runtime ([`http`]) behind a
+//! from the published snapshots and component counters ([`families`]), the
+//! per-agent ones rendered straight from the snapshot ([`agents`]) and
+//! streamed slice by slice ([`scrape`], [`body`]) so a scrape's memory does
+//! not grow with the fleet, and served over HTTP on the collector's Tokio
+//! runtime ([`http`]) behind a
 //! bearer token, a per-client rate limit ([`ratelimit`]) and connection
 //! bounds. One endpoint may serve several pipelines (their agents; with
 //! more than one, per-agent series carry a `pipeline` label).
@@ -12,16 +15,19 @@
 //! pipeline thread takes; a scrape reads at most `snapshot_interval`-old
 //! agent state; every fixed-label series exists from the first scrape.
 
+pub mod agents;
+pub mod body;
 pub mod config;
+pub mod exposition;
 pub mod families;
 pub mod http;
 pub mod ratelimit;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use prometheus::Registry;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use varta_pipeline::Instrumented;
 
 pub use config::{Auth, PrometheusConfig, RateLimit};
@@ -39,8 +45,6 @@ pub enum PrometheusError {
     Token(#[from] varta_secrets::SecretFileError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot register metrics: {0}")]
-    Registry(#[from] prometheus::Error),
 }
 
 /// A bound, not yet serving endpoint (binding first lets startup fail
@@ -89,15 +93,12 @@ impl BoundEndpoint {
             .map_err(|source| PrometheusError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
         let agents =
             AgentSeries { enabled: self.config.per_agent_series, max_agents: self.config.max_agent_series };
-        let registry = Registry::new();
-        registry.register(Box::new(VartaFamilies::new(view, agents, Arc::clone(&self.stats))))?;
         let endpoint = Arc::new(http::Endpoint {
             limiter: Mutex::new(ratelimit::ClientLimiter::new(self.config.rate_limit)),
             config: self.config,
             token: self.token,
-            registry,
+            families: VartaFamilies::new(view, agents, Arc::clone(&self.stats)),
             stats: self.stats,
-            builds: Semaphore::new(2),
         });
         let listener = {
             let _entered = runtime.enter();
