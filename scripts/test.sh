@@ -15,6 +15,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 peers=$(./scripts/install-peers.sh)
 eval "$peers"
 export PROMETHEUS PROMTOOL ROTEL SYSTEMD_ANALYZE KUBERNETES_VALIDATE OTELCOL JAEGER
-# Integration tests drive the real binaries; build them first.
-cargo build --workspace --bins --locked
+# Integration tests drive the real binaries (and the embedding example); build them first.
+cargo build --workspace --bins --examples --locked
 cargo test --workspace --locked

@@ -23,5 +23,25 @@ pub mod diagnose;
 pub mod proc;
 pub mod resolver;
 
+use std::sync::Arc;
+
+use varta_processor::recovery::AgentLabels;
+
 pub use attributes::{AttributeStore, Attributes, StoreView};
 pub use resolver::{Resolver, ResolverConfig, ResolverStats};
+
+/// What a recovery runner's command templates may name of a local agent
+/// (`{service}`, `{exe}`, `{container}`), read from the resolver's `store`
+/// when there is one (`None`: every label unknown). One function for the
+/// collector's pipelines and the embedding façade.
+pub fn recovery_labels(store: Option<Arc<AttributeStore>>) -> AgentLabels {
+    Box::new(move |agent| {
+        let view = store.as_ref().map(|s| s.read());
+        let a = view.as_ref().and_then(|v| v.get(agent));
+        [
+            a.and_then(|a| a.service_name()).map(str::to_owned),
+            a.and_then(|a| a.executable_name()).map(str::to_owned),
+            a.and_then(|a| a.container_id()).map(str::to_owned),
+        ]
+    })
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod http;
 pub mod peers;
+pub mod rotel;
 
 /// Upper bound for anything a test waits for; generous so slow CI machines pass.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -25,6 +26,26 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} not built; run `cargo build --workspace --bins` first", path.display());
     path
+}
+
+/// Path of a workspace example (`embedded`), built by
+/// `cargo build --workspace --examples`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// Sends signal `sig` to process `pid` (a child the test started).
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes any pid and signal number; it only reports errors.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 /// Polls `f` until it returns Some, or panics after [`PATIENCE`].

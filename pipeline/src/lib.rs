@@ -12,6 +12,7 @@
 //!   with the count in between.
 //! * [`clock`]: `CLOCK_MONOTONIC` in nanoseconds.
 //! * [`procfs`]: small readers of Linux `/proc` (start time, pid namespaces, pid_max).
+//! * [`threads`]: named threads and joins bounded by a deadline.
 //!
 //! (The queue lived in `varta-proto` before; it moved here because `proto`
 //! promises pure functions and the queue is a concurrency primitive.)
@@ -21,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod procfs;
 pub mod queue;
+pub mod threads;
 pub mod throttle;
 
 pub use metrics::{Component, Instrumented, Metric, MetricKind, Role, Sample};

@@ -14,7 +14,8 @@ use varta_exporters::prometheus::{BoundEndpoint, PrometheusConfig, PrometheusSer
 use varta_exporters::{DebugExporter, Exporter, ExporterQueue, Fanout, FileExporter, LiveView, OtlpExporter};
 use varta_pipeline::Instrumented;
 use varta_pipeline::queue::{BatchReceiver, BatchSender, QueueDepth};
-use varta_processor::recovery::{AgentLabels, Recovery, SHUTDOWN_MARGIN};
+use varta_pipeline::threads::{join_by, spawn};
+use varta_processor::recovery::{Recovery, SHUTDOWN_MARGIN};
 use varta_processor::{Processor, ProcessorStats, SnapshotReader};
 use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 
@@ -22,24 +23,6 @@ use super::keys::PipelinePlan;
 use super::wedge;
 use crate::config::ExporterConfig;
 use crate::health::{HealthCheckConfig, HealthServer, SharedReport, Stage};
-
-fn spawn<T: Send + 'static>(
-    name: String,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<JoinHandle<T>, String> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(f)
-        .map_err(|e| format!("cannot start thread {name}: {e}"))
-}
-
-/// Waits for `thread` until `deadline`; gives it back if it is still running.
-fn join_by<T>(thread: JoinHandle<T>, deadline: Instant) -> Result<std::thread::Result<T>, JoinHandle<T>> {
-    while !thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if thread.is_finished() { Ok(thread.join()) } else { Err(thread) }
-}
 
 /// Joins a thread that should be ending; says whether it ended cleanly in time.
 fn join_logged<T>(what: &str, component: &str, thread: JoinHandle<T>, deadline: Instant) -> bool {
@@ -381,16 +364,7 @@ impl PipelineSlot {
         if self.recovery_key.is_empty()
             && let Some((id, cfg)) = &plan.recovery
         {
-            let store = self.attributes.clone();
-            let labels: AgentLabels = Box::new(move |agent| {
-                let view = store.as_ref().map(|s| s.read());
-                let a = view.as_ref().and_then(|v| v.get(agent));
-                [
-                    a.and_then(|a| a.service_name()).map(str::to_owned),
-                    a.and_then(|a| a.executable_name()).map(str::to_owned),
-                    a.and_then(|a| a.container_id()).map(str::to_owned),
-                ]
-            });
+            let labels = varta_agents::recovery_labels(self.attributes.clone());
             let window = plan.resolver.as_ref().map(|(_, r)| r.diagnosis.window);
             let probe = Box::new(varta_agents::proc::process_facts);
             let (started, handle) = Recovery::start(&self.name, cfg.clone(), probe, labels, window)

@@ -149,9 +149,9 @@ impl Exemplars {
 /// one request well below [`super::MAX_POINTS_PER_REQUEST`].
 pub const AGENTS_PER_CHUNK: usize = 512;
 
-const AGENT_STATUS_HELP: &str = "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.";
-const AGENT_BEATS_HELP: &str = "Beats accepted from this agent.";
-const AGENT_STALLS_HELP: &str = "Stalls of this agent.";
+pub const AGENT_STATUS_HELP: &str = "Agent status: 0 ok, 1 degraded, 2 critical, 3 stalled.";
+pub const AGENT_BEATS_HELP: &str = "Beats accepted from this agent.";
+pub const AGENT_STALLS_HELP: &str = "Stalls of this agent.";
 
 /// Per-agent points of up to [`AGENTS_PER_CHUNK`] agents.
 #[derive(Debug)]

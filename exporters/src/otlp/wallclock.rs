@@ -18,8 +18,9 @@ use varta_processor::clock::Clock;
 /// A wall-clock step larger than this re-takes the offset.
 pub const STEP_NS: i128 = 1_000_000_000;
 
-/// Converts processor-clock readings to Unix nanoseconds.
-#[derive(Debug)]
+/// Converts processor-clock readings to Unix nanoseconds. A clone keeps
+/// the offset measured so far (views of one pipeline agree on times).
+#[derive(Debug, Clone)]
 pub struct WallClock {
     clock: Clock,
     offset_ns: i128,
