@@ -27,7 +27,8 @@
 #   file + otlp (metrics every 5 s, per-agent points) + otlphttp to rotel;
 #   all of them. Every variant in one run, one after the other.
 #
-# Knobs: REPS [3], SKIP_BUILD=1, AGENTS. Results go to bench/results/otlp.md.
+# Knobs: REPS [3], SKIP_BUILD=1, AGENTS, ROTEL (a rotel-agent to use instead of
+# installing one with scripts/install-peers.sh). Results go to bench/results/otlp.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -46,7 +47,11 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building release binaries"
     (cd "$ROOT" && cargo build -q --release -p varta-collector -p varta-bench)
 fi
-eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
+# A rotel the caller already has (e.g. from /tmp/peers.env) is used as is;
+# only without one does the installer run.
+if [[ -z ${ROTEL:-} || ! -x $ROTEL ]]; then
+    eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -527,10 +527,17 @@ impl MetricsBuilder {
         let (mut status_points, mut beat_points, mut stall_points) = (Vec::new(), Vec::new(), Vec::new());
         let mut in_chunk = 0;
         for (pi, p) in view.pipelines.iter().enumerate() {
-            let snap = p.latest();
+            // The agent views of one consistent snapshot, but not the
+            // snapshot itself: each view chunk is let go as soon as its
+            // agents are built, so while this collection waits for the
+            // network the processor's newer snapshots can replace the
+            // chunks already sent instead of adding a whole generation.
+            let view_chunks = p.latest().agent_chunks();
             let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
-            let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
-            for a in snap.agents() {
+            for a in view_chunks.into_iter().flat_map(|c| (0..c.len()).map(move |i| c[i])) {
+                // Read-locked per agent: `emit` below may wait for the
+                // network, and the resolver must not wait with it.
+                let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
                 let agent = a.agent_ref();
                 let resolved = store.as_ref().and_then(|s| s.get(&a.id));
                 // Per-agent sums are deltas of the agent's own previous
@@ -579,6 +586,7 @@ impl MetricsBuilder {
                     stall_points.push(sum_point(at.clone(), st));
                     status_points.push(status_point(at));
                 }
+                drop(store);
                 in_chunk += 1;
                 if in_chunk == AGENTS_PER_CHUNK {
                     in_chunk = 0;
