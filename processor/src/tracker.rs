@@ -39,7 +39,7 @@ const HAS_NONCE: u8 = 2;
 /// The upper six bits of `flags` count the gaps learned from (saturating).
 const GAPS_SHIFT: u32 = 2;
 /// Most warm-up gaps `flags` can count (`tracker.adaptive.warmup_beats` ≤ this).
-pub const MAX_WARMUP: u8 = (u8::MAX >> GAPS_SHIFT) as u8;
+pub const MAX_WARMUP: u8 = u8::MAX >> GAPS_SHIFT;
 
 /// One tracked agent (104 bytes: no field is spare — the host pid is the
 /// key pid for every transport, and the learned-gap count shares `flags`).
