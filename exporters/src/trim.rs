@@ -1,7 +1,8 @@
 //! Handing memory that exports freed back to the kernel.
 //!
 //! Why: an OTLP collection builds and encodes per-agent objects chunk by
-//! chunk on a blocking-pool thread and sends them from runtime workers;
+//! chunk on a blocking-pool thread and sends them from runtime workers (a
+//! scrape renders on runtime workers);
 //! each of those threads allocates from its own glibc arena, and glibc
 //! keeps what was freed there (it only trims the top of the main heap by
 //! itself). Measured at 50,000 agents, two OTLP exporters left ~6 MB of
@@ -11,11 +12,13 @@
 //!
 //! Promises:
 //! * **Bounded cost.** At most one trim per [`MIN_INTERVAL_NS`] in the
-//!   whole process, whoever asks; callers ask after a collection, never per
-//!   event. A trim locks one arena at a time while it walks that arena's
-//!   free lists, so an allocating thread (the processor publishing a
-//!   snapshot) can wait that long once per interval — microseconds at these
-//!   heap sizes, not a network wait.
+//!   whole process, whoever asks; callers ask after an OTLP metrics
+//!   collection (on its sending task) and when a Prometheus scrape's body
+//!   is dropped (on the runtime worker serving it), never per event. A
+//!   trim locks one arena at a time while it walks that arena's free
+//!   lists, so an allocating thread (the processor publishing a snapshot)
+//!   can wait that long once per interval — a CPU walk of the heap's free
+//!   lists, never a network or disk wait.
 //! * **Only where it means something.** On glibc; elsewhere (musl, other
 //!   allocators) it does nothing.
 

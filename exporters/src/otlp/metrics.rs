@@ -733,6 +733,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use varta_pipeline::{Instrumented, Metric as ModelMetric, Sample};
+    use varta_processor::StatsSnapshot;
     use varta_processor::clock::Clock;
     use varta_processor::snapshot::Publisher;
 
@@ -814,6 +815,45 @@ mod tests {
         assert_eq!(value(&mut b, 400), (0, 300));
         fake.0.store(2, Relaxed);
         assert_eq!(value(&mut b, 500), (2, 400), "a counter that went down counts from zero");
+    }
+
+    /// While a collection waits on `emit` (the network), the view chunks
+    /// it has already turned into points are no longer kept alive by it:
+    /// once the processor publishes a newer snapshot, they are freed.
+    #[test]
+    fn a_collection_lets_go_of_the_view_chunks_it_has_sent() {
+        use varta_processor::tracker::{Slot, Tracker};
+        use varta_proto::{Source, Transport};
+        let (v, mut publisher) = view(Arc::new(Fake::default()));
+        let agents = 3 * varta_processor::tracker::VIEW_CHUNK as u32;
+        let mut tracker = Tracker::new(agents as usize, &[2_000_000_000]);
+        for pid in 1..=agents {
+            let slot = Slot::new(Source::Local, pid, 0, Transport::Uds, 10, 0);
+            let hash = tracker.hash(&Source::Local, pid);
+            tracker.insert(hash, slot).expect("room");
+        }
+        publisher.publish(20, &mut tracker, StatsSnapshot::default());
+        let first = Arc::downgrade(&v.pipelines[0].latest().agent_chunks()[0]);
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100).with_agent_resource(Some(None));
+        let (mut chunks, mut agents_sent, mut freed_while_sending) = (0, 0, None);
+        b.collect_with(&v, 200, &mut Exemplars::default(), &mut |chunk| {
+            let AgentChunk::Resources(r) = chunk else { panic!("agents are resources") };
+            agents_sent += r.len();
+            chunks += 1;
+            // Past the first view chunk: every agent beats, the processor
+            // publishes a new generation of every view chunk.
+            if agents_sent == 3 * AGENTS_PER_CHUNK {
+                for idx in 0..agents {
+                    tracker.touch(idx, 30, 0);
+                }
+                publisher.publish(30, &mut tracker, StatsSnapshot::default());
+                freed_while_sending = Some(first.upgrade().is_none());
+            }
+            true
+        });
+        assert_eq!(agents_sent, agents as usize, "every agent once");
+        assert!(chunks > 3);
+        assert_eq!(freed_while_sending, Some(true), "the first view chunk outlived its points");
     }
 
     #[test]
