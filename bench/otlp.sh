@@ -25,9 +25,11 @@
 #   growth per tracked agent ((VmRSS at the end − VmRSS before the load) /
 #   agents) with exporters: file only; file + prometheus scraped every 2 s;
 #   file + otlp (metrics every 5 s, per-agent points) + otlphttp to rotel;
-#   all of them. Every variant in one run, one after the other.
+#   all of them. Every variant in one run, one after the other. Also the
+#   peak growth (highest VmRSS sampled every 0.5 s during the load).
 #
-# Knobs: REPS [3], SKIP_BUILD=1, AGENTS. Results go to bench/results/otlp.md.
+# Knobs: REPS [3], SKIP_BUILD=1, AGENTS, ROTEL (a rotel-agent to use instead of
+# installing one with scripts/install-peers.sh). Results go to bench/results/otlp.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -46,7 +48,11 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building release binaries"
     (cd "$ROOT" && cargo build -q --release -p varta-collector -p varta-bench)
 fi
-eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
+# A rotel the caller already has (e.g. from /tmp/peers.env) is used as is;
+# only without one does the installer run.
+if [[ -z ${ROTEL:-} || ! -x $ROTEL ]]; then
+    eval "$("$ROOT/scripts/install-peers.sh" | grep '^ROTEL=')"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -217,29 +223,41 @@ memory_once() { # memory_once AGENTS VARIANT → bytes per agent
         (while kill -0 "$cp" 2>/dev/null; do curl -s -o /dev/null "http://127.0.0.1:$prom/metrics"; sleep 2; done) &
         scraper=$!
     fi
+    # RSS every 0.5 s during the load: exports and scrapes come and go, so
+    # the end value alone depends on where in their cycles it falls.
+    (peak=0; while kill -0 "$cp" 2>/dev/null; do r=$(rss_kib "$cp" 2>/dev/null || echo 0)
+        ((${r:-0} > peak)) && peak=$r && echo "$peak" >"$WORK/peak"; sleep 0.5; done) &
+    local sampler=$!
     "$BIN/varta-load" --transport udp --target "127.0.0.1:$udp" --agents "$agents" --interval 1s \
         --duration 25s --on-full wait >/dev/null 2>>"$WORK/load.log"
     after=$(rss_kib "$cp")
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    local peak
+    peak=$(cat "$WORK/peak" 2>/dev/null || echo "$after")
+    ((after > peak)) && peak=$after
+    rm -f "$WORK/peak"
     [[ -n $scraper ]] && kill "$scraper" 2>/dev/null || true
     kill -TERM "$cp"
     wait "$cp" || true
     [[ $variant == otlp || $variant == all ]] && kill "${PIDS[-1]}" 2>/dev/null || true
     local tracked
     tracked=$(grep '"agents_tracked"' "$WORK/coll-mem.log" | grep -o '"value":[0-9]*' | tail -1 | cut -d: -f2)
-    echo $(( (after - before) * 1024 / ${tracked:-1} )) "$tracked"
+    echo $(( (after - before) * 1024 / ${tracked:-1} )) "$tracked" $(( (peak - before) * 1024 / ${tracked:-1} ))
 }
 
 memory() {
     for n in ${AGENTS:-50000}; do
-        local row="" file_b=""
+        local row="" file_b="" file_p=""
         for v in file prometheus otlp all; do
-            read -r b tracked < <(memory_once "$n" "$v")
-            log "memory $n agents, $v: $b B/agent ($tracked tracked)"
-            [[ $v == file ]] && file_b=$b
-            row+=" $v $b B |"
+            read -r b tracked p < <(memory_once "$n" "$v")
+            log "memory $n agents, $v: $b B/agent at the end, $p B/agent at the peak ($tracked tracked)"
+            [[ $v == file ]] && file_b=$b file_p=$p
+            row+=" $v $b B (peak $p B) |"
         done
-        printf '| RSS growth per agent, %s UDP agents at 1 beat/s, 25 s |%s all/file %s |\n' "$n" "$row" \
-            "$(awk -v a="$b" -v f="$file_b" 'BEGIN { printf "%.2f", a / f }')" | tee -a "$HERE/results/otlp.md"
+        printf '| RSS growth per agent (at the end; peak during the load), %s UDP agents at 1 beat/s, 25 s |%s all/file %s (peak %s) |\n' "$n" "$row" \
+            "$(awk -v a="$b" -v f="$file_b" 'BEGIN { printf "%.2f", a / f }')" \
+            "$(awk -v a="$p" -v f="$file_p" 'BEGIN { printf "%.2f", a / f }')" | tee -a "$HERE/results/otlp.md"
     done
 }
 

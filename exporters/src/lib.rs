@@ -15,6 +15,7 @@
 //! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
 //! * [`otlp`]: metrics and stall-incident traces over OTLP/gRPC.
 //! * [`httpd`]: the small bounded HTTP server every endpoint uses.
+//! * [`trim`]: returning memory freed by exports to the kernel.
 //! * [`view`]: what metrics views read (every component's metrics, each
 //!   pipeline's published snapshot).
 
@@ -26,6 +27,7 @@ pub mod httpd;
 pub mod otlp;
 pub mod prometheus;
 pub mod queue;
+pub mod trim;
 pub mod view;
 
 pub use debug::{DebugExporter, DebugExporterConfig};

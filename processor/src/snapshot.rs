@@ -140,6 +140,13 @@ impl Snapshot {
         self.chunks.iter().flat_map(|c| c.iter())
     }
 
+    /// The agent views in slot order, chunk by chunk (shared, not copied):
+    /// for readers that want to let go of each chunk once read rather than
+    /// hold the whole snapshot for as long as they work on it.
+    pub fn agent_chunks(&self) -> Vec<Arc<[AgentView]>> {
+        self.chunks.clone()
+    }
+
     /// Bytes held by the agent views (shared with other snapshots where
     /// chunks did not change).
     pub fn memory_bytes(&self) -> usize {

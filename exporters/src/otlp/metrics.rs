@@ -527,10 +527,17 @@ impl MetricsBuilder {
         let (mut status_points, mut beat_points, mut stall_points) = (Vec::new(), Vec::new(), Vec::new());
         let mut in_chunk = 0;
         for (pi, p) in view.pipelines.iter().enumerate() {
-            let snap = p.latest();
+            // The agent views of one consistent snapshot, but not the
+            // snapshot itself: each view chunk is let go as soon as its
+            // agents are built, so while this collection waits for the
+            // network the processor's newer snapshots can replace the
+            // chunks already sent instead of adding a whole generation.
+            let view_chunks = p.latest().agent_chunks();
             let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
-            let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
-            for a in snap.agents() {
+            for a in view_chunks.into_iter().flat_map(|c| (0..c.len()).map(move |i| c[i])) {
+                // Read-locked per agent: `emit` below may wait for the
+                // network, and the resolver must not wait with it.
+                let store = p.attributes.as_deref().map(varta_agents::AttributeStore::read);
                 let agent = a.agent_ref();
                 let resolved = store.as_ref().and_then(|s| s.get(&a.id));
                 // Per-agent sums are deltas of the agent's own previous
@@ -579,6 +586,7 @@ impl MetricsBuilder {
                     stall_points.push(sum_point(at.clone(), st));
                     status_points.push(status_point(at));
                 }
+                drop(store);
                 in_chunk += 1;
                 if in_chunk == AGENTS_PER_CHUNK {
                     in_chunk = 0;
@@ -725,6 +733,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use varta_pipeline::{Instrumented, Metric as ModelMetric, Sample};
+    use varta_processor::StatsSnapshot;
     use varta_processor::clock::Clock;
     use varta_processor::snapshot::Publisher;
 
@@ -806,6 +815,45 @@ mod tests {
         assert_eq!(value(&mut b, 400), (0, 300));
         fake.0.store(2, Relaxed);
         assert_eq!(value(&mut b, 500), (2, 400), "a counter that went down counts from zero");
+    }
+
+    /// While a collection waits on `emit` (the network), the view chunks
+    /// it has already turned into points are no longer kept alive by it:
+    /// once the processor publishes a newer snapshot, they are freed.
+    #[test]
+    fn a_collection_lets_go_of_the_view_chunks_it_has_sent() {
+        use varta_processor::tracker::{Slot, Tracker};
+        use varta_proto::{Source, Transport};
+        let (v, mut publisher) = view(Arc::new(Fake::default()));
+        let agents = 3 * varta_processor::tracker::VIEW_CHUNK as u32;
+        let mut tracker = Tracker::new(agents as usize, &[2_000_000_000]);
+        for pid in 1..=agents {
+            let slot = Slot::new(Source::Local, pid, 0, Transport::Uds, 10, 0);
+            let hash = tracker.hash(&Source::Local, pid);
+            tracker.insert(hash, slot).expect("room");
+        }
+        publisher.publish(20, &mut tracker, StatsSnapshot::default());
+        let first = Arc::downgrade(&v.pipelines[0].latest().agent_chunks()[0]);
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100).with_agent_resource(Some(None));
+        let (mut chunks, mut agents_sent, mut freed_while_sending) = (0, 0, None);
+        b.collect_with(&v, 200, &mut Exemplars::default(), &mut |chunk| {
+            let AgentChunk::Resources(r) = chunk else { panic!("agents are resources") };
+            agents_sent += r.len();
+            chunks += 1;
+            // Past the first view chunk: every agent beats, the processor
+            // publishes a new generation of every view chunk.
+            if agents_sent == 3 * AGENTS_PER_CHUNK {
+                for idx in 0..agents {
+                    tracker.touch(idx, 30, 0);
+                }
+                publisher.publish(30, &mut tracker, StatsSnapshot::default());
+                freed_while_sending = Some(first.upgrade().is_none());
+            }
+            true
+        });
+        assert_eq!(agents_sent, agents as usize, "every agent once");
+        assert!(chunks > 3);
+        assert_eq!(freed_while_sending, Some(true), "the first view chunk outlived its points");
     }
 
     #[test]

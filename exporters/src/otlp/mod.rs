@@ -660,6 +660,9 @@ async fn send_metrics(
                 Ok(b) => builder = Some(b),
                 Err(_) => return,
             }
+            // Everything the collection built is freed by now; give its
+            // pages back rather than keep them in the threads' arenas.
+            crate::trim::release_freed_memory();
         }
         if closing {
             return;

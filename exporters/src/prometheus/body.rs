@@ -92,6 +92,18 @@ impl ScrapeBody {
     }
 }
 
+impl Drop for ScrapeBody {
+    /// A scrape's buffers and the collector-family text it rendered are
+    /// freed on a runtime worker's arena; hand those pages back (see
+    /// [`crate::trim`]: at most once a second for the whole process).
+    fn drop(&mut self) {
+        self.text = Vec::new();
+        self.out = BytesMut::new();
+        self.gzip = None;
+        crate::trim::release_freed_memory();
+    }
+}
+
 impl Body for ScrapeBody {
     type Data = Bytes;
     type Error = std::io::Error;
