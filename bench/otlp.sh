@@ -262,7 +262,7 @@ memory() {
 }
 
 mkdir -p "$HERE/results"
-printf '\n## bench/otlp.sh %s — %s, REPS=%s, %s\n\n' "${scenarios[*]}" "$(date -u +%FT%TZ)" "$REPS" "$(git -C "$ROOT" rev-parse --short HEAD)" >>"$HERE/results/otlp.md"
+printf '\n## bench/otlp.sh %s — %s, REPS=%s (memory: one run per variant), %s\n\n' "${scenarios[*]}" "$(date -u +%FT%TZ)" "$REPS" "$(git -C "$ROOT" rev-parse --short HEAD)" >>"$HERE/results/otlp.md"
 for s in "${scenarios[@]}"; do
     case $s in
     latency) latency ;;

@@ -30,6 +30,11 @@ use std::num::NonZeroU32;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+use opentelemetry_semantic_conventions::resource::{
+    CONTAINER_ID, DEPLOYMENT_ENVIRONMENT_NAME, K8S_POD_UID, PROCESS_COMMAND, PROCESS_COMMAND_ARGS,
+    PROCESS_CREATION_TIME, PROCESS_EXECUTABLE_NAME, PROCESS_EXECUTABLE_PATH, PROCESS_OWNER,
+    PROCESS_PARENT_PID, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_NAMESPACE,
+};
 use std::hash::BuildHasher;
 use varta_processor::AgentId;
 
@@ -276,10 +281,11 @@ pub fn apply_otel_env(r: &mut Resolved, env: &[(String, String)]) {
                 continue;
             }
             match key.trim() {
-                "service.name" => r.service_name = Some(value),
-                "service.namespace" => r.service_namespace = Some(value),
-                "service.instance.id" => r.service_instance_id = Some(value),
-                "deployment.environment.name" | "deployment.environment" => {
+                SERVICE_NAME => r.service_name = Some(value),
+                SERVICE_NAMESPACE => r.service_namespace = Some(value),
+                SERVICE_INSTANCE_ID => r.service_instance_id = Some(value),
+                // The deprecated spelling too (its constant is deprecated).
+                DEPLOYMENT_ENVIRONMENT_NAME | "deployment.environment" => {
                     r.deployment_environment = Some(value)
                 }
                 _ => {}
@@ -463,20 +469,20 @@ impl<'a> AttributesRef<'a> {
         let a = self.attrs;
         let mut out = Vec::with_capacity(12);
         if a.parent_pid != 0 {
-            out.push(("process.parent_pid", AttrValue::Int(i64::from(a.parent_pid))));
+            out.push((PROCESS_PARENT_PID, AttrValue::Int(i64::from(a.parent_pid))));
         }
         let strings = [
-            ("process.executable.name", a.executable_name),
-            ("process.executable.path", a.executable_path),
-            ("process.command", a.command),
-            ("process.command_args", a.command_args),
-            ("process.owner", a.owner),
-            ("container.id", a.container_id),
-            ("k8s.pod.uid", a.pod_uid),
-            ("service.name", a.service_name),
-            ("service.namespace", a.service_namespace),
-            ("service.instance.id", a.service_instance_id),
-            ("deployment.environment.name", a.deployment_environment),
+            (PROCESS_EXECUTABLE_NAME, a.executable_name),
+            (PROCESS_EXECUTABLE_PATH, a.executable_path),
+            (PROCESS_COMMAND, a.command),
+            (PROCESS_COMMAND_ARGS, a.command_args),
+            (PROCESS_OWNER, a.owner),
+            (CONTAINER_ID, a.container_id),
+            (K8S_POD_UID, a.pod_uid),
+            (SERVICE_NAME, a.service_name),
+            (SERVICE_NAMESPACE, a.service_namespace),
+            (SERVICE_INSTANCE_ID, a.service_instance_id),
+            (DEPLOYMENT_ENVIRONMENT_NAME, a.deployment_environment),
         ];
         for (name, sym) in strings {
             if let Some(v) = self.s(sym) {
@@ -484,7 +490,7 @@ impl<'a> AttributesRef<'a> {
             }
         }
         if let Some(t) = self.creation_time_ns() {
-            out.push(("process.creation.time", AttrValue::UnixNanos(t)));
+            out.push((PROCESS_CREATION_TIME, AttrValue::UnixNanos(t)));
         }
         out
     }

@@ -943,7 +943,7 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
         let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
         (stalled >= u64::from(AGENTS) * 9 / 10 && stalled == tracked).then_some(tracked)
     });
-    // Per-agent points are sent in chunks (1,024 agents a request): every
+    // Per-agent points are sent in chunks (AGENTS_PER_CHUNK agents a request): every
     // tracked agent's status point arrives, each under its own resource.
     let tracked = count(&c, "pipelines::liveness", "agents_tracked", "");
     let reported = wait_for("every tracked agent's status point", || {
