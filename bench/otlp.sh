@@ -59,12 +59,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_rotel() { # start_rotel GRPC_PORT OUTFILE [HTTP_PORT]
     local http
     http=${3:-$(free_port)}
-    # Stamp every line with the wall clock when it is read (rotel flushes per line).
+    # Stamp every line with the wall clock when it is read (rotel flushes per
+    # line). rotel writes into the stamper rather than a pipe, so that `$!`
+    # is rotel's pid: killing it ends the stamper too (at end of input).
     NO_COLOR=1 "$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$1" --otlp-http-endpoint "127.0.0.1:$http" \
-        --exporter blackhole --debug-log traces --debug-log-verbosity detailed 2>&1 |
-        python3 -u -c 'import sys, time
+        --exporter blackhole --debug-log traces --debug-log-verbosity detailed \
+        > >(python3 -u -c 'import sys, time
 for line in sys.stdin:
-    sys.stdout.write(f"{time.time_ns()} {line}"); sys.stdout.flush()' >"$2" &
+    sys.stdout.write(f"{time.time_ns()} {line}"); sys.stdout.flush()' >"$2") 2>&1 &
     PIDS+=($!)
     for _ in $(seq 200); do grep -q "Starting Rotel" "$2" 2>/dev/null && return; sleep 0.05; done
     echo "rotel did not start" >&2

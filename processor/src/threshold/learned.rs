@@ -36,8 +36,12 @@ impl Code {
         if e == 0 { m } else { (MANTISSA + m) << (e - 1) }
     }
 
-    fn raw(self) -> u16 {
+    pub(crate) fn raw(self) -> u16 {
         self.0
+    }
+
+    pub(crate) fn from_raw(raw: u16) -> Code {
+        Code(raw)
     }
 }
 
@@ -71,6 +75,11 @@ impl Learned {
     /// The typical interval once `warmup` gaps have been seen.
     pub fn interval_ns(&self, warmup: u8) -> Option<u64> {
         (self.gaps >= warmup).then(|| self.interval.ns())
+    }
+
+    /// [`Learned::interval_ns`] as a code (what class tables are indexed by).
+    pub fn interval_code(&self, warmup: u8) -> Option<Code> {
+        (self.gaps >= warmup).then_some(self.interval)
     }
 
     /// Starts over (the agent resumed after a stall).

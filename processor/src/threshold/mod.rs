@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use learned::Code;
 pub use learned::Learned;
 pub use rules::{AgentAttributes, AttributeKey, Cidr, Glob, Match, ThresholdRule, TransportSet, Unresolved};
 
@@ -91,19 +92,43 @@ fn ns(d: Duration) -> u64 {
 }
 
 /// The learned-threshold part of [`Thresholds`].
+///
+/// Everything a beat needs is precomputed in learned-interval [`Code`]s,
+/// so picking a class is two or three table compares — no duration
+/// arithmetic on the hot path.
 #[derive(Debug, Clone)]
 struct Ladder {
-    /// `multiplier` in 1/65536ths (integer arithmetic on every beat).
-    multiplier_fx: u64,
     warmup: u8,
-    min_ns: u64,
     /// The class of `adaptive.max` (the ceiling of agents no rule matches).
     max_class: Class,
-    /// The first ladder class and the number of steps.
+    /// The first ladder class.
     first: usize,
+    /// Per step k: the largest interval code whose wanted threshold
+    /// (`multiplier ×` interval, at least `min`) is ≤ step k's.
+    step_top: Vec<u16>,
+    /// Per ceiling class (default, rules, `adaptive.max`): from which
+    /// interval code on the wanted threshold reaches the ceiling, and how
+    /// many steps lie at or below it.
+    ceilings: Vec<Ceiling>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ceiling {
+    /// Codes ≥ this run under the ceiling class (`u32`: may be past every code).
+    from_code: u32,
+    /// Steps `0..steps` are ≤ the ceiling.
     steps: usize,
-    /// ln of the ratio between steps.
-    ln_ratio: f64,
+}
+
+/// The largest code in `0..=hi` for which `fits` holds, `fits` being true
+/// at 0 and monotone (true, then false).
+fn last_fitting(hi: u16, fits: impl Fn(Code) -> bool) -> u16 {
+    let (mut lo, mut hi) = (0u16, hi);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(Code::from_raw(mid)) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
 }
 
 /// The threshold classes of one tracker configuration (see the module docs).
@@ -138,15 +163,29 @@ impl Thresholds {
                     if k + 1 == steps { top } else { (min_ns as f64 * (ln_ratio * k as f64).exp()) as u64 };
                 class_ns.push(step.clamp(min_ns, top));
             }
-            Ladder {
-                multiplier_fx: (adaptive.multiplier * 65536.0).round() as u64,
-                warmup: adaptive.warmup_beats,
-                min_ns,
-                max_class,
-                first,
-                steps,
-                ln_ratio,
-            }
+            let multiplier_fx = (adaptive.multiplier * 65536.0).round() as u64;
+            let wanted = |c: Code| {
+                u64::try_from((u128::from(c.ns()) * u128::from(multiplier_fx)) >> 16).unwrap_or(u64::MAX)
+            };
+            let last_code = Code::of_ns(u64::MAX).raw();
+            let step_top = class_ns[first..]
+                .iter()
+                .map(|&step| last_fitting(last_code, |c| wanted(c).max(min_ns) <= step))
+                .collect();
+            let ceilings = class_ns[..first]
+                .iter()
+                .map(|&ceiling| Ceiling {
+                    from_code: if ceiling <= min_ns {
+                        0
+                    } else if wanted(Code::from_raw(last_code)) < ceiling {
+                        u32::from(last_code) + 1
+                    } else {
+                        u32::from(last_fitting(last_code, |c| wanted(c) < ceiling)) + 1
+                    },
+                    steps: class_ns[first..].iter().take_while(|&&step| step <= ceiling).count(),
+                })
+                .collect();
+            Ladder { warmup: adaptive.warmup_beats, max_class, first, step_top, ceilings }
         });
         let needs_attributes = rules.iter().any(|r| r.matches.needs_attributes());
         Thresholds { class_ns, rules, needs_attributes, ladder }
@@ -188,37 +227,27 @@ impl Thresholds {
     /// logarithm on every beat. The answer does not depend on `near`.
     pub fn effective_near(&self, rule_class: Class, learned: &Learned, near: Option<Class>) -> Class {
         let Some(l) = &self.ladder else { return rule_class };
-        let Some(interval) = learned.interval_ns(l.warmup) else { return rule_class };
-        let (ceiling_class, ceiling) = if rule_class == DEFAULT_CLASS {
-            (l.max_class, self.class_ns[usize::from(l.max_class)])
-        } else {
-            (rule_class, self.class_ns[usize::from(rule_class)])
-        };
-        let wanted =
-            u64::try_from((u128::from(interval) * u128::from(l.multiplier_fx)) >> 16).unwrap_or(u64::MAX);
-        if ceiling <= l.min_ns || wanted >= ceiling {
+        let Some(code) = learned.interval_code(l.warmup) else { return rule_class };
+        let ceiling_class = if rule_class == DEFAULT_CLASS { l.max_class } else { rule_class };
+        let Some(ceiling) = l.ceilings.get(usize::from(ceiling_class)) else { return rule_class };
+        let code = code.raw();
+        if u32::from(code) >= ceiling.from_code {
             return ceiling_class;
         }
-        let wanted = wanted.max(l.min_ns);
-        // The smallest step ≥ wanted: from `near` when it is a step, else
-        // estimated by logarithms; then corrected against the table.
-        let near = near.map(usize::from).filter(|&c| (l.first..l.first + l.steps).contains(&c));
-        let mut k = match near {
-            Some(c) => c - l.first,
-            None if l.ln_ratio > 0.0 => {
-                ((wanted as f64 / l.min_ns as f64).ln() / l.ln_ratio).ceil().max(0.0) as usize
-            }
-            None => 0,
+        // The smallest step whose top code is ≥ the agent's: from `near`
+        // when it is a step, else by binary search.
+        let tops = &l.step_top;
+        let mut k = match usize::from(near.unwrap_or(DEFAULT_CLASS)).checked_sub(l.first) {
+            Some(k) if k < tops.len() => k,
+            _ => tops.partition_point(|&top| top < code),
         };
-        k = k.min(l.steps - 1);
-        let step = |k: usize| self.class_ns[l.first + k];
-        while k > 0 && step(k - 1) >= wanted {
+        while k > 0 && tops[k - 1] >= code {
             k -= 1;
         }
-        while k + 1 < l.steps && step(k) < wanted {
+        while k < tops.len() && tops[k] < code {
             k += 1;
         }
-        if step(k) > ceiling || step(k) < wanted { ceiling_class } else { (l.first + k) as Class }
+        if k >= ceiling.steps { ceiling_class } else { (l.first + k) as Class }
     }
 
     /// The threshold of `class`, in nanoseconds.
@@ -292,6 +321,59 @@ mod tests {
                     want,
                     "{interval} from {near}"
                 );
+            }
+        }
+    }
+
+    /// The class tables pick exactly what the duration arithmetic says:
+    /// the smallest step ≥ max(multiplier × interval, min), the ceiling
+    /// class when that is past the ceiling — for every code, under every
+    /// ceiling, from every search hint.
+    #[test]
+    fn class_tables_agree_with_the_arithmetic() {
+        let rules = rules(
+            r#"[{"match": {"transport": "udp"}, "threshold": "1s"},
+                {"match": {"transport": "uds"}, "threshold": "50ms"},
+                {"match": {"transport": "secure_udp"}, "threshold": "3m"}]"#,
+        );
+        for (multiplier, min_ms, max) in [(4.0, 100, None), (1.5, 10, Some(3600)), (10.0, 250, Some(1))] {
+            let adaptive = AdaptiveConfig {
+                enabled: true,
+                multiplier,
+                min: Duration::from_millis(min_ms),
+                max: max.map(Duration::from_secs),
+                ..AdaptiveConfig::default()
+            };
+            let t = Thresholds::new(Duration::from_secs(10), &rules, &adaptive);
+            let Some(l) = &t.ladder else { panic!("learning is on") };
+            let min_ns = min_ms * 1_000_000;
+            let fx = (multiplier * 65536.0).round() as u128;
+            let reference = |rule_class: Class, interval: u64| -> Class {
+                let cc = if rule_class == DEFAULT_CLASS { l.max_class } else { rule_class };
+                let ceiling = t.class_ns[usize::from(cc)];
+                let wanted = u64::try_from((u128::from(interval) * fx) >> 16).unwrap_or(u64::MAX);
+                if ceiling <= min_ns || wanted >= ceiling {
+                    return cc;
+                }
+                match t.class_ns[l.first..].iter().position(|&step| step >= wanted.max(min_ns)) {
+                    Some(k) if t.class_ns[l.first + k] <= ceiling => (l.first + k) as Class,
+                    _ => cc,
+                }
+            };
+            let last = Code::of_ns(u64::MAX).raw();
+            let hints = [None, Some(0), Some(l.first as Class), Some((t.class_ns.len() - 1) as Class)];
+            for raw in (0..=last).step_by(3).chain([last]) {
+                let learned = Learned::from_parts(Code::from_raw(raw), 8);
+                for rule_class in 0..=rules.len() as Class {
+                    let want = reference(rule_class, Code::from_raw(raw).ns());
+                    for near in hints.into_iter().chain([Some(want)]) {
+                        assert_eq!(
+                            t.effective_near(rule_class, &learned, near),
+                            want,
+                            "×{multiplier}, code {raw}, rule class {rule_class}, from {near:?}"
+                        );
+                    }
+                }
             }
         }
     }
