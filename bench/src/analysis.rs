@@ -32,6 +32,12 @@ pub struct StallSummary {
     pub max_us: f64,
     /// The clock origin added to the file's timestamps (0 when absolute).
     pub origin_ns: u64,
+    /// Lateness against the collector's own deadline — its stall line
+    /// minus (its beat line of the agent's last frame + the threshold) —
+    /// the scheduler alone, without the path from sender to processor.
+    /// NaN unless the event file has beat lines (`beats: true`).
+    pub scheduler_p50_us: f64,
+    pub scheduler_p99_us: f64,
 }
 
 /// Nearest-rank percentile of sorted values (`q` in 0..=1).
@@ -125,6 +131,14 @@ pub fn stall_latency(
         })
         .collect();
     lat.sort_by(f64::total_cmp);
+    let mut own: Vec<f64> = first
+        .iter()
+        .filter_map(|(pid, &(ts, threshold))| {
+            let beat = last_beat_line.get(pid)? + origin;
+            Some((ts as f64 - (beat + threshold) as f64) / 1e3)
+        })
+        .collect();
+    own.sort_by(f64::total_cmp);
     Ok(StallSummary {
         stopped: stopped.len(),
         detected: lat.len(),
@@ -134,6 +148,8 @@ pub fn stall_latency(
         p99_us: percentile(&lat, 0.99),
         max_us: lat.last().copied().unwrap_or(f64::NAN),
         origin_ns: origin,
+        scheduler_p50_us: percentile(&own, 0.50),
+        scheduler_p99_us: percentile(&own, 0.99),
     })
 }
 
@@ -186,5 +202,19 @@ mod tests {
         assert_eq!(s.origin_ns, 9_999_998_000);
         assert_eq!(s.detected, 2);
         assert_eq!((s.min_us, s.max_us), (298.0, 303.0));
+        // Against the collector's own beat lines: agent 1's stall came
+        // 298 µs after its deadline, agent 2's 300 µs after.
+        assert_eq!((s.scheduler_p50_us, s.scheduler_p99_us), (298.0, 300.0));
+    }
+
+    #[test]
+    fn without_beat_lines_the_scheduler_lateness_is_unknown() {
+        let stopped: HashMap<u32, LastBeat> = [(1, (5_000_000, 9))]
+            .into_iter()
+            .map(|(p, (t, nonce))| (p, LastBeat { sent_ns: t, nonce }))
+            .collect();
+        let s = stall_latency(&stopped, "6000500\tstall\t1\t9\tstall\t-\n".as_bytes(), 1_000_000).unwrap();
+        assert_eq!(s.detected, 1);
+        assert!(s.scheduler_p50_us.is_nan() && s.scheduler_p99_us.is_nan());
     }
 }

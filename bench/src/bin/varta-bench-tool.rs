@@ -117,6 +117,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 fmt(s.max_us),
                 s.origin_ns
             );
+            if s.scheduler_p50_us.is_finite() {
+                eprintln!(
+                    "scheduler lateness (stall line − beat line of the last frame − threshold): p50 {} µs, p99 {} µs",
+                    fmt(s.scheduler_p50_us),
+                    fmt(s.scheduler_p99_us)
+                );
+            }
         }
         Cmd::Json { file, key } => {
             let mut v = &read_json(&file)?;
