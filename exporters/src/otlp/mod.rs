@@ -45,6 +45,14 @@
 //!   rejections are logged, not returned — we count them. Its
 //!   `OTEL_EXPORTER_OTLP_*` handling lives in those builders, so [`env`]
 //!   reads the same variables into our configuration instead.
+//! * Not the SDK trace model (`SpanData`, `SpanContext`, `Status`, `Event`)
+//!   with `opentelemetry-proto`'s transforms: a span here is made once, from
+//!   an incident event, with ids derived from the incident ([`ids`]) and a
+//!   resource per agent; `SpanData` would be a second copy of the same
+//!   fields on the way to the proto message, and the transform groups a
+//!   batch under one resource per call. The embedding façade (`varta-embed`)
+//!   emits the same spans through the `opentelemetry` API, where that model
+//!   is the natural one: the host program's SDK owns the export.
 //! * Not `opentelemetry_sdk::Resource`: a resource here is a handful of
 //!   key-values made per incident from the resolver's store; an SDK value
 //!   converted straight back to the proto would be a wrapper for its own

@@ -77,6 +77,10 @@ fn main() {
 }
 
 extern "C" fn pause_forever(_: *mut libc::c_void) -> libc::c_int {
+    // Dies with the agent: a test kills the agent, and this child would
+    // otherwise pause on as an orphan after every run.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
