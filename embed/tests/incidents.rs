@@ -6,9 +6,9 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{TempDir, wait_for};
+use common::{TempDir, uds, wait_for};
 use varta_client::Client;
-use varta_embed::{Engine, EventKind, TrackerConfig, TransportKind, VlpReceiverConfig};
+use varta_embed::{Engine, EventKind, TrackerConfig};
 use varta_pipeline::Role;
 use varta_proto::Status;
 
@@ -18,14 +18,7 @@ fn a_panicking_callback_is_counted_and_the_next_incident_still_arrives() {
     let socket = dir.join("varta.sock");
     let (tx, resumes) = mpsc::channel::<u64>();
     let engine = Engine::builder()
-        .receiver(
-            "vlp/uds",
-            VlpReceiverConfig {
-                transport: TransportKind::Uds,
-                path: Some(socket.clone()),
-                ..Default::default()
-            },
-        )
+        .receiver("vlp/uds", uds(&socket))
         .resolver(None)
         .ratelimit(None)
         .tracker(TrackerConfig { threshold: Duration::from_millis(50), ..Default::default() })

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Host, TempDir, attr, histogram, key_file, value, wait_for};
+use common::{Host, TempDir, attr, histogram, key_file, uds, value, wait_for};
 use opentelemetry::trace::{SpanId, Status};
 use opentelemetry::{KeyValue, Value};
 use varta_client::{Client, SecureKey};
@@ -37,14 +37,7 @@ fn stall_resume_and_refused_frames_reach_the_hosts_sdk_in_the_collectors_shape()
                 ..Default::default()
             },
         )
-        .receiver(
-            "vlp/uds",
-            VlpReceiverConfig {
-                transport: TransportKind::Uds,
-                path: Some(socket.clone()),
-                ..Default::default()
-            },
-        )
+        .receiver("vlp/uds", uds(&socket))
         .ratelimit(None)
         .resolver(None)
         .tracker(TrackerConfig { threshold: THRESHOLD, ..Default::default() })

@@ -7,14 +7,11 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Host, TempDir, attr, wait_for};
+use common::{Host, TempDir, attr, uds, wait_for};
 use opentelemetry::Value;
 use opentelemetry::trace::Status;
 use varta_client::Client;
-use varta_embed::{
-    Engine, EventKind, Incident, RecoveryConfig, RecoveryOutcome, TrackerConfig, TransportKind,
-    VlpReceiverConfig,
-};
+use varta_embed::{Engine, EventKind, Incident, RecoveryConfig, RecoveryOutcome, TrackerConfig};
 use varta_proto::Status as BeatStatus;
 
 #[test]
@@ -30,14 +27,7 @@ fn a_recovery_outcome_is_an_incident_and_a_child_span_of_the_stall() {
     let host = Host::new();
     let (tx, incidents) = mpsc::channel::<Incident>();
     let engine = Engine::builder()
-        .receiver(
-            "vlp/uds",
-            VlpReceiverConfig {
-                transport: TransportKind::Uds,
-                path: Some(socket.clone()),
-                ..Default::default()
-            },
-        )
+        .receiver("vlp/uds", uds(&socket))
         .resolver(None)
         .recovery(Some(recovery))
         .tracker(TrackerConfig { threshold: Duration::from_millis(100), ..Default::default() })

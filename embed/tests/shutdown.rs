@@ -9,14 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Host, TempDir, wait_for};
+use common::{Host, TempDir, uds, wait_for};
 use varta_client::{BeatOutcome, Client};
 use varta_embed::{EmbedError, Engine, EventKind, TrackerConfig, TransportKind, VlpReceiverConfig};
 use varta_proto::Status;
-
-fn uds(path: &std::path::Path) -> VlpReceiverConfig {
-    VlpReceiverConfig { transport: TransportKind::Uds, path: Some(path.to_owned()), ..Default::default() }
-}
 
 #[test]
 fn shutdown_joins_every_thread_while_agents_still_beat() {

@@ -344,7 +344,7 @@ mod tests {
         let frame = Frame::new(Status::Degraded, 42, 9, 5, 77);
         let beat = Event { at_ns: 100, agent: agent(42), kind: EventKind::Beat { frame } };
         assert_eq!(line(&beat), "100\tbeat\t42\t5\tdegraded\t77\n");
-        let stall = Event {
+        let stall = |learned_interval_ns| Event {
             at_ns: 200,
             agent: agent(42),
             kind: EventKind::Stall {
@@ -355,23 +355,11 @@ mod tests {
                 last_status: Status::Ok,
                 last_payload: 0,
                 threshold_ns: 100,
-                learned_interval_ns: 0,
+                learned_interval_ns,
             },
         };
-        assert_eq!(line(&stall), "200\tstall\t42\t5\tstall\tthreshold_ns=100\n");
-        let learned = Event {
-            kind: EventKind::Stall {
-                incident: 1,
-                last_beat_ns: 100,
-                last_nonce: 5,
-                silence_ns: 100,
-                last_status: Status::Ok,
-                last_payload: 0,
-                threshold_ns: 100,
-                learned_interval_ns: 25,
-            },
-            ..stall
-        };
+        assert_eq!(line(&stall(0)), "200\tstall\t42\t5\tstall\tthreshold_ns=100\n");
+        let learned = stall(25);
         assert_eq!(line(&learned), "200\tstall\t42\t5\tstall\tthreshold_ns=100;learned_interval_ns=25\n");
         let refused = |refusal| Event {
             at_ns: 300,

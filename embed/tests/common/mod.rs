@@ -15,6 +15,15 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use varta_embed::OpenTelemetry;
 
+/// A UDS receiver on `path`, the engine's defaults otherwise.
+pub fn uds(path: &Path) -> varta_embed::VlpReceiverConfig {
+    varta_embed::VlpReceiverConfig {
+        transport: varta_embed::TransportKind::Uds,
+        path: Some(path.to_owned()),
+        ..Default::default()
+    }
+}
+
 /// Upper bound for anything a test waits for (generous for slow machines).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
