@@ -223,8 +223,9 @@ impl Thresholds {
 
     /// [`Thresholds::effective`], searching the ladder from `near` (the
     /// class the agent ran under so far): a learned interval moves at most
-    /// one step per beat, so the search is a step or two instead of a
-    /// logarithm on every beat. The answer does not depend on `near`.
+    /// one step per beat, so the search is a compare or two of the
+    /// precomputed step tops instead of a binary search on every beat.
+    /// The answer does not depend on `near`.
     pub fn effective_near(&self, rule_class: Class, learned: &Learned, near: Option<Class>) -> Class {
         let Some(l) = &self.ladder else { return rule_class };
         let Some(code) = learned.interval_code(l.warmup) else { return rule_class };
