@@ -81,35 +81,13 @@ fn escape(out: &mut Vec<u8>, s: &str, quote: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::proto::{self, MetricFamily, MetricType};
+    use prometheus::proto::MetricType;
     use prometheus::{Encoder, TextEncoder};
 
     fn crate_text(name: &str, help: &str, ty: MetricType, labels: &[(&str, &str)], value: f64) -> String {
-        let mut f = MetricFamily::default();
-        f.set_name(name.into());
-        f.set_help(help.into());
-        f.set_field_type(ty);
-        let mut m = proto::Metric::from_label(
-            labels
-                .iter()
-                .map(|&(k, v)| {
-                    let mut l = proto::LabelPair::default();
-                    l.set_name(k.into());
-                    l.set_value(v.into());
-                    l
-                })
-                .collect(),
-        );
-        if ty == MetricType::COUNTER {
-            let mut c = proto::Counter::default();
-            c.set_value(value);
-            m.set_counter(c);
-        } else {
-            let mut g = proto::Gauge::default();
-            g.set_value(value);
-            m.set_gauge(g);
-        }
-        f.mut_metric().push(m);
+        let mut f = crate::prometheus::families::Family::new(name, help, ty);
+        f.push(labels, value);
+        let f = f.0;
         let mut out = Vec::new();
         TextEncoder::new().encode(&[f], &mut out).expect("encode");
         String::from_utf8(out).expect("utf-8")

@@ -75,10 +75,12 @@ pub fn component_family_name(role: Role, metric: &varta_pipeline::Metric) -> Str
     format!("varta_collector_{}_{}{}", role.as_str(), metric.name, suffix)
 }
 
-struct Family(MetricFamily);
+/// One family being built (also the reference the streamed exposition's
+/// tests compare against).
+pub(super) struct Family(pub(super) MetricFamily);
 
 impl Family {
-    fn new(name: &str, help: &str, ty: MetricType) -> Family {
+    pub(super) fn new(name: &str, help: &str, ty: MetricType) -> Family {
         let mut f = MetricFamily::default();
         f.set_name(name.to_owned());
         f.set_help(help.to_owned());
@@ -94,7 +96,7 @@ impl Family {
         Family::new(name, help, MetricType::GAUGE)
     }
 
-    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(super) fn push(&mut self, labels: &[(&str, &str)], value: f64) {
         let ty = self.0.get_field_type();
         let mut m = proto::Metric::from_label(labels.iter().map(|&(k, v)| label(k, v)).collect());
         if ty == MetricType::COUNTER {
