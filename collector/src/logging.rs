@@ -1,6 +1,10 @@
 //! The collector's own logs: `tracing` to stderr, text or JSON, level from
 //! `service.telemetry.logs.level` (overridden by `RUST_LOG` when set). A
 //! reload may change the level while running; the format needs a restart.
+//! Text is coloured only when stderr is a terminal and `NO_COLOR` is unset
+//! or empty (<https://no-color.org>): a file or the journal gets plain lines.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +37,9 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
 pub fn init(logs: &Logs) -> Result<LogControl, String> {
     let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let initial = filter(env.as_deref().unwrap_or(&logs.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(initial).with_writer(std::io::stderr);
+    let ansi = colours(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(initial).with_writer(std::io::stderr).with_ansi(ansi);
     let set: SetFilter = match logs.format {
         LogFormat::Text => {
             let builder = builder.with_filter_reloading();
@@ -51,6 +57,11 @@ pub fn init(logs: &Logs) -> Result<LogControl, String> {
     Ok(LogControl { set, from_env: env.is_some() })
 }
 
+/// Whether text logs carry ANSI colour codes.
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 impl LogControl {
     /// Applies a new `logs.level` (a validated configuration's).
     pub fn set_level(&self, level: &str) -> Result<(), String> {
@@ -59,5 +70,19 @@ impl LogControl {
             return Ok(());
         }
         (self.set)(filter(level)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
     }
 }

@@ -16,7 +16,7 @@ use varta_proto::Refusal;
 use crate::Exporter;
 
 /// Configuration of the `debug` exporter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebugExporterConfig {
     /// Also log every accepted beat (default false: only stalls, resumes,

@@ -61,7 +61,7 @@ fn default_queue() -> usize {
 }
 
 /// Configuration of the `file` exporter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileExporterConfig {
     /// Event file path (required).

@@ -1154,6 +1154,42 @@ fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
     server.kill();
 }
 
+/// Client keys of every common type and size are valid: the PEM was once
+/// read under the 256-byte hex-key cap, so RSA 2048 and P-384 were refused.
+#[test]
+fn rsa_2048_and_p384_client_keys_pass_validate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for (name, newkey) in [
+        ("rsa", &["-newkey", "rsa:2048"][..]),
+        ("p384", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"][..]),
+    ] {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        let args = [
+            &["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=client"][..],
+            newkey,
+            &["-keyout", &key, "-out", &pem],
+        ]
+        .concat();
+        let out = Command::new("openssl").args(&args).current_dir(d).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join(&key), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(std::fs::metadata(d.join(&key)).expect("key").len() > 256, "{name}: a key past the old cap");
+        let config = d.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "receivers:\n  vlp: {{ transport: uds, path: {dir}/varta.sock }}\nprocessors:\n  tracker: {{ threshold: 1s }}\nexporters:\n  otlp:\n    endpoint: https://127.0.0.1:4317\n    tls: {{ ca_file: {dir}/{pem}, cert_file: {dir}/{pem}, key_file: {dir}/{key} }}\nservice:\n  pipelines:\n    liveness: {{ receivers: [vlp], processors: [tracker], exporters: [otlp] }}\n",
+                dir = d.display()
+            ),
+        )
+        .expect("write");
+        let out = varta_integration::collector_cmd(&["validate", "--config", config.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 /// The Collector's `host:port` form is TLS: against a server whose
 /// certificate is signed by a CA we were not given, export fails (counted);
 /// with `tls.insecure_skip_verify` the same server is accepted.

@@ -244,7 +244,10 @@ impl TrackerConfig {
             ));
         }
         self.validate_rules()?;
-        self.validate_adaptive()
+        // Settings of a feature that is off are not checked (they may be
+        // kept in a config for later): `threshold: 24h` with adaptive off
+        // was once refused for adaptive's default `max`.
+        if self.adaptive.enabled { self.validate_adaptive() } else { Ok(()) }
     }
 
     fn validate_rules(&self) -> Result<(), ConfigError> {
@@ -382,6 +385,21 @@ mod tests {
         };
         let e = bad(&|t| t.thresholds[0].threshold = Duration::from_millis(1));
         assert!(matches!(&e, Err(m) if m.starts_with("tracker.thresholds[0].threshold:")), "{e:?}");
+        // A long threshold is valid, adaptive on (its default max is
+        // clamped to 7 days) or off (its settings are not checked).
+        for enabled in [false, true] {
+            let day = TrackerConfig {
+                threshold: Duration::from_secs(24 * 3600),
+                adaptive: AdaptiveConfig { enabled, ..AdaptiveConfig::default() },
+                ..TrackerConfig::default()
+            };
+            assert!(day.validate().is_ok(), "adaptive enabled {enabled}: {:?}", day.validate());
+        }
+        let off = TrackerConfig {
+            adaptive: AdaptiveConfig { multiplier: 0.5, ..AdaptiveConfig::default() },
+            ..TrackerConfig::default()
+        };
+        assert!(off.validate().is_ok(), "{:?}", off.validate());
         let e = bad(&|t| t.adaptive.multiplier = 0.5);
         assert!(matches!(&e, Err(m) if m.starts_with("tracker.adaptive.multiplier:")), "{e:?}");
         let e = bad(&|t| t.adaptive.max = Some(Duration::from_millis(20)));

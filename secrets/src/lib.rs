@@ -20,8 +20,12 @@ use varta_proto::Key;
 use varta_proto::hex::HexError;
 use zeroize::Zeroizing;
 
-/// Larger than any acceptable secret file (64 hex chars + whitespace).
+/// Larger than any acceptable key file (64 hex chars + whitespace).
 const MAX_SECRET_FILE: usize = 256;
+
+/// Larger than any PEM private key in use (an RSA 8192 key is ~6.5 KiB;
+/// RSA 2048 ~1.7 KiB, P-384 ~0.3 KiB) — a bound, not a format rule.
+const MAX_PEM_FILE: usize = 64 << 10;
 
 /// Why a secret file was refused. Messages name the file and the rule.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,10 @@ pub enum SecretFileError {
     Owner { path: PathBuf, owner: u32, euid: u32 },
     #[error("key file {path}: must contain exactly 64 hex characters (a 32-byte key): {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error("key file {path}: is larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: usize },
+    #[error("key file {path}: is not UTF-8 text")]
+    NotText { path: PathBuf },
 }
 
 /// The uid this process runs as (the owner key files must have).
@@ -71,8 +79,20 @@ fn format_error(path: &Path, reason: String) -> SecretFileError {
     SecretFileError::Format { path: path.to_path_buf(), reason }
 }
 
-/// Reads a secret file's text (see the module docs for the rules).
+/// Reads a key file's text (see the module docs for the rules), at most
+/// a hex key's size.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, SecretFileError> {
+    read_capped(path, MAX_SECRET_FILE)
+}
+
+/// Reads a PEM private key (mutual TLS) under the same rules, with a cap
+/// that fits keys of every common type and size (RSA up to 8192 bits,
+/// ECDSA, Ed25519).
+pub fn read_secret_pem(path: &Path) -> Result<Zeroizing<String>, SecretFileError> {
+    read_capped(path, MAX_PEM_FILE)
+}
+
+fn read_capped(path: &Path, cap: usize) -> Result<Zeroizing<String>, SecretFileError> {
     let io = |source| SecretFileError::Io { path: path.to_path_buf(), source };
     let meta = std::fs::symlink_metadata(path).map_err(io)?;
     if meta.file_type().is_symlink() {
@@ -88,9 +108,9 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, SecretFileErro
         .map_err(io)?;
     check_opened(path, &file)?;
 
-    let mut buf = Zeroizing::new([0u8; MAX_SECRET_FILE]);
+    let mut buf = Zeroizing::new(vec![0u8; cap]);
     let mut len = 0;
-    let mut reader = file.take(MAX_SECRET_FILE as u64);
+    let mut reader = file.take(cap as u64);
     loop {
         match reader.read(&mut buf[len..]) {
             Ok(0) => break,
@@ -98,11 +118,12 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, SecretFileErro
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io(e)),
         }
-        if len == MAX_SECRET_FILE {
-            return Err(format_error(path, format!("file is larger than {} bytes", MAX_SECRET_FILE - 1)));
+        if len == cap {
+            return Err(SecretFileError::TooLarge { path: path.to_path_buf(), max: cap - 1 });
         }
     }
-    let text = std::str::from_utf8(&buf[..len]).map_err(|_| format_error(path, "not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(&buf[..len])
+        .map_err(|_| SecretFileError::NotText { path: path.to_path_buf() })?;
     Ok(Zeroizing::new(text.to_owned()))
 }
 

@@ -80,7 +80,7 @@ impl ComponentFamily for ProcessorConfig {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ExporterConfig {
     File(FileExporterConfig),
     Debug(DebugExporterConfig),

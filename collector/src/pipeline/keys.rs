@@ -1,23 +1,43 @@
 //! What a running component is, as far as a reload is concerned: two
 //! configurations that give a component the same key let a reload keep it
 //! running untouched (its socket, queue and state); a different key means
-//! it is rebuilt. Keys are the components' settings as text (file
-//! positions excluded).
+//! it is rebuilt. Receiver and exporter keys are their settings *by
+//! value* — secrets included, which their `Debug` text hides, so a rotated
+//! header must compare by value or the reload would keep the old one — plus
+//! a digest of the contents of the files they name (TLS, bearer token), so
+//! a reload re-reads a rotated certificate. Keys are never printed.
 
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
 use varta_agents::ResolverConfig;
 use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
+use varta_receiver::VlpReceiverConfig;
 
 use crate::config::{Config, ExporterConfig, Pipeline, ProcessorConfig, ReceiverConfig};
 
 /// A receiver's settings without its key files: keys are swapped in place
 /// (see [`crate::reload`]), anything else rebinds the socket.
-pub fn receiver(c: &ReceiverConfig) -> String {
+pub fn receiver(c: &ReceiverConfig) -> VlpReceiverConfig {
     let ReceiverConfig::Vlp(cfg) = c;
     let mut cfg = cfg.clone();
     cfg.key_files = None;
     cfg.master_key_file = None;
-    format!("{cfg:?}")
+    cfg
 }
+
+/// What an exporter is, for a reload: see the module doc.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExporterKey {
+    settings: ExporterConfig,
+    serves: Vec<(String, u64)>,
+    files: [u8; 32],
+}
+
+/// Files a key digests are read up to this much (PEM bundles are far
+/// smaller); what lies beyond does not take part in the comparison.
+const MAX_DIGESTED_FILE: u64 = 4 << 20;
 
 /// The pipelines a receiver feeds, in configuration order.
 pub fn feeds(config: &Config, receiver: &str) -> Vec<String> {
@@ -34,11 +54,41 @@ pub fn feeds(config: &Config, receiver: &str) -> Vec<String> {
 /// state of the pipelines they serve (agent attributes, snapshots), so
 /// they are rebuilt when those pipelines or their state change
 /// (`(name, generation)` of each, in order).
-pub fn exporter(c: &ExporterConfig, serves: &[(&str, u64)]) -> String {
-    match c {
-        ExporterConfig::Debug(_) | ExporterConfig::Otlp(_) => format!("{c:?} for {serves:?}"),
-        _ => format!("{c:?}"),
+pub fn exporter(c: &ExporterConfig, serves: &[(&str, u64)]) -> ExporterKey {
+    let serves = match c {
+        ExporterConfig::Debug(_) | ExporterConfig::Otlp(_) => {
+            serves.iter().map(|(name, generation)| ((*name).to_owned(), *generation)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let files: Vec<&Path> = match c {
+        ExporterConfig::Otlp(o) => [&o.tls.ca_file, &o.tls.cert_file, &o.tls.key_file]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+            .collect(),
+        ExporterConfig::Prometheus(p) => p.bearer_token_file.iter().map(|p| p.as_path()).collect(),
+        ExporterConfig::File(_) | ExporterConfig::Debug(_) => Vec::new(),
+    };
+    ExporterKey { settings: c.clone(), serves, files: digest(&files) }
+}
+
+/// One digest of the named files' contents (a file that cannot be read
+/// contributes its error kind: the build that follows reports it).
+fn digest(files: &[&Path]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for path in files {
+        let mut contents = Vec::new();
+        match std::fs::File::open(path).and_then(|f| f.take(MAX_DIGESTED_FILE).read_to_end(&mut contents)) {
+            Ok(n) => {
+                hash.update((n as u64).to_le_bytes());
+                hash.update(&contents);
+            }
+            Err(e) => hash.update(format!("error {:?}", e.kind()).as_bytes()),
+        }
+        contents.iter_mut().for_each(|b| *b = 0);
     }
+    hash.finalize().into()
 }
 
 /// One pipeline as configured: its processors resolved, its exporters.
@@ -171,5 +221,43 @@ service:
         assert_ne!(exporter(debug, &[("one", 1)]), exporter(debug, &[("one", 2)]));
         assert_ne!(exporter(debug, &[("one", 1)]), exporter(debug, &[("one", 1), ("two", 3)]));
         assert_eq!(exporter(file, &[("one", 1)]), exporter(file, &[("one", 2), ("two", 3)]));
+    }
+
+    /// Header values are secrets their `Debug` text hides: a rotated API
+    /// key once compared equal and the old one stayed in use.
+    #[test]
+    fn a_header_value_change_rebuilds_the_exporter() {
+        let otlp = |key: &str| {
+            let yaml = BASE.replace(
+                "debug: {}",
+                &format!("debug: {{}}\n  otlphttp: {{ endpoint: http://127.0.0.1:4318, headers: {{ x-api-key: {key} }} }}"),
+            );
+            let c = parse(&yaml);
+            exporter(&c.exporters.get("otlphttp").unwrap().config, &[])
+        };
+        assert_eq!(otlp("old"), otlp("old"));
+        assert_ne!(otlp("old"), otlp("new"));
+    }
+
+    /// The contents of TLS and token files are part of the key, so a reload
+    /// re-reads a rotated certificate or token kept at the same path.
+    #[test]
+    fn a_rewritten_tls_file_rebuilds_the_exporter() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "first").unwrap();
+        let yaml = BASE.replace(
+            "debug: {}",
+            &format!(
+                "debug: {{}}\n  otlp: {{ endpoint: 127.0.0.1:4317, tls: {{ ca_file: {} }} }}",
+                ca.display()
+            ),
+        );
+        let c = parse(&yaml);
+        let key = || exporter(&c.exporters.get("otlp").unwrap().config, &[]);
+        let before = key();
+        assert_eq!(before, key());
+        std::fs::write(&ca, "second").unwrap();
+        assert_ne!(before, key());
     }
 }

@@ -211,7 +211,7 @@ impl Running {
 
         // Event exporters: stop the removed and changed (their producers,
         // the parked processors' fan-outs, are gone already), start the new.
-        let wanted: Vec<(String, String)> = config
+        let wanted: Vec<(String, keys::ExporterKey)> = config
             .exporters
             .0
             .iter()
@@ -238,7 +238,7 @@ impl Running {
         self.exporters.sort_by_key(|e| config.exporters.0.iter().position(|c| c.id.to_string() == e.id));
 
         // Metrics endpoints.
-        let wanted: Vec<(String, String)> = config
+        let wanted: Vec<(String, keys::ExporterKey)> = config
             .exporters
             .0
             .iter()

@@ -19,7 +19,7 @@ use varta_processor::recovery::{Recovery, SHUTDOWN_MARGIN};
 use varta_processor::{Processor, ProcessorStats, SnapshotReader};
 use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
 
-use super::keys::PipelinePlan;
+use super::keys::{ExporterKey, PipelinePlan};
 use super::wedge;
 use crate::config::ExporterConfig;
 use crate::health::{HealthCheckConfig, HealthServer, SharedReport, Stage};
@@ -58,8 +58,10 @@ fn take_parked<T>(thread: &mut Option<JoinHandle<T>>, component: &str, deadline:
 
 /// A running component a reload keeps, replaces or stops by its key.
 pub trait Keyed {
+    /// Settings as a reload compares them (see [`super::keys`]).
+    type Key: PartialEq;
     fn id(&self) -> &str;
-    fn key(&self) -> &str;
+    fn key(&self) -> &Self::Key;
     /// Stops it for good, bounded by `deadline`.
     fn close(self, deadline: Instant);
 }
@@ -68,9 +70,9 @@ pub trait Keyed {
 /// others, and returns the wanted ones that do not run yet.
 pub fn keep_wanted<S: Keyed>(
     slots: &mut Vec<S>,
-    wanted: Vec<(String, String)>,
+    wanted: Vec<(String, S::Key)>,
     deadline: Instant,
-) -> Vec<(String, String)> {
+) -> Vec<(String, S::Key)> {
     for s in std::mem::take(slots) {
         if wanted.iter().any(|(id, key)| id == s.id() && key == s.key()) {
             slots.push(s);
@@ -88,7 +90,7 @@ type ReceiverRun = (VlpReceiver, Result<(), ReceiverError>);
 pub struct ReceiverSlot {
     pub id: String,
     /// See [`super::keys::receiver`].
-    pub key: String,
+    pub key: VlpReceiverConfig,
     pub feeds: Vec<String>,
     pub stats: Arc<ReceiverStats>,
     pub keys: Option<KeyHandle>,
@@ -102,7 +104,7 @@ impl ReceiverSlot {
     /// Binds the socket (parked: [`ReceiverSlot::resume`] starts it).
     pub fn bind(
         id: &str,
-        key: String,
+        key: VlpReceiverConfig,
         cfg: &VlpReceiverConfig,
         feeds: Vec<String>,
     ) -> Result<ReceiverSlot, String> {
@@ -530,7 +532,7 @@ pub struct AsyncWiring {
 #[derive(Debug)]
 pub struct ExporterSlot {
     pub id: String,
-    pub key: String,
+    pub key: ExporterKey,
     /// The pipelines it serves; a pipeline's events reach the exporter as
     /// coming from its index here.
     serves: Vec<String>,
@@ -543,7 +545,7 @@ impl ExporterSlot {
     /// Starts the exporter for the pipelines it `serves`.
     pub fn start(
         id: &str,
-        key: String,
+        key: ExporterKey,
         config: &ExporterConfig,
         serves: &[&PipelineSlot],
         wiring: AsyncWiring,
@@ -625,7 +627,7 @@ fn wait_finished(done: impl Fn() -> bool, deadline: Instant) -> bool {
 #[derive(Debug)]
 pub struct EndpointSlot {
     pub id: String,
-    pub key: String,
+    pub key: ExporterKey,
     server: PrometheusServer,
     pub telemetry: Arc<dyn Instrumented>,
     /// What it serves: set (and replaced) by every apply.
@@ -635,7 +637,7 @@ pub struct EndpointSlot {
 impl EndpointSlot {
     pub fn start(
         id: &str,
-        key: String,
+        key: ExporterKey,
         config: &PrometheusConfig,
         runtime: &Handle,
     ) -> Result<EndpointSlot, String> {
@@ -660,7 +662,9 @@ impl Keyed for ExporterSlot {
         &self.id
     }
 
-    fn key(&self) -> &str {
+    type Key = ExporterKey;
+
+    fn key(&self) -> &ExporterKey {
         &self.key
     }
 
@@ -679,7 +683,9 @@ impl Keyed for EndpointSlot {
         &self.id
     }
 
-    fn key(&self) -> &str {
+    type Key = ExporterKey;
+
+    fn key(&self) -> &ExporterKey {
         &self.key
     }
 

@@ -139,9 +139,11 @@ impl Backoff {
         Backoff { policy, next: policy.initial_interval, started: Instant::now() }
     }
 
-    /// Whether waiting `wait` more stays within `max_elapsed_time`.
+    /// Whether waiting `wait` more stays within `max_elapsed_time`. `wait`
+    /// may come from a backend (`Retry-After`), so any value is answered,
+    /// never overflowed: a wait past `Duration::MAX` does not fit.
     pub fn allows(&self, wait: Duration) -> bool {
-        self.started.elapsed() + wait <= self.policy.max_elapsed_time
+        self.started.elapsed().checked_add(wait).is_some_and(|end| end <= self.policy.max_elapsed_time)
     }
 
     /// The wait before the next attempt, or `None` when it is time to give up.
@@ -220,5 +222,40 @@ mod tests {
         let mut expired =
             Backoff::new(RetryConfig { max_elapsed_time: Duration::ZERO, ..RetryConfig::default() });
         assert_eq!(expired.next_wait(), None);
+    }
+
+    /// A backend's `Retry-After: 18446744073709551615` once overflowed the
+    /// elapsed-time sum and panicked the sender for good.
+    #[test]
+    fn a_retry_after_of_any_size_is_answered_not_overflowed() {
+        let b = Backoff::new(RetryConfig::default());
+        assert!(!b.allows(Duration::from_secs(u64::MAX)));
+        assert!(!b.allows(Duration::MAX));
+        assert!(b.allows(Duration::from_millis(1)));
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_gives_the_batch_up_instead_of_panicking() {
+        let mut calls = 0;
+        let out: Result<(), Failure> = with_retry(
+            RetryConfig::default(),
+            || {
+                calls += 1;
+                async {
+                    Err(Failure::Retryable {
+                        message: "429".into(),
+                        after: Some(Duration::from_secs(u64::MAX)),
+                    })
+                }
+            },
+            std::future::pending,
+            |_| {},
+        )
+        .await;
+        assert_eq!(
+            out,
+            Err(Failure::Retryable { message: "429".into(), after: Some(Duration::from_secs(u64::MAX)) })
+        );
+        assert_eq!(calls, 1);
     }
 }

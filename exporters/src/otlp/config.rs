@@ -416,7 +416,7 @@ impl OtlpExporterConfig {
         if let Some(p) = &self.tls.key_file {
             // A private key: the secret reader's rules, checked now so that
             // `validate` and a reload refuse a world-readable key.
-            varta_secrets::read_secret_file(p).map_err(|e| bad("tls.key_file", e.to_string()))?;
+            varta_secrets::read_secret_pem(p).map_err(|e| bad("tls.key_file", e.to_string()))?;
         }
         for (name, value) in self.headers.0.iter().filter(|_| self.protocol == Protocol::Grpc) {
             if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes()).is_err()

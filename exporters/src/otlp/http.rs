@@ -134,8 +134,7 @@ impl HttpClient {
             Encoding::Proto => {
                 message.encode(raw).map_err(|e| Failure::Permanent(format!("cannot encode OTLP: {e}")))?
             }
-            Encoding::Json => serde_json::to_writer(&mut *raw, message)
-                .map_err(|e| Failure::Permanent(format!("cannot encode OTLP/JSON: {e}")))?,
+            Encoding::Json => write_json(&mut *raw, message)?,
         }
         let out = &mut buffers.out;
         if !self.gzip {
@@ -153,8 +152,11 @@ impl HttpClient {
     fn encode<M: Message + serde::Serialize>(&self, message: &M) -> Result<Vec<u8>, Failure> {
         let raw = match self.encoding {
             Encoding::Proto => message.encode_to_vec(),
-            Encoding::Json => serde_json::to_vec(message)
-                .map_err(|e| Failure::Permanent(format!("cannot encode OTLP/JSON: {e}")))?,
+            Encoding::Json => {
+                let mut raw = Vec::new();
+                write_json(&mut raw, message)?;
+                raw
+            }
         };
         if !self.gzip {
             return Ok(raw);
@@ -282,6 +284,30 @@ impl HttpClient {
     }
 }
 
+/// `message` in the OTLP/JSON mapping. The proto crate's serde output
+/// writes an absent optional field (a histogram's `min`/`max`/`sum`, an
+/// unset message) as `null`, which the OTLP/JSON mapping does not allow and
+/// the Collector refuses (`ReadUint64: unsupported value type`); absent
+/// fields are left out instead. Once an export interval, so the detour
+/// through a JSON tree costs nothing that matters.
+fn write_json<M: serde::Serialize>(raw: &mut Vec<u8>, message: &M) -> Result<(), Failure> {
+    let encoding = |e: serde_json::Error| Failure::Permanent(format!("cannot encode OTLP/JSON: {e}"));
+    let mut tree = serde_json::to_value(message).map_err(encoding)?;
+    drop_nulls(&mut tree);
+    serde_json::to_writer(raw, &tree).map_err(encoding)
+}
+
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            fields.retain(|_, v| !v.is_null());
+            fields.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 /// `Retry-After: <seconds>` (the HTTP-date form is rare for OTLP backends
 /// and is treated as absent: the backoff applies).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -319,6 +345,48 @@ mod tests {
         let long = vec![b'x'; 1000];
         assert_eq!(excerpt(&long).len(), MAX_ERROR_EXCERPT);
         assert_eq!(excerpt(b"bad\nline\x1b[31m"), "bad\\nline\\u{1b}[31m");
+    }
+
+    /// The Collector answered 400 to every metrics request carrying the
+    /// fleet histogram: `"min":null,"max":null`.
+    #[test]
+    fn json_leaves_absent_fields_out_instead_of_writing_null() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, metric,
+        };
+        let point = HistogramDataPoint {
+            count: 2,
+            sum: Some(1.5),
+            bucket_counts: vec![1, 1],
+            explicit_bounds: vec![1.0],
+            ..Default::default()
+        };
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "varta.stall.duration".into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points: vec![point],
+                            aggregation_temporality: 2,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut raw = Vec::new();
+        write_json(&mut raw, &req).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        assert!(!text.contains("null"), "{text}");
+        assert!(text.contains(r#""sum":1.5"#), "{text}");
+        assert!(!text.contains(r#""min""#) && !text.contains(r#""max""#), "{text}");
+        // And the crate reads back what we wrote.
+        let back: ExportMetricsServiceRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, req);
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn client_config(tls: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ClientConfig
             let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| OtlpError::Tls(format!("{}: {e}", cert.display())))?;
-            let secret = varta_secrets::read_secret_file(key)
+            let secret = varta_secrets::read_secret_pem(key)
                 .map_err(|e| OtlpError::Tls(format!("tls.key_file: {e}")))?;
             let key = PrivateKeyDer::from_pem_slice(secret.as_bytes())
                 .map_err(|_| OtlpError::Tls(format!("{} holds no PEM private key", key.display())))?;

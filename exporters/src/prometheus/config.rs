@@ -57,7 +57,7 @@ fn default_header_timeout() -> Duration {
 }
 
 /// Configuration of the `prometheus` exporter (see the README table).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     /// `host:port` to listen on (default `127.0.0.1:9464`).

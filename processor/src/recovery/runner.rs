@@ -187,49 +187,10 @@ impl Recovery {
         labels: AgentLabels,
         diagnosis_window: Option<Duration>,
     ) -> std::io::Result<(Recovery, RecoveryHandle)> {
-        let key = match &config.audit_key_file {
-            Some(path) => Some(varta_secrets::load_key_file(path).map_err(std::io::Error::other)?),
-            None => None,
-        };
-        let audit = AuditLog::open(
-            &config.audit_file,
-            config.audit_sync,
-            config.audit_rotate_bytes,
-            config.audit_rotate_keep,
-            key,
-        )?;
-        let stats = Arc::new(RecoveryStats::default());
-        stats.audit_records.store(audit.records_written(), Relaxed);
-        let (tx, notices) = bounded(4096);
-        let (results_tx, results) = bounded(65_536);
-        let program = program_name(&config);
-        let runner = Runner {
-            diagnosis_wait: diagnosis_window.unwrap_or_default() + DIAGNOSIS_MARGIN,
-            unaudited_lost: 0,
-            rate_tokens: f64::from(config.max_spawns_per_second),
-            rate_last: Instant::now(),
-            config,
-            probe,
-            labels,
-            audit,
-            stats: Arc::clone(&stats),
-            results: results_tx,
-            pending: Vec::new(),
-            children: Vec::new(),
-            last_run: HashMap::new(),
-            program,
-        };
+        let (runner, notices, handle) = Runner::prepare(config, probe, labels, diagnosis_window)?;
+        let stats = Arc::clone(&runner.stats);
         let thread =
             std::thread::Builder::new().name(format!("recover-{name}")).spawn(move || runner.run(notices))?;
-        let handle = RecoveryHandle {
-            tx,
-            results,
-            local: VecDeque::new(),
-            program,
-            outstanding: 0,
-            last_poll_ns: 0,
-            stats: Arc::clone(&stats),
-        };
         Ok((Recovery { thread, stats }, handle))
     }
 }
@@ -351,6 +312,57 @@ impl Running {
 }
 
 impl Runner {
+    /// The runner, its notice queue and the processor's handle to it.
+    fn prepare(
+        config: RecoveryConfig,
+        probe: ProcessProbe,
+        labels: AgentLabels,
+        diagnosis_window: Option<Duration>,
+    ) -> std::io::Result<(Runner, Receiver<Notice>, RecoveryHandle)> {
+        let key = match &config.audit_key_file {
+            Some(path) => Some(varta_secrets::load_key_file(path).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let audit = AuditLog::open(
+            &config.audit_file,
+            config.audit_sync,
+            config.audit_rotate_bytes,
+            config.audit_rotate_keep,
+            key,
+        )?;
+        let stats = Arc::new(RecoveryStats::default());
+        stats.audit_records.store(audit.records_written(), Relaxed);
+        let (tx, notices) = bounded(4096);
+        let (results_tx, results) = bounded(65_536);
+        let program = program_name(&config);
+        let runner = Runner {
+            diagnosis_wait: diagnosis_window.unwrap_or_default() + DIAGNOSIS_MARGIN,
+            unaudited_lost: 0,
+            rate_tokens: f64::from(config.max_spawns_per_second),
+            rate_last: Instant::now(),
+            config,
+            probe,
+            labels,
+            audit,
+            stats: Arc::clone(&stats),
+            results: results_tx,
+            pending: Vec::new(),
+            children: Vec::new(),
+            last_run: HashMap::new(),
+            program,
+        };
+        let handle = RecoveryHandle {
+            tx,
+            results,
+            local: VecDeque::new(),
+            program,
+            outstanding: 0,
+            last_poll_ns: 0,
+            stats,
+        };
+        Ok((runner, notices, handle))
+    }
+
     fn run(mut self, notices: Receiver<Notice>) {
         loop {
             let busy = !self.pending.is_empty() || !self.children.is_empty();
@@ -363,6 +375,12 @@ impl Runner {
                 Ok(n) => self.handle(n),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Everything already queued is read before deciding: a stall
+            // whose resume waits behind it must never spawn (the queue is
+            // bounded, so this ends).
+            while let Ok(n) = notices.try_recv() {
+                self.handle(n);
             }
             self.decide_ready();
             self.tend_children(false);
@@ -780,5 +798,48 @@ impl Runner {
         if let Err(e) = self.audit.sync() {
             tracing::error!("cannot sync the recovery audit log: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use varta_proto::Source;
+
+    /// A stall and its resume queued together (the runner slow to wake, or
+    /// busy with another child) never spawn the command: the runner reads
+    /// what is queued before it decides.
+    #[test]
+    fn a_stall_whose_resume_is_already_queued_never_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let config: RecoveryConfig = serde_json::from_value(serde_json::json!({
+            "exec": ["/usr/bin/touch", marker],
+            "audit_file": dir.path().join("audit.tsv"),
+        }))
+        .expect("config");
+        config.validate().expect("valid");
+        let probe: ProcessProbe = Box::new(|_| Some(ProcessFacts { start_time: 7, stopped: false }));
+        let (runner, notices, mut handle) =
+            Runner::prepare(config, probe, Box::new(|_| [None, None, None]), None).expect("runner");
+        let agent = AgentRef {
+            id: AgentId { source: Source::Local, pid: 4242, start_time: 7 },
+            frame_pid: 4242,
+            host_pid: 4242,
+            transport: Transport::Uds,
+        };
+        handle.stalled(&agent, 1, false);
+        handle.resumed(1);
+        let thread = std::thread::spawn(move || runner.run(notices));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut reports = Vec::new();
+        while reports.is_empty() && Instant::now() < deadline {
+            handle.poll(0, &mut |r| reports.push(r.report.outcome));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(handle);
+        thread.join().expect("runner ends with its handle");
+        assert_eq!(reports, [RecoveryOutcome::Skipped]);
+        assert!(!marker.exists(), "the command ran for a stall whose resume was queued");
     }
 }

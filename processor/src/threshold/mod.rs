@@ -61,7 +61,7 @@ pub struct AdaptiveConfig {
     pub multiplier: f64,
     #[serde(default = "default_min", deserialize_with = "varta_pipeline::config::duration")]
     pub min: Duration,
-    /// Default: 10 × the default threshold.
+    /// Default: 10 × the default threshold, at most 7 days.
     #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
     pub max: Option<Duration>,
     #[serde(default = "default_warmup")]
@@ -81,9 +81,10 @@ impl Default for AdaptiveConfig {
 }
 
 impl AdaptiveConfig {
-    /// `max`, or its default for this default threshold.
+    /// `max`, or its default for this default threshold (10 ×, clamped
+    /// to the largest threshold, so a long default threshold is valid).
     pub fn max_or(&self, default_threshold: Duration) -> Duration {
-        self.max.unwrap_or(default_threshold.saturating_mul(10))
+        self.max.unwrap_or(default_threshold.saturating_mul(10).min(crate::config::MAX_THRESHOLD))
     }
 }
 
