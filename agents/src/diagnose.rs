@@ -2,8 +2,9 @@
 //! detected and a window later — turned into a [`Diagnosis`].
 //!
 //! Causes, first match wins: `unknown` (the agent's start time was never
-//! read, so neither look can be tied to it), `exited` (gone at either look, or its pid now
-//! has another start time), `zombie` (main thread Z), `stopped` (a thread
+//! read, so neither look can be tied to it, or a look failed for a reason
+//! other than the process being gone: denied, EMFILE…), `exited` (gone at
+//! either look, or its pid now has another start time), `zombie` (main thread Z), `stopped` (a thread
 //! in T/t: SIGSTOP or a tracer — `tracer_pid` says who), `spinning` (CPU
 //! used over the window ≥ a fifth of a core: some thread is burning it),
 //! `blocked_io` (a thread in D), else `waiting` (every thread asleep; the
@@ -12,7 +13,7 @@
 
 use varta_processor::{Cause, Diagnosis, Wchan};
 
-use crate::proc;
+use crate::proc::{self, ProcError};
 
 /// CPU over the window (per mille of one core) from which a stalled
 /// process counts as spinning. A stalled process that waits uses ~0; one
@@ -34,12 +35,12 @@ pub struct Sample {
     pub threads: Vec<proc::Thread>,
 }
 
-/// Looks at host pid `pid`; `None` when it is gone.
-pub fn sample(pid: u32) -> Option<Sample> {
-    let stat = proc::stat(pid)?;
-    let status = proc::status(pid).unwrap_or_default();
-    let threads = proc::threads(pid).unwrap_or_default();
-    Some(Sample {
+/// One look at host pid `pid`, or why there is none.
+pub fn sample(pid: u32) -> Result<Sample, ProcError> {
+    let stat = proc::stat_checked(pid)?;
+    let status = proc::status_checked(pid)?;
+    let threads = proc::threads(pid)?;
+    Ok(Sample {
         pid,
         start_time: stat.start_time,
         state: stat.state,
@@ -79,8 +80,8 @@ fn dominant_wchan(pid: u32, threads: &[proc::Thread]) -> Wchan {
 /// unknown). `clock_ticks` is `sysconf(_SC_CLK_TCK)`.
 pub fn diagnose(
     pinned_start: u64,
-    before: Option<&Sample>,
-    after: Option<&Sample>,
+    before: Result<&Sample, ProcError>,
+    after: Result<&Sample, ProcError>,
     window_ns: u64,
     clock_ticks: u64,
 ) -> Diagnosis {
@@ -102,7 +103,15 @@ pub fn diagnose(
         // Unknown identity: whatever the pid shows may be another process.
         return Diagnosis { cause: Cause::Unknown, ..exited };
     }
-    let (Some(b), Some(a)) = (before, after) else { return exited };
+    let (b, a) = match (before, after) {
+        (Ok(b), Ok(a)) => (b, a),
+        // Only verified absence is `exited`: a look that was denied or
+        // failed (EMFILE …) says nothing about the process.
+        (Err(e), _) | (_, Err(e)) if e != ProcError::Gone => {
+            return Diagnosis { cause: Cause::Unknown, ..exited };
+        }
+        _ => return exited,
+    };
     let recycled = |s: &Sample| s.start_time != pinned_start;
     if recycled(b) || recycled(a) || a.start_time != b.start_time {
         return exited;
@@ -174,15 +183,15 @@ mod tests {
                 thread('S', Some("do_epoll_wait")),
             ]
         };
-        let d = diagnose(500, Some(&look('S', 0, sleeping())), Some(&look('S', 0, sleeping())), W, 100);
+        let d = diagnose(500, Ok(&look('S', 0, sleeping())), Ok(&look('S', 0, sleeping())), W, 100);
         assert_eq!(d.cause, Cause::Waiting);
         assert_eq!(d.wchan.as_str(), "futex_wait_queue");
         assert_eq!((d.threads, d.sleeping), (3, 3));
 
         let d = diagnose(
             500,
-            Some(&look('R', 0, vec![thread('R', None)])),
-            Some(&look('R', 20, vec![thread('R', None)])),
+            Ok(&look('R', 0, vec![thread('R', None)])),
+            Ok(&look('R', 20, vec![thread('R', None)])),
             W,
             100,
         );
@@ -190,8 +199,8 @@ mod tests {
 
         let d = diagnose(
             500,
-            Some(&look('T', 0, vec![thread('T', None)])),
-            Some(&look('T', 0, vec![thread('T', None)])),
+            Ok(&look('T', 0, vec![thread('T', None)])),
+            Ok(&look('T', 0, vec![thread('T', None)])),
             W,
             100,
         );
@@ -199,24 +208,33 @@ mod tests {
 
         let d = diagnose(
             500,
-            Some(&look('D', 0, vec![thread('D', None)])),
-            Some(&look('D', 1, vec![thread('D', None)])),
+            Ok(&look('D', 0, vec![thread('D', None)])),
+            Ok(&look('D', 1, vec![thread('D', None)])),
             W,
             100,
         );
         assert_eq!(d.cause, Cause::BlockedIo);
 
-        let d = diagnose(500, Some(&look('Z', 0, vec![])), Some(&look('Z', 0, vec![])), W, 100);
+        let d = diagnose(500, Ok(&look('Z', 0, vec![])), Ok(&look('Z', 0, vec![])), W, 100);
         assert_eq!(d.cause, Cause::Zombie);
 
-        let d = diagnose(500, Some(&look('S', 0, sleeping())), None, W, 100);
+        let d = diagnose(500, Ok(&look('S', 0, sleeping())), Err(ProcError::Gone), W, 100);
         assert_eq!(d.cause, Cause::Exited);
+        // A look that failed for another reason (an injected EMFILE, a
+        // denied read) is not proof of exit: it once said `exited`, which
+        // recovery's last check took for "gone".
+        for failed in [ProcError::Other(libc::EMFILE), ProcError::Denied] {
+            let d = diagnose(500, Ok(&look('S', 0, sleeping())), Err(failed), W, 100);
+            assert_eq!(d.cause, Cause::Unknown, "{failed:?}");
+            let d = diagnose(500, Err(failed), Err(ProcError::Gone), W, 100);
+            assert_eq!(d.cause, Cause::Unknown, "{failed:?}");
+        }
         let mut other = look('S', 0, sleeping());
         other.start_time = 999;
-        let d = diagnose(500, Some(&look('S', 0, sleeping())), Some(&other), W, 100);
+        let d = diagnose(500, Ok(&look('S', 0, sleeping())), Ok(&other), W, 100);
         assert_eq!(d.cause, Cause::Exited, "pid recycled: the agent is gone");
         // Unknown identity: even a clearly spinning pid is not judged.
-        let d = diagnose(0, Some(&look('R', 0, vec![])), Some(&look('R', 100, vec![])), W, 100);
+        let d = diagnose(0, Ok(&look('R', 0, vec![])), Ok(&look('R', 100, vec![])), W, 100);
         assert_eq!(d.cause, Cause::Unknown, "start time never read");
     }
 
@@ -226,7 +244,7 @@ mod tests {
         let a = sample(me).expect("we exist");
         assert!(!a.threads.is_empty());
         let b = sample(me).expect("we exist");
-        let d = diagnose(a.start_time, Some(&a), Some(&b), W, proc::clock_ticks());
+        let d = diagnose(a.start_time, Ok(&a), Ok(&b), W, proc::clock_ticks());
         assert_ne!(d.cause, Cause::Exited);
         assert!(d.threads >= 1);
     }

@@ -5,7 +5,10 @@
 //! with a resolver thread ([`Resolver`]):
 //!
 //! * [`proc`]: small readers of `/proc/<pid>/…` (stat, status, cmdline,
-//!   environ, cgroup, threads) returning `None` for anything unreadable.
+//!   environ, cgroup, threads); what judges a process says why a read
+//!   failed (gone, denied, other).
+//! * [`cgroup`]: the trusted recovery selectors (`{unit}`, `{container}`,
+//!   `{pod}`) from a process's cgroup path.
 //! * [`attributes`]: OpenTelemetry resource attributes of a local agent
 //!   (`process.*`, `container.id`, `k8s.pod.uid`, `service.*`), resolved once
 //!   per agent incarnation and kept in an [`AttributeStore`] that exporters
@@ -19,29 +22,40 @@
 //! the processor's inspector seam and the exporters need it.)
 
 pub mod attributes;
+pub mod cgroup;
 pub mod diagnose;
 pub mod proc;
 pub mod resolver;
 
 use std::sync::Arc;
 
-use varta_processor::recovery::AgentLabels;
+use varta_processor::recovery::{AgentLabels, TargetFacts};
+use varta_proto::Transport;
 
 pub use attributes::{AttributeStore, Attributes, StoreView};
 pub use resolver::{Resolver, ResolverConfig, ResolverStats};
 
-/// What a recovery runner's command templates may name of a local agent
-/// (`{service}`, `{exe}`, `{container}`), read from the resolver's `store`
-/// when there is one (`None`: every label unknown). One function for the
-/// collector's pipelines and the embedding façade.
-pub fn recovery_labels(store: Option<Arc<AttributeStore>>) -> AgentLabels {
+/// What a recovery runner's command templates may name of a stalled
+/// agent: what it declares about itself (`{service}`, `{exe}`: from the
+/// resolver's `store` when there is one) and the trusted selectors its
+/// cgroup path gives under `trusted_slices` (read fresh from `/proc` at
+/// decision time; local agents only — a network agent's pid is a claim).
+/// One function for the collector's pipelines and the embedding façade.
+pub fn recovery_targets(store: Option<Arc<AttributeStore>>, trusted_slices: Vec<String>) -> AgentLabels {
     Box::new(move |agent| {
         let view = store.as_ref().map(|s| s.read());
-        let a = view.as_ref().and_then(|v| v.get(agent));
-        [
-            a.and_then(|a| a.service_name()).map(str::to_owned),
-            a.and_then(|a| a.executable_name()).map(str::to_owned),
-            a.and_then(|a| a.container_id()).map(str::to_owned),
-        ]
+        let a = view.as_ref().and_then(|v| v.get(&agent.id));
+        let selectors = if agent.transport == Transport::Uds {
+            proc::cgroup(agent.host_pid).map(|t| cgroup::selectors(&t, &trusted_slices)).unwrap_or_default()
+        } else {
+            cgroup::Selectors::default()
+        };
+        TargetFacts {
+            service: a.and_then(|a| a.service_name()).map(str::to_owned),
+            exe: a.and_then(|a| a.executable_name()).map(str::to_owned),
+            unit: selectors.unit,
+            container: selectors.container,
+            pod: selectors.pod,
+        }
     })
 }

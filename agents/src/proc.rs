@@ -1,8 +1,14 @@
-//! Readers of `/proc/<pid>/…` for one process. Every function returns
+//! Readers of `/proc/<pid>/…` for one process. The `Option` readers return
 //! `None` when the file is missing, unreadable (another user's process) or
-//! does not parse: the process may exit at any moment, and that is normal.
+//! does not parse: the process may exit at any moment, and that is normal
+//! for what only labels. What judges a process (diagnosis, recovery's last
+//! check) uses the `_checked` readers, which say *why* through the one
+//! access layer, [`ProcError`]: only "gone" may become `exited`.
 
 use std::fs;
+
+pub use varta_pipeline::procfs::ProcError;
+use varta_pipeline::procfs::read;
 
 /// What `/proc/<pid>/stat` says about a process or thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +36,12 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 pub fn stat(pid: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    stat_checked(pid).ok()
+}
+
+/// `/proc/<pid>/stat`, or why not (text that does not parse is `Other`).
+pub fn stat_checked(pid: u32) -> Result<Stat, ProcError> {
+    parse_stat(&read(&format!("/proc/{pid}/stat"))?).ok_or(ProcError::Other(0))
 }
 
 /// Lines of `/proc/<pid>/status` this crate uses.
@@ -65,7 +76,12 @@ pub fn parse_status(text: &str) -> Option<Status> {
 }
 
 pub fn status(pid: u32) -> Option<Status> {
-    parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    status_checked(pid).ok()
+}
+
+/// `/proc/<pid>/status`, or why not.
+pub fn status_checked(pid: u32) -> Result<Status, ProcError> {
+    parse_status(&read(&format!("/proc/{pid}/status"))?).ok_or(ProcError::Other(0))
 }
 
 /// Most bytes read from `/proc/<pid>/cmdline` (argv[0] and, opt-in, the
@@ -135,9 +151,10 @@ pub struct Thread {
     pub wchan: Option<String>,
 }
 
-/// Every thread of a process (`/proc/<pid>/task`).
-pub fn threads(pid: u32) -> Option<Vec<Thread>> {
-    let dir = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+/// Every thread of a process (`/proc/<pid>/task`); a thread that exits
+/// while it is read is left out.
+pub fn threads(pid: u32) -> Result<Vec<Thread>, ProcError> {
+    let dir = fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| ProcError::of(&e))?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
         let path = entry.path();
@@ -148,15 +165,17 @@ pub fn threads(pid: u32) -> Option<Vec<Thread>> {
         let tid = entry.file_name().to_str().and_then(|t| t.parse().ok()).unwrap_or(0);
         out.push(Thread { tid, state: st.state, cpu_ticks: st.cpu_ticks, wchan });
     }
-    (!out.is_empty()).then_some(out)
+    if out.is_empty() { Err(ProcError::Gone) } else { Ok(out) }
 }
 
 /// What recovery checks right before spawning: the start time (pid
-/// recycled?) and whether the process is stopped or traced.
-pub fn process_facts(pid: u32) -> Option<varta_processor::recovery::ProcessFacts> {
-    let st = stat(pid)?;
-    let traced = status(pid).is_some_and(|s| s.tracer_pid != 0);
-    Some(varta_processor::recovery::ProcessFacts {
+/// recycled?) and whether the process is stopped or traced — or why it
+/// cannot be said (recovery acts on "gone" only once [`varta_pipeline::procfs::verified_gone`]
+/// confirms it).
+pub fn process_facts(pid: u32) -> Result<varta_processor::recovery::ProcessFacts, ProcError> {
+    let st = stat_checked(pid)?;
+    let traced = status_checked(pid)?.tracer_pid != 0;
+    Ok(varta_processor::recovery::ProcessFacts {
         start_time: st.start_time,
         stopped: matches!(st.state, 'T' | 't') || traced,
     })
@@ -229,7 +248,7 @@ mod tests {
         assert!("RSD".contains(st.state), "state {}", st.state);
         assert!(st.threads >= 1);
         assert_eq!(status(me).map(|s| s.uid), Some(varta_pipeline_uid()));
-        assert!(threads(me).is_some_and(|t| t.len() as u32 >= 1));
+        assert!(threads(me).is_ok_and(|t| t.len() as u32 >= 1));
         assert!(cmdline(me).is_some_and(|a| !a.is_empty()));
         assert!(exe(me).is_some_and(|e| e.starts_with('/')));
     }

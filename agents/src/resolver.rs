@@ -345,7 +345,7 @@ struct Pending {
     at: Instant,
     agent: AgentRef,
     incident: u64,
-    before: Option<diagnose::Sample>,
+    before: Result<diagnose::Sample, crate::proc::ProcError>,
 }
 
 struct Worker {
@@ -421,8 +421,8 @@ impl Worker {
             let window_ns = u64::try_from(self.config.diagnosis.window.as_nanos()).unwrap_or(u64::MAX);
             let diagnosis = diagnose::diagnose(
                 p.agent.id.start_time,
-                p.before.as_ref(),
-                after.as_ref(),
+                p.before.as_ref().map_err(|e| *e),
+                after.as_ref().map_err(|e| *e),
                 window_ns,
                 self.host.clock_ticks,
             );

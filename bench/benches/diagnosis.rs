@@ -87,8 +87,14 @@ fn ingest(attached: Attached, secs: u64, dir: &std::path::Path) -> (f64, u64) {
         }))
         .expect("recovery config");
         let probe = Box::new(varta_agents::proc::process_facts);
-        let (r, handle) = Recovery::start("bench", config, probe, Box::new(|_| [None, None, None]), None)
-            .expect("recovery");
+        let (r, handle) = Recovery::start(
+            "bench",
+            config,
+            probe,
+            Box::new(|_| varta_processor::recovery::TargetFacts::default()),
+            None,
+        )
+        .expect("recovery");
         p = p.with_recovery(handle);
         threads.push(r.thread);
     }

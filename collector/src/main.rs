@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate => match load(&origin) {
-            Ok(c) => match c.check_files() {
+            Ok(c) => match c.check_files().and_then(|()| c.check_recovery_targets()) {
                 Ok(()) => {
                     for unused in c.unused_components() {
                         println!("note: {unused} is defined but not used by any pipeline");

@@ -437,7 +437,7 @@ impl Engine {
         }
         if let Some(cfg) = recovery {
             cfg.validate().map_err(EmbedError::Recovery)?;
-            let labels = varta_agents::recovery_labels(parts.attributes.clone());
+            let labels = varta_agents::recovery_targets(parts.attributes.clone(), cfg.trusted_slices.clone());
             let probe = Box::new(varta_agents::proc::process_facts);
             let kill_grace = cfg.kill_grace;
             let (started, handle) = Recovery::start(name, cfg, probe, labels, window)

@@ -1,9 +1,64 @@
-//! Small, allocation-light readers of Linux `/proc`. Every function returns
-//! `None` when the file is missing or does not parse (the process exited, no
-//! procfs, a different kernel format): callers treat that as "unknown", never
-//! as a reason to panic.
+//! Small, allocation-light readers of Linux `/proc`, and the one access
+//! layer that tells *why* a read failed ([`ProcError`]): a process that is
+//! gone, one we may not look at, and everything else (EMFILE, ENOMEM, EIO…)
+//! are three different answers. Only "gone" may ever be read as "the
+//! process exited", and an action taken on that reading confirms it first
+//! ([`verified_gone`]). The `Option` readers return `None` for any failure
+//! (callers that only *report* treat it as "unknown", never as a reason to
+//! panic).
 
 use std::fs;
+use std::io;
+
+/// Why a `/proc` read failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcError {
+    /// ENOENT or ESRCH: the process (or thread) no longer exists.
+    Gone,
+    /// EACCES or EPERM: it exists, but we may not read this file.
+    Denied,
+    /// Any other error (EMFILE, ENOMEM, EIO…, or text that does not
+    /// parse): nothing can be said about the process.
+    Other(i32),
+}
+
+impl ProcError {
+    /// The access answer an I/O error gives.
+    pub fn of(e: &io::Error) -> ProcError {
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ESRCH) => ProcError::Gone,
+            Some(libc::EACCES | libc::EPERM) => ProcError::Denied,
+            Some(errno) => ProcError::Other(errno),
+            None => ProcError::Other(0),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProcError::Gone => "gone",
+            ProcError::Denied => "denied",
+            ProcError::Other(_) => "error",
+        }
+    }
+}
+
+/// A `/proc` file's text, or why it could not be read.
+pub fn read(path: &str) -> Result<String, ProcError> {
+    fs::read_to_string(path).map_err(|e| ProcError::of(&e))
+}
+
+/// Whether `pid` is verifiably gone: `kill(pid, 0)` answers ESRCH (no such
+/// process in our pid namespace). EPERM means it exists; any other answer
+/// is not a verification.
+pub fn verified_gone(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission checks.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
 
 /// Process start time (field 22 of `/proc/<pid>/stat`, clock ticks since
 /// boot). A recycled pid has a different start time, so (pid, start time)
@@ -50,6 +105,31 @@ pub fn parse_ns_pids(status: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_errors_say_gone_denied_or_other() {
+        assert_eq!(ProcError::of(&io::Error::from_raw_os_error(libc::ENOENT)), ProcError::Gone);
+        assert_eq!(ProcError::of(&io::Error::from_raw_os_error(libc::ESRCH)), ProcError::Gone);
+        assert_eq!(ProcError::of(&io::Error::from_raw_os_error(libc::EACCES)), ProcError::Denied);
+        assert_eq!(
+            ProcError::of(&io::Error::from_raw_os_error(libc::EMFILE)),
+            ProcError::Other(libc::EMFILE)
+        );
+        assert_eq!(read("/proc/self/definitely-not-a-file"), Err(ProcError::Gone));
+        assert!(read("/proc/self/stat").is_ok());
+    }
+
+    #[test]
+    fn only_a_reaped_process_is_verified_gone() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        assert!(!verified_gone(child.id()));
+        child.kill().expect("kill");
+        // A zombie still exists until it is reaped.
+        child.wait().expect("reap");
+        assert!(verified_gone(child.id()));
+        assert!(!verified_gone(std::process::id()));
+        assert!(!verified_gone(0));
+    }
 
     const STAT: &str = "4242 (evil) name) (x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
                         987654 12345 67 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";

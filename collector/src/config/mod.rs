@@ -609,6 +609,21 @@ impl Config {
         Ok(())
     }
 
+    /// `validate` only: a recovery command whose target the agent would
+    /// choose (see [`RecoveryConfig::selection_problem`]). A running
+    /// collector does not refuse such a config: it keeps monitoring and
+    /// refuses those runs.
+    pub fn check_recovery_targets(&self) -> Result<(), ConfigError> {
+        for c in &self.processors.0 {
+            if let ProcessorConfig::Recovery(cfg) = &c.config
+                && let Some(problem) = cfg.selection_problem()
+            {
+                return Err(self.error(Some(c.at), Some(format!("processors::{}", c.id)), problem));
+            }
+        }
+        Ok(())
+    }
+
     /// Components defined but not used by any pipeline (they are not started).
     pub fn unused_components(&self) -> Vec<String> {
         let pipelines: Vec<&Pipeline> = self.service.pipelines.values().map(|p| &p.value).collect();

@@ -366,7 +366,7 @@ impl PipelineSlot {
         if self.recovery_key.is_empty()
             && let Some((id, cfg)) = &plan.recovery
         {
-            let labels = varta_agents::recovery_labels(self.attributes.clone());
+            let labels = varta_agents::recovery_targets(self.attributes.clone(), cfg.trusted_slices.clone());
             let window = plan.resolver.as_ref().map(|(_, r)| r.diagnosis.window);
             let probe = Box::new(varta_agents::proc::process_facts);
             let (started, handle) = Recovery::start(&self.name, cfg.clone(), probe, labels, window)

@@ -12,9 +12,14 @@
 //!   first (a value that breaks the rule refuses the run: `unsafe_value`);
 //!   `exec[0]` holds no placeholder. The environment is cleared to
 //!   `PATH=/usr/bin:/bin` plus `env` (unless `inherit_env`).
-//! * A stall is acted on only when the agent's origin authenticates its pid
-//!   (kernel-attested UDS, master-key secure UDP; others only with
-//!   `allow_unauthenticated`), never for a cross-namespace agent without
+//! * A command's target is chosen by the operator, never by the agent
+//!   ([`gate`]): trusted selectors from the kernel (`{unit}`, `{container}`,
+//!   `{pod}` from cgroup paths), what the agent declares (`{service}`,
+//!   `{exe}`) only through `allowed_values`, and no identity placeholder at
+//!   all for a network agent, whose pid is a claim (`unverified_identity`).
+//! * A stall is acted on only when the agent's origin authenticates it
+//!   against outsiders (kernel-attested UDS, master-key secure UDP; others
+//!   only with `allow_unauthenticated`), never for a cross-namespace agent without
 //!   `allow_cross_namespace`, never for a local agent whose start time is
 //!   unknown (`identity_unknown`), never when the pid was recycled since
 //!   the stall or the process is stopped/traced (both re-read from `/proc`
@@ -35,6 +40,7 @@
 
 pub mod argv;
 pub mod audit;
+pub mod gate;
 mod runner;
 
 use std::collections::BTreeMap;
@@ -45,6 +51,7 @@ use serde::Deserialize;
 
 use crate::inspect::{Cause, Wchan};
 
+pub use gate::{Placeholder, TargetFacts};
 pub use runner::{
     AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats, SHUTDOWN_MARGIN,
 };
@@ -73,6 +80,9 @@ fn default_causes() -> Vec<String> {
         .filter(|c| !matches!(c, Cause::Stopped | Cause::Unknown))
         .map(|c| c.label().to_owned())
         .collect()
+}
+fn default_trusted_slices() -> Vec<String> {
+    vec!["system.slice".to_owned()]
 }
 fn default_keep() -> u32 {
     5
@@ -137,6 +147,15 @@ pub struct RecoveryConfig {
     pub allow_unauthenticated: bool,
     #[serde(default)]
     pub allow_cross_namespace: bool,
+    /// Slices under which a service's cgroup yields `{unit}` (default
+    /// `[system.slice]`; `user.slice` is never trusted).
+    #[serde(default = "default_trusted_slices")]
+    pub trusted_slices: Vec<String>,
+    /// Per placeholder name (`service`, `exe`, `unit`, `container`, `pod`),
+    /// the values (globs as in threshold rules) a run may use. Required
+    /// for what the agent declares (`service`, `exe`); narrows the others.
+    #[serde(default)]
+    pub allowed_values: BTreeMap<String, Vec<String>>,
     pub audit_file: PathBuf,
     #[serde(default)]
     pub audit_sync: AuditSync,
@@ -151,19 +170,16 @@ pub struct RecoveryConfig {
     pub audit_rotate_keep: u32,
 }
 
-/// Placeholders substituted in each `exec` argument.
-pub const PLACEHOLDERS: [&str; 10] = [
-    "{pid}",
-    "{frame_pid}",
-    "{start_time}",
-    "{incident}",
-    "{source}",
-    "{transport}",
-    "{cause}",
-    "{service}",
-    "{exe}",
-    "{container}",
-];
+/// Placeholders substituted in each `exec` argument (see [`gate`]).
+pub const PLACEHOLDERS: [&str; 12] = {
+    let mut out = [""; 12];
+    let mut i = 0;
+    while i < Placeholder::ALL.len() {
+        out[i] = Placeholder::ALL[i].token();
+        i += 1;
+    }
+    out
+};
 
 impl RecoveryConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -194,6 +210,34 @@ impl RecoveryConfig {
                 }
             }
         }
+        for slice in &self.trusted_slices {
+            if !slice.ends_with(".slice") || slice.contains('/') || slice == "user.slice" {
+                return Err(format!(
+                    "`trusted_slices`: {slice:?} is not a top-level system slice (like \"system.slice\"); \
+                     user.slice is never trusted"
+                ));
+            }
+        }
+        for (name, patterns) in &self.allowed_values {
+            let Some(p) = Placeholder::parse_name(name) else {
+                return Err(format!(
+                    "`allowed_values`: {name:?} is not a placeholder that selects a target \
+                     (service, exe, unit, container, pod)"
+                ));
+            };
+            if !p.declared_by_agent() && !p.trusted_selector() {
+                return Err(format!(
+                    "`allowed_values`: {name:?} is not a placeholder that selects a target \
+                     (service, exe, unit, container, pod)"
+                ));
+            }
+            if patterns.is_empty() {
+                return Err(format!("`allowed_values.{name}`: an empty list allows nothing; remove the key"));
+            }
+            for pattern in patterns {
+                crate::threshold::Glob::new(pattern).map_err(|e| format!("`allowed_values.{name}`: {e}"))?;
+            }
+        }
         for cause in self.on_causes.iter().flatten() {
             if Cause::parse(cause).is_none() {
                 let known: Vec<&str> = Cause::ALL.iter().map(|c| c.label()).collect();
@@ -210,6 +254,40 @@ impl RecoveryConfig {
             return Err("`capture_output_bytes` must be at most 1 MiB".into());
         }
         Ok(())
+    }
+
+    /// Placeholders of `exec` that the agent chooses and that have no
+    /// `allowed_values` list: every run using them is refused
+    /// (`not_allowed`). `varta-collector validate` refuses such a config
+    /// (exit 2); a running collector keeps monitoring, logs it once and
+    /// refuses those runs — monitoring never stops over a recovery setting.
+    pub fn unguarded_placeholders(&self) -> Vec<Placeholder> {
+        let mut out: Vec<Placeholder> = self
+            .exec
+            .iter()
+            .flat_map(|arg| argv::placeholders(arg))
+            .filter_map(Placeholder::parse_token)
+            .filter(|p| p.declared_by_agent() && !self.allowed_values.contains_key(p.name()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// [`Self::unguarded_placeholders`] as one error message, if any.
+    pub fn selection_problem(&self) -> Option<String> {
+        let unguarded = self.unguarded_placeholders();
+        let first = unguarded.first()?;
+        let names: Vec<&str> = unguarded.iter().map(|p| p.token()).collect();
+        Some(format!(
+            "`exec` uses {} — chosen by the agent itself (an agent named `systemd-reboot` would pick the target) \
+             — with no `allowed_values.{}` list: select the target with `{{unit}}` (from the kernel), or list \
+             the values allowed, e.g. `allowed_values: {{{}: [\"checkout\", \"payments-*\"]}}`; until then every \
+             such recovery is refused (not_allowed)",
+            names.join(", "),
+            first.name(),
+            first.name()
+        ))
     }
 
     /// Whether a stall of this (known) cause triggers a run.
@@ -243,6 +321,14 @@ pub enum RecoveryRefusal {
     IdentityUnknown,
     /// A placeholder's value breaks the value rule (see [`argv`]).
     UnsafeValue,
+    /// A value the agent chose (or one outside `allowed_values`) would
+    /// select the target (see [`gate`]).
+    NotAllowed,
+    /// An identity placeholder for a network agent, whose pid is a claim.
+    UnverifiedIdentity,
+    /// A trusted selector has no value for this agent (e.g. `{unit}` for a
+    /// process outside a service under `trusted_slices`).
+    NoTarget,
     /// The process is stopped or traced (not in `on_causes`).
     Stopped,
     /// Its pid now belongs to another process (or it is gone).
@@ -255,13 +341,16 @@ pub enum RecoveryRefusal {
 }
 
 impl RecoveryRefusal {
-    pub const ALL: [RecoveryRefusal; 12] = [
+    pub const ALL: [RecoveryRefusal; 15] = [
         RecoveryRefusal::Unauthenticated,
         RecoveryRefusal::CrossNamespace,
         RecoveryRefusal::IdentityUnknown,
         RecoveryRefusal::Cause,
         RecoveryRefusal::CauseUnknown,
         RecoveryRefusal::UnsafeValue,
+        RecoveryRefusal::NotAllowed,
+        RecoveryRefusal::UnverifiedIdentity,
+        RecoveryRefusal::NoTarget,
         RecoveryRefusal::Stopped,
         RecoveryRefusal::PidRecycled,
         RecoveryRefusal::Debounce,
@@ -278,6 +367,9 @@ impl RecoveryRefusal {
             RecoveryRefusal::CauseUnknown => "cause_unknown",
             RecoveryRefusal::IdentityUnknown => "identity_unknown",
             RecoveryRefusal::UnsafeValue => "unsafe_value",
+            RecoveryRefusal::NotAllowed => "not_allowed",
+            RecoveryRefusal::UnverifiedIdentity => "unverified_identity",
+            RecoveryRefusal::NoTarget => "no_target",
             RecoveryRefusal::Stopped => "stopped",
             RecoveryRefusal::PidRecycled => "pid_recycled",
             RecoveryRefusal::Debounce => "debounce",

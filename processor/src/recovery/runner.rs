@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use hashbrown::HashMap;
+use varta_pipeline::procfs::{ProcError, verified_gone};
 use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_proto::Transport;
 
 use super::audit::{AuditLog, Record};
+use super::gate::{Gate, Stall, TargetFacts};
 use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 use crate::agent::{AgentId, AgentRef};
 use crate::inspect::{Cause, Wchan};
@@ -34,12 +36,14 @@ pub struct ProcessFacts {
     pub stopped: bool,
 }
 
-/// Reads [`ProcessFacts`] of a host pid (`None`: gone). Injected by the
-/// collector (it reads `/proc`; this crate does not).
-pub type ProcessProbe = Box<dyn Fn(u32) -> Option<ProcessFacts> + Send>;
+/// Reads [`ProcessFacts`] of a host pid, or why it cannot (gone, denied,
+/// other: the one `/proc` access layer). Injected by the collector (it
+/// reads `/proc`; this crate does not).
+pub type ProcessProbe = Box<dyn Fn(u32) -> Result<ProcessFacts, ProcError> + Send>;
 
-/// `{service}`, `{exe}`, `{container}` of a local agent, when known.
-pub type AgentLabels = Box<dyn Fn(&AgentId) -> [Option<String>; 3] + Send>;
+/// What is known of a stalled agent's target (see [`TargetFacts`]), read
+/// right before the decision. Injected by the collector.
+pub type AgentLabels = Box<dyn Fn(&AgentRef) -> TargetFacts + Send>;
 
 /// How much longer than the diagnosis window a stall waits for its
 /// diagnosis (the resolver may be busy), before it is decided without one.
@@ -282,6 +286,7 @@ struct Runner {
     config: RecoveryConfig,
     probe: ProcessProbe,
     labels: AgentLabels,
+    gate: Gate,
     audit: AuditLog,
     stats: Arc<RecoveryStats>,
     results: Sender<Recovered>,
@@ -335,7 +340,11 @@ impl Runner {
         let (tx, notices) = bounded(4096);
         let (results_tx, results) = bounded(65_536);
         let program = program_name(&config);
+        if let Some(problem) = config.selection_problem() {
+            tracing::error!("recovery: {problem}");
+        }
         let runner = Runner {
+            gate: Gate::new(&config),
             diagnosis_wait: diagnosis_window.unwrap_or_default() + DIAGNOSIS_MARGIN,
             unaudited_lost: 0,
             rate_tokens: f64::from(config.max_spawns_per_second),
@@ -493,18 +502,13 @@ impl Runner {
             }
             _ => {}
         }
-        let argv = match self.argv(&p) {
+        let facts = (self.labels)(&a);
+        let stall = Stall { agent: &a, incident: p.incident, cause: p.cause, facts: &facts };
+        let argv = match self.gate.argv(&self.config.exec, &stall) {
             Ok(argv) => argv,
-            Err((placeholder, why)) => {
-                // Name the placeholder, never the value: it is the agent's.
-                let detail = format!("unsafe_value: {placeholder} {}", why.label());
-                tracing::warn!(
-                    incident = p.incident,
-                    placeholder,
-                    "recovery refused: the value {}",
-                    why.label()
-                );
-                return self.refuse_because(&p, RecoveryRefusal::UnsafeValue, &detail);
+            Err(refused) => {
+                tracing::warn!(incident = p.incident, "recovery refused: {}", refused.detail);
+                return self.refuse_because(&p, refused.why, &refused.detail);
             }
         };
         let now = Instant::now();
@@ -524,44 +528,25 @@ impl Runner {
             // not stopped or traced — whatever the diagnosis said, or if
             // it never came.
             match (self.probe)(a.host_pid) {
-                Some(f) if f.start_time != a.id.start_time => {
+                Ok(f) if f.start_time != a.id.start_time => {
                     return self.refuse(&p, RecoveryRefusal::PidRecycled);
                 }
-                None if p.cause != Some(Cause::Exited) || !self.config.triggers_on(Cause::Exited) => {
-                    return self.refuse(&p, RecoveryRefusal::PidRecycled);
-                }
-                Some(f) if f.stopped && !self.config.triggers_on(Cause::Stopped) => {
+                Ok(f) if f.stopped && !self.config.triggers_on(Cause::Stopped) => {
                     return self.refuse(&p, RecoveryRefusal::Stopped);
                 }
-                _ => {}
+                Ok(_) => {}
+                // Gone counts only when the kernel confirms it (ESRCH); a
+                // read that failed otherwise (EMFILE, denied) is no answer.
+                Err(ProcError::Gone) if verified_gone(a.host_pid) => {
+                    if p.cause != Some(Cause::Exited) || !self.config.triggers_on(Cause::Exited) {
+                        return self.refuse(&p, RecoveryRefusal::PidRecycled);
+                    }
+                }
+                Err(_) => return self.refuse(&p, RecoveryRefusal::IdentityUnknown),
             }
         }
         self.last_run.insert(a.id, now);
         self.spawn(p, argv);
-    }
-
-    /// The command for `p`, every placeholder's value checked by
-    /// [`super::argv::check_value`].
-    fn argv(&self, p: &Pending) -> Result<Vec<String>, (&str, super::argv::UnsafeValue)> {
-        let a = &p.agent;
-        let [service, exe, container] = (self.labels)(&a.id);
-        let value = |token: &str| -> String {
-            match token {
-                "{pid}" => a.host_pid.to_string(),
-                "{frame_pid}" => a.frame_pid.to_string(),
-                "{start_time}" => a.id.start_time.to_string(),
-                "{incident}" => p.incident.to_string(),
-                "{source}" => a.id.source.to_string(),
-                "{transport}" => a.transport.as_str().to_owned(),
-                "{cause}" => p.cause.unwrap_or(Cause::Unknown).label().to_owned(),
-                "{service}" => service.clone().unwrap_or_default(),
-                "{exe}" => exe.clone().unwrap_or_default(),
-                "{container}" => container.clone().unwrap_or_default(),
-                // Validation refuses unknown placeholders; never pass one on.
-                _ => String::new(),
-            }
-        };
-        super::argv::build(&self.config.exec, value)
     }
 
     /// The program as exec'd (`exec[0]`: absolute, placeholder-free).
@@ -819,9 +804,9 @@ mod tests {
         }))
         .expect("config");
         config.validate().expect("valid");
-        let probe: ProcessProbe = Box::new(|_| Some(ProcessFacts { start_time: 7, stopped: false }));
+        let probe: ProcessProbe = Box::new(|_| Ok(ProcessFacts { start_time: 7, stopped: false }));
         let (runner, notices, mut handle) =
-            Runner::prepare(config, probe, Box::new(|_| [None, None, None]), None).expect("runner");
+            Runner::prepare(config, probe, Box::new(|_| TargetFacts::default()), None).expect("runner");
         let agent = AgentRef {
             id: AgentId { source: Source::Local, pid: 4242, start_time: 7 },
             frame_pid: 4242,
