@@ -49,23 +49,24 @@ pub fn selectors(text: &str, trusted_slices: &[String]) -> Selectors {
     Selectors { unit: unit(&segments, trusted_slices), container, pod }
 }
 
-/// The path of the hierarchy systemd manages: the unified one (`0::`),
-/// else the v1 `name=systemd` one.
+/// The path of the hierarchy systemd manages: the v1 `name=systemd` one
+/// when mounted (legacy and hybrid layouts, where systemd tracks units
+/// there and mirrors them into the unified one), else the unified one (`0::`).
 fn systemd_path(text: &str) -> Option<&str> {
-    let mut v1 = None;
+    let mut unified = None;
     for line in text.lines() {
         let mut fields = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
-        if id == "0" && controllers.is_empty() {
+        if controllers.split(',').any(|c| c == "name=systemd") {
             return Some(path);
         }
-        if controllers.split(',').any(|c| c == "name=systemd") {
-            v1 = Some(path);
+        if id == "0" && controllers.is_empty() {
+            unified = Some(path);
         }
     }
-    v1
+    unified
 }
 
 fn unit(segments: &[&str], trusted_slices: &[String]) -> Option<String> {
@@ -191,6 +192,15 @@ mod tests {
             (
                 "12:cpu,cpuacct:/elsewhere.service\n1:name=systemd:/system.slice/checkout.service\n",
                 sel(Some("checkout.service"), false, false),
+            ),
+            // Hybrid: systemd's own v1 hierarchy, whatever the unified one says.
+            (
+                "1:name=systemd:/system.slice/checkout.service\n0::/\n",
+                sel(Some("checkout.service"), false, false),
+            ),
+            (
+                "1:name=systemd:/user.slice/evil.service\n0::/system.slice/x.service\n",
+                sel(None, false, false),
             ),
             // A user's own manager creates units under user.slice.
             (

@@ -98,7 +98,11 @@ fn records(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn hostile_service_names_are_refused_and_a_well_named_agent_is_recovered_once() {
     let exec = r#"["/bin/sh", "-c", "echo \"$1\" >> @DIR@/runs", "recover", "{service}"]"#;
-    let c = Collector::start(&config(exec, "    debounce: 1m", free_udp_port()));
+    let c = Collector::start(&config(
+        exec,
+        "    debounce: 1m\n    allowed_values: { service: [checkout] }",
+        free_udp_port(),
+    ));
     let long = "a".repeat(300);
     let hostile = ["*", "--force", "../../x", long.as_str(), ""];
     let mut agents: Vec<Child> = hostile.iter().map(|name| named_agent(&c, name)).collect();
@@ -598,4 +602,209 @@ fn an_agent_whose_start_time_was_never_read_is_not_acted_on() {
         .expect("a diagnosis line");
     assert_eq!(diagnosis.status, "unknown", "{diagnosis:?}");
     assert_eq!(c.counter("pipelines::liveness", "recovery_refused", "identity_unknown"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Targets the operator chose (trusted selectors, allow-lists, claimed pids).
+
+/// Appends the command's one argument to @DIR@/runs.
+fn record_arg(placeholder: &str) -> String {
+    format!(r#"["/bin/sh", "-c", "echo \"$1\" >> @DIR@/runs", "recover", "{placeholder}"]"#)
+}
+
+fn runs(c: &Collector) -> String {
+    std::fs::read_to_string(c.path("runs")).unwrap_or_default()
+}
+
+fn refused_for(c: &Collector, pid: u32, reason: &str) -> (String, String) {
+    wait_for(&format!("the {reason} refusal of {pid}"), || {
+        recovery_lines(c, pid)
+            .into_iter()
+            .find(|(o, p)| o == "refused" && p.contains(&format!("reason={reason}")))
+    })
+}
+
+#[test]
+fn an_agent_chosen_target_without_an_allow_list_fails_validate_and_never_runs() {
+    // validate: exit 2, naming the trusted selector and the allow-list.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("recovery.yaml");
+    let text = config(&record_arg("{service}"), "", free_udp_port())
+        .replace("@DIR@", &dir.path().display().to_string());
+    std::fs::write(&path, text).expect("write");
+    let out = collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("{unit}") && stderr.contains("allowed_values") && stderr.contains("{service}"),
+        "{stderr}"
+    );
+
+    // A running collector keeps monitoring and refuses every such run.
+    let c = Collector::start(&config(&record_arg("{service}"), "", free_udp_port()));
+    let agents = [named_agent(&c, "checkout"), named_agent(&c, "systemd-reboot")];
+    for a in &agents {
+        refused_for(&c, a.id(), "not_allowed");
+    }
+    assert_eq!(c.counter("pipelines::liveness", "recovery_refused", "not_allowed"), 2);
+    assert_eq!(c.counter("pipelines::liveness", "recoveries_started", ""), 0);
+    assert_eq!(runs(&c), "", "no command ran");
+    // Stalls are still reported: monitoring never stops over a recovery setting.
+    for a in &agents {
+        assert!(
+            !read_events(&c.path("events.tsv"))
+                .iter()
+                .all(|e| e.pid != a.id().to_string() || e.kind != "stall")
+        );
+    }
+    let log = c.log();
+    assert_eq!(log.matches("with no `allowed_values.service` list").count(), 1, "logged once:\n{log}");
+    for a in agents {
+        kill(a);
+    }
+}
+
+#[test]
+fn an_allow_list_recovers_good_svc_and_refuses_systemd_reboot_audited() {
+    let c = Collector::start(&config(
+        &record_arg("{service}.service"),
+        "    allowed_values: { service: [\"good-*\"] }",
+        free_udp_port(),
+    ));
+    let good = named_agent(&c, "good-svc");
+    let evil = named_agent(&c, "systemd-reboot");
+    wait_for("the good agent's recovery", || {
+        recovery_lines(&c, good.id()).into_iter().find(|(o, _)| o == "succeeded")
+    });
+    refused_for(&c, evil.id(), "not_allowed");
+    assert_eq!(runs(&c), "good-svc.service\n", "recovered once, by its allowed name");
+    let text = audit(&c);
+    assert!(text.contains("not_allowed: {service}=systemd-reboot"), "audited with the value: {text}");
+    assert_eq!(c.counter("pipelines::liveness", "recovery_refused", "not_allowed"), 1);
+    // The chain verifies with the refusal and its value in it.
+    let out = verify(&[&c.path("audit.tsv")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    kill(good);
+    kill(evil);
+    let (status, _) = c.stop();
+    assert!(status.success());
+}
+
+/// A cgroup created in every hierarchy systemd tracks here (v1
+/// `name=systemd` and the unified one, or the single cgroup2 tree), removed
+/// again on drop (its processes must be gone by then).
+struct Cgroup {
+    created: Vec<std::path::PathBuf>,
+    leaves: Vec<std::path::PathBuf>,
+}
+
+impl Cgroup {
+    fn create(relative: &str) -> Cgroup {
+        let roots: Vec<&str> = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .filter(|r| std::path::Path::new(r).join("cgroup.procs").exists())
+            .collect();
+        let roots = if roots.is_empty() { vec!["/sys/fs/cgroup"] } else { roots };
+        let mut cg = Cgroup { created: Vec::new(), leaves: Vec::new() };
+        for root in roots {
+            let mut at = std::path::PathBuf::from(root);
+            for part in relative.split('/').filter(|p| !p.is_empty()) {
+                at.push(part);
+                if !at.exists() {
+                    std::fs::create_dir(&at)
+                        .unwrap_or_else(|e| panic!("mkdir {} (tests run as root): {e}", at.display()));
+                    cg.created.push(at.clone());
+                }
+            }
+            cg.leaves.push(at);
+        }
+        cg
+    }
+
+    fn enter(&self, pid: u32) {
+        for leaf in &self.leaves {
+            std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+                .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", leaf.display()));
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn an_agent_in_a_system_service_is_recovered_as_its_unit_whatever_it_calls_itself() {
+    let unit = format!("varta-test-{}-checkout.service", std::process::id());
+    let cgroup = Cgroup::create(&format!("system.slice/{unit}"));
+    let c = Collector::start(&config(&record_arg("{unit}"), "", free_udp_port()));
+    let mut agent = named_agent(&c, "systemd-reboot");
+    cgroup.enter(agent.id());
+    let pid = agent.id();
+    wait_for("the unit's recovery", || recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "succeeded"));
+    assert_eq!(runs(&c), format!("{unit}\n"));
+    // An agent outside any service has no unit: nothing is guessed.
+    let stray = named_agent(&c, "checkout");
+    refused_for(&c, stray.id(), "no_target");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    kill(stray);
+}
+
+#[test]
+fn a_user_owned_scope_named_like_dockers_never_yields_a_container() {
+    let id = format!("{:0>64x}", u64::from(std::process::id()) * 0x9e37_79b9);
+    let user = Cgroup::create(&format!("user.slice/user-4242.slice/docker-{id}.scope"));
+    let runtime_id = format!("{:0>64x}", u64::from(std::process::id()) * 0x85eb_ca6b);
+    let runtime = Cgroup::create(&format!("system.slice/docker-{runtime_id}.scope"));
+    let c = Collector::start(&config(&record_arg("{container}"), "", free_udp_port()));
+    let mut impostor = named_agent(&c, "impostor");
+    user.enter(impostor.id());
+    let mut contained = named_agent(&c, "contained");
+    runtime.enter(contained.id());
+    refused_for(&c, impostor.id(), "no_target");
+    wait_for("the runtime container's recovery", || {
+        recovery_lines(&c, contained.id()).into_iter().find(|(o, _)| o == "succeeded")
+    });
+    assert_eq!(runs(&c), format!("{runtime_id}\n"), "only the runtime-owned id, never {id}");
+    for a in [&mut impostor, &mut contained] {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}
+
+#[test]
+fn a_master_key_agents_pid_is_a_claim_and_is_never_acted_on() {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let key_path = keydir.path().join("master.key");
+    let out = varta_integration::varta(&["keygen", "--out", key_path.to_str().expect("utf8")])
+        .output()
+        .expect("keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = varta_proto::Key::from_hex(&std::fs::read_to_string(&key_path).expect("key")).expect("hex");
+    let port = free_udp_port();
+    let text = config(r#"["/bin/kill", "-0", "{pid}"]"#, "", free_udp_port()).replace(
+        "  vlp/udp:",
+        &format!("  vlp/secure: {{ transport: secure_udp, endpoint: \"127.0.0.1:{port}\", master_key_file: \"{}\" }}\n  vlp/udp:", key_path.display()),
+    ).replace("receivers: [vlp/uds, vlp/udp]", "receivers: [vlp/uds, vlp/udp, vlp/secure]");
+    let c = Collector::start(&text);
+    let client = varta_client::Client::connect_secure_udp(
+        ("127.0.0.1", port),
+        varta_client::SecureKey::Master(varta_proto::MasterKey::new(key)),
+    )
+    .expect("secure client");
+    assert!(matches!(client.beat(Status::Ok, 0), varta_client::BeatOutcome::Sent));
+    let me = std::process::id();
+    let refused = refused_for(&c, me, "unverified_identity");
+    assert!(refused.1.contains("reason=unverified_identity"), "{refused:?}");
+    assert!(
+        audit(&c).contains("unverified_identity: {pid} of a secure_udp_master_key agent"),
+        "{}",
+        audit(&c)
+    );
+    assert_eq!(c.counter("pipelines::liveness", "recoveries_started", ""), 0);
 }

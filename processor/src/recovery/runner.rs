@@ -432,8 +432,11 @@ impl Runner {
         while i < self.pending.len() {
             let p = &self.pending[i];
             if p.ready || p.since.elapsed() >= self.diagnosis_wait {
-                let p = self.pending.swap_remove(i);
+                let p = self.pending.remove(i);
                 self.decide(p);
+                // Children that ended free their `max_outstanding` place
+                // before the next decision, as when stalls arrive one by one.
+                self.tend_children(false);
             } else {
                 i += 1;
             }
