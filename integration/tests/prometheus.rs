@@ -128,6 +128,9 @@ fn answers_like_a_secured_metrics_endpoint() {
         "varta_collector_receiver_refused_total{component=\"vlp/uds\",reason=\"replay\"}",
         "varta_collector_pipeline_stalls_total{component=\"liveness\"}",
         "varta_collector_exporter_dropped_total{component=\"file\",reason=\"queue_full\"}",
+        "varta_recovery_refused_total{reason=\"not_allowed\"}",
+        "varta_recovery_refused_total{reason=\"unverified_identity\"}",
+        "varta_recovery_refused_total{reason=\"no_target\"}",
     ] {
         assert_eq!(sample(&body, series), Some(0.0), "{series} missing or non-zero:\n{body}");
     }

@@ -12,6 +12,15 @@
 //!
 //! Tag failures are [`OpenError::AuthFailed`], never a CRC error. Replay
 //! protection is the receiver's job; [`Iv`] is returned so it can do it.
+//!
+//! What a master-key frame proves — a deliberate narrowing of the
+//! reference's "master key may trigger recovery": the sender holds the
+//! master key, so it is not an *outsider*. It does not prove the pid: every
+//! agent of the deployment holds the master key and can derive any other
+//! pid's agent key. varta therefore treats a master-key pid as a claim —
+//! recovery never substitutes it (or anything read about it from `/proc`)
+//! into a command (`unverified_identity`); only UDS, where the kernel
+//! attests the pid, identifies a process.
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
