@@ -409,6 +409,11 @@ impl Worker {
             }
             None => {
                 self.stats.resolve_failed.fetch_add(1, Relaxed);
+                // An answer all the same: a rule on attributes cannot apply,
+                // so an agent waiting under a provisional rule falls back now.
+                if self.resolved.try_send(agent.id).is_err() {
+                    self.stats.notices_dropped.fetch_add(1, Relaxed);
+                }
             }
         }
     }

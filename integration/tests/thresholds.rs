@@ -220,3 +220,52 @@ service:
     assert!(!c.log().contains("starts with no agents"), "{}", c.log());
     reap(agent);
 }
+
+/// A batch job under a 10 s rule that beats every 3 s was reported stalled
+/// 1 s after its first beat, every time it started: the rule on its
+/// service name only took effect at its second beat. Now its first
+/// deadline is the longest rule it may get until the resolver answers,
+/// and an ordinary agent is re-classed to the default the moment its
+/// attributes resolve.
+#[test]
+fn a_slow_batch_agent_is_never_stalled_on_a_shorter_threshold_at_its_first_beat() {
+    let config = r#"receivers:
+  vlp/uds: { transport: uds, path: "@DIR@/varta.sock" }
+processors:
+  tracker:
+    threshold: 1s
+    thresholds:
+      - { match: { service.name: "batch-*" }, threshold: 10s }
+  resolver: {}
+exporters:
+  file: { path: "@DIR@/events.tsv" }
+service:
+  pipelines:
+    liveness: { receivers: [vlp/uds], processors: [tracker, resolver], exporters: [file] }
+  telemetry: { logs: { format: json } }
+"#;
+    let c = Collector::start(config);
+    let sock = c.path("varta.sock");
+    let sock = sock.to_str().expect("utf8");
+    let batch = varta_integration::varta(&["beat", "--socket", sock, "--every", "3s"])
+        .env("OTEL_SERVICE_NAME", "batch-nightly")
+        .spawn()
+        .expect("batch agent");
+    // An ordinary agent that freezes right after its first beat.
+    let web = std::process::Command::new(varta_integration::binary("stall-agent"))
+        .args([sock, "sleep", "1"])
+        .env("OTEL_SERVICE_NAME", "web")
+        .spawn()
+        .expect("web agent");
+    let web_pid = web.id().to_string();
+    let stall = wait_for("the frozen ordinary agent's stall", || lines_of(&c, "stall", &web_pid).pop());
+    assert_eq!(stall.payload, "threshold_ns=1000000000", "judged by the default once resolved");
+    // Past the batch agent's second beat (3 s), well past the default 1 s.
+    let batch_pid = batch.id().to_string();
+    wait_for("the batch agent's second beat", || (lines_of(&c, "beat", &batch_pid).len() >= 2).then_some(()));
+    assert!(lines_of(&c, "stall", &batch_pid).is_empty(), "the batch agent was never stalled");
+    assert!(c.counter("pipelines::liveness", "provisional_rules", "") >= 2);
+    assert_eq!(c.counter("pipelines::liveness", "provisional_fallbacks", ""), 0);
+    reap(batch);
+    reap(web);
+}

@@ -165,8 +165,9 @@ pub trait Inspector: Send {
     /// When the processor should poll again at the latest (processor time),
     /// while diagnoses are outstanding.
     fn next_poll(&self) -> Option<u64>;
-    /// Appends the agents whose attributes were resolved since the last
-    /// call (so threshold rules on attributes can apply to them).
+    /// Appends the agents the inspector answered for since the last call —
+    /// resolved, or found unreadable — so threshold rules on attributes
+    /// apply to them (or their provisional rule falls back).
     fn take_resolved(&mut self, _out: &mut Vec<AgentId>) {}
     /// Calls `f` with the agent's resolved attributes ([`Unresolved`] when
     /// there are none). Returns at once: a short read, no I/O.

@@ -88,7 +88,14 @@ pub struct Processor {
     next_incident: u64,
     /// Scratch list of agents whose attributes were just resolved.
     resolved: Vec<AgentId>,
+    /// Agents armed at a provisional rule (see [`Thresholds::provisional_rule`])
+    /// until the resolver answers: slot → when it falls back without an answer.
+    provisional: hashbrown::HashMap<u32, u64>,
 }
+
+/// How often the processor asks the inspector for answers while agents
+/// wait under a provisional rule (their real rule may be shorter).
+const PROVISIONAL_POLL_NS: u64 = 20_000_000;
 
 impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +140,7 @@ impl Processor {
             eviction_after: u64::from(tracker.eviction_after),
             next_incident: 1,
             resolved: Vec::new(),
+            provisional: hashbrown::HashMap::new(),
         })
     }
 
@@ -147,10 +155,25 @@ impl Processor {
         self.thresholds = tracker.thresholds();
         self.eviction_after = u64::from(tracker.eviction_after);
         let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
+        let mut waiting = Vec::new();
+        let mut index = 0u32;
         self.tracker.set_classes(thresholds.class_ns(), |slot| {
-            let rule = rule_class(thresholds, inspector, &slot.agent_ref());
+            let agent = slot.agent_ref();
+            let (mut rule, found) = rule_class(thresholds, inspector, &agent);
+            // Not resolved (yet) under a rule that needs it: never a
+            // shorter threshold than it may get.
+            if !found && let Some(p) = provisional_for(thresholds, inspector, &agent) {
+                waiting.push((index, p));
+                rule = p;
+            }
+            index += 1;
             (rule, thresholds.effective(rule, &slot.learned()))
         });
+        let now = self.guard.last_ns().unwrap_or(0);
+        self.provisional.clear();
+        for (idx, rule) in waiting {
+            self.provisional.insert(idx, now.saturating_add(self.thresholds.ns(rule)));
+        }
         self.publisher.set_classes(self.thresholds.class_ns());
         self.publisher.mark_dirty();
         Ok(())
@@ -262,6 +285,8 @@ impl Processor {
         self.emit_recoveries(now, out);
         let wake =
             earliest(self.tracker.next_deadline(), self.inspector.as_ref().and_then(|i| i.next_poll()));
+        let wake =
+            earliest(wake, (!self.provisional.is_empty()).then(|| now.saturating_add(PROVISIONAL_POLL_NS)));
         earliest(wake, self.recovery.as_ref().and_then(RecoveryHandle::next_poll))
     }
 
@@ -280,9 +305,12 @@ impl Processor {
         }
     }
 
-    /// Gives agents whose attributes were just resolved the rule those
-    /// attributes select; it takes effect at the agent's next beat (its
-    /// place in a class list is set by a beat, keeping every list in order).
+    /// Gives agents the inspector answered for (resolved, or found
+    /// unreadable) the rule their attributes select, at once: a live agent
+    /// moves to its class now, its deadline its last beat plus the new
+    /// threshold (a stalled one takes it at its next beat). An agent that
+    /// waited under a provisional rule and got no attributes falls back to
+    /// the rule known without them (counted).
     fn apply_resolved(&mut self) {
         let Some(inspector) = self.inspector.as_mut() else { return };
         let mut resolved = std::mem::take(&mut self.resolved);
@@ -295,12 +323,36 @@ impl Processor {
                 if slot.start_time() != id.start_time {
                     continue; // another incarnation by now
                 }
-                let rule = rule_class(&self.thresholds, self.inspector.as_deref(), &slot.agent_ref());
-                self.tracker.slot_mut(idx).rule = rule;
+                let (rule, found) =
+                    rule_class(&self.thresholds, self.inspector.as_deref(), &slot.agent_ref());
+                if self.provisional.remove(&idx).is_some() && !found {
+                    self.stats.provisional_fallback();
+                }
+                self.set_rule(idx, rule);
             }
         }
         resolved.clear();
         self.resolved = resolved;
+    }
+
+    fn set_rule(&mut self, idx: u32, rule: Class) {
+        let slot = self.tracker.slot_mut(idx);
+        slot.rule = rule;
+        let class = self.thresholds.effective_near(rule, &slot.learned(), Some(slot.class()));
+        self.tracker.reclass(idx, class);
+        self.publisher.mark_dirty();
+    }
+
+    /// A provisional agent the inspector never answered for by `until`
+    /// (its notice was dropped, or the resolver is wedged) takes the rule
+    /// known without attributes at its next beat (counted).
+    fn expire_provisional(&mut self, idx: u32, now: u64) {
+        if self.provisional.get(&idx).is_some_and(|&until| now >= until) {
+            self.provisional.remove(&idx);
+            self.stats.provisional_fallback();
+            let (rule, _) = rule_class(&self.thresholds, None, &self.tracker.slot(idx).agent_ref());
+            self.tracker.slot_mut(idx).rule = rule;
+        }
     }
 
     fn emit_diagnoses(&mut self, now: u64, out: &mut dyn EventSink) {
@@ -516,7 +568,7 @@ impl Processor {
         // diagnosis) leaves `unknown`.
         let start_time =
             if beat.transport == Transport::Uds { (self.probe)(beat.host_pid).unwrap_or(0) } else { 0 };
-        let slot = self.fresh_slot(beat, start_time, now);
+        let (slot, provisional) = self.fresh_slot(beat, start_time, now);
         let idx = match victim {
             Some(victim) => {
                 let old = self.tracker.slot(victim).agent_ref();
@@ -538,21 +590,33 @@ impl Processor {
                 }
             },
         };
-        self.agent_started(idx, now);
+        self.agent_started(idx, now, provisional);
         self.accept(idx, beat, now, wants_beats, out);
     }
 
     /// A fresh agent for `beat`, first admitted at `now`, under the rule
-    /// its first beat selects: only `transport` and `source` are known yet
-    /// (attributes follow from the resolver, see [`Processor::apply_resolved`]).
-    fn fresh_slot(&self, beat: &Beat, start_time: u64, now: u64) -> Slot {
+    /// its first beat selects: only `transport` and `source` are known yet.
+    /// When an attribute rule may still apply (attributes follow from the
+    /// resolver, see [`Processor::apply_resolved`]) it runs under the
+    /// longest rule it may end up under until then (`true`).
+    fn fresh_slot(&self, beat: &Beat, start_time: u64, now: u64) -> (Slot, bool) {
         let slot = Slot::new(beat.source, key_pid(beat), start_time, beat.transport, now, DEFAULT_CLASS)
             .with_frame_pid(beat.frame.pid);
-        let rule = rule_class(&self.thresholds, None, &slot.agent_ref());
-        slot.with_rule(rule)
+        let agent = slot.agent_ref();
+        match provisional_for(&self.thresholds, self.inspector.as_deref(), &agent) {
+            Some(rule) => (slot.with_rule(rule), true),
+            None => (slot.with_rule(rule_class(&self.thresholds, None, &agent).0), false),
+        }
     }
 
-    fn agent_started(&mut self, idx: u32, now: u64) {
+    fn agent_started(&mut self, idx: u32, now: u64, provisional: bool) {
+        if provisional {
+            let until = now.saturating_add(self.thresholds.ns(self.tracker.slot(idx).rule));
+            self.provisional.insert(idx, until);
+            self.stats.provisional_rule();
+        } else {
+            self.provisional.remove(&idx);
+        }
         if let Some(inspector) = self.inspector.as_mut() {
             inspector.agent_started(&self.tracker.slot(idx).agent_ref(), now);
         }
@@ -591,16 +655,19 @@ impl Processor {
         let old = self.tracker.slot(idx).agent_ref();
         self.stats.evicted(reason);
         Self::emit(out, now, Some(old), EventKind::Evicted { reason });
-        let fresh = self.fresh_slot(beat, start_time, now);
+        let (fresh, provisional) = self.fresh_slot(beat, start_time, now);
         self.tracker.reincarnate(idx, fresh);
         if let Some(inspector) = self.inspector.as_mut() {
             inspector.agent_gone(&old.id);
         }
-        self.agent_started(idx, now);
+        self.agent_started(idx, now, provisional);
         self.accept(idx, beat, now, wants_beats, out);
     }
 
     fn accept(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        if !self.provisional.is_empty() {
+            self.expire_provisional(idx, now);
+        }
         let frame = beat.frame;
         let slot = self.tracker.slot(idx);
         let was_stalled = slot.is_stalled();
@@ -667,17 +734,31 @@ fn key_pid(beat: &Beat) -> u32 {
 }
 
 /// The rule class of `agent` with everything known of it (its attributes,
-/// if an inspector resolved them).
-fn rule_class(thresholds: &Thresholds, inspector: Option<&dyn Inspector>, agent: &AgentRef) -> Class {
+/// if an inspector resolved them), and whether attributes were found.
+fn rule_class(thresholds: &Thresholds, inspector: Option<&dyn Inspector>, agent: &AgentRef) -> (Class, bool) {
     if thresholds.rules().is_empty() {
-        return DEFAULT_CLASS;
+        return (DEFAULT_CLASS, false);
     }
     let mut rule = None;
+    let mut found = false;
     match inspector {
         Some(i) if thresholds.needs_attributes() => i.with_attributes(&agent.id, &mut |attrs| {
+            found = attrs.resolved();
             rule = rules::first_match(thresholds.rules(), agent, attrs);
         }),
         _ => rule = rules::first_match(thresholds.rules(), agent, &Unresolved),
     }
-    thresholds.rule_class(rule)
+    (thresholds.rule_class(rule), found)
+}
+
+/// The provisional rule of an agent whose attributes an inspector will
+/// read (local agents; see [`Thresholds::provisional_rule`]).
+fn provisional_for(
+    thresholds: &Thresholds,
+    inspector: Option<&dyn Inspector>,
+    agent: &AgentRef,
+) -> Option<Class> {
+    (inspector.is_some() && agent.transport == Transport::Uds)
+        .then(|| thresholds.provisional_rule(agent))
+        .flatten()
 }

@@ -85,6 +85,8 @@ pub struct ProcessorStats {
     clock_backwards: Cell,
     clock_jumps: Cell,
     incarnations_restarted: Cell,
+    provisional_rules: Cell,
+    provisional_fallbacks: Cell,
     batches: Cell,
     stall_duration: [Cell; STALL_DURATION_BUCKETS],
     stall_duration_sum_ns: Cell,
@@ -132,6 +134,12 @@ pub struct StatsSnapshot {
     pub clock_backwards: u64,
     pub clock_jumps: u64,
     pub incarnations_restarted: u64,
+    /// New agents armed at the longest rule they may end up under while
+    /// their attributes resolve.
+    pub provisional_rules: u64,
+    /// Of those, agents whose attributes did not resolve (or not in time):
+    /// they fell back to the rule known without attributes.
+    pub provisional_fallbacks: u64,
     pub batches: u64,
     pub stall_durations: StallDurations,
     /// Diagnosed stalls by cause, indexed like [`Cause::ALL`].
@@ -180,6 +188,14 @@ pub mod metric {
     );
     pub static INCARNATIONS_RESTARTED: Metric =
         Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.");
+    pub static PROVISIONAL_RULES: Metric = Metric::counter(
+        "provisional_rules",
+        "New agents armed at the longest threshold rule they may match while the resolver reads their attributes.",
+    );
+    pub static PROVISIONAL_FALLBACKS: Metric = Metric::counter(
+        "provisional_fallbacks",
+        "Provisionally armed agents whose attributes did not resolve in time (the rule known without them applies).",
+    );
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
     pub static RECOVERIES_STARTED: Metric =
         Metric::counter("recoveries_started", "Recovery commands started.");
@@ -226,6 +242,8 @@ impl ProcessorStats {
             clock_backwards: self.clock_backwards.get(),
             clock_jumps: self.clock_jumps.get(),
             incarnations_restarted: self.incarnations_restarted.get(),
+            provisional_rules: self.provisional_rules.get(),
+            provisional_fallbacks: self.provisional_fallbacks.get(),
             batches: self.batches.get(),
             stall_durations,
             stall_causes: std::array::from_fn(|i| self.stall_causes[i].get()),
@@ -320,6 +338,12 @@ impl ProcessorStats {
             }
         }
     }
+    pub(crate) fn provisional_rule(&self) {
+        self.provisional_rules.add(1);
+    }
+    pub(crate) fn provisional_fallback(&self) {
+        self.provisional_fallbacks.add(1);
+    }
     pub(crate) fn batch(&self) {
         self.batches.add(1);
     }
@@ -331,7 +355,7 @@ impl StatsSnapshot {
     /// [`StatsSnapshot::stall_durations`]).
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 14] = [
+        let plain: [(&'static Metric, u64); 16] = [
             (&BEATS_ACCEPTED, self.beats_accepted),
             (&STALLS, self.stalls),
             (&RESUMES, self.resumes),
@@ -345,6 +369,8 @@ impl StatsSnapshot {
             (&CLOCK_BACKWARDS, self.clock_backwards),
             (&CLOCK_JUMPS, self.clock_jumps),
             (&INCARNATIONS_RESTARTED, self.incarnations_restarted),
+            (&PROVISIONAL_RULES, self.provisional_rules),
+            (&PROVISIONAL_FALLBACKS, self.provisional_fallbacks),
             (&BATCHES, self.batches),
         ];
         for (metric, value) in plain {
@@ -378,7 +404,7 @@ mod tests {
         stats.snapshot().samples(&mut |s| samples.push(s));
         assert_eq!(
             samples.len(),
-            18 + Cause::COUNT + 1 + RecoveryOutcome::FINAL.len() + RecoveryRefusal::ALL.len()
+            20 + Cause::COUNT + 1 + RecoveryOutcome::FINAL.len() + RecoveryRefusal::ALL.len()
         );
         assert!(samples.iter().all(|s| s.value == 0));
         stats.rate_limited(RateLimitReason::Global);

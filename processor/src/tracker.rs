@@ -232,6 +232,30 @@ impl Lists {
         list.tail = idx;
     }
 
+    /// Links `idx` into `class` in order of `last_beat_ns`, walking back
+    /// from the tail: O(1) when it is the latest, else one step per agent
+    /// of that class that beat after it.
+    fn link_ordered(&mut self, slots: &mut [Slot], class: Class, idx: u32) {
+        let at = slots[idx as usize].last_beat_ns;
+        let mut after = self.lists[usize::from(class)].tail;
+        while after != NIL && slots[after as usize].last_beat_ns > at {
+            after = slots[after as usize].prev;
+        }
+        if after == self.lists[usize::from(class)].tail {
+            return self.link_tail(slots, class, idx);
+        }
+        let list = &mut self.lists[usize::from(class)];
+        let next = if after == NIL { list.head } else { slots[after as usize].next };
+        slots[idx as usize].prev = after;
+        slots[idx as usize].next = next;
+        slots[next as usize].prev = idx;
+        if after == NIL {
+            list.head = idx;
+        } else {
+            slots[after as usize].next = idx;
+        }
+    }
+
     fn unlink(&mut self, slots: &mut [Slot], class: Class, idx: u32) {
         let list = &mut self.lists[usize::from(class)];
         let (prev, next) = (slots[idx as usize].prev, slots[idx as usize].next);
@@ -471,6 +495,22 @@ impl Tracker {
         self.live.link_tail(&mut self.slots, class, idx);
     }
 
+    /// Moves a live agent to `class` without a beat (its rule just resolved):
+    /// its deadline becomes its last beat plus that class's threshold — one
+    /// already past stalls at the next [`Tracker::due`]. A stalled agent
+    /// takes `class` at its next beat instead.
+    pub fn reclass(&mut self, idx: u32, class: Class) {
+        let class = class.min((self.class_ns.len() - 1) as Class);
+        let (stalled, current) = (self.slots[idx as usize].is_stalled(), self.slots[idx as usize].class);
+        if stalled || current == class {
+            return;
+        }
+        self.live.unlink(&mut self.slots, current, idx);
+        self.slots[idx as usize].class = class;
+        self.live.link_ordered(&mut self.slots, class, idx);
+        self.note_change(idx);
+    }
+
     /// The earliest deadline among live agents and whose it is: one look
     /// per non-empty class.
     #[inline]
@@ -627,6 +667,43 @@ mod tests {
         }
         assert_eq!(live_order(&t), [3, 1, 2]);
         assert_eq!(t.evictable(u64::MAX, 1), None);
+    }
+
+    /// A resolved rule moves an agent between classes without a beat, in
+    /// order of its last beat, and its deadline follows the new threshold.
+    #[test]
+    fn reclass_keeps_each_list_in_beat_order() {
+        let mut t = Tracker::new(8, &[100, 1000]);
+        let live = |t: &Tracker, class: Class| {
+            let mut out = vec![];
+            let mut i = t.live.head(class);
+            while i != NIL {
+                out.push(t.slot(i).pid);
+                i = t.slot(i).next;
+            }
+            out
+        };
+        let ids: Vec<u32> = [(1, 10), (2, 20), (3, 30), (4, 40)]
+            .into_iter()
+            .filter_map(|(pid, at)| {
+                let idx = add(&mut t, pid, at)?;
+                t.touch(idx, at, 1);
+                Some(idx)
+            })
+            .collect();
+        assert_eq!(live(&t, 1), [1, 2, 3, 4]);
+        // 3 (beat at 30) first, then 1 (10), then 4 (40), then 2 (20).
+        for (i, pid) in [(2, 3), (0, 1), (3, 4), (1, 2)] {
+            t.reclass(ids[i], 0);
+            assert_eq!(t.slot(ids[i]).pid, pid);
+        }
+        assert_eq!(live(&t, 0), [1, 2, 3, 4]);
+        assert!(live(&t, 1).is_empty());
+        assert_eq!(t.next_deadline(), Some(110));
+        // A stalled agent keeps its class until it beats.
+        t.mark_stalled(ids[0]);
+        t.reclass(ids[0], 1);
+        assert_eq!(t.slot(ids[0]).class(), 0);
     }
 
     #[test]

@@ -94,6 +94,8 @@ fn a_paused_processor_keeps_its_agents_and_its_queue() {
         thread::sleep(Duration::from_millis(5));
     }
     pause.store(true, Ordering::Release);
+    // Wake it at once (it would otherwise sleep to its next deadline, a minute away).
+    assert!(tx.try_send(Box::new(batch(&[]))).is_ok());
     let (back, rx, ended) = worker.join().expect("processor thread");
     assert_eq!(ended, Ended::Paused);
     p = back;

@@ -206,6 +206,41 @@ impl Thresholds {
         self.needs_attributes
     }
 
+    /// While an agent's attributes are not known yet: the class with the
+    /// longest threshold among the rules it may end up under — each rule
+    /// naming an attribute whose other keys match it, up to the first rule
+    /// that matches it without attributes (or the default) — when at least
+    /// one attribute rule is among them. So an agent is never judged by a
+    /// shorter threshold than its rule's before the resolver has answered.
+    pub fn provisional_rule(&self, agent: &crate::agent::AgentRef) -> Option<Class> {
+        if !self.needs_attributes {
+            return None;
+        }
+        let mut longest = (0, DEFAULT_CLASS);
+        let mut consider = |class: Class| {
+            if self.ns(class) > longest.0 {
+                longest = (self.ns(class), class);
+            }
+        };
+        let mut any_attribute_rule = false;
+        let mut settled = false;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.matches.matches(agent, &Unresolved) {
+                consider(self.rule_class(Some(i)));
+                settled = true;
+                break;
+            }
+            if rule.matches.needs_attributes() && rule.matches.matches_known(agent) {
+                any_attribute_rule = true;
+                consider(self.rule_class(Some(i)));
+            }
+        }
+        if !settled {
+            consider(DEFAULT_CLASS);
+        }
+        any_attribute_rule.then_some(longest.1)
+    }
+
     /// The class of rule `rule` (by index), or the default's.
     pub fn rule_class(&self, rule: Option<usize>) -> Class {
         rule.map_or(DEFAULT_CLASS, |i| (i + 1).min(self.rules.len()) as Class)
@@ -272,6 +307,47 @@ mod tests {
 
     fn rules(json: &str) -> Vec<ThresholdRule> {
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_provisional_rule_is_the_longest_an_unresolved_agent_may_get() {
+        use crate::agent::{AgentId, AgentRef};
+        use varta_proto::{Source, Transport};
+        let agent = |transport| AgentRef {
+            id: AgentId { source: Source::Local, pid: 1, start_time: 1 },
+            frame_pid: 1,
+            host_pid: 1,
+            transport,
+        };
+        let off = AdaptiveConfig::default();
+        // batch-* (10 s) may apply; the default (1 s) holds otherwise.
+        let t = Thresholds::new(
+            Duration::from_secs(1),
+            &rules(r#"[{"match": {"service.name": "batch-*"}, "threshold": "10s"}]"#),
+            &off,
+        );
+        assert_eq!(t.provisional_rule(&agent(Transport::Uds)).map(|c| t.ns(c)), Some(10_000_000_000));
+        // A rule that matches without attributes settles it: later rules never apply.
+        let t = Thresholds::new(
+            Duration::from_secs(1),
+            &rules(
+                r#"[{"match": {"service.name": "fast-*"}, "threshold": "200ms"},
+                    {"match": {"transport": "uds"}, "threshold": "3s"},
+                    {"match": {"service.name": "batch-*"}, "threshold": "10m"}]"#,
+            ),
+            &off,
+        );
+        assert_eq!(t.provisional_rule(&agent(Transport::Uds)).map(|c| t.ns(c)), Some(3_000_000_000));
+        // An attribute rule whose other keys exclude the agent does not count.
+        let t = Thresholds::new(
+            Duration::from_secs(1),
+            &rules(r#"[{"match": {"service.name": "batch-*", "transport": "udp"}, "threshold": "10s"}]"#),
+            &off,
+        );
+        assert_eq!(t.provisional_rule(&agent(Transport::Uds)), None);
+        // No attribute rules at all: nothing provisional.
+        let t = Thresholds::new(Duration::from_secs(1), &[], &off);
+        assert_eq!(t.provisional_rule(&agent(Transport::Uds)), None);
     }
 
     #[test]

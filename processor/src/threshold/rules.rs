@@ -32,6 +32,11 @@ pub enum AttributeKey {
 /// resolver's attribute store, outside this crate).
 pub trait AgentAttributes {
     fn attribute(&self, key: AttributeKey) -> Option<&str>;
+    /// Whether these are an agent's resolved attributes (`false` for
+    /// [`Unresolved`]: none were read).
+    fn resolved(&self) -> bool {
+        true
+    }
 }
 
 /// No attributes: a network agent, or a local one not resolved yet.
@@ -41,6 +46,10 @@ pub struct Unresolved;
 impl AgentAttributes for Unresolved {
     fn attribute(&self, _: AttributeKey) -> Option<&str> {
         None
+    }
+
+    fn resolved(&self) -> bool {
+        false
     }
 }
 
@@ -85,6 +94,13 @@ impl Match {
     /// once the agent is resolved).
     pub fn needs_attributes(&self) -> bool {
         self.attribute_globs().iter().any(|(_, g)| g.is_some())
+    }
+
+    /// Whether the keys known from an agent's first beat (`transport`,
+    /// `source`) match: the rule may apply once its attributes resolve.
+    pub fn matches_known(&self, agent: &AgentRef) -> bool {
+        self.transport.is_none_or(|t| t.contains(agent.transport))
+            && self.source.is_none_or(|c| c.contains(&agent.id.source))
     }
 
     pub fn matches(&self, agent: &AgentRef, attrs: &dyn AgentAttributes) -> bool {
