@@ -612,3 +612,126 @@ service:
     let exported = final_counter(&log, "exporters::file", "exported", "").expect("exporter counters");
     assert!(exported >= 8, "exported {exported}");
 }
+
+/// A live network agent beating every 100 ms, a forger sending one frame
+/// under its identity (nonce far ahead, timestamp 0), then hammering its
+/// per-agent rate limit for a second: the live agent is never reported
+/// stalled — a forger can add beats, never silence the real sender. Plain
+/// UDP (anyone can forge) and master-key secure UDP (every agent holds the
+/// master key).
+#[test]
+fn forged_frames_never_silence_a_live_network_agent() {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let (key_path, key) = keygen(keydir.path(), "master.key");
+    let (udp_port, secure_port) = (free_udp_port(), free_udp_port());
+    let config = format!(
+        r#"receivers:
+  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp_port}", accept_unauthenticated: true }}
+  vlp/secure: {{ transport: secure_udp, endpoint: "127.0.0.1:{secure_port}", master_key_file: "{}" }}
+processors:
+  ratelimit: {{}}
+  tracker: {{ threshold: 500ms }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/udp, vlp/secure], processors: [ratelimit, tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#,
+        key_path.display()
+    );
+    let c = Collector::start(&config);
+    let plain = varta(&["beat", "--udp", &format!("127.0.0.1:{udp_port}"), "--every", "100ms"])
+        .spawn()
+        .expect("plain agent");
+    let master = secure_agent_every(&format!("127.0.0.1:{secure_port}"), &key_path, "100ms");
+    let forger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let master_key = varta_proto::MasterKey::new(key);
+    let forge = |pid: u32, nonce: u64, timestamp: u64, secure: bool, counter: u32| {
+        let frame = Frame::new(Status::Ok, pid, timestamp, nonce, 0).encode();
+        if secure {
+            let cipher = FrameCipher::new(&master_key.agent_key(pid));
+            let wire = cipher.seal_master(pid, Iv { random: [0x5a; 8], counter }, &frame);
+            forger.send_to(&wire, ("127.0.0.1", secure_port)).expect("send");
+        } else {
+            forger.send_to(&frame, ("127.0.0.1", udp_port)).expect("send");
+        }
+    };
+    for (agent, secure) in [(&plain, false), (&master, true)] {
+        wait_events(&c, "beat", agent.id(), 2);
+        forge(agent.id(), 1 << 40, 0, secure, 0);
+    }
+    // Hammer both rate limits: a frame every 2 ms for a second.
+    for i in 0..500u32 {
+        for (agent, secure) in [(&plain, false), (&master, true)] {
+            forge(agent.id(), (1 << 40) + u64::from(i) + 1, 1, secure, i + 1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // Then the real senders alone, past the threshold twice over.
+    let resumed_at = std::time::Instant::now();
+    while resumed_at.elapsed() < std::time::Duration::from_millis(1200) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for agent in [&plain, &master] {
+        let stalls = events_of(&c, "stall", agent.id());
+        assert!(stalls.is_empty(), "agent {} was reported stalled: {stalls:?}", agent.id());
+    }
+    assert!(c.counter("pipelines::liveness", "rate_limited", "per_agent") > 0, "the forger hit the limit");
+    let mut agents = [plain, master];
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    // Frozen for real (killed): both reported.
+    for a in &agents {
+        wait_events(&c, "stall", a.id(), 1);
+    }
+}
+
+/// `varta beat --secure-udp ADDR --master-key-file KEY --every EVERY`.
+fn secure_agent_every(addr: &str, key: &std::path::Path, every: &str) -> Child {
+    let key = key.to_str().expect("utf8");
+    varta(&["beat", "--secure-udp", addr, "--master-key-file", key, "--every", every]).spawn().expect("spawn")
+}
+
+/// A recorded secure session pushed out of the sender's remembered set by
+/// four newer sessions was once accepted in full when replayed; it is
+/// refused now (the reference: "keep enough history that an old
+/// `iv_random` cannot be replayed after a rotation").
+#[test]
+fn a_session_pushed_out_by_newer_ones_cannot_be_replayed() {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let (key_path, key) = keygen(keydir.path(), "shared.key");
+    let port = free_udp_port();
+    let c = Collector::start(&secure_config(port, &format!("    key_files: [\"{}\"]", key_path.display())));
+    let addr = format!("127.0.0.1:{port}");
+    let cipher = FrameCipher::new(&key);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let me = std::process::id();
+    let seal = |random: u8, counter: u32, nonce: u64| {
+        let frame = Frame::new(Status::Ok, me, nonce * 10, nonce, 0).encode();
+        cipher.seal_shared(Iv { random: [random; 8], counter }, &frame)
+    };
+    // The recorded session: three beats.
+    let recorded: Vec<_> = (1..=3u32).map(|k| seal(1, k, u64::from(k))).collect();
+    for wire in &recorded {
+        sock.send_to(wire, &addr).expect("send");
+    }
+    wait_events(&c, "beat", me, 3);
+    // Five newer sessions (rotations) of the same sender.
+    for (n, random) in (2..=6u8).enumerate() {
+        sock.send_to(&seal(random, 1, 10 + n as u64), &addr).expect("send");
+    }
+    wait_events(&c, "beat", me, 8);
+    // The replay of the whole recorded session.
+    for wire in &recorded {
+        sock.send_to(wire, &addr).expect("replay");
+    }
+    wait_for("three replay refusals", || {
+        (c.counter("receivers::vlp/secure", "refused", "replay") == 3).then_some(())
+    });
+    assert_eq!(events_of(&c, "beat", me).len(), 8, "no replayed frame counted as a beat");
+    let (status, _) = c.stop();
+    assert!(status.success());
+}

@@ -28,9 +28,16 @@
 //! 4. sequencing ([`varta_proto::nonce_follows`]): advancing nonce → accepted;
 //!    panic frame with timestamp ≥ the last accepted → accepted; otherwise a
 //!    regression: UDS → probe the start time: different → the pid was
-//!    recycled (`Evicted{pid_recycled}`, fresh agent); network → timestamp
-//!    also backwards → the agent restarted (`Evicted{restarted}`, fresh
-//!    incarnation, counted as `incarnations_restarted`); else `StaleNonce`.
+//!    recycled (`Evicted{pid_recycled}`, fresh agent), else `StaleNonce`
+//!    (dropped); network → timestamp also backwards → the agent restarted
+//!    (`Evicted{restarted}`, fresh incarnation, counted as
+//!    `incarnations_restarted`); else `StaleNonce` *counted as liveness
+//!    only*: the stall clock is refreshed, sequencing, status and payload
+//!    are not. A network identity is not proven (plain UDP: anyone; secure
+//!    UDP: any key holder), so a forged frame may have moved the sequence
+//!    ahead; the real sender must still keep its agent live — a forger can
+//!    add beats, never silence one (see `varta_proto`'s sequencing rule).
+//!    Sequencing never moves backwards: the last timestamp only grows.
 //!    A stalled UDS agent that beats again is also re-probed (once per
 //!    incident), which catches recycled pids whose new nonces happen to be
 //!    higher than the old ones.
@@ -538,6 +545,9 @@ impl Processor {
                 self.stats.stale_nonce();
                 let agent = self.tracker.slot(idx).agent_ref();
                 Self::emit(out, now, Some(agent), EventKind::StaleNonce { frame: beat.frame });
+                if !is_uds {
+                    self.keep_alive(idx, beat, now, wants_beats, out);
+                }
             }
         }
     }
@@ -664,6 +674,40 @@ impl Processor {
         self.accept(idx, beat, now, wants_beats, out);
     }
 
+    /// A network frame that did not advance the sequence: proof that the
+    /// agent's identity is in use now, nothing more — the stall clock is
+    /// refreshed (a stalled agent resumes), its sequence, status, payload
+    /// and learned interval stay as they were.
+    fn keep_alive(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
+        let slot = self.tracker.slot(idx);
+        let (was_stalled, previous_beat_ns, class) = (slot.is_stalled(), slot.last_beat_ns, slot.class());
+        self.tracker.touch(idx, now, class);
+        let slot = self.tracker.slot(idx);
+        let (agent, incident) = (Some(slot.agent_ref()), slot.incident);
+        if was_stalled {
+            self.resumed(incident, now.saturating_sub(previous_beat_ns), agent, beat.frame, now, out);
+        }
+        if wants_beats {
+            Self::emit(out, now, agent, EventKind::Beat { frame: beat.frame });
+        }
+    }
+
+    fn resumed(
+        &mut self,
+        incident: u64,
+        silence_ns: u64,
+        agent: Option<AgentRef>,
+        frame: Frame,
+        now: u64,
+        out: &mut dyn EventSink,
+    ) {
+        self.stats.resume(silence_ns);
+        if let Some(recovery) = self.recovery.as_mut() {
+            recovery.resumed(incident);
+        }
+        Self::emit(out, now, agent, EventKind::Resume { incident, silence_ns, frame });
+    }
+
     fn accept(&mut self, idx: u32, beat: &Beat, now: u64, wants_beats: bool, out: &mut dyn EventSink) {
         if !self.provisional.is_empty() {
             self.expire_provisional(idx, now);
@@ -688,7 +732,9 @@ impl Processor {
         slot.set_learned(learned);
         slot.beats += 1;
         slot.status = frame.status;
-        slot.last_timestamp = frame.timestamp;
+        // Never backwards: a frame with timestamp 0 must not make the real
+        // sender's next beats look like a restart or a stale panic.
+        slot.last_timestamp = slot.last_timestamp.max(frame.timestamp);
         slot.last_payload = frame.payload;
         if !frame.is_panic() {
             slot.set_last_nonce(frame.nonce);
@@ -697,12 +743,7 @@ impl Processor {
         let incident = slot.incident;
         self.stats.beat_accepted();
         if was_stalled {
-            let silence_ns = now.saturating_sub(previous_beat_ns);
-            self.stats.resume(silence_ns);
-            if let Some(recovery) = self.recovery.as_mut() {
-                recovery.resumed(incident);
-            }
-            Self::emit(out, now, agent, EventKind::Resume { incident, silence_ns, frame });
+            self.resumed(incident, now.saturating_sub(previous_beat_ns), agent, frame, now, out);
         }
         if wants_beats {
             Self::emit(out, now, agent, EventKind::Beat { frame });

@@ -175,8 +175,10 @@ pub mod metric {
         "origin_conflicts",
         "Beats refused for arriving over a weaker transport than the agent's pinned one.",
     );
-    pub static STALE_NONCES: Metric =
-        Metric::counter("stale_nonces", "Beats dropped because their nonce did not advance.");
+    pub static STALE_NONCES: Metric = Metric::counter(
+        "stale_nonces",
+        "Beats whose nonce did not advance (UDS: dropped; network: kept as liveness only).",
+    );
     pub static PANICS: Metric = Metric::counter("panics", "Terminal (panic) frames accepted.");
     pub static STATUS_CHANGES: Metric =
         Metric::counter("status_changes", "Changes of the status agents report.");

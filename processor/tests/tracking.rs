@@ -175,6 +175,43 @@ fn nonces_must_advance_and_may_wrap() {
     assert_eq!(p.agent_states()[0].last_nonce, 1 << 40);
 }
 
+/// One forged frame (nonce far ahead, timestamp 0) for a live network
+/// agent once locked it out for good: every later genuine beat was stale, a
+/// stall was reported and never resolved. A forger can add beats, never
+/// silence the real sender.
+#[test]
+fn a_forged_frame_never_locks_a_live_network_agent_out() {
+    for transport in [Transport::Udp, Transport::SecureShared, Transport::SecureMaster] {
+        let mut p = processor(no_limits(), tracker(2000));
+        let mut out = Recorder::default();
+        let b = |nonce, ts| net(ip(3), transport, 42, nonce, ts);
+        let mut t = T0;
+        for n in 1..=3 {
+            t += 500 * MS;
+            p.handle_batch(&batch(&[b(n, n * 1000)]), t, &mut out);
+        }
+        // The forgery: accepted (it advances), but moves nothing backwards.
+        p.handle_batch(&batch(&[b(1 << 40, 0)]), t + MS, &mut out);
+        // The real sender goes on beating every 500 ms for 10 s.
+        for n in 4..24 {
+            t += 500 * MS;
+            p.fire_due(t, &mut out);
+            p.handle_batch(&batch(&[b(n, n * 1000)]), t, &mut out);
+        }
+        let events = out.take();
+        assert!(
+            !events.iter().any(|e| matches!(e.kind, EventKind::Stall { .. })),
+            "{transport:?}: a live agent was reported stalled: {events:?}"
+        );
+        assert_eq!(p.stats().snapshot().stalls, 0, "{transport:?}");
+        // Frozen for real: reported as ever.
+        p.fire_due(t + 2 * S, &mut out);
+        assert!(out.take().iter().any(|e| matches!(e.kind, EventKind::Stall { .. })), "{transport:?}");
+        // Nothing moved backwards.
+        assert_eq!(p.agent_states()[0].last_nonce, 1 << 40);
+    }
+}
+
 fn panic_frame(pid: u32, timestamp: u64) -> Frame {
     Frame::new(Status::Critical, pid, timestamp, NONCE_TERMINAL, 0xdead)
 }

@@ -17,6 +17,21 @@
 //!   eight checks in order.
 //! * A sealed frame whose plaintext fails base decoding is
 //!   `OpenError::Decode`, distinct from `AuthFailed` (tag failure).
+//!
+//! Sequencing, a deliberate reading of the reference ("a regular nonce must
+//! be greater than the last accepted one"): the rule protects against
+//! replays and reordering, and varta applies it so that *no frame can lock
+//! a live agent out*. A frame whose identity the transport does not prove
+//! (plain UDP, or secure UDP, where every key holder can seal any pid's
+//! frames) may have jumped an agent's sequence far ahead; the real
+//! sender's next frames then do not advance it. Such a frame is still
+//! counted as liveness (the stall clock is refreshed; sequence, status and
+//! payload are not), and the last timestamp only ever grows, so a forged
+//! timestamp of 0 cannot make the real sender look restarted. A forger can
+//! add beats, never silence a sender. Over UDS, where the kernel attests
+//! the pid, a nonce that does not advance is dropped as the reference
+//! says. Replays of recorded secure datagrams are refused before sequencing,
+//! by the receiver's per-session `iv_counter` check.
 
 pub mod beat;
 pub mod crc;

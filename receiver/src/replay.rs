@@ -16,19 +16,27 @@
 //! IV, or restarted with the same pid — containers do this all the time);
 //! when its nonce is not above that of the sender's most recent session it
 //! is reported as [`Admitted::restarted`]. When a sender already has
-//! [`SESSIONS`] sessions, the one heard from least recently is forgotten.
+//! [`SESSIONS`] sessions, the one heard from least recently is *retired*:
+//! its `iv_random` and last `iv_counter` go into a ring of the sender's
+//! [`RETIRED`] most recently retired sessions, as the reference asks ("keep
+//! enough history that an old `iv_random` cannot be replayed after a
+//! rotation").
 //!
 //! **What a replay can and cannot achieve.** Replaying a recorded datagram
-//! of a session still remembered is refused (`replay`). A datagram of a
-//! session no longer remembered (or recorded before the collector
-//! restarted) is accepted once as a new session: at most a beat counted
-//! from an old session. It can never make the live session's frames
-//! refused: sessions never judge each other's counters or nonces, and a
-//! forgotten session is forgotten, not banned — were the live session
-//! pushed out by a burst of replays, its next genuine frame simply starts it
-//! again. (The design before this one moved the live session aside when an
-//! unknown `iv_random` arrived and refused it from then on: one replayed
-//! datagram after a collector restart silenced a live agent.)
+//! of a session still remembered *or retired* is refused (`replay`): a
+//! retired session takes only counters above its last one. So a recorded
+//! session replays only when it is older than the sender's last
+//! `SESSIONS + RETIRED` sessions (or was recorded before the collector
+//! restarted: this state lives in memory). It can never make the live
+//! session's frames refused: sessions never judge each other's counters or
+//! nonces, and a retired session is remembered with its counter, not
+//! banned — were the live session pushed out by a burst of replays, its
+//! next genuine frame (a higher counter) brings it back. (A design before
+//! this one moved the live session aside when an unknown `iv_random`
+//! arrived and refused it from then on: one replayed datagram after a
+//! collector restart silenced a live agent; the one after it forgot pushed
+//! out sessions entirely, so a session pushed out by four newer ones
+//! replayed in full.)
 //!
 //! **Bounds.** At most `max_senders` senders. The table starts at
 //! [`INITIAL_SENDERS`] and grows (only when a new sender arrives) up to the
@@ -50,6 +58,9 @@ use varta_proto::{Frame, Iv, Refusal};
 pub const INITIAL_SENDERS: usize = 1024;
 /// Sessions (`iv_random`s) remembered per sender.
 pub const SESSIONS: usize = 4;
+/// Retired sessions (`iv_random` and last counter) remembered per sender
+/// beyond those (12 bytes each).
+pub const RETIRED: usize = 8;
 /// Longest interval between two sweeps of a full table.
 const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -114,13 +125,36 @@ impl Session {
 struct SenderState {
     sessions: [Session; SESSIONS],
     len: usize,
+    /// Retired sessions, oldest first: `(iv_random, last iv_counter)`.
+    retired: [([u8; 8], u32); RETIRED],
+    retired_len: u8,
 }
 
 impl SenderState {
     fn new(iv: Iv, frame: &Frame, now: u64) -> SenderState {
         let mut sessions = [Session::default(); SESSIONS];
         sessions[0] = Session::start(iv, frame, now);
-        SenderState { sessions, len: 1 }
+        SenderState { sessions, len: 1, retired: [([0; 8], 0); RETIRED], retired_len: 0 }
+    }
+
+    /// Remembers a session pushed out of the live set (the oldest retired
+    /// one is forgotten when the ring is full).
+    fn retire(&mut self, s: Session) {
+        let len = usize::from(self.retired_len);
+        if len == RETIRED {
+            self.retired.copy_within(1.., 0);
+            self.retired[RETIRED - 1] = (s.iv_random, s.iv_counter);
+        } else {
+            self.retired[len] = (s.iv_random, s.iv_counter);
+            self.retired_len += 1;
+        }
+    }
+
+    /// Takes a retired session out of the ring (it is live again).
+    fn unretire(&mut self, at: usize) {
+        let len = usize::from(self.retired_len);
+        self.retired.copy_within(at + 1..len, at);
+        self.retired_len -= 1;
     }
 
     fn last_seen_ns(&self) -> u64 {
@@ -136,6 +170,16 @@ impl SenderState {
             s.record(iv, frame, now);
             return Ok(false);
         }
+        // A retired session comes back only with a counter above its last:
+        // the live agent pushed out by replays, never a recording.
+        let retired = self.retired[..usize::from(self.retired_len)].iter().position(|(r, _)| *r == iv.random);
+        if let Some(at) = retired {
+            if iv.counter <= self.retired[at].1 {
+                return Err(Refusal::Replay);
+            }
+            self.unretire(at);
+        }
+        let live = &self.sessions[..self.len];
         // A new session: a rotation (nonce continues) or a restart (nonce
         // starts over), judged against the most recent session only.
         let newest = live.iter().max_by_key(|s| s.last_seen_ns).copied().unwrap_or_default();
@@ -144,8 +188,10 @@ impl SenderState {
             self.len += 1;
             self.len - 1
         } else {
-            // Full: forget the session heard from least recently.
-            (0..SESSIONS).min_by_key(|&i| self.sessions[i].last_seen_ns).unwrap_or(0)
+            // Full: retire the session heard from least recently.
+            let oldest = (0..SESSIONS).min_by_key(|&i| self.sessions[i].last_seen_ns).unwrap_or(0);
+            self.retire(self.sessions[oldest]);
+            oldest
         };
         self.sessions[slot] = Session::start(iv, frame, now);
         Ok(restarted)
@@ -288,6 +334,46 @@ mod tests {
         }
         for k in 2..20u32 {
             assert!(t.admit(id(42), iv(A, k), &frame(u64::from(k)), 100 + u64::from(k)).is_ok(), "live {k}");
+        }
+    }
+
+    /// A recorded session pushed out by four newer sessions of the same
+    /// sender was accepted in full; it is retired with its counter now.
+    #[test]
+    fn a_session_pushed_out_of_the_remembered_set_cannot_be_replayed() {
+        let mut t = table();
+        let recorded = [(iv(A, 1), frame(1)), (iv(A, 2), frame(2)), (iv(A, 3), frame(3))];
+        for (k, (i, f)) in recorded.iter().enumerate() {
+            assert!(t.admit(id(42), *i, f, 1 + k as u64).is_ok());
+        }
+        // Four newer sessions (restarts or rotations) push A out.
+        for k in 0..SESSIONS as u8 {
+            assert!(t.admit(id(42), iv([30 + k; 8], 0), &frame(10), 10 + u64::from(k)).is_ok());
+        }
+        for (k, (i, f)) in recorded.iter().enumerate() {
+            assert_eq!(t.admit(id(42), *i, f, 20 + k as u64), Err(Refusal::Replay), "recorded frame {k}");
+        }
+        // The retired ring is bounded: sessions older than SESSIONS + RETIRED replay.
+        for k in 0..RETIRED as u8 {
+            assert!(t.admit(id(42), iv([50 + k; 8], 0), &frame(10), 30 + u64::from(k)).is_ok());
+        }
+        assert!(t.admit(id(42), recorded[0].0, &recorded[0].1, 100).is_ok(), "beyond the bound");
+    }
+
+    #[test]
+    fn the_retired_ring_stays_compact_when_sessions_come_back() {
+        let mut t = table();
+        // Sessions 0..12: 0..8 retire as 8..12 arrive.
+        for k in 0..(SESSIONS + RETIRED) as u8 {
+            assert!(t.admit(id(42), iv([k + 1; 8], 5), &frame(10), 1 + u64::from(k)).is_ok());
+        }
+        // Every retired one comes back with a higher counter (and retires another).
+        for k in 0..RETIRED as u8 {
+            assert!(t.admit(id(42), iv([k + 1; 8], 6), &frame(11), 100 + u64::from(k)).is_ok(), "{k}");
+        }
+        // Their old counters stay refused wherever they are now.
+        for k in 0..(SESSIONS + RETIRED) as u8 {
+            assert_eq!(t.admit(id(42), iv([k + 1; 8], 5), &frame(10), 200), Err(Refusal::Replay), "{k}");
         }
     }
 
