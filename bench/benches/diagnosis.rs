@@ -46,7 +46,7 @@ fn lookups(quick: bool) {
     let diag = per_call(iters, || {
         let a = sample(me);
         let b = sample(me);
-        black_box(diagnose(0, a.as_ref(), b.as_ref(), 200 * MS, 100));
+        black_box(diagnose(0, a.as_ref().map_err(|e| *e), b.as_ref().map_err(|e| *e), 200 * MS, 100));
     });
     let attrs = per_call(iters, || {
         black_box(resolve(me, host, false));

@@ -77,6 +77,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::RateLimited { .. } => "ratelimit",
         EventKind::OriginConflict { .. } => "origin_conflict",
         EventKind::ClockAnomaly { .. } => "clock",
+        EventKind::BlindWindow { .. } => "blind_window",
         EventKind::Diagnosis { .. } => "diagnosis",
         EventKind::Recovery { .. } => "recovery",
         EventKind::Refused(_) => "refused",
@@ -96,7 +97,7 @@ impl Display for Describe<'_> {
             EventKind::Beat { frame } => {
                 write!(f, "beat nonce={} status={} payload={}", frame.nonce, frame.status, frame.payload)
             }
-            EventKind::Stall { incident, silence_ns, threshold_ns, learned_interval_ns, .. } => {
+            EventKind::Stall { incident, silence_ns, threshold_ns, learned_interval_ns, blind, .. } => {
                 write!(
                     f,
                     "agent stalled: silent for {:.1} ms, threshold {:.1} ms",
@@ -105,6 +106,9 @@ impl Display for Describe<'_> {
                 )?;
                 if *learned_interval_ns != 0 {
                     write!(f, " (learned from its {:.1} ms beat)", ms(*learned_interval_ns))?;
+                }
+                if *blind {
+                    write!(f, " (its silence spans a blind window; it had a full threshold after it)")?;
                 }
                 write!(f, " (incident {incident})")
             }
@@ -123,6 +127,12 @@ impl Display for Describe<'_> {
                 write!(f, "beat over {} refused: agent is pinned to {}", to.as_str(), from.as_str())
             }
             EventKind::ClockAnomaly { kind } => write!(f, "clock anomaly: {}", kind.label()),
+            EventKind::BlindWindow { cause, duration_ns, .. } => write!(
+                f,
+                "blind window ({}): the collector could not listen for {:.1} ms; every agent gets a full threshold from now",
+                cause.label(),
+                ms(*duration_ns)
+            ),
             EventKind::Recovery { incident, report } => {
                 write!(f, "recovery (incident {incident}): {} — {}", report.outcome.label(), report.details())
             }

@@ -232,10 +232,13 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::Beat { frame } => {
             writeln!(w, "{ns}\tbeat\t{pid}\t{}\t{}\t{}", frame.nonce, frame.status, frame.payload)
         }
-        EventKind::Stall { last_nonce, threshold_ns, learned_interval_ns, .. } => {
+        EventKind::Stall { last_nonce, threshold_ns, learned_interval_ns, blind, .. } => {
             write!(w, "{ns}\tstall\t{pid}\t{last_nonce}\tstall\tthreshold_ns={threshold_ns}")?;
             if *learned_interval_ns != 0 {
                 write!(w, ";learned_interval_ns={learned_interval_ns}")?;
+            }
+            if *blind {
+                write!(w, ";blind_window=1")?;
             }
             writeln!(w)
         }
@@ -256,6 +259,13 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
         EventKind::RateLimited { reason } => writeln!(w, "{ns}\tratelimit\t{pid}\t-\t-\t{}", reason.label()),
         EventKind::OriginConflict { .. } => writeln!(w, "{ns}\tmismatch\t{pid}\t-\t-\torigin_conflict"),
         EventKind::ClockAnomaly { kind } => writeln!(w, "{ns}\tclock\t-\t-\t-\t{}", kind.label()),
+        EventKind::BlindWindow { cause, start_ns, duration_ns } => {
+            writeln!(
+                w,
+                "{ns}\tblind_window\t-\t-\t-\tcause={};start_ns={start_ns};duration_ns={duration_ns}",
+                cause.label()
+            )
+        }
         EventKind::Recovery { incident, report } => {
             writeln!(w, "{ns}\trecovery\t{pid}\t{incident}\t{}\t{}", report.outcome.label(), report.details())
         }
@@ -356,6 +366,7 @@ mod tests {
                 last_payload: 0,
                 threshold_ns: 100,
                 learned_interval_ns,
+                blind: false,
             },
         };
         assert_eq!(line(&stall(0)), "200\tstall\t42\t5\tstall\tthreshold_ns=100\n");

@@ -34,6 +34,7 @@ pub fn is_incident(kind: &EventKind) -> bool {
             | EventKind::StatusChange { .. }
             | EventKind::Evicted { .. }
             | EventKind::ClockAnomaly { .. }
+            | EventKind::BlindWindow { .. }
             | EventKind::Diagnosis { .. }
             | EventKind::Recovery { .. }
     )

@@ -735,3 +735,45 @@ fn a_session_pushed_out_by_newer_ones_cannot_be_replayed() {
     let (status, _) = c.stop();
     assert!(status.success());
 }
+
+/// The collector itself stopped for 3 s (SIGSTOP; CPU throttling or a VM
+/// freeze do the same) while 20 agents beat every 200 ms: their beats
+/// were dropped by the full socket, and all 20 were once reported stalled
+/// on resume. Now the pause is a blind window: live agents get a full
+/// threshold from the first read after it, and an agent that froze before
+/// it is still reported, marked.
+#[test]
+fn twenty_live_agents_survive_a_pause_of_the_collector_and_a_frozen_one_is_reported() {
+    let config = pipeline_config("uds", "    transport: uds\n    path: \"@DIR@/varta.sock\"", "1s");
+    let c = Collector::start(&config);
+    let socket = c.path("varta.sock");
+    let mut live: Vec<Child> = (0..20).map(|_| beating_agent(&socket, "200ms")).collect();
+    let mut frozen = beating_agent(&socket, "200ms");
+    for a in live.iter().chain([&frozen]) {
+        wait_events(&c, "beat", a.id(), 2);
+    }
+    kill(&frozen, libc::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.signal(libc::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    c.signal(libc::SIGCONT);
+    // The frozen agent is reported a threshold after the window, marked.
+    let stall = wait_events(&c, "stall", frozen.id(), 1).remove(0);
+    assert!(stall.payload.contains("blind_window=1"), "{stall:?}");
+    // Every live agent beats again; none was reported.
+    for a in &live {
+        let before = events_of(&c, "beat", a.id()).len();
+        wait_events(&c, "beat", a.id(), before + 3);
+    }
+    for a in &live {
+        assert!(events_of(&c, "stall", a.id()).is_empty(), "live agent {} reported stalled", a.id());
+    }
+    assert!(c.counter("pipelines::liveness", "blind_windows", "stopped") >= 1);
+    let window = read_events(&c.path("events.tsv")).into_iter().find(|e| e.kind == "blind_window");
+    assert!(window.is_some_and(|w| w.payload.starts_with("cause=stopped")), "a blind_window line");
+    kill(&frozen, libc::SIGCONT);
+    for a in live.iter_mut().chain([&mut frozen]) {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}

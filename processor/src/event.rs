@@ -39,6 +39,31 @@ impl EvictionReason {
     }
 }
 
+/// Why the collector could not listen for a while (a *blind window*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlindCause {
+    /// The processor's loop did not run when due: the process was stopped
+    /// (SIGSTOP), CPU-throttled, or its VM frozen.
+    Stopped,
+    /// The host was suspended (`CLOCK_BOOTTIME` moved ahead of
+    /// `CLOCK_MONOTONIC`), whichever clock the processor reads.
+    Suspend,
+    /// A reload parked the pipeline.
+    Reload,
+}
+
+impl BlindCause {
+    pub const ALL: [BlindCause; 3] = [BlindCause::Stopped, BlindCause::Suspend, BlindCause::Reload];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            BlindCause::Stopped => "stopped",
+            BlindCause::Suspend => "suspend",
+            BlindCause::Reload => "reload",
+        }
+    }
+}
+
 /// Which limit refused a beat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateLimitReason {
@@ -80,6 +105,9 @@ pub enum EventKind {
         /// Its learned beat interval, 0 while nothing is learned (learning
         /// off, or still warming up).
         learned_interval_ns: u64,
+        /// Its silence spans a blind window: it was given a full threshold
+        /// from the first read after the window, and stalled all the same.
+        blind: bool,
     },
     /// A stalled agent beat again after `silence_ns` of silence.
     Resume { incident: u64, silence_ns: u64, frame: Frame },
@@ -103,6 +131,10 @@ pub enum EventKind {
     Refused(RefusedFrame),
     /// The processor's clock misbehaved (see [`crate::clock::ClockGuard`]).
     ClockAnomaly { kind: ClockAnomalyKind },
+    /// The collector could not listen for `duration_ns` (from `start_ns`):
+    /// every agent is given a full threshold from the first read after it
+    /// (`at_ns`) before it can be declared stalled.
+    BlindWindow { cause: BlindCause, start_ns: u64, duration_ns: u64 },
     /// What the stalled agent of `incident` was doing (follows its `Stall`).
     Diagnosis { incident: u64, diagnosis: Diagnosis },
     /// A recovery step for `incident`: started, finished, refused or skipped.

@@ -55,7 +55,7 @@ use varta_proto::{Arrival, Batch, Beat, Frame, Transport};
 use crate::agent::{AgentId, AgentRef};
 use crate::clock::{Clock, ClockGuard};
 use crate::config::{ConfigError, RateLimitConfig, TrackerConfig};
-use crate::event::{Event, EventKind, EventSink, EvictionReason, RateLimitReason};
+use crate::event::{BlindCause, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
 use crate::inspect::{Diagnosed, Inspector};
 use crate::ratelimit::RateLimiter;
 use crate::recovery::{Recovered, RecoveryHandle};
@@ -98,6 +98,28 @@ pub struct Processor {
     /// Agents armed at a provisional rule (see [`Thresholds::provisional_rule`])
     /// until the resolver answers: slot → when it falls back without an answer.
     provisional: hashbrown::HashMap<u32, u64>,
+    /// How late the loop may run before the gap is a blind window: a
+    /// quarter of the smallest threshold in force, at least 50 ms.
+    blind_after_ns: u64,
+    /// When the run loop expects to run next: the deadline it sleeps until,
+    /// or the moment it paused (a reload). `None`: nothing is due.
+    expected_wake: Option<(u64, BlindCause)>,
+    /// `CLOCK_BOOTTIME − CLOCK_MONOTONIC` at the last wake: grows by the
+    /// length of every suspend, whichever clock the processor reads.
+    suspended_ns: u64,
+    blind_logged_ns: Option<u64>,
+}
+
+/// The shortest lateness that counts as a blind window.
+const MIN_BLIND_NS: u64 = 50_000_000;
+
+fn blind_after(thresholds: &Thresholds) -> u64 {
+    (thresholds.class_ns().iter().copied().min().unwrap_or(0) / 4).max(MIN_BLIND_NS)
+}
+
+/// Time the host spent suspended since boot.
+fn suspended_ns() -> u64 {
+    Clock::Boottime.now_ns().saturating_sub(Clock::Monotonic.now_ns())
 }
 
 /// How often the processor asks the inspector for answers while agents
@@ -143,11 +165,15 @@ impl Processor {
             publisher: Publisher::new(tracker.snapshot_interval_ns(), tracker.clock, thresholds.class_ns()),
             inspector: None,
             recovery: None,
-            thresholds,
             eviction_after: u64::from(tracker.eviction_after),
             next_incident: 1,
             resolved: Vec::new(),
             provisional: hashbrown::HashMap::new(),
+            blind_after_ns: blind_after(&thresholds),
+            thresholds,
+            expected_wake: None,
+            suspended_ns: suspended_ns(),
+            blind_logged_ns: None,
         })
     }
 
@@ -160,6 +186,7 @@ impl Processor {
     pub fn set_thresholds(&mut self, tracker: &TrackerConfig) -> Result<(), ConfigError> {
         tracker.validate()?;
         self.thresholds = tracker.thresholds();
+        self.blind_after_ns = blind_after(&self.thresholds);
         self.eviction_after = u64::from(tracker.eviction_after);
         let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
         let mut waiting = Vec::new();
@@ -398,14 +425,19 @@ impl Processor {
     pub fn run_until(&mut self, rx: &BatchReceiver, out: &mut dyn EventSink, pause: &AtomicBool) -> Ended {
         loop {
             if pause.load(Ordering::Acquire) {
+                // Resumed at once, or the park was a blind window.
+                self.expected_wake = self.guard.last_ns().map(|at| (at, BlindCause::Reload));
                 return Ended::Paused;
             }
-            let stall = self.fire_due(self.clock.now_ns(), out);
+            let now = self.clock.now_ns();
+            self.check_blind(now, out);
+            let stall = self.fire_due(now, out);
             let now = self.guard.last_ns().unwrap_or(0);
             if self.publisher.is_due(now) {
                 self.publish_snapshot(now);
             }
             let deadline = earliest(stall, self.publisher.due_at());
+            self.expected_wake = deadline.map(|at| (at, BlindCause::Stopped));
             let received = match deadline {
                 Some(deadline) => {
                     let now = self.guard.last_ns().unwrap_or(0);
@@ -415,7 +447,9 @@ impl Processor {
             };
             match received {
                 Ok(batch) => {
-                    self.handle_batch(&batch, self.clock.now_ns(), out);
+                    let now = self.clock.now_ns();
+                    self.check_blind(now, out);
+                    self.handle_batch(&batch, now, out);
                     rx.recycle(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -426,6 +460,53 @@ impl Processor {
                 }
             }
         }
+    }
+
+    /// At a wake of the run loop: was the collector unable to listen? Its
+    /// loop ran later than it meant to by more than a quarter of the
+    /// smallest threshold (at least 50 ms) — stopped, throttled, frozen, or
+    /// parked by a reload — or the host was suspended. Then that was a
+    /// blind window, before any deadline is judged.
+    fn check_blind(&mut self, now: u64, out: &mut dyn EventSink) {
+        let suspended = suspended_ns();
+        let slept = suspended.saturating_sub(self.suspended_ns);
+        self.suspended_ns = suspended;
+        let expected = self.expected_wake.take();
+        if slept > self.blind_after_ns {
+            return self.blind_window(BlindCause::Suspend, now.saturating_sub(slept), now, out);
+        }
+        if let Some((at, cause)) = expected
+            && now > at.saturating_add(self.blind_after_ns)
+        {
+            self.blind_window(cause, at, now, out);
+        }
+    }
+
+    /// A window `[start_ns, end_ns]` in which the collector could not
+    /// listen (processor time; `end_ns` is the first read after it): every
+    /// live agent whose deadline fell inside it gets a full threshold from
+    /// `end_ns` before it can be declared stalled (see [`crate::tracker`]);
+    /// one already stalled before it stays reported. Counted, logged and
+    /// emitted; stalls it touches are marked. Public so that whatever else
+    /// blinds the collector (a restart) reports it the same way.
+    pub fn blind_window(&mut self, cause: BlindCause, start_ns: u64, end_ns: u64, out: &mut dyn EventSink) {
+        let (end_ns, _) = self.guard.observe(end_ns, None);
+        let duration_ns = end_ns.saturating_sub(start_ns);
+        self.tracker.raise_floor(end_ns);
+        self.stats.blind_window(cause, duration_ns);
+        self.publisher.mark_dirty();
+        // At most one line a second (a throttled cgroup may blind it often;
+        // the counters have every window).
+        if self.blind_logged_ns.is_none_or(|at| end_ns.saturating_sub(at) >= 1_000_000_000) {
+            self.blind_logged_ns = Some(end_ns);
+            tracing::warn!(
+                cause = cause.label(),
+                duration_ms = duration_ns / 1_000_000,
+                agents = self.tracker.len(),
+                "blind window: the collector could not listen; every agent gets a full threshold from now"
+            );
+        }
+        Self::emit(out, end_ns, None, EventKind::BlindWindow { cause, start_ns, duration_ns });
     }
 
     fn emit(out: &mut dyn EventSink, at_ns: u64, agent: Option<AgentRef>, kind: EventKind) {
@@ -460,6 +541,7 @@ impl Processor {
             self.stats.stall();
             self.note_agents();
             let silence_ns = now.saturating_sub(last_beat_ns);
+            let blind = last_beat_ns < self.tracker.floor();
             Self::emit(
                 out,
                 now,
@@ -473,6 +555,7 @@ impl Processor {
                     last_payload,
                     threshold_ns,
                     learned_interval_ns,
+                    blind,
                 },
             );
             let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));

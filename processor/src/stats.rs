@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use varta_pipeline::{Metric, Sample};
 
 use crate::clock::ClockAnomalyKind;
-use crate::event::{EvictionReason, RateLimitReason};
+use crate::event::{BlindCause, EvictionReason, RateLimitReason};
 use crate::inspect::Cause;
 use crate::recovery::{RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 
@@ -87,6 +87,8 @@ pub struct ProcessorStats {
     incarnations_restarted: Cell,
     provisional_rules: Cell,
     provisional_fallbacks: Cell,
+    blind_windows: [Cell; BlindCause::ALL.len()],
+    blind_ms: Cell,
     batches: Cell,
     stall_duration: [Cell; STALL_DURATION_BUCKETS],
     stall_duration_sum_ns: Cell,
@@ -140,6 +142,10 @@ pub struct StatsSnapshot {
     /// Of those, agents whose attributes did not resolve (or not in time):
     /// they fell back to the rule known without attributes.
     pub provisional_fallbacks: u64,
+    /// Blind windows, indexed like [`BlindCause::ALL`].
+    pub blind_windows: [u64; BlindCause::ALL.len()],
+    /// Their total length, milliseconds.
+    pub blind_ms: u64,
     pub batches: u64,
     pub stall_durations: StallDurations,
     /// Diagnosed stalls by cause, indexed like [`Cause::ALL`].
@@ -198,6 +204,13 @@ pub mod metric {
         "provisional_fallbacks",
         "Provisionally armed agents whose attributes did not resolve in time (the rule known without them applies).",
     );
+    pub static BLIND_WINDOWS: Metric = Metric::labelled(
+        "blind_windows",
+        "cause",
+        "Times the collector could not listen (stopped, suspend, reload); agents got a full threshold after each.",
+    );
+    pub static BLIND_MS: Metric =
+        Metric::counter("blind_ms", "Milliseconds the collector could not listen (blind windows, in all).");
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
     pub static RECOVERIES_STARTED: Metric =
         Metric::counter("recoveries_started", "Recovery commands started.");
@@ -246,6 +259,8 @@ impl ProcessorStats {
             incarnations_restarted: self.incarnations_restarted.get(),
             provisional_rules: self.provisional_rules.get(),
             provisional_fallbacks: self.provisional_fallbacks.get(),
+            blind_windows: std::array::from_fn(|i| self.blind_windows[i].get()),
+            blind_ms: self.blind_ms.get(),
             batches: self.batches.get(),
             stall_durations,
             stall_causes: std::array::from_fn(|i| self.stall_causes[i].get()),
@@ -346,6 +361,10 @@ impl ProcessorStats {
     pub(crate) fn provisional_fallback(&self) {
         self.provisional_fallbacks.add(1);
     }
+    pub(crate) fn blind_window(&self, cause: BlindCause, duration_ns: u64) {
+        self.blind_windows[cause as usize].add(1);
+        self.blind_ms.add(duration_ns / 1_000_000);
+    }
     pub(crate) fn batch(&self) {
         self.batches.add(1);
     }
@@ -357,7 +376,7 @@ impl StatsSnapshot {
     /// [`StatsSnapshot::stall_durations`]).
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 16] = [
+        let plain: [(&'static Metric, u64); 17] = [
             (&BEATS_ACCEPTED, self.beats_accepted),
             (&STALLS, self.stalls),
             (&RESUMES, self.resumes),
@@ -373,6 +392,7 @@ impl StatsSnapshot {
             (&INCARNATIONS_RESTARTED, self.incarnations_restarted),
             (&PROVISIONAL_RULES, self.provisional_rules),
             (&PROVISIONAL_FALLBACKS, self.provisional_fallbacks),
+            (&BLIND_MS, self.blind_ms),
             (&BATCHES, self.batches),
         ];
         for (metric, value) in plain {
@@ -384,6 +404,9 @@ impl StatsSnapshot {
         out(Sample::labelled(&EVICTED, EvictionReason::PidRecycled.label(), self.evicted_pid_recycled));
         for (cause, n) in Cause::ALL.iter().zip(self.stall_causes) {
             out(Sample::labelled(&STALL_CAUSES, cause.label(), n));
+        }
+        for (cause, n) in BlindCause::ALL.iter().zip(self.blind_windows) {
+            out(Sample::labelled(&BLIND_WINDOWS, cause.label(), n));
         }
         out(Sample::new(&RECOVERIES_STARTED, self.recoveries_started));
         for (o, n) in RecoveryOutcome::FINAL.iter().zip(self.recovery_outcomes) {
@@ -406,7 +429,11 @@ mod tests {
         stats.snapshot().samples(&mut |s| samples.push(s));
         assert_eq!(
             samples.len(),
-            20 + Cause::COUNT + 1 + RecoveryOutcome::FINAL.len() + RecoveryRefusal::ALL.len()
+            21 + BlindCause::ALL.len()
+                + Cause::COUNT
+                + 1
+                + RecoveryOutcome::FINAL.len()
+                + RecoveryRefusal::ALL.len()
         );
         assert!(samples.iter().all(|s| s.value == 0));
         stats.rate_limited(RateLimitReason::Global);

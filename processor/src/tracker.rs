@@ -22,6 +22,14 @@
 //!
 //! The tracker keeps the lists ordered only if callers feed it
 //! non-decreasing times (the processor's [`crate::clock::ClockGuard`] does).
+//!
+//! Blind windows: a live agent's deadline is `max(last beat, floor)` plus
+//! its threshold, where the *floor* is the end of the latest window in
+//! which the collector could not listen ([`Tracker::raise_floor`]). An
+//! agent may have beaten unheard during such a window, so it gets a full
+//! threshold from the first read after it; the true last beat stays what
+//! views and stall events report. `max(·, floor)` is monotone in the last
+//! beat, so every list stays in deadline order and nothing is rescanned.
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
@@ -299,6 +307,8 @@ pub struct Tracker {
     /// One bit per [`VIEW_CHUNK`] of slots: set when a slot in it changed
     /// since the last [`Tracker::take_changed_chunks`].
     changed: Vec<u64>,
+    /// End of the latest blind window (see the module docs); 0 before any.
+    floor_ns: u64,
 }
 
 impl Tracker {
@@ -318,6 +328,7 @@ impl Tracker {
             class_ns,
             stalled_len: 0,
             changed: Vec::new(),
+            floor_ns: 0,
         }
     }
 
@@ -522,7 +533,8 @@ impl Tracker {
                 let class = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let head = self.live.lists[class].head;
-                let deadline = self.slots[head as usize].last_beat_ns.saturating_add(self.class_ns[class]);
+                let heard = self.slots[head as usize].last_beat_ns.max(self.floor_ns);
+                let deadline = heard.saturating_add(self.class_ns[class]);
                 if best.is_none_or(|(b, _)| deadline < b) {
                     best = Some((deadline, head));
                 }
@@ -541,6 +553,18 @@ impl Tracker {
     #[inline]
     pub fn due(&self, now_ns: u64) -> Option<u32> {
         self.earliest().filter(|&(d, _)| d <= now_ns).map(|(_, idx)| idx)
+    }
+
+    /// Ends a blind window at `end_ns`: every live agent's deadline is
+    /// counted from at least then (see the module docs). Never lowers.
+    pub fn raise_floor(&mut self, end_ns: u64) {
+        self.floor_ns = self.floor_ns.max(end_ns);
+    }
+
+    /// The end of the latest blind window (0 before any): an agent whose
+    /// last beat is older was judged across it.
+    pub fn floor(&self) -> u64 {
+        self.floor_ns
     }
 
     /// Moves a live agent to its class's stalled tail.

@@ -103,7 +103,15 @@ proptest! {
                         }
                         *a = ModelAgent { last_nonce: Some(nonce), last_beat: now, stalled: false };
                     } else {
+                        // Stale on a network transport: refused, yet proof
+                        // of liveness (a forged frame may have jumped the
+                        // sequence ahead of the real sender).
                         expected.push((2, agent, 0));
+                        if a.stalled {
+                            expected.push((1, agent, now - a.last_beat));
+                        }
+                        a.last_beat = now;
+                        a.stalled = false;
                     }
                 }
             }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use varta_processor::{
-    ClockAnomalyKind, EventKind, EvictionReason, Processor, RateLimitConfig, RateLimitReason, TrackerConfig,
+    BlindCause, ClockAnomalyKind, EventKind, EvictionReason, Processor, RateLimitConfig, RateLimitReason,
+    TrackerConfig,
 };
 use varta_proto::{
     Arrival, Batch, DecodeErrorKind, Frame, NONCE_TERMINAL, Refusal, RefusedFrame, Source, Status, Transport,
@@ -41,6 +42,7 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
             last_payload: 0,
             threshold_ns: 2 * S,
             learned_interval_ns: 0,
+            blind: false,
         }
     );
 
@@ -71,6 +73,7 @@ fn resume_carries_silence_and_incident() {
             last_payload: 0,
             threshold_ns: 2 * S,
             learned_interval_ns: 0,
+            blind: false,
         }
     );
     assert_eq!(
@@ -565,4 +568,44 @@ fn invalid_configs_are_refused_by_new() {
         .map(|_| ())
         .map_err(|e| e.field());
     assert_eq!(err, Err("ratelimit.global_burst"));
+}
+
+/// The collector could not listen from 2 s to 5 s (stopped, throttled,
+/// parked): agents whose deadlines fell inside get a full threshold from
+/// the first read after it; one stalled before it stays reported; a stall
+/// whose silence spans the window is marked.
+#[test]
+fn a_blind_window_gives_every_agent_a_full_threshold_after_it() {
+    let mut p = processor(no_limits(), tracker(1000));
+    let mut out = Recorder::default();
+    p.handle_batch(&batch(&[uds(1, 1)]), T0, &mut out);
+    p.fire_due(T0 + S, &mut out);
+    assert!(
+        matches!(kinds(&out.take())[..], [EventKind::Stall { blind: false, .. }]),
+        "silent before the window"
+    );
+    p.handle_batch(&batch(&[uds(2, 1), uds(3, 1)]), T0 + 1500 * MS, &mut out);
+    p.handle_batch(&batch(&[uds(4, 1)]), T0 + 1900 * MS, &mut out);
+    p.blind_window(BlindCause::Stopped, T0 + 2 * S, T0 + 5 * S, &mut out);
+    assert_eq!(
+        kinds(&out.take()),
+        [EventKind::BlindWindow { cause: BlindCause::Stopped, start_ns: T0 + 2 * S, duration_ns: 3 * S }]
+    );
+    // Deadlines of 2, 3 (2.5 s) and 4 (2.9 s) fell inside: nothing fires at the first read.
+    assert_eq!(p.fire_due(T0 + 5 * S, &mut out), Some(T0 + 6 * S));
+    assert!(out.take().is_empty());
+    p.handle_batch(&batch(&[uds(2, 2), uds(3, 2)]), T0 + 5500 * MS, &mut out);
+    assert_eq!(p.fire_due(T0 + 6 * S - 1, &mut out), Some(T0 + 6 * S));
+    assert!(out.take().is_empty());
+    // 4 really froze: reported a full threshold after the window, marked.
+    p.fire_due(T0 + 6 * S, &mut out);
+    let events = out.take();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(pid_of(&events[0]), Some(4));
+    assert!(
+        matches!(events[0].kind, EventKind::Stall { blind: true, silence_ns, .. } if silence_ns == 6 * S - 1900 * MS),
+        "{events:?}"
+    );
+    let snap = p.stats().snapshot();
+    assert_eq!((snap.blind_windows[0], snap.blind_ms, snap.stalls), (1, 3000, 2));
 }

@@ -46,7 +46,9 @@ use crate::health::{self, Phase, SharedReport, Stage};
 use crate::reloads::ReloadStats;
 use crate::runtime::AsyncRuntime;
 use keys::PipelinePlan;
-use slots::{EndpointSlot, ExporterSlot, HealthSlot, PipelineSlot, ReceiverSlot, keep_wanted};
+use slots::{
+    EndpointSlot, ExporterSlot, HealthSlot, Keyed, PipelineSlot, ReceiverSlot, keep_wanted, retire_unwanted,
+};
 
 /// A running collector.
 #[derive(Debug)]
@@ -75,6 +77,9 @@ pub struct Running {
     pub reloads: Arc<ReloadStats>,
     /// Bounds joins during an apply (the configuration's `shutdown_timeout`).
     join_timeout: Duration,
+    /// Replaced exporters whose final flush goes over the network: closed
+    /// once the pipelines run again (see [`Running::apply`]).
+    retiring: Vec<ExporterSlot>,
 }
 
 /// Builds and starts every pipeline of `config`. Nothing receives until
@@ -96,6 +101,7 @@ pub fn start(config: &Config) -> Result<Running, ConfigError> {
         broken: None,
         reloads: Arc::new(ReloadStats::default()),
         join_timeout: config.service.shutdown_timeout,
+        retiring: Vec::new(),
     };
     match running.apply(config) {
         Ok(()) => Ok(running),
@@ -154,6 +160,12 @@ impl Running {
         }
         let result = self.rebuild(config, &plans);
         self.resume();
+        // Only now: an old OTLP exporter's last export may wait out its
+        // `timeout` against a backend that never answers, and pipelines must
+        // not be parked (blind) meanwhile. Nothing produces into it any more.
+        for slot in std::mem::take(&mut self.retiring) {
+            slot.close(Instant::now() + self.join_timeout);
+        }
         self.publish(config);
         if result.is_ok() {
             self.broken = None;
@@ -227,7 +239,15 @@ impl Running {
                 (!serves.is_empty()).then(|| (id, keys::exporter(&c.config, &serves)))
             })
             .collect();
-        for (id, key) in keep_wanted(&mut self.exporters, wanted, deadline()) {
+        let (retired, new) = retire_unwanted(&mut self.exporters, wanted);
+        for slot in retired {
+            if slot.closes_late {
+                self.retiring.push(slot);
+            } else {
+                slot.close(deadline());
+            }
+        }
+        for (id, key) in new {
             let c = config.exporters.get(&id).expect("listed from the config");
             let serves: Vec<&PipelineSlot> =
                 self.pipelines.iter().filter(|p| p.exporters.contains(&id)).collect();

@@ -73,14 +73,31 @@ pub fn keep_wanted<S: Keyed>(
     wanted: Vec<(String, S::Key)>,
     deadline: Instant,
 ) -> Vec<(String, S::Key)> {
+    let (retired, new) = retire_unwanted(slots, wanted);
+    for s in retired {
+        s.close(deadline);
+    }
+    new
+}
+
+/// [`keep_wanted`] that hands the slots no longer wanted back instead of
+/// closing them, so the caller can close them later (after the pipelines
+/// resume: an exporter's final export may wait out its `timeout`, and no
+/// pipeline should be parked meanwhile).
+pub fn retire_unwanted<S: Keyed>(
+    slots: &mut Vec<S>,
+    wanted: Vec<(String, S::Key)>,
+) -> (Vec<S>, Vec<(String, S::Key)>) {
+    let mut retired = Vec::new();
     for s in std::mem::take(slots) {
         if wanted.iter().any(|(id, key)| id == s.id() && key == s.key()) {
             slots.push(s);
         } else {
-            s.close(deadline);
+            retired.push(s);
         }
     }
-    wanted.into_iter().filter(|(id, _)| !slots.iter().any(|s| s.id() == id)).collect()
+    let new = wanted.into_iter().filter(|(id, _)| !slots.iter().any(|s| s.id() == id)).collect();
+    (retired, new)
 }
 
 type ReceiverRun = (VlpReceiver, Result<(), ReceiverError>);
@@ -539,6 +556,9 @@ pub struct ExporterSlot {
     queue: ExporterQueue,
     thread: JoinHandle<()>,
     pub telemetry: Arc<dyn Instrumented>,
+    /// Its final flush talks to the network (OTLP): when replaced, it is
+    /// closed after the pipelines resume, never while they are parked.
+    pub closes_late: bool,
 }
 
 impl ExporterSlot {
@@ -592,7 +612,8 @@ impl ExporterSlot {
             None => queue.telemetry(),
         };
         let serves = serves.iter().map(|p| p.name.clone()).collect();
-        Ok(ExporterSlot { id: id.to_owned(), key, serves, queue, thread, telemetry })
+        let closes_late = matches!(config, ExporterConfig::Otlp(_));
+        Ok(ExporterSlot { id: id.to_owned(), key, serves, queue, thread, telemetry, closes_late })
     }
 
     /// A producer handle for `pipeline`'s fan-out, if it serves it.

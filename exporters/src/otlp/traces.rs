@@ -129,9 +129,13 @@ impl SpanBuilder {
                 last_payload,
                 threshold_ns,
                 learned_interval_ns,
+                blind,
             } => {
                 let mut a = self.common(agent);
                 a.push(attrs::uint("varta.incident.id", incident));
+                if blind {
+                    a.push(attrs::boolean("varta.stall.blind_window", true));
+                }
                 a.push(attrs::uint("varta.stall.threshold_ns", threshold_ns));
                 if learned_interval_ns != 0 {
                     a.push(attrs::uint("varta.stall.learned_interval_ns", learned_interval_ns));
@@ -323,6 +327,7 @@ mod tests {
                 last_payload: 99,
                 threshold_ns: 2_000_000_000,
                 learned_interval_ns: 0,
+                blind: false,
             },
         };
         let s = b.span(&stall, &clock).expect("stall span");
