@@ -1,14 +1,16 @@
-//! A bounded, two-lane queue and thread in front of one exporter.
+//! A bounded, three-lane queue and thread in front of one exporter.
 //!
-//! Lanes: *incident* events (stall, diagnosis, resume, panic, status
-//! change, eviction, clock anomaly) and *bulk* events (beats, refusals, rate
+//! Lanes: *incident* events (stall, diagnosis, recovery, resume, eviction,
+//! clock anomaly, blind window), *notices* the agents themselves choose to
+//! cause (status changes, panics) and *bulk* events (beats, refusals, rate
 //! limits, stale nonces, origin conflicts, capacity refusals) wait in
-//! separate bounded channels, so a flood of bulk events can never push an
-//! incident out. Delivery: the exporter thread merges both lanes back into
-//! the order the events were offered (each carries a sequence number).
-//! Bound: when a lane is full its *oldest* event is dropped and counted
-//! (`dropped{queue_full}`, and `incidents_dropped` for the incident lane);
-//! the producer never blocks. An event offered after the exporter thread
+//! separate bounded channels, so neither a flood of bulk events nor a crowd
+//! of agents flipping their status every beat can ever push an incident
+//! out. Delivery: the exporter thread merges the lanes back into the order
+//! the events were offered (each carries a sequence number). Bound: when a
+//! lane is full its *oldest* event is dropped and counted
+//! (`dropped{queue_full}`; `incidents_dropped` for the incident lane,
+//! `notices_dropped` for the notice lane); the producer never blocks. An event offered after the exporter thread
 //! died is counted as `dropped{exporter_stopped}`. Shutdown: dropping every
 //! [`ExporterQueue`] disconnects the lanes; the thread exports what is
 //! left, flushes, and ends.
@@ -30,8 +32,6 @@ pub fn is_incident(kind: &EventKind) -> bool {
         kind,
         EventKind::Stall { .. }
             | EventKind::Resume { .. }
-            | EventKind::Panic { .. }
-            | EventKind::StatusChange { .. }
             | EventKind::Evicted { .. }
             | EventKind::ClockAnomaly { .. }
             | EventKind::BlindWindow { .. }
@@ -40,7 +40,14 @@ pub fn is_incident(kind: &EventKind) -> bool {
     )
 }
 
-/// Capacity of the incident lane for a bulk capacity of `queue_size`.
+/// Whether an event is a notice an agent chose to cause (its own lane:
+/// it can never displace an incident).
+pub fn is_notice(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::StatusChange { .. } | EventKind::Panic { .. })
+}
+
+/// Capacity of the incident lane (and of the notice lane) for a bulk
+/// capacity of `queue_size`.
 pub fn incident_capacity(queue_size: usize) -> usize {
     (queue_size / 4).max(1024)
 }
@@ -54,6 +61,8 @@ pub struct ExporterStats {
     pub dropped_full: AtomicU64,
     /// Of `dropped_full`, incident events.
     pub incidents_dropped: AtomicU64,
+    /// Of `dropped_full`, notices (status changes, panics).
+    pub notices_dropped: AtomicU64,
     /// Events offered after the exporter thread had stopped.
     pub dropped_stopped: AtomicU64,
     /// Events handed to the exporter successfully.
@@ -76,7 +85,11 @@ pub mod metric {
     );
     pub static INCIDENTS_DROPPED: Metric = Metric::counter(
         "incidents_dropped",
-        "Incident events (stall, resume, panic, status, eviction) dropped because the incident lane was full.",
+        "Incident events (stall, resume, diagnosis, recovery, eviction) dropped because the incident lane was full.",
+    );
+    pub static NOTICES_DROPPED: Metric = Metric::counter(
+        "notices_dropped",
+        "Status changes and panics (what agents choose to send) dropped because their own lane was full.",
     );
     pub static EXPORTED: Metric = Metric::counter("exported", "Events the exporter handled successfully.");
     pub static FAILED: Metric = Metric::counter("failed", "Export or flush calls that failed.");
@@ -89,16 +102,17 @@ pub mod metric {
 #[derive(Debug)]
 pub struct ExporterTelemetry {
     stats: Arc<ExporterStats>,
-    lanes: [Receiver<Queued>; 2],
+    lanes: [Receiver<Queued>; LANES],
 }
 
 impl Instrumented for ExporterTelemetry {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
         let s = &self.stats;
-        let plain: [(&'static Metric, u64); 4] = [
+        let plain: [(&'static Metric, u64); 5] = [
             (&QUEUED, s.queued.load(Relaxed)),
             (&INCIDENTS_DROPPED, s.incidents_dropped.load(Relaxed)),
+            (&NOTICES_DROPPED, s.notices_dropped.load(Relaxed)),
             (&EXPORTED, s.exported.load(Relaxed)),
             (&FAILED, s.failed.load(Relaxed)),
         ];
@@ -119,7 +133,19 @@ impl Instrumented for ExporterTelemetry {
 type Queued = (u64, u16, Event);
 
 const BULK: usize = 0;
-const INCIDENT: usize = 1;
+const NOTICE: usize = 1;
+const INCIDENT: usize = 2;
+const LANES: usize = 3;
+
+fn lane_of(kind: &EventKind) -> usize {
+    if is_incident(kind) {
+        INCIDENT
+    } else if is_notice(kind) {
+        NOTICE
+    } else {
+        BULK
+    }
+}
 
 /// One lane: its sender and a receiver clone used only to evict the oldest.
 #[derive(Debug)]
@@ -133,7 +159,7 @@ struct Lane {
 #[derive(Debug)]
 pub struct ExporterQueue {
     id: String,
-    lanes: [Lane; 2],
+    lanes: [Lane; LANES],
     /// Shared by every producer of this queue (pipelines sharing the
     /// exporter): each producer's events keep their offer order.
     next_seq: Arc<AtomicU64>,
@@ -151,15 +177,18 @@ impl ExporterQueue {
         exporter: Box<dyn Exporter>,
         capacity: usize,
     ) -> std::io::Result<(ExporterQueue, JoinHandle<()>)> {
-        let (bulk_tx, bulk_rx) = bounded(capacity.max(1));
-        let (inc_tx, inc_rx) = bounded(incident_capacity(capacity));
+        let channels: [(Sender<Queued>, Receiver<Queued>); LANES] = [
+            bounded(capacity.max(1)),
+            bounded(incident_capacity(capacity)),
+            bounded(incident_capacity(capacity)),
+        ];
         let stats = Arc::new(ExporterStats::default());
         let wants_beats = exporter.wants_beats();
         let thread = std::thread::Builder::new().name(format!("export-{id}")).spawn({
-            let (lanes, stats, id) = ([bulk_rx.clone(), inc_rx.clone()], stats.clone(), id.clone());
+            let (lanes, stats, id) = (channels.clone().map(|(_, rx)| rx), stats.clone(), id.clone());
             move || drain(&id, exporter, &lanes, &stats)
         })?;
-        let lanes = [Lane { tx: bulk_tx, evict: bulk_rx }, Lane { tx: inc_tx, evict: inc_rx }];
+        let lanes = channels.map(|(tx, evict)| Lane { tx, evict });
         let next_seq = Arc::new(AtomicU64::new(0));
         Ok((ExporterQueue { id, lanes, next_seq, source: 0, stats, wants_beats }, thread))
     }
@@ -176,7 +205,7 @@ impl ExporterQueue {
         let lane = |l: &Lane| Lane { tx: l.tx.clone(), evict: l.evict.clone() };
         ExporterQueue {
             id: self.id.clone(),
-            lanes: [lane(&self.lanes[BULK]), lane(&self.lanes[INCIDENT])],
+            lanes: std::array::from_fn(|i| lane(&self.lanes[i])),
             next_seq: Arc::clone(&self.next_seq),
             source,
             stats: Arc::clone(&self.stats),
@@ -196,7 +225,7 @@ impl ExporterQueue {
     pub fn telemetry(&self) -> Arc<dyn Instrumented> {
         Arc::new(ExporterTelemetry {
             stats: self.stats.clone(),
-            lanes: [self.lanes[BULK].evict.clone(), self.lanes[INCIDENT].evict.clone()],
+            lanes: std::array::from_fn(|i| self.lanes[i].evict.clone()),
         })
     }
 
@@ -208,7 +237,7 @@ impl ExporterQueue {
     /// (exported or failed) and whether any wait in the queue.
     pub fn progress_probe(&self) -> impl Fn() -> (u64, bool) + Send + 'static {
         let stats = Arc::clone(&self.stats);
-        let lanes = [self.lanes[BULK].evict.clone(), self.lanes[INCIDENT].evict.clone()];
+        let lanes: [Receiver<Queued>; LANES] = std::array::from_fn(|i| self.lanes[i].evict.clone());
         move || {
             let handled = stats.exported.load(Relaxed) + stats.failed.load(Relaxed);
             (handled, lanes.iter().any(|l| !l.is_empty()))
@@ -221,8 +250,7 @@ impl ExporterQueue {
             self.stats.dropped_stopped.fetch_add(1, Relaxed);
             return;
         }
-        let incident = is_incident(&event.kind);
-        let lane = &self.lanes[if incident { INCIDENT } else { BULK }];
+        let lane = &self.lanes[lane_of(&event.kind)];
         let mut item = (self.next_seq.fetch_add(1, Relaxed), self.source, *event);
         loop {
             match lane.tx.try_send(item) {
@@ -233,9 +261,11 @@ impl ExporterQueue {
                 Err(TrySendError::Full(back)) => {
                     if let Ok((_, _, old)) = lane.evict.try_recv() {
                         self.stats.dropped_full.fetch_add(1, Relaxed);
-                        if is_incident(&old.kind) {
-                            self.stats.incidents_dropped.fetch_add(1, Relaxed);
-                        }
+                        match lane_of(&old.kind) {
+                            INCIDENT => self.stats.incidents_dropped.fetch_add(1, Relaxed),
+                            NOTICE => self.stats.notices_dropped.fetch_add(1, Relaxed),
+                            _ => 0,
+                        };
                     }
                     item = back;
                 }
@@ -251,8 +281,8 @@ impl ExporterQueue {
 
 /// Merges the two lanes back into offer order. Single consumer.
 struct Merge<'a> {
-    lanes: &'a [Receiver<Queued>; 2],
-    held: [Option<Queued>; 2],
+    lanes: &'a [Receiver<Queued>; LANES],
+    held: [Option<Queued>; LANES],
 }
 
 impl Merge<'_> {
@@ -271,20 +301,16 @@ impl Merge<'_> {
                     }
                 }
             }
-            // Both heads were refilled before choosing (bulk first), and a
-            // producer numbers its events in offer order, so the smaller
-            // number is its earlier offer. (Between producers — pipelines
-            // sharing the exporter — there is no order to keep.)
-            let pick = match (&self.held[BULK], &self.held[INCIDENT]) {
-                (Some(a), Some(b)) => Some(if a.0 < b.0 { BULK } else { INCIDENT }),
-                (Some(_), None) => Some(BULK),
-                (None, Some(_)) => Some(INCIDENT),
-                (None, None) => None,
-            };
+            // Every head was refilled before choosing, and a producer
+            // numbers its events in offer order, so the smallest number is
+            // its earliest offer. (Between producers — pipelines sharing the
+            // exporter — there is no order to keep.)
+            let pick =
+                (0..LANES).filter(|&i| self.held[i].is_some()).min_by_key(|&i| self.held[i].map(|h| h.0));
             if let Some(i) = pick {
                 return self.held[i].take().map(|(_, source, ev)| (source, ev));
             }
-            if closed == 2 || !wait {
+            if closed == LANES || !wait {
                 return None;
             }
             let mut select = Select::new();
@@ -306,7 +332,12 @@ impl Drop for StoppedOnDrop<'_> {
     }
 }
 
-fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2], stats: &ExporterStats) {
+fn drain(
+    id: &str,
+    mut exporter: Box<dyn Exporter>,
+    lanes: &[Receiver<Queued>; LANES],
+    stats: &ExporterStats,
+) {
     let _stopped = StoppedOnDrop(&stats.stopped);
     let mut failures = LogThrottle::default();
     let mut export = |exporter: &mut Box<dyn Exporter>, (source, ev): (u16, Event)| match exporter
@@ -326,7 +357,7 @@ fn drain(id: &str, mut exporter: Box<dyn Exporter>, lanes: &[Receiver<Queued>; 2
             }
         }
     };
-    let mut merge = Merge { lanes, held: [None, None] };
+    let mut merge = Merge { lanes, held: [None, None, None] };
     // Block for the next event, then take everything already waiting, then
     // flush: one flush per burst keeps latency low when idle and cost low
     // under load.
@@ -388,6 +419,33 @@ mod tests {
             at_ns,
             agent: None,
             kind: EventKind::Panic { frame: Frame::new(Status::Critical, 2, 0, 1, 0) },
+        }
+    }
+
+    fn stall(at_ns: u64) -> Event {
+        Event {
+            at_ns,
+            agent: None,
+            kind: EventKind::Stall {
+                incident: at_ns,
+                last_beat_ns: 0,
+                last_nonce: 1,
+                silence_ns: at_ns,
+                last_status: Status::Ok,
+                last_payload: 0,
+                threshold_ns: 1,
+                learned_interval_ns: 0,
+                blind: false,
+            },
+        }
+    }
+
+    fn status_flip(at_ns: u64) -> Event {
+        let frame = Frame::new(Status::Degraded, 2, 0, at_ns, 0);
+        Event {
+            at_ns,
+            agent: None,
+            kind: EventKind::StatusChange { from: Status::Ok, to: Status::Degraded, frame },
         }
     }
 
@@ -473,7 +531,7 @@ mod tests {
         let Harness { mut queue, thread, open, .. } = h;
         let cap = incident_capacity(4) as u64;
         for i in 0..cap + 3 {
-            queue.offer(&panic_frame(i));
+            queue.offer(&stall(i));
         }
         let stats = queue.stats();
         assert_eq!(stats.incidents_dropped.load(Relaxed), 3);
@@ -481,6 +539,37 @@ mod tests {
         drop(open); // the exporter panics at its next event
         drop(queue);
         assert!(thread.join().is_err());
+    }
+
+    /// A crowd of agents flipping their status every beat fills its own
+    /// lane and is counted there; the stall offered in the middle of it is
+    /// delivered (it once shared the lane and was pushed out).
+    #[test]
+    fn status_flips_never_displace_a_stall() {
+        let mut h = start(4);
+        occupy(&mut h, &beat(0));
+        let Harness { mut queue, thread, seen, open, .. } = h;
+        let cap = incident_capacity(4) as u64;
+        for i in 1..cap {
+            queue.offer(&status_flip(i));
+        }
+        queue.offer(&stall(cap));
+        for i in cap + 1..4 * cap {
+            queue.offer(&status_flip(i));
+        }
+        let stats = queue.stats();
+        assert_eq!(stats.incidents_dropped.load(Relaxed), 0);
+        assert!(stats.notices_dropped.load(Relaxed) >= 2 * cap, "the crowd overflowed its own lane");
+        drop(queue);
+        for _ in 0..3 * cap {
+            open.send(()).expect("gate");
+        }
+        thread.join().expect("exporter thread");
+        let seen = seen.lock().expect("lock");
+        assert!(
+            seen.iter().any(|e| e.at_ns == cap && matches!(e.kind, EventKind::Stall { .. })),
+            "the stall was delivered"
+        );
     }
 
     #[test]

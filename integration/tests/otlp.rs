@@ -1042,6 +1042,53 @@ fn beat_flood_alongside_stalls_loses_no_stall_event() {
     server.kill();
 }
 
+/// 300 agents flip their status and panic every beat while another agent
+/// stalls: agent-chosen events have their own lane and are dropped first
+/// from the span queue, so the real stall's span is never pushed out (they
+/// once shared the incident lane, drop-oldest).
+#[test]
+fn three_hundred_agents_flipping_status_never_push_out_a_real_stall() {
+    let _turn = heavy();
+    let Rig { sink, server, udp, config } = rig("300ms", "    sending_queue: { queue_size: 64 }");
+    let c = Collector::start(&config);
+    let stalling = 777_000u32;
+    udp_beats(udp, [stalling], 1);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to: SocketAddr = ([127, 0, 0, 1], udp).into();
+    let started = std::time::Instant::now();
+    let mut round = 1u64;
+    // Flip for well past the stall (300 ms), so it lands in the crowd.
+    while started.elapsed() < Duration::from_millis(1500) {
+        for pid in 700_000..700_300u32 {
+            let status = if round % 2 == 0 { Status::Ok } else { Status::Degraded };
+            for frame in [
+                Frame::new(status, pid, round, round, 0).encode(),
+                Frame::new(Status::Critical, pid, round, varta_proto::NONCE_TERMINAL, 0).encode(),
+            ] {
+                while sock.send_to(&frame, to).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for("the real stall's span", || {
+        (!spans_of(&sink, "varta.stall", stalling).is_empty()).then_some(())
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let get = |name: &str, label: &str| final_counter(&log, "exporters::otlp", name, label).unwrap_or(0);
+    assert_eq!(get("incidents_dropped", ""), 0, "{log}");
+    let panics = final_counter(&log, "pipelines::liveness", "panics", "").unwrap_or(0);
+    assert!(panics > 1000, "the crowd reached the collector: {panics} panics");
+    assert!(
+        get("spans_dropped", "queue_full") > 0,
+        "the crowd overflowed the span queue, or this test proves nothing"
+    );
+    server.kill();
+}
+
 /// The shipped `otel-config/examples/otlp.yaml` stays valid (its paths
 /// moved into a temp dir), and a broken endpoint is refused with exit 2.
 #[test]

@@ -333,3 +333,61 @@ service:
         read_events(&c.path("other.tsv")).iter().any(|e| e.pid == agent.id().to_string()).then_some(())
     });
 }
+
+/// A reload that rebuilds the OTLP exporter (its `timeout` changed) while
+/// its backend accepts connections and never answers: the old exporter's
+/// last export waits out its timeout. Pipelines were parked all that time
+/// and all 20 live agents were reported stalled; now the old exporter is
+/// closed after the pipelines resume, and any park is a blind window.
+#[test]
+fn a_reload_waiting_on_a_silent_backend_reports_no_live_agent_stalled() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = backend.local_addr().expect("addr").port();
+    // Accepts every connection and never answers (held until the test ends).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in backend.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let config = |timeout: &str| {
+        format!(
+            r#"receivers:
+  vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
+processors:
+  tracker: {{ threshold: 1s }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+  otlphttp:
+    endpoint: http://127.0.0.1:{port}
+    timeout: {timeout}
+    metrics: {{ interval: 200ms }}
+service:
+  pid_file: "@DIR@/collector.pid"
+  pipelines:
+    liveness: {{ receivers: [vlp/uds], processors: [tracker], exporters: [file, otlphttp] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+        )
+    };
+    let c = Collector::start(&config("5s"));
+    let agents: Vec<Child> = (0..20).map(|_| uds_agent(&c, &["--every", "200ms"])).collect();
+    for a in &agents {
+        wait_for("first beats", || (beats_of(&c, a.id()) >= 2).then_some(()));
+    }
+    // Let a metrics export hang on the silent backend.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let dir = c.dir.path().display().to_string();
+    reload(&c, &config("6s").replace("@DIR@", &dir));
+    wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    for a in &agents {
+        let before = beats_of(&c, a.id());
+        wait_for("beats after the reload", || (beats_of(&c, a.id()) >= before + 2).then_some(()));
+    }
+    for a in &agents {
+        assert!(never_stalled(&c, a.id()), "live agent {} reported stalled", a.id());
+    }
+    for a in agents {
+        kill(a);
+    }
+}

@@ -92,7 +92,7 @@ use varta_pipeline::clock::monotonic_ns;
 use varta_processor::{AgentId, Event, SnapshotReader};
 
 use crate::Exporter;
-use crate::queue::is_incident;
+use crate::queue::{is_incident, is_notice};
 use client::{Client, Failure, with_retry};
 pub use config::OtlpExporterConfig;
 use ids::IdSource;
@@ -136,12 +136,15 @@ struct QueuedSpan {
     owner: Option<(usize, AgentId)>,
     resource: Option<Resource>,
     span: Span,
+    /// From an event the agent chose to cause (a panic): dropped first when
+    /// the queue is full, so it never displaces an incident's span.
+    notice: bool,
 }
 
 impl QueuedSpan {
     #[cfg(test)]
     fn of_collector(span: Span) -> QueuedSpan {
-        QueuedSpan { owner: None, resource: None, span }
+        QueuedSpan { owner: None, resource: None, span, notice: false }
     }
 }
 
@@ -165,10 +168,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// Queues a span; when full, the oldest notice goes first (else the
+    /// oldest span), counted — an agent's panics never push out a stall.
     fn push(&self, span: QueuedSpan) {
         let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= self.capacity {
-            q.pop_front();
+            match q.iter().position(|s| s.notice) {
+                Some(at) => drop(q.remove(at)),
+                None if span.notice => {
+                    self.stats.spans_dropped_full.fetch_add(1, Relaxed);
+                    return;
+                }
+                None => drop(q.pop_front()),
+            }
             self.stats.spans_dropped_full.fetch_add(1, Relaxed);
         }
         q.push_back(span);
@@ -375,7 +387,8 @@ impl Exporter for OtlpExporter {
     }
 
     fn export_from(&mut self, source: usize, event: &Event) -> std::io::Result<()> {
-        if !self.traces_enabled || !is_incident(&event.kind) {
+        let notice = is_notice(&event.kind);
+        if !self.traces_enabled || !(is_incident(&event.kind) || notice) {
             return Ok(());
         }
         let Some(src) = self.sources.get_mut(source) else { return Ok(()) };
@@ -400,7 +413,7 @@ impl Exporter for OtlpExporter {
             let agent = event.agent.as_ref();
             let resource = agent.and_then(|a| src.spans.resource(a));
             let owner = agent.filter(|_| resource.is_some()).map(|a| (source, a.id));
-            self.shared.push(QueuedSpan { owner, resource, span });
+            self.shared.push(QueuedSpan { owner, resource, span, notice });
         }
         Ok(())
     }
