@@ -1060,7 +1060,7 @@ fn three_hundred_agents_flipping_status_never_push_out_a_real_stall() {
     // Flip for well past the stall (300 ms), so it lands in the crowd.
     while started.elapsed() < Duration::from_millis(1500) {
         for pid in 700_000..700_300u32 {
-            let status = if round % 2 == 0 { Status::Ok } else { Status::Degraded };
+            let status = if round.is_multiple_of(2) { Status::Ok } else { Status::Degraded };
             for frame in [
                 Frame::new(status, pid, round, round, 0).encode(),
                 Frame::new(Status::Critical, pid, round, varta_proto::NONCE_TERMINAL, 0).encode(),

@@ -314,7 +314,8 @@ mod tests {
         let by_incident = config(&["/usr/local/bin/page", "{incident}", "{source}", "{cause}"], &[]);
         let uds = agent(Transport::Uds);
         let reboot = facts("systemd-reboot", Some("checkout.service"));
-        let cases: &[(&RecoveryConfig, AgentRef, TargetFacts, Result<&[&str], RecoveryRefusal>)] = &[
+        type Case<'a> = (&'a RecoveryConfig, AgentRef, TargetFacts, Result<&'a [&'a str], RecoveryRefusal>);
+        let cases: &[Case<'_>] = &[
             // An agent naming itself after a unit chooses nothing without a list.
             (&restart_service, uds, reboot.clone(), Err(NotAllowed)),
             (&allow_good, uds, reboot.clone(), Err(NotAllowed)),

@@ -40,6 +40,7 @@
 
 pub mod argv;
 pub mod audit;
+mod children;
 pub mod gate;
 mod runner;
 

@@ -1,16 +1,14 @@
-//! The recovery runner thread and the processor's handle to it.
+//! The recovery runner thread and the processor's handle to it: the loop
+//! and its bookkeeping. What a command may act on is decided by
+//! [`super::gate`]; a command's process group is run by [`super::children`].
 //!
 //! Promises: every stall handed over gets exactly one decision, and every
 //! decision and outcome an audit record (refusals the processor side made
 //! because the queue was full are audited as a summary record with their
-//! count). Each command runs in its own process group, which is signalled
-//! as a whole and counts as outstanding until its last member is gone.
+//! count). Each command counts as outstanding until its last group member
+//! is gone.
 
 use std::collections::VecDeque;
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -23,6 +21,7 @@ use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_proto::Transport;
 
 use super::audit::{AuditLog, Record};
+use super::children::{self, Launch, Running, escaped};
 use super::gate::{Gate, Stall, TargetFacts};
 use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 use crate::agent::{AgentId, AgentRef};
@@ -111,43 +110,6 @@ impl Instrumented for RecoveryStats {
             out(Sample::new(m, v.load(Relaxed)));
         }
     }
-}
-
-/// Reads what a non-blocking pipe holds: counts every byte, keeps the
-/// first `cap`, until end of file or until it would block.
-fn drain_pipe(pipe: &mut impl Read, kept: &mut Vec<u8>, total: &mut u64, cap: usize) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match pipe.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                *total += n as u64;
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..n.min(room)]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Captured output as one log-safe line: control characters (newlines
-/// included) and invalid UTF-8 are escaped.
-fn escaped(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).escape_debug().to_string()
-}
-
-/// Whether any process of group `pgid` is left.
-fn group_alive(pgid: libc::pid_t) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks for existence.
-    let r = unsafe { libc::kill(-pgid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
-    // SAFETY: kill(2) on the process group we created for our child
-    // (its leader's pid; the group cannot be reused while it has members).
-    unsafe { libc::kill(-pgid, sig) };
 }
 
 /// A started runner: its thread and counters; the processor gets the handle.
@@ -266,20 +228,11 @@ struct Pending {
     ready: bool,
 }
 
-struct Running {
-    child: Child,
+/// A command the runner started, and for which stall.
+struct Child {
+    running: Running,
     agent: AgentRef,
     incident: u64,
-    started: Instant,
-    /// The leader's exit status, once it exited (its group may live on).
-    exited: Option<std::process::ExitStatus>,
-    /// When the group got SIGTERM (timeout or shutdown).
-    terminated_at: Option<Instant>,
-    killed: bool,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_total: u64,
-    stderr_total: u64,
 }
 
 struct Runner {
@@ -291,7 +244,7 @@ struct Runner {
     stats: Arc<RecoveryStats>,
     results: Sender<Recovered>,
     pending: Vec<Pending>,
-    children: Vec<Running>,
+    children: Vec<Child>,
     last_run: HashMap<AgentId, Instant>,
     rate_tokens: f64,
     rate_last: Instant,
@@ -303,17 +256,6 @@ struct Runner {
 
 fn origin(agent: &AgentRef) -> String {
     format!("{} {}", agent.transport.as_str(), agent.id.source)
-}
-
-impl Running {
-    fn drain(&mut self, cap: usize) {
-        if let Some(p) = self.child.stdout.as_mut() {
-            drain_pipe(p, &mut self.stdout, &mut self.stdout_total, cap);
-        }
-        if let Some(p) = self.child.stderr.as_mut() {
-            drain_pipe(p, &mut self.stderr, &mut self.stderr_total, cap);
-        }
-    }
 }
 
 impl Runner {
@@ -558,45 +500,11 @@ impl Runner {
     }
 
     fn spawn(&mut self, p: Pending, argv: Vec<String>) {
-        let Some((program, args)) = argv.split_first() else { return };
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // Its own process group: timeouts and shutdown signal the group, so
-        // what the command starts cannot outlive it.
-        cmd.process_group(0);
-        if !self.config.inherit_env {
-            cmd.env_clear().env("PATH", "/usr/bin:/bin");
-        }
-        cmd.envs(&self.config.env);
-        // The collector blocks its termination signals (it waits for them
-        // with sigwait) and a signal mask survives exec: give the command
-        // the default mask, or it could not be stopped with SIGTERM.
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        match cmd.spawn() {
+        let launch = Launch { env: &self.config.env, inherit_env: self.config.inherit_env };
+        match children::spawn(&argv, launch) {
             Ok(child) => {
-                for fd in [
-                    child.stdout.as_ref().map(|s| s.as_raw_fd()),
-                    child.stderr.as_ref().map(|s| s.as_raw_fd()),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    // SAFETY: fcntl on pipe descriptors we own; only flags change.
-                    unsafe {
-                        let flags = libc::fcntl(fd, libc::F_GETFL);
-                        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-                    }
-                }
                 let mut report = RecoveryReport::new(RecoveryOutcome::Started, self.program);
-                report.child_pid = child.id();
+                report.child_pid = child.pid();
                 self.report(
                     &p.agent,
                     p.incident,
@@ -604,70 +512,35 @@ impl Runner {
                     &format!("cause {}", p.cause.unwrap_or(Cause::Unknown).label()),
                 );
                 self.stats.outstanding.fetch_add(1, Relaxed);
-                self.children.push(Running {
-                    child,
-                    agent: p.agent,
-                    incident: p.incident,
-                    started: Instant::now(),
-                    exited: None,
-                    terminated_at: None,
-                    killed: false,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    stdout_total: 0,
-                    stderr_total: 0,
-                });
+                self.children.push(Child { running: child, agent: p.agent, incident: p.incident });
             }
             Err(e) => {
                 let report = RecoveryReport::new(RecoveryOutcome::SpawnFailed, self.program);
+                let program = argv.first().map(String::as_str).unwrap_or("");
                 tracing::error!(program = %program, "cannot start the recovery command: {e}");
                 self.report(&p.agent, p.incident, report, &e.to_string());
             }
         }
     }
 
-    /// Reads output, enforces timeouts (SIGTERM to the group, then SIGKILL
-    /// after the grace) and reaps. A child is done when its leader has
-    /// exited and its group is gone; then its output is read to the end.
-    /// With `kill_all` (shutdown), every group gets its SIGTERM now.
+    /// Tends every child (see [`Running::tend`]); a finished one is reported.
     fn tend_children(&mut self, kill_all: bool) {
-        let cap = self.config.capture_output_bytes;
+        let (cap, timeout, grace) =
+            (self.config.capture_output_bytes, self.config.timeout, self.config.kill_grace);
         let mut i = 0;
         while i < self.children.len() {
-            let c = &mut self.children[i];
-            c.drain(cap);
-            if c.exited.is_none() {
-                match c.child.try_wait() {
-                    Ok(Some(status)) => c.exited = Some(status),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("cannot wait for a recovery command: {e}"),
-                }
-            }
-            let pgid = c.child.id() as libc::pid_t;
-            if c.exited.is_some() && !group_alive(pgid) {
-                // Whatever it wrote right before exiting is still in the pipes.
-                c.drain(cap);
+            if self.children[i].running.tend(cap, timeout, grace, kill_all) {
                 let c = self.children.swap_remove(i);
                 self.finished(c);
-                continue;
+            } else {
+                i += 1;
             }
-            match c.terminated_at {
-                None if kill_all || c.started.elapsed() >= self.config.timeout => {
-                    signal_group(pgid, libc::SIGTERM);
-                    c.terminated_at = Some(Instant::now());
-                }
-                Some(t) if !c.killed && t.elapsed() >= self.config.kill_grace => {
-                    signal_group(pgid, libc::SIGKILL);
-                    c.killed = true;
-                }
-                _ => {}
-            }
-            i += 1;
         }
     }
 
-    fn finished(&mut self, c: Running) {
+    fn finished(&mut self, child: Child) {
         use std::os::unix::process::ExitStatusExt;
+        let Child { running: c, agent, incident } = child;
         self.stats.outstanding.fetch_sub(1, Relaxed);
         self.stats.captured_bytes.fetch_add(c.stdout.len() as u64 + c.stderr.len() as u64, Relaxed);
         let (code, signal) = c.exited.map_or((None, None), |s| (s.code(), s.signal()));
@@ -677,7 +550,7 @@ impl Runner {
             _ => RecoveryOutcome::Failed,
         };
         let mut report = RecoveryReport::new(outcome, self.program);
-        report.child_pid = c.child.id();
+        report.child_pid = c.pid();
         report.exit_code = code;
         report.signal = signal;
         report.duration_ns = u64::try_from(c.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -686,7 +559,7 @@ impl Runner {
         if !c.stdout.is_empty() || !c.stderr.is_empty() {
             tracing::info!(
                 target: "varta::recovery",
-                incident = c.incident,
+                incident,
                 child_pid = report.child_pid,
                 stdout = %escaped(&c.stdout),
                 stderr = %escaped(&c.stderr),
@@ -695,7 +568,7 @@ impl Runner {
             );
         }
         let detail = if c.killed { "its process group was killed (SIGKILL)" } else { "" };
-        self.report(&c.agent, c.incident, report, detail);
+        self.report(&agent, incident, report, detail);
     }
 
     /// Audits and hands a report to the processor.
@@ -774,13 +647,7 @@ impl Runner {
         }
         // Past the deadline: kill what is left, and still record each one.
         for mut c in std::mem::take(&mut self.children) {
-            let pgid = c.child.id() as libc::pid_t;
-            signal_group(pgid, libc::SIGKILL);
-            c.killed = true;
-            if c.exited.is_none() {
-                c.exited = c.child.wait().ok();
-            }
-            c.drain(self.config.capture_output_bytes);
+            c.running.kill(self.config.capture_output_bytes);
             self.finished(c);
         }
         if let Err(e) = self.audit.sync() {
