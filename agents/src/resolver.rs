@@ -166,7 +166,7 @@ impl Instrumented for ResolverStats {
         }
         out(Sample::labelled(&UNDIAGNOSED, "budget", self.undiagnosed_budget.load(Relaxed)));
         out(Sample::labelled(&UNDIAGNOSED, "backlog", self.undiagnosed_backlog.load(Relaxed)));
-        let (agents, strings, refused, bytes) = self.store.usage();
+        let attributes::StoreUsage { agents, strings, refused, bytes } = self.store.usage();
         out(Sample::new(&AGENTS, agents as u64));
         out(Sample::new(&STRINGS, strings as u64));
         out(Sample::new(&STRINGS_REFUSED, refused));

@@ -49,7 +49,7 @@ fn a_million_local_agents_with_attributes_within_256_bytes_each() {
     }
     let tracker = p.memory_bytes();
     let views = snapshot.memory_bytes();
-    let (agents, _, _, attributes) = store.usage();
+    let varta_agents::attributes::StoreUsage { agents, bytes: attributes, .. } = store.usage();
     assert_eq!(agents, AGENTS as usize);
     let total = tracker + views + attributes;
     let per = |b: usize| b as f64 / f64::from(AGENTS);

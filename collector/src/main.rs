@@ -4,15 +4,15 @@
 //! `validate`), 2 for a configuration error, 1 for any other failure.
 
 mod config;
+mod counter_dump;
 mod health;
 mod logging;
 mod notify;
 mod pipeline;
 mod reload;
-mod reloads;
+mod reload_outcome;
 mod runtime;
 mod signals;
-mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -286,7 +286,7 @@ fn run(mut config: Config) -> ExitCode {
             Some(signals::Signal::Terminate(sig)) => break Ok(sig),
             Some(signals::Signal::DumpStats) => {
                 running.view.refresh_snapshots();
-                stats::dump(&running.view, stats::Dump::All)
+                counter_dump::dump(&running.view, counter_dump::Dump::All)
             }
             Some(signals::Signal::Hangup) => {
                 notifier.send("RELOADING=1");
@@ -313,7 +313,7 @@ fn run(mut config: Config) -> ExitCode {
     if let Some(path) = &config.service.pid_file {
         let _ = std::fs::remove_file(path);
     }
-    stats::dump(&view, stats::Dump::NonZero);
+    counter_dump::dump(&view, counter_dump::Dump::NonZero);
     if clean && stop.is_ok() {
         tracing::info!("shutdown complete");
         ExitCode::SUCCESS

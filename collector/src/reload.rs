@@ -31,7 +31,7 @@ use crate::config::{Config, ReceiverConfig};
 use crate::logging::{self, LogControl};
 use crate::pipeline::Running;
 
-pub use crate::reloads::Outcome;
+pub use crate::reload_outcome::Outcome;
 
 /// Applies `new` (already checked) over `current` (see the module docs).
 pub fn apply(running: &mut Running, current: &Config, new: &Config, logs: &LogControl) -> Outcome {

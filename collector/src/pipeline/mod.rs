@@ -43,7 +43,7 @@ use varta_receiver::KeyHandle;
 
 use crate::config::{Config, ConfigError, ExporterConfig, ExtensionConfig, ReceiverConfig};
 use crate::health::{self, Phase, SharedReport, Stage};
-use crate::reloads::ReloadStats;
+use crate::reload_outcome::ReloadStats;
 use crate::runtime::AsyncRuntime;
 use keys::PipelinePlan;
 use slots::{
