@@ -1363,3 +1363,25 @@ fn one_otlp_exporter_serves_two_pipelines() {
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }
+
+/// The Collector names its exporters `otlp_grpc` and `otlp_http` now (our
+/// own gateway config uses `otlp_grpc`); a block copied from a Collector
+/// config validates under either name.
+#[test]
+fn validate_accepts_the_collectors_otlp_grpc_and_otlp_http_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("names.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "receivers:\n  vlp: {{ transport: uds, path: {d}/varta.sock }}\nprocessors:\n  tracker: {{}}\nexporters:\n  otlp_grpc:\n    endpoint: 127.0.0.1:4317\n    tls: {{ insecure: true }}\n  otlp_http/backend:\n    endpoint: http://127.0.0.1:4318\nservice:\n  pipelines:\n    liveness: {{ receivers: [vlp], processors: [tracker], exporters: [otlp_grpc, otlp_http/backend] }}\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("write");
+    let out = varta_integration::collector_cmd(&["validate", "--config", path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = varta_integration::collector_cmd(&["components"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(text.contains("otlp_grpc") && text.contains("otlp_http"), "{text}");
+}

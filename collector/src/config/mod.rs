@@ -90,13 +90,16 @@ pub enum ExporterConfig {
 
 impl ComponentFamily for ExporterConfig {
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "debug", "prometheus", "otlp", "otlphttp"];
+    /// `otlp_grpc` and `otlp_http` are the Collector's current names;
+    /// `otlp` and `otlphttp` stay as aliases.
+    const TYPES: &'static [&'static str] =
+        &["file", "debug", "prometheus", "otlp_grpc", "otlp_http", "otlp", "otlphttp"];
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
         match kind {
             "file" => spanned_body(map, ExporterConfig::File),
             "prometheus" => spanned_body(map, ExporterConfig::Prometheus),
-            "otlp" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
-            "otlphttp" => spanned_body(map, |c: OtlpExporterConfig| {
+            "otlp" | "otlp_grpc" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
+            "otlphttp" | "otlp_http" => spanned_body(map, |c: OtlpExporterConfig| {
                 ExporterConfig::Otlp(Box::new(OtlpExporterConfig { protocol: Protocol::Http, ..c }))
             }),
             _ => spanned_body(map, ExporterConfig::Debug),
@@ -842,6 +845,16 @@ service:
         let e = error(&otlp(""));
         assert!(e.contains("`endpoint`: is required"), "{e}");
         assert!(components_listing().contains("otlp") && components_listing().contains("otlphttp"));
+        // The Collector's current names, as in our own gateway config.
+        for (kind, protocol) in [("otlp_grpc", Protocol::Grpc), ("otlp_http", Protocol::Http)] {
+            let text = GOOD
+                .replace("  debug:\n", &format!("  {kind}/backend:\n    endpoint: http://127.0.0.1:4318\n"))
+                .replace("exporters: [debug]", &format!("exporters: [{kind}/backend]"));
+            let c = parse(&text).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let ExporterConfig::Otlp(cfg) = &c.exporters.0[0].config else { panic!("otlp config") };
+            assert_eq!(cfg.protocol, protocol, "{kind}");
+            assert!(components_listing().contains(kind));
+        }
     }
 
     #[test]
