@@ -441,5 +441,17 @@ service:
             0,
             "{encoding}: {log}"
         );
+        // Every metrics request taken too: JSON once carried `"min":null`
+        // in the fleet histogram, which the Collector refuses with 400.
+        let exports = varta_integration::final_counter(&log, "exporters::otlphttp", "metric_exports", "");
+        assert!(exports.unwrap_or(0) >= 2, "{encoding}: {log}");
+        assert_eq!(
+            varta_integration::final_counter(&log, "exporters::otlphttp", "metric_exports_failed", "")
+                .unwrap_or(0),
+            0,
+            "{encoding}: the Collector refused metrics:\n{}",
+            gateway.log()
+        );
+        assert!(!gateway.log().contains("ReadUint64"), "{encoding}: {}", gateway.log());
     }
 }

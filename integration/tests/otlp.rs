@@ -1385,3 +1385,140 @@ fn validate_accepts_the_collectors_otlp_grpc_and_otlp_http_names() {
     let text = String::from_utf8_lossy(&listing.stdout);
     assert!(text.contains("otlp_grpc") && text.contains("otlp_http"), "{text}");
 }
+
+/// A minimal OTLP/HTTP backend: answers the first request with `first`
+/// (status line and headers) after `first_after`, every later one `200`
+/// with an empty body;
+/// records each request as its path followed by its header lines.
+fn scripted_backend(first: &'static str, first_after: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = header.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            path.push_str(&format!(" {}={}", k.to_ascii_lowercase(), v.trim()));
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let n = {
+                        let mut seen = log.lock().expect("lock");
+                        seen.push(path);
+                        seen.len()
+                    };
+                    if n == 1 {
+                        std::thread::sleep(first_after);
+                    }
+                    let answer = if n == 1 { first } else { "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" };
+                    if writer.write_all(format!("{answer}\r\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A backend answering `429` with `Retry-After: 18446744073709551615` once
+/// panicked the span sender (a `Duration` overflow): one request, then no
+/// trace was ever exported again. Now the batch is given up (it does not
+/// fit the retry budget), counted, and every later stall is exported.
+#[test]
+fn a_retry_after_of_two_to_the_64_never_stops_the_exporter() {
+    // After 1.5 s: the elapsed time plus 2^64-1 s then overflowed a `Duration`.
+    let (port, seen) = scripted_backend(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 18446744073709551615\r\nContent-Length: 0\r\n",
+        Duration::from_millis(1500),
+    );
+    let udp = free_udp_port();
+    let text = config(&format!("http://127.0.0.1:{port}"), udp, "200ms", "    metrics: { enabled: false }")
+        .replace("  otlp:\n", "  otlphttp:\n")
+        .replace("exporters: [file, otlp]", "exporters: [file, otlphttp]");
+    let c = Collector::start(&text);
+    let traces = |seen: &Arc<Mutex<Vec<String>>>| {
+        seen.lock().expect("lock").iter().filter(|p| p.starts_with("/v1/traces ")).count()
+    };
+    udp_beats(udp, [91_001], 1);
+    wait_for("the first (refused) traces request", || (traces(&seen) >= 1).then_some(()));
+    for (k, pid) in [91_002u32, 91_003, 91_004].into_iter().enumerate() {
+        udp_beats(udp, [pid], 1);
+        wait_for("a later stall exported", || (traces(&seen) >= 2 + k).then_some(()));
+    }
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(final_counter(&log, "exporters::otlphttp", "spans_failed", "").unwrap_or(0) >= 1, "{log}");
+}
+
+/// A reload that changes only an `otlphttp` header (a rotated API key)
+/// reported `ok` while every later request carried the old key: settings
+/// were compared by their `Debug` text, where header values are hidden.
+#[test]
+fn a_header_only_reload_sends_the_new_value() {
+    let (port, seen) = scripted_backend("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", Duration::ZERO);
+    let udp = free_udp_port();
+    let text = |key: &str| {
+        config(
+            &format!("http://127.0.0.1:{port}"),
+            udp,
+            "200ms",
+            &format!("    metrics: {{ enabled: false }}\n    headers: {{ x-api-key: {key} }}"),
+        )
+        .replace("  otlp:\n", "  otlphttp:\n")
+        .replace("exporters: [file, otlp]", "exporters: [file, otlphttp]")
+        .replace("service:\n", "service:\n  pid_file: \"@DIR@/collector.pid\"\n")
+    };
+    let c = Collector::start(&text("old-key"));
+    let keyed = |seen: &Arc<Mutex<Vec<String>>>, key: &str| {
+        let wanted = format!("x-api-key={key}");
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|p| p.starts_with("/v1/traces ") && p.contains(&wanted))
+            .count()
+    };
+    udp_beats(udp, [92_001], 1);
+    wait_for("a request with the old key", || (keyed(&seen, "old-key") >= 1).then_some(()));
+    let dir = c.dir.path().display().to_string();
+    std::fs::write(c.path("collector.yaml"), text("new-key").replace("@DIR@", &dir)).expect("rewrite");
+    let pid_file = c.path("collector.pid");
+    let out = varta_integration::collector_cmd(&["reload", "--pid-file", pid_file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    udp_beats(udp, [92_002], 1);
+    wait_for("a request with the new key", || (keyed(&seen, "new-key") >= 1).then_some(()));
+    let before = keyed(&seen, "old-key");
+    udp_beats(udp, [92_003], 1);
+    wait_for("another request with the new key", || (keyed(&seen, "new-key") >= 2).then_some(()));
+    assert_eq!(keyed(&seen, "old-key"), before, "the old key is never sent again");
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}

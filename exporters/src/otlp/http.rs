@@ -308,11 +308,16 @@ fn drop_nulls(value: &mut serde_json::Value) {
     }
 }
 
-/// `Retry-After: <seconds>` (the HTTP-date form is rare for OTLP backends
-/// and is treated as absent: the backoff applies).
+/// `Retry-After`: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3; a date
+/// already past means "now"). Any value is answered: whether it fits the
+/// retry budget is [`super::client::Backoff::allows`]'s question.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = v.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 async fn read_limited(body: hyper::body::Incoming) -> Result<Bytes, String> {
@@ -331,12 +336,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_takes_seconds_only() {
+    fn retry_after_takes_seconds_and_http_dates() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("18446744073709551615"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(u64::MAX)));
+        // A date in the past: retry now.
         h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("header"));
+        let wait = retry_after(&h).expect("a date");
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }
 
