@@ -88,7 +88,7 @@ pub struct ProcessorStats {
     provisional_rules: Cell,
     provisional_fallbacks: Cell,
     blind_windows: [Cell; BlindCause::ALL.len()],
-    blind_ms: Cell,
+    blind_ns: Cell,
     batches: Cell,
     stall_duration: [Cell; STALL_DURATION_BUCKETS],
     stall_duration_sum_ns: Cell,
@@ -144,8 +144,8 @@ pub struct StatsSnapshot {
     pub provisional_fallbacks: u64,
     /// Blind windows, indexed like [`BlindCause::ALL`].
     pub blind_windows: [u64; BlindCause::ALL.len()],
-    /// Their total length, milliseconds.
-    pub blind_ms: u64,
+    /// Their total length, nanoseconds.
+    pub blind_ns: u64,
     pub batches: u64,
     pub stall_durations: StallDurations,
     /// Diagnosed stalls by cause, indexed like [`Cause::ALL`].
@@ -209,8 +209,10 @@ pub mod metric {
         "cause",
         "Times the collector could not listen (stopped, suspend, reload); agents got a full threshold after each.",
     );
-    pub static BLIND_MS: Metric =
-        Metric::counter("blind_ms", "Milliseconds the collector could not listen (blind windows, in all).");
+    pub static BLIND_SECONDS: Metric = Metric::counter(
+        "blind_seconds",
+        "Time the collector could not listen (blind windows, in all), whole seconds of the running total.",
+    );
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.");
     pub static RECOVERIES_STARTED: Metric =
         Metric::counter("recoveries_started", "Recovery commands started.");
@@ -260,7 +262,7 @@ impl ProcessorStats {
             provisional_rules: self.provisional_rules.get(),
             provisional_fallbacks: self.provisional_fallbacks.get(),
             blind_windows: std::array::from_fn(|i| self.blind_windows[i].get()),
-            blind_ms: self.blind_ms.get(),
+            blind_ns: self.blind_ns.get(),
             batches: self.batches.get(),
             stall_durations,
             stall_causes: std::array::from_fn(|i| self.stall_causes[i].get()),
@@ -363,7 +365,7 @@ impl ProcessorStats {
     }
     pub(crate) fn blind_window(&self, cause: BlindCause, duration_ns: u64) {
         self.blind_windows[cause as usize].add(1);
-        self.blind_ms.add(duration_ns / 1_000_000);
+        self.blind_ns.add(duration_ns);
     }
     pub(crate) fn batch(&self) {
         self.batches.add(1);
@@ -392,7 +394,7 @@ impl StatsSnapshot {
             (&INCARNATIONS_RESTARTED, self.incarnations_restarted),
             (&PROVISIONAL_RULES, self.provisional_rules),
             (&PROVISIONAL_FALLBACKS, self.provisional_fallbacks),
-            (&BLIND_MS, self.blind_ms),
+            (&BLIND_SECONDS, self.blind_ns / 1_000_000_000),
             (&BATCHES, self.batches),
         ];
         for (metric, value) in plain {

@@ -607,5 +607,5 @@ fn a_blind_window_gives_every_agent_a_full_threshold_after_it() {
         "{events:?}"
     );
     let snap = p.stats().snapshot();
-    assert_eq!((snap.blind_windows[0], snap.blind_ms, snap.stalls), (1, 3000, 2));
+    assert_eq!((snap.blind_windows[0], snap.blind_ns, snap.stalls), (1, 3 * S, 2));
 }
