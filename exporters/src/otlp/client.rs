@@ -126,17 +126,31 @@ pub struct EncodeBuffers {
     pub(super) out: BytesMut,
 }
 
-/// Exponential backoff of one batch.
+/// Exponential backoff of one batch, with jitter (the Collector's
+/// `configretry`, which the OTLP specification asks for).
 #[derive(Debug)]
 pub struct Backoff {
     policy: RetryConfig,
     next: Duration,
     started: Instant,
+    /// xorshift state, seeded per batch from the process's random hasher keys.
+    random: u64,
 }
 
 impl Backoff {
     pub fn new(policy: RetryConfig) -> Backoff {
-        Backoff { policy, next: policy.initial_interval, started: Instant::now() }
+        use std::hash::{BuildHasher, Hasher};
+        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+        seed.write_u64(0x5eed);
+        Backoff { policy, next: policy.initial_interval, started: Instant::now(), random: seed.finish() | 1 }
+    }
+
+    /// A number in `[0, 1)`.
+    fn uniform(&mut self) -> f64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whether waiting `wait` more stays within `max_elapsed_time`. `wait`
@@ -155,9 +169,13 @@ impl Backoff {
         if elapsed >= self.policy.max_elapsed_time {
             return None;
         }
-        let wait = self.next.min(self.policy.max_elapsed_time - elapsed);
-        self.next = (self.next * 2).min(self.policy.max_interval);
-        Some(wait)
+        let interval = self.next;
+        let grown = interval.as_secs_f64() * self.policy.multiplier;
+        self.next = Duration::try_from_secs_f64(grown).unwrap_or(Duration::MAX).min(self.policy.max_interval);
+        let f = self.policy.randomization_factor;
+        let jittered = interval.as_secs_f64() * (1.0 - f + 2.0 * f * self.uniform());
+        let wait = Duration::try_from_secs_f64(jittered).unwrap_or(interval);
+        Some(wait.min(self.policy.max_elapsed_time - elapsed))
     }
 }
 
@@ -212,6 +230,8 @@ mod tests {
         let mut b = Backoff::new(RetryConfig {
             enabled: true,
             initial_interval: Duration::from_millis(100),
+            multiplier: 2.0,
+            randomization_factor: 0.0,
             max_interval: Duration::from_millis(300),
             max_elapsed_time: Duration::from_secs(3600),
         });
@@ -222,6 +242,31 @@ mod tests {
         let mut expired =
             Backoff::new(RetryConfig { max_elapsed_time: Duration::ZERO, ..RetryConfig::default() });
         assert_eq!(expired.next_wait(), None);
+    }
+
+    /// Waits grow by `multiplier` and are spread by `randomization_factor`
+    /// around it (the specification's jitter): never outside the band,
+    /// and not all the same.
+    #[test]
+    fn waits_are_jittered_within_the_band() {
+        let policy = RetryConfig {
+            initial_interval: Duration::from_secs(1),
+            multiplier: 1.5,
+            randomization_factor: 0.5,
+            max_interval: Duration::from_secs(1000),
+            max_elapsed_time: Duration::from_secs(100_000),
+            ..RetryConfig::default()
+        };
+        let mut b = Backoff::new(policy);
+        let mut interval = 1.0f64;
+        for _ in 0..8 {
+            let wait = b.next_wait().expect("a wait").as_secs_f64();
+            assert!(wait >= interval * 0.5 - 1e-9 && wait <= interval * 1.5 + 1e-9, "{wait} for {interval}");
+            interval *= 1.5;
+        }
+        let firsts: std::collections::HashSet<u128> =
+            (0..16).filter_map(|_| Backoff::new(policy).next_wait()).map(|d| d.as_micros()).collect();
+        assert!(firsts.len() > 1, "every batch waited the same: no jitter");
     }
 
     /// A backend's `Retry-After: 18446744073709551615` once overflowed the

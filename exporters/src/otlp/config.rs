@@ -107,16 +107,31 @@ fn default_metrics_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_multiplier() -> f64 {
+    1.5
+}
+fn default_randomization_factor() -> f64 {
+    0.5
+}
+
 /// `retry_on_failure:` — retries of one export after a retryable failure
-/// (backend unavailable, deadline exceeded, resource exhausted …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// (backend unavailable, deadline exceeded, throttled …), as the
+/// Collector's `configretry`: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Wait before the first retry; doubles after each failure.
+    /// Wait before the first retry; × `multiplier` after each failure.
     #[serde(default = "default_initial_interval", deserialize_with = "varta_pipeline::config::duration")]
     pub initial_interval: Duration,
+    /// Growth of the wait between two retries (at least 1; default 1.5).
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Each wait is drawn from `[wait × (1 − f), wait × (1 + f)]` (0 ≤ f < 1;
+    /// default 0.5), so exporters that failed together do not retry together.
+    #[serde(default = "default_randomization_factor")]
+    pub randomization_factor: f64,
     /// Cap of the wait between two retries.
     #[serde(default = "default_max_interval", deserialize_with = "varta_pipeline::config::duration")]
     pub max_interval: Duration,
@@ -130,6 +145,8 @@ impl Default for RetryConfig {
         RetryConfig {
             enabled: true,
             initial_interval: default_initial_interval(),
+            multiplier: default_multiplier(),
+            randomization_factor: default_randomization_factor(),
             max_interval: default_max_interval(),
             max_elapsed_time: default_max_elapsed(),
         }
@@ -220,7 +237,7 @@ impl fmt::Debug for Headers {
 /// exporter (OTLP/HTTP): one struct, one sending core; [`Self::protocol`]
 /// is set by the component type and [`Self::validate`] refuses the keys of
 /// the other transport.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
     /// Set from the component type (`otlp` or `otlphttp`), never from YAML.
@@ -441,6 +458,15 @@ impl OtlpExporterConfig {
         if r.enabled {
             if r.initial_interval.is_zero() {
                 return Err(bad("retry_on_failure.initial_interval", "must be greater than 0"));
+            }
+            if !(1.0..=100.0).contains(&r.multiplier) {
+                return Err(bad("retry_on_failure.multiplier", "must be between 1 and 100"));
+            }
+            if !(0.0..1.0).contains(&r.randomization_factor) {
+                return Err(bad(
+                    "retry_on_failure.randomization_factor",
+                    "must be at least 0 and less than 1",
+                ));
             }
             if r.max_interval < r.initial_interval {
                 return Err(bad(

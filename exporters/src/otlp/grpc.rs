@@ -22,17 +22,70 @@ use super::client::Failure;
 use super::config::{Compression, OtlpExporterConfig, Scheme};
 use super::tls;
 
+/// What a failed call means (the OTLP specification's gRPC rules).
+/// `RESOURCE_EXHAUSTED` is retried only when the server says when, with a
+/// `google.rpc.RetryInfo` in the status details (its delay honoured);
+/// without it the server is out of something a retry will not bring back.
 fn classify(status: &tonic::Status) -> Failure {
     use tonic::Code::*;
     // The message may echo request metadata from some servers; keep the
     // code and the server's message only (never our headers).
     let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled | OutOfRange | DataLoss => {
-            Failure::retryable(text)
+        Unavailable | DeadlineExceeded | Aborted | Cancelled | OutOfRange | DataLoss => {
+            Failure::Retryable { message: text, after: retry_delay(status.details()) }
         }
+        ResourceExhausted => match retry_delay(status.details()) {
+            Some(after) => Failure::Retryable { message: text, after: Some(after) },
+            None => Failure::Permanent(text),
+        },
         _ => Failure::Permanent(text),
     }
+}
+
+/// `google.rpc.Status` (`grpc-status-details-bin`), only the details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The delay a server's `RetryInfo` asks for, if it sent one (a negative
+/// or undecodable one counts as none).
+fn retry_delay(details: &[u8]) -> Option<Duration> {
+    let status = RpcStatus::decode(details).ok()?;
+    let info = status.details.iter().find(|d| d.type_url == RETRY_INFO)?;
+    let delay = RetryInfo::decode(info.value.as_slice()).ok()?.retry_delay?;
+    let seconds = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(seconds, nanos))
 }
 
 /// One gRPC channel (shared by the span and metric senders; tonic
@@ -177,8 +230,46 @@ mod tests {
     #[test]
     fn codes_are_classified_as_the_spec_says() {
         assert!(matches!(classify(&tonic::Status::unavailable("down")), Failure::Retryable { .. }));
-        assert!(matches!(classify(&tonic::Status::resource_exhausted("slow")), Failure::Retryable { .. }));
+        // Without RetryInfo the server is out of something a retry will not bring back.
+        assert!(matches!(classify(&tonic::Status::resource_exhausted("slow")), Failure::Permanent(_)));
         assert!(matches!(classify(&tonic::Status::unauthenticated("key")), Failure::Permanent(_)));
         assert!(matches!(classify(&tonic::Status::invalid_argument("bad")), Failure::Permanent(_)));
+    }
+
+    fn with_retry_info(code: tonic::Code, delay: Option<(i64, i32)>) -> tonic::Status {
+        let details = RpcStatus {
+            details: delay
+                .map(|(seconds, nanos)| RpcAny {
+                    type_url: RETRY_INFO.into(),
+                    value: RetryInfo { retry_delay: Some(ProtoDuration { seconds, nanos }) }.encode_to_vec(),
+                })
+                .into_iter()
+                .collect(),
+        };
+        tonic::Status::with_details(code, "slow down", details.encode_to_vec().into())
+    }
+
+    #[test]
+    fn resource_exhausted_is_retried_only_with_retry_info_and_its_delay() {
+        use tonic::Code::*;
+        assert!(matches!(classify(&with_retry_info(ResourceExhausted, None)), Failure::Permanent(_)));
+        assert_eq!(
+            classify(&with_retry_info(ResourceExhausted, Some((2, 500_000_000)))),
+            Failure::Retryable {
+                message: "ResourceExhausted: slow down".into(),
+                after: Some(Duration::from_millis(2500))
+            }
+        );
+        assert!(matches!(
+            classify(&with_retry_info(Unavailable, None)),
+            Failure::Retryable { after: None, .. }
+        ));
+        assert!(matches!(
+            classify(&with_retry_info(ResourceExhausted, Some((-1, 0)))),
+            Failure::Permanent(_)
+        ));
+        assert!(matches!(classify(&with_retry_info(InvalidArgument, Some((1, 0)))), Failure::Permanent(_)));
+        let garbage = tonic::Status::with_details(ResourceExhausted, "x", vec![0xff, 0x01].into());
+        assert!(matches!(classify(&garbage), Failure::Permanent(_)));
     }
 }

@@ -109,16 +109,45 @@ impl HttpClient {
         let body = self.encode(&req)?;
         let url = self.traces.clone();
         let answer = self.post(&url, Bytes::from(body)).await?;
-        let response: ExportTraceServiceResponse = self.decode(&answer)?;
-        Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)))
+        Ok(self.partial_success(&answer, "rejectedSpans", |r: ExportTraceServiceResponse| {
+            r.partial_success.map(|p| (p.rejected_spans, p.error_message))
+        }))
     }
 
     /// One attempt with a body from [`Self::encode_into`]; `Ok(rejected data points)`.
     pub async fn export_metrics(&self, body: Bytes) -> Result<u64, Failure> {
         let url = self.metrics.clone();
         let answer = self.post(&url, body).await?;
-        let response: ExportMetricsServiceResponse = self.decode(&answer)?;
-        Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0)))
+        Ok(self.partial_success(&answer, "rejectedDataPoints", |r: ExportMetricsServiceResponse| {
+            r.partial_success.map(|p| (p.rejected_data_points, p.error_message))
+        }))
+    }
+
+    /// The count a 2xx answer's partial success rejected (0 when it has
+    /// none or cannot be read: the data was accepted), its message logged.
+    /// OTLP/JSON writes 64-bit integers as strings (`"rejectedSpans":"5"`),
+    /// which the proto crate's serde does not read: JSON is read by hand.
+    fn partial_success<M: Message + Default>(
+        &self,
+        body: &[u8],
+        count_field: &str,
+        of_proto: impl Fn(M) -> Option<(i64, String)>,
+    ) -> u64 {
+        if body.is_empty() {
+            return 0;
+        }
+        let (rejected, message) = match self.encoding {
+            Encoding::Proto => M::decode(body).ok().and_then(of_proto).unwrap_or_default(),
+            Encoding::Json => json_partial_success(body, count_field),
+        };
+        if rejected > 0 || !message.is_empty() {
+            tracing::warn!(
+                rejected,
+                message = %excerpt(message.as_bytes()),
+                "the OTLP backend accepted the export only in part"
+            );
+        }
+        u64::try_from(rejected).unwrap_or(0)
     }
 
     /// `message` as this exporter sends it (encoding, then gzip), built in
@@ -163,19 +192,6 @@ impl HttpClient {
         }
         let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Level::fast());
         gz.write_all(&raw).and_then(|()| gz.finish()).map_err(|e| Failure::Permanent(format!("gzip: {e}")))
-    }
-
-    /// A response body (empty means "all accepted").
-    fn decode<M: Message + Default + serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<M, Failure> {
-        if body.is_empty() {
-            return Ok(M::default());
-        }
-        // The data was accepted (2xx); an answer we cannot read only loses
-        // the partial-success count, so it is not a failure of the data.
-        Ok(match self.encoding {
-            Encoding::Proto => M::decode(body).unwrap_or_default(),
-            Encoding::Json => serde_json::from_slice(body).unwrap_or_default(),
-        })
     }
 
     async fn post(&self, url: &Uri, body: Bytes) -> Result<Bytes, Failure> {
@@ -230,6 +246,13 @@ impl HttpClient {
         let body = read_limited(response.into_body()).await;
         let body = match body {
             Ok(b) => b,
+            // The data was taken (2xx): an answer too large or cut off only
+            // loses its partial-success count — never send the data again.
+            Err(e) if status.is_success() => {
+                *connection = None;
+                tracing::debug!("an accepted export's answer could not be read: {e}");
+                return Ok(Bytes::new());
+            }
             Err(e) => {
                 *connection = None;
                 return Err(Failure::retryable(format!("reading the answer failed: {e}")));
@@ -282,6 +305,20 @@ impl HttpClient {
         });
         Ok(Connection { authority: authority.to_owned(), sender })
     }
+}
+
+/// `partialSuccess` of an OTLP/JSON answer: the rejected count (a string,
+/// as OTLP/JSON writes 64-bit integers, or a number) and `errorMessage`.
+fn json_partial_success(body: &[u8], count_field: &str) -> (i64, String) {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else { return (0, String::new()) };
+    let Some(partial) = answer.get("partialSuccess") else { return (0, String::new()) };
+    let rejected = match partial.get(count_field) {
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+        Some(v) => v.as_i64().unwrap_or(0),
+        None => 0,
+    };
+    let message = partial.get("errorMessage").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+    (rejected, message)
 }
 
 /// `message` in the OTLP/JSON mapping. The proto crate's serde output
@@ -352,6 +389,16 @@ mod tests {
         assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn json_partial_success_reads_counts_written_as_strings() {
+        let body = br#"{"partialSuccess":{"rejectedSpans":"5","errorMessage":"2 spans too old"}}"#;
+        assert_eq!(json_partial_success(body, "rejectedSpans"), (5, "2 spans too old".into()));
+        let body = br#"{"partialSuccess":{"rejectedDataPoints":7}}"#;
+        assert_eq!(json_partial_success(body, "rejectedDataPoints"), (7, String::new()));
+        assert_eq!(json_partial_success(b"{}", "rejectedSpans"), (0, String::new()));
+        assert_eq!(json_partial_success(b"not json", "rejectedSpans"), (0, String::new()));
     }
 
     #[test]

@@ -525,8 +525,11 @@ async fn send_spans(
                 async move { c.export_traces(r).await }
             },
             || shared.until_closing(),
-            |_| {
+            |failure| {
                 stats.span_exports_retried.fetch_add(1, Relaxed);
+                if matches!(failure, Failure::Retryable { after: Some(_), .. }) {
+                    stats.exports_throttled.fetch_add(1, Relaxed);
+                }
             },
         )
         .await;
@@ -661,7 +664,11 @@ async fn send_metrics(
                                 async move { c.export_metrics(body).await }
                             },
                             || shared.until_closing(),
-                            |_| {},
+                            |failure| {
+                                if matches!(failure, Failure::Retryable { after: Some(_), .. }) {
+                                    shared.stats.exports_throttled.fetch_add(1, Relaxed);
+                                }
+                            },
                         )
                         .await
                     }

@@ -22,6 +22,9 @@ pub struct OtlpStats {
     pub spans_dropped_shutdown: AtomicU64,
     pub spans_queued: AtomicU64,
     pub span_exports_retried: AtomicU64,
+    /// Retries (spans or metrics) after the backend said when (`Retry-After`,
+    /// gRPC `RetryInfo`).
+    pub exports_throttled: AtomicU64,
     pub metric_exports: AtomicU64,
     pub metric_exports_failed: AtomicU64,
     pub clock_steps: AtomicU64,
@@ -43,6 +46,10 @@ pub mod metric {
     pub static SPANS_QUEUED: Metric = Metric::gauge("spans_queued", "Spans waiting in the sending queue.");
     pub static SPAN_EXPORTS_RETRIED: Metric =
         Metric::counter("span_exports_retried", "Span export calls retried after a retryable failure.");
+    pub static EXPORTS_THROTTLED: Metric = Metric::counter(
+        "exports_throttled",
+        "Export calls retried when the backend said when (Retry-After, gRPC RetryInfo).",
+    );
     pub static METRIC_EXPORTS: Metric =
         Metric::counter("metric_exports", "Metric export calls the backend accepted.");
     pub static METRIC_EXPORTS_FAILED: Metric =
@@ -56,11 +63,12 @@ pub mod metric {
 impl Instrumented for OtlpStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 7] = [
+        let plain: [(&'static Metric, u64); 8] = [
             (&SPANS_EXPORTED, self.spans_exported.load(Relaxed)),
             (&SPANS_FAILED, self.spans_failed.load(Relaxed)),
             (&SPANS_QUEUED, self.spans_queued.load(Relaxed)),
             (&SPAN_EXPORTS_RETRIED, self.span_exports_retried.load(Relaxed)),
+            (&EXPORTS_THROTTLED, self.exports_throttled.load(Relaxed)),
             (&METRIC_EXPORTS, self.metric_exports.load(Relaxed)),
             (&METRIC_EXPORTS_FAILED, self.metric_exports_failed.load(Relaxed)),
             (&CLOCK_STEPS, self.clock_steps.load(Relaxed)),
