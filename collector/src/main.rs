@@ -261,6 +261,9 @@ fn run(mut config: Config) -> ExitCode {
         eprintln!("varta-collector: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    for ignored in &config.env_warnings {
+        tracing::warn!("environment: {ignored}");
+    }
     for unused in config.unused_components() {
         tracing::warn!("{unused} is defined but not used by any pipeline; it is not started");
     }

@@ -533,6 +533,8 @@ fn no_config_and_otel_exporter_otlp_endpoint_deliver_the_stall_span() {
         &[
             ("XDG_RUNTIME_DIR", rt),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            // This backend speaks gRPC; the specification's default is http/protobuf.
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_SERVICE_NAME", "edge-liveness"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
         ],
@@ -1521,4 +1523,63 @@ fn a_header_only_reload_sends_the_new_value() {
     assert_eq!(keyed(&seen, "old-key"), before, "the old key is never sent again");
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
+}
+
+/// No configuration, two backends named by the per-signal `OTEL_*`
+/// variables, each with its own key: each backend sees only its own key
+/// (they were merged, and the traces backend got the metrics key), and
+/// metrics arrive at `OTEL_METRIC_EXPORT_INTERVAL` (once ignored).
+#[test]
+fn per_signal_otel_variables_reach_their_own_backend_with_their_own_key() {
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n";
+    let (traces_port, traces_seen) = scripted_backend(ok, Duration::ZERO);
+    let (metrics_port, metrics_seen) = scripted_backend(ok, Duration::ZERO);
+    let runtime = tempfile::tempdir().expect("runtime dir");
+    let rt = runtime.path().to_str().expect("utf8");
+    let traces_url = format!("http://127.0.0.1:{traces_port}/v1/traces");
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/v1/metrics");
+    let c = Collector::start_default_with_args(
+        &[
+            ("XDG_RUNTIME_DIR", rt),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=traces-key"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics_url.as_str()),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-key=metrics-key"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+        &["--set", "service.telemetry.logs.format=json"],
+    );
+    let socket = runtime.path().join("varta.sock");
+    let mut agent = varta(&["beat", "--socket", socket.to_str().expect("utf8"), "--every", "100ms"])
+        .spawn()
+        .expect("agent");
+    wait_for("the agent tracked", || {
+        (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let requests = |seen: &Arc<Mutex<Vec<String>>>, path: &str| -> Vec<String> {
+        seen.lock().expect("lock").iter().filter(|r| r.starts_with(&format!("{path} "))).cloned().collect()
+    };
+    wait_for("the stall at the traces backend", || {
+        (!requests(&traces_seen, "/v1/traces").is_empty()).then_some(())
+    });
+    // At 200 ms, well within the wait (the default interval is 10 s).
+    wait_for("five metrics exports", || (requests(&metrics_seen, "/v1/metrics").len() >= 5).then_some(()));
+    signal(&agent, libc::SIGCONT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let traces = requests(&traces_seen, "/v1/traces");
+    let metrics = requests(&metrics_seen, "/v1/metrics");
+    assert!(
+        traces.iter().all(|r| r.contains("x-key=traces-key") && !r.contains("metrics-key")),
+        "{traces:?}"
+    );
+    assert!(
+        metrics.iter().all(|r| r.contains("x-key=metrics-key") && !r.contains("traces-key")),
+        "{metrics:?}"
+    );
+    assert!(requests(&traces_seen, "/v1/metrics").is_empty(), "no metrics at the traces backend");
+    assert!(requests(&metrics_seen, "/v1/traces").is_empty(), "no traces at the metrics backend");
 }

@@ -269,6 +269,9 @@ pub struct Config {
     /// errors name it.
     #[serde(skip)]
     provenance: Option<provenance::Provenance>,
+    /// Values read from the environment that were ignored (logged at start).
+    #[serde(skip)]
+    pub env_warnings: Vec<String>,
 }
 
 /// A configuration problem: where it is and what is wrong.
@@ -326,9 +329,10 @@ impl Config {
     /// The embedded default configuration also exports over OTLP when the
     /// OpenTelemetry SDK variables name an endpoint
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT` …, see
-    /// [`varta_exporters::otlp::env`]): an exporter `otlp/env` (or
-    /// `otlphttp/env`) is added to every pipeline. Only ever for the
-    /// embedded default (with or without `--set` overrides): a
+    /// [`varta_exporters::otlp::env`]): an exporter `otlphttp/env` (or
+    /// `otlp/env` over gRPC) is added to every pipeline — or, when the two
+    /// signals' settings differ, `…/env_traces` and `…/env_metrics`. Only
+    /// ever for the embedded default (with or without `--set` overrides): a
     /// configuration file always wins.
     fn add_otel_env_exporter(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let error = |message: String| ConfigError {
@@ -337,18 +341,23 @@ impl Config {
             component: Some("exporters::otlp/env".into()),
             message,
         };
-        let Some(cfg) = varta_exporters::otlp::env::from_otel_env(env).map_err(|e| error(e.message))? else {
+        let found = varta_exporters::otlp::env::from_otel_env(env).map_err(|e| error(e.message))?;
+        self.env_warnings = found.warnings;
+        if found.exporters.is_empty() {
             return Ok(());
-        };
-        let id = ComponentId { kind: cfg.kind().to_owned(), name: Some("env".into()) };
-        for p in self.service.pipelines.values_mut() {
-            p.value.exporters.push(id.to_string());
         }
-        self.exporters.0.push(Component {
-            id,
-            at: Position::default(),
-            config: ExporterConfig::Otlp(Box::new(cfg)),
-        });
+        for exporter in found.exporters {
+            let cfg = exporter.config;
+            let id = ComponentId { kind: cfg.kind().to_owned(), name: Some(exporter.name.into()) };
+            for p in self.service.pipelines.values_mut() {
+                p.value.exporters.push(id.to_string());
+            }
+            self.exporters.0.push(Component {
+                id,
+                at: Position::default(),
+                config: ExporterConfig::Otlp(Box::new(cfg)),
+            });
+        }
         self.check()
     }
 

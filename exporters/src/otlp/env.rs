@@ -1,24 +1,31 @@
-//! The OpenTelemetry SDK environment variables as an exporter
-//! configuration: what a newcomer's `OTEL_EXPORTER_OTLP_ENDPOINT=…` means
-//! when the collector runs with its embedded default configuration.
+//! The OpenTelemetry SDK environment variables as exporter configurations:
+//! what a newcomer's `OTEL_EXPORTER_OTLP_ENDPOINT=…` means when the
+//! collector runs with its embedded default configuration — exactly as the
+//! SDK environment specification says.
 //!
-//! Read: `OTEL_EXPORTER_OTLP_ENDPOINT` and the per-signal
-//! `…_TRACES_ENDPOINT` / `…_METRICS_ENDPOINT`, `…_PROTOCOL` (`grpc`,
-//! `http/protobuf`, `http/json`; per-signal variants must agree),
-//! `…_HEADERS` (`k=v,…`, percent-decoded; per-signal entries win),
-//! `…_TIMEOUT` (milliseconds), `…_COMPRESSION` (`gzip`, `none`),
-//! `…_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, `…_INSECURE`.
+//! Read, per signal (traces, metrics), the signal's own variable first,
+//! else the general one, else the default:
+//! `OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_ENDPOINT` (a per-signal endpoint
+//! is the full URL; the general one gets `/v1/traces` or `/v1/metrics`
+//! over HTTP), `…_PROTOCOL` (`http/protobuf` by default, `http/json`,
+//! `grpc`), `…_HEADERS` (`k=v,…`, percent-decoded; a signal's own list
+//! replaces the general one, never merges into it, so one backend's key
+//! never reaches the other), `…_TIMEOUT` (milliseconds), `…_COMPRESSION`
+//! (`gzip`, `none`), `…_CERTIFICATE`, `…_CLIENT_CERTIFICATE`,
+//! `…_CLIENT_KEY`, `…_INSECURE`. Also `OTEL_METRIC_EXPORT_INTERVAL` and
+//! `OTEL_METRIC_EXPORT_TIMEOUT` (milliseconds), `OTEL_SDK_DISABLED=true`
+//! (nothing is exported) and `OTEL_TRACES_EXPORTER` /
+//! `OTEL_METRICS_EXPORTER` (`none` turns the signal off; `otlp` is the
+//! default; anything else is warned about and ignored).
 //!
 //! Promises: a value from the environment only ever fills a field (it is
-//! never parsed as configuration text, so it cannot add keys); a value that
-//! cannot work is an error naming the variable, never its content (headers
-//! are secrets); the result is checked by the same
+//! never parsed as configuration text, so it cannot add keys); an optional
+//! value that does not parse is warned about (naming the variable, never
+//! its content: headers are secrets) and its default used; an endpoint
+//! that cannot work is an error naming the variable. The two signals share
+//! one exporter when their settings agree, else each gets its own (see
+//! [`EnvExporter::name`]). Each result is checked by the same
 //! [`OtlpExporterConfig::validate`] as any configured exporter.
-//!
-//! One deliberate difference from the SDK specification: without
-//! `OTEL_EXPORTER_OTLP_PROTOCOL` the protocol is `grpc` (the specification
-//! suggests `http/protobuf`), because the endpoint users most often give a
-//! collector is an OpenTelemetry Collector's `:4317`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,103 +35,195 @@ use super::resource::parse_resource_attributes;
 
 const PREFIX: &str = "OTEL_EXPORTER_OTLP_";
 
-/// The exporter the environment asks for, or `None` when no endpoint
-/// variable is set. `env` looks a variable up.
-pub fn from_otel_env(
-    env: impl Fn(&str) -> Option<String>,
+/// One exporter the environment asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvExporter {
+    /// `env` when both signals share it, else `env_traces` / `env_metrics`.
+    pub name: &'static str,
+    pub config: OtlpExporterConfig,
+}
+
+/// What the environment asks for, and what in it was ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FromEnv {
+    pub exporters: Vec<EnvExporter>,
+    /// One line per ignored value (the variable and why, never the value).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn var(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        }
+    }
+}
+
+/// The exporters the environment asks for (none when no endpoint variable
+/// is set, or `OTEL_SDK_DISABLED=true`). `env` looks a variable up.
+pub fn from_otel_env(env: impl Fn(&str) -> Option<String>) -> Result<FromEnv, OtlpConfigError> {
+    let raw = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let mut out = FromEnv::default();
+    if raw("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Ok(out);
+    }
+    let mut per_signal = Vec::new();
+    for signal in [Signal::Traces, Signal::Metrics] {
+        if let Some(config) = signal_config(signal, &raw, &mut out.warnings)? {
+            per_signal.push((signal, config));
+        }
+    }
+    out.exporters = match per_signal.as_slice() {
+        [(_, traces), (_, metrics)] if same_but_signals(traces, metrics) => {
+            let mut both = traces.clone();
+            both.metrics = metrics.metrics;
+            vec![EnvExporter { name: "env", config: both }]
+        }
+        [(_, only)] => vec![EnvExporter { name: "env", config: only.clone() }],
+        _ => per_signal
+            .into_iter()
+            .map(|(signal, config)| EnvExporter {
+                name: if signal == Signal::Traces { "env_traces" } else { "env_metrics" },
+                config,
+            })
+            .collect(),
+    };
+    Ok(out)
+}
+
+/// Whether two single-signal configurations differ only in which signal
+/// each sends.
+fn same_but_signals(traces: &OtlpExporterConfig, metrics: &OtlpExporterConfig) -> bool {
+    let mut t = traces.clone();
+    t.metrics = metrics.metrics;
+    t.traces = metrics.traces;
+    // A per-signal endpoint is a full URL: over HTTP both may live in one
+    // exporter through `traces_endpoint` / `metrics_endpoint`.
+    t.traces_endpoint = metrics.traces_endpoint.clone();
+    t.metrics_endpoint = metrics.metrics_endpoint.clone();
+    t == *metrics && (traces.protocol == Protocol::Http || traces.endpoint == metrics.endpoint)
+}
+
+/// The exporter of one signal, if it is on and has an endpoint.
+fn signal_config(
+    signal: Signal,
+    raw: &impl Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<OtlpExporterConfig>, OtlpConfigError> {
-    let get = |name: &str| env(&format!("{PREFIX}{name}")).filter(|v| !v.trim().is_empty());
-    let signal = |signal: &str, name: &str| get(&format!("{signal}_{name}"));
-    let (endpoint, traces, metrics) =
-        (get("ENDPOINT"), signal("TRACES", "ENDPOINT"), signal("METRICS", "ENDPOINT"));
-    if endpoint.is_none() && traces.is_none() && metrics.is_none() {
+    let s = signal.var();
+    match raw(&format!("OTEL_{s}_EXPORTER")).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("otlp") => {}
+        Some("none") => return Ok(None),
+        Some(_) => warnings.push(format!(
+            "OTEL_{s}_EXPORTER: only `otlp` and `none` are understood here; the value is ignored (otlp)"
+        )),
+    }
+    // The signal's own variable, else the general one: (name, value).
+    let pick = |name: &str| -> Option<(String, String)> {
+        let own = format!("{PREFIX}{s}_{name}");
+        let general = format!("{PREFIX}{name}");
+        raw(&own).map(|v| (own, v)).or_else(|| raw(&general).map(|v| (general, v)))
+    };
+    let own_endpoint = raw(&format!("{PREFIX}{s}_ENDPOINT"));
+    let base_endpoint = raw(&format!("{PREFIX}ENDPOINT"));
+    if own_endpoint.is_none() && base_endpoint.is_none() {
         return Ok(None);
     }
-    let bad = |var: &str, message: String| OtlpConfigError {
-        field: "environment",
-        message: format!("{PREFIX}{var}: {message}"),
+    let mut warn = |var: &str, why: &str| warnings.push(format!("{var}: {why}; the default is used"));
+
+    let (protocol, encoding) = match pick("PROTOCOL") {
+        None => (Protocol::Http, Some(Encoding::Proto)),
+        Some((var, v)) => match v.trim() {
+            "grpc" => (Protocol::Grpc, None),
+            "http/protobuf" => (Protocol::Http, Some(Encoding::Proto)),
+            "http/json" => (Protocol::Http, Some(Encoding::Json)),
+            _ => {
+                warn(&var, "must be `grpc`, `http/protobuf` or `http/json`");
+                (Protocol::Http, Some(Encoding::Proto))
+            }
+        },
     };
-    let protocol_of =
-        |var: &str, value: Option<String>| -> Result<Option<(Protocol, Option<Encoding>)>, OtlpConfigError> {
-            Ok(match value.as_deref().map(str::trim) {
-                None => None,
-                Some("grpc") => Some((Protocol::Grpc, None)),
-                Some("http/protobuf") => Some((Protocol::Http, Some(Encoding::Proto))),
-                Some("http/json") => Some((Protocol::Http, Some(Encoding::Json))),
-                Some(_) => return Err(bad(var, "must be `grpc`, `http/protobuf` or `http/json`".into())),
-            })
-        };
-    let general = protocol_of("PROTOCOL", get("PROTOCOL"))?;
-    let traces_p = protocol_of("TRACES_PROTOCOL", signal("TRACES", "PROTOCOL"))?;
-    let metrics_p = protocol_of("METRICS_PROTOCOL", signal("METRICS", "PROTOCOL"))?;
-    let chosen = [traces_p, metrics_p, general].into_iter().flatten().collect::<Vec<_>>();
-    if chosen.windows(2).any(|w| w[0] != w[1]) {
-        return Err(bad(
-            "TRACES_PROTOCOL",
-            "traces and metrics must use one protocol here; use a configuration file for two exporters"
-                .into(),
-        ));
-    }
-    let (protocol, encoding) = chosen.first().copied().unwrap_or((Protocol::Grpc, None));
-
     let mut c = OtlpExporterConfig { protocol, encoding, ..Default::default() };
-    match protocol {
-        Protocol::Grpc => {
-            if traces.is_some() && metrics.is_some() && traces != metrics {
-                return Err(bad(
-                    "METRICS_ENDPOINT",
-                    "differs from the traces endpoint; one gRPC exporter has one endpoint (use a configuration file)".into(),
-                ));
+    c.traces.enabled = signal == Signal::Traces;
+    c.metrics.enabled = signal == Signal::Metrics;
+    let endpoint_var =
+        if own_endpoint.is_some() { format!("{PREFIX}{s}_ENDPOINT") } else { format!("{PREFIX}ENDPOINT") };
+    match (protocol, own_endpoint) {
+        (Protocol::Http, Some(url)) => {
+            c.endpoint = url.clone();
+            match signal {
+                Signal::Traces => c.traces_endpoint = Some(url),
+                Signal::Metrics => c.metrics_endpoint = Some(url),
             }
-            c.endpoint = traces.clone().or(metrics.clone()).or(endpoint.clone()).unwrap_or_default();
         }
-        Protocol::Http => {
-            c.endpoint = endpoint.clone().unwrap_or_default();
-            c.traces_endpoint = traces.clone();
-            c.metrics_endpoint = metrics.clone();
-        }
-    }
-    // Only per-signal endpoints given: only those signals are exported.
-    if endpoint.is_none() {
-        c.traces.enabled = traces.is_some();
-        c.metrics.enabled = metrics.is_some();
+        (_, Some(url)) => c.endpoint = url,
+        (_, None) => c.endpoint = base_endpoint.unwrap_or_default(),
     }
 
-    let mut headers = Headers::default();
-    for var in ["HEADERS", "TRACES_HEADERS", "METRICS_HEADERS"] {
-        if let Some(list) = get(var) {
-            for (k, v) in parse_resource_attributes(&list) {
-                let k = if protocol == Protocol::Grpc { k.to_ascii_lowercase() } else { k };
-                headers.0.insert(k, v);
+    if let Some((var, list)) = pick("HEADERS") {
+        let mut headers = Headers::default();
+        for (k, v) in parse_resource_attributes(&list) {
+            let k = if protocol == Protocol::Grpc { k.to_ascii_lowercase() } else { k };
+            headers.0.insert(k, v);
+        }
+        if headers.0.is_empty() {
+            warn(&var, "holds no `key=value` pair");
+        }
+        c.headers = headers;
+    }
+    let millis = |var: &str, v: &str, warn: &mut dyn FnMut(&str, &str)| -> Option<Duration> {
+        match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
+            _ => {
+                warn(var, "must be a positive whole number of milliseconds");
+                None
             }
         }
+    };
+    if let Some((var, v)) = pick("TIMEOUT")
+        && let Some(t) = millis(&var, &v, &mut warn)
+    {
+        c.timeout = t;
     }
-    c.headers = headers;
-    if let Some(t) = get("TIMEOUT") {
-        let ms: u64 =
-            t.trim().parse().map_err(|_| bad("TIMEOUT", "must be a whole number of milliseconds".into()))?;
-        c.timeout = Duration::from_millis(ms);
+    if signal == Signal::Metrics {
+        if let Some(v) = raw("OTEL_METRIC_EXPORT_TIMEOUT")
+            && let Some(t) = millis("OTEL_METRIC_EXPORT_TIMEOUT", &v, &mut warn)
+        {
+            c.timeout = t;
+        }
+        if let Some(v) = raw("OTEL_METRIC_EXPORT_INTERVAL")
+            && let Some(t) = millis("OTEL_METRIC_EXPORT_INTERVAL", &v, &mut warn)
+        {
+            c.metrics.interval = t;
+        }
     }
-    if let Some(z) = get("COMPRESSION") {
-        c.compression = match z.trim() {
-            "gzip" => Compression::Gzip,
-            "none" => Compression::None,
-            _ => return Err(bad("COMPRESSION", "must be `gzip` or `none`".into())),
-        };
+    if let Some((var, z)) = pick("COMPRESSION") {
+        match z.trim() {
+            "gzip" => c.compression = Compression::Gzip,
+            "none" => c.compression = Compression::None,
+            _ => warn(&var, "must be `gzip` or `none`"),
+        }
     }
-    c.tls.ca_file = get("CERTIFICATE").map(PathBuf::from);
-    c.tls.cert_file = get("CLIENT_CERTIFICATE").map(PathBuf::from);
-    c.tls.key_file = get("CLIENT_KEY").map(PathBuf::from);
-    if let Some(v) = get("INSECURE") {
-        c.tls.insecure = match v.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(bad("INSECURE", "must be `true` or `false`".into())),
-        };
+    c.tls.ca_file = pick("CERTIFICATE").map(|(_, v)| PathBuf::from(v));
+    c.tls.cert_file = pick("CLIENT_CERTIFICATE").map(|(_, v)| PathBuf::from(v));
+    c.tls.key_file = pick("CLIENT_KEY").map(|(_, v)| PathBuf::from(v));
+    if let Some((var, v)) = pick("INSECURE") {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" => c.tls.insecure = true,
+            "false" => c.tls.insecure = false,
+            _ => warn(&var, "must be `true` or `false`"),
+        }
     }
     c.validate().map_err(|e| OtlpConfigError {
         field: "environment",
-        message: format!("the OTEL_EXPORTER_OTLP_* variables give an exporter that cannot work: {e}"),
+        message: format!("{endpoint_var} and the other OTEL_EXPORTER_OTLP_* variables give an exporter that cannot work: {e}"),
     })?;
     Ok(Some(c))
 }
@@ -134,78 +233,169 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn from(vars: &[(&str, &str)]) -> Result<Option<OtlpExporterConfig>, OtlpConfigError> {
+    fn from(vars: &[(&str, &str)]) -> Result<FromEnv, OtlpConfigError> {
         let map: HashMap<String, String> =
             vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         from_otel_env(|k| map.get(k).cloned())
     }
 
-    #[test]
-    fn nothing_set_means_no_exporter() {
-        assert!(from(&[]).expect("ok").is_none());
-        assert!(from(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=b")]).expect("ok").is_none());
+    fn one(vars: &[(&str, &str)]) -> OtlpExporterConfig {
+        let got = from(vars).expect("ok");
+        assert_eq!(got.exporters.len(), 1, "{got:?}");
+        got.exporters[0].config.clone()
     }
 
     #[test]
-    fn the_newcomer_line_gives_grpc() {
-        let c = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")]).expect("ok").expect("some");
-        assert_eq!((c.protocol, c.endpoint.as_str()), (Protocol::Grpc, "http://localhost:4317"));
+    fn nothing_set_or_sdk_disabled_means_no_exporter() {
+        assert!(from(&[]).expect("ok").exporters.is_empty());
+        assert!(from(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=b")]).expect("ok").exporters.is_empty());
+        let disabled = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), ("OTEL_SDK_DISABLED", "true")];
+        assert!(from(&disabled).expect("ok").exporters.is_empty());
+    }
+
+    #[test]
+    fn the_newcomer_line_gives_http_protobuf_as_the_specification_says() {
+        let c = one(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")]);
+        assert_eq!((c.protocol, c.http_encoding()), (Protocol::Http, Encoding::Proto));
+        assert_eq!(c.traces_url(), "http://localhost:4318/v1/traces");
+        assert_eq!(c.metrics_url(), "http://localhost:4318/v1/metrics");
         assert!(c.traces.enabled && c.metrics.enabled);
+        let c = one(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert_eq!(c.protocol, Protocol::Grpc);
     }
 
     #[test]
-    fn http_json_headers_timeout_compression() {
-        let c = from(&[
+    fn general_settings_apply_to_both_signals() {
+        let c = one(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.com/otlp"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20dXNlcjpzM2NyZXQ=,x-a=1"),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-a=2"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
-        ])
-        .expect("ok")
-        .expect("some");
+        ]);
         assert_eq!((c.protocol, c.http_encoding()), (Protocol::Http, Encoding::Json));
         assert_eq!(c.traces_url(), "https://otlp.example.com/otlp/v1/traces");
         assert_eq!(c.headers.0.get("Authorization").map(String::as_str), Some("Basic dXNlcjpzM2NyZXQ="));
-        assert_eq!(c.headers.0.get("x-a").map(String::as_str), Some("2"), "per-signal wins");
         assert_eq!(c.timeout, Duration::from_millis(2500));
         assert_eq!(c.compression, Compression::None);
     }
 
+    /// Two backends, two keys: each signal gets only its own (they were
+    /// merged, and the traces backend received the metrics backend's key).
     #[test]
-    fn per_signal_endpoints_alone_export_only_their_signal() {
-        let c = from(&[
+    fn per_signal_settings_apply_to_their_own_signal_only() {
+        let got = from(&[
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318/v1/traces"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=traces-key"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.2:4318/v1/metrics"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-key=metrics-key"),
         ])
-        .expect("ok")
-        .expect("some");
-        assert!(c.traces.enabled && !c.metrics.enabled);
-        assert_eq!(c.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        .expect("ok");
+        let names: Vec<&str> = got.exporters.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["env_traces", "env_metrics"]);
+        let (t, m) = (&got.exporters[0].config, &got.exporters[1].config);
+        assert!(t.traces.enabled && !t.metrics.enabled && m.metrics.enabled && !m.traces.enabled);
+        assert_eq!(t.headers.0.get("x-key").map(String::as_str), Some("traces-key"));
+        assert_eq!(m.headers.0.get("x-key").map(String::as_str), Some("metrics-key"));
+        assert_eq!(t.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(m.metrics_url(), "http://127.0.0.2:4318/v1/metrics");
+    }
+
+    /// A base endpoint plus a traces endpoint over gRPC: metrics go to the
+    /// base endpoint (they once went to the traces one).
+    #[test]
+    fn a_traces_endpoint_never_takes_the_metrics_over_grpc() {
+        let got = from(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.2:4317"),
+        ])
+        .expect("ok");
+        let endpoints: Vec<(&str, &str)> =
+            got.exporters.iter().map(|e| (e.name, e.config.endpoint.as_str())).collect();
+        assert_eq!(
+            endpoints,
+            [("env_traces", "http://127.0.0.2:4317"), ("env_metrics", "http://127.0.0.1:4317")]
+        );
     }
 
     #[test]
-    fn bad_values_name_the_variable_never_the_secret() {
-        let e =
-            from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")])
-                .expect_err("bad protocol");
-        assert!(e.message.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
-        let e = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s")])
-            .expect_err("bad timeout");
-        assert!(e.message.contains("TIMEOUT"), "{e}");
+    fn per_signal_protocols_may_differ() {
+        let got = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4317"),
+        ])
+        .expect("ok");
+        let kinds: Vec<(&str, Protocol)> =
+            got.exporters.iter().map(|e| (e.name, e.config.protocol)).collect();
+        assert_eq!(kinds, [("env_traces", Protocol::Grpc), ("env_metrics", Protocol::Http)]);
+    }
+
+    #[test]
+    fn metric_export_interval_and_timeout_are_read() {
+        let got = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+            ("OTEL_METRIC_EXPORT_TIMEOUT", "1500"),
+        ])
+        .expect("ok");
+        // The metrics timeout differs from the traces one: two exporters.
+        let m = &got.exporters.iter().find(|e| e.name == "env_metrics").expect("metrics").config;
+        assert_eq!(
+            (m.metrics.interval, m.timeout),
+            (Duration::from_millis(250), Duration::from_millis(1500))
+        );
+        let one = one(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+        ]);
+        assert_eq!(one.metrics.interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_signal_exporter_none_turns_it_off_and_others_are_warned() {
+        let c = one(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), ("OTEL_METRICS_EXPORTER", "none")]);
+        assert!(c.traces.enabled && !c.metrics.enabled);
+        let got =
+            from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), ("OTEL_TRACES_EXPORTER", "zipkin")])
+                .expect("ok");
+        assert_eq!(got.exporters.len(), 1);
+        assert!(got.warnings.iter().any(|w| w.starts_with("OTEL_TRACES_EXPORTER")), "{:?}", got.warnings);
+    }
+
+    /// Optional values that do not parse warn and use the default, naming
+    /// the variable and never the value.
+    #[test]
+    fn unparsable_optional_values_warn_and_use_the_default() {
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd-s3cret"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "yes-s3cret"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "often"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-1"),
+        ] {
+            let got = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), (var, value)]).expect(var);
+            assert!(!got.exporters.is_empty(), "{var}");
+            assert!(got.warnings.iter().any(|w| w.starts_with(var)), "{var}: {:?}", got.warnings);
+            assert!(got.warnings.iter().all(|w| !w.contains(value)), "{var}: echoes its value");
+        }
+    }
+
+    #[test]
+    fn an_unusable_endpoint_is_an_error_naming_the_variable() {
+        let e = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318")]).expect_err("no scheme over HTTP");
+        assert!(e.message.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
         let e = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=s3cret%01"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .expect_err("bad header value");
         assert!(!e.to_string().contains("s3cret"), "{e}");
-        let e = from(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"),
-            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
-        ])
-        .expect_err("two protocols");
-        assert!(e.message.contains("one protocol"), "{e}");
     }
 }
