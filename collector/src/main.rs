@@ -8,6 +8,7 @@ mod counter_dump;
 mod health;
 mod logging;
 mod notify;
+mod pidfile;
 mod pipeline;
 mod reload;
 mod reload_outcome;
@@ -174,11 +175,18 @@ fn main() -> ExitCode {
 fn send_reload(pid: Option<i32>, pid_file: Option<&std::path::Path>) -> ExitCode {
     let pid = match (pid, pid_file) {
         (Some(p), _) => p,
-        (None, Some(f)) => match std::fs::read_to_string(f).ok().and_then(|t| t.trim().parse().ok()) {
-            Some(p) => p,
-            None => {
-                eprintln!("varta-collector: no pid in {}", f.display());
+        (None, Some(f)) => match pidfile::read_live(f) {
+            Ok(p) => p,
+            Err(pidfile::Stale::Unreadable(why)) => {
+                eprintln!("varta-collector: no pid in {}: {why}", f.display());
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(pidfile::Stale::NotTheCollector(pid)) => {
+                eprintln!(
+                    "varta-collector: {} is stale: pid {pid} is not the collector that wrote it; nothing signalled",
+                    f.display()
+                );
+                return ExitCode::FAILURE;
             }
         },
         (None, None) => {
@@ -206,9 +214,32 @@ fn load_again(current: &Config) -> Result<Config, config::ConfigError> {
     Ok(new)
 }
 
+/// Raises the soft open-file limit to the hard one: connection caps,
+/// sockets and files add up past the common default of 1,024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(from = before, to = limit.rlim_max, "open-file limit raised to the hard limit");
+        } else {
+            tracing::warn!(
+                limit = before,
+                "cannot raise the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Writes the pid file (a failure is logged: the collector runs without it).
 fn write_pid_file(path: &std::path::Path) {
-    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+    if let Err(e) = pidfile::write(path) {
         tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
     }
 }
@@ -261,6 +292,7 @@ fn run(mut config: Config) -> ExitCode {
         eprintln!("varta-collector: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    raise_open_file_limit();
     for ignored in &config.env_warnings {
         tracing::warn!("environment: {ignored}");
     }

@@ -159,16 +159,24 @@ pub struct FileExporter {
     summaries: Vec<Summary>,
 }
 
+/// Opens the event file for appending: created 0600, never through a
+/// symlink, and never blocking — a FIFO (or device) at the path is refused,
+/// not waited on (it once hung start-up or a reload), as at the audit path.
 fn open(path: &Path) -> io::Result<(File, u64)> {
+    let named =
+        |kind, e: String| io::Error::new(kind, format!("cannot open event file {}: {e}", path.display()));
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open event file {}: {e}", path.display())))?;
-    let len = file.metadata()?.len();
-    Ok((file, len))
+        .map_err(|e| named(e.kind(), e.to_string()))?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(named(io::ErrorKind::InvalidInput, "not a regular file (a FIFO or device?)".into()));
+    }
+    Ok((file, meta.len()))
 }
 
 impl FileExporter {
@@ -331,6 +339,25 @@ impl Exporter for FileExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO at the event file's path is refused at once, never waited on
+    /// (with or without a reader at its other end).
+    #[test]
+    fn a_fifo_at_the_path_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("events.tsv");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstring");
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let config = FileExporterConfig { path: fifo.clone(), ..FileExporterConfig::default() };
+        assert!(FileExporter::open(config.clone()).is_err(), "no reader");
+        // A reader at the other end: opened, then refused as not a file.
+        let reader =
+            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("reader");
+        let e = FileExporter::open(config).expect_err("a FIFO with a reader");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        drop(reader);
+    }
     use varta_processor::{AgentId, AgentRef};
     use varta_proto::{DecodeErrorKind, Frame, RefusedFrame, Source, Status, Transport};
 

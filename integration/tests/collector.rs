@@ -774,3 +774,30 @@ fn twenty_live_agents_survive_a_pause_of_the_collector_and_a_frozen_one_is_repor
         let _ = a.wait();
     }
 }
+
+/// The collector raises its soft open-file limit to the hard one at start
+/// (connection caps, sockets and files add up past a default 1,024).
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.yaml");
+    let text = pipeline_config("uds", "    transport: uds\n    path: \"@DIR@/varta.sock\"", "1s")
+        .replace("@DIR@", &dir.path().display().to_string());
+    std::fs::write(&config, text).expect("write");
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=256:4096", "--"])
+        .arg(varta_integration::binary("varta-collector"))
+        .args(["--config", config.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let socket = dir.path().join("varta.sock");
+    wait_for("the collector's socket", || socket.exists().then_some(()));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["4096", "4096"], "{line}");
+    kill(&child, libc::SIGTERM);
+    assert!(child.wait().expect("exit").success());
+}

@@ -391,3 +391,23 @@ service:
         kill(a);
     }
 }
+
+/// `reload --pid-file` once signalled whatever pid a stale file named (a
+/// SIGHUP kills most programs). The file now records the collector's start
+/// time too, and a pid that is not the collector that wrote it is left
+/// alone.
+#[test]
+fn a_stale_pid_file_never_gets_another_process_signalled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bystander = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    let file = dir.path().join("collector.pid");
+    for stale in [format!("{}\n", bystander.id()), format!("{} 1\n", bystander.id())] {
+        std::fs::write(&file, stale).expect("write");
+        let out = collector_cmd(&["reload", "--pid-file", file.to_str().expect("utf8")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("stale"), "{out:?}");
+        assert!(bystander.try_wait().expect("wait").is_none(), "the bystander was signalled");
+    }
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
