@@ -342,10 +342,18 @@ impl AuditLog {
     }
 
     /// Appends one record (one `write`; rotating first when the file has
-    /// reached `rotate_bytes`), then syncs per the policy.
+    /// reached `rotate_bytes`), then syncs per the policy. A write that
+    /// fails part way (a full disk) is cut back to the last complete
+    /// record, so the chain stays whole and the record counts as lost (the
+    /// runner writes a `lost` record once space returns). A rotation that
+    /// fails leaves every generation where it was and the record goes to
+    /// the current file; the rotation is tried again at the next record.
     pub fn append(&mut self, r: &Record) -> io::Result<()> {
-        if self.rotate_bytes > 0 && self.size >= self.rotate_bytes {
-            self.rotate()?;
+        if self.rotate_bytes > 0
+            && self.size >= self.rotate_bytes
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(path = %self.path.display(), "cannot rotate the audit file, writing on: {e}");
         }
         let seq = (self.seq + 1).to_string();
         let cols = [
@@ -369,7 +377,13 @@ impl AuditLog {
         let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
         let h = Chain(self.key.as_ref()).hash(&refs);
         let line = format!("{}\t{h}\n", refs.join("\t"));
-        self.file.write_all(line.as_bytes())?;
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // Never leave half a record for the next one to be glued to.
+            if let Err(cut) = self.file.set_len(self.size) {
+                tracing::error!(path = %self.path.display(), "cannot cut a partial audit record back: {cut}");
+            }
+            return Err(e);
+        }
         self.size += line.len() as u64;
         self.seq += 1;
         self.written += 1;
@@ -390,8 +404,22 @@ impl AuditLog {
         self.file.sync_data()
     }
 
+    /// The new file is made whole first (created under a temporary name,
+    /// locked, its header written), and only then are generations shifted
+    /// and it renamed into place: a new file that cannot be made shifts
+    /// nothing (it once shifted every generation at every later record).
     fn rotate(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
+        let mut temp = self.path.clone().into_os_string();
+        temp.push(".rotating");
+        let temp = PathBuf::from(temp);
+        let _ = std::fs::remove_file(&temp);
+        let mut fresh = open_append(&temp)?;
+        let header = format!("{}\n", Chain(self.key.as_ref()).header());
+        if let Err(e) = fresh.write_all(header.as_bytes()).and_then(|()| fresh.sync_data()) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         for n in (1..self.keep).rev() {
             let from = generation_of(&self.path, n);
             if from.exists() {
@@ -399,10 +427,11 @@ impl AuditLog {
             }
         }
         std::fs::rename(&self.path, generation_of(&self.path, 1))?;
+        std::fs::rename(&temp, &self.path)?;
         // The new file is locked before the old one's lock goes with it.
-        self.file = open_append(&self.path)?;
-        self.size = 0;
-        self.write_header()
+        self.file = fresh;
+        self.size = header.len() as u64;
+        Ok(())
     }
 }
 
@@ -574,6 +603,78 @@ mod tests {
             }
             other => panic!("edit not detected: {other:?}"),
         }
+    }
+
+    /// A rotation whose new file cannot be made (here a directory squats
+    /// its temporary name) shifts no generation; records go on into the
+    /// current file and the chain verifies; the next rotation succeeds.
+    #[test]
+    fn a_rotation_that_cannot_make_its_file_keeps_every_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.tsv");
+        let mut log = AuditLog::open(&path, AuditSync::EveryRecord, 400, 3, None).expect("open");
+        for pid in 0..6 {
+            log.append(&rec("refused", pid)).expect("append");
+        }
+        let generations = || (1..=4).filter(|n| dir.path().join(format!("audit.tsv.{n}")).exists()).count();
+        let before = generations();
+        assert!(before >= 1, "it rotated once at least");
+        std::fs::create_dir(dir.path().join("audit.tsv.rotating")).expect("squat");
+        for pid in 6..20 {
+            log.append(&rec("refused", pid)).expect("records go on into the current file");
+        }
+        assert_eq!(generations(), before, "no generation shifted");
+        std::fs::remove_dir(dir.path().join("audit.tsv.rotating")).expect("unsquat");
+        log.append(&rec("refused", 99)).expect("append");
+        assert_eq!(generations(), (before + 1).min(3), "rotated once more");
+        let mut files: Vec<PathBuf> =
+            (1..=3).rev().map(|n| dir.path().join(format!("audit.tsv.{n}"))).filter(|p| p.exists()).collect();
+        files.push(path.clone());
+        assert!(matches!(verify(&files, None).expect("readable"), Verdict::Intact { .. }));
+    }
+
+    /// A full disk mid-record: the partial record is cut back, later records
+    /// fail (counted by the runner), and once space returns the log goes on
+    /// and verifies. Needs root to mount a small tmpfs (CI runs as root).
+    #[test]
+    fn a_full_disk_never_leaves_half_a_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .expect("mount (tests run as root)");
+        assert!(status.success(), "mount a 64 KiB tmpfs (tests run as root)");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let path = mnt.join("audit.tsv");
+        let filler = mnt.join("filler");
+        let mut log = AuditLog::open(&path, AuditSync::EveryRecord, 0, 3, None).expect("open");
+        // Fill the rest of the disk.
+        let mut f = File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1024];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+        let mut failed = 0;
+        for pid in 0..200 {
+            if log.append(&rec("refused", pid)).is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "the disk filled up");
+        let text = std::fs::read(&path).expect("read");
+        assert!(text.ends_with(b"\n"), "no partial record left behind");
+        drop(f);
+        std::fs::remove_file(&filler).expect("free space");
+        log.append(&rec("lost", 0)).expect("space again");
+        log.append(&rec("refused", 500)).expect("space again");
+        assert!(matches!(verify(&[path], None).expect("readable"), Verdict::Intact { torn_tail: false, .. }));
     }
 
     fn mkfifo(path: &Path) {
