@@ -23,6 +23,8 @@
 //! | `ratelimit` | pid | `-` | `-` | reason |
 //! | `stale_nonce` | pid | nonce | status | payload |
 //! | `clock` | `-` | `-` | `-` | anomaly |
+//! | `blind_window` | `-` | `-` | `-` | `cause=…;start_ns=…;duration_ns=…` |
+//! | `lost` | `-` | count | `-` | `write_failed` (lines a failed write, a full disk, took; never a torn line) |
 //! | `recovery` | pid | incident | `started`, `succeeded`, `failed`, `timed_out`, `spawn_failed`, `refused`, `skipped` | `key=value;…` (reason, or program, child pid, exit, duration, output sizes) |
 //! | `diagnosis` | pid | incident | cause (`exited`, `zombie`, `stopped`, `spinning`, `blocked_io`, `waiting`, `unknown`) | `key=value;…` details (threads by state, CPU ‰ over the window, RSS, context switches, tracer pid, wchan) |
 //!
@@ -128,12 +130,62 @@ impl FileExporterConfig {
 }
 
 impl FileExporter {
+    /// One more line of `bytes` went into the buffer. A rotation that fails
+    /// shifts nothing, and the line stays in the current file (it is tried
+    /// again at the next line).
     fn account(&mut self, bytes: u64) -> io::Result<()> {
         self.written += bytes;
-        if self.config.rotate_bytes > 0 && self.written >= self.config.rotate_bytes {
-            self.rotate()?;
+        self.pending += 1;
+        if self.config.rotate_bytes > 0
+            && self.written >= self.config.rotate_bytes
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(path = %self.config.path.display(), "cannot rotate the event file, writing on: {e}");
         }
         Ok(())
+    }
+
+    /// A write failed (a full disk): what the buffer held is dropped
+    /// unwritten, the file is cut back to its last whole line, and the
+    /// lines are counted for the `lost` line that follows once writes
+    /// succeed again — never a torn line for the next one to be glued to.
+    fn cut_back(&mut self) {
+        let Ok(file) = self.out.get_ref().try_clone() else { return };
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(64 * 1024, file));
+        let _ = old.into_parts(); // drop the buffer, never flush it
+        if let Err(e) = self.out.get_ref().set_len(self.durable) {
+            tracing::error!(path = %self.config.path.display(), "cannot cut a torn event line back: {e}");
+        }
+        self.written = self.durable;
+        self.lost += self.pending;
+        self.pending = 0;
+    }
+
+    fn flushed(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.durable = self.written;
+        self.pending = 0;
+        Ok(())
+    }
+
+    fn export_line(&mut self, ev: &Event) -> io::Result<()> {
+        if self.lost > 0 {
+            let lost = std::mem::take(&mut self.lost);
+            let mut w = Counting { inner: &mut self.out, n: 0 };
+            writeln!(w, "{}\tlost\t-\t{lost}\t-\twrite_failed", ev.at_ns)?;
+            let n = w.n;
+            self.account(n)?;
+        }
+        let summaries = &mut self.summaries;
+        let admit = self.budget.admit(ev, &mut |s| summaries.push(*s));
+        self.write_summaries()?;
+        if admit == Admit::Aggregated {
+            return Ok(());
+        }
+        let mut w = Counting { inner: &mut self.out, n: 0 };
+        write_line(&mut w, ev)?;
+        let n = w.n;
+        self.account(n)
     }
 
     /// `window_ns aggregated - count kind source`.
@@ -154,7 +206,15 @@ impl FileExporter {
 pub struct FileExporter {
     config: FileExporterConfig,
     out: BufWriter<File>,
+    /// Bytes of the current file, buffered ones included.
     written: u64,
+    /// Bytes of the current file known to be on it as whole lines (its
+    /// length at the last successful flush).
+    durable: u64,
+    /// Lines buffered since then.
+    pending: u64,
+    /// Lines lost to write errors, to be reported by a `lost` line.
+    lost: u64,
     budget: BulkBudget,
     summaries: Vec<Summary>,
 }
@@ -188,29 +248,39 @@ impl FileExporter {
             out: BufWriter::with_capacity(64 * 1024, file),
             config,
             written,
+            durable: written,
+            pending: 0,
+            lost: 0,
             budget,
             summaries: Vec::new(),
         })
     }
 
+    /// The new file is opened first, under a temporary name; only then are
+    /// generations shifted and it renamed into place — a new file that
+    /// cannot be opened shifts nothing (it once shifted every generation at
+    /// every later line).
     fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        let keep = self.config.rotate_keep;
-        let generation = |n: u32| {
+        self.flushed()?;
+        let with_suffix = |suffix: &str| {
             let mut p = self.config.path.clone().into_os_string();
-            p.push(format!(".{n}"));
+            p.push(suffix);
             PathBuf::from(p)
         };
+        let temp = with_suffix(".rotating");
+        let _ = std::fs::remove_file(&temp);
+        let (file, _) = open(&temp)?;
+        let keep = self.config.rotate_keep;
         for n in (1..keep).rev() {
-            let from = generation(n);
+            let from = with_suffix(&format!(".{n}"));
             if from.exists() {
-                std::fs::rename(&from, generation(n + 1))?;
+                std::fs::rename(&from, with_suffix(&format!(".{}", n + 1)))?;
             }
         }
-        std::fs::rename(&self.config.path, generation(1))?;
-        let (file, written) = open(&self.config.path)?;
+        std::fs::rename(&self.config.path, with_suffix(".1"))?;
+        std::fs::rename(&temp, &self.config.path)?;
         self.out = BufWriter::with_capacity(64 * 1024, file);
-        self.written = written;
+        (self.written, self.durable, self.pending) = (0, 0, 0);
         Ok(())
     }
 }
@@ -312,27 +382,29 @@ impl Exporter for FileExporter {
         if !self.config.beats && matches!(ev.kind, EventKind::Beat { .. }) {
             return Ok(());
         }
-        let summaries = &mut self.summaries;
-        let admit = self.budget.admit(ev, &mut |s| summaries.push(*s));
-        self.write_summaries()?;
-        if admit == Admit::Aggregated {
-            return Ok(());
+        let result = self.export_line(ev);
+        if result.is_err() {
+            self.cut_back();
         }
-        let mut w = Counting { inner: &mut self.out, n: 0 };
-        write_line(&mut w, ev)?;
-        let n = w.n;
-        self.account(n)
+        result
     }
 
     fn finish(&mut self) -> io::Result<()> {
         let summaries = &mut self.summaries;
         self.budget.finish(&mut |s| summaries.push(*s));
-        self.write_summaries()?;
-        self.flush()
+        let result = self.write_summaries().and_then(|()| self.flushed());
+        if result.is_err() {
+            self.cut_back();
+        }
+        result
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        let result = self.flushed();
+        if result.is_err() {
+            self.cut_back();
+        }
+        result
     }
 }
 
@@ -359,6 +431,101 @@ mod tests {
         drop(reader);
     }
     use varta_processor::{AgentId, AgentRef};
+
+    fn status_line(at_ns: u64) -> Event {
+        let frame = Frame::new(Status::Degraded, 42, 0, at_ns, 0);
+        Event {
+            at_ns,
+            agent: agent(42),
+            kind: EventKind::StatusChange { from: Status::Ok, to: Status::Degraded, frame },
+        }
+    }
+
+    /// A full disk: no torn line is left for the next one to be glued to,
+    /// and once space returns a `lost` line says how many were lost. Needs
+    /// root to mount a small tmpfs (CI runs as root).
+    #[test]
+    fn a_full_disk_never_tears_a_line_and_reports_what_it_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .expect("mount (tests run as root)");
+        assert!(status.success(), "mount a 64 KiB tmpfs (tests run as root)");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let path = mnt.join("events.tsv");
+        let config = FileExporterConfig { path: path.clone(), ..FileExporterConfig::default() };
+        let mut x = FileExporter::open(config).expect("open");
+        for at in 1..50u64 {
+            x.export(&status_line(at)).expect("room yet");
+        }
+        x.flush().expect("room yet");
+        // Fill the rest of the disk.
+        let filler = mnt.join("filler");
+        let mut f = File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 512];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+        let mut failed = 0;
+        for at in 50..3000u64 {
+            if x.export(&status_line(at)).and_then(|()| x.flush()).is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "the disk filled up");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.ends_with('\n'), "no torn line");
+        drop(f);
+        std::fs::remove_file(&filler).expect("free space");
+        x.export(&status_line(9_000)).expect("space again");
+        x.flush().expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lost = text.lines().find(|l| l.starts_with("9000\tlost\t")).expect("a lost line");
+        let count: u64 = lost.split('\t').nth(3).and_then(|n| n.parse().ok()).expect("a count");
+        assert!(count > 0, "{lost}");
+        assert!(text.lines().any(|l| l.starts_with("9000\tstatus\t")), "the line after it");
+        assert!(text.lines().all(|l| l.split('\t').count() == 6), "every line whole: {text}");
+    }
+
+    /// A rotation whose new file cannot be opened (a directory squats its
+    /// temporary name) shifts no generation and loses no line.
+    #[test]
+    fn a_rotation_that_cannot_open_its_file_keeps_every_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.tsv");
+        let config = FileExporterConfig {
+            path: path.clone(),
+            rotate_bytes: 300,
+            rotate_keep: 3,
+            ..FileExporterConfig::default()
+        };
+        let mut x = FileExporter::open(config).expect("open");
+        for at in 0..30 {
+            x.export(&status_line(at)).expect("export");
+        }
+        let generations = || (1..=4).filter(|n| dir.path().join(format!("events.tsv.{n}")).exists()).count();
+        let before = generations();
+        assert!(before >= 1);
+        std::fs::create_dir(dir.path().join("events.tsv.rotating")).expect("squat");
+        for at in 10..40 {
+            x.export(&status_line(at)).expect("lines go on into the current file");
+        }
+        x.flush().expect("flush");
+        assert_eq!(generations(), before, "no generation shifted");
+        let lines = std::fs::read_to_string(&path).expect("read").lines().count();
+        assert!(lines >= 30, "the lines are in the current file: {lines}");
+        std::fs::remove_dir(dir.path().join("events.tsv.rotating")).expect("unsquat");
+        x.export(&status_line(99)).expect("export");
+        assert_eq!(generations(), (before + 1).min(3));
+    }
     use varta_proto::{DecodeErrorKind, Frame, RefusedFrame, Source, Status, Transport};
 
     fn agent(pid: u32) -> Option<AgentRef> {
