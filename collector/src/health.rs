@@ -46,6 +46,10 @@ pub struct HealthCheckConfig {
     /// neighbour's idle connections never starve the kubelet's probes.
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
+    /// Open connections at most from one range of addresses (loopback as
+    /// one, IPv4 /24, IPv6 /64); default a quarter of `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_range: Option<usize>,
     /// Time a client has to send its request headers; an idle connection
     /// frees its slot then.
     #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
@@ -69,6 +73,7 @@ impl Default for HealthCheckConfig {
             path: default_path(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            max_connections_per_range: None,
             header_timeout: default_header_timeout(),
         }
     }
@@ -80,6 +85,10 @@ impl HealthCheckConfig {
         Limits {
             max_connections: self.max_connections,
             max_connections_per_source: self.max_connections_per_source,
+            max_connections_per_range: self.max_connections_per_range.unwrap_or_else(|| {
+                varta_exporters::httpd::default_per_range(self.max_connections)
+                    .max(self.max_connections_per_source)
+            }),
             header_timeout: self.header_timeout,
         }
     }

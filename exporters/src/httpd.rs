@@ -2,11 +2,17 @@
 //! serves (the Prometheus exporter, the `health_check` extension): hyper on
 //! the collector's Tokio runtime, never on a pipeline thread.
 //!
-//! Promises: at most `max_connections` connections are open, and at most
-//! `max_connections_per_source` from one source address — so one
-//! neighbour opening (idle) connections can never take the slots probes
-//! and scrapes from elsewhere need; more are closed at once and counted by
-//! reason (`connections_refused{reason=per_source|total}`); request headers
+//! Promises: at most `max_connections` connections are open, at most
+//! `max_connections_per_source` from one source address and at most
+//! `max_connections_per_range` from one range of addresses (loopback —
+//! `127/8` and `::1` — as one range, else an IPv4 `/24` or an IPv6 `/64`;
+//! IPv4-mapped IPv6 addresses count as IPv4), because a local user can
+//! bind any of `127.0.0.0/8`. When the endpoint (or the newcomer's range)
+//! is full, the oldest connection that has not sent a request yet is
+//! closed to admit the newcomer (`connections_evicted`): idle connections,
+//! from however many addresses, can never keep a probe or a scrape out.
+//! Only when every connection there is busy is the newcomer closed,
+//! counted by reason (`connections_refused{reason=per_source|per_range|total}`); request headers
 //! are bounded in size (16 KiB buffer, 32 fields) and in time
 //! (`header_timeout`, slowloris: a connection that sends nothing frees its
 //! slot then); accept
@@ -14,11 +20,10 @@
 //! the accept loop and asks open connections to finish. What a request gets
 //! is the caller's `handle`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,17 +32,24 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use varta_pipeline::clock::monotonic_ns;
 use varta_pipeline::{Metric, Sample};
 
-/// Connection bounds (the `max_connections`, `max_connections_per_source`
-/// and `header_timeout` keys of every endpoint's configuration).
+/// Connection bounds (the `max_connections`, `max_connections_per_source`,
+/// `max_connections_per_range` and `header_timeout` keys of every
+/// endpoint's configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_source: usize,
+    pub max_connections_per_range: usize,
     pub header_timeout: Duration,
+}
+
+/// `max_connections_per_range` when not configured: a quarter of the total.
+pub fn default_per_range(max_connections: usize) -> usize {
+    (max_connections / 4).max(1)
 }
 
 impl Limits {
@@ -48,6 +60,14 @@ impl Limits {
         }
         if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
             return Err("`max_connections_per_source` must be between 1 and `max_connections`".into());
+        }
+        if self.max_connections_per_range < self.max_connections_per_source
+            || self.max_connections_per_range > self.max_connections
+        {
+            return Err(
+                "`max_connections_per_range` must be between `max_connections_per_source` and `max_connections`"
+                    .into(),
+            );
         }
         if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
             return Err("`header_timeout` must be between 1ms and 5m".into());
@@ -62,6 +82,8 @@ pub struct ConnectionStats {
     connections: AtomicU64,
     refused_total: AtomicU64,
     refused_per_source: AtomicU64,
+    refused_per_range: AtomicU64,
+    evicted: AtomicU64,
     open: AtomicU64,
     errors: AtomicU64,
 }
@@ -74,7 +96,11 @@ pub mod metric {
     pub static CONNECTIONS_REFUSED: Metric = Metric::labelled(
         "connections_refused",
         "reason",
-        "HTTP connections closed at once: per_source (max_connections_per_source from that address reached) or total (max_connections reached).",
+        "HTTP connections closed at once: per_source, per_range or total limit reached with every connection there busy.",
+    );
+    pub static CONNECTIONS_EVICTED: Metric = Metric::counter(
+        "connections_evicted",
+        "Idle HTTP connections (no request sent yet) closed to admit a newcomer when the endpoint or its range was full.",
     );
     pub static CONNECTIONS_OPEN: Metric = Metric::gauge("connections_open", "HTTP connections open now.");
     pub static CONNECTION_ERRORS: Metric = Metric::counter(
@@ -87,8 +113,9 @@ impl ConnectionStats {
     /// Lists the connection samples.
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let all: [(&'static Metric, &AtomicU64); 3] = [
+        let all: [(&'static Metric, &AtomicU64); 4] = [
             (&CONNECTIONS, &self.connections),
+            (&CONNECTIONS_EVICTED, &self.evicted),
             (&CONNECTIONS_OPEN, &self.open),
             (&CONNECTION_ERRORS, &self.errors),
         ];
@@ -96,6 +123,7 @@ impl ConnectionStats {
             out(Sample::new(m, v.load(Relaxed)));
         }
         out(Sample::labelled(&CONNECTIONS_REFUSED, "per_source", self.refused_per_source.load(Relaxed)));
+        out(Sample::labelled(&CONNECTIONS_REFUSED, "per_range", self.refused_per_range.load(Relaxed)));
         out(Sample::labelled(&CONNECTIONS_REFUSED, "total", self.refused_total.load(Relaxed)));
     }
 }
@@ -106,46 +134,117 @@ impl varta_pipeline::Instrumented for ConnectionStats {
     }
 }
 
-/// Open connections per source address. Holds only addresses with a
-/// connection open, so it is bounded by `max_connections`.
-#[derive(Debug, Default)]
-struct PerSource(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerSource {
-    /// Takes a slot for `ip` unless it already holds `max`.
-    fn take(&self, ip: IpAddr, max: usize) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
+/// The address a connection counts under (IPv4-mapped IPv6 as IPv4).
+fn normalized(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
+}
 
-    fn give_back(&self, ip: IpAddr) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
-            }
+/// The range an address counts under: loopback as one, else IPv4 /24 or
+/// IPv6 /64.
+fn range_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        ip if ip.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
     }
 }
 
-/// Keeps `connections_open` and the per-source count exact however a
-/// connection ends.
+/// One open connection, as the registry sees it.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    ip: IpAddr,
+    range: IpAddr,
+    /// Set once it has sent a whole request: it is in use, not idle.
+    busy: Arc<AtomicBool>,
+    /// Closes it (eviction).
+    evict: Arc<Notify>,
+}
+
+/// Every open connection (bounded by `max_connections`), oldest first.
+#[derive(Debug, Default)]
+struct Registry {
+    open: Mutex<Vec<Entry>>,
+    next_id: AtomicU64,
+}
+
+/// Why a newcomer was closed at once.
+enum Refused {
+    PerSource,
+    PerRange,
+    Total,
+}
+
+impl Registry {
+    /// Admits a connection from `ip` (evicting the oldest idle one where a
+    /// limit is reached), or says which limit refused it.
+    fn admit(
+        &self,
+        ip: IpAddr,
+        limits: &Limits,
+        stats: &ConnectionStats,
+    ) -> Result<(u64, Arc<AtomicBool>, Arc<Notify>), Refused> {
+        let range = range_of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.iter().filter(|e| e.ip == ip).count() >= limits.max_connections_per_source {
+            return Err(Refused::PerSource);
+        }
+        if open.iter().filter(|e| e.range == range).count() >= limits.max_connections_per_range
+            && !Self::evict_oldest_idle(&mut open, |e| e.range == range, stats)
+        {
+            return Err(Refused::PerRange);
+        }
+        if open.len() >= limits.max_connections && !Self::evict_oldest_idle(&mut open, |_| true, stats) {
+            return Err(Refused::Total);
+        }
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let (busy, evict) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+        open.push(Entry { id, ip, range, busy: Arc::clone(&busy), evict: Arc::clone(&evict) });
+        Ok((id, busy, evict))
+    }
+
+    /// Closes the oldest idle connection matching `which`; `false` if none.
+    fn evict_oldest_idle(
+        open: &mut Vec<Entry>,
+        which: impl Fn(&Entry) -> bool,
+        stats: &ConnectionStats,
+    ) -> bool {
+        let Some(at) = open.iter().position(|e| which(e) && !e.busy.load(Relaxed)) else { return false };
+        let gone = open.remove(at);
+        gone.evict.notify_one();
+        stats.evicted.fetch_add(1, Relaxed);
+        true
+    }
+
+    fn remove(&self, id: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = open.iter().position(|e| e.id == id) {
+            open.remove(at);
+        }
+    }
+}
+
+/// Keeps `connections_open` and the registry exact however a connection
+/// ends.
 struct OpenConnection {
     stats: Arc<ConnectionStats>,
-    sources: Arc<PerSource>,
-    ip: IpAddr,
+    registry: Arc<Registry>,
+    id: u64,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.stats.open.fetch_sub(1, Relaxed);
-        self.sources.give_back(self.ip);
+        self.registry.remove(self.id);
     }
 }
 
@@ -164,8 +263,7 @@ pub async fn serve<F, Fut, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let sources = Arc::new(PerSource::default());
+    let registry = Arc::new(Registry::default());
     let mut accept_errors = varta_pipeline::LogThrottle::default();
     loop {
         let accepted = tokio::select! {
@@ -184,28 +282,31 @@ pub async fn serve<F, Fut, B>(
             }
         };
         // Per source first: a neighbour over its share is refused before
-        // it can take one of the slots everybody shares.
-        if !sources.take(peer.ip(), limits.max_connections_per_source) {
-            stats.refused_per_source.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
-        }
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            sources.give_back(peer.ip());
-            stats.refused_total.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
+        // it can take (or evict) one of the slots everybody shares.
+        let (id, busy, evicted) = match registry.admit(normalized(peer.ip()), &limits, &stats) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                let counter = match why {
+                    Refused::PerSource => &stats.refused_per_source,
+                    Refused::PerRange => &stats.refused_per_range,
+                    Refused::Total => &stats.refused_total,
+                };
+                counter.fetch_add(1, Relaxed);
+                drop(stream);
+                continue;
+            }
         };
         stats.connections.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
-        let open = OpenConnection { stats: Arc::clone(&stats), sources: Arc::clone(&sources), ip: peer.ip() };
+        let open = OpenConnection { stats: Arc::clone(&stats), registry: Arc::clone(&registry), id };
         let stats = Arc::clone(&stats);
         let handle = handle.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _open = open;
             let service = service_fn(move |req| {
+                // A whole request arrived: in use, never evicted as idle.
+                busy.store(true, Relaxed);
                 let handle = handle.clone();
                 async move { Ok::<_, Infallible>(handle(req, peer.ip()).await) }
             });
@@ -218,6 +319,8 @@ pub async fn serve<F, Fut, B>(
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                // Idle and in a newcomer's way: closed at once.
+                () = evicted.notified() => Ok(()),
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -226,6 +329,54 @@ pub async fn serve<F, Fut, B>(
             if result.is_err() {
                 stats.errors.fetch_add(1, Relaxed);
             }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_count_under_their_range() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(range_of(ip("127.0.0.1")), range_of(ip("127.201.3.4")), "all of loopback is one range");
+        assert_eq!(range_of(ip("::1")), range_of(ip("127.0.0.1")));
+        assert_eq!(range_of(ip("10.1.2.3")), ip("10.1.2.0"));
+        assert_ne!(range_of(ip("10.1.2.3")), range_of(ip("10.1.3.3")));
+        assert_eq!(range_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(normalized(ip("::ffff:10.1.2.3")), ip("10.1.2.3"), "IPv4-mapped counts as IPv4");
+    }
+
+    #[test]
+    fn a_full_endpoint_evicts_its_oldest_idle_connection_never_a_busy_one() {
+        let limits = Limits {
+            max_connections: 3,
+            max_connections_per_source: 2,
+            max_connections_per_range: 3,
+            header_timeout: Duration::from_secs(1),
+        };
+        let (registry, stats) = (Registry::default(), ConnectionStats::default());
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let busy = registry.admit(ip("10.0.0.1"), &limits, &stats).ok().expect("first");
+        busy.1.store(true, Relaxed);
+        let idle = registry.admit(ip("10.0.1.1"), &limits, &stats).ok().expect("second");
+        registry.admit(ip("10.0.2.1"), &limits, &stats).ok().expect("third");
+        // Full: the oldest idle (the second) is closed for the newcomer.
+        registry.admit(ip("10.0.3.1"), &limits, &stats).ok().expect("admitted by eviction");
+        assert_eq!(stats.evicted.load(Relaxed), 1);
+        let notified = idle.2.notified();
+        futures_free_poll(notified);
+        // Per source is never evicted for: a third from one address is refused.
+        registry.admit(ip("10.0.0.1"), &limits, &stats).ok().expect("its second");
+        assert!(matches!(registry.admit(ip("10.0.0.1"), &limits, &stats), Err(Refused::PerSource)));
+    }
+
+    /// The eviction notice is stored: the connection's task sees it at once.
+    fn futures_free_poll(notified: tokio::sync::futures::Notified<'_>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), notified).await.expect("notified");
         });
     }
 }

@@ -149,3 +149,62 @@ fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Idle connections spread over many loopback addresses (a local user can
+/// bind any of 127.0.0.0/8) once filled the endpoint past its per-address
+/// caps and made probes from 127.0.0.1 fail — a failed liveness probe
+/// restarts the collector in Kubernetes. Now a full endpoint (or range)
+/// closes its oldest idle connection for the newcomer: from 64 addresses
+/// of one /24 and from 64 different /24s, every probe and scrape from
+/// 127.0.0.1 is answered.
+#[test]
+fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
+    let (health, metrics) = (free_tcp_port(), free_tcp_port());
+    let text = config(health)
+        .replace(
+            "exporters:\n  debug: {}\n",
+            &format!(
+                "exporters:\n  debug: {{}}\n  prometheus: {{ endpoint: \"127.0.0.1:{metrics}\", auth: none, header_timeout: 1m, rate_limit: {{ rate: 1000, burst: 1000 }} }}\n"
+            ),
+        )
+        .replace("exporters: [debug]", "exporters: [debug, prometheus]")
+        .replace("path: /health }", "path: /health, header_timeout: 1m }");
+    let c = Collector::start(&text);
+    let health_url = format!("http://127.0.0.1:{health}/health");
+    let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
+    wait_for("the endpoints", || http::request("GET", &health_url, &[]).ok().filter(|r| r.status == 200));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let flood = |port: u16, address: &dyn Fn(u8) -> std::net::Ipv4Addr| -> Vec<tokio::net::TcpStream> {
+        rt.block_on(async {
+            let mut held = Vec::new();
+            for a in 1..=64u8 {
+                for _ in 0..6 {
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    socket.bind((address(a), 0).into()).expect("bind a loopback address");
+                    held.push(socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect"));
+                }
+            }
+            held
+        })
+    };
+    for (layout, address) in [
+        ("64 addresses of 127.0.1.0/24", &|a: u8| std::net::Ipv4Addr::new(127, 0, 1, a) as _),
+        ("64 different /24s of 127/8", &|a: u8| std::net::Ipv4Addr::new(127, 1, a, 1) as _),
+    ] as [(&str, &dyn Fn(u8) -> std::net::Ipv4Addr); 2]
+    {
+        let held = [flood(health, address), flood(metrics, address)];
+        for i in 0..10 {
+            let r =
+                http::request("GET", &health_url, &[]).unwrap_or_else(|e| panic!("{layout}: probe {i}: {e}"));
+            assert_eq!(r.status, 200, "{layout}: probe {i}");
+            let r = http::request("GET", &metrics_url, &[])
+                .unwrap_or_else(|e| panic!("{layout}: scrape {i}: {e}"));
+            assert_eq!(r.status, 200, "{layout}: scrape {i}");
+        }
+        drop(held);
+    }
+    assert!(c.counter("extensions::health_check", "connections_evicted", "") > 0);
+    assert!(c.counter("exporters::prometheus", "connections_evicted", "") > 0);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}

@@ -88,6 +88,10 @@ pub struct PrometheusConfig {
     /// Open connections at most from one source address.
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
+    /// Open connections at most from one range of addresses (loopback as
+    /// one, IPv4 /24, IPv6 /64); default a quarter of `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_range: Option<usize>,
     /// Time a client has to send its request headers (slowloris bound).
     #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub header_timeout: Duration,
@@ -105,6 +109,7 @@ impl Default for PrometheusConfig {
             per_agent_series: true,
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            max_connections_per_range: None,
             header_timeout: default_header_timeout(),
         }
     }
@@ -124,6 +129,9 @@ impl PrometheusConfig {
         Limits {
             max_connections: self.max_connections,
             max_connections_per_source: self.max_connections_per_source,
+            max_connections_per_range: self.max_connections_per_range.unwrap_or_else(|| {
+                crate::httpd::default_per_range(self.max_connections).max(self.max_connections_per_source)
+            }),
             header_timeout: self.header_timeout,
         }
     }
