@@ -54,6 +54,10 @@ pub struct HealthCheckConfig {
     /// frees its slot then.
     #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub header_timeout: Duration,
+    /// An answer whose writing makes no progress this long (a client that
+    /// does not read) ends its connection (default `10s`).
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub write_timeout: Option<Duration>,
 }
 
 fn default_max_connections() -> usize {
@@ -75,6 +79,7 @@ impl Default for HealthCheckConfig {
             max_connections_per_source: default_max_connections_per_source(),
             max_connections_per_range: None,
             header_timeout: default_header_timeout(),
+            write_timeout: None,
         }
     }
 }
@@ -90,6 +95,7 @@ impl HealthCheckConfig {
                     .max(self.max_connections_per_source)
             }),
             header_timeout: self.header_timeout,
+            write_timeout: self.write_timeout.unwrap_or(varta_exporters::httpd::DEFAULT_WRITE_TIMEOUT),
         }
     }
 

@@ -15,7 +15,10 @@
 //! counted by reason (`connections_refused{reason=per_source|per_range|total}`); request headers
 //! are bounded in size (16 KiB buffer, 32 fields) and in time
 //! (`header_timeout`, slowloris: a connection that sends nothing frees its
-//! slot then); accept
+//! slot then); an answer whose writing makes no progress for
+//! `write_timeout` (a client that asks and never reads) ends its
+//! connection, which releases what the answer held (a scrape's snapshot),
+//! counted as `write_timeouts`; accept
 //! errors are logged at a limited pace and never spin; a stop request ends
 //! the accept loop and asks open connections to finish. What a request gets
 //! is the caller's `handle`.
@@ -45,7 +48,12 @@ pub struct Limits {
     pub max_connections_per_source: usize,
     pub max_connections_per_range: usize,
     pub header_timeout: Duration,
+    /// An answer whose writing makes no progress this long ends its connection.
+    pub write_timeout: Duration,
 }
+
+/// `write_timeout` when not configured.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `max_connections_per_range` when not configured: a quarter of the total.
 pub fn default_per_range(max_connections: usize) -> usize {
@@ -72,6 +80,9 @@ impl Limits {
         if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(300) {
             return Err("`header_timeout` must be between 1ms and 5m".into());
         }
+        if self.write_timeout.is_zero() || self.write_timeout > Duration::from_secs(3600) {
+            return Err("`write_timeout` must be between 1ms and 1h".into());
+        }
         Ok(())
     }
 }
@@ -84,6 +95,7 @@ pub struct ConnectionStats {
     refused_per_source: AtomicU64,
     refused_per_range: AtomicU64,
     evicted: AtomicU64,
+    write_timeouts: Arc<AtomicU64>,
     open: AtomicU64,
     errors: AtomicU64,
 }
@@ -97,6 +109,10 @@ pub mod metric {
         "connections_refused",
         "reason",
         "HTTP connections closed at once: per_source, per_range or total limit reached with every connection there busy.",
+    );
+    pub static WRITE_TIMEOUTS: Metric = Metric::counter(
+        "write_timeouts",
+        "HTTP connections ended because writing the answer made no progress for write_timeout (a client that does not read).",
     );
     pub static CONNECTIONS_EVICTED: Metric = Metric::counter(
         "connections_evicted",
@@ -122,6 +138,7 @@ impl ConnectionStats {
         for (m, v) in all {
             out(Sample::new(m, v.load(Relaxed)));
         }
+        out(Sample::new(&WRITE_TIMEOUTS, self.write_timeouts.load(Relaxed)));
         out(Sample::labelled(&CONNECTIONS_REFUSED, "per_source", self.refused_per_source.load(Relaxed)));
         out(Sample::labelled(&CONNECTIONS_REFUSED, "per_range", self.refused_per_range.load(Relaxed)));
         out(Sample::labelled(&CONNECTIONS_REFUSED, "total", self.refused_total.load(Relaxed)));
@@ -315,7 +332,14 @@ pub async fn serve<F, Fut, B>(
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(16 * 1024)
                 .max_headers(32)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(WriteProgress::new(
+                        stream,
+                        limits.write_timeout,
+                        Arc::clone(&stats.write_timeouts),
+                    )),
+                    service,
+                );
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -330,6 +354,84 @@ pub async fn serve<F, Fut, B>(
                 stats.errors.fetch_add(1, Relaxed);
             }
         });
+    }
+}
+
+/// A stream whose writes must make progress: a write still pending
+/// `timeout` after the last byte went out fails (`TimedOut`), which ends
+/// the connection and drops the answer.
+struct WriteProgress<S> {
+    inner: S,
+    timeout: Duration,
+    /// Armed while a write is pending; re-armed on every byte written.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    timeouts: Arc<AtomicU64>,
+}
+
+impl<S> WriteProgress<S> {
+    fn new(inner: S, timeout: Duration, timeouts: Arc<AtomicU64>) -> WriteProgress<S> {
+        WriteProgress { inner, timeout, stalled: None, timeouts }
+    }
+
+    /// `Pending` from the inner stream: time out if no progress for too long.
+    fn pending<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.timeouts.fetch_add(1, Relaxed);
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for write_timeout",
+            )));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteProgress<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteProgress<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -355,6 +457,7 @@ mod tests {
             max_connections_per_source: 2,
             max_connections_per_range: 3,
             header_timeout: Duration::from_secs(1),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         };
         let (registry, stats) = (Registry::default(), ConnectionStats::default());
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");

@@ -208,3 +208,98 @@ fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A scraper that asks for `/metrics` and never reads once pinned the
+/// snapshot it was being sent, with no end. Now an answer whose writing
+/// makes no progress for `write_timeout` ends its connection (counted),
+/// and scrapes go on.
+#[test]
+fn a_scraper_that_never_reads_is_cut_off_after_write_timeout() {
+    use std::io::Write;
+    let (metrics, udp) = (free_tcp_port(), varta_integration::free_udp_port());
+    let text = format!(
+        r#"receivers:
+  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 67108864 }}
+processors:
+  tracker: {{ threshold: 1h, snapshot_interval: 50ms }}
+exporters:
+  prometheus: {{ endpoint: "127.0.0.1:{metrics}", auth: none, write_timeout: 500ms, max_agent_series: 100000 }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [prometheus] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    );
+    let c = Collector::start(&text);
+    // 20,000 agents: an answer of megabytes, far more than socket buffers hold.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for pid in 100_000..120_000u32 {
+        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, 1, 1, 0).encode();
+        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
+            std::thread::yield_now();
+        }
+    }
+    wait_for("the fleet tracked", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") >= 19_000).then_some(())
+    });
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    // The one that never reads (a small receive buffer, so the server blocks soon).
+    let socket = socket2_like_small_rcvbuf();
+    let mut stalled = socket.connect(([127, 0, 0, 1], metrics).into()).expect("connect");
+    stalled.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    wait_for("the write timeout", || {
+        (c.counter("exporters::prometheus", "write_timeouts", "") >= 1).then_some(())
+    });
+    // Scrapes from others are answered all along.
+    assert_eq!(http::request("GET", &url, &[]).expect("scrape").status, 200);
+    drop(stalled);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A blocking TCP socket with a 4 KiB receive buffer (set before connect).
+fn socket2_like_small_rcvbuf() -> SmallSocket {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) and setsockopt(2) on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        SmallSocket(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+struct SmallSocket(std::os::fd::OwnedFd);
+
+impl SmallSocket {
+    fn connect(self, to: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+        let std::net::SocketAddr::V4(v4) = to else { panic!("IPv4 only") };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: connect(2) with a valid sockaddr_in on our descriptor.
+        let rc = unsafe {
+            libc::connect(
+                self.0.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is a connected TCP socket we own.
+        Ok(unsafe { std::net::TcpStream::from_raw_fd(self.0.into_raw_fd()) })
+    }
+}

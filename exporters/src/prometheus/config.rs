@@ -95,6 +95,10 @@ pub struct PrometheusConfig {
     /// Time a client has to send its request headers (slowloris bound).
     #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
     pub header_timeout: Duration,
+    /// An answer whose writing makes no progress this long (a client that
+    /// does not read) ends its connection (default `10s`).
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for PrometheusConfig {
@@ -111,6 +115,7 @@ impl Default for PrometheusConfig {
             max_connections_per_source: default_max_connections_per_source(),
             max_connections_per_range: None,
             header_timeout: default_header_timeout(),
+            write_timeout: None,
         }
     }
 }
@@ -133,6 +138,7 @@ impl PrometheusConfig {
                 crate::httpd::default_per_range(self.max_connections).max(self.max_connections_per_source)
             }),
             header_timeout: self.header_timeout,
+            write_timeout: self.write_timeout.unwrap_or(crate::httpd::DEFAULT_WRITE_TIMEOUT),
         }
     }
 
