@@ -801,3 +801,45 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     kill(&child, libc::SIGTERM);
     assert!(child.wait().expect("exit").success());
 }
+
+/// A flood of 500 fake plain-UDP pids into a pipeline of capacity 200 that
+/// also has the UDS receiver (the shipped `all-transports.yaml` shape): a
+/// kernel-attested agent that then starts and freezes was never admitted,
+/// so never reported. Plain UDP now takes at most its share (half).
+#[test]
+fn a_flood_of_fake_udp_pids_never_keeps_an_attested_agent_out() {
+    let udp = free_udp_port();
+    let config = format!(
+        r#"receivers:
+  vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
+  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 8388608 }}
+processors:
+  tracker: {{ threshold: 500ms, capacity: 200 }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv", beats: false }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/uds, vlp/udp], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    );
+    let c = Collector::start(&config);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for pid in 500_000..500_500u32 {
+        let frame = Frame::new(Status::Ok, pid, 1, 1, 0).encode();
+        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
+            std::thread::yield_now();
+        }
+    }
+    wait_for("the flood refused past its share", || {
+        (c.counter("pipelines::liveness", "unauthenticated_share_exceeded", "") >= 400).then_some(())
+    });
+    assert_eq!(c.counter("pipelines::liveness", "agents_tracked", ""), 100, "plain UDP took half");
+    let mut agent = std::process::Command::new(varta_integration::binary("stall-agent"))
+        .args([c.path("varta.sock").to_str().expect("utf8"), "sleep", "2"])
+        .spawn()
+        .expect("stall-agent");
+    wait_events(&c, "stall", agent.id(), 1);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

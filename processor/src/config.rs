@@ -199,6 +199,15 @@ pub struct TrackerConfig {
     pub snapshot_interval: Duration,
     pub thresholds: Vec<ThresholdRule>,
     pub adaptive: AdaptiveConfig,
+    /// The share of `capacity` plain-UDP agents (whose pids nobody proves)
+    /// may take when the pipeline also has attested receivers (default
+    /// 0.5), so a flood of fake pids can never keep a kernel-attested agent
+    /// out. See [`TrackerConfig::shared_with_attested`].
+    pub unauthenticated_share: f64,
+    /// Set by whoever assembles the pipeline (not configuration): the
+    /// pipeline has plain-UDP and other receivers, so the share applies.
+    #[serde(skip)]
+    pub shared_with_attested: bool,
 }
 
 impl Default for TrackerConfig {
@@ -211,6 +220,8 @@ impl Default for TrackerConfig {
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             thresholds: Vec::new(),
             adaptive: AdaptiveConfig::default(),
+            unauthenticated_share: 0.5,
+            shared_with_attested: false,
         }
     }
 }
@@ -241,6 +252,12 @@ impl TrackerConfig {
             return Err(ConfigError::invalid(
                 "tracker.snapshot_interval",
                 format!("must be between 10ms and 1m (got {:?})", self.snapshot_interval),
+            ));
+        }
+        if !(self.unauthenticated_share > 0.0 && self.unauthenticated_share <= 1.0) {
+            return Err(ConfigError::invalid(
+                "tracker.unauthenticated_share",
+                format!("must be greater than 0 and at most 1 (got {})", self.unauthenticated_share),
             ));
         }
         self.validate_rules()?;
@@ -312,6 +329,15 @@ impl TrackerConfig {
 
     pub fn snapshot_interval_ns(&self) -> u64 {
         u64::try_from(self.snapshot_interval.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// How many plain-UDP agents may be tracked at once.
+    pub fn unauthenticated_limit(&self) -> usize {
+        if self.shared_with_attested {
+            ((self.capacity as f64 * self.unauthenticated_share) as usize).max(1)
+        } else {
+            self.capacity
+        }
     }
 
     /// The threshold in nanoseconds (validated configs fit easily in `u64`).

@@ -108,6 +108,10 @@ pub struct Processor {
     /// length of every suspend, whichever clock the processor reads.
     suspended_ns: u64,
     blind_logged_ns: Option<u64>,
+    /// Plain-UDP agents tracked now, and how many may be (see
+    /// [`TrackerConfig::unauthenticated_limit`]).
+    unauthenticated: usize,
+    unauthenticated_limit: usize,
 }
 
 /// The shortest lateness that counts as a blind window.
@@ -174,6 +178,8 @@ impl Processor {
             expected_wake: None,
             suspended_ns: suspended_ns(),
             blind_logged_ns: None,
+            unauthenticated: 0,
+            unauthenticated_limit: tracker.unauthenticated_limit(),
         })
     }
 
@@ -187,6 +193,7 @@ impl Processor {
         tracker.validate()?;
         self.thresholds = tracker.thresholds();
         self.blind_after_ns = blind_after(&self.thresholds);
+        self.unauthenticated_limit = tracker.unauthenticated_limit();
         self.eviction_after = u64::from(tracker.eviction_after);
         let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
         let mut waiting = Vec::new();
@@ -597,6 +604,9 @@ impl Processor {
         }
         let slot = self.tracker.slot_mut(idx);
         slot.last_admitted_ns = now;
+        if slot.transport == Transport::Udp && beat.transport > Transport::Udp {
+            self.unauthenticated -= 1;
+        }
         slot.transport = slot.transport.max(beat.transport);
         let pinned_start = slot.start_time();
         let is_uds = beat.transport == Transport::Uds;
@@ -645,6 +655,14 @@ impl Processor {
         if !self.limiter.take_global(now) {
             return self.rate_limited(RateLimitReason::Global, unpinned, now, out);
         }
+        if beat.transport == Transport::Udp && self.unauthenticated >= self.unauthenticated_limit {
+            // Their share is taken: a flood of fake pids never keeps an
+            // attested agent out.
+            self.stats.capacity_exceeded();
+            self.stats.unauthenticated_share_exceeded();
+            let kind = EventKind::CapacityExceeded { pid: beat.frame.pid };
+            return Self::emit(out, now, Some(unpinned), kind);
+        }
         let victim = if self.tracker.is_full() {
             let Some(victim) = self.tracker.evictable(now, self.eviction_after) else {
                 self.stats.capacity_exceeded();
@@ -665,6 +683,7 @@ impl Processor {
         let idx = match victim {
             Some(victim) => {
                 let old = self.tracker.slot(victim).agent_ref();
+                self.forget_transport(old.transport);
                 self.stats.evicted(EvictionReason::Stale);
                 Self::emit(out, now, Some(old), EventKind::Evicted { reason: EvictionReason::Stale });
                 self.tracker.replace(victim, hash, slot);
@@ -683,8 +702,17 @@ impl Processor {
                 }
             },
         };
+        if beat.transport == Transport::Udp {
+            self.unauthenticated += 1;
+        }
         self.agent_started(idx, now, provisional);
         self.accept(idx, beat, now, wants_beats, out);
+    }
+
+    fn forget_transport(&mut self, transport: Transport) {
+        if transport == Transport::Udp {
+            self.unauthenticated = self.unauthenticated.saturating_sub(1);
+        }
     }
 
     /// A fresh agent for `beat`, first admitted at `now`, under the rule
@@ -746,6 +774,10 @@ impl Processor {
         out: &mut dyn EventSink,
     ) {
         let old = self.tracker.slot(idx).agent_ref();
+        self.forget_transport(old.transport);
+        if beat.transport == Transport::Udp {
+            self.unauthenticated += 1;
+        }
         self.stats.evicted(reason);
         Self::emit(out, now, Some(old), EventKind::Evicted { reason });
         let (fresh, provisional) = self.fresh_slot(beat, start_time, now);

@@ -76,6 +76,7 @@ pub struct ProcessorStats {
     agents_stalled: Cell,
     rate_limited: [Cell; 2],
     capacity_exceeded: Cell,
+    unauthenticated_share_exceeded: Cell,
     evicted_stale: Cell,
     evicted_pid_recycled: Cell,
     origin_conflicts: Cell,
@@ -127,6 +128,8 @@ pub struct StatsSnapshot {
     pub rate_limited_per_agent: u64,
     pub rate_limited_global: u64,
     pub capacity_exceeded: u64,
+    /// Of those, plain-UDP agents over their share of the tracker.
+    pub unauthenticated_share_exceeded: u64,
     pub evicted_stale: u64,
     pub evicted_pid_recycled: u64,
     pub origin_conflicts: u64,
@@ -171,6 +174,10 @@ pub mod metric {
     pub static AGENTS_STALLED: Metric = Metric::gauge("agents_stalled", "Tracked agents currently stalled.");
     pub static RATE_LIMITED: Metric =
         Metric::labelled("rate_limited", "reason", "Beats refused by the ratelimit processor, by limit.");
+    pub static UNAUTHENTICATED_SHARE_EXCEEDED: Metric = Metric::counter(
+        "unauthenticated_share_exceeded",
+        "New plain-UDP agents refused because they had taken their share of the tracker (attested agents keep the rest).",
+    );
     pub static CAPACITY_EXCEEDED: Metric = Metric::counter(
         "capacity_exceeded",
         "New agents refused because the tracker was full of live agents.",
@@ -250,6 +257,7 @@ impl ProcessorStats {
             rate_limited_per_agent: self.rate_limited[0].get(),
             rate_limited_global: self.rate_limited[1].get(),
             capacity_exceeded: self.capacity_exceeded.get(),
+            unauthenticated_share_exceeded: self.unauthenticated_share_exceeded.get(),
             evicted_stale: self.evicted_stale.get(),
             evicted_pid_recycled: self.evicted_pid_recycled.get(),
             origin_conflicts: self.origin_conflicts.get(),
@@ -308,6 +316,9 @@ impl ProcessorStats {
     }
     pub(crate) fn capacity_exceeded(&self) {
         self.capacity_exceeded.add(1);
+    }
+    pub(crate) fn unauthenticated_share_exceeded(&self) {
+        self.unauthenticated_share_exceeded.add(1);
     }
     pub(crate) fn evicted(&self, reason: EvictionReason) {
         match reason {
@@ -378,13 +389,14 @@ impl StatsSnapshot {
     /// [`StatsSnapshot::stall_durations`]).
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 17] = [
+        let plain: [(&'static Metric, u64); 18] = [
             (&BEATS_ACCEPTED, self.beats_accepted),
             (&STALLS, self.stalls),
             (&RESUMES, self.resumes),
             (&AGENTS_TRACKED, self.agents_tracked),
             (&AGENTS_STALLED, self.agents_stalled),
             (&CAPACITY_EXCEEDED, self.capacity_exceeded),
+            (&UNAUTHENTICATED_SHARE_EXCEEDED, self.unauthenticated_share_exceeded),
             (&ORIGIN_CONFLICTS, self.origin_conflicts),
             (&STALE_NONCES, self.stale_nonces),
             (&PANICS, self.panics),
@@ -431,7 +443,7 @@ mod tests {
         stats.snapshot().samples(&mut |s| samples.push(s));
         assert_eq!(
             samples.len(),
-            21 + BlindCause::ALL.len()
+            22 + BlindCause::ALL.len()
                 + Cause::COUNT
                 + 1
                 + RecoveryOutcome::FINAL.len()

@@ -114,10 +114,22 @@ impl PipelinePlan {
             exporters: p.exporters.clone(),
             queue_batches: p.queue_batches,
         };
+        // Plain UDP beside attested receivers: its agents get their share
+        // of the tracker only (see `TrackerConfig::unauthenticated_share`).
+        let plain_udp = |id: &String| {
+            config.receivers.get(id).is_some_and(|c| {
+                let ReceiverConfig::Vlp(r) = &c.config;
+                r.transport == varta_receiver::TransportKind::Udp
+            })
+        };
+        let shared_with_attested =
+            p.receivers.iter().any(plain_udp) && p.receivers.iter().any(|id| !plain_udp(id));
         for id in &p.processors {
             match config.processors.get(id).map(|c| &c.config) {
                 Some(ProcessorConfig::RateLimit(cfg)) => plan.ratelimit = Some(*cfg),
-                Some(ProcessorConfig::Tracker(cfg)) => plan.tracker = Some(cfg.clone()),
+                Some(ProcessorConfig::Tracker(cfg)) => {
+                    plan.tracker = Some(TrackerConfig { shared_with_attested, ..cfg.clone() })
+                }
                 Some(ProcessorConfig::Resolver(cfg)) => plan.resolver = Some((id.clone(), *cfg)),
                 Some(ProcessorConfig::Recovery(cfg)) => plan.recovery = Some((id.clone(), (**cfg).clone())),
                 None => {}
@@ -137,7 +149,17 @@ impl PipelinePlan {
     /// running processor, keeping its agents.
     pub fn thresholds_key(&self) -> String {
         let t = self.tracker.as_ref();
-        format!("{:?}", t.map(|t| (t.threshold, &t.thresholds, t.adaptive, t.eviction_after)))
+        format!(
+            "{:?}",
+            t.map(|t| (
+                t.threshold,
+                &t.thresholds,
+                t.adaptive,
+                t.eviction_after,
+                t.unauthenticated_share,
+                t.shared_with_attested
+            ))
+        )
     }
 
     /// The resolver and the recovery runner (which reads the resolver's
