@@ -1583,3 +1583,40 @@ fn per_signal_otel_variables_reach_their_own_backend_with_their_own_key() {
     assert!(requests(&traces_seen, "/v1/metrics").is_empty(), "no metrics at the traces backend");
     assert!(requests(&metrics_seen, "/v1/traces").is_empty(), "no traces at the metrics backend");
 }
+
+/// An incident open across a reload that rebuilds the OTLP exporter (its
+/// `timeout` changed) arrives as one trace: the trace-id salt is drawn
+/// once per process (it was redrawn by every exporter start, splitting the
+/// incident in two).
+#[test]
+fn an_incident_open_across_an_exporter_rebuild_is_one_trace() {
+    let Rig { sink, server, config, .. } = rig("300ms", "    timeout: 5s");
+    let config = config.replace("service:\n", "service:\n  pid_file: \"@DIR@/collector.pid\"\n");
+    let c = Collector::start(&config);
+    let agent = uds_agent(&c);
+    let pid = agent.id();
+    wait_for("the agent tracked", || {
+        (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let stall = wait_for("the stall span", || spans_of(&sink, "varta.stall", pid).pop());
+    let dir = c.dir.path().display().to_string();
+    std::fs::write(
+        c.path("collector.yaml"),
+        config.replace("timeout: 5s", "timeout: 6s").replace("@DIR@", &dir),
+    )
+    .expect("rewrite");
+    let pid_file = c.path("collector.pid");
+    let out = varta_integration::collector_cmd(&["reload", "--pid-file", pid_file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
+    signal(&agent, libc::SIGCONT);
+    let resolved = wait_for("the resolution span", || spans_of(&sink, "varta.stall.resolved", pid).pop());
+    assert_eq!(resolved.trace_id, stall.trace_id, "one incident, one trace across the exporter rebuild");
+    let mut agent = agent;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
+}

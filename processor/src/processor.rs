@@ -254,6 +254,18 @@ impl Processor {
         self.recovery = recovery;
     }
 
+    /// The number the next incident gets.
+    pub fn next_incident(&self) -> u64 {
+        self.next_incident
+    }
+
+    /// Numbers incidents from `next` on (a pipeline rebuilt by a reload
+    /// carries on its numbering, so trace ids — derived from it — never
+    /// repeat within the process).
+    pub fn continue_incidents_from(&mut self, next: u64) {
+        self.next_incident = self.next_incident.max(next);
+    }
+
     /// The shared counters (read from any thread).
     pub fn stats(&self) -> Arc<ProcessorStats> {
         Arc::clone(&self.stats)

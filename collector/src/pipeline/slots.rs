@@ -327,8 +327,10 @@ impl PipelineSlot {
         if self.processor.is_none() || self.processor_key != plan.processor_key() {
             // Helpers first: a recovery runner must have closed its audit
             // file before the new one opens it.
+            let numbered = self.processor.as_ref().map_or(1, Processor::next_incident);
             self.drop_helpers(deadline);
-            let processor = new_processor(plan)?;
+            let mut processor = new_processor(plan)?;
+            processor.continue_incidents_from(numbered);
             self.stats = processor.stats();
             self.snapshots = processor.snapshots();
             self.processor = Some(processor);

@@ -1,9 +1,11 @@
 //! Trace and span ids of stall incidents.
 //!
 //! Promises: an incident's trace id is a pure function of (a random 64-bit
-//! salt drawn when the exporter starts, the pipeline name, the incident
-//! number), so every span of one incident lands in one trace without the
-//! exporter remembering anything, while incident 1 of today's run and
+//! salt drawn once per process — [`process_salt`] — the pipeline name, the
+//! incident number), so every span of one incident lands in one trace
+//! without the exporter remembering anything, also when the exporter is
+//! rebuilt by a reload while the incident is open (incident numbers carry
+//! on across processor rebuilds), while incident 1 of today's run and
 //! incident 1 of yesterday's run (or of another pipeline) get different
 //! trace ids. Ids are never all-zero (invalid in OTLP). Span ids are a
 //! pure function of the trace id and the span's role, so a
@@ -71,6 +73,12 @@ impl IdSource {
 
 /// 64 random bits from the operating system; falls back to time and pid
 /// (still different per start) if the OS source fails.
+/// The salt of this process's trace ids, drawn once.
+pub fn process_salt() -> u64 {
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SALT.get_or_init(random_salt)
+}
+
 pub fn random_salt() -> u64 {
     let mut b = [0u8; 8];
     match getrandom::fill(&mut b) {

@@ -223,6 +223,12 @@ fn hostname() -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
 }
 
+/// This process's `service.instance.id`, drawn once.
+fn process_instance_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| instance_id(ids::random_salt(), ids::random_salt())).clone()
+}
+
 /// A random UUID (v4) string: this process's `service.instance.id`.
 fn instance_id(a: u64, b: u64) -> String {
     let a = (a & !0xf000) | 0x4000; // version 4
@@ -303,8 +309,10 @@ impl OtlpExporter {
             let _guard = runtime.enter();
             Client::connect(config)?
         };
-        let salt = ids::random_salt();
-        let instance = instance_id(salt, ids::random_salt());
+        // One trace per incident across exporter restarts, and one
+        // `service.instance.id` for the life of the process.
+        let salt = ids::process_salt();
+        let instance = process_instance_id();
         let host_name = hostname();
         let own = Arc::new(Identity {
             resource: resource::collector(config, &instance, host_name.as_deref(), |k| std::env::var(k).ok()),
