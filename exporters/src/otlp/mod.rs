@@ -346,30 +346,34 @@ impl OtlpExporter {
             .collect();
         let mut tasks = Vec::new();
         if config.traces.enabled {
-            tasks.push(runtime.spawn(send_spans(
-                id.to_owned(),
-                shared.clone(),
-                client.fork(),
-                own.clone(),
-                config.clone(),
-            )));
+            let (id, shared, client, own, config) =
+                (id.to_owned(), shared.clone(), client.fork(), own.clone(), config.clone());
+            let stats = shared.stats.clone();
+            tasks.push(runtime.spawn(supervised(id.clone(), "span sender", stats, move || {
+                send_spans(id.clone(), shared.clone(), client.fork(), own.clone(), config.clone())
+            })));
         }
         if config.metrics.enabled {
-            let builder = metrics::MetricsBuilder::new(
-                config.metrics.temporality,
-                config.metrics.per_agent,
-                u64::try_from(wallclock::unix_now_ns()).unwrap_or(0),
-            )
-            .with_agent_resource(config.agent_resource.then(|| host_name.clone()));
-            tasks.push(runtime.spawn(send_metrics(
-                id.to_owned(),
-                shared.clone(),
-                client,
-                own,
-                config.clone(),
-                builder,
-                view,
-            )));
+            let started_ns = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
+            let (id, shared, own, config) = (id.to_owned(), shared.clone(), own, config.clone());
+            let stats = shared.stats.clone();
+            tasks.push(runtime.spawn(supervised(id.clone(), "metrics sender", stats, move || {
+                let builder = metrics::MetricsBuilder::new(
+                    config.metrics.temporality,
+                    config.metrics.per_agent,
+                    started_ns,
+                )
+                .with_agent_resource(config.agent_resource.then(|| host_name.clone()));
+                send_metrics(
+                    id.clone(),
+                    shared.clone(),
+                    client.fork(),
+                    own.clone(),
+                    config.clone(),
+                    builder,
+                    view.clone(),
+                )
+            })));
         }
         let exporter = OtlpExporter {
             id: id.to_owned(),
@@ -456,6 +460,38 @@ impl Drop for OtlpExporter {
         if left > 0 {
             self.shared.stats.spans_dropped_shutdown.fetch_add(left, Relaxed);
             tracing::warn!(exporter = %self.id, spans = left, "shutdown deadline passed with spans not yet delivered; counted as dropped");
+        }
+    }
+}
+
+/// Runs the task `start` makes, and makes it again whenever it panics —
+/// a bug, or an answer nobody foresaw, must never stop an exporter for
+/// good. The queue and counters live in [`Shared`], so nothing queued is
+/// lost; each panic is logged and counted (`task_panics`). Aborting the
+/// supervisor (shutdown) aborts the task it runs.
+async fn supervised<F, Fut>(id: String, what: &'static str, stats: Arc<OtlpStats>, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    /// Aborts the task when the supervisor goes (shutdown aborts it).
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let mut task = AbortOnDrop(tokio::spawn(start()));
+        match (&mut task.0).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                stats.task_panics.fetch_add(1, Relaxed);
+                tracing::error!(exporter = %id, "the {what} panicked and is restarted; its queue is kept");
+                // Not a tight loop if it panics at once again.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => return,
         }
     }
 }
@@ -709,6 +745,26 @@ async fn send_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sender task that panics is restarted (counted), and what it was
+    /// working from survives; a task that ends is not restarted.
+    #[tokio::test]
+    async fn a_panicking_sender_is_restarted_with_its_state() {
+        let stats = Arc::new(OtlpStats::default());
+        let runs = Arc::new(AtomicU64::new(0));
+        let r = runs.clone();
+        supervised("test".into(), "sender", stats.clone(), move || {
+            let n = r.fetch_add(1, Relaxed);
+            async move {
+                if n < 2 {
+                    panic!("an answer nobody foresaw");
+                }
+            }
+        })
+        .await;
+        assert_eq!(runs.load(Relaxed), 3, "ran until it ended without a panic");
+        assert_eq!(stats.task_panics.load(Relaxed), 2);
+    }
 
     #[test]
     fn instance_ids_are_uuid_v4() {

@@ -25,6 +25,8 @@ pub struct OtlpStats {
     /// Retries (spans or metrics) after the backend said when (`Retry-After`,
     /// gRPC `RetryInfo`).
     pub exports_throttled: AtomicU64,
+    /// Sender tasks that panicked and were restarted.
+    pub task_panics: AtomicU64,
     pub metric_exports: AtomicU64,
     pub metric_exports_failed: AtomicU64,
     pub clock_steps: AtomicU64,
@@ -50,6 +52,10 @@ pub mod metric {
         "exports_throttled",
         "Export calls retried when the backend said when (Retry-After, gRPC RetryInfo).",
     );
+    pub static TASK_PANICS: Metric = Metric::counter(
+        "task_panics",
+        "Sender tasks that panicked and were restarted with their queue (a bug: please report it).",
+    );
     pub static METRIC_EXPORTS: Metric =
         Metric::counter("metric_exports", "Metric export calls the backend accepted.");
     pub static METRIC_EXPORTS_FAILED: Metric =
@@ -63,12 +69,13 @@ pub mod metric {
 impl Instrumented for OtlpStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 8] = [
+        let plain: [(&'static Metric, u64); 9] = [
             (&SPANS_EXPORTED, self.spans_exported.load(Relaxed)),
             (&SPANS_FAILED, self.spans_failed.load(Relaxed)),
             (&SPANS_QUEUED, self.spans_queued.load(Relaxed)),
             (&SPAN_EXPORTS_RETRIED, self.span_exports_retried.load(Relaxed)),
             (&EXPORTS_THROTTLED, self.exports_throttled.load(Relaxed)),
+            (&TASK_PANICS, self.task_panics.load(Relaxed)),
             (&METRIC_EXPORTS, self.metric_exports.load(Relaxed)),
             (&METRIC_EXPORTS_FAILED, self.metric_exports_failed.load(Relaxed)),
             (&CLOCK_STEPS, self.clock_steps.load(Relaxed)),
