@@ -1620,3 +1620,26 @@ fn an_incident_open_across_an_exporter_rebuild_is_one_trace() {
     assert!(status.success(), "{log}");
     server.kill();
 }
+
+/// In the shipped DaemonSet nothing said which node an agent runs on: the
+/// kit passes `NODE_NAME` (from `spec.nodeName`), and local agents' spans
+/// now carry it as `k8s.node.name`.
+#[test]
+fn local_agents_carry_the_node_name_the_kit_passes() {
+    let Rig { sink, server, config, .. } = rig("300ms", "");
+    let c = Collector::start_with(&config, &[("NODE_NAME", "node-7")]);
+    let mut agent = uds_agent(&c);
+    let pid = agent.id();
+    wait_for("the agent tracked", || {
+        (c.counter("pipelines::liveness", "beats_accepted", "") > 0).then_some(())
+    });
+    signal(&agent, libc::SIGSTOP);
+    let (resource, _) = wait_for("the stall span", || agent_spans(&sink, "varta.stall", pid).pop());
+    assert_eq!(str_attr(&resource, "k8s.node.name"), Some("node-7"));
+    signal(&agent, libc::SIGCONT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    server.kill();
+}

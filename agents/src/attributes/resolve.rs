@@ -55,7 +55,9 @@ pub fn resolve(pid: u32, host: Host, include_args: bool) -> Option<Resolved> {
     if let Some(argv) = proc::cmdline(pid) {
         r.command = argv.first().cloned();
         if include_args {
-            r.command_args = Some(argv.join(" "));
+            // NUL-separated: exported as a string array (semantic
+            // conventions), never re-split on the spaces an argument holds.
+            r.command_args = Some(argv.join("\0"));
         }
     }
     r.owner = proc::status(pid).map(|s| proc::user_name(s.uid).unwrap_or_else(|| s.uid.to_string()));

@@ -157,7 +157,6 @@ impl<'a> AttributesRef<'a> {
             (PROCESS_EXECUTABLE_NAME, a.executable_name),
             (PROCESS_EXECUTABLE_PATH, a.executable_path),
             (PROCESS_COMMAND, a.command),
-            (PROCESS_COMMAND_ARGS, a.command_args),
             (PROCESS_OWNER, a.owner),
             (CONTAINER_ID, a.container_id),
             (K8S_POD_UID, a.pod_uid),
@@ -170,6 +169,9 @@ impl<'a> AttributesRef<'a> {
             if let Some(v) = self.s(sym) {
                 out.push((name, AttrValue::Str(v)));
             }
+        }
+        if let Some(v) = self.s(a.command_args) {
+            out.push((PROCESS_COMMAND_ARGS, AttrValue::Args(v)));
         }
         if let Some(t) = self.creation_time_ns() {
             out.push((PROCESS_CREATION_TIME, AttrValue::UnixNanos(t)));
@@ -197,6 +199,8 @@ impl varta_processor::AgentAttributes for AttributesRef<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrValue<'a> {
     Str(&'a str),
+    /// A string array, its elements NUL-separated (`process.command_args`).
+    Args(&'a str),
     Int(i64),
     /// A point in time (render as RFC 3339 for `process.creation.time`).
     UnixNanos(u64),

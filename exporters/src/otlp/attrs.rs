@@ -16,6 +16,17 @@ pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
     }
 }
 
+/// A string-array attribute.
+pub fn strings<'s>(key: &str, values: impl Iterator<Item = &'s str>) -> KeyValue {
+    use opentelemetry_proto::tonic::common::v1::ArrayValue;
+    let values = values.map(|v| AnyValue { value: Some(Value::StringValue(v.to_owned())) }).collect();
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(Value::ArrayValue(ArrayValue { values })) }),
+        ..Default::default()
+    }
+}
+
 pub fn int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
@@ -56,6 +67,7 @@ pub fn resolved(out: &mut Vec<KeyValue>, attributes: &AttributesRef<'_>) {
     for (key, value) in attributes.pairs() {
         out.push(match value {
             AttrValue::Str(s) => string(key, s),
+            AttrValue::Args(args) => strings(key, args.split('\0')),
             AttrValue::Int(i) => int(key, i),
             AttrValue::UnixNanos(ns) => string(key, rfc3339(ns)),
         });
@@ -108,5 +120,40 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
         assert_eq!(rfc3339(1_795_898_483_500_000_000), "2026-11-28T20:41:23.500000000Z");
+    }
+}
+
+#[cfg(test)]
+mod command_args_tests {
+    use super::*;
+    use varta_agents::AttributeStore;
+    use varta_agents::attributes::{Host, Resolved};
+    use varta_processor::AgentId;
+    use varta_proto::Source;
+
+    /// `process.command_args` is a string array (semantic conventions), and
+    /// an argument with a space in it stays one element.
+    #[test]
+    fn command_args_are_a_string_array() {
+        let store = AttributeStore::new(Host { clock_ticks: 100, boot_time_s: None });
+        let id = AgentId { source: Source::Local, pid: 7, start_time: 7 };
+        let r = Resolved { command_args: Some("/bin/app\0--name\0two words".into()), ..Resolved::default() };
+        store.insert(id, &r);
+        let view = store.read();
+        let mut out = Vec::new();
+        resolved(&mut out, &view.get(&id).expect("stored"));
+        let args = out.iter().find(|kv| kv.key == "process.command_args").expect("the attribute");
+        let Some(Value::ArrayValue(array)) = args.value.as_ref().and_then(|v| v.value.clone()) else {
+            panic!("not an array: {args:?}")
+        };
+        let values: Vec<String> = array
+            .values
+            .into_iter()
+            .filter_map(|v| match v.value {
+                Some(Value::StringValue(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values, ["/bin/app", "--name", "two words"]);
     }
 }

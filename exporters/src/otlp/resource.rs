@@ -32,7 +32,7 @@ use super::config::OtlpExporterConfig;
 use varta_processor::AgentRef;
 
 use opentelemetry_semantic_conventions::resource::{
-    HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
+    HOST_NAME, K8S_NODE_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
 };
 
 /// The collector's instance id, on the scope of every span and point.
@@ -129,12 +129,29 @@ pub fn agent(agent: &AgentRef, resolved: Option<&AttributesRef<'_>>, host_name: 
             }
         }
     }
-    if agent.id.source == Source::Local
-        && let Some(h) = host_name
-    {
-        a.push(attrs::string(HOST_NAME, h));
+    if agent.id.source == Source::Local {
+        if let Some(h) = host_name {
+            a.push(attrs::string(HOST_NAME, h));
+        }
+        if let Some(node) = node_name() {
+            a.push(attrs::string(K8S_NODE_NAME, node));
+        }
     }
     Resource { attributes: a, ..Default::default() }
+}
+
+/// `k8s.node.name` of local agents: the `NODE_NAME` variable the shipped
+/// DaemonSet sets from `spec.nodeName` (read once; at most 253 bytes, as a
+/// Kubernetes name).
+fn node_name() -> Option<&'static str> {
+    static NODE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        std::env::var("NODE_NAME")
+            .ok()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty() && n.len() <= 253)
+    })
+    .as_deref()
 }
 
 /// `service.name` of an agent as the specification prescribes.
