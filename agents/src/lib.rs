@@ -24,6 +24,7 @@
 pub mod attributes;
 pub mod cgroup;
 pub mod diagnose;
+pub mod memory_reads;
 pub mod proc;
 pub mod resolver;
 

@@ -121,6 +121,7 @@ pub struct ResolverStats {
     undiagnosed_budget: AtomicU64,
     undiagnosed_backlog: AtomicU64,
     store: Arc<AttributeStore>,
+    memory: Arc<crate::memory_reads::MemoryReadStats>,
 }
 
 /// The resolver's metrics.
@@ -148,6 +149,14 @@ pub mod metric {
     pub static STRINGS_REFUSED: Metric =
         Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.");
     pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.");
+    pub static MEMORY_READS_ABANDONED: Metric = Metric::counter(
+        "memory_reads_abandoned",
+        "Readers of a process's command line and environment abandoned because a read blocked (the target's memory lock).",
+    );
+    pub static MEMORY_READS_SKIPPED: Metric = Metric::counter(
+        "memory_reads_skipped",
+        "Command lines and environments not read because too many readers were abandoned.",
+    );
     pub static TRUNCATED: Metric =
         Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.");
 }
@@ -172,6 +181,8 @@ impl Instrumented for ResolverStats {
         out(Sample::new(&STRINGS_REFUSED, refused));
         out(Sample::new(&BYTES, bytes as u64));
         out(Sample::new(&TRUNCATED, self.store.truncated()));
+        out(Sample::new(&MEMORY_READS_ABANDONED, self.memory.abandoned.load(Relaxed)));
+        out(Sample::new(&MEMORY_READS_SKIPPED, self.memory.skipped.load(Relaxed)));
     }
 }
 
@@ -198,8 +209,11 @@ impl Resolver {
         let (tx, notices) = bounded(config.queue_size);
         let (results_tx, results) = bounded(config.queue_size);
         let (resolved_tx, resolved) = bounded(config.queue_size);
+        let memory =
+            crate::memory_reads::MemoryReads::new(crate::memory_reads::READ_TIMEOUT, stats.memory.clone());
         let worker = Worker {
             config,
+            memory,
             host: Host::read(),
             store: Arc::clone(&store),
             stats: Arc::clone(&stats),
@@ -350,6 +364,7 @@ struct Pending {
 
 struct Worker {
     config: ResolverConfig,
+    memory: crate::memory_reads::MemoryReads,
     host: Host,
     store: Arc<AttributeStore>,
     stats: Arc<ResolverStats>,
@@ -393,7 +408,11 @@ impl Worker {
     }
 
     fn resolve(&mut self, agent: &AgentRef) {
-        let resolved = attributes::resolve(agent.host_pid, self.host, self.config.include_command_args)
+        let memory = &mut self.memory;
+        let resolved =
+            attributes::resolve_with(agent.host_pid, self.host, self.config.include_command_args, |pid| {
+                memory.read(pid)
+            })
             // Unknown identity (start time never read) gets no attributes:
             // the pid may already be another process's.
             .filter(|r| agent.id.start_time != 0 && r.start_time == agent.id.start_time);

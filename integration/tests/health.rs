@@ -303,3 +303,41 @@ impl SmallSocket {
         Ok(unsafe { std::net::TcpStream::from_raw_fd(self.0.into_raw_fd()) })
     }
 }
+
+/// Reading a process's command line or environment takes its memory lock,
+/// and a read stuck there cannot be interrupted: it once wedged the
+/// resolver, and diagnoses silently stopped. The reads now run on a reader
+/// of their own that is abandoned when it does not answer (test hook:
+/// every reader blocks forever); the resolver goes on and a stall is still
+/// diagnosed.
+#[test]
+fn a_blocked_memory_read_never_stops_diagnoses() {
+    let text = config(free_tcp_port())
+        .replace(
+            "processors:\n  tracker: { threshold: 2s }\n",
+            "processors:\n  tracker: { threshold: 300ms }\n  resolver: { diagnosis: { window: 100ms } }\n",
+        )
+        .replace("processors: [tracker]", "processors: [tracker, resolver]")
+        .replace(
+            "exporters:\n  debug: {}\n",
+            "exporters:\n  debug: {}\n  file: { path: \"@DIR@/events.tsv\", beats: false }\n",
+        )
+        .replace("exporters: [debug]", "exporters: [debug, file]");
+    let c = Collector::start_with(&text, &[("VARTA_TEST_WEDGE_MEMORY_READS", "1")]);
+    let mut agent = std::process::Command::new(varta_integration::binary("stall-agent"))
+        .args([c.path("varta.sock").to_str().expect("utf8"), "sleep", "3"])
+        .spawn()
+        .expect("stall-agent");
+    let pid = agent.id().to_string();
+    let diagnosis = wait_for("the stall's diagnosis", || {
+        varta_integration::read_events(&c.path("events.tsv"))
+            .into_iter()
+            .find(|e| e.kind == "diagnosis" && e.pid == pid)
+    });
+    assert_eq!(diagnosis.status, "waiting", "{diagnosis:?}");
+    assert!(c.counter("processors::resolver", "memory_reads_abandoned", "") >= 1);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}

@@ -34,5 +34,5 @@ mod resolve;
 mod store;
 
 pub use intern::{DEFAULT_VALUE_LIMIT, MAX_STRING_BYTES, MAX_STRINGS, Sym};
-pub use resolve::{Host, Resolved, apply_otel_env, creation_time_ns, parse_cgroup, resolve};
+pub use resolve::{Host, Resolved, apply_otel_env, creation_time_ns, parse_cgroup, resolve, resolve_with};
 pub use store::{AttrValue, AttributeStore, Attributes, AttributesRef, StoreUsage, StoreView};

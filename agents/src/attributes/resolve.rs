@@ -42,6 +42,22 @@ impl Host {
 
 /// Reads the attributes of host pid `pid`; `None` when it is gone.
 pub fn resolve(pid: u32, host: Host, include_args: bool) -> Option<Resolved> {
+    resolve_with(pid, host, include_args, |pid| {
+        let env = proc::environ(pid, |k| k == "OTEL_SERVICE_NAME" || k == "OTEL_RESOURCE_ATTRIBUTES");
+        Some((proc::cmdline(pid), env))
+    })
+}
+
+/// [`resolve`], with the reads of the process's memory (command line and
+/// environment, which can block on its memory lock) done by `memory`
+/// (`None`: not read; the other attributes still are — see
+/// [`crate::memory_reads`]).
+pub fn resolve_with(
+    pid: u32,
+    host: Host,
+    include_args: bool,
+    memory: impl FnOnce(u32) -> Option<crate::memory_reads::Read>,
+) -> Option<Resolved> {
     let stat = proc::stat(pid)?;
     let mut r = Resolved { start_time: stat.start_time, parent_pid: stat.ppid, ..Resolved::default() };
     r.creation_time_ns = creation_time_ns(stat.start_time, host).unwrap_or(0);
@@ -52,7 +68,8 @@ pub fn resolve(pid: u32, host: Host, include_args: bool) -> Option<Resolved> {
         .and_then(|p| p.rsplit('/').next())
         .map(|n| n.trim_end_matches(" (deleted)").to_owned())
         .or_else(|| proc::comm(pid));
-    if let Some(argv) = proc::cmdline(pid) {
+    let (argv, env) = memory(pid).unwrap_or_default();
+    if let Some(argv) = argv {
         r.command = argv.first().cloned();
         if include_args {
             // NUL-separated: exported as a string array (semantic
@@ -66,10 +83,7 @@ pub fn resolve(pid: u32, host: Host, include_args: bool) -> Option<Resolved> {
         r.container_id = container;
         r.pod_uid = pod;
     }
-    apply_otel_env(
-        &mut r,
-        &proc::environ(pid, |k| k == "OTEL_SERVICE_NAME" || k == "OTEL_RESOURCE_ATTRIBUTES"),
-    );
+    apply_otel_env(&mut r, &env);
     Some(r)
 }
 
