@@ -7,6 +7,8 @@ mod config;
 mod counter_dump;
 mod health;
 mod logging;
+#[cfg(test)]
+mod metric_docs;
 mod notify;
 mod pidfile;
 mod pipeline;
