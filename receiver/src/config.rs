@@ -89,6 +89,9 @@ pub struct VlpReceiverConfig {
     pub master_key_file: Option<PathBuf>,
     #[serde(default)]
     pub max_senders: Option<usize>,
+    /// Senders one source address may hold at most (default `max_senders`).
+    #[serde(default)]
+    pub max_senders_per_source: Option<usize>,
     #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
     pub sender_idle_timeout: Option<Duration>,
 }
@@ -156,6 +159,7 @@ impl VlpReceiverConfig {
             ("key_files", self.key_files.is_some()),
             ("master_key_file", self.master_key_file.is_some()),
             ("max_senders", self.max_senders.is_some()),
+            ("max_senders_per_source", self.max_senders_per_source.is_some()),
             ("sender_idle_timeout", self.sender_idle_timeout.is_some()),
         ];
         match self.transport {
@@ -201,6 +205,9 @@ impl VlpReceiverConfig {
                 }
                 if self.max_senders == Some(0) {
                     return Err(invalid("max_senders", "must be at least 1"));
+                }
+                if self.max_senders_per_source == Some(0) {
+                    return Err(invalid("max_senders_per_source", "must be at least 1"));
                 }
                 if self.sender_idle_timeout.is_some_and(|d| d.is_zero()) {
                     return Err(invalid("sender_idle_timeout", "must be greater than zero"));

@@ -492,7 +492,8 @@ fn bind_secure(id: &str, cfg: &VlpReceiverConfig) -> Result<SecureReceiver, Rece
     Ok(SecureReceiver::new(
         socket,
         ring,
-        replay::ReplayTable::new(max_senders, cfg.idle_timeout()),
+        replay::ReplayTable::new(max_senders, cfg.idle_timeout())
+            .with_max_per_source(cfg.max_senders_per_source.unwrap_or(max_senders)),
         max_senders,
     ))
 }

@@ -203,6 +203,11 @@ impl SenderState {
 pub struct ReplayTable {
     senders: HashMap<SenderId, SenderState>,
     max_senders: usize,
+    /// Senders one source address may hold at most (`max_senders_per_source`),
+    /// so one key holder's fake pids never lock every new sender out.
+    max_per_source: usize,
+    /// Senders per source address (only addresses with one).
+    per_source: HashMap<IpAddr, usize>,
     idle_ns: u64,
     sweep_interval_ns: u64,
     next_sweep_ns: u64,
@@ -215,10 +220,19 @@ impl ReplayTable {
         ReplayTable {
             senders: HashMap::with_capacity(max_senders.min(INITIAL_SENDERS)),
             max_senders,
+            max_per_source: max_senders,
+            per_source: HashMap::new(),
             idle_ns,
             sweep_interval_ns: idle_ns.min(MAX_SWEEP_INTERVAL_NS),
             next_sweep_ns: 0,
         }
+    }
+
+    /// At most `max` senders from one source address (default: no bound
+    /// below `max_senders`).
+    pub fn with_max_per_source(mut self, max: usize) -> ReplayTable {
+        self.max_per_source = max.max(1);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -237,19 +251,43 @@ impl ReplayTable {
         }
         let mut evicted = 0;
         if self.senders.len() >= self.max_senders {
-            if now >= self.next_sweep_ns {
-                let before = self.senders.len();
-                let idle_ns = self.idle_ns;
-                self.senders.retain(|_, s| now.saturating_sub(s.last_seen_ns()) <= idle_ns);
-                evicted = before - self.senders.len();
-                self.next_sweep_ns = now.saturating_add(self.sweep_interval_ns);
-            }
+            evicted = self.sweep(now);
             if self.senders.len() >= self.max_senders {
                 return Err(Refusal::SenderTableFull);
             }
         }
+        if self.per_source.get(&id.ip).is_some_and(|&n| n >= self.max_per_source) {
+            evicted += self.sweep(now);
+            if self.per_source.get(&id.ip).is_some_and(|&n| n >= self.max_per_source) {
+                // Its own share is full: other sources keep theirs.
+                return Err(Refusal::SenderTableFull);
+            }
+        }
         self.senders.insert(id, SenderState::new(iv, frame, now));
+        *self.per_source.entry(id.ip).or_insert(0) += 1;
         Ok(Admitted { restarted: false, evicted })
+    }
+
+    /// Evicts idle senders (at most once per sweep interval); how many.
+    fn sweep(&mut self, now: u64) -> usize {
+        if now < self.next_sweep_ns {
+            return 0;
+        }
+        let before = self.senders.len();
+        let idle_ns = self.idle_ns;
+        let per_source = &mut self.per_source;
+        self.senders.retain(|id, s| {
+            let keep = now.saturating_sub(s.last_seen_ns()) <= idle_ns;
+            if !keep && let Some(n) = per_source.get_mut(&id.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_source.remove(&id.ip);
+                }
+            }
+            keep
+        });
+        self.next_sweep_ns = now.saturating_add(self.sweep_interval_ns);
+        before - self.senders.len()
     }
 }
 
@@ -386,6 +424,19 @@ mod tests {
         assert!(t.admit(id(42), iv(A, 2), &panic, 3).is_ok());
         assert_eq!(t.admit(id(42), iv(A, 3), &panic, 4), Err(Refusal::Replay));
         assert!(t.admit(id(42), iv(A, 4), &frame(1), 5).is_ok());
+    }
+
+    /// One key holder's fake pids fill only its own source's share: a
+    /// sender from another address is still admitted.
+    #[test]
+    fn one_source_cannot_take_the_whole_sender_table() {
+        let mut t = ReplayTable::new(100, Duration::from_secs(3600)).with_max_per_source(10);
+        let flood = SenderId { ip: "10.0.0.9".parse().expect("ip"), pid: 0, master: false };
+        let refused = (1..=50u32)
+            .filter(|&pid| t.admit(SenderId { pid, ..flood }, iv(A, 0), &frame(1), 1).is_err())
+            .count();
+        assert_eq!(refused, 40, "ten admitted from that address, the rest refused");
+        assert!(t.admit(id(42), iv(A, 0), &frame(1), 2).is_ok(), "another source is still admitted");
     }
 
     #[test]
