@@ -447,21 +447,8 @@ mod tests {
     #[test]
     fn a_full_disk_never_tears_a_line_and_reports_what_it_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mnt = dir.path().join("small");
-        std::fs::create_dir(&mnt).expect("mkdir");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .expect("mount (tests run as root)");
-        assert!(status.success(), "mount a 64 KiB tmpfs (tests run as root)");
-        struct Unmount<'a>(&'a Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&mnt);
+        let disk = varta_pipeline::testing::SmallDisk::mount(dir.path(), "64k");
+        let mnt = disk.path();
         let path = mnt.join("events.tsv");
         let config = FileExporterConfig { path: path.clone(), ..FileExporterConfig::default() };
         let mut x = FileExporter::open(config).expect("open");

@@ -13,6 +13,7 @@
 //! * [`clock`]: `CLOCK_MONOTONIC` in nanoseconds.
 //! * [`procfs`]: small readers of Linux `/proc` (start time, pid namespaces, pid_max).
 //! * [`threads`]: named threads and joins bounded by a deadline.
+//! * [`testing`]: helpers for the tests of the crates above (a small disk).
 //!
 //! (The queue lived in `varta-proto` before; it moved here because `proto`
 //! promises pure functions and the queue is a concurrency primitive.)
@@ -22,6 +23,7 @@ pub mod config;
 pub mod metrics;
 pub mod procfs;
 pub mod queue;
+pub mod testing;
 pub mod threads;
 pub mod throttle;
 
