@@ -154,8 +154,7 @@ impl RateLimitConfig {
 
 /// Smallest accepted stall threshold.
 pub const MIN_THRESHOLD: Duration = Duration::from_millis(10);
-/// Largest accepted stall threshold (keeps deadline arithmetic trivially in range).
-pub const MAX_THRESHOLD: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use crate::threshold::MAX_THRESHOLD;
 /// Default stall threshold.
 pub const DEFAULT_THRESHOLD: Duration = Duration::from_secs(2);
 /// Default tracker capacity (agents).

@@ -51,6 +51,9 @@ fn default_warmup() -> u8 {
     8
 }
 
+/// Largest accepted stall threshold (keeps deadline arithmetic trivially in range).
+pub const MAX_THRESHOLD: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// `tracker.adaptive:` — thresholds learned from each agent's own beat.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +87,7 @@ impl AdaptiveConfig {
     /// `max`, or its default for this default threshold (10 ×, clamped
     /// to the largest threshold, so a long default threshold is valid).
     pub fn max_or(&self, default_threshold: Duration) -> Duration {
-        self.max.unwrap_or(default_threshold.saturating_mul(10).min(crate::config::MAX_THRESHOLD))
+        self.max.unwrap_or(default_threshold.saturating_mul(10).min(MAX_THRESHOLD))
     }
 }
 
