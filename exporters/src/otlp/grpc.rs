@@ -18,8 +18,8 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::OtlpError;
-use super::client::Failure;
 use super::config::{Compression, OtlpExporterConfig, Scheme};
+use super::retry::Failure;
 use super::tls;
 
 /// What a failed call means (the OTLP specification's gRPC rules).

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BufMut;
+use bytes::{BufMut, BytesMut};
 use flate2::Compression as Level;
 use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full};
@@ -35,8 +35,8 @@ use prost::Message;
 use rustls::ClientConfig;
 
 use super::OtlpError;
-use super::client::{EncodeBuffers, Failure};
 use super::config::{Compression, Encoding, OtlpExporterConfig, Scheme};
+use super::retry::Failure;
 use super::tls;
 
 /// Longest excerpt of a server's error answer put into a message.
@@ -307,6 +307,19 @@ impl HttpClient {
     }
 }
 
+/// The buffers a metrics collection encodes its requests into, kept from
+/// request to request and export to export: a request's bytes are cut off
+/// `out` and handed to the sender; once the sender has dropped them the
+/// allocation is taken back by the next `reserve` (until then the next
+/// request gets a new one), so encoding costs a few requests' bytes,
+/// never the fleet's.
+#[derive(Debug, Default)]
+pub struct EncodeBuffers {
+    /// Uncompressed message (OTLP/HTTP, before gzip).
+    pub(super) raw: Vec<u8>,
+    pub(super) out: BytesMut,
+}
+
 /// `partialSuccess` of an OTLP/JSON answer: the rejected count (a string,
 /// as OTLP/JSON writes 64-bit integers, or a number) and `errorMessage`.
 fn json_partial_success(body: &[u8], count_field: &str) -> (i64, String) {
@@ -347,7 +360,7 @@ fn drop_nulls(value: &mut serde_json::Value) {
 
 /// `Retry-After`: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3; a date
 /// already past means "now"). Any value is answered: whether it fits the
-/// retry budget is [`super::client::Backoff::allows`]'s question.
+/// retry budget is [`super::retry::Backoff::allows`]'s question.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = v.parse::<u64>() {

@@ -22,8 +22,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use flate2::write::GzEncoder;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::http::HttpStats;
 use super::scrape::{Exposition, SLICE_BYTES};
+use super::stats::HttpStats;
 
 /// One scrape's body.
 pub struct ScrapeBody {

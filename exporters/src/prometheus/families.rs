@@ -29,8 +29,8 @@ use varta_processor::{
 };
 
 use super::agents::{AgentSource, PipelineAgents};
-use super::http::HttpStats;
 use super::scrape::Exposition;
+use super::stats::HttpStats;
 use crate::view::{CollectorView, LiveView};
 
 /// The eight decode-error kinds varta-watch exports (receiver refusal labels).

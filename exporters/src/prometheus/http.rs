@@ -18,7 +18,6 @@
 //! publish snapshots this side only reads.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use http_body_util::{Either, Full};
@@ -29,95 +28,16 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::httpd::{self, ConnectionStats};
+use crate::httpd;
 use varta_pipeline::clock::monotonic_ns;
-use varta_pipeline::{Instrumented, Sample};
+
 use varta_proto::Key;
 
 use super::body::ScrapeBody;
 use super::config::PrometheusConfig;
 use super::families::VartaFamilies;
 use super::ratelimit::ClientLimiter;
-
-/// What became of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Scrape,
-    RateLimited,
-    NotFound,
-    MethodNotAllowed,
-    Unauthorized,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 5] = [
-        Outcome::Scrape,
-        Outcome::RateLimited,
-        Outcome::NotFound,
-        Outcome::MethodNotAllowed,
-        Outcome::Unauthorized,
-    ];
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Outcome::Scrape => "ok",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::NotFound => "not_found",
-            Outcome::MethodNotAllowed => "method_not_allowed",
-            Outcome::Unauthorized => "unauthorized",
-        }
-    }
-}
-
-/// Counters of the endpoint (an exporter component in every metrics view).
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    requests: [AtomicU64; 5],
-    /// Connection counters (kept by [`crate::httpd`]).
-    pub conn: Arc<ConnectionStats>,
-    scrape_failures: AtomicU64,
-}
-
-impl HttpStats {
-    fn count(&self, outcome: Outcome) {
-        self.requests[outcome as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn requests(&self, outcome: Outcome) -> u64 {
-        self.requests[outcome as usize].load(Relaxed)
-    }
-
-    pub fn unauthorized(&self) -> u64 {
-        self.requests(Outcome::Unauthorized)
-    }
-
-    pub(super) fn count_scrape_failure(&self) {
-        self.scrape_failures.fetch_add(1, Relaxed);
-    }
-}
-
-/// The endpoint's metrics.
-pub mod metric {
-    use varta_pipeline::Metric;
-
-    pub static REQUESTS: Metric =
-        Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.");
-    pub static SCRAPE_FAILURES: Metric = Metric::counter(
-        "scrape_failures",
-        "Scrapes that could not be encoded (answered 500) or compressed (cut).",
-    );
-}
-
-impl Instrumented for HttpStats {
-    fn samples(&self, out: &mut dyn FnMut(Sample)) {
-        use metric::*;
-        for o in Outcome::ALL {
-            out(Sample::labelled(&REQUESTS, o.label(), self.requests(o)));
-        }
-        self.conn.samples(out);
-        out(Sample::new(&SCRAPE_FAILURES, self.scrape_failures.load(Relaxed)));
-    }
-}
+pub use super::stats::{HttpStats, Outcome, metric};
 
 /// Whether `Authorization` carries `token` (`Bearer <64 hex>`; scheme and
 /// hex digits case-insensitive; compared in constant time).

@@ -23,6 +23,7 @@ pub mod families;
 pub mod http;
 pub mod ratelimit;
 pub mod scrape;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
