@@ -52,7 +52,12 @@ pub struct HealthCheckConfig {
     pub max_connections_per_range: Option<usize>,
     /// Time a client has to send its request headers; an idle connection
     /// frees its slot then.
-    #[serde(default = "default_header_timeout", deserialize_with = "varta_pipeline::config::duration")]
+    /// `read_header_timeout` (the Collector's `confighttp` name) is accepted.
+    #[serde(
+        default = "default_header_timeout",
+        alias = "read_header_timeout",
+        deserialize_with = "varta_pipeline::config::duration"
+    )]
     pub header_timeout: Duration,
     /// An answer whose writing makes no progress this long (a client that
     /// does not read) ends its connection (default `10s`).

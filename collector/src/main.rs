@@ -211,9 +211,22 @@ fn send_reload(pid: Option<i32>, pid_file: Option<&std::path::Path>) -> ExitCode
 
 /// Reads and checks the configuration again, from where it came.
 fn load_again(current: &Config) -> Result<Config, config::ConfigError> {
-    let new = Config::load(current.origin())?;
+    let mut new = Config::load(current.origin())?;
     new.check_files()?;
+    fit_connection_caps(&mut new);
     Ok(new)
+}
+
+/// Lowers connection caps that do not fit the open-file limit, warning.
+fn fit_connection_caps(config: &mut Config) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid resource and a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    for warning in config.fit_connection_caps(limit.rlim_cur) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Raises the soft open-file limit to the hard one: connection caps,
@@ -295,6 +308,7 @@ fn run(mut config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     raise_open_file_limit();
+    fit_connection_caps(&mut config);
     for ignored in &config.env_warnings {
         tracing::warn!("environment: {ignored}");
     }

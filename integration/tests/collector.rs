@@ -6,8 +6,8 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 
 use varta_integration::{
-    Collector, EventLine, collector_cmd, final_counter, free_udp_port, pipeline_config, read_events, varta,
-    wait_for,
+    Collector, EventLine, collector_cmd, final_counter, free_tcp_port, free_udp_port, pipeline_config,
+    read_events, varta, wait_for,
 };
 use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
 
@@ -776,20 +776,24 @@ fn twenty_live_agents_survive_a_pause_of_the_collector_and_a_frozen_one_is_repor
 }
 
 /// The collector raises its soft open-file limit to the hard one at start
-/// (connection caps, sockets and files add up past a default 1,024).
+/// (connection caps, sockets and files add up past a default 1,024), and
+/// lowers, with a warning, connection caps that still do not fit it.
 #[test]
-fn the_open_file_limit_is_raised_to_the_hard_limit() {
+fn the_open_file_limit_is_raised_and_connection_caps_fit_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("c.yaml");
+    let health = free_tcp_port();
     let text = pipeline_config("uds", "    transport: uds\n    path: \"@DIR@/varta.sock\"", "1s")
-        .replace("@DIR@", &dir.path().display().to_string());
+        .replace("@DIR@", &dir.path().display().to_string())
+        .replace("service:\n", "extensions:\n  health_check: { endpoint: \"127.0.0.1:@H@\", max_connections: 8000 }\nservice:\n  extensions: [health_check]\n")
+        .replace("@H@", &health.to_string());
     std::fs::write(&config, text).expect("write");
     let mut child = std::process::Command::new("prlimit")
         .args(["--nofile=256:4096", "--"])
         .arg(varta_integration::binary("varta-collector"))
         .args(["--config", config.to_str().expect("utf8")])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux)");
     let socket = dir.path().join("varta.sock");
@@ -799,7 +803,13 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[3..5], ["4096", "4096"], "{line}");
     kill(&child, libc::SIGTERM);
-    assert!(child.wait().expect("exit").success());
+    let out = child.wait_with_output().expect("exit");
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("extensions::health_check: max_connections 8000 lowered to 3840"),
+        "a warning names the lowered cap: {logs}"
+    );
 }
 
 /// A flood of 500 fake plain-UDP pids into a pipeline of capacity 200 that

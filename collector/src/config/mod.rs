@@ -18,6 +18,7 @@
 
 pub mod components;
 pub mod env;
+mod fd_budget;
 mod merge;
 mod provenance;
 
@@ -973,5 +974,31 @@ service:
         let (e, _) =
             merged_error(&format!("{}    capacity: ${{env:LINES}}\n", tracker("threshold: 2s")), &[]);
         assert!(e.starts_with("merged configuration (") && e.contains("the merged document"), "{e}");
+    }
+
+    /// The Collector's `confighttp` spells the header bound
+    /// `read_header_timeout`; a copied block keeps working.
+    #[test]
+    fn read_header_timeout_is_the_header_timeout() {
+        let c = parse(
+            r#"receivers:
+  vlp: { transport: uds, path: /tmp/v.sock }
+processors:
+  tracker: { threshold: 1s }
+exporters:
+  prometheus: { endpoint: "127.0.0.1:0", auth: none, read_header_timeout: 7s }
+extensions:
+  health_check: { endpoint: "127.0.0.1:0", read_header_timeout: 3s }
+service:
+  extensions: [health_check]
+  pipelines:
+    liveness: { receivers: [vlp], processors: [tracker], exporters: [prometheus] }
+"#,
+        )
+        .expect("valid");
+        let ExporterConfig::Prometheus(p) = &c.exporters.0[0].config else { panic!("prometheus") };
+        assert_eq!(p.header_timeout, std::time::Duration::from_secs(7));
+        let ExtensionConfig::HealthCheck(h) = &c.extensions.0[0].config;
+        assert_eq!(h.header_timeout, std::time::Duration::from_secs(3));
     }
 }
