@@ -788,7 +788,7 @@ fn the_open_file_limit_is_raised_and_connection_caps_fit_it() {
         .replace("service:\n", "extensions:\n  health_check: { endpoint: \"127.0.0.1:@H@\", max_connections: 8000 }\nservice:\n  extensions: [health_check]\n")
         .replace("@H@", &health.to_string());
     std::fs::write(&config, text).expect("write");
-    let mut child = std::process::Command::new("prlimit")
+    let child = std::process::Command::new("prlimit")
         .args(["--nofile=256:4096", "--"])
         .arg(varta_integration::binary("varta-collector"))
         .args(["--config", config.to_str().expect("utf8")])
