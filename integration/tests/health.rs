@@ -90,13 +90,10 @@ fn a_wedged_receiver_fails_the_health_check() {
     let _ = agent.wait();
 }
 
-/// A neighbour cannot starve the probes: 200 idle connections from
-/// 127.0.0.2 to the health endpoint and to the Prometheus endpoint, held
-/// open while 127.0.0.1 probes and scrapes — every probe and scrape is
-/// answered, and what the neighbour opened beyond its per-source cap is
-/// refused at once and counted (`connections_refused{reason="per_source"}`).
-#[test]
-fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
+/// A collector with a health check and a Prometheus endpoint whose idle
+/// connections are kept a minute (instead of 2 s and 5 s), so a flood
+/// lasts while the test probes: the collector, its ports, and both URLs.
+fn endpoints_keeping_idle_connections() -> (Collector, u16, u16, String, String) {
     let (health, metrics) = (free_tcp_port(), free_tcp_port());
     let text = config(health)
         .replace(
@@ -106,13 +103,22 @@ fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
             ),
         )
         .replace("exporters: [debug]", "exporters: [debug, prometheus]")
-        // Idle connections would otherwise be closed after 2 s; keep them
-        // for the whole test so the flood lasts while we probe.
         .replace("path: /health }", "path: /health, header_timeout: 1m }");
     let c = Collector::start(&text);
     let health_url = format!("http://127.0.0.1:{health}/health");
     let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
     wait_for("the endpoints", || http::request("GET", &health_url, &[]).ok().filter(|r| r.status == 200));
+    (c, health, metrics, health_url, metrics_url)
+}
+
+/// A neighbour cannot starve the probes: 200 idle connections from
+/// 127.0.0.2 to the health endpoint and to the Prometheus endpoint, held
+/// open while 127.0.0.1 probes and scrapes — every probe and scrape is
+/// answered, and what the neighbour opened beyond its per-source cap is
+/// refused at once and counted (`connections_refused{reason="per_source"}`).
+#[test]
+fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
+    let (c, health, metrics, health_url, metrics_url) = endpoints_keeping_idle_connections();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let flood = |port: u16| -> Vec<tokio::net::TcpStream> {
         rt.block_on(async {
@@ -159,20 +165,7 @@ fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
 /// 127.0.0.1 is answered.
 #[test]
 fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
-    let (health, metrics) = (free_tcp_port(), free_tcp_port());
-    let text = config(health)
-        .replace(
-            "exporters:\n  debug: {}\n",
-            &format!(
-                "exporters:\n  debug: {{}}\n  prometheus: {{ endpoint: \"127.0.0.1:{metrics}\", auth: none, header_timeout: 1m, rate_limit: {{ rate: 1000, burst: 1000 }} }}\n"
-            ),
-        )
-        .replace("exporters: [debug]", "exporters: [debug, prometheus]")
-        .replace("path: /health }", "path: /health, header_timeout: 1m }");
-    let c = Collector::start(&text);
-    let health_url = format!("http://127.0.0.1:{health}/health");
-    let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
-    wait_for("the endpoints", || http::request("GET", &health_url, &[]).ok().filter(|r| r.status == 200));
+    let (c, health, metrics, health_url, metrics_url) = endpoints_keeping_idle_connections();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let flood = |port: u16, address: &dyn Fn(u8) -> std::net::Ipv4Addr| -> Vec<tokio::net::TcpStream> {
         rt.block_on(async {
