@@ -130,6 +130,10 @@ pub struct Report {
     pub phase: Phase,
     /// `(component, why)` of every unhealthy component.
     pub unhealthy: Vec<(String, String)>,
+    /// `(component, what)` of components that failed and were restarted
+    /// (an exporter task that panicked): shown, but healthy — failing the
+    /// probe would restart a collector that already recovered.
+    pub recovered: Vec<(String, String)>,
 }
 
 impl Report {
@@ -144,19 +148,18 @@ impl Report {
             (Phase::Running, true) => "ok",
             (Phase::Running, false) => "unhealthy",
         };
-        let components: serde_json::Map<String, serde_json::Value> = self
-            .unhealthy
-            .iter()
-            .map(|(c, why)| (c.clone(), serde_json::Value::String(why.clone())))
-            .collect();
-        serde_json::json!({ "status": status, "unhealthy": components }).to_string()
+        let map = |list: &[(String, String)]| -> serde_json::Map<String, serde_json::Value> {
+            list.iter().map(|(c, why)| (c.clone(), serde_json::Value::String(why.clone()))).collect()
+        };
+        serde_json::json!({ "status": status, "unhealthy": map(&self.unhealthy), "recovered": map(&self.recovered) })
+            .to_string()
     }
 }
 
 pub type SharedReport = Arc<Mutex<Report>>;
 
 pub fn shared_report() -> SharedReport {
-    Arc::new(Mutex::new(Report { phase: Phase::Starting, unhealthy: Vec::new() }))
+    Arc::new(Mutex::new(Report { phase: Phase::Starting, unhealthy: Vec::new(), recovered: Vec::new() }))
 }
 
 /// Reads one stage: `(progress counter, work waiting)`.

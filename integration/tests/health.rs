@@ -41,6 +41,38 @@ fn the_health_endpoint_answers_like_the_collectors() {
     assert!(status.success());
 }
 
+/// An exporter task that panics is restarted, and the health endpoint
+/// shows it as that component's error while the answer stays 200: the
+/// collector recovered, so a probe must not restart it.
+#[test]
+fn a_panicked_exporter_task_is_shown_on_health_and_stays_healthy() {
+    let port = free_tcp_port();
+    let closed = free_tcp_port();
+    let text = config(port)
+        .replace(
+            "exporters:\n  debug: {}\n",
+            &format!("exporters:\n  debug: {{}}\n  otlp: {{ endpoint: \"http://127.0.0.1:{closed}\" }}\n"),
+        )
+        .replace("exporters: [debug]", "exporters: [debug, otlp]");
+    let c = Collector::start_with(&text, &[("VARTA_TEST_PANIC_EXPORTER_TASKS", "2")]);
+    let url = format!("http://127.0.0.1:{port}/health");
+    // Two supervised tasks (spans and metrics), each panicking twice.
+    let shown = wait_for("the restarts shown on health", || {
+        let r = http::request("GET", &url, &[]).ok()?;
+        (r.status == 200 && r.text().contains("4 task panic")).then(|| r.text())
+    });
+    let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(json["status"], "ok", "{shown}");
+    assert!(
+        json["recovered"]["exporters::otlp"].as_str().is_some_and(|w| w.contains("restarted")),
+        "{shown}"
+    );
+    assert_eq!(c.counter("exporters::otlp", "task_panics", ""), 4);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the span sender panicked and is restarted"), "{log}");
+}
+
 #[test]
 fn a_wedged_processor_fails_the_health_check_and_starves_the_watchdog() {
     let port = free_tcp_port();

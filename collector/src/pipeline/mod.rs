@@ -440,7 +440,24 @@ impl Running {
             );
         }
         report.unhealthy = unhealthy;
+        report.recovered = self.recovered();
         report.healthy()
+    }
+
+    /// Exporters whose tasks panicked and were restarted (`task_panics`).
+    fn recovered(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for c in self.view.components.iter().filter(|c| c.role == Role::Exporter) {
+            c.metrics.samples(&mut |s| {
+                if s.metric.name == "task_panics" && s.value > 0 {
+                    out.push((
+                        format!("{}::{}", c.role.section(), c.id),
+                        format!("{} task panic(s); restarted with its queue kept (see the log)", s.value),
+                    ));
+                }
+            });
+        }
+        out
     }
 
     /// Ordered shutdown; says whether every stage stopped cleanly in time,

@@ -483,8 +483,15 @@ where
             self.0.abort();
         }
     }
+    let mut runs = 0u32;
     loop {
-        let mut task = AbortOnDrop(tokio::spawn(start()));
+        let run = start();
+        let panics = panic_for_tests(runs);
+        runs = runs.saturating_add(1);
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            assert!(!panics, "VARTA_TEST_PANIC_EXPORTER_TASKS: a panic on purpose (test hook)");
+            run.await
+        }));
         match (&mut task.0).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
@@ -496,6 +503,18 @@ where
             Err(_) => return,
         }
     }
+}
+
+/// Test hook (debug builds only): with `VARTA_TEST_PANIC_EXPORTER_TASKS=N`
+/// the first N runs of every supervised task panic at once.
+fn panic_for_tests(run: u32) -> bool {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("VARTA_TEST_PANIC_EXPORTER_TASKS").ok().and_then(|v| v.parse::<u32>().ok())
+    {
+        return run < n;
+    }
+    let _ = run;
+    false
 }
 
 /// The collector's own resource and its instrumentation scope.
