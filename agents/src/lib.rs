@@ -34,7 +34,7 @@ use varta_processor::recovery::{AgentLabels, TargetFacts};
 use varta_proto::Transport;
 
 pub use attributes::{AttributeStore, Attributes, StoreView};
-pub use resolver::{Resolver, ResolverConfig, ResolverStats};
+pub use resolver::{Progress, Resolver, ResolverConfig, ResolverStats};
 
 /// What a recovery runner's command templates may name of a stalled
 /// agent: what it declares about itself (`{service}`, `{exe}`: from the

@@ -114,6 +114,8 @@ impl ResolverConfig {
 /// Counters of one resolver.
 #[derive(Debug, Default)]
 pub struct ResolverStats {
+    /// Notices taken off the queue (progress, for the health check).
+    handled: AtomicU64,
     resolved: AtomicU64,
     resolve_failed: AtomicU64,
     notices_dropped: AtomicU64,
@@ -199,6 +201,25 @@ pub struct Resolver {
     pub thread: JoinHandle<()>,
     pub store: Arc<AttributeStore>,
     pub stats: Arc<ResolverStats>,
+    /// Liveness for the health check: `(notices taken, notices waiting)`.
+    /// A wedged resolver stops taking notices while they queue up.
+    pub progress: Progress,
+}
+
+/// Reads a resolver's progress: `(notices taken, notices waiting)`.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn() -> (u64, bool) + Send + Sync>);
+
+impl Progress {
+    pub fn read(&self) -> (u64, bool) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Progress").field(&self.read()).finish()
+    }
 }
 
 impl Resolver {
@@ -221,6 +242,12 @@ impl Resolver {
             resolved: resolved_tx,
             pending: VecDeque::new(),
         };
+        let progress: Progress = {
+            // A receiver does not keep the channel open: the worker still
+            // sees the processor's handle go.
+            let (stats, waiting) = (Arc::clone(&stats), notices.clone());
+            Progress(Arc::new(move || (stats.handled.load(Relaxed), !waiting.is_empty())))
+        };
         let thread =
             std::thread::Builder::new().name(format!("resolve-{name}")).spawn(move || worker.run(notices))?;
         let window_ns = u64::try_from(config.diagnosis.window.as_nanos()).unwrap_or(u64::MAX);
@@ -238,7 +265,7 @@ impl Resolver {
             due: VecDeque::new(),
             last_poll_ns: 0,
         };
-        Ok((Resolver { thread, store, stats }, handle))
+        Ok((Resolver { thread, store, stats, progress }, handle))
     }
 }
 
@@ -373,6 +400,18 @@ struct Worker {
     pending: VecDeque<Pending>,
 }
 
+/// Test hook (debug builds only): with `VARTA_TEST_WEDGE_RESOLVER` set, the
+/// resolver blocks forever on its first notice, as one stuck in the kernel.
+fn wedge_for_tests() {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("VARTA_TEST_WEDGE_RESOLVER").is_some() {
+        tracing::warn!("VARTA_TEST_WEDGE_RESOLVER: wedging the resolver thread (test hook)");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 impl Worker {
     fn run(mut self, notices: Receiver<Notice>) {
         loop {
@@ -382,7 +421,11 @@ impl Worker {
                 None => notices.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match notice {
-                Ok(n) => self.handle(n),
+                Ok(n) => {
+                    wedge_for_tests();
+                    self.stats.handled.fetch_add(1, Relaxed);
+                    self.handle(n)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

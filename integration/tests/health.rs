@@ -102,6 +102,43 @@ fn a_wedged_processor_fails_the_health_check_and_starves_the_watchdog() {
     let _ = agent.wait();
 }
 
+/// A resolver stuck in the kernel (a test hook blocks it on its first
+/// notice) once went unseen: attributes and diagnoses silently stopped. Now
+/// notices waiting that it does not take fail the health check naming it,
+/// while the pipeline itself stays healthy (it never waits on the resolver).
+#[test]
+fn a_wedged_resolver_fails_the_health_check() {
+    let port = free_tcp_port();
+    let text = config(port)
+        .replace(
+            "processors:\n  tracker: { threshold: 2s }\n",
+            "processors:\n  tracker: { threshold: 2s }\n  resolver: {}\n",
+        )
+        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let c = Collector::start_with(&text, &[("VARTA_TEST_WEDGE_RESOLVER", "1")]);
+    let url = format!("http://127.0.0.1:{port}/health");
+    wait_for("a healthy answer", || (http::request("GET", &url, &[]).ok()?.status == 200).then_some(()));
+    let sock = c.path("varta.sock").display().to_string();
+    // The first agent's notice wedges the resolver; the second's waits.
+    let mut agents: Vec<_> = (0..2)
+        .map(|_| varta(&["beat", "--socket", &sock, "--every", "20ms"]).spawn().expect("agent"))
+        .collect();
+    let unhealthy = wait_for("503 naming the stuck resolver", || {
+        let r = http::request("GET", &url, &[]).ok()?;
+        (r.status == 503).then(|| r.text())
+    });
+    let json: serde_json::Value = serde_json::from_str(&unhealthy).expect("json");
+    assert!(
+        json["unhealthy"]["processors::resolver"].as_str().is_some_and(|w| w.contains("no progress")),
+        "{unhealthy}"
+    );
+    assert!(json["unhealthy"].get("pipelines::liveness").is_none(), "the pipeline goes on: {unhealthy}");
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}
+
 #[test]
 fn a_wedged_receiver_fails_the_health_check() {
     let port = free_tcp_port();

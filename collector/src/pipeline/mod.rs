@@ -394,7 +394,7 @@ impl Running {
             .receivers
             .iter()
             .map(ReceiverSlot::stage)
-            .chain(self.pipelines.iter().map(PipelineSlot::stage))
+            .chain(self.pipelines.iter().flat_map(PipelineSlot::stages))
             .chain(self.exporters.iter().map(ExporterSlot::stage))
             .collect();
     }

@@ -224,6 +224,8 @@ struct Helper {
     id: String,
     stats: Arc<dyn Instrumented>,
     thread: JoinHandle<()>,
+    /// Its progress, for the health check (the resolver's).
+    progress: Option<varta_agents::Progress>,
     /// How long its own shutdown may take (a recovery runner gives its
     /// children `kill_grace`, then kills and records them): a join waits
     /// at least this long, whatever the caller's deadline.
@@ -377,6 +379,7 @@ impl PipelineSlot {
                     id: id.clone(),
                     stats: started.stats,
                     thread: started.thread,
+                    progress: Some(started.progress),
                     ends_within: Duration::ZERO,
                 });
             }
@@ -395,6 +398,7 @@ impl PipelineSlot {
                 id: id.clone(),
                 stats: started.stats,
                 thread: started.thread,
+                progress: None,
                 ends_within: cfg.kill_grace + SHUTDOWN_MARGIN + Duration::from_millis(500),
             });
         }
@@ -486,12 +490,24 @@ impl PipelineSlot {
         Ok(())
     }
 
-    pub fn stage(&self) -> Stage {
+    /// Its stages under watch: the processor, and a resolver (notices
+    /// waiting that it does not take).
+    pub fn stages(&self) -> Vec<Stage> {
         let (stats, depth) = (Arc::clone(&self.stats), self.depth.clone());
-        Stage::new(
+        let mut stages = vec![Stage::new(
             format!("pipelines::{}", self.name),
             Box::new(move || (stats.snapshot().batches, !depth.is_empty())),
-        )
+        )];
+        for helper in [&self.resolver, &self.recovery].into_iter().flatten() {
+            if let Some(progress) = &helper.progress {
+                let progress = progress.clone();
+                stages.push(Stage::new(
+                    format!("processors::{}", helper.id),
+                    Box::new(move || progress.read()),
+                ));
+            }
+        }
+        stages
     }
 
     /// The component whose thread ended, if one did.
