@@ -74,16 +74,26 @@ impl Default for CollectorView {
 
 impl CollectorView {
     pub fn add_pipeline(&mut self, pipeline: PipelineView) {
-        self.components.push(Component::new(
+        let identity = pipeline.snapshots.identity();
+        self.components.push(Component::with_identity(
             Role::Pipeline,
             pipeline.name.clone(),
             Arc::new(pipeline.clone()),
+            identity,
         ));
         self.pipelines.push(pipeline);
     }
 
     pub fn add(&mut self, role: Role, id: impl Into<String>, metrics: Arc<dyn Instrumented>) {
         self.components.push(Component::new(role, id, metrics));
+    }
+
+    /// Start times of components that an earlier view already showed stay
+    /// as they were (see [`Component::carry_start`]).
+    pub fn carry_starts(&mut self, earlier: &CollectorView) {
+        for c in &mut self.components {
+            c.carry_start(&earlier.components);
+        }
     }
 
     /// Every sample of every component: `(component, sample)`.

@@ -116,11 +116,43 @@ pub struct Component {
     /// The component id from the configuration (`vlp/uds`, a pipeline name).
     pub id: String,
     pub metrics: Arc<dyn Instrumented>,
+    /// When its counters started (Unix ns): the start time of its
+    /// cumulative series, which moves only when the counters are new.
+    pub started_unix_nano: u64,
+    /// What its counters live in (by address), to tell a component kept
+    /// across a rebuild of the views from a new one of the same name.
+    identity: usize,
 }
 
 impl Component {
     pub fn new(role: Role, id: impl Into<String>, metrics: Arc<dyn Instrumented>) -> Component {
-        Component { role, id: id.into(), metrics }
+        let identity = Arc::as_ptr(&metrics) as *const () as usize;
+        Component::with_identity(role, id, metrics, identity)
+    }
+
+    /// A component whose counters live somewhere other than `metrics`
+    /// itself (a view made afresh over long-lived state): `identity` names
+    /// that state.
+    pub fn with_identity(
+        role: Role,
+        id: impl Into<String>,
+        metrics: Arc<dyn Instrumented>,
+        identity: usize,
+    ) -> Component {
+        let started_unix_nano = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Component { role, id: id.into(), metrics, started_unix_nano, identity }
+    }
+
+    /// Keeps `earlier`'s start time when it is this very component (same
+    /// role, id and counters) seen by an earlier rebuild of the views.
+    pub fn carry_start(&mut self, earlier: &[Component]) {
+        if let Some(e) =
+            earlier.iter().find(|e| e.role == self.role && e.id == self.id && e.identity == self.identity)
+        {
+            self.started_unix_nano = e.started_unix_nano;
+        }
     }
 
     /// Every sample of this component, collected (for tests and dumps).

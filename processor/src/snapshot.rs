@@ -180,6 +180,12 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
+    /// Which processor's snapshots these are (by address): a rebuilt
+    /// processor has another.
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
     /// The latest published snapshot.
     pub fn latest(&self) -> Arc<Snapshot> {
         self.shared.latest.load_full()

@@ -381,6 +381,7 @@ impl Running {
             view.add(Role::Extension, h.id.clone(), h.connections());
         }
         view.add(Role::Service, "service", self.reloads.clone());
+        view.carry_starts(&self.view);
         self.otlp_view.set(view.clone());
         for e in &self.endpoints {
             let mut own = view.clone();

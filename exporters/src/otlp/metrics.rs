@@ -291,7 +291,12 @@ impl MetricsBuilder {
         };
         let temporality = self.temporality;
         let prev = &mut self.prev;
-        let mut push = |families: &mut Vec<Family>, i: usize, attributes: Vec<KeyValue>, value: u64| {
+        // `series_start`: when the series' counting began (see the callers).
+        let mut push = |families: &mut Vec<Family>,
+                        i: usize,
+                        attributes: Vec<KeyValue>,
+                        value: u64,
+                        series_start: u64| {
             let f = &mut families[i];
             let value = if f.shape == Shape::Sum {
                 let key = series_key(&f.name, &attributes);
@@ -301,13 +306,20 @@ impl MetricsBuilder {
             };
             f.points.push(NumberDataPoint {
                 attributes,
-                start_time_unix_nano: if f.shape == Shape::Sum { start } else { 0 },
+                start_time_unix_nano: if f.shape == Shape::Sum { series_start } else { 0 },
                 time_unix_nano: now_ns,
                 value: Some(number_data_point::Value::AsInt(i64::try_from(value).unwrap_or(i64::MAX))),
                 ..Default::default()
             });
         };
 
+        // A component's counters begin with it: a component made anew by a
+        // reload starts its series again (delta series start at the last
+        // collection either way).
+        let component_start = |c: &varta_pipeline::Component| match temporality {
+            Temporality::Cumulative => c.started_unix_nano,
+            Temporality::Delta => start,
+        };
         let mut raw_histograms = Vec::new();
         for p in &view.pipelines {
             let snap = p.latest();
@@ -319,7 +331,7 @@ impl MetricsBuilder {
                 a
             };
             let i = fam(&mut families, name::BEATS, "Beats accepted by the tracker.", "{beat}", Shape::Sum);
-            push(&mut families, i, pl(), s.beats_accepted);
+            push(&mut families, i, pl(), s.beats_accepted, start);
             let i = fam(
                 &mut families,
                 name::STALLS,
@@ -327,10 +339,10 @@ impl MetricsBuilder {
                 "{stall}",
                 Shape::Sum,
             );
-            push(&mut families, i, pl(), s.stalls);
+            push(&mut families, i, pl(), s.stalls, start);
             let i =
                 fam(&mut families, name::RESUMES, "Stalled agents that beat again.", "{resume}", Shape::Sum);
-            push(&mut families, i, pl(), s.resumes);
+            push(&mut families, i, pl(), s.resumes, start);
             let i = fam(
                 &mut families,
                 name::AGENTS_TRACKED,
@@ -338,7 +350,7 @@ impl MetricsBuilder {
                 "{agent}",
                 Shape::Gauge,
             );
-            push(&mut families, i, pl(), s.agents_tracked);
+            push(&mut families, i, pl(), s.agents_tracked, start);
             let i = fam(
                 &mut families,
                 name::AGENTS_STALLED,
@@ -346,7 +358,7 @@ impl MetricsBuilder {
                 "{agent}",
                 Shape::Gauge,
             );
-            push(&mut families, i, pl(), s.agents_stalled);
+            push(&mut families, i, pl(), s.agents_stalled, start);
             let i = fam(
                 &mut families,
                 name::RATE_LIMITED,
@@ -354,8 +366,8 @@ impl MetricsBuilder {
                 "{beat}",
                 Shape::Sum,
             );
-            push(&mut families, i, with("reason", "per_agent"), s.rate_limited_per_agent);
-            push(&mut families, i, with("reason", "global"), s.rate_limited_global);
+            push(&mut families, i, with("reason", "per_agent"), s.rate_limited_per_agent, start);
+            push(&mut families, i, with("reason", "global"), s.rate_limited_global, start);
             let i = fam(
                 &mut families,
                 name::CAPACITY_EXCEEDED,
@@ -363,7 +375,7 @@ impl MetricsBuilder {
                 "{agent}",
                 Shape::Sum,
             );
-            push(&mut families, i, pl(), s.capacity_exceeded);
+            push(&mut families, i, pl(), s.capacity_exceeded, start);
             let i = fam(
                 &mut families,
                 name::EVICTIONS,
@@ -371,8 +383,8 @@ impl MetricsBuilder {
                 "{agent}",
                 Shape::Sum,
             );
-            push(&mut families, i, with("reason", "stale"), s.evicted_stale);
-            push(&mut families, i, with("reason", "pid_recycled"), s.evicted_pid_recycled);
+            push(&mut families, i, with("reason", "stale"), s.evicted_stale, start);
+            push(&mut families, i, with("reason", "pid_recycled"), s.evicted_pid_recycled, start);
             raw_histograms.push((p.name.clone(), pl(), s.stall_durations));
         }
 
@@ -397,6 +409,7 @@ impl MetricsBuilder {
                     i,
                     vec![attrs::string("varta.receiver", c.id.as_str()), attrs::string(key, s.label)],
                     s.value,
+                    component_start(c),
                 );
             });
         }
@@ -413,7 +426,7 @@ impl MetricsBuilder {
                 if let Some(key) = s.metric.label {
                     a.push(attrs::string(key, s.label));
                 }
-                push(&mut families, i, a, s.value);
+                push(&mut families, i, a, s.value, component_start(c));
             });
         }
 
@@ -796,9 +809,38 @@ mod tests {
         assert_eq!(d.data_points.len(), 1, "bad_crc is a decode error");
         let Some(Data::Sum(r)) = &find(&m, name::REFUSALS).data else { panic!("sum") };
         assert_eq!(r.data_points.len(), 1, "replay is another refusal");
-        assert_eq!(r.data_points[0].start_time_unix_nano, 100);
+        assert_eq!(
+            r.data_points[0].start_time_unix_nano, v.components[0].started_unix_nano,
+            "a component's counters start with it"
+        );
         assert!(matches!(find(&m, "varta.collector.receiver.depth").data, Some(Data::Gauge(_))));
         assert!(matches!(find(&m, "varta.collector.pipeline.queue_depth").data, Some(Data::Gauge(_))));
+    }
+
+    /// A rebuild of the views keeps the start time of a component whose
+    /// counters it still shows; a component made anew under the same name
+    /// (a reload that replaced it, its counters back at zero) starts its
+    /// series again, so cumulative readers see a reset, not a decrease.
+    #[test]
+    fn component_series_start_when_their_counters_do() {
+        let fake = Arc::new(Fake::default());
+        let (mut first, _p) = view(fake.clone());
+        first.components[0].started_unix_nano = 1_000;
+        let (mut kept, _q) = view(fake);
+        kept.carry_starts(&first);
+        assert_eq!(kept.components[0].started_unix_nano, 1_000, "the same counters");
+        let (mut replaced, _r) = view(Arc::new(Fake::default()));
+        replaced.carry_starts(&first);
+        assert!(replaced.components[0].started_unix_nano > 1_000, "new counters, a new start");
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100);
+        let m = b.collect(&kept, 200).metrics;
+        let Some(Data::Sum(r)) = &find(&m, name::REFUSALS).data else { panic!("sum") };
+        assert_eq!(r.data_points[0].start_time_unix_nano, 1_000);
+        let Some(Data::Sum(beats)) = &find(&m, name::BEATS).data else { panic!("sum") };
+        assert_eq!(
+            beats.data_points[0].start_time_unix_nano, 100,
+            "pipeline families keep the exporter's start"
+        );
     }
 
     #[test]
