@@ -78,11 +78,16 @@ fi
 peers=${CARGO_TARGET_DIR:-$PWD/target}/peers
 peers=$(mkdir -p "$peers" && cd "$peers" && pwd)
 go_peer() { # name package-in-module
-    if [[ ! -x $peers/$1 ]]; then
+    # Rebuilt whenever its module's sources change (a stamp of their hash).
+    local stamp
+    stamp=$(find "integration/peers/$1" -maxdepth 1 -type f \( -name 'go.*' -o -name '*.go' \) -print0 |
+        sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1)
+    if [[ ! -x $peers/$1 || $(cat "$peers/$1.stamp" 2>/dev/null) != "$stamp" ]]; then
         command -v go >/dev/null || { say "go is needed to build $1 (Go 1.26)"; exit 1; }
         say "building $1 (Go; the first build downloads and compiles its modules)"
         (cd "integration/peers/$1" && go build -trimpath -ldflags='-s -w' -o "$peers/$1.tmp" "$2") >&2
         mv "$peers/$1.tmp" "$peers/$1"
+        echo "$stamp" >"$peers/$1.stamp"
     fi
 }
 go_peer otelcol .

@@ -6,7 +6,8 @@
 //!   (`integration/peers/jaeger`, in-memory storage, its query API) for the
 //!   stall traces and Prometheus (remote write receiver) for the metrics;
 //! * our `otlphttp` exporter straight into the Collector's OTLP/HTTP
-//!   receiver, proto and JSON bodies.
+//!   receiver, proto and JSON bodies, read back from the Collector's
+//!   contrib `file` exporter (it writes exactly what it received).
 //!
 //! The peers are built by `scripts/install-peers.sh` (the README test
 //! command runs it); a missing peer fails the test, never skips it. No
@@ -23,7 +24,7 @@ struct Peer {
     name: &'static str,
     child: Child,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Peer {
@@ -38,7 +39,12 @@ impl Peer {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name} ({}): {e}", program.display()));
-        Peer { name, child, log, _dir: dir }
+        Peer { name, child, log, dir }
+    }
+
+    /// A file in the peer's working directory.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     fn log(&self) -> String {
@@ -274,7 +280,7 @@ fn collector_with_checkout(exporter_name: &str, exporter: &str) -> (Collector, C
 processors:
   tracker:
     threshold: 300ms
-  resolver: {{}}
+  resolver: {{ include_command_args: true }}
 exporters:
 {exporter}
 service:
@@ -399,6 +405,8 @@ fn otlphttp_delivers_to_the_collectors_otlp_http_receiver_in_proto_and_json() {
 exporters:
   debug:
     verbosity: detailed
+  file:
+    path: ./metrics.jsonl
 service:
   pipelines:
     traces:
@@ -406,7 +414,7 @@ service:
       exporters: [debug]
     metrics:
       receivers: [otlp]
-      exporters: [debug]
+      exporters: [debug, file]
 "#
     ));
     for encoding in ["proto", "json"] {
@@ -453,5 +461,59 @@ service:
             gateway.log()
         );
         assert!(!gateway.log().contains("ReadUint64"), "{encoding}: {}", gateway.log());
+        as_the_collector_read_it(&gateway.path("metrics.jsonl"), &pid_line, encoding);
     }
+}
+
+/// What the Collector's `file` exporter wrote, which is exactly what it
+/// read from us: the agent's series under its own resource with count
+/// units, `process.command_args` an array, and every cumulative point
+/// with a start time no later than its time.
+fn as_the_collector_read_it(file: &Path, pid_line: &str, encoding: &str) {
+    let pid: i64 =
+        pid_line.trim_start_matches("-> process.pid: Int(").trim_end_matches(')').parse().expect("pid");
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let requests: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let resources: Vec<&Value> =
+        requests.iter().flat_map(|r| r["resourceMetrics"].as_array().into_iter().flatten()).collect();
+    let attribute = |r: &Value, key: &str| -> Option<Value> {
+        r["resource"]["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| a["value"].clone())
+    };
+    let agent = resources
+        .iter()
+        .rev()
+        .find(|r| {
+            attribute(r, "process.pid").and_then(|v| v["intValue"].as_str()?.parse::<i64>().ok()) == Some(pid)
+        })
+        .unwrap_or_else(|| panic!("{encoding}: no resource for pid {pid} in {text}"));
+    let args = attribute(agent, "process.command_args")
+        .unwrap_or_else(|| panic!("process.command_args: {}", agent["resource"]));
+    assert!(args["arrayValue"]["values"].as_array().is_some_and(|v| !v.is_empty()), "{encoding}: {args}");
+    let metrics: Vec<&Value> = agent["scopeMetrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["metrics"].as_array().into_iter().flatten())
+        .collect();
+    let unit = |name: &str| metrics.iter().find(|m| m["name"] == name).map(|m| m["unit"].clone());
+    assert_eq!(unit("varta.agent.stalls"), Some(Value::from("{stall}")), "{encoding}");
+    assert_eq!(unit("varta.agent.beats"), Some(Value::from("{beat}")), "{encoding}");
+    let nanos = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let mut checked = 0;
+    for r in &resources {
+        for s in r["scopeMetrics"].as_array().into_iter().flatten() {
+            for m in s["metrics"].as_array().into_iter().flatten() {
+                for p in m["sum"]["dataPoints"].as_array().into_iter().flatten() {
+                    let (start, time) = (nanos(&p["startTimeUnixNano"]), nanos(&p["timeUnixNano"]));
+                    assert!(
+                        start > 0 && start <= time,
+                        "{encoding}: {} start {start} time {time}",
+                        m["name"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "{encoding}: cumulative points read: {checked}");
 }

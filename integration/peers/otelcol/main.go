@@ -2,7 +2,8 @@
 // varta-otel's integration tests: exactly the components
 // otel-config/otelcol-gateway.yaml and the tests use (the otlp receiver,
 // memory_limiter and batch processors, the otlp_grpc, otlp_http, debug and
-// contrib prometheusremotewrite exporters), so the shipped gateway config is
+// contrib prometheusremotewrite and file exporters; the file exporter
+// writes exactly what it received, so tests read what we sent), so the shipped gateway config is
 // loaded by the real Collector rather than a stand-in. Built by
 // scripts/install-peers.sh; nothing here is shipped to users.
 package main
@@ -10,6 +11,7 @@ package main
 import (
 	"log"
 
+	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusremotewriteexporter"
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
@@ -40,7 +42,7 @@ func factories() (otelcol.Factories, error) {
 	}
 	f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](
 		otlpexporter.NewFactory(), otlphttpexporter.NewFactory(), debugexporter.NewFactory(),
-		prometheusremotewriteexporter.NewFactory())
+		prometheusremotewriteexporter.NewFactory(), fileexporter.NewFactory())
 	return f, err
 }
 
