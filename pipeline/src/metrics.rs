@@ -147,6 +147,8 @@ impl Component {
 
     /// Keeps `earlier`'s start time when it is this very component (same
     /// role, id and counters) seen by an earlier rebuild of the views.
+    /// Comparing addresses is sound because `earlier` still holds its
+    /// counters: a new allocation cannot take their address meanwhile.
     pub fn carry_start(&mut self, earlier: &[Component]) {
         if let Some(e) =
             earlier.iter().find(|e| e.role == self.role && e.id == self.id && e.identity == self.identity)
