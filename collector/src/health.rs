@@ -92,16 +92,13 @@ impl Default for HealthCheckConfig {
 impl HealthCheckConfig {
     /// Its connection bounds.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections,
-            max_connections_per_source: self.max_connections_per_source,
-            max_connections_per_range: self.max_connections_per_range.unwrap_or_else(|| {
-                varta_exporters::httpd::default_per_range(self.max_connections)
-                    .max(self.max_connections_per_source)
-            }),
-            header_timeout: self.header_timeout,
-            write_timeout: self.write_timeout.unwrap_or(varta_exporters::httpd::DEFAULT_WRITE_TIMEOUT),
-        }
+        Limits::from_settings(
+            self.max_connections,
+            self.max_connections_per_source,
+            self.max_connections_per_range,
+            self.header_timeout,
+            self.write_timeout,
+        )
     }
 
     pub fn validate(&self) -> Result<(), String> {

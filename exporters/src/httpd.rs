@@ -56,11 +56,31 @@ pub struct Limits {
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `max_connections_per_range` when not configured: a quarter of the total.
-pub fn default_per_range(max_connections: usize) -> usize {
+fn default_per_range(max_connections: usize) -> usize {
     (max_connections / 4).max(1)
 }
 
 impl Limits {
+    /// The bounds an endpoint's settings give, defaults filled in
+    /// (`max_connections_per_range`: a quarter of the total, at least the
+    /// per-source cap; `write_timeout`: [`DEFAULT_WRITE_TIMEOUT`]).
+    pub fn from_settings(
+        max_connections: usize,
+        max_connections_per_source: usize,
+        max_connections_per_range: Option<usize>,
+        header_timeout: Duration,
+        write_timeout: Option<Duration>,
+    ) -> Limits {
+        Limits {
+            max_connections,
+            max_connections_per_source,
+            max_connections_per_range: max_connections_per_range
+                .unwrap_or_else(|| default_per_range(max_connections).max(max_connections_per_source)),
+            header_timeout,
+            write_timeout: write_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT),
+        }
+    }
+
     /// The same bounds for every endpoint; errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_connections == 0 || self.max_connections > 65_536 {

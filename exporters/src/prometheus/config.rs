@@ -133,20 +133,18 @@ impl PrometheusConfig {
         })
     }
 
-    /// Checks settings without touching files or sockets.
     /// Its connection bounds.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections,
-            max_connections_per_source: self.max_connections_per_source,
-            max_connections_per_range: self.max_connections_per_range.unwrap_or_else(|| {
-                crate::httpd::default_per_range(self.max_connections).max(self.max_connections_per_source)
-            }),
-            header_timeout: self.header_timeout,
-            write_timeout: self.write_timeout.unwrap_or(crate::httpd::DEFAULT_WRITE_TIMEOUT),
-        }
+        Limits::from_settings(
+            self.max_connections,
+            self.max_connections_per_source,
+            self.max_connections_per_range,
+            self.header_timeout,
+            self.write_timeout,
+        )
     }
 
+    /// Checks settings without touching files or sockets.
     pub fn validate(&self) -> Result<(), String> {
         let addr = self.socket_addr()?;
         if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
