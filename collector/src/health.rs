@@ -160,7 +160,7 @@ pub fn shared_report() -> SharedReport {
 }
 
 /// Reads one stage: `(progress counter, work waiting)`.
-pub type Probe = Box<dyn Fn() -> (u64, bool) + Send>;
+pub use varta_embed::compose::Probe;
 
 /// One stage under watch.
 pub struct Stage {

@@ -30,14 +30,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use varta_agents::{AttributeStore, Resolver, ResolverConfig};
+use varta_agents::{AttributeStore, ResolverConfig};
 use varta_exporters::otlp::wallclock::WallClock;
-use varta_exporters::{CollectorView, Exporter, ExporterQueue, Fanout, PipelineView};
+use varta_exporters::{CollectorView, Exporter, ExporterQueue, PipelineView};
 use varta_pipeline::Role;
-use varta_pipeline::threads::{join_by, spawn};
-use varta_processor::recovery::{Recovery, RecoveryConfig, SHUTDOWN_MARGIN};
-use varta_processor::{Processor, ProcessorStats, RateLimitConfig, SnapshotReader, TrackerConfig};
-use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, StopHandle, VlpReceiver, VlpReceiverConfig};
+use varta_processor::recovery::RecoveryConfig;
+use varta_processor::{ProcessorStats, RateLimitConfig, SnapshotReader, TrackerConfig};
+use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, VlpReceiverConfig};
+
+pub use crate::compose::Stopped;
+use crate::compose::{BuildError, Pipeline, PipelinePlan, Receiver};
 
 use crate::incident::{Incident, IncidentCallback, IncidentExporter};
 use crate::otel::{self, OpenTelemetry};
@@ -188,94 +190,70 @@ impl EngineBuilder {
     }
 }
 
-/// A receiver's thread and what stops it.
+/// An output's thread, joined at shutdown after the pipeline.
 #[derive(Debug)]
-struct ReceiverThread {
+struct Output {
     id: String,
-    stop: StopHandle,
-    thread: JoinHandle<Result<(), ReceiverError>>,
-}
-
-/// A thread the engine joins at shutdown.
-#[derive(Debug)]
-struct Owned {
-    what: String,
     thread: JoinHandle<()>,
 }
 
-/// What [`Engine::shutdown`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stopped {
-    /// Every thread ended, without a panic, before the deadline.
-    pub clean: bool,
-    /// Threads still running at the deadline (left detached), by role.
-    pub late: Vec<String>,
-    /// Threads that panicked, or receivers that had stopped with an error.
-    pub failed: Vec<String>,
-}
-
-/// The running liveness engine.
+/// The running liveness engine: one [`Pipeline`] fed by its own receivers.
 #[derive(Debug)]
 pub struct Engine {
     name: String,
-    receivers: Vec<ReceiverThread>,
-    /// Processor first, then its helpers, then the outputs: the order they end in.
-    threads: Vec<Owned>,
-    /// How long the recovery runner's own shutdown may take.
-    helpers_end_within: Duration,
-    /// Each receiver's id, address (UDP) and counters.
-    bound: Vec<(String, Option<SocketAddr>, Arc<ReceiverStats>)>,
-    keys: Vec<(String, KeyHandle)>,
-    stats: Arc<ProcessorStats>,
-    snapshots: SnapshotReader,
+    receivers: Vec<Receiver>,
+    pipeline: Option<Pipeline>,
+    outputs: Vec<Output>,
     attributes: Option<Arc<AttributeStore>>,
     view: CollectorView,
     _instruments: Option<otel::metrics::Instruments>,
 }
 
-/// Everything built before anything receives; dropping it undoes the start.
-struct Parts {
-    processor: Processor,
-    threads: Vec<Owned>,
-    outputs: Vec<ExporterQueue>,
-    view: CollectorView,
-    helpers_end_within: Duration,
-    attributes: Option<Arc<AttributeStore>>,
-}
-
 /// How long a failed start waits for the threads it had started.
 const ABANDON_WITHIN: Duration = Duration::from_secs(5);
 
-impl Parts {
-    /// Undoes a start: dropping the processor ends its helpers, dropping
-    /// the output queues ends the outputs; waits for them (bounded).
+/// The outputs started so far: their queues (handed to the pipeline) and threads.
+#[derive(Default)]
+struct Outputs {
+    queues: Vec<ExporterQueue>,
+    threads: Vec<Output>,
+    view: CollectorView,
+}
+
+impl Outputs {
+    fn add(&mut self, id: &str, exporter: Box<dyn Exporter>, capacity: usize) -> Result<(), EmbedError> {
+        let (queue, thread) = ExporterQueue::start(id.to_owned(), exporter, capacity)
+            .map_err(|e| EmbedError::Thread(format!("cannot start output {id}: {e}")))?;
+        self.view.add(Role::Exporter, id, queue.telemetry());
+        self.threads.push(Output { id: id.to_owned(), thread });
+        self.queues.push(queue);
+        Ok(())
+    }
+
+    /// Undoes a start: dropping the queues ends the outputs; waits (bounded).
     fn abandon(self) {
-        let Parts { processor, threads, outputs, .. } = self;
-        drop(processor);
-        drop(outputs);
-        join_all(threads, Instant::now() + ABANDON_WITHIN);
+        drop(self.queues);
+        join_outputs(self.threads, Instant::now() + ABANDON_WITHIN);
     }
 }
 
-/// Joins `threads` in order by `deadline`; leaves the late ones detached.
-fn join_all(threads: Vec<Owned>, deadline: Instant) {
-    for t in threads {
-        let _ = join_by(t.thread, deadline);
+fn join_outputs(outputs: Vec<Output>, deadline: Instant) -> Stopped {
+    let mut stopped = Stopped::default();
+    for o in outputs {
+        stopped.join(format!("exporters::{}", o.id), o.thread, deadline);
     }
+    stopped
 }
 
-fn output(
-    id: &str,
-    exporter: Box<dyn Exporter>,
-    capacity: usize,
-    parts: &mut Parts,
-) -> Result<(), EmbedError> {
-    let (queue, thread) = ExporterQueue::start(id.to_owned(), exporter, capacity)
-        .map_err(|e| EmbedError::Thread(format!("cannot start output {id}: {e}")))?;
-    parts.view.add(Role::Exporter, id, queue.telemetry());
-    parts.threads.push(Owned { what: format!("exporters::{id}"), thread });
-    parts.outputs.push(queue);
-    Ok(())
+impl From<BuildError> for EmbedError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Processor(e) => EmbedError::Processor(e),
+            BuildError::Resolver(e) => EmbedError::Resolver(e),
+            BuildError::Recovery(e) => EmbedError::Recovery(e),
+            other => EmbedError::Thread(other.to_string()),
+        }
+    }
 }
 
 impl Engine {
@@ -299,155 +277,100 @@ impl Engine {
         // Sockets first: a bind error (address taken, bad key file) stops
         // the start before any thread runs. Datagrams wait in the kernel
         // until the receiver threads start, last.
-        let mut bound = Vec::new();
+        let mut receivers = Vec::new();
         for (id, cfg) in &b.receivers {
-            bound.push((id.clone(), VlpReceiver::bind(id, cfg)?));
+            receivers.push(Receiver::bind(id, cfg.clone(), cfg, vec![b.name.clone()])?);
         }
         let capacity = b.tracker.capacity;
-        let processor = Processor::new(
-            b.ratelimit,
-            std::mem::take(&mut b.tracker),
-            Box::new(varta_pipeline::procfs::start_time),
-        )?;
-        let stats = processor.stats();
-        let snapshots = processor.snapshots();
-        let mut parts = Parts {
-            processor,
-            threads: Vec::new(),
-            outputs: Vec::new(),
-            view: CollectorView::default(),
-            helpers_end_within: Duration::ZERO,
-            attributes: None,
+        let plan = PipelinePlan {
+            name: b.name.clone(),
+            ratelimit: b.ratelimit,
+            tracker: Some(std::mem::take(&mut b.tracker)),
+            resolver: b.resolver.take().map(|c| ("resolver".to_owned(), c)),
+            recovery: b.recovery.take().map(|c| ("recovery".to_owned(), c)),
+            exporters: Vec::new(),
+            queue_batches: b.queue_batches,
         };
-        let meter = match Self::outputs(&mut b, capacity, &snapshots, &mut parts) {
+        let mut pipeline = Pipeline::build(&plan)?;
+        let mut outputs = Outputs::default();
+        let meter = match Self::outputs(&mut b, capacity, &pipeline, &mut outputs) {
             Ok(meter) => meter,
             Err(e) => {
-                parts.abandon();
+                pipeline.close(Instant::now() + ABANDON_WITHIN);
+                outputs.abandon();
                 return Err(e);
             }
         };
+        let Outputs { queues, threads, view: outputs_view } = outputs;
+        if let Err(e) = pipeline.resume(queues) {
+            // The queues went with the failed start: the outputs end.
+            pipeline.close(Instant::now() + ABANDON_WITHIN);
+            join_outputs(threads, Instant::now() + ABANDON_WITHIN);
+            return Err(e.into());
+        }
 
-        let (tx, rx) = varta_pipeline::queue::batch_queue(b.queue_batches);
         let mut view = CollectorView::default();
-        let mut receivers_bound = Vec::new();
-        let mut keys = Vec::new();
-        for (id, r) in &bound {
-            view.add(Role::Receiver, id.clone(), r.stats());
-            receivers_bound.push((id.clone(), r.local_addr(), r.stats()));
-            if let Some(k) = r.key_handle() {
-                keys.push((id.clone(), k));
-            }
+        for r in &receivers {
+            view.add(Role::Receiver, r.id.clone(), r.stats.clone());
         }
         view.add_pipeline(PipelineView {
             name: b.name.clone(),
-            snapshots: snapshots.clone(),
-            queue: rx.depth(),
-            attributes: parts.attributes.clone(),
+            snapshots: pipeline.snapshots.clone(),
+            queue: pipeline.depth.clone(),
+            attributes: pipeline.attributes.clone(),
         });
-        view.components.append(&mut parts.view.components);
-
-        let Parts { processor, mut threads, outputs, helpers_end_within, attributes, .. } = parts;
-        let mut fanout = Fanout::new(outputs);
-        let name = b.name.clone();
-        match spawn(format!("proc-{name}"), move || processor.run(rx, &mut fanout)) {
-            Ok(thread) => threads.insert(0, Owned { what: format!("pipelines::{name}"), thread }),
-            Err(e) => {
-                // The processor (and with it the helpers' handles and the
-                // output queues) went with the closure: the threads end.
-                join_all(threads, Instant::now() + ABANDON_WITHIN);
-                return Err(EmbedError::Thread(e));
-            }
+        for (id, metrics) in pipeline.helper_metrics() {
+            view.add(Role::Processor, id, metrics);
         }
+        view.components.extend(outputs_view.components);
+
         let mut engine = Engine {
             name: b.name,
             receivers: Vec::new(),
-            threads,
-            helpers_end_within,
-            bound: receivers_bound,
-            keys,
-            stats,
-            snapshots,
-            attributes,
+            attributes: pipeline.attributes.clone(),
+            pipeline: Some(pipeline),
+            outputs: threads,
             view,
             _instruments: None,
         };
-        for (id, receiver) in bound {
-            let stop = receiver.stop_handle();
-            let queue = tx.clone();
-            match spawn(format!("recv-{id}"), move || receiver.run(queue)) {
-                Ok(thread) => engine.receivers.push(ReceiverThread { id, stop, thread }),
-                Err(e) => {
-                    drop(tx);
-                    engine.shutdown(ABANDON_WITHIN);
-                    return Err(EmbedError::Thread(e));
-                }
+        let sender = engine.pipeline.as_ref().map(Pipeline::sender);
+        for mut receiver in receivers {
+            if let Err(e) = receiver.resume(sender.iter().cloned().collect()) {
+                engine.receivers.push(receiver);
+                engine.shutdown(ABANDON_WITHIN);
+                return Err(EmbedError::Thread(e));
             }
+            engine.receivers.push(receiver);
         }
-        // Only receivers hold senders now: when they stop, the queue closes.
-        drop(tx);
         if let Some((meter, per_agent)) = meter {
             engine._instruments = Some(otel::metrics::register(&meter, engine.view.clone(), per_agent));
         }
         Ok(engine)
     }
 
-    /// Starts the helpers and the outputs; returns the meter to register
-    /// the metrics on once everything runs.
-    /// (Takes the helpers' and outputs' settings out of `b`.)
+    /// Starts the outputs; returns the meter to register the metrics on
+    /// once everything runs. (Takes the outputs' settings out of `b`.)
     fn outputs(
         b: &mut EngineBuilder,
         capacity: usize,
-        snapshots: &SnapshotReader,
-        parts: &mut Parts,
+        pipeline: &Pipeline,
+        outputs: &mut Outputs,
     ) -> Result<Option<(opentelemetry::metrics::Meter, bool)>, EmbedError> {
         let (name, queue) = (b.name.as_str(), b.output_queue);
-        Self::helpers(name, b.resolver.take(), b.recovery.take(), parts)?;
-        let store = parts.attributes.clone();
-        let clock = WallClock::new(snapshots.latest().clock);
+        let store = pipeline.attributes.clone();
+        let clock = WallClock::new(pipeline.snapshots.latest().clock);
         if let Some(callback) = b.incidents.take() {
             let (exporter, callback_stats) = IncidentExporter::new(callback, clock.clone(), store.clone());
-            output("incidents", Box::new(exporter), queue, parts)?;
-            parts.view.add(Role::Exporter, "incidents.callback", callback_stats);
+            outputs.add("incidents", Box::new(exporter), queue)?;
+            outputs.view.add(Role::Exporter, "incidents.callback", callback_stats);
         }
         let Some(t) = b.telemetry.take() else { return Ok(None) };
         let durations = t.meter.as_ref().map(otel::metrics::stall_durations);
         let (exporter, span_stats) =
             otel::spans::SpanExporter::new(t.tracer, name, clock, store, capacity, durations);
-        output("opentelemetry", Box::new(exporter), queue, parts)?;
-        parts.view.add(Role::Exporter, "opentelemetry.spans", span_stats);
+        outputs.add("opentelemetry", Box::new(exporter), queue)?;
+        outputs.view.add(Role::Exporter, "opentelemetry.spans", span_stats);
         Ok(t.meter.map(|m| (m, t.per_agent)))
-    }
-
-    /// Starts the resolver and the recovery runner and attaches them to the processor.
-    fn helpers(
-        name: &str,
-        resolver: Option<ResolverConfig>,
-        recovery: Option<RecoveryConfig>,
-        parts: &mut Parts,
-    ) -> Result<(), EmbedError> {
-        let window = resolver.as_ref().map(|r| r.diagnosis.window);
-        if let Some(cfg) = resolver {
-            cfg.validate().map_err(EmbedError::Resolver)?;
-            let (started, handle) =
-                Resolver::start(name, cfg).map_err(|e| EmbedError::Resolver(e.to_string()))?;
-            parts.processor.set_inspector(Some(Box::new(handle)));
-            parts.attributes = Some(started.store);
-            parts.view.add(Role::Processor, "resolver", started.stats);
-            parts.threads.push(Owned { what: "processors::resolver".into(), thread: started.thread });
-        }
-        if let Some(cfg) = recovery {
-            cfg.validate().map_err(EmbedError::Recovery)?;
-            let labels = varta_agents::recovery_targets(parts.attributes.clone(), cfg.trusted_slices.clone());
-            let probe = Box::new(varta_agents::proc::process_facts);
-            let kill_grace = cfg.kill_grace;
-            let (started, handle) = Recovery::start(name, cfg, probe, labels, window)
-                .map_err(|e| EmbedError::Recovery(e.to_string()))?;
-            parts.processor.set_recovery(Some(handle));
-            parts.view.add(Role::Processor, "recovery", started.stats);
-            parts.threads.push(Owned { what: "processors::recovery".into(), thread: started.thread });
-            parts.helpers_end_within = kill_grace + SHUTDOWN_MARGIN;
-        }
-        Ok(())
     }
 
     /// The pipeline name.
@@ -458,22 +381,22 @@ impl Engine {
     /// The address receiver `id` listens on (UDP and secure UDP: useful
     /// with port 0), `None` for UDS or an unknown id.
     pub fn local_addr(&self, id: &str) -> Option<SocketAddr> {
-        self.bound.iter().find(|(r, _, _)| r == id).and_then(|(_, a, _)| *a)
+        self.receivers.iter().find(|r| r.id == id).and_then(|r| r.local_addr)
     }
 
     /// Secure receiver `id`'s key handle (key rotation without a restart).
     pub fn keys(&self, id: &str) -> Option<&KeyHandle> {
-        self.keys.iter().find(|(r, _)| r == id).map(|(_, k)| k)
+        self.receivers.iter().find(|r| r.id == id).and_then(|r| r.keys.as_ref())
     }
 
     /// The processor's counters, live.
     pub fn stats(&self) -> Arc<ProcessorStats> {
-        self.stats.clone()
+        self.pipeline.as_ref().map(Pipeline::stats).expect("the pipeline lives as long as the engine")
     }
 
     /// The processor's published snapshots (agents, counters).
     pub fn snapshots(&self) -> SnapshotReader {
-        self.snapshots.clone()
+        self.pipeline.as_ref().map(|p| p.snapshots.clone()).expect("the pipeline lives as long as the engine")
     }
 
     /// What the resolver knows of local agents, if it runs.
@@ -490,34 +413,27 @@ impl Engine {
 
     /// A receiver's counters.
     pub fn receiver_stats(&self, id: &str) -> Option<Arc<ReceiverStats>> {
-        self.bound.iter().find(|(r, _, _)| r == id).map(|(_, _, s)| s.clone())
+        self.receivers.iter().find(|r| r.id == id).map(|r| r.stats.clone())
     }
 
     /// Ordered shutdown (see the module docs), every step bounded by
     /// `timeout` from now (extended to a recovery runner's `kill_grace`).
     pub fn shutdown(mut self, timeout: Duration) -> Stopped {
-        let deadline = Instant::now() + timeout.max(self.helpers_end_within);
-        let mut stopped = Stopped { clean: true, late: Vec::new(), failed: Vec::new() };
+        let helpers = self.pipeline.as_ref().map(Pipeline::ends_within).unwrap_or_default();
+        let deadline = Instant::now() + timeout.max(helpers);
+        let mut stopped = Stopped::default();
         for r in &self.receivers {
-            r.stop.stop();
+            r.stop();
         }
         for r in std::mem::take(&mut self.receivers) {
-            let what = format!("receivers::{}", r.id);
-            match join_by(r.thread, deadline) {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => stopped.failed.push(format!("{what}: {e}")),
-                Ok(Err(_)) => stopped.failed.push(format!("{what}: panicked")),
-                Err(_) => stopped.late.push(what),
-            }
+            stopped.merge(r.join(deadline));
         }
-        for t in std::mem::take(&mut self.threads) {
-            match join_by(t.thread, deadline) {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => stopped.failed.push(format!("{}: panicked", t.what)),
-                Err(_) => stopped.late.push(t.what),
-            }
+        // With every receiver gone, dropping the pipeline's own sender
+        // closes its queue: the processor drains and ends, then its helpers.
+        if let Some(p) = self.pipeline.take() {
+            stopped.merge(p.finish().join(deadline));
         }
-        stopped.clean = stopped.late.is_empty() && stopped.failed.is_empty();
+        stopped.merge(join_outputs(std::mem::take(&mut self.outputs), deadline));
         stopped
     }
 }
@@ -525,7 +441,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         for r in &self.receivers {
-            r.stop.stop();
+            r.stop();
         }
     }
 }

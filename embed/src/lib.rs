@@ -32,6 +32,9 @@
 //! # }
 //! ```
 //!
+//! * [`compose`]: the engine's parts (a pipeline that parks and reloads,
+//!   receivers that feed several pipelines), which the `varta-collector`
+//!   binary composes; [`Engine`] is one pipeline built from them.
 //! * [`engine`]: the builder (defaults as the collector's), start, the
 //!   ordered shutdown within a deadline, the counters.
 //! * [`incident`]: incident events with the agent's attributes, for a callback.
@@ -46,6 +49,7 @@
 //! without the binary's signals, logging setup, reloads or health endpoint.
 //! The pieces themselves are the collector's crates, reused as they are.
 
+pub mod compose;
 pub mod engine;
 pub mod incident;
 pub mod otel;

@@ -11,8 +11,8 @@ use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use varta_agents::ResolverConfig;
-use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
+use varta_embed::compose::PipelinePlan;
+use varta_processor::TrackerConfig;
 use varta_receiver::VlpReceiverConfig;
 
 use crate::config::{Config, ExporterConfig, Pipeline, ProcessorConfig, ReceiverConfig};
@@ -92,85 +92,38 @@ fn digest(files: &[&Path]) -> [u8; 32] {
 }
 
 /// One pipeline as configured: its processors resolved, its exporters.
-#[derive(Debug, Clone)]
-pub struct PipelinePlan {
-    pub name: String,
-    pub ratelimit: Option<RateLimitConfig>,
-    pub tracker: Option<TrackerConfig>,
-    pub resolver: Option<(String, ResolverConfig)>,
-    pub recovery: Option<(String, RecoveryConfig)>,
-    pub exporters: Vec<String>,
-    pub queue_batches: usize,
-}
-
-impl PipelinePlan {
-    pub fn of(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
-        let mut plan = PipelinePlan {
-            name: name.to_owned(),
-            ratelimit: None,
-            tracker: None,
-            resolver: None,
-            recovery: None,
-            exporters: p.exporters.clone(),
-            queue_batches: p.queue_batches,
-        };
-        // Plain UDP beside attested receivers: its agents get their share
-        // of the tracker only (see `TrackerConfig::unauthenticated_share`).
-        let plain_udp = |id: &String| {
-            config.receivers.get(id).is_some_and(|c| {
-                let ReceiverConfig::Vlp(r) = &c.config;
-                r.transport == varta_receiver::TransportKind::Udp
-            })
-        };
-        let shared_with_attested =
-            p.receivers.iter().any(plain_udp) && p.receivers.iter().any(|id| !plain_udp(id));
-        for id in &p.processors {
-            match config.processors.get(id).map(|c| &c.config) {
-                Some(ProcessorConfig::RateLimit(cfg)) => plan.ratelimit = Some(*cfg),
-                Some(ProcessorConfig::Tracker(cfg)) => {
-                    plan.tracker = Some(TrackerConfig { shared_with_attested, ..cfg.clone() })
-                }
-                Some(ProcessorConfig::Resolver(cfg)) => plan.resolver = Some((id.clone(), *cfg)),
-                Some(ProcessorConfig::Recovery(cfg)) => plan.recovery = Some((id.clone(), (**cfg).clone())),
-                None => {}
+pub fn plan(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
+    let mut plan = PipelinePlan {
+        name: name.to_owned(),
+        ratelimit: None,
+        tracker: None,
+        resolver: None,
+        recovery: None,
+        exporters: p.exporters.clone(),
+        queue_batches: p.queue_batches,
+    };
+    // Plain UDP beside attested receivers: its agents get their share
+    // of the tracker only (see `TrackerConfig::unauthenticated_share`).
+    let plain_udp = |id: &String| {
+        config.receivers.get(id).is_some_and(|c| {
+            let ReceiverConfig::Vlp(r) = &c.config;
+            r.transport == varta_receiver::TransportKind::Udp
+        })
+    };
+    let shared_with_attested =
+        p.receivers.iter().any(plain_udp) && p.receivers.iter().any(|id| !plain_udp(id));
+    for id in &p.processors {
+        match config.processors.get(id).map(|c| &c.config) {
+            Some(ProcessorConfig::RateLimit(cfg)) => plan.ratelimit = Some(*cfg),
+            Some(ProcessorConfig::Tracker(cfg)) => {
+                plan.tracker = Some(TrackerConfig { shared_with_attested, ..cfg.clone() })
             }
+            Some(ProcessorConfig::Resolver(cfg)) => plan.resolver = Some((id.clone(), *cfg)),
+            Some(ProcessorConfig::Recovery(cfg)) => plan.recovery = Some((id.clone(), (**cfg).clone())),
+            None => {}
         }
-        plan
     }
-
-    /// What owns the agents: a change starts the pipeline's state afresh.
-    /// Threshold settings are not part of it ([`PipelinePlan::thresholds_key`]).
-    pub fn processor_key(&self) -> String {
-        let structure = self.tracker.as_ref().map(|t| (t.capacity, t.clock, t.snapshot_interval));
-        format!("{:?} {structure:?}", self.ratelimit)
-    }
-
-    /// Which threshold each agent runs under: a change is applied to the
-    /// running processor, keeping its agents.
-    pub fn thresholds_key(&self) -> String {
-        let t = self.tracker.as_ref();
-        format!(
-            "{:?}",
-            t.map(|t| (
-                t.threshold,
-                &t.thresholds,
-                t.adaptive,
-                t.eviction_after,
-                t.unauthenticated_share,
-                t.shared_with_attested
-            ))
-        )
-    }
-
-    /// The resolver and the recovery runner (which reads the resolver's
-    /// attributes, so it is rebuilt with it).
-    pub fn resolver_key(&self) -> String {
-        format!("{:?}", self.resolver)
-    }
-
-    pub fn recovery_key(&self) -> String {
-        format!("{:?} {}", self.recovery, self.resolver_key())
-    }
+    plan
 }
 
 #[cfg(test)]
@@ -220,7 +173,7 @@ service:
     #[test]
     fn pipeline_keys_separate_tracker_from_helpers() {
         let a = parse(BASE);
-        let plan = |c: &Config, n: &str| PipelinePlan::of(c, n, &c.service.pipelines[n].value);
+        let plan = |c: &Config, n: &str| plan(c, n, &c.service.pipelines[n].value);
         let threshold = parse(&BASE.replace("threshold: 2s", "threshold: 3s"));
         assert_eq!(plan(&a, "one").processor_key(), plan(&threshold, "one").processor_key());
         assert_ne!(plan(&a, "one").thresholds_key(), plan(&threshold, "one").thresholds_key());

@@ -45,16 +45,14 @@ use crate::config::{Config, ConfigError, ExporterConfig, ExtensionConfig, Receiv
 use crate::health::{self, Phase, SharedReport, Stage};
 use crate::reload_outcome::ReloadStats;
 use crate::runtime::AsyncRuntime;
-use keys::PipelinePlan;
-use slots::{
-    EndpointSlot, ExporterSlot, HealthSlot, Keyed, PipelineSlot, ReceiverSlot, keep_wanted, retire_unwanted,
-};
+use slots::{EndpointSlot, ExporterSlot, HealthSlot, Keyed, keep_wanted, retire_unwanted};
+use varta_embed::compose::{Pipeline, PipelinePlan, Receiver, Watch};
 
 /// A running collector.
 #[derive(Debug)]
 pub struct Running {
-    receivers: Vec<ReceiverSlot>,
-    pipelines: Vec<PipelineSlot>,
+    receivers: Vec<Receiver>,
+    pipelines: Vec<Pipeline>,
     exporters: Vec<ExporterSlot>,
     endpoints: Vec<EndpointSlot>,
     health: Option<HealthSlot>,
@@ -116,12 +114,8 @@ impl Running {
     /// Moves the running components to `config` (see the module docs).
     pub fn apply(&mut self, config: &Config) -> Result<(), ConfigError> {
         self.join_timeout = config.service.shutdown_timeout;
-        let plans: Vec<PipelinePlan> = config
-            .service
-            .pipelines
-            .iter()
-            .map(|(name, p)| PipelinePlan::of(config, name, &p.value))
-            .collect();
+        let plans: Vec<PipelinePlan> =
+            config.service.pipelines.iter().map(|(name, p)| keys::plan(config, name, &p.value)).collect();
         let deadline = Instant::now() + self.join_timeout;
         for p in &self.pipelines {
             p.request_park();
@@ -215,8 +209,12 @@ impl Running {
         for plan in plans {
             let err = |m: String| config.error(None, Some(format!("service::pipelines::{}", plan.name)), m);
             match self.pipelines.iter_mut().find(|p| p.name == plan.name) {
-                Some(p) => p.update(plan, deadline()).map_err(err)?,
-                None => self.pipelines.push(PipelineSlot::build(plan).map_err(err)?),
+                Some(p) => p.update(plan, deadline()).map_err(|e| err(e.to_string()))?,
+                None => {
+                    let mut p = Pipeline::build(plan).map_err(|e| err(e.to_string()))?;
+                    p.wedge_after(wedge::from_env());
+                    self.pipelines.push(p);
+                }
             }
         }
         self.pipelines.sort_by_key(|p| plans.iter().position(|plan| plan.name == p.name));
@@ -249,7 +247,7 @@ impl Running {
         }
         for (id, key) in new {
             let c = config.exporters.get(&id).expect("listed from the config");
-            let serves: Vec<&PipelineSlot> =
+            let serves: Vec<&Pipeline> =
                 self.pipelines.iter().filter(|p| p.exporters.contains(&id)).collect();
             let slot = ExporterSlot::start(&id, key, &c.config, &serves, self.wiring(config))
                 .map_err(|m| config.error(Some(c.at), Some(format!("exporters::{id}")), m))?;
@@ -308,8 +306,8 @@ impl Running {
             }
             let ReceiverConfig::Vlp(cfg) = &c.config;
             // ReceiverError messages already name the receiver.
-            let slot = ReceiverSlot::bind(&id, keys::receiver(&c.config), cfg, feeds)
-                .map_err(|m| config.error(Some(c.at), None, m))?;
+            let slot = Receiver::bind(&id, keys::receiver(&c.config), cfg, feeds)
+                .map_err(|e| config.error(Some(c.at), None, e.to_string()))?;
             self.receivers.push(slot);
         }
         for r in &mut self.receivers {
@@ -334,7 +332,7 @@ impl Running {
         for p in &mut self.pipelines {
             let queues = p.exporters.iter().filter_map(|id| self.exporters.iter().find(|e| e.id == *id));
             if let Err(e) = p.resume(queues.filter_map(|e| e.producer(&p.name)).collect()) {
-                self.broken = Some((format!("pipelines::{}", p.name), e));
+                self.broken = Some((format!("pipelines::{}", p.name), e.to_string()));
             }
         }
         for r in &mut self.receivers {
@@ -342,7 +340,7 @@ impl Running {
                 .feeds
                 .iter()
                 .filter_map(|f| self.pipelines.iter().find(|p| p.name == *f))
-                .map(PipelineSlot::sender)
+                .map(Pipeline::sender)
                 .collect();
             if let Err(e) = r.resume(queues) {
                 self.broken = Some((format!("receivers::{}", r.id), e));
@@ -394,8 +392,9 @@ impl Running {
         self.stages = self
             .receivers
             .iter()
-            .map(ReceiverSlot::stage)
-            .chain(self.pipelines.iter().flat_map(PipelineSlot::stages))
+            .map(Receiver::watch)
+            .chain(self.pipelines.iter().flat_map(Pipeline::watches))
+            .map(|Watch { component, probe }| Stage::new(component, probe))
             .chain(self.exporters.iter().map(ExporterSlot::stage))
             .collect();
     }
@@ -415,7 +414,7 @@ impl Running {
     /// collector shuts down.
     pub fn thread_died(&self) -> Option<String> {
         let receivers = self.receivers.iter().filter(|r| r.died()).map(|r| format!("receivers::{}", r.id));
-        let pipelines = self.pipelines.iter().filter_map(PipelineSlot::died);
+        let pipelines = self.pipelines.iter().filter_map(Pipeline::died);
         let exporters = self.exporters.iter().filter(|e| e.died()).map(|e| format!("exporters::{}", e.id));
         let endpoints = self.endpoints.iter().filter(|e| e.died()).map(|e| format!("exporters::{}", e.id));
         receivers.chain(pipelines).chain(exporters).chain(endpoints).next()
@@ -467,7 +466,7 @@ impl Running {
     pub fn shutdown(self, timeout: Duration) -> (bool, CollectorView) {
         // A recovery runner's children get their `kill_grace` (then are
         // killed and recorded) whatever `shutdown_timeout` says.
-        let helpers = self.pipelines.iter().map(PipelineSlot::ends_within).max().unwrap_or_default();
+        let helpers = self.pipelines.iter().map(Pipeline::ends_within).max().unwrap_or_default();
         let deadline = Instant::now() + timeout.max(helpers + Duration::from_millis(500));
         self.report.lock().unwrap_or_else(|p| p.into_inner()).phase = Phase::Stopping;
         let _ = self.deadline.set(deadline);
@@ -476,7 +475,7 @@ impl Running {
         }
         let mut clean = true;
         for r in self.receivers {
-            clean &= r.join(deadline);
+            clean &= r.join(deadline).clean;
         }
         // With every receiver gone, dropping the pipelines' own senders
         // closes their queues: processors drain and end.
@@ -485,7 +484,7 @@ impl Running {
             finishing.push(p.finish());
         }
         for f in finishing {
-            clean &= f.join(deadline);
+            clean &= f.join(deadline).clean;
         }
         for e in self.exporters {
             clean &= e.join(deadline);
