@@ -54,7 +54,10 @@ fn a_panicking_callback_is_counted_and_the_next_incident_still_arrives() {
         }
         n.filter(|&n| n > 0)
     });
-    assert_eq!(panics, 1);
+    // One panic per stall: the agent, silent again after its resume, may
+    // stall once more (50 ms) before this reads the counters.
+    let stalls = stats.stalls();
+    assert!(panics >= 1 && panics <= stalls, "{panics} callback panics for {stalls} stalls");
     let stopped = engine.shutdown(Duration::from_secs(10));
     assert!(stopped.clean, "{stopped:?}");
 }
