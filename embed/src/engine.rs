@@ -31,12 +31,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use varta_agents::{AttributeStore, ResolverConfig};
-use varta_exporters::otlp::wallclock::WallClock;
 use varta_exporters::{CollectorView, Exporter, ExporterQueue, PipelineView};
 use varta_pipeline::Role;
 use varta_processor::recovery::RecoveryConfig;
 use varta_processor::{ProcessorStats, RateLimitConfig, SnapshotReader, TrackerConfig};
 use varta_receiver::{KeyHandle, ReceiverError, ReceiverStats, VlpReceiverConfig};
+use varta_telemetry::wallclock::WallClock;
 
 pub use crate::compose::Stopped;
 use crate::compose::{BuildError, Pipeline, PipelinePlan, Receiver};

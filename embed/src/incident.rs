@@ -21,10 +21,10 @@ use std::time::SystemTime;
 use opentelemetry::KeyValue;
 use varta_agents::AttributeStore;
 use varta_exporters::Exporter;
-use varta_exporters::otlp::attrs;
-use varta_exporters::otlp::wallclock::WallClock;
 use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_processor::{AgentRef, Event, EventKind};
+use varta_telemetry::attrs;
+use varta_telemetry::wallclock::WallClock;
 
 use crate::otel::convert;
 

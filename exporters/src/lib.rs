@@ -12,29 +12,42 @@
 //! * [`aggregate`]: the per-second budget that keeps floods of refusals
 //!   from filling a disk or a log (file and debug exporters).
 //! * [`debug`]: events as log lines.
-//! * [`prometheus`]: the pull endpoint (a view over snapshots, not an event consumer).
-//! * [`otlp`]: metrics and stall-incident traces over OTLP/gRPC.
-//! * [`httpd`]: the small bounded HTTP server every endpoint uses.
-//! * [`trim`]: returning memory freed by exports to the kernel.
-//! * [`view`]: what metrics views read (every component's metrics, each
-//!   pipeline's published snapshot).
+//! * `prometheus` (feature `prometheus`): the pull endpoint (a view over
+//!   snapshots, not an event consumer).
+//! * `otlp` (feature `otlp`): metrics and stall-incident traces over
+//!   OTLP/gRPC and OTLP/HTTP.
+//! * `httpd` (feature `httpd`, implied by `prometheus`): the small bounded
+//!   HTTP server every endpoint uses.
+//! * `trim`: returning memory freed by exports to the kernel.
+//! * [`view`]: what metrics views read (from `varta-telemetry`, which also
+//!   holds the transport-free shape of spans and metric points).
+//!
+//! Layers: the core here (the [`Exporter`] trait, [`queue`], [`Fanout`],
+//! file and debug exporters) imports no transport; the transports sit
+//! behind cargo features, so a program that only embeds the engine
+//! compiles none of tonic, hyper, rustls or prometheus.
 
 pub mod aggregate;
 pub mod debug;
 pub mod fanout;
 pub mod file;
+#[cfg(feature = "httpd")]
 pub mod httpd;
+#[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod queue;
-pub mod trim;
-pub mod view;
+#[cfg(any(feature = "otlp", feature = "prometheus"))]
+mod trim;
 
 pub use debug::{DebugExporter, DebugExporterConfig};
 pub use fanout::Fanout;
 pub use file::{FileExporter, FileExporterConfig};
+#[cfg(feature = "otlp")]
 pub use otlp::{OtlpExporter, OtlpExporterConfig};
 pub use queue::{ExporterQueue, ExporterStats, ExporterTelemetry};
+pub use varta_telemetry::view;
 pub use view::{CollectorView, LiveView, PipelineView};
 
 use varta_processor::Event;

@@ -44,7 +44,11 @@ fn huge_agent_values_are_cut_and_churn_does_not_fill_the_string_table() {
     }
     let resolved = count("agents_resolved");
     assert!(resolved >= 500, "most churn agents were resolved: {resolved}");
-    assert!(count("attribute_values_truncated") >= resolved, "every 100 KiB name was cut: {} of {resolved}", count("attribute_values_truncated"));
+    assert!(
+        count("attribute_values_truncated") >= resolved,
+        "every 100 KiB name was cut: {} of {resolved}",
+        count("attribute_values_truncated")
+    );
     assert_eq!(count("attribute_strings_refused"), 0);
     let bytes = count("attribute_bytes");
     assert!(bytes < 4 << 20, "the store holds what ≤ 64 tracked agents need, not 70 MiB: {bytes}");

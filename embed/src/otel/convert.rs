@@ -2,7 +2,7 @@
 //!
 //! Why a conversion at all: the collector's span and metric shapes (names,
 //! attributes, units) are built once, as OTLP messages, by
-//! `varta_exporters::otlp`; the façade reads them from there instead of
+//! `varta_telemetry`; the façade reads them from there instead of
 //! keeping a second copy that could drift, and hands the host's SDK the
 //! same content through the API. Pure functions; values of kinds the
 //! collector never produces (arrays, maps, bytes) are left out.

@@ -4,7 +4,7 @@
 //! Promises:
 //! * **Same names, units, descriptions and attributes as the collector's
 //!   OTLP metrics**, because they are read from the collector's own
-//!   builder (`varta_exporters::otlp::metrics::MetricsBuilder`, cumulative,
+//!   builder (`varta_telemetry::metrics::MetricsBuilder`, cumulative,
 //!   agents as point attributes): `varta.beats`, `varta.stalls`,
 //!   `varta.resumes`, `varta.agents.tracked`, `varta.agents.stalled`,
 //!   `varta.rate_limited{reason}`, `varta.capacity_exceeded`,
@@ -36,10 +36,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
     Metric as ProtoMetric, NumberDataPoint, metric::Data, number_data_point,
 };
 use varta_exporters::CollectorView;
-use varta_exporters::otlp::config::Temporality;
-use varta_exporters::otlp::metrics::{self as otlp_metrics, MetricsBuilder, name};
-use varta_exporters::otlp::wallclock::unix_now_ns;
 use varta_processor::STALL_DURATION_BOUNDS_NS;
+use varta_telemetry::metrics::Temporality;
+use varta_telemetry::metrics::{self as otlp_metrics, MetricsBuilder, name};
+use varta_telemetry::wallclock::unix_now_ns;
 
 use super::convert;
 

@@ -2,7 +2,7 @@
 //!
 //! Promises:
 //! * **Same shape as the collector's OTLP traces.** Each span is first
-//!   built by the collector's own `varta_exporters::otlp::traces::SpanBuilder`
+//!   built by the collector's own `varta_telemetry::traces::SpanBuilder`
 //!   (names `varta.stall`, `varta.stall.resolved`, `varta.stall.diagnosis`,
 //!   `varta.recovery`, `varta.agent.panic`; attributes, events, status,
 //!   start and end times) and then started and ended through the API, so
@@ -37,11 +37,11 @@ use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use varta_agents::AttributeStore;
 use varta_exporters::Exporter;
-use varta_exporters::otlp::ids::IdSource;
-use varta_exporters::otlp::traces::SpanBuilder;
-use varta_exporters::otlp::wallclock::WallClock;
 use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_processor::{AgentId, Event, EventKind};
+use varta_telemetry::ids::IdSource;
+use varta_telemetry::traces::SpanBuilder;
+use varta_telemetry::wallclock::WallClock;
 
 use super::convert;
 

@@ -169,15 +169,7 @@ impl Default for SendingQueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Temporality {
-    /// Sums and the histogram count from the collector's start.
-    #[default]
-    Cumulative,
-    /// Sums and the histogram count since the previous export.
-    Delta,
-}
+pub use varta_telemetry::metrics::Temporality;
 
 /// `metrics:`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -59,20 +59,17 @@
 //!   sake. The embedding façade (which reports through a host program's
 //!   SDK) is where the SDK types belong.
 
-pub mod attrs;
-pub mod client;
+mod client;
 pub mod config;
 pub mod env;
-pub mod grpc;
-pub mod http;
-pub mod ids;
-pub mod metrics;
-pub mod resource;
-pub mod retry;
+mod grpc;
+mod http;
+mod retry;
 pub mod stats;
-pub mod tls;
-pub mod traces;
-pub mod wallclock;
+mod tls;
+
+// The transport-free shape of what is sent (varta-telemetry).
+use varta_telemetry::{ids, metrics, resource, traces, wallclock};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -317,7 +314,9 @@ impl OtlpExporter {
         let instance = process_instance_id();
         let host_name = hostname();
         let own = Arc::new(Identity {
-            resource: resource::collector(config, &instance, host_name.as_deref(), |k| std::env::var(k).ok()),
+            resource: resource::collector(&config.resource, &instance, host_name.as_deref(), |k| {
+                std::env::var(k).ok()
+            }),
             scope: resource::scope(&instance),
         });
         let stats = Arc::new(OtlpStats::default());

@@ -15,15 +15,15 @@
 //! pipeline thread takes; a scrape reads at most `snapshot_interval`-old
 //! agent state; every fixed-label series exists from the first scrape.
 
-pub mod agents;
-pub mod body;
+mod agents;
+mod body;
 pub mod config;
-pub mod exposition;
-pub mod families;
+mod exposition;
+mod families;
 pub mod http;
-pub mod ratelimit;
-pub mod scrape;
-pub mod stats;
+mod ratelimit;
+mod scrape;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -27,8 +27,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use varta_agents::attributes::AttributesRef;
 use varta_proto::Source;
 
-use super::attrs;
-use super::config::OtlpExporterConfig;
+use crate::attrs;
 use varta_processor::AgentRef;
 
 use opentelemetry_semantic_conventions::resource::{
@@ -42,8 +41,8 @@ pub const COLLECTOR_SERVICE_NAME: &str = "varta-collector";
 
 /// The collector's own resource. `env` is the collector's environment
 /// (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
-pub fn collector(
-    config: &OtlpExporterConfig,
+pub fn collector<'a>(
+    configured: impl IntoIterator<Item = (&'a String, &'a String)>,
     instance_id: &str,
     host_name: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
@@ -68,7 +67,7 @@ pub fn collector(
     if let Some(name) = env("OTEL_SERVICE_NAME").filter(|n| !n.is_empty()) {
         set(SERVICE_NAME, &name);
     }
-    for (k, v) in &config.resource {
+    for (k, v) in configured {
         set(k, v);
     }
     Resource {
@@ -193,7 +192,7 @@ mod tests {
 
     #[test]
     fn collector_resource_layers_env_then_config() {
-        let mut c = OtlpExporterConfig::default();
+        let mut c = std::collections::BTreeMap::<String, String>::new();
         let env = |k: &str| match k {
             "OTEL_RESOURCE_ATTRIBUTES" => Some("deployment.environment.name=prod,team=a%2Cb,bad,=x".into()),
             "OTEL_SERVICE_NAME" => Some("edge-liveness".into()),
@@ -206,11 +205,11 @@ mod tests {
         assert_eq!(get(&r, "service.instance.id"), s("id-1"));
         assert_eq!(get(&r, "host.name"), s("node-1"));
         assert!(get(&r, "bad").is_none());
-        c.resource.insert("service.name".into(), "from-config".into());
+        c.insert("service.name".into(), "from-config".into());
         let r = collector(&c, "id-1", None, env);
         assert_eq!(get(&r, "service.name"), s("from-config"), "explicit config wins");
         assert_eq!(r.attributes.iter().filter(|kv| kv.key == "service.name").count(), 1);
-        let r = collector(&OtlpExporterConfig::default(), "id-1", None, |_| None);
+        let r = collector(&std::collections::BTreeMap::new(), "id-1", None, |_| None);
         assert_eq!(get(&r, "service.name"), s("varta-collector"));
     }
 

@@ -1,6 +1,6 @@
 //! Stall incidents as OTLP spans. Pure: events in, spans out.
 //!
-//! Promises (one trace per incident, see [`super::ids`]):
+//! Promises (one trace per incident, see [`crate::ids`]):
 //! * `Stall` → span `varta.stall` from the agent's last beat to detection,
 //!   status ERROR, with the agent's attributes, the threshold, the last
 //!   status/payload/nonce, the incident id, and an event
@@ -26,7 +26,7 @@
 //!   otherwise), zero length with the refusal reason when it did not run.
 //! * Who the span is about: with `agent_resource` (the default) the agent
 //!   is the span's resource ([`SpanBuilder::resource`], see
-//!   [`super::resource`]) and the span carries only what belongs to the
+//!   [`crate::resource`]) and the span carries only what belongs to the
 //!   event (`varta.*`); without it, the agent's identity and what the
 //!   resolver knows (`process.pid`, `service.name`, `container.id`, …) are
 //!   span attributes under the collector's resource.
@@ -42,9 +42,9 @@ use std::sync::Arc;
 use varta_agents::AttributeStore;
 use varta_processor::{AgentRef, Event, EventKind, RecoveryOutcome};
 
-use super::ids::{IdSource, PANIC_SEQ_BIT, SpanRole};
-use super::wallclock::WallClock;
-use super::{attrs, resource};
+use crate::ids::{IdSource, PANIC_SEQ_BIT, SpanRole};
+use crate::wallclock::WallClock;
+use crate::{attrs, resource};
 
 /// Names, so tests and docs agree.
 pub mod name {

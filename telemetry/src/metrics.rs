@@ -27,7 +27,7 @@
 //! * Every series is present from the first export, zeros included.
 //! * **Who per-agent points are about.** With agent resources (the
 //!   default) each agent's three points are sent under the agent's own
-//!   resource ([`super::resource::agent`]), attribute `varta.pipeline`
+//!   resource ([`crate::resource::agent`]), attribute `varta.pipeline`
 //!   only ([`Collected::agents`]); otherwise under the collector's
 //!   resource with the agent's identity as point attributes.
 
@@ -43,9 +43,19 @@ use varta_pipeline::{MetricKind, Role};
 use varta_processor::{AgentId, STALL_DURATION_BOUNDS_NS, StallDurations};
 use varta_proto::{DecodeErrorKind, Status};
 
-use super::attrs;
-use super::config::Temporality;
+use crate::attrs;
 use crate::view::CollectorView;
+
+/// How sums and histogram counts are reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Temporality {
+    /// Sums and the histogram count from the collector's start.
+    #[default]
+    Cumulative,
+    /// Sums and the histogram count since the previous export.
+    Delta,
+}
 
 /// Names of the fleet metrics (tests and docs use them).
 pub mod name {
@@ -146,7 +156,7 @@ impl Exemplars {
 }
 
 /// Agents per chunk of per-agent points: three points each, so a chunk is
-/// one request well below [`super::MAX_POINTS_PER_REQUEST`]. Small because
+/// one request well below the exporter's `MAX_POINTS_PER_REQUEST`. Small because
 /// a chunk is alive up to three times per exporter at once (being built, in
 /// the one-slot channel, being encoded and sent), each agent under its own
 /// resource: measured at 50,000 agents, 512 left a peak of ~4 MB per
@@ -586,7 +596,7 @@ impl MetricsBuilder {
                 };
                 if let Some(host) = &self.agent_resource {
                     chunk_resources.push(AgentMetrics {
-                        resource: super::resource::agent(&agent, resolved.as_ref(), host.as_deref()),
+                        resource: crate::resource::agent(&agent, resolved.as_ref(), host.as_deref()),
                         metrics: families(
                             vec![status_point(pl())],
                             vec![sum_point(pl(), b)],
