@@ -32,7 +32,7 @@ fn default_path() -> String {
 }
 
 /// `extensions: health_check:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "default_endpoint")]

@@ -12,6 +12,7 @@ mod metric_docs;
 mod notify;
 mod pidfile;
 mod pipeline;
+mod registry;
 mod reload;
 mod reload_outcome;
 mod runtime;

@@ -27,7 +27,7 @@
 //! (`failed`). Should even that fail, health checks fail naming the broken
 //! component until a later reload succeeds.
 
-use crate::config::{Config, ReceiverConfig};
+use crate::config::Config;
 use crate::logging::{self, LogControl};
 use crate::pipeline::Running;
 
@@ -80,8 +80,8 @@ pub fn apply(running: &mut Running, current: &Config, new: &Config, logs: &LogCo
 /// earlier one replaced.
 fn rotate_keys(running: &Running, config: &Config) {
     for (id, handle) in running.keys() {
-        let Some(ReceiverConfig::Vlp(cfg)) = config.receivers.get(id).map(|c| &c.config) else { continue };
-        match varta_receiver::load_key_ring(id, cfg) {
+        let Some(c) = config.receivers.get(id) else { continue };
+        match c.config.key_ring(id) {
             Ok(ring) => {
                 handle.replace(ring);
                 tracing::info!(receiver = %id, "reload: key files re-read and in effect");

@@ -64,8 +64,10 @@ pub struct Component<T> {
 pub trait ComponentFamily: Sized {
     /// Section name in the file, e.g. `receivers`.
     const SECTION: &'static str;
-    /// Component types this build knows.
-    const TYPES: &'static [&'static str];
+    /// Component types this build knows (kinds, then aliases).
+    fn types() -> Vec<&'static str>;
+    /// The component's own checks (see the registry).
+    fn check(&self) -> Result<(), varta_pipeline::config::FieldError>;
     /// Deserializes the body of a component of type `kind` (an empty body,
     /// `type/name:` with nothing after it, means all defaults).
     fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error>;
@@ -150,13 +152,14 @@ impl<'de, T: ComponentFamily> Deserialize<'de> for Components<T> {
                 let mut out: Vec<Component<T>> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     let id = ComponentId::parse(&key).map_err(de::Error::custom)?;
-                    if !T::TYPES.contains(&id.kind.as_str()) {
+                    let types = T::types();
+                    if !types.contains(&id.kind.as_str()) {
                         return Err(de::Error::custom(format!(
                             "unknown {} type `{}` in `{}` (this build knows: {})",
                             T::SECTION.trim_end_matches('s'),
                             id.kind,
                             id,
-                            T::TYPES.join(", ")
+                            types.join(", ")
                         )));
                     }
                     if out.iter().any(|c| c.id == id) {

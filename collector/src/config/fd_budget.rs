@@ -5,7 +5,7 @@
 //! reload the caps are lowered, with a warning, to fit what is left after
 //! the sockets and files the collector itself needs.
 
-use super::{Config, ExporterConfig, ExtensionConfig};
+use super::Config;
 
 /// Descriptors kept for the collector's own sockets, files and children.
 pub const RESERVED_FDS: u64 = 256;
@@ -19,13 +19,14 @@ impl Config {
     pub fn fit_connection_caps(&mut self, open_files: u64) -> Vec<String> {
         let mut caps: Vec<(String, &mut usize)> = Vec::new();
         for c in &mut self.exporters.0 {
-            if let ExporterConfig::Prometheus(p) = &mut c.config {
-                caps.push((format!("exporters::{}", c.id), &mut p.max_connections));
+            if let Some(cap) = c.config.connection_cap() {
+                caps.push((format!("exporters::{}", c.id), cap));
             }
         }
         for c in &mut self.extensions.0 {
-            let ExtensionConfig::HealthCheck(h) = &mut c.config;
-            caps.push((format!("extensions::{}", c.id), &mut h.max_connections));
+            if let Some(cap) = c.config.connection_cap() {
+                caps.push((format!("extensions::{}", c.id), cap));
+            }
         }
         let sum: u64 = caps.iter().map(|(_, cap)| **cap as u64).sum();
         let budget = open_files.saturating_sub(RESERVED_FDS);
@@ -52,6 +53,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{ExporterConfig, ExtensionConfig};
 
     fn config(prometheus: usize, health: usize) -> Config {
         Config::parse(

@@ -16,238 +16,27 @@
 //! `--config` files or `--set`s, the file (or `--set`) and position are
 //! those of the source that supplied the offending value (see `provenance`).
 
+mod checks;
 pub mod components;
 pub mod env;
 mod fd_budget;
 mod merge;
 mod provenance;
+mod service;
 
 pub use merge::Origin;
+pub use service::{LogFormat, Logs, Pipeline, Service};
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::MapAccess;
-use serde_saphyr::Spanned;
 
-use components::{
-    Component, ComponentFamily, ComponentId, Components, Position, spanned_body, spanned_required,
-};
-use varta_agents::ResolverConfig;
-use varta_exporters::otlp::config::Protocol;
-use varta_exporters::prometheus::PrometheusConfig;
-use varta_exporters::{DebugExporterConfig, FileExporterConfig, OtlpExporterConfig};
-use varta_pipeline::config::FieldError;
-use varta_processor::{RateLimitConfig, RecoveryConfig, TrackerConfig};
-use varta_receiver::VlpReceiverConfig;
+pub use crate::registry::{ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig};
+use components::{Component, ComponentId, Components, Position};
 
 /// The configuration used when `--config` is not given; also shipped as
 /// `otel-config/varta.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../otel-config/varta.yaml");
-
-#[derive(Debug)]
-pub enum ReceiverConfig {
-    Vlp(VlpReceiverConfig),
-}
-
-impl ComponentFamily for ReceiverConfig {
-    const SECTION: &'static str = "receivers";
-    const TYPES: &'static [&'static str] = &["vlp"];
-    fn body<'de, A: MapAccess<'de>>(_kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
-        spanned_required(map, ReceiverConfig::Vlp)
-    }
-}
-
-#[derive(Debug)]
-pub enum ProcessorConfig {
-    RateLimit(RateLimitConfig),
-    Tracker(TrackerConfig),
-    Resolver(ResolverConfig),
-    Recovery(Box<RecoveryConfig>),
-}
-
-impl ComponentFamily for ProcessorConfig {
-    const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["ratelimit", "tracker", "resolver", "recovery"];
-    fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
-        match kind {
-            "ratelimit" => spanned_body(map, ProcessorConfig::RateLimit),
-            "resolver" => spanned_body(map, ProcessorConfig::Resolver),
-            "recovery" => spanned_required(map, |c| ProcessorConfig::Recovery(Box::new(c))),
-            _ => spanned_body(map, ProcessorConfig::Tracker),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ExporterConfig {
-    File(FileExporterConfig),
-    Debug(DebugExporterConfig),
-    Prometheus(PrometheusConfig),
-    Otlp(Box<OtlpExporterConfig>),
-}
-
-impl ComponentFamily for ExporterConfig {
-    const SECTION: &'static str = "exporters";
-    /// `otlp_grpc` and `otlp_http` are the Collector's current names;
-    /// `otlp` and `otlphttp` stay as aliases.
-    const TYPES: &'static [&'static str] =
-        &["file", "debug", "prometheus", "otlp_grpc", "otlp_http", "otlp", "otlphttp"];
-    fn body<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
-        match kind {
-            "file" => spanned_body(map, ExporterConfig::File),
-            "prometheus" => spanned_body(map, ExporterConfig::Prometheus),
-            "otlp" | "otlp_grpc" => spanned_body(map, |c| ExporterConfig::Otlp(Box::new(c))),
-            "otlphttp" | "otlp_http" => spanned_body(map, |c: OtlpExporterConfig| {
-                ExporterConfig::Otlp(Box::new(OtlpExporterConfig { protocol: Protocol::Http, ..c }))
-            }),
-            _ => spanned_body(map, ExporterConfig::Debug),
-        }
-    }
-}
-
-/// A component configuration's own checks, in the one error type every
-/// component's `validate` maps to.
-trait Validate {
-    fn validate(&self) -> Result<(), FieldError>;
-}
-
-impl Validate for ReceiverConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        let ReceiverConfig::Vlp(cfg) = self;
-        Ok(cfg.validate()?)
-    }
-}
-
-impl Validate for ProcessorConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        match self {
-            ProcessorConfig::RateLimit(cfg) => Ok(cfg.validate()?),
-            ProcessorConfig::Tracker(cfg) => Ok(cfg.validate()?),
-            ProcessorConfig::Resolver(cfg) => Ok(cfg.validate()?),
-            ProcessorConfig::Recovery(cfg) => Ok(cfg.validate()?),
-        }
-    }
-}
-
-impl Validate for ExporterConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        match self {
-            ExporterConfig::File(cfg) => Ok(cfg.validate()?),
-            ExporterConfig::Debug(_) => Ok(()),
-            ExporterConfig::Prometheus(cfg) => Ok(cfg.validate()?),
-            ExporterConfig::Otlp(cfg) => Ok(cfg.validate()?),
-        }
-    }
-}
-
-impl Validate for ExtensionConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        let ExtensionConfig::HealthCheck(cfg) = self;
-        Ok(cfg.validate()?)
-    }
-}
-
-fn default_queue_batches() -> usize {
-    1024
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pipeline {
-    pub receivers: Vec<String>,
-    #[serde(default)]
-    pub processors: Vec<String>,
-    pub exporters: Vec<String>,
-    /// Bound of the receiver → processor queue, in batches of up to 64
-    /// arrivals. When full, receivers drop (and count) what they cannot queue.
-    #[serde(default = "default_queue_batches")]
-    pub queue_batches: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines; the OpenTelemetry Collector calls it `console`.
-    #[default]
-    #[serde(alias = "console")]
-    Text,
-    Json,
-}
-
-fn default_level() -> String {
-    "info".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Logs {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
-    #[serde(default = "default_level")]
-    pub level: String,
-    /// `text|json`; `encoding: console|json` is the OpenTelemetry
-    /// Collector's spelling of the same setting (giving both is an error).
-    #[serde(default, alias = "encoding")]
-    pub format: LogFormat,
-}
-
-impl Default for Logs {
-    fn default() -> Self {
-        Logs { level: default_level(), format: LogFormat::Text }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Telemetry {
-    #[serde(default)]
-    pub logs: Logs,
-}
-
-fn default_shutdown_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(5)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    pub pipelines: BTreeMap<String, Spanned<Pipeline>>,
-    #[serde(default)]
-    pub telemetry: Telemetry,
-    /// Longest time an ordered shutdown may take before the collector gives up waiting.
-    #[serde(default = "default_shutdown_timeout", deserialize_with = "varta_pipeline::config::duration")]
-    pub shutdown_timeout: std::time::Duration,
-    /// Written with the collector's pid at start, removed at exit
-    /// (`varta-collector reload --pid-file`).
-    #[serde(default)]
-    pub pid_file: Option<std::path::PathBuf>,
-    /// Extensions to start (ids from the top-level `extensions:` section).
-    #[serde(default)]
-    pub extensions: Vec<String>,
-    /// A pipeline stage with work waiting that makes no progress for this
-    /// long is unhealthy (health endpoint 503, no systemd WATCHDOG=1).
-    #[serde(default = "default_progress_timeout", deserialize_with = "varta_pipeline::config::duration")]
-    pub progress_timeout: std::time::Duration,
-}
-
-fn default_progress_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
-}
-
-#[derive(Debug)]
-pub enum ExtensionConfig {
-    HealthCheck(crate::health::HealthCheckConfig),
-}
-
-impl ComponentFamily for ExtensionConfig {
-    const SECTION: &'static str = "extensions";
-    const TYPES: &'static [&'static str] = &["health_check"];
-    fn body<'de, A: MapAccess<'de>>(_kind: &str, map: &mut A) -> Result<Spanned<Self>, A::Error> {
-        spanned_body(map, ExtensionConfig::HealthCheck)
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,7 +145,7 @@ impl Config {
             self.exporters.0.push(Component {
                 id,
                 at: Position::default(),
-                config: ExporterConfig::Otlp(Box::new(cfg)),
+                config: ExporterConfig::otlp(cfg),
             });
         }
         self.check()
@@ -444,7 +233,7 @@ impl Config {
     /// [`Config::error`] about the value at key path `path` (e.g. one id in
     /// a pipeline's list), which names the source more precisely than the
     /// position of the whole component.
-    fn error_on(
+    pub(super) fn error_on(
         &self,
         path: &[&str],
         at: Option<Position>,
@@ -457,203 +246,6 @@ impl Config {
         p.locate(e, (!path.is_empty()).then_some(path.as_slice()))
     }
 
-    /// Each component's own checks. Where one names the offending field,
-    /// the error points at that key (in a merged configuration, at the
-    /// source that wrote it); otherwise at the component.
-    fn check_components<T: ComponentFamily + Validate>(
-        &self,
-        section: &Components<T>,
-    ) -> Result<(), ConfigError> {
-        for c in &section.0 {
-            c.config.validate().map_err(|e| {
-                let id = c.id.to_string();
-                let path: Vec<&str> = [T::SECTION, id.as_str()]
-                    .into_iter()
-                    .chain(e.field.split('.').filter(|f| !f.is_empty()))
-                    .collect();
-                let path = if e.field.is_empty() { &[][..] } else { &path[..] };
-                self.error_on(path, Some(c.at), Some(format!("{}::{id}", T::SECTION)), e.message)
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Semantic checks: component settings and pipeline wiring.
-    fn check(&self) -> Result<(), ConfigError> {
-        for (i, id) in self.service.extensions.iter().enumerate() {
-            if self.extensions.get(id).is_none() {
-                return Err(self.error_on(
-                    &["service", "extensions", &i.to_string()],
-                    None,
-                    Some("service::extensions".into()),
-                    format!("extension `{id}` is not defined in the top-level `extensions:` section"),
-                ));
-            }
-        }
-        if self.service.progress_timeout < std::time::Duration::from_millis(100) {
-            return Err(self.error_on(
-                &["service", "progress_timeout"],
-                None,
-                Some("service".into()),
-                "`progress_timeout` must be at least 100ms".into(),
-            ));
-        }
-        self.check_components(&self.extensions)?;
-        self.check_components(&self.receivers)?;
-        self.check_components(&self.processors)?;
-        self.check_components(&self.exporters)?;
-        if self.service.pipelines.is_empty() {
-            return Err(self.error(
-                None,
-                None,
-                "service.pipelines: at least one pipeline is required".into(),
-            ));
-        }
-        let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-        for (name, p) in &self.service.pipelines {
-            let at = Some(Position { line: p.referenced.line(), column: p.referenced.column() });
-            // `key` names the pipeline's setting at fault (for a merged
-            // configuration, the source that wrote it is named).
-            let perr = |key: &[&str], m: String| {
-                let path = [&["service", "pipelines", name.as_str()][..], key].concat();
-                self.error_on(&path, at, Some(format!("service::pipelines::{name}")), m)
-            };
-            let p = &p.value;
-            if p.receivers.is_empty() || p.exporters.is_empty() {
-                let empty = if p.receivers.is_empty() { "receivers" } else { "exporters" };
-                return Err(perr(&[empty], "a pipeline needs at least one receiver and one exporter".into()));
-            }
-            if p.queue_batches == 0 {
-                return Err(perr(&["queue_batches"], "queue_batches must be at least 1".into()));
-            }
-            for (section, ids, known) in [
-                (
-                    "receivers",
-                    &p.receivers,
-                    self.receivers.0.iter().map(|c| c.id.to_string()).collect::<Vec<_>>(),
-                ),
-                ("processors", &p.processors, self.processors.0.iter().map(|c| c.id.to_string()).collect()),
-                ("exporters", &p.exporters, self.exporters.0.iter().map(|c| c.id.to_string()).collect()),
-            ] {
-                for (i, id) in ids.iter().enumerate() {
-                    let index = i.to_string();
-                    let item = [section, index.as_str()];
-                    if !known.contains(id) {
-                        return Err(perr(
-                            &item,
-                            format!("{section} `{id}` is not defined in the top-level `{section}:` section"),
-                        ));
-                    }
-                    // Receivers fan out to every pipeline they feed; an
-                    // exporter serves every pipeline that lists it. A
-                    // processor holds one pipeline's state.
-                    let shareable = section != "processors";
-                    let key = format!("{section}::{id}");
-                    if !shareable && let Some(other) = owner.insert(key, name) {
-                        return Err(perr(
-                            &item,
-                            format!(
-                                "{section} `{id}` is already used by pipeline `{other}`; a processor holds one pipeline's state (define another id, e.g. `{}/2`)",
-                                id.split('/').next().unwrap_or(id)
-                            ),
-                        ));
-                    }
-                }
-            }
-            let kinds: Vec<&str> = p.processors.iter().map(|id| id.split('/').next().unwrap_or(id)).collect();
-            if !processor_order_ok(&kinds) {
-                return Err(perr(
-                    &["processors"],
-                    format!(
-                        "processors must be `[ratelimit, tracker, resolver, recovery]` or a part of it keeping that order, with `tracker` required (rate limiting happens before tracking; resolving, then recovery, after), found {:?}",
-                        p.processors
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks the files a config refers to (key files: present, regular,
-    /// owner-only, well-formed; socket directories: present) without binding
-    /// anything. Run by `validate` and before startup.
-    pub fn check_files(&self) -> Result<(), ConfigError> {
-        for c in &self.receivers.0 {
-            let ReceiverConfig::Vlp(cfg) = &c.config;
-            let err = |m: String| self.error(Some(c.at), Some(format!("receivers::{}", c.id)), m);
-            let keys = cfg.key_files.iter().flatten().chain(cfg.master_key_file.iter());
-            for path in keys {
-                varta_receiver::load_key_file(path).map_err(|e| err(e.to_string()))?;
-            }
-            if let Some(dir) = cfg.path.as_deref().and_then(Path::parent)
-                && !dir.as_os_str().is_empty()
-                && !dir.is_dir()
-            {
-                return Err(err(format!("socket directory {} does not exist", dir.display())));
-            }
-        }
-        for c in &self.processors.0 {
-            if let ProcessorConfig::Recovery(cfg) = &c.config {
-                let err = |m: String| self.error(Some(c.at), Some(format!("processors::{}", c.id)), m);
-                if let Some(dir) = cfg.audit_file.parent()
-                    && !dir.as_os_str().is_empty()
-                    && !dir.is_dir()
-                {
-                    return Err(err(format!("audit_file directory {} does not exist", dir.display())));
-                }
-                let program = Path::new(&cfg.exec[0]);
-                if !program.is_file() {
-                    return Err(err(format!("exec program {} does not exist", program.display())));
-                }
-                if let Some(path) = &cfg.audit_key_file {
-                    varta_secrets::load_key_file(path).map_err(|e| err(e.to_string()))?;
-                }
-            }
-        }
-        for c in &self.exporters.0 {
-            if let ExporterConfig::Prometheus(cfg) = &c.config
-                && let Some(path) = &cfg.bearer_token_file
-            {
-                varta_secrets::load_key_file(path).map_err(|e| {
-                    self.error(Some(c.at), Some(format!("exporters::{}", c.id)), e.to_string())
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `validate` only: a recovery command whose target the agent would
-    /// choose (see [`RecoveryConfig::selection_problem`]). A running
-    /// collector does not refuse such a config: it keeps monitoring and
-    /// refuses those runs.
-    pub fn check_recovery_targets(&self) -> Result<(), ConfigError> {
-        for c in &self.processors.0 {
-            if let ProcessorConfig::Recovery(cfg) = &c.config
-                && let Some(problem) = cfg.selection_problem()
-            {
-                return Err(self.error(Some(c.at), Some(format!("processors::{}", c.id)), problem));
-            }
-        }
-        Ok(())
-    }
-
-    /// Components defined but not used by any pipeline (they are not started).
-    pub fn unused_components(&self) -> Vec<String> {
-        let pipelines: Vec<&Pipeline> = self.service.pipelines.values().map(|p| &p.value).collect();
-        let mut out = Vec::new();
-        let mut check = |section: &str, ids: Vec<String>, used: &dyn Fn(&Pipeline) -> &Vec<String>| {
-            for id in ids {
-                if !pipelines.iter().any(|p| used(p).contains(&id)) {
-                    out.push(format!("{section}::{id}"));
-                }
-            }
-        };
-        check("receivers", self.receivers.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.receivers);
-        check("processors", self.processors.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.processors);
-        check("exporters", self.exporters.0.iter().map(|c| c.id.to_string()).collect(), &|p| &p.exporters);
-        out
-    }
-
     /// Where a config came from, for messages.
     pub fn source(&self) -> &str {
         &self.source
@@ -664,25 +256,7 @@ impl Config {
     }
 }
 
-/// What `varta-collector components` prints.
-pub fn components_listing() -> String {
-    format!(
-        "receivers:\n  {}\nprocessors:\n  {}\nexporters:\n  {}\nextensions:\n  {}\n",
-        ReceiverConfig::TYPES.join("\n  "),
-        ProcessorConfig::TYPES.join("\n  "),
-        ExporterConfig::TYPES.join("\n  "),
-        ExtensionConfig::TYPES.join("\n  ")
-    )
-}
-
-/// Whether processor types come in the one order that works: `ratelimit`
-/// (optional) before `tracker` (required) before `resolver` (optional)
-/// before `recovery` (optional), each at most once.
-fn processor_order_ok(kinds: &[&str]) -> bool {
-    const ORDER: [&str; 4] = ["ratelimit", "tracker", "resolver", "recovery"];
-    let positions: Option<Vec<usize>> = kinds.iter().map(|k| ORDER.iter().position(|o| o == k)).collect();
-    positions.is_some_and(|p| p.windows(2).all(|w| w[0] < w[1]) && p.contains(&1))
-}
+pub use crate::registry::components_listing;
 
 /// serde-saphyr renders a source snippet after the first line; the first
 /// line is the message, and the position is reported separately.
@@ -699,6 +273,7 @@ fn first_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use varta_exporters::otlp::config::Protocol;
 
     const GOOD: &str = r#"receivers:
   vlp/uds:

@@ -31,6 +31,8 @@
 
 mod keys;
 mod slots;
+
+pub use slots::AsyncWiring;
 mod wedge;
 
 use std::sync::{Arc, OnceLock};
@@ -41,7 +43,8 @@ use varta_exporters::{CollectorView, LiveView, PipelineView};
 use varta_pipeline::Role;
 use varta_receiver::KeyHandle;
 
-use crate::config::{Config, ConfigError, ExporterConfig, ExtensionConfig, ReceiverConfig};
+use crate::config::Config;
+use crate::config::ConfigError;
 use crate::health::{self, Phase, SharedReport, Stage};
 use crate::reload_outcome::ReloadStats;
 use crate::runtime::AsyncRuntime;
@@ -138,7 +141,7 @@ impl Running {
         for r in &mut self.receivers {
             let Some(c) = config.receivers.get(&r.id) else { continue };
             let feeds = keys::feeds(config, &r.id);
-            let stays = keys::receiver(&c.config) == r.key && !feeds.is_empty();
+            let stays = c.config.in_place(&r.key) && !feeds.is_empty();
             let rewire = feeds != r.feeds
                 || feeds.iter().any(|f| requeued.contains(&f.as_str()))
                 || r.feeds.iter().any(|f| removed.contains(&f.as_str()));
@@ -175,7 +178,7 @@ impl Running {
         // sockets first (the new one may bind the same address).
         let before = std::mem::take(&mut self.receivers);
         for r in before {
-            let keep = config.receivers.get(&r.id).is_some_and(|c| keys::receiver(&c.config) == r.key)
+            let keep = config.receivers.get(&r.id).is_some_and(|c| c.config.in_place(&r.key))
                 && !keys::feeds(config, &r.id).is_empty();
             if keep {
                 self.receivers.push(r);
@@ -193,12 +196,7 @@ impl Running {
             }
         }
         let runtime_needed = plans.iter().any(|plan| {
-            plan.exporters.iter().any(|id| {
-                matches!(
-                    config.exporters.get(id).map(|c| &c.config),
-                    Some(ExporterConfig::Otlp(_) | ExporterConfig::Prometheus(_))
-                )
-            })
+            plan.exporters.iter().any(|id| config.exporters.get(id).is_some_and(|c| c.config.needs_runtime()))
         }) || !config.service.extensions.is_empty();
         if runtime_needed && self.runtime.is_none() {
             self.runtime = Some(
@@ -225,7 +223,7 @@ impl Running {
             .exporters
             .0
             .iter()
-            .filter(|c| !matches!(c.config, ExporterConfig::Prometheus(_)))
+            .filter(|c| !c.config.is_endpoint())
             .filter_map(|c| {
                 let id = c.id.to_string();
                 let serves: Vec<(&str, u64)> = self
@@ -234,7 +232,7 @@ impl Running {
                     .filter(|p| p.exporters.contains(&id))
                     .map(|p| (p.name.as_str(), p.generation))
                     .collect();
-                (!serves.is_empty()).then(|| (id, keys::exporter(&c.config, &serves)))
+                (!serves.is_empty()).then(|| (id, c.config.reload_key(&serves)))
             })
             .collect();
         let (retired, new) = retire_unwanted(&mut self.exporters, wanted);
@@ -260,15 +258,14 @@ impl Running {
             .exporters
             .0
             .iter()
-            .filter(|c| matches!(c.config, ExporterConfig::Prometheus(_)))
-            .map(|c| (c.id.to_string(), keys::exporter(&c.config, &[])))
+            .filter(|c| c.config.is_endpoint())
+            .map(|c| (c.id.to_string(), c.config.reload_key(&[])))
             .filter(|(id, _)| plans.iter().any(|p| p.exporters.contains(id)))
             .collect();
         for (id, key) in keep_wanted(&mut self.endpoints, wanted, deadline()) {
             let c = config.exporters.get(&id).expect("listed from the config");
-            let ExporterConfig::Prometheus(cfg) = &c.config else { continue };
             let rt = self.runtime.as_ref().expect("started above").handle();
-            let slot = EndpointSlot::start(&id, key, cfg, &rt)
+            let slot = EndpointSlot::start(&id, key, &c.config, &rt)
                 .map_err(|m| config.error(Some(c.at), Some(format!("exporters::{id}")), m))?;
             self.endpoints.push(slot);
         }
@@ -277,11 +274,10 @@ impl Running {
         // The health extension.
         let wanted = config.service.extensions.iter().find_map(|id| {
             let c = config.extensions.get(id)?;
-            let ExtensionConfig::HealthCheck(cfg) = &c.config;
-            Some((id.clone(), c.at, cfg))
+            Some((id.clone(), c.at, &c.config))
         });
         let keep = match (&self.health, &wanted) {
-            (Some(h), Some((id, _, cfg))) => h.id == *id && h.key == format!("{cfg:?}"),
+            (Some(h), Some((id, _, cfg))) => h.id == *id && h.key == **cfg,
             _ => false,
         };
         if !keep {
@@ -304,10 +300,8 @@ impl Running {
             if feeds.is_empty() || self.receivers.iter().any(|r| r.id == id) {
                 continue;
             }
-            let ReceiverConfig::Vlp(cfg) = &c.config;
             // ReceiverError messages already name the receiver.
-            let slot = Receiver::bind(&id, keys::receiver(&c.config), cfg, feeds)
-                .map_err(|e| config.error(Some(c.at), None, e.to_string()))?;
+            let slot = c.config.bind(&id, feeds).map_err(|m| config.error(Some(c.at), None, m))?;
             self.receivers.push(slot);
         }
         for r in &mut self.receivers {

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use varta_embed::compose::Pipeline;
-use varta_exporters::otlp::{OtlpTelemetry, PipelineWiring, ShutdownDeadline, ViewCell, Wiring};
-use varta_exporters::prometheus::{BoundEndpoint, PrometheusConfig, PrometheusServer};
-use varta_exporters::{DebugExporter, Exporter, ExporterQueue, FileExporter, LiveView, OtlpExporter};
+use varta_exporters::otlp::{ShutdownDeadline, ViewCell};
+use varta_exporters::prometheus::PrometheusServer;
+use varta_exporters::{ExporterQueue, LiveView};
 use varta_pipeline::Instrumented;
 use varta_pipeline::threads::join_by;
 
 use super::keys::ExporterKey;
-use crate::config::ExporterConfig;
-use crate::health::{HealthCheckConfig, HealthServer, SharedReport, Stage};
+use crate::config::{ExporterConfig, ExtensionConfig};
+use crate::health::{HealthServer, SharedReport, Stage};
+use crate::registry::exporters::Built;
 
 /// Joins a thread that should be ending; says whether it ended cleanly in time.
 fn join_logged<T>(what: &str, component: &str, thread: JoinHandle<T>, deadline: Instant) -> bool {
@@ -116,46 +117,11 @@ impl ExporterSlot {
         if serves.len() > usize::from(u16::MAX) {
             return Err("serves too many pipelines".into());
         }
-        let mut otlp_stats = None;
-        let (exporter, capacity): (Box<dyn Exporter>, usize) = match config {
-            ExporterConfig::File(cfg) => {
-                (Box::new(FileExporter::open(cfg.clone()).map_err(|e| e.to_string())?), cfg.queue_size)
-            }
-            ExporterConfig::Debug(cfg) => {
-                let pipelines = serves.iter().map(|p| (p.name.clone(), p.attributes.clone())).collect();
-                (Box::new(DebugExporter::new(cfg.clone(), pipelines)), 4096)
-            }
-            ExporterConfig::Otlp(cfg) => {
-                let runtime = wiring.runtime.ok_or("no async runtime")?;
-                let pipelines = serves
-                    .iter()
-                    .map(|p| PipelineWiring {
-                        name: p.name.clone(),
-                        snapshots: p.snapshots.clone(),
-                        attributes: p.attributes.clone(),
-                    })
-                    .collect();
-                let wiring = Wiring {
-                    pipelines,
-                    view: wiring.view,
-                    runtime,
-                    shutdown_timeout: wiring.shutdown_timeout,
-                    shutdown_deadline: wiring.shutdown_deadline,
-                };
-                let (exporter, stats) = OtlpExporter::start(id, cfg, wiring).map_err(|e| e.to_string())?;
-                otlp_stats = Some(stats);
-                (Box::new(exporter), cfg.sending_queue.queue_size)
-            }
-            ExporterConfig::Prometheus(_) => return Err("a metrics endpoint is not an event exporter".into()),
-        };
+        let Built { exporter, capacity, extra, closes_late } = config.build(id, serves, wiring)?;
         let (queue, thread) =
             ExporterQueue::start(id.to_owned(), exporter, capacity).map_err(|e| e.to_string())?;
-        let telemetry: Arc<dyn Instrumented> = match otlp_stats {
-            Some(otlp) => Arc::new(OtlpTelemetry { queue: queue.telemetry(), otlp }),
-            None => queue.telemetry(),
-        };
+        let telemetry = Built::telemetry(extra, queue.telemetry());
         let serves = serves.iter().map(|p| p.name.clone()).collect();
-        let closes_late = matches!(config, ExporterConfig::Otlp(_));
         Ok(ExporterSlot { id: id.to_owned(), key, serves, queue, thread, telemetry, closes_late })
     }
 
@@ -202,10 +168,10 @@ impl EndpointSlot {
     pub fn start(
         id: &str,
         key: ExporterKey,
-        config: &PrometheusConfig,
+        config: &ExporterConfig,
         runtime: &Handle,
     ) -> Result<EndpointSlot, String> {
-        let bound = BoundEndpoint::bind(config.clone()).map_err(|e| e.to_string())?;
+        let bound = config.bind_endpoint()?;
         let telemetry = bound.telemetry();
         let view = LiveView::default();
         let server = bound.serve(view.clone(), runtime).map_err(|e| e.to_string())?;
@@ -265,19 +231,20 @@ impl Keyed for EndpointSlot {
 #[derive(Debug)]
 pub struct HealthSlot {
     pub id: String,
-    pub key: String,
+    /// Its settings, compared by value on a reload.
+    pub key: ExtensionConfig,
     server: HealthServer,
 }
 
 impl HealthSlot {
     pub fn start(
         id: &str,
-        config: &HealthCheckConfig,
+        config: &ExtensionConfig,
         report: SharedReport,
         runtime: &Handle,
     ) -> Result<HealthSlot, String> {
-        let server = HealthServer::start(config, report, runtime)?;
-        Ok(HealthSlot { id: id.to_owned(), key: format!("{config:?}"), server })
+        let server = HealthServer::start(config.health_check(), report, runtime)?;
+        Ok(HealthSlot { id: id.to_owned(), key: config.clone(), server })
     }
 
     pub fn stop(&self) {
