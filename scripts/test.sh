@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
+./scripts/check-doc-links.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The embedding façade compiles no transport; exporters build per feature.
 ./scripts/check-layers.sh

@@ -61,7 +61,7 @@ impl Default for DiagnosisConfig {
     }
 }
 
-/// `processors: resolver:` — see the README.
+/// `processors: resolver:` — see `agents/README.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverConfig {

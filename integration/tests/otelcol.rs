@@ -2,7 +2,7 @@
 //! * a minimal OpenTelemetry Collector built from the Collector's own Go
 //!   modules (`integration/peers/otelcol`) loads the shipped gateway config
 //!   `otel-config/otelcol-gateway.yaml`;
-//! * README's *Wiring* chain: `varta-collector` → that gateway → Jaeger v2
+//! * `docs/deployment.md`'s *Wiring* chain: `varta-collector` → that gateway → Jaeger v2
 //!   (`integration/peers/jaeger`, in-memory storage, its query API) for the
 //!   stall traces and Prometheus (remote write receiver) for the metrics;
 //! * our `otlphttp` exporter straight into the Collector's OTLP/HTTP

@@ -56,7 +56,7 @@ fn default_header_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Configuration of the `prometheus` exporter (see the README table).
+/// Configuration of the `prometheus` exporter (see the table in `exporters/README.md`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {

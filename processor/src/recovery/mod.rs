@@ -115,7 +115,7 @@ pub enum OnUnknownCause {
     Refuse,
 }
 
-/// `processors: recovery:` — see the README's recovery how-to.
+/// `processors: recovery:` — see the recovery how-to in `processor/README.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryConfig {

@@ -16,7 +16,7 @@ Usage: bench.py [REPS] [N,N,...] [prog,prog]
 """
 import os, re, subprocess, sys, time, json, statistics
 
-ROOT = "/work/spike-evidence"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # docs/spikes/evidence
 BIN = f"{ROOT}/progs/bin"
 OURS = f"{ROOT}/target/release/stuck"
 REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3

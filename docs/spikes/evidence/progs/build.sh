@@ -4,6 +4,6 @@ set -eu
 cd "$(dirname "$0")"
 mkdir -p bin
 gcc -O2 -g -pthread -o bin/deadlock deadlock.c
-( cd rust-deadlock && CARGO_TARGET_DIR=/work/spike-evidence/target cargo build -j1 --release -q )
-cp /work/spike-evidence/target/release/rust-deadlock bin/rust-deadlock
+( cd rust-deadlock && CARGO_TARGET_DIR=../../target cargo build -j1 --release -q )
+cp ../target/release/rust-deadlock bin/rust-deadlock
 gcc -O2 -g -pthread -o bin/eintr eintr.c
