@@ -1,7 +1,7 @@
 //! Every metric a component reports is named in the *Metrics* section of
 //! the README of the crate that owns it (`receiver/README.md`,
 //! `processor/README.md`, `agents/README.md`, `exporters/README.md`,
-//! `collector/README.md`): the tables are checked against the metric
+//! `collector/README.md`, `embed/README.md`): the tables are checked against the metric
 //! statics themselves, so a new counter cannot go undocumented.
 
 use varta_pipeline::{Instrumented, Metric, Sample};
@@ -73,6 +73,15 @@ fn owners() -> Vec<Owner> {
             readme_path: "exporters/README.md",
             readme: include_str!("../../exporters/README.md"),
             metrics: exporters,
+        },
+        Owner {
+            readme_path: "embed/README.md",
+            readme: include_str!("../../embed/README.md"),
+            metrics: {
+                let mut embed = samples_of(&varta_embed::incident::CallbackStats::default());
+                embed.extend(samples_of(&varta_embed::otel::spans::SpanStats::default()));
+                embed
+            },
         },
         Owner {
             readme_path: "collector/README.md",
