@@ -22,13 +22,15 @@ WT=$(mktemp -d)
 cleanup() { git -C "$ROOT" worktree remove --force "$WT/tree" >/dev/null 2>&1 || true; rm -rf "$WT"; }
 trap cleanup EXIT
 git -C "$ROOT" worktree add -q "$WT/tree" "$BASE"
-(cd "$WT/tree" && CARGO_TARGET_DIR="$WT/target" cargo build -q --release --locked -p varta-collector -p varta-bench)
+# BASE_TARGET keeps the base build between runs (a cargo target directory).
+BASE_TARGET=${BASE_TARGET:-$WT/target}
+(cd "$WT/tree" && CARGO_TARGET_DIR="$BASE_TARGET" cargo build -q --release --locked -p varta-collector -p varta-bench)
 (cd "$ROOT" && cargo build -q --release --locked -p varta-collector -p varta-bench)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 for round in $(seq "$ROUNDS"); do
     for side in base new; do
-        if [[ $side == base ]]; then bin=$WT/target/release; else bin=$ROOT/target/release; fi
+        if [[ $side == base ]]; then bin=$BASE_TARGET/release; else bin=$ROOT/target/release; fi
         # The load generator and analysis tool are the working tree's for
         # both sides: only the collector differs.
         mkdir -p "$OUT/$side-$round" "$WT/bin-$side"

@@ -131,36 +131,36 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static RESOLVED: Metric =
-        Metric::counter("agents_resolved", "Local agents whose attributes were read from /proc.");
+        Metric::counter("agents_resolved", "Local agents whose attributes were read from /proc.").unit("{agent}");
     pub static RESOLVE_FAILED: Metric = Metric::counter(
         "resolve_failed",
         "Local agents gone (or their pid recycled) before their attributes were read.",
-    );
+    ).unit("{agent}");
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
         "New-agent and stall notices dropped (the resolver's backlog was full), and resolved-agent notices the processor did not take.",
-    );
-    pub static DIAGNOSES: Metric = Metric::counter("diagnoses", "Stalls diagnosed.");
+    ).unit("{notice}");
+    pub static DIAGNOSES: Metric = Metric::counter("diagnoses", "Stalls diagnosed.").unit("{diagnosis}");
     pub static UNDIAGNOSED: Metric = Metric::labelled(
         "undiagnosed",
         "reason",
         "Stalls of local agents not diagnosed: budget (max_per_second spent) or backlog (queue full).",
-    );
-    pub static AGENTS: Metric = Metric::gauge("attribute_agents", "Agents with stored attributes.");
-    pub static STRINGS: Metric = Metric::gauge("attribute_strings", "Distinct attribute strings held.");
+    ).unit("{stall}");
+    pub static AGENTS: Metric = Metric::gauge("attribute_agents", "Agents with stored attributes.").unit("{agent}");
+    pub static STRINGS: Metric = Metric::gauge("attribute_strings", "Distinct attribute strings held.").unit("{string}");
     pub static STRINGS_REFUSED: Metric =
-        Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.");
-    pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.");
+        Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.").unit("{string}");
+    pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.").unit("By");
     pub static MEMORY_READS_ABANDONED: Metric = Metric::counter(
         "memory_reads_abandoned",
         "Readers of a process's command line and environment abandoned because a read blocked (the target's memory lock).",
-    );
+    ).unit("{read}");
     pub static MEMORY_READS_SKIPPED: Metric = Metric::counter(
         "memory_reads_skipped",
         "Command lines and environments not read because too many readers were abandoned.",
-    );
+    ).unit("{read}");
     pub static TRUNCATED: Metric =
-        Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.");
+        Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.").unit("{value}");
 }
 
 impl Instrumented for ResolverStats {

@@ -120,9 +120,23 @@ fn each_crate_readme_documents_its_metrics() {
 
 #[test]
 fn a_missing_metric_is_found() {
-    static UNDOCUMENTED: Metric = Metric::counter("no_such_metric_documented", "test");
+    static UNDOCUMENTED: Metric = Metric::counter("no_such_metric_documented", "test").unit("{test}");
     let readme = "# x\n\n## Metrics\n\n| `beats` | counter |\n\n## Other\n\n`no_such_metric_documented`\n";
     let section = metrics_section("test", readme);
     assert!(section.contains("`beats`"));
     assert!(!section.contains(&format!("`{}`", UNDOCUMENTED.name)), "{section:?}");
+}
+
+/// Every component metric names its unit: counts are annotations
+/// (`{beat}`), never the bare `1` that backends read as a ratio (the
+/// Collector's Prometheus translation would append `_ratio`).
+#[test]
+fn every_component_metric_has_a_unit() {
+    let bare: Vec<String> = owners()
+        .into_iter()
+        .flat_map(|o| o.metrics)
+        .filter(|m| m.unit == "1" || m.unit.is_empty())
+        .map(|m| m.name.to_owned())
+        .collect();
+    assert!(bare.is_empty(), "metrics without a unit: {bare:?}");
 }

@@ -45,7 +45,7 @@ pub struct ReloadStats {
 }
 
 static RELOADS: Metric =
-    Metric::labelled("reloads", "outcome", "Configuration reloads (SIGHUP), by outcome.");
+    Metric::labelled("reloads", "outcome", "Configuration reloads (SIGHUP), by outcome.").unit("{reload}");
 
 impl ReloadStats {
     pub fn count(&self, o: Outcome) {

@@ -124,25 +124,25 @@ pub struct ConnectionStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static CONNECTIONS: Metric = Metric::counter("connections", "HTTP connections accepted.");
+    pub static CONNECTIONS: Metric = Metric::counter("connections", "HTTP connections accepted.").unit("{connection}");
     pub static CONNECTIONS_REFUSED: Metric = Metric::labelled(
         "connections_refused",
         "reason",
         "HTTP connections closed at once: per_source, per_range or total limit reached with every connection there busy.",
-    );
+    ).unit("{connection}");
     pub static WRITE_TIMEOUTS: Metric = Metric::counter(
         "write_timeouts",
         "HTTP connections ended because writing the answer made no progress for write_timeout (a client that does not read).",
-    );
+    ).unit("{connection}");
     pub static CONNECTIONS_EVICTED: Metric = Metric::counter(
         "connections_evicted",
         "Idle HTTP connections (no request sent yet) closed to admit a newcomer when the endpoint or its range was full.",
-    );
-    pub static CONNECTIONS_OPEN: Metric = Metric::gauge("connections_open", "HTTP connections open now.");
+    ).unit("{connection}");
+    pub static CONNECTIONS_OPEN: Metric = Metric::gauge("connections_open", "HTTP connections open now.").unit("{connection}");
     pub static CONNECTION_ERRORS: Metric = Metric::counter(
         "connection_errors",
         "HTTP connections ended by an error (malformed request, header timeout, reset).",
-    );
+    ).unit("{connection}");
 }
 
 impl ConnectionStats {

@@ -77,25 +77,25 @@ pub struct ExporterStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static QUEUED: Metric = Metric::counter("queued", "Events accepted into the exporter queue.");
+    pub static QUEUED: Metric = Metric::counter("queued", "Events accepted into the exporter queue.").unit("{event}");
     pub static DROPPED: Metric = Metric::labelled(
         "dropped",
         "reason",
         "Events dropped: queue_full (oldest dropped) or exporter_stopped (its thread had ended).",
-    );
+    ).unit("{event}");
     pub static INCIDENTS_DROPPED: Metric = Metric::counter(
         "incidents_dropped",
         "Incident events (stall, resume, diagnosis, recovery, eviction) dropped because the incident lane was full.",
-    );
+    ).unit("{event}");
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
         "Status changes and panics (what agents choose to send) dropped because their own lane was full.",
-    );
-    pub static EXPORTED: Metric = Metric::counter("exported", "Events the exporter handled successfully.");
-    pub static FAILED: Metric = Metric::counter("failed", "Export or flush calls that failed.");
-    pub static QUEUE_DEPTH: Metric = Metric::gauge("queue_depth", "Events waiting in the exporter queue.");
+    ).unit("{event}");
+    pub static EXPORTED: Metric = Metric::counter("exported", "Events the exporter handled successfully.").unit("{event}");
+    pub static FAILED: Metric = Metric::counter("failed", "Export or flush calls that failed.").unit("{event}");
+    pub static QUEUE_DEPTH: Metric = Metric::gauge("queue_depth", "Events waiting in the exporter queue.").unit("{event}");
     pub static QUEUE_CAPACITY: Metric =
-        Metric::gauge("queue_capacity", "Events the exporter queue can hold (both lanes).");
+        Metric::gauge("queue_capacity", "Events the exporter queue can hold (both lanes).").unit("{event}");
 }
 
 /// An exporter queue's counters plus its live depth.

@@ -31,17 +31,24 @@ pub struct Metric {
     pub kind: MetricKind,
     /// The label key when the family is split by a label (e.g. `reason`).
     pub label: Option<&'static str>,
+    /// The UCUM unit OTLP carries: `By`, `s`, or a count of things as an
+    /// annotation (`{beat}`, `{agent}`); never the bare `1` of a ratio.
+    pub unit: &'static str,
 }
 
 impl Metric {
     pub const fn counter(name: &'static str, help: &'static str) -> Metric {
-        Metric { name, help, kind: MetricKind::Counter, label: None }
+        Metric { name, help, kind: MetricKind::Counter, label: None, unit: "1" }
     }
     pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
-        Metric { name, help, kind: MetricKind::Gauge, label: None }
+        Metric { name, help, kind: MetricKind::Gauge, label: None, unit: "1" }
     }
     pub const fn labelled(name: &'static str, label: &'static str, help: &'static str) -> Metric {
-        Metric { name, help, kind: MetricKind::Counter, label: Some(label) }
+        Metric { name, help, kind: MetricKind::Counter, label: Some(label), unit: "1" }
+    }
+    /// Its unit (see [`Metric::unit`]; every metric names one).
+    pub const fn unit(self, unit: &'static str) -> Metric {
+        Metric { unit, ..self }
     }
 }
 

@@ -431,7 +431,7 @@ impl MetricsBuilder {
                     MetricKind::Counter => Shape::Sum,
                     MetricKind::Gauge => Shape::Gauge,
                 };
-                let i = fam(&mut families, &n, s.metric.help, "1", shape);
+                let i = fam(&mut families, &n, s.metric.help, s.metric.unit, shape);
                 let mut a = vec![attrs::string("component", c.id.as_str())];
                 if let Some(key) = s.metric.label {
                     a.push(attrs::string(key, s.label));
@@ -766,8 +766,8 @@ mod tests {
 
     use crate::view::PipelineView;
 
-    static REFUSED: ModelMetric = ModelMetric::labelled("refused", "reason", "test");
-    static DEPTH: ModelMetric = ModelMetric::gauge("depth", "test");
+    static REFUSED: ModelMetric = ModelMetric::labelled("refused", "reason", "test").unit("{datagram}");
+    static DEPTH: ModelMetric = ModelMetric::gauge("depth", "test").unit("{batch}");
 
     #[derive(Debug, Default)]
     struct Fake(AtomicU64);

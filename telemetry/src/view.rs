@@ -20,13 +20,13 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static QUEUE_DEPTH: Metric =
-        Metric::gauge("queue_depth", "Batches waiting in the receiver → processor queue.");
+        Metric::gauge("queue_depth", "Batches waiting in the receiver → processor queue.").unit("{batch}");
     pub static QUEUE_CAPACITY: Metric =
-        Metric::gauge("queue_capacity", "Batches the receiver → processor queue can hold.");
+        Metric::gauge("queue_capacity", "Batches the receiver → processor queue can hold.").unit("{batch}");
     pub static SNAPSHOT_SEQ: Metric = Metric::gauge(
         "snapshot_seq",
         "Sequence number of the published snapshot these values come from (goes up while the processor publishes).",
-    );
+    ).unit("{snapshot}");
 }
 
 /// One pipeline as views see it: its published snapshot and its queue.

@@ -35,35 +35,35 @@ pub struct OtlpStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static SPANS_EXPORTED: Metric = Metric::counter("spans_exported", "Spans the OTLP backend accepted.");
+    pub static SPANS_EXPORTED: Metric = Metric::counter("spans_exported", "Spans the OTLP backend accepted.").unit("{span}");
     pub static SPANS_FAILED: Metric = Metric::counter(
         "spans_failed",
         "Spans given up on: refused by the backend, or retries ran out (retry_on_failure.max_elapsed_time).",
-    );
+    ).unit("{span}");
     pub static SPANS_DROPPED: Metric = Metric::labelled(
         "spans_dropped",
         "reason",
         "Spans not delivered: queue_full (sending_queue.queue_size reached, oldest dropped) or shutdown (queued or in flight when the shutdown deadline passed).",
-    );
-    pub static SPANS_QUEUED: Metric = Metric::gauge("spans_queued", "Spans waiting in the sending queue.");
+    ).unit("{span}");
+    pub static SPANS_QUEUED: Metric = Metric::gauge("spans_queued", "Spans waiting in the sending queue.").unit("{span}");
     pub static SPAN_EXPORTS_RETRIED: Metric =
-        Metric::counter("span_exports_retried", "Span export calls retried after a retryable failure.");
+        Metric::counter("span_exports_retried", "Span export calls retried after a retryable failure.").unit("{request}");
     pub static EXPORTS_THROTTLED: Metric = Metric::counter(
         "exports_throttled",
         "Export calls retried when the backend said when (Retry-After, gRPC RetryInfo).",
-    );
+    ).unit("{request}");
     pub static TASK_PANICS: Metric = Metric::counter(
         "task_panics",
         "Sender tasks that panicked and were restarted with their queue (a bug: please report it).",
-    );
+    ).unit("{panic}");
     pub static METRIC_EXPORTS: Metric =
-        Metric::counter("metric_exports", "Metric export calls the backend accepted.");
+        Metric::counter("metric_exports", "Metric export calls the backend accepted.").unit("{request}");
     pub static METRIC_EXPORTS_FAILED: Metric =
-        Metric::counter("metric_exports_failed", "Metric export calls that failed (after retries).");
+        Metric::counter("metric_exports_failed", "Metric export calls that failed (after retries).").unit("{request}");
     pub static CLOCK_STEPS: Metric = Metric::counter(
         "clock_steps",
         "Wall-clock steps (> 1 s) seen when converting processor time to span timestamps.",
-    );
+    ).unit("{step}");
 }
 
 impl Instrumented for OtlpStats {

@@ -69,11 +69,11 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static REQUESTS: Metric =
-        Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.");
+        Metric::labelled("requests", "outcome", "Metrics HTTP requests, by outcome.").unit("{request}");
     pub static SCRAPE_FAILURES: Metric = Metric::counter(
         "scrape_failures",
         "Scrapes that could not be encoded (answered 500) or compressed (cut).",
-    );
+    ).unit("{scrape}");
 }
 
 impl Instrumented for HttpStats {
