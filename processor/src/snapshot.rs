@@ -52,9 +52,19 @@ pub struct AgentView {
     pub beats: u64,
     /// Processor time of the last accepted beat (or of first admission).
     pub last_beat_ns: u64,
+    /// Processor time of its first admission, in whole seconds (see
+    /// [`AgentView::first_seen_ns`]).
+    pub first_seen_s: u32,
 }
 
 impl AgentView {
+    /// Processor time its cumulative series start at: its first admission
+    /// (to the second; a series must not start after its first point, so
+    /// never later than its last beat).
+    pub fn first_seen_ns(&self) -> u64 {
+        (u64::from(self.first_seen_s) * 1_000_000_000).min(self.last_beat_ns)
+    }
+
     /// The agent as events refer to it.
     pub fn agent_ref(&self) -> crate::AgentRef {
         crate::AgentRef {
@@ -77,6 +87,7 @@ impl AgentView {
             class: slot.class(),
             beats: slot.beats,
             last_beat_ns: slot.last_beat_ns,
+            first_seen_s: slot.first_seen_s,
         }
     }
 }

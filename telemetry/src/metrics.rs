@@ -44,6 +44,7 @@ use varta_processor::{AgentId, STALL_DURATION_BOUNDS_NS, StallDurations};
 use varta_proto::{DecodeErrorKind, Status};
 
 use crate::attrs;
+use crate::wallclock::WallClock;
 use crate::view::CollectorView;
 
 /// How sums and histogram counts are reported.
@@ -207,6 +208,11 @@ pub struct MetricsBuilder {
     prev: HashMap<String, u64>,
     prev_hist: HashMap<String, StallDurations>,
     prev_agents: HashMap<(usize, AgentId), (u64, u64)>,
+    /// Each pipeline's processor clock mapped to Unix time, measured once
+    /// (and again only when the wall clock steps), so that an agent's
+    /// series start — its first admission on that clock — reads the same
+    /// at every collection. Per pipeline, never per agent.
+    clocks: HashMap<String, WallClock>,
 }
 
 impl MetricsBuilder {
@@ -220,6 +226,7 @@ impl MetricsBuilder {
             prev: HashMap::new(),
             prev_hist: HashMap::new(),
             prev_agents: HashMap::new(),
+            clocks: HashMap::new(),
         }
     }
 
@@ -559,7 +566,13 @@ impl MetricsBuilder {
             // agents are built, so while this collection waits for the
             // network the processor's newer snapshots can replace the
             // chunks already sent instead of adding a whole generation.
-            let view_chunks = p.latest().agent_chunks();
+            let (view_chunks, clock) = {
+                let latest = p.latest();
+                (latest.agent_chunks(), latest.clock)
+            };
+            let wall = self.clocks.entry(p.name.clone()).or_insert_with(|| WallClock::new(clock));
+            wall.check_step();
+            let wall = wall.clone();
             let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
             for a in view_chunks.into_iter().flat_map(|c| (0..c.len()).map(move |i| c[i])) {
                 // Read-locked per agent: `emit` below may wait for the
@@ -581,9 +594,16 @@ impl MetricsBuilder {
                         )
                     }
                 };
+                // A cumulative series starts when its agent was first
+                // admitted: it resets only when the agent does (a new
+                // incarnation is a new agent), not when the exporter does.
+                let series_start = match temporality {
+                    Temporality::Cumulative => wall.to_unix_ns(a.first_seen_ns()).min(now_ns),
+                    Temporality::Delta => start,
+                };
                 let sum_point = |attributes: Vec<KeyValue>, v: u64| NumberDataPoint {
                     attributes,
-                    start_time_unix_nano: start,
+                    start_time_unix_nano: series_start,
                     time_unix_nano: now_ns,
                     value: Some(number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX))),
                     ..Default::default()
@@ -641,6 +661,7 @@ impl MetricsBuilder {
             emit(chunk);
         }
         self.prev_agents = agents_now;
+        self.clocks.retain(|name, _| view.pipelines.iter().any(|p| p.name == *name));
     }
 
     fn histogram_point(
@@ -910,6 +931,55 @@ mod tests {
         assert_eq!(agents_sent, agents as usize, "every agent once");
         assert!(chunks > 3);
         assert_eq!(freed_while_sending, Some(true), "the first view chunk outlived its points");
+    }
+
+    /// An agent's cumulative series start when it was first admitted, on
+    /// the processor clock mapped to Unix time once: two agents admitted
+    /// seconds apart start apart, and a later collection (more beats, a
+    /// later wall time) gives each the same start again.
+    #[test]
+    fn agent_series_start_at_the_agents_first_admission() {
+        use varta_processor::tracker::{Slot, Tracker};
+        use varta_proto::{Source, Transport};
+        let (v, mut publisher) = view(Arc::new(Fake::default()));
+        let mut tracker = Tracker::new(4, &[2_000_000_000]);
+        let now = Clock::Monotonic.now_ns();
+        let (early, late) = (now - 7_000_000_000, now - 2_000_000_000);
+        for (pid, admitted) in [(1, early), (2, late)] {
+            let hash = tracker.hash(&Source::Local, pid);
+            tracker.insert(hash, Slot::new(Source::Local, pid, 0, Transport::Uds, admitted, 0)).expect("room");
+        }
+        publisher.publish(now, &mut tracker, StatsSnapshot::default());
+        let starts = |b: &mut MetricsBuilder, at: u64| {
+            let m = b.collect(&v, at).metrics;
+            let Some(Data::Sum(beats)) = &find(&m, name::AGENT_BEATS).data else { panic!("sum") };
+            let mut s: Vec<(i64, u64)> = beats
+                .data_points
+                .iter()
+                .map(|p| {
+                    let pid = p.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| {
+                        match kv.value.as_ref()?.value.as_ref()? {
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(v) => Some(*v),
+                            _ => None,
+                        }
+                    });
+                    (pid.expect("process.pid"), p.start_time_unix_nano)
+                })
+                .collect();
+            s.sort();
+            s
+        };
+        let wall_now = crate::wallclock::unix_now_ns() as u64;
+        let mut b = MetricsBuilder::new(Temporality::Cumulative, true, wall_now - 1_000);
+        let first = starts(&mut b, wall_now);
+        let gap = first[1].1 as i64 - first[0].1 as i64;
+        assert!((4_000_000_000..=6_000_000_000).contains(&gap), "admitted 5 s apart (to the second): {first:?}");
+        assert!(first[0].1 < wall_now - 1_000, "before the exporter started: the agent's own start");
+        for idx in 0..2 {
+            tracker.touch(idx, now + 1_000_000_000, 0);
+        }
+        publisher.publish(now + 1_000_000_000, &mut tracker, StatsSnapshot::default());
+        assert_eq!(starts(&mut b, wall_now + 1_000_000_000), first, "the same start at every collection");
     }
 
     #[test]
