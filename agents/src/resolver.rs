@@ -10,7 +10,7 @@
 //! a process on another host. The thread ends when the processor drops its
 //! handle.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -131,11 +131,13 @@ pub mod metric {
     use varta_pipeline::Metric;
 
     pub static RESOLVED: Metric =
-        Metric::counter("agents_resolved", "Local agents whose attributes were read from /proc.").unit("{agent}");
+        Metric::counter("agents_resolved", "Local agents whose attributes were read from /proc.")
+            .unit("{agent}");
     pub static RESOLVE_FAILED: Metric = Metric::counter(
         "resolve_failed",
         "Local agents gone (or their pid recycled) before their attributes were read.",
-    ).unit("{agent}");
+    )
+    .unit("{agent}");
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
         "New-agent and stall notices dropped (the resolver's backlog was full), and resolved-agent notices the processor did not take.",
@@ -145,12 +147,20 @@ pub mod metric {
         "undiagnosed",
         "reason",
         "Stalls of local agents not diagnosed: budget (max_per_second spent) or backlog (queue full).",
-    ).unit("{stall}");
-    pub static AGENTS: Metric = Metric::gauge("attribute_agents", "Agents with stored attributes.").unit("{agent}");
-    pub static STRINGS: Metric = Metric::gauge("attribute_strings", "Distinct attribute strings held.").unit("{string}");
+    )
+    .unit("{stall}");
+    pub static AGENTS: Metric = Metric::gauge(
+        "attribute_agents",
+        "Agents with stored attributes (a departed agent's stay 5 s, for exporters' staleness points).",
+    )
+    .unit("{agent}");
+    pub static STRINGS: Metric =
+        Metric::gauge("attribute_strings", "Distinct attribute strings held.").unit("{string}");
     pub static STRINGS_REFUSED: Metric =
-        Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.").unit("{string}");
-    pub static BYTES: Metric = Metric::gauge("attribute_bytes", "Bytes held by the attribute store.").unit("By");
+        Metric::counter("attribute_strings_refused", "Attribute values left out: the string table was full.")
+            .unit("{string}");
+    pub static BYTES: Metric =
+        Metric::gauge("attribute_bytes", "Bytes held by the attribute store.").unit("By");
     pub static MEMORY_READS_ABANDONED: Metric = Metric::counter(
         "memory_reads_abandoned",
         "Readers of a process's command line and environment abandoned because a read blocked (the target's memory lock).",
@@ -158,9 +168,11 @@ pub mod metric {
     pub static MEMORY_READS_SKIPPED: Metric = Metric::counter(
         "memory_reads_skipped",
         "Command lines and environments not read because too many readers were abandoned.",
-    ).unit("{read}");
+    )
+    .unit("{read}");
     pub static TRUNCATED: Metric =
-        Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.").unit("{value}");
+        Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.")
+            .unit("{value}");
 }
 
 impl Instrumented for ResolverStats {
@@ -241,6 +253,7 @@ impl Resolver {
             results: results_tx,
             resolved: resolved_tx,
             pending: VecDeque::new(),
+            lingering: Lingering::default(),
         };
         let progress: Progress = {
             // A receiver does not keep the channel open: the worker still
@@ -398,6 +411,54 @@ struct Worker {
     results: Sender<Diagnosed>,
     resolved: Sender<AgentId>,
     pending: VecDeque<Pending>,
+    lingering: Lingering,
+}
+
+/// How long a departed agent's attributes stay readable: exporters see
+/// its eviction after the resolver does (through their own queues) and
+/// name the series they mark stale from them.
+pub const LINGER: Duration = Duration::from_secs(5);
+/// At most this many departed agents linger; the oldest go first.
+pub const MAX_LINGERING: usize = 4096;
+
+/// Departed agents whose attributes are kept for [`LINGER`].
+#[derive(Default)]
+struct Lingering {
+    order: VecDeque<(AgentId, Instant)>,
+    /// When each still-lingering agent left; an agent that is back
+    /// (started again under the same identity) is taken out, so its
+    /// attributes stay.
+    since: HashMap<AgentId, Instant>,
+}
+
+impl Lingering {
+    fn depart(&mut self, id: AgentId, now: Instant) {
+        self.order.push_back((id, now));
+        self.since.insert(id, now);
+    }
+
+    fn returned(&mut self, id: &AgentId) {
+        self.since.remove(id);
+    }
+
+    /// When the oldest departure is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.order.front().map(|(_, at)| *at + LINGER)
+    }
+
+    /// Removes from `store` what lingered long enough (or beyond the cap).
+    fn sweep(&mut self, store: &AttributeStore, now: Instant) {
+        while let Some(&(id, at)) = self.order.front() {
+            if at + LINGER > now && self.order.len() <= MAX_LINGERING {
+                break;
+            }
+            self.order.pop_front();
+            if self.since.get(&id) == Some(&at) {
+                self.since.remove(&id);
+                store.remove(&id);
+            }
+        }
+    }
 }
 
 /// Test hook (debug builds only): with `VARTA_TEST_WEDGE_RESOLVER` set, the
@@ -416,8 +477,11 @@ impl Worker {
     fn run(mut self, notices: Receiver<Notice>) {
         loop {
             self.finish_due();
-            let notice = match self.pending.front() {
-                Some(p) => notices.recv_timeout(p.at.saturating_duration_since(Instant::now())),
+            self.lingering.sweep(&self.store, Instant::now());
+            let due =
+                [self.pending.front().map(|p| p.at), self.lingering.next_due()].into_iter().flatten().min();
+            let notice = match due {
+                Some(at) => notices.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => notices.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match notice {
@@ -436,7 +500,10 @@ impl Worker {
 
     fn handle(&mut self, notice: Notice) {
         match notice {
-            Notice::Started(agent) => self.resolve(&agent),
+            Notice::Started(agent) => {
+                self.lingering.returned(&agent.id);
+                self.resolve(&agent)
+            }
             Notice::Stalled { agent, incident } => {
                 let before = diagnose::sample(agent.host_pid);
                 self.pending.push_back(Pending {
@@ -446,7 +513,7 @@ impl Worker {
                     before,
                 });
             }
-            Notice::Gone(id) => self.store.remove(&id),
+            Notice::Gone(id) => self.lingering.depart(id, Instant::now()),
         }
     }
 

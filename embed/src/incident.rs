@@ -92,9 +92,11 @@ pub type IncidentCallback = Box<dyn FnMut(&Incident) + Send>;
 
 mod metric {
     use varta_pipeline::Metric;
-    pub static DELIVERED: Metric = Metric::counter("delivered", "Incidents handed to the host's callback.").unit("{incident}");
+    pub static DELIVERED: Metric =
+        Metric::counter("delivered", "Incidents handed to the host's callback.").unit("{incident}");
     pub static PANICS: Metric =
-        Metric::counter("callback_panics", "Incidents whose callback panicked (caught; delivery went on).").unit("{incident}");
+        Metric::counter("callback_panics", "Incidents whose callback panicked (caught; delivery went on).")
+            .unit("{incident}");
 }
 
 /// The callback's counters.

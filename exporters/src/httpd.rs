@@ -124,7 +124,8 @@ pub struct ConnectionStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static CONNECTIONS: Metric = Metric::counter("connections", "HTTP connections accepted.").unit("{connection}");
+    pub static CONNECTIONS: Metric =
+        Metric::counter("connections", "HTTP connections accepted.").unit("{connection}");
     pub static CONNECTIONS_REFUSED: Metric = Metric::labelled(
         "connections_refused",
         "reason",
@@ -138,11 +139,13 @@ pub mod metric {
         "connections_evicted",
         "Idle HTTP connections (no request sent yet) closed to admit a newcomer when the endpoint or its range was full.",
     ).unit("{connection}");
-    pub static CONNECTIONS_OPEN: Metric = Metric::gauge("connections_open", "HTTP connections open now.").unit("{connection}");
+    pub static CONNECTIONS_OPEN: Metric =
+        Metric::gauge("connections_open", "HTTP connections open now.").unit("{connection}");
     pub static CONNECTION_ERRORS: Metric = Metric::counter(
         "connection_errors",
         "HTTP connections ended by an error (malformed request, header timeout, reset).",
-    ).unit("{connection}");
+    )
+    .unit("{connection}");
 }
 
 impl ConnectionStats {

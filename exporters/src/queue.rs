@@ -77,12 +77,14 @@ pub struct ExporterStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static QUEUED: Metric = Metric::counter("queued", "Events accepted into the exporter queue.").unit("{event}");
+    pub static QUEUED: Metric =
+        Metric::counter("queued", "Events accepted into the exporter queue.").unit("{event}");
     pub static DROPPED: Metric = Metric::labelled(
         "dropped",
         "reason",
         "Events dropped: queue_full (oldest dropped) or exporter_stopped (its thread had ended).",
-    ).unit("{event}");
+    )
+    .unit("{event}");
     pub static INCIDENTS_DROPPED: Metric = Metric::counter(
         "incidents_dropped",
         "Incident events (stall, resume, diagnosis, recovery, eviction) dropped because the incident lane was full.",
@@ -90,10 +92,14 @@ pub mod metric {
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
         "Status changes and panics (what agents choose to send) dropped because their own lane was full.",
-    ).unit("{event}");
-    pub static EXPORTED: Metric = Metric::counter("exported", "Events the exporter handled successfully.").unit("{event}");
-    pub static FAILED: Metric = Metric::counter("failed", "Export or flush calls that failed.").unit("{event}");
-    pub static QUEUE_DEPTH: Metric = Metric::gauge("queue_depth", "Events waiting in the exporter queue.").unit("{event}");
+    )
+    .unit("{event}");
+    pub static EXPORTED: Metric =
+        Metric::counter("exported", "Events the exporter handled successfully.").unit("{event}");
+    pub static FAILED: Metric =
+        Metric::counter("failed", "Export or flush calls that failed.").unit("{event}");
+    pub static QUEUE_DEPTH: Metric =
+        Metric::gauge("queue_depth", "Events waiting in the exporter queue.").unit("{event}");
     pub static QUEUE_CAPACITY: Metric =
         Metric::gauge("queue_capacity", "Events the exporter queue can hold (both lanes).").unit("{event}");
 }

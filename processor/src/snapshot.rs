@@ -41,7 +41,9 @@ pub struct AgentView {
     pub id: AgentId,
     /// The pid in the agent's frames (see [`crate::AgentRef::frame_pid`]).
     pub frame_pid: u32,
-    pub host_pid: u32,
+    /// Processor time of its first admission, in whole seconds (see
+    /// [`AgentView::first_seen_ns`]). (Its host pid is `id.pid`.)
+    pub first_seen_s: u32,
     pub stalls: u32,
     /// Pinned origin.
     pub transport: Transport,
@@ -52,9 +54,6 @@ pub struct AgentView {
     pub beats: u64,
     /// Processor time of the last accepted beat (or of first admission).
     pub last_beat_ns: u64,
-    /// Processor time of its first admission, in whole seconds (see
-    /// [`AgentView::first_seen_ns`]).
-    pub first_seen_s: u32,
 }
 
 impl AgentView {
@@ -70,7 +69,7 @@ impl AgentView {
         crate::AgentRef {
             id: self.id,
             frame_pid: self.frame_pid,
-            host_pid: self.host_pid,
+            host_pid: self.id.pid,
             transport: self.transport,
         }
     }
@@ -80,7 +79,6 @@ impl AgentView {
         AgentView {
             id: agent.id,
             frame_pid: agent.frame_pid,
-            host_pid: agent.host_pid,
             stalls: slot.stalls,
             transport: agent.transport,
             status: if slot.is_stalled() { Status::Stall } else { slot.status },

@@ -166,14 +166,19 @@ pub struct StatsSnapshot {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static BEATS_ACCEPTED: Metric = Metric::counter("beats_accepted", "Beats accepted by the tracker.").unit("{beat}");
+    pub static BEATS_ACCEPTED: Metric =
+        Metric::counter("beats_accepted", "Beats accepted by the tracker.").unit("{beat}");
     pub static STALLS: Metric =
         Metric::counter("stalls", "Stalls detected (an agent silent past the threshold).").unit("{stall}");
-    pub static RESUMES: Metric = Metric::counter("resumes", "Stalled agents that beat again.").unit("{resume}");
-    pub static AGENTS_TRACKED: Metric = Metric::gauge("agents_tracked", "Agents currently tracked.").unit("{agent}");
-    pub static AGENTS_STALLED: Metric = Metric::gauge("agents_stalled", "Tracked agents currently stalled.").unit("{agent}");
+    pub static RESUMES: Metric =
+        Metric::counter("resumes", "Stalled agents that beat again.").unit("{resume}");
+    pub static AGENTS_TRACKED: Metric =
+        Metric::gauge("agents_tracked", "Agents currently tracked.").unit("{agent}");
+    pub static AGENTS_STALLED: Metric =
+        Metric::gauge("agents_stalled", "Tracked agents currently stalled.").unit("{agent}");
     pub static RATE_LIMITED: Metric =
-        Metric::labelled("rate_limited", "reason", "Beats refused by the ratelimit processor, by limit.").unit("{beat}");
+        Metric::labelled("rate_limited", "reason", "Beats refused by the ratelimit processor, by limit.")
+            .unit("{beat}");
     pub static UNAUTHENTICATED_SHARE_EXCEEDED: Metric = Metric::counter(
         "unauthenticated_share_exceeded",
         "New plain-UDP agents refused because they had taken their share of the tracker (attested agents keep the rest).",
@@ -181,18 +186,22 @@ pub mod metric {
     pub static CAPACITY_EXCEEDED: Metric = Metric::counter(
         "capacity_exceeded",
         "New agents refused because the tracker was full of live agents.",
-    ).unit("{beat}");
+    )
+    .unit("{beat}");
     pub static EVICTED: Metric =
         Metric::labelled("evicted", "reason", "Agents whose state was dropped, by reason.").unit("{agent}");
     pub static ORIGIN_CONFLICTS: Metric = Metric::counter(
         "origin_conflicts",
         "Beats refused for arriving over a weaker transport than the agent's pinned one.",
-    ).unit("{beat}");
+    )
+    .unit("{beat}");
     pub static STALE_NONCES: Metric = Metric::counter(
         "stale_nonces",
         "Beats whose nonce did not advance (UDS: dropped; network: kept as liveness only).",
-    ).unit("{beat}");
-    pub static PANICS: Metric = Metric::counter("panics", "Terminal (panic) frames accepted.").unit("{panic}");
+    )
+    .unit("{beat}");
+    pub static PANICS: Metric =
+        Metric::counter("panics", "Terminal (panic) frames accepted.").unit("{panic}");
     pub static STATUS_CHANGES: Metric =
         Metric::counter("status_changes", "Changes of the status agents report.").unit("{change}");
     pub static CLOCK_BACKWARDS: Metric =
@@ -200,9 +209,11 @@ pub mod metric {
     pub static CLOCK_JUMPS: Metric = Metric::counter(
         "clock_jumps",
         "Forward clock jumps past an expected wake-up (suspend or a wedged loop).",
-    ).unit("{jump}");
+    )
+    .unit("{jump}");
     pub static INCARNATIONS_RESTARTED: Metric =
-        Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.").unit("{agent}");
+        Metric::counter("incarnations_restarted", "Network agents that restarted under the same pid.")
+            .unit("{agent}");
     pub static PROVISIONAL_RULES: Metric = Metric::counter(
         "provisional_rules",
         "New agents armed at the longest threshold rule they may match while the resolver reads their attributes.",
@@ -219,7 +230,8 @@ pub mod metric {
     pub static BLIND_SECONDS: Metric = Metric::counter(
         "blind_seconds",
         "Time the collector could not listen (blind windows, in all), whole seconds of the running total.",
-    ).unit("s");
+    )
+    .unit("s");
     pub static BATCHES: Metric = Metric::counter("batches", "Batches handled.").unit("{batch}");
     pub static RECOVERIES_STARTED: Metric =
         Metric::counter("recoveries_started", "Recovery commands started.").unit("{recovery}");
@@ -227,14 +239,17 @@ pub mod metric {
         "recovery_outcomes",
         "outcome",
         "Recoveries by final outcome (succeeded, failed, timed_out, spawn_failed, skipped).",
-    ).unit("{recovery}");
+    )
+    .unit("{recovery}");
     pub static RECOVERY_REFUSED: Metric =
-        Metric::labelled("recovery_refused", "reason", "Stalls recovery refused to act on, by reason.").unit("{recovery}");
+        Metric::labelled("recovery_refused", "reason", "Stalls recovery refused to act on, by reason.")
+            .unit("{recovery}");
     pub static STALL_CAUSES: Metric = Metric::labelled(
         "stall_causes",
         "cause",
         "Diagnosed stalls by cause (exited, zombie, stopped, spinning, blocked_io, waiting).",
-    ).unit("{stall}");
+    )
+    .unit("{stall}");
 }
 
 impl ProcessorStats {

@@ -65,15 +65,17 @@ pub struct Slot {
     pub(crate) last_nonce: u64,
     pub(crate) last_timestamp: u64,
     pub(crate) beats: u64,
-    /// The current (or last) stall incident of this agent.
-    pub(crate) incident: u64,
+    /// The low 32 bits of the current (or last) stall incident of this
+    /// agent; the processor restores the rest (see
+    /// `Processor::incident_of`): the other half holds `first_seen_s`.
+    pub(crate) incident: u32,
+    /// Processor time of its first admission, in whole seconds: where its
+    /// cumulative series start (a restarted incarnation is a new agent).
+    pub(crate) first_seen_s: u32,
     pub(crate) stalls: u32,
     pub(crate) last_payload: u32,
     /// The pid written in the agent's frames (its own pid namespace's).
     pub(crate) frame_pid: u32,
-    /// Processor time of its first admission, in whole seconds: where its
-    /// cumulative series start (a restarted incarnation is a new agent).
-    pub(crate) first_seen_s: u32,
     prev: u32,
     next: u32,
     /// The class it runs under now (whose lists hold it).
@@ -759,11 +761,11 @@ mod tests {
     #[test]
     fn per_agent_deadlines_cost_no_bytes() {
         // Class, rule and learned interval live in what was padding and in
-        // the host pid's place (it always equals the key pid). The first
-        // admission second (where cumulative series start) costs 8 bytes
-        // here and 8 in the published view, once per agent.
-        assert_eq!(std::mem::size_of::<Slot>(), 112);
-        assert_eq!(std::mem::size_of::<crate::snapshot::AgentView>(), 72);
+        // the host pid's place (it always equals the key pid); the first
+        // admission second shares the incident's word (its low half is
+        // kept), and in the published view the host pid's place.
+        assert_eq!(std::mem::size_of::<Slot>(), 104);
+        assert_eq!(std::mem::size_of::<crate::snapshot::AgentView>(), 64);
     }
 
     #[test]

@@ -54,6 +54,30 @@ fn stall_fires_exactly_at_threshold_once_per_silence() {
     assert_eq!(p.agent_states()[0].status, Status::Stall);
 }
 
+/// A slot keeps the low half of its incident number; the resume still
+/// names the whole one, across the 2³² boundary and with other incidents
+/// opened while the agent was stalled.
+#[test]
+fn resume_names_its_incident_past_two_to_the_32() {
+    let mut p = processor(no_limits(), tracker(2000));
+    p.continue_incidents_from(u64::from(u32::MAX));
+    let mut out = Recorder::default();
+    p.handle_batch(&batch(&[uds(7, 1), uds(8, 1)]), T0, &mut out);
+    p.handle_batch(&batch(&[uds(8, 2)]), T0 + S, &mut out);
+    p.fire_due(T0 + 2 * S, &mut out); // 7 stalls: incident 2³² − 1
+    p.fire_due(T0 + 3 * S, &mut out); // 8 stalls: incident 2³²
+    p.handle_batch(&batch(&[uds(7, 2), uds(8, 3)]), T0 + 4 * S, &mut out);
+    let resumes: Vec<(Option<u32>, u64)> = out
+        .take()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Resume { incident, .. } => Some((pid_of(e), incident)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumes, [(Some(7), u64::from(u32::MAX)), (Some(8), 1 << 32)]);
+}
+
 #[test]
 fn resume_carries_silence_and_incident() {
     let mut p = processor(no_limits(), tracker(2000));

@@ -68,24 +68,34 @@ impl ReceiverStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static DATAGRAMS: Metric = Metric::counter("datagrams", "Datagrams read from the socket.").unit("{datagram}");
+    pub static DATAGRAMS: Metric =
+        Metric::counter("datagrams", "Datagrams read from the socket.").unit("{datagram}");
     pub static BEATS: Metric =
-        Metric::counter("beats", "Beats accepted (including ones then dropped on a full queue).").unit("{beat}");
-    pub static REFUSED: Metric = Metric::labelled("refused", "reason", "Datagrams refused, by reason.").unit("{datagram}");
+        Metric::counter("beats", "Beats accepted (including ones then dropped on a full queue).")
+            .unit("{beat}");
+    pub static REFUSED: Metric =
+        Metric::labelled("refused", "reason", "Datagrams refused, by reason.").unit("{datagram}");
     pub static QUEUE_FULL_BEATS: Metric =
-        Metric::counter("queue_full_beats", "Beats dropped because the processor queue was full.").unit("{beat}");
+        Metric::counter("queue_full_beats", "Beats dropped because the processor queue was full.")
+            .unit("{beat}");
     pub static QUEUE_FULL_REFUSALS: Metric = Metric::counter(
         "queue_full_refusals",
         "Refusal events dropped because the processor queue was full (still counted in refused).",
-    ).unit("{datagram}");
+    )
+    .unit("{datagram}");
     pub static SESSIONS_RESTARTED: Metric =
-        Metric::counter("sessions_restarted", "Secure UDP senders that restarted their session.").unit("{session}");
+        Metric::counter("sessions_restarted", "Secure UDP senders that restarted their session.")
+            .unit("{session}");
     pub static SENDERS_EVICTED: Metric =
-        Metric::counter("senders_evicted", "Idle secure UDP senders evicted from the replay table.").unit("{sender}");
-    pub static IO_ERRORS: Metric = Metric::counter("io_errors", "Socket errors other than timeouts.").unit("{error}");
-    pub static BATCHES: Metric = Metric::counter("batches", "Batches handed to the processor queue.").unit("{batch}");
+        Metric::counter("senders_evicted", "Idle secure UDP senders evicted from the replay table.")
+            .unit("{sender}");
+    pub static IO_ERRORS: Metric =
+        Metric::counter("io_errors", "Socket errors other than timeouts.").unit("{error}");
+    pub static BATCHES: Metric =
+        Metric::counter("batches", "Batches handed to the processor queue.").unit("{batch}");
     pub static RECV_BUFFER: Metric =
-        Metric::gauge("recv_buffer_bytes", "Socket receive buffer granted by the kernel, in bytes.").unit("By");
+        Metric::gauge("recv_buffer_bytes", "Socket receive buffer granted by the kernel, in bytes.")
+            .unit("By");
 }
 
 impl Instrumented for ReceiverStats {

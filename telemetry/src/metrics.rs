@@ -35,8 +35,8 @@ use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Exemplar, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
-    metric::Data, number_data_point,
+    AggregationTemporality, DataPointFlags, Exemplar, Gauge, Histogram, HistogramDataPoint, Metric,
+    NumberDataPoint, Sum, metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use varta_pipeline::{MetricKind, Role};
@@ -44,8 +44,8 @@ use varta_processor::{AgentId, STALL_DURATION_BOUNDS_NS, StallDurations};
 use varta_proto::{DecodeErrorKind, Status};
 
 use crate::attrs;
-use crate::wallclock::WallClock;
 use crate::view::CollectorView;
+use crate::wallclock::WallClock;
 
 /// How sums and histogram counts are reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -193,6 +193,42 @@ pub struct AgentMetrics {
     pub metrics: Vec<Metric>,
 }
 
+/// Where an agent's series are, besides the metric name: its resource (when
+/// agents are resources) and its points' attributes. The same function
+/// names live agents' series and departed agents' staleness points, so a
+/// marker always names the series it ends.
+pub fn agent_series(
+    agent_resource: &Option<Option<String>>,
+    pipeline: &str,
+    agent: &varta_processor::AgentRef,
+    resolved: Option<&varta_agents::attributes::AttributesRef<'_>>,
+) -> (Option<Resource>, Vec<KeyValue>) {
+    let pl = vec![attrs::string("varta.pipeline", pipeline)];
+    match agent_resource {
+        Some(host) => (Some(crate::resource::agent(agent, resolved, host.as_deref())), pl),
+        None => {
+            let mut at = pl;
+            attrs::agent(&mut at, agent);
+            if let Some(resolved) = resolved {
+                attrs::resolved_brief(&mut at, resolved);
+            }
+            (None, at)
+        }
+    }
+}
+
+/// An agent that left (evicted): its series as they were named when its
+/// eviction was seen, and when (Unix ns). The next collection sends a
+/// staleness point (no value, flag `NoRecordedValue`) on each of them, so
+/// a backend ends them at once instead of keeping the last value for
+/// minutes (a stalled agent's `status = 3` would linger).
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub resource: Option<Resource>,
+    pub attributes: Vec<KeyValue>,
+    pub at_unix_ns: u64,
+}
+
 /// Turns the collector view into OTLP metrics; keeps what delta needs.
 #[derive(Debug)]
 pub struct MetricsBuilder {
@@ -213,6 +249,8 @@ pub struct MetricsBuilder {
     /// series start — its first admission on that clock — reads the same
     /// at every collection. Per pipeline, never per agent.
     clocks: HashMap<String, WallClock>,
+    /// Departed agents whose staleness points the next collection sends.
+    departed: Vec<Departed>,
 }
 
 impl MetricsBuilder {
@@ -227,7 +265,18 @@ impl MetricsBuilder {
             prev_hist: HashMap::new(),
             prev_agents: HashMap::new(),
             clocks: HashMap::new(),
+            departed: Vec::new(),
         }
+    }
+
+    /// Departed agents (see [`Departed`]) to mark stale in the next collection.
+    pub fn mark_departed(&mut self, departed: Vec<Departed>) {
+        self.departed.extend(departed);
+    }
+
+    /// How this builder names agents' series (see [`agent_series`]).
+    pub fn agent_resource(&self) -> &Option<Option<String>> {
+        &self.agent_resource
     }
 
     /// Per-agent points under each agent's resource; `host_name` is this
@@ -573,7 +622,6 @@ impl MetricsBuilder {
             let wall = self.clocks.entry(p.name.clone()).or_insert_with(|| WallClock::new(clock));
             wall.check_step();
             let wall = wall.clone();
-            let pl = || vec![attrs::string("varta.pipeline", p.name.as_str())];
             for a in view_chunks.into_iter().flat_map(|c| (0..c.len()).map(move |i| c[i])) {
                 // Read-locked per agent: `emit` below may wait for the
                 // network, and the resolver must not wait with it.
@@ -614,24 +662,20 @@ impl MetricsBuilder {
                     value: Some(number_data_point::Value::AsInt(status_code(a.status))),
                     ..Default::default()
                 };
-                if let Some(host) = &self.agent_resource {
-                    chunk_resources.push(AgentMetrics {
-                        resource: crate::resource::agent(&agent, resolved.as_ref(), host.as_deref()),
+                match agent_series(&self.agent_resource, &p.name, &agent, resolved.as_ref()) {
+                    (Some(resource), at) => chunk_resources.push(AgentMetrics {
+                        resource,
                         metrics: families(
-                            vec![status_point(pl())],
-                            vec![sum_point(pl(), b)],
-                            vec![sum_point(pl(), st)],
+                            vec![status_point(at.clone())],
+                            vec![sum_point(at.clone(), b)],
+                            vec![sum_point(at, st)],
                         ),
-                    });
-                } else {
-                    let mut at = pl();
-                    attrs::agent(&mut at, &agent);
-                    if let Some(resolved) = &resolved {
-                        attrs::resolved_brief(&mut at, resolved);
+                    }),
+                    (None, at) => {
+                        beat_points.push(sum_point(at.clone(), b));
+                        stall_points.push(sum_point(at.clone(), st));
+                        status_points.push(status_point(at));
                     }
-                    beat_points.push(sum_point(at.clone(), b));
-                    stall_points.push(sum_point(at.clone(), st));
-                    status_points.push(status_point(at));
                 }
                 drop(store);
                 in_chunk += 1;
@@ -662,6 +706,38 @@ impl MetricsBuilder {
         }
         self.prev_agents = agents_now;
         self.clocks.retain(|name, _| view.pipelines.iter().any(|p| p.name == *name));
+        // Staleness points of departed agents, after the live ones.
+        let departed = std::mem::take(&mut self.departed);
+        for group in departed.chunks(AGENTS_PER_CHUNK) {
+            let stale = |attributes: Vec<KeyValue>, at: u64| NumberDataPoint {
+                attributes,
+                time_unix_nano: at,
+                flags: DataPointFlags::NoRecordedValueMask as u32,
+                value: None,
+                ..Default::default()
+            };
+            let chunk = if self.agent_resource.is_some() {
+                AgentChunk::Resources(
+                    group
+                        .iter()
+                        .map(|d| AgentMetrics {
+                            resource: d.resource.clone().unwrap_or_default(),
+                            metrics: families(
+                                vec![stale(d.attributes.clone(), d.at_unix_ns)],
+                                vec![stale(d.attributes.clone(), d.at_unix_ns)],
+                                vec![stale(d.attributes.clone(), d.at_unix_ns)],
+                            ),
+                        })
+                        .collect(),
+                )
+            } else {
+                let points = || group.iter().map(|d| stale(d.attributes.clone(), d.at_unix_ns)).collect();
+                AgentChunk::Points(families(points(), points(), points()))
+            };
+            if !emit(chunk) {
+                return;
+            }
+        }
     }
 
     fn histogram_point(
@@ -947,7 +1023,9 @@ mod tests {
         let (early, late) = (now - 7_000_000_000, now - 2_000_000_000);
         for (pid, admitted) in [(1, early), (2, late)] {
             let hash = tracker.hash(&Source::Local, pid);
-            tracker.insert(hash, Slot::new(Source::Local, pid, 0, Transport::Uds, admitted, 0)).expect("room");
+            tracker
+                .insert(hash, Slot::new(Source::Local, pid, 0, Transport::Uds, admitted, 0))
+                .expect("room");
         }
         publisher.publish(now, &mut tracker, StatsSnapshot::default());
         let starts = |b: &mut MetricsBuilder, at: u64| {
@@ -957,11 +1035,14 @@ mod tests {
                 .data_points
                 .iter()
                 .map(|p| {
-                    let pid = p.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| {
-                        match kv.value.as_ref()?.value.as_ref()? {
-                            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(v) => Some(*v),
-                            _ => None,
-                        }
+                    let pid = p.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| match kv
+                        .value
+                        .as_ref()?
+                        .value
+                        .as_ref()?
+                    {
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(v) => Some(*v),
+                        _ => None,
                     });
                     (pid.expect("process.pid"), p.start_time_unix_nano)
                 })
@@ -973,13 +1054,82 @@ mod tests {
         let mut b = MetricsBuilder::new(Temporality::Cumulative, true, wall_now - 1_000);
         let first = starts(&mut b, wall_now);
         let gap = first[1].1 as i64 - first[0].1 as i64;
-        assert!((4_000_000_000..=6_000_000_000).contains(&gap), "admitted 5 s apart (to the second): {first:?}");
+        assert!(
+            (4_000_000_000..=6_000_000_000).contains(&gap),
+            "admitted 5 s apart (to the second): {first:?}"
+        );
         assert!(first[0].1 < wall_now - 1_000, "before the exporter started: the agent's own start");
         for idx in 0..2 {
             tracker.touch(idx, now + 1_000_000_000, 0);
         }
         publisher.publish(now + 1_000_000_000, &mut tracker, StatsSnapshot::default());
         assert_eq!(starts(&mut b, wall_now + 1_000_000_000), first, "the same start at every collection");
+    }
+
+    /// An evicted agent's series get one staleness point each (no value,
+    /// flag NoRecordedValue, at the eviction), named exactly as its live
+    /// points were, under the agent's resource or as point attributes.
+    #[test]
+    fn departed_agents_get_staleness_points_on_their_own_series() {
+        use varta_processor::tracker::{Slot, Tracker};
+        use varta_processor::{AgentId, AgentRef};
+        use varta_proto::{Source, Transport};
+        for agent_resource in [Some(Some("node-1".to_owned())), None] {
+            let (v, mut publisher) = view(Arc::new(Fake::default()));
+            let mut tracker = Tracker::new(4, &[2_000_000_000]);
+            let hash = tracker.hash(&Source::Local, 42);
+            tracker.insert(hash, Slot::new(Source::Local, 42, 0, Transport::Uds, 10, 0)).expect("room");
+            publisher.publish(20, &mut tracker, StatsSnapshot::default());
+            let mut b = MetricsBuilder::new(Temporality::Cumulative, true, 100)
+                .with_agent_resource(agent_resource.clone());
+            let series_of = |b: &mut MetricsBuilder, at: u64| {
+                let mut out = Vec::new();
+                let mut collect = |chunk: AgentChunk| {
+                    let groups: Vec<(Option<Resource>, Vec<Metric>)> = match chunk {
+                        AgentChunk::Resources(r) => {
+                            r.into_iter().map(|a| (Some(a.resource), a.metrics)).collect()
+                        }
+                        AgentChunk::Points(m) => vec![(None, m)],
+                    };
+                    for (resource, metrics) in groups {
+                        for m in metrics {
+                            let points = match m.data {
+                                Some(Data::Gauge(g)) => g.data_points,
+                                Some(Data::Sum(s)) => s.data_points,
+                                _ => Vec::new(),
+                            };
+                            for p in points {
+                                out.push((m.name.clone(), resource.clone(), p));
+                            }
+                        }
+                    }
+                    true
+                };
+                b.collect_with(&v, at, &mut Exemplars::default(), &mut collect);
+                out
+            };
+            let live = series_of(&mut b, 200);
+            assert_eq!(live.len(), 3, "status, beats, stalls");
+            let agent = AgentRef {
+                id: AgentId { source: Source::Local, pid: 42, start_time: 0 },
+                frame_pid: 42,
+                host_pid: 42,
+                transport: Transport::Uds,
+            };
+            let (resource, attributes) = agent_series(b.agent_resource(), "liveness", &agent, None);
+            b.mark_departed(vec![Departed { resource, attributes, at_unix_ns: 250 }]);
+            let after = series_of(&mut b, 300);
+            let stale: Vec<_> = after.iter().filter(|(_, _, p)| p.flags & 1 == 1).collect();
+            assert_eq!(stale.len(), 3, "{agent_resource:?}: one per series");
+            for (name, resource, p) in stale {
+                assert!(p.value.is_none() && p.time_unix_nano == 250, "{p:?}");
+                let (_, live_resource, live_point) =
+                    live.iter().find(|(n, _, _)| n == name).expect("a live series of that name");
+                assert_eq!(resource, live_resource, "{name}: the same resource");
+                assert_eq!(p.attributes, live_point.attributes, "{name}: the same attributes");
+            }
+            assert!(series_of(&mut b, 400).iter().all(|(_, _, p)| p.flags == 0), "sent once");
+        }
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub const RECENT_INCIDENTS: usize = 1024;
 
 mod metric {
     use varta_pipeline::Metric;
-    pub static SPANS: Metric = Metric::counter("spans", "Spans started and ended through the host's tracer.").unit("{span}");
+    pub static SPANS: Metric =
+        Metric::counter("spans", "Spans started and ended through the host's tracer.").unit("{span}");
     pub static WITHOUT_PARENT: Metric = Metric::counter(
         "spans_without_parent",
         "Child spans whose incident's varta.stall span was not known (its stall event was dropped, or the incident left the ring of recent ones): exported as roots.",

@@ -164,7 +164,14 @@ struct Shared {
     closed: Notify,
     /// Incidents since the last metrics collection (bounded per series).
     exemplars: Mutex<metrics::Exemplars>,
+    /// Agents evicted since the last metrics collection, whose series it
+    /// ends with staleness points (at most [`MAX_DEPARTED`]).
+    departed: Mutex<Vec<metrics::Departed>>,
 }
+
+/// Evicted agents waiting for their staleness points, at most; beyond it
+/// they are counted (`stale_markers_dropped`) and their series simply stop.
+const MAX_DEPARTED: usize = 65_536;
 
 impl Shared {
     /// Queues a span; when full, the oldest notice goes first (else the
@@ -275,6 +282,9 @@ pub struct Wiring {
 struct Source {
     spans: SpanBuilder,
     clock: WallClock,
+    /// The pipeline's name and attributes: what names an agent's series.
+    name: String,
+    attributes: Option<Arc<varta_agents::AttributeStore>>,
 }
 
 /// The `otlp` exporter (the part on the exporter thread). See the module docs.
@@ -288,6 +298,9 @@ pub struct OtlpExporter {
     shutdown_timeout: Duration,
     shutdown_deadline: ShutdownDeadline,
     steps_logged: LogThrottle,
+    /// How per-agent series are named (see [`metrics::agent_series`]),
+    /// when this exporter sends them: evicted agents get staleness points.
+    agent_series: Option<Option<Option<String>>>,
 }
 
 impl OtlpExporter {
@@ -329,13 +342,16 @@ impl OtlpExporter {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             exemplars: Mutex::default(),
+            departed: Mutex::default(),
         });
         let sources = pipelines
             .into_iter()
             .map(|p| {
-                let spans =
-                    SpanBuilder::new(IdSource::new(salt, &p.name), &p.name).with_attributes(p.attributes);
+                let spans = SpanBuilder::new(IdSource::new(salt, &p.name), &p.name)
+                    .with_attributes(p.attributes.clone());
                 Source {
+                    name: p.name.clone(),
+                    attributes: p.attributes,
                     spans: if config.agent_resource {
                         spans.with_agent_resource(host_name.clone())
                     } else {
@@ -345,6 +361,8 @@ impl OtlpExporter {
                 }
             })
             .collect();
+        let agent_series = (config.metrics.enabled && config.metrics.per_agent)
+            .then(|| config.agent_resource.then(|| host_name.clone()));
         let mut tasks = Vec::new();
         if config.traces.enabled {
             let (id, shared, client, own, config) =
@@ -377,6 +395,7 @@ impl OtlpExporter {
             })));
         }
         let exporter = OtlpExporter {
+            agent_series,
             id: id.to_owned(),
             traces_enabled: config.traces.enabled,
             sources,
@@ -390,6 +409,25 @@ impl OtlpExporter {
     }
 }
 
+impl OtlpExporter {
+    /// Notes an evicted agent's series for their staleness points, named
+    /// now, while its attributes still linger in the resolver's store.
+    fn depart(&mut self, source: usize, agent: &varta_processor::AgentRef, at_ns: u64) {
+        let (Some(series), Some(src)) = (&self.agent_series, self.sources.get(source)) else { return };
+        let store = src.attributes.as_deref().map(varta_agents::AttributeStore::read);
+        let resolved = store.as_ref().and_then(|s| s.get(&agent.id));
+        let (resource, attributes) = metrics::agent_series(series, &src.name, agent, resolved.as_ref());
+        drop(store);
+        let departed = metrics::Departed { resource, attributes, at_unix_ns: src.clock.to_unix_ns(at_ns) };
+        let mut list = self.shared.departed.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= MAX_DEPARTED {
+            self.shared.stats.stale_markers_dropped.fetch_add(1, Relaxed);
+        } else {
+            list.push(departed);
+        }
+    }
+}
+
 impl Exporter for OtlpExporter {
     fn wants_beats(&self) -> bool {
         false
@@ -400,6 +438,9 @@ impl Exporter for OtlpExporter {
     }
 
     fn export_from(&mut self, source: usize, event: &Event) -> std::io::Result<()> {
+        if let (varta_processor::EventKind::Evicted { .. }, Some(agent)) = (&event.kind, &event.agent) {
+            self.depart(source, agent, event.at_ns);
+        }
         let notice = is_notice(&event.kind);
         if !self.traces_enabled || !(is_incident(&event.kind) || notice) {
             return Ok(());
@@ -692,6 +733,9 @@ async fn send_metrics(
             // Reading a large fleet is CPU work: keep it off the async workers.
             let now = u64::try_from(wallclock::unix_now_ns()).unwrap_or(0);
             let exemplars = std::mem::take(&mut *shared.exemplars.lock().unwrap_or_else(|p| p.into_inner()));
+            let departed = std::mem::take(&mut *shared.departed.lock().unwrap_or_else(|p| p.into_inner()));
+            shared.stats.stale_markers.fetch_add(departed.len() as u64, Relaxed);
+            b.mark_departed(departed);
             let (tx, mut requests) = tokio::sync::mpsc::channel(METRIC_REQUESTS_IN_FLIGHT);
             let ident = own.clone();
             let encoder = client.clone();
@@ -806,6 +850,7 @@ mod tests {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             exemplars: Mutex::default(),
+            departed: Mutex::default(),
         };
         for name in ["a", "b", "c"] {
             shared.push(QueuedSpan::of_collector(Span { name: name.into(), ..Default::default() }));

@@ -30,46 +30,66 @@ pub struct OtlpStats {
     pub metric_exports: AtomicU64,
     pub metric_exports_failed: AtomicU64,
     pub clock_steps: AtomicU64,
+    pub stale_markers: AtomicU64,
+    pub stale_markers_dropped: AtomicU64,
 }
 
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static SPANS_EXPORTED: Metric = Metric::counter("spans_exported", "Spans the OTLP backend accepted.").unit("{span}");
+    pub static SPANS_EXPORTED: Metric =
+        Metric::counter("spans_exported", "Spans the OTLP backend accepted.").unit("{span}");
     pub static SPANS_FAILED: Metric = Metric::counter(
         "spans_failed",
         "Spans given up on: refused by the backend, or retries ran out (retry_on_failure.max_elapsed_time).",
-    ).unit("{span}");
+    )
+    .unit("{span}");
     pub static SPANS_DROPPED: Metric = Metric::labelled(
         "spans_dropped",
         "reason",
         "Spans not delivered: queue_full (sending_queue.queue_size reached, oldest dropped) or shutdown (queued or in flight when the shutdown deadline passed).",
     ).unit("{span}");
-    pub static SPANS_QUEUED: Metric = Metric::gauge("spans_queued", "Spans waiting in the sending queue.").unit("{span}");
+    pub static SPANS_QUEUED: Metric =
+        Metric::gauge("spans_queued", "Spans waiting in the sending queue.").unit("{span}");
     pub static SPAN_EXPORTS_RETRIED: Metric =
-        Metric::counter("span_exports_retried", "Span export calls retried after a retryable failure.").unit("{request}");
+        Metric::counter("span_exports_retried", "Span export calls retried after a retryable failure.")
+            .unit("{request}");
     pub static EXPORTS_THROTTLED: Metric = Metric::counter(
         "exports_throttled",
         "Export calls retried when the backend said when (Retry-After, gRPC RetryInfo).",
-    ).unit("{request}");
+    )
+    .unit("{request}");
     pub static TASK_PANICS: Metric = Metric::counter(
         "task_panics",
         "Sender tasks that panicked and were restarted with their queue (a bug: please report it).",
-    ).unit("{panic}");
+    )
+    .unit("{panic}");
     pub static METRIC_EXPORTS: Metric =
         Metric::counter("metric_exports", "Metric export calls the backend accepted.").unit("{request}");
     pub static METRIC_EXPORTS_FAILED: Metric =
-        Metric::counter("metric_exports_failed", "Metric export calls that failed (after retries).").unit("{request}");
+        Metric::counter("metric_exports_failed", "Metric export calls that failed (after retries).")
+            .unit("{request}");
     pub static CLOCK_STEPS: Metric = Metric::counter(
         "clock_steps",
         "Wall-clock steps (> 1 s) seen when converting processor time to span timestamps.",
-    ).unit("{step}");
+    )
+    .unit("{step}");
+    pub static STALE_MARKERS: Metric = Metric::counter(
+        "stale_markers",
+        "Evicted agents whose series were sent a staleness point (no recorded value).",
+    )
+    .unit("{agent}");
+    pub static STALE_MARKERS_DROPPED: Metric = Metric::counter(
+        "stale_markers_dropped",
+        "Evicted agents whose staleness point was not sent: more than 65,536 waited for one collection.",
+    )
+    .unit("{agent}");
 }
 
 impl Instrumented for OtlpStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, u64); 9] = [
+        let plain: [(&'static Metric, u64); 11] = [
             (&SPANS_EXPORTED, self.spans_exported.load(Relaxed)),
             (&SPANS_FAILED, self.spans_failed.load(Relaxed)),
             (&SPANS_QUEUED, self.spans_queued.load(Relaxed)),
@@ -79,6 +99,8 @@ impl Instrumented for OtlpStats {
             (&METRIC_EXPORTS, self.metric_exports.load(Relaxed)),
             (&METRIC_EXPORTS_FAILED, self.metric_exports_failed.load(Relaxed)),
             (&CLOCK_STEPS, self.clock_steps.load(Relaxed)),
+            (&STALE_MARKERS, self.stale_markers.load(Relaxed)),
+            (&STALE_MARKERS_DROPPED, self.stale_markers_dropped.load(Relaxed)),
         ];
         for (m, v) in plain {
             out(Sample::new(m, v));

@@ -73,7 +73,8 @@ pub mod metric {
     pub static SCRAPE_FAILURES: Metric = Metric::counter(
         "scrape_failures",
         "Scrapes that could not be encoded (answered 500) or compressed (cut).",
-    ).unit("{scrape}");
+    )
+    .unit("{scrape}");
 }
 
 impl Instrumented for HttpStats {

@@ -75,24 +75,29 @@ pub struct RecoveryStats {
 pub mod metric {
     use varta_pipeline::Metric;
 
-    pub static AUDIT_RECORDS: Metric = Metric::counter("audit_records", "Records written to the audit log.").unit("{record}");
+    pub static AUDIT_RECORDS: Metric =
+        Metric::counter("audit_records", "Records written to the audit log.").unit("{record}");
     pub static AUDIT_DROPPED: Metric = Metric::counter(
         "audit_dropped",
         "Audit records that could not be written (logged; the next record that can says how many).",
-    ).unit("{record}");
+    )
+    .unit("{record}");
     pub static REPORTS_DROPPED: Metric = Metric::counter(
         "reports_dropped",
         "Recovery reports (audited) the processor did not read in time, so no event or counter shows them.",
-    ).unit("{report}");
+    )
+    .unit("{report}");
     pub static NOTICES_DROPPED: Metric = Metric::counter(
         "notices_dropped",
         "Diagnoses and resumes the runner's full queue could not take (the stall is then decided without them).",
     ).unit("{notice}");
-    pub static OUTSTANDING: Metric = Metric::gauge("outstanding", "Recovery commands running now.").unit("{recovery}");
+    pub static OUTSTANDING: Metric =
+        Metric::gauge("outstanding", "Recovery commands running now.").unit("{recovery}");
     pub static CAPTURED: Metric = Metric::counter(
         "captured_output_bytes",
         "Bytes of recovery command output captured (stdout + stderr).",
-    ).unit("By");
+    )
+    .unit("By");
 }
 
 impl Instrumented for RecoveryStats {
