@@ -63,6 +63,10 @@ pub struct HealthCheckConfig {
     /// does not read) ends its connection (default `10s`).
     #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
     pub write_timeout: Option<Duration>,
+    /// A kept-alive connection with no request in progress that sends
+    /// nothing this long is closed (default `60s`).
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn default_max_connections() -> usize {
@@ -85,6 +89,7 @@ impl Default for HealthCheckConfig {
             max_connections_per_range: None,
             header_timeout: default_header_timeout(),
             write_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -98,6 +103,7 @@ impl HealthCheckConfig {
             self.max_connections_per_range,
             self.header_timeout,
             self.write_timeout,
+            self.idle_timeout,
         )
     }
 

@@ -18,7 +18,9 @@
 //! slot then); an answer whose writing makes no progress for
 //! `write_timeout` (a client that asks and never reads) ends its
 //! connection, which releases what the answer held (a scrape's snapshot),
-//! counted as `write_timeouts`; accept
+//! counted as `write_timeouts`; a kept-alive connection with no request
+//! in progress that sends nothing for `idle_timeout` is closed
+//! (`idle_timeouts`); accept
 //! errors are logged at a limited pace and never spin; a stop request ends
 //! the accept loop and asks open connections to finish. What a request gets
 //! is the caller's `handle`.
@@ -26,7 +28,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,10 +52,15 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// An answer whose writing makes no progress this long ends its connection.
     pub write_timeout: Duration,
+    /// A connection with no request in progress that sends nothing this
+    /// long is closed (the Collector's `confighttp` `idle_timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// `write_timeout` when not configured.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `idle_timeout` when not configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `max_connections_per_range` when not configured: a quarter of the total.
 fn default_per_range(max_connections: usize) -> usize {
@@ -63,13 +70,15 @@ fn default_per_range(max_connections: usize) -> usize {
 impl Limits {
     /// The bounds an endpoint's settings give, defaults filled in
     /// (`max_connections_per_range`: a quarter of the total, at least the
-    /// per-source cap; `write_timeout`: [`DEFAULT_WRITE_TIMEOUT`]).
+    /// per-source cap; `write_timeout`: [`DEFAULT_WRITE_TIMEOUT`];
+    /// `idle_timeout`: [`DEFAULT_IDLE_TIMEOUT`]).
     pub fn from_settings(
         max_connections: usize,
         max_connections_per_source: usize,
         max_connections_per_range: Option<usize>,
         header_timeout: Duration,
         write_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
     ) -> Limits {
         Limits {
             max_connections,
@@ -78,6 +87,7 @@ impl Limits {
                 .unwrap_or_else(|| default_per_range(max_connections).max(max_connections_per_source)),
             header_timeout,
             write_timeout: write_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT),
+            idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         }
     }
 
@@ -103,6 +113,9 @@ impl Limits {
         if self.write_timeout.is_zero() || self.write_timeout > Duration::from_secs(3600) {
             return Err("`write_timeout` must be between 1ms and 1h".into());
         }
+        if self.idle_timeout.is_zero() || self.idle_timeout > Duration::from_secs(3600) {
+            return Err("`idle_timeout` must be between 1ms and 1h".into());
+        }
         Ok(())
     }
 }
@@ -116,6 +129,7 @@ pub struct ConnectionStats {
     refused_per_range: AtomicU64,
     evicted: AtomicU64,
     write_timeouts: Arc<AtomicU64>,
+    idle_timeouts: AtomicU64,
     open: AtomicU64,
     errors: AtomicU64,
 }
@@ -139,6 +153,11 @@ pub mod metric {
         "connections_evicted",
         "Idle HTTP connections (no request sent yet) closed to admit a newcomer when the endpoint or its range was full.",
     ).unit("{connection}");
+    pub static IDLE_TIMEOUTS: Metric = Metric::counter(
+        "idle_timeouts",
+        "HTTP connections closed because, with no request in progress, they sent nothing for idle_timeout.",
+    )
+    .unit("{connection}");
     pub static CONNECTIONS_OPEN: Metric =
         Metric::gauge("connections_open", "HTTP connections open now.").unit("{connection}");
     pub static CONNECTION_ERRORS: Metric = Metric::counter(
@@ -152,8 +171,9 @@ impl ConnectionStats {
     /// Lists the connection samples.
     pub fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let all: [(&'static Metric, &AtomicU64); 4] = [
+        let all: [(&'static Metric, &AtomicU64); 5] = [
             (&CONNECTIONS, &self.connections),
+            (&IDLE_TIMEOUTS, &self.idle_timeouts),
             (&CONNECTIONS_EVICTED, &self.evicted),
             (&CONNECTIONS_OPEN, &self.open),
             (&CONNECTION_ERRORS, &self.errors),
@@ -344,11 +364,18 @@ pub async fn serve<F, Fut, B>(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _open = open;
+            let activity = Arc::new(Activity::default());
+            let in_service = Arc::clone(&activity);
             let service = service_fn(move |req| {
                 // A whole request arrived: in use, never evicted as idle.
                 busy.store(true, Relaxed);
                 let handle = handle.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer.ip()).await) }
+                let serving = Serving::start(Arc::clone(&in_service));
+                async move {
+                    let answer = handle(req, peer.ip()).await;
+                    drop(serving);
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -360,6 +387,7 @@ pub async fn serve<F, Fut, B>(
                         stream,
                         limits.write_timeout,
                         Arc::clone(&stats.write_timeouts),
+                        Arc::clone(&activity),
                     )),
                     service,
                 );
@@ -368,6 +396,10 @@ pub async fn serve<F, Fut, B>(
                 r = conn.as_mut() => r,
                 // Idle and in a newcomer's way: closed at once.
                 () = evicted.notified() => Ok(()),
+                () = activity.idle_for(limits.idle_timeout) => {
+                    stats.idle_timeouts.fetch_add(1, Relaxed);
+                    Ok(())
+                }
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -380,11 +412,58 @@ pub async fn serve<F, Fut, B>(
     }
 }
 
+/// What a connection is doing: requests being answered, and when a byte
+/// last went either way (monotonic ns).
+#[derive(Debug, Default)]
+struct Activity {
+    serving: AtomicUsize,
+    last_ns: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ns.store(monotonic_ns(), Relaxed);
+    }
+
+    /// Resolves once the connection has had no request in progress and no
+    /// byte either way for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        self.touch();
+        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        loop {
+            let quiet_ns = monotonic_ns().saturating_sub(self.last_ns.load(Relaxed));
+            if self.serving.load(Relaxed) == 0 && quiet_ns >= timeout_ns {
+                return;
+            }
+            let left = if self.serving.load(Relaxed) > 0 { timeout_ns } else { timeout_ns - quiet_ns };
+            tokio::time::sleep(Duration::from_nanos(left.max(1_000_000))).await;
+        }
+    }
+}
+
+/// A request in progress (while its answer is made).
+struct Serving(Arc<Activity>);
+
+impl Serving {
+    fn start(activity: Arc<Activity>) -> Serving {
+        activity.serving.fetch_add(1, Relaxed);
+        Serving(activity)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.serving.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A stream whose writes must make progress: a write still pending
 /// `timeout` after the last byte went out fails (`TimedOut`), which ends
 /// the connection and drops the answer.
 struct WriteProgress<S> {
     inner: S,
+    activity: Arc<Activity>,
     timeout: Duration,
     /// Armed while a write is pending; re-armed on every byte written.
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -392,8 +471,13 @@ struct WriteProgress<S> {
 }
 
 impl<S> WriteProgress<S> {
-    fn new(inner: S, timeout: Duration, timeouts: Arc<AtomicU64>) -> WriteProgress<S> {
-        WriteProgress { inner, timeout, stalled: None, timeouts }
+    fn new(
+        inner: S,
+        timeout: Duration,
+        timeouts: Arc<AtomicU64>,
+        activity: Arc<Activity>,
+    ) -> WriteProgress<S> {
+        WriteProgress { inner, activity, timeout, stalled: None, timeouts }
     }
 
     /// `Pending` from the inner stream: time out if no progress for too long.
@@ -418,7 +502,12 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteProgress<S> 
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        read
     }
 }
 
@@ -432,6 +521,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteProgress<S
             std::task::Poll::Pending => self.pending(cx),
             ready => {
                 self.stalled = None;
+                self.activity.touch();
                 ready
             }
         }
@@ -481,6 +571,7 @@ mod tests {
             max_connections_per_range: 3,
             header_timeout: Duration::from_secs(1),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         };
         let (registry, stats) = (Registry::default(), ConnectionStats::default());
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
@@ -496,6 +587,74 @@ mod tests {
         // Per source is never evicted for: a third from one address is refused.
         registry.admit(ip("10.0.0.1"), &limits, &stats).ok().expect("its second");
         assert!(matches!(registry.admit(ip("10.0.0.1"), &limits, &stats), Err(Refused::PerSource)));
+    }
+
+    /// A kept-alive connection that asked once and then sends nothing is
+    /// closed after `idle_timeout` (counted), well before the header
+    /// timeout would; one that keeps asking stays open.
+    #[test]
+    fn an_idle_kept_alive_connection_is_closed_after_idle_timeout() {
+        use std::io::{Read, Write};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let limits = Limits::from_settings(
+            8,
+            8,
+            None,
+            Duration::from_secs(300),
+            None,
+            Some(Duration::from_millis(300)),
+        );
+        let stats = Arc::new(ConnectionStats::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let listener = {
+            let _in = rt.enter();
+            TcpListener::from_std(std_listener).expect("listener")
+        };
+        let served = Arc::clone(&stats);
+        rt.spawn(serve("test", listener, limits, served, stop, |_req, _ip| async {
+            Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
+        }));
+        let ask = |c: &mut std::net::TcpStream| {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            let mut answer = [0u8; 256];
+            let n = c.read(&mut answer).expect("answer");
+            assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"), "an answer");
+        };
+        let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+        idle.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        ask(&mut idle);
+        let mut busy = std::net::TcpStream::connect(addr).expect("connect");
+        busy.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        // The busy one asks every 50 ms while the idle one waits to be closed.
+        let mut closed = false;
+        for _ in 0..600 {
+            ask(&mut busy);
+            std::thread::sleep(Duration::from_millis(50));
+            idle.set_nonblocking(true).expect("nonblocking");
+            let mut byte = [0u8; 1];
+            closed = matches!(idle.read(&mut byte), Ok(0));
+            idle.set_nonblocking(false).expect("blocking");
+            if closed {
+                break;
+            }
+        }
+        assert!(closed, "the idle connection was closed");
+        let mut idle_timeouts = 0;
+        stats.samples(&mut |s| {
+            if s.metric.name == "idle_timeouts" {
+                idle_timeouts = s.value;
+            }
+        });
+        assert_eq!(idle_timeouts, 1, "counted once; the connection that kept asking stays");
+        ask(&mut busy);
+        stop_tx.send(true).expect("stop");
     }
 
     /// The eviction notice is stored: the connection's task sees it at once.

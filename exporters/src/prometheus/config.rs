@@ -104,6 +104,10 @@ pub struct PrometheusConfig {
     /// does not read) ends its connection (default `10s`).
     #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
     pub write_timeout: Option<Duration>,
+    /// A kept-alive connection with no request in progress that sends
+    /// nothing this long is closed (default `60s`).
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PrometheusConfig {
@@ -121,6 +125,7 @@ impl Default for PrometheusConfig {
             max_connections_per_range: None,
             header_timeout: default_header_timeout(),
             write_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -141,6 +146,7 @@ impl PrometheusConfig {
             self.max_connections_per_range,
             self.header_timeout,
             self.write_timeout,
+            self.idle_timeout,
         )
     }
 
