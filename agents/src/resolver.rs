@@ -124,6 +124,9 @@ pub struct ResolverStats {
     undiagnosed_backlog: AtomicU64,
     store: Arc<AttributeStore>,
     memory: Arc<crate::memory_reads::MemoryReadStats>,
+    /// Times a resolver that made no progress was replaced by a new one
+    /// (kept by the one after it: the counters carry over).
+    replacements: AtomicU64,
 }
 
 /// The resolver's metrics.
@@ -170,6 +173,11 @@ pub mod metric {
         "Command lines and environments not read because too many readers were abandoned.",
     )
     .unit("{read}");
+    pub static REPLACEMENTS: Metric = Metric::counter(
+        "replacements",
+        "Resolvers replaced after making no progress for progress_timeout (their thread left blocked, their store and counters kept).",
+    )
+    .unit("{replacement}");
     pub static TRUNCATED: Metric =
         Metric::counter("attribute_values_truncated", "Attribute values cut to attribute_value_limit bytes.")
             .unit("{value}");
@@ -178,7 +186,8 @@ pub mod metric {
 impl Instrumented for ResolverStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, &AtomicU64); 4] = [
+        let plain: [(&'static Metric, &AtomicU64); 5] = [
+            (&REPLACEMENTS, &self.replacements),
             (&RESOLVED, &self.resolved),
             (&RESOLVE_FAILED, &self.resolve_failed),
             (&NOTICES_DROPPED, &self.notices_dropped),
@@ -237,8 +246,38 @@ impl std::fmt::Debug for Progress {
 impl Resolver {
     /// Starts the thread (named `resolve-<name>`).
     pub fn start(name: &str, config: ResolverConfig) -> std::io::Result<(Resolver, ResolverHandle)> {
-        let store = Arc::new(AttributeStore::default().with_value_limit(config.attribute_value_limit));
-        let stats = Arc::new(ResolverStats { store: Arc::clone(&store), ..ResolverStats::default() });
+        Self::start_with(name, config, None)
+    }
+
+    /// Starts a resolver in the place of the one whose counters are
+    /// `wedged` (it made no progress; its thread is left where it is
+    /// blocked): the new one keeps its attribute store — exporters and the
+    /// recovery runner read the same one — and its counters, and counts
+    /// the replacement.
+    pub fn replace(
+        name: &str,
+        config: ResolverConfig,
+        wedged: &Arc<ResolverStats>,
+    ) -> std::io::Result<(Resolver, ResolverHandle)> {
+        wedged.replacements.fetch_add(1, Relaxed);
+        Self::start_with(name, config, Some(Arc::clone(wedged)))
+    }
+
+    /// Replacements so far (see [`Resolver::replace`]).
+    pub fn replacements(stats: &ResolverStats) -> u64 {
+        stats.replacements.load(Relaxed)
+    }
+
+    fn start_with(
+        name: &str,
+        config: ResolverConfig,
+        previous: Option<Arc<ResolverStats>>,
+    ) -> std::io::Result<(Resolver, ResolverHandle)> {
+        let stats = previous.unwrap_or_else(|| {
+            let store = Arc::new(AttributeStore::default().with_value_limit(config.attribute_value_limit));
+            Arc::new(ResolverStats { store, ..ResolverStats::default() })
+        });
+        let store = Arc::clone(&stats.store);
         let (tx, notices) = bounded(config.queue_size);
         let (results_tx, results) = bounded(config.queue_size);
         let (resolved_tx, resolved) = bounded(config.queue_size);
@@ -462,10 +501,15 @@ impl Lingering {
 }
 
 /// Test hook (debug builds only): with `VARTA_TEST_WEDGE_RESOLVER` set, the
-/// resolver blocks forever on its first notice, as one stuck in the kernel.
+/// first resolver of the process blocks forever on its first notice, as one
+/// stuck in the kernel (the one that replaces it does not).
 fn wedge_for_tests() {
     #[cfg(debug_assertions)]
     if std::env::var_os("VARTA_TEST_WEDGE_RESOLVER").is_some() {
+        static WEDGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if WEDGED.swap(true, Relaxed) {
+            return;
+        }
         tracing::warn!("VARTA_TEST_WEDGE_RESOLVER: wedging the resolver thread (test hook)");
         loop {
             std::thread::park();

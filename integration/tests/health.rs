@@ -107,7 +107,7 @@ fn a_wedged_processor_fails_the_health_check_and_starves_the_watchdog() {
 /// notices waiting that it does not take fail the health check naming it,
 /// while the pipeline itself stays healthy (it never waits on the resolver).
 #[test]
-fn a_wedged_resolver_fails_the_health_check() {
+fn a_wedged_resolver_fails_the_health_check_and_is_replaced() {
     let port = free_tcp_port();
     let text = config(port)
         .replace(
@@ -133,6 +133,25 @@ fn a_wedged_resolver_fails_the_health_check() {
         "{unhealthy}"
     );
     assert!(json["unhealthy"].get("pipelines::liveness").is_none(), "the pipeline goes on: {unhealthy}");
+    // Then it is replaced: healthy again, the replacement shown and
+    // counted, and the new resolver takes the notices (attributes resume).
+    let healed = wait_for("200 naming the replaced resolver", || {
+        let r = http::request("GET", &url, &[]).ok()?;
+        (r.status == 200).then(|| r.text())
+    });
+    let json: serde_json::Value = serde_json::from_str(&healed).expect("json");
+    assert!(
+        json["recovered"]["processors::resolver"].as_str().is_some_and(|w| w.contains("replaced 1 time")),
+        "{healed}"
+    );
+    wait_for("the replacement counted", || {
+        (c.counter("processors::resolver", "replacements", "") == 1).then_some(())
+    });
+    let late = varta(&["beat", "--socket", &sock, "--every", "20ms"]).spawn().expect("agent");
+    agents.push(late);
+    wait_for("agents resolved by the new resolver", || {
+        (c.counter("processors::resolver", "agents_resolved", "") >= 1).then_some(())
+    });
     for a in &mut agents {
         let _ = a.kill();
         let _ = a.wait();

@@ -383,6 +383,11 @@ impl Running {
             e.view.set(own);
         }
         self.view = view;
+        self.restage();
+    }
+
+    /// The health stages, from what runs.
+    fn restage(&mut self) {
         self.stages = self
             .receivers
             .iter()
@@ -391,6 +396,42 @@ impl Running {
             .map(|Watch { component, probe }| Stage::new(component, probe))
             .chain(self.exporters.iter().map(ExporterSlot::stage))
             .collect();
+    }
+
+    /// Replaces each resolver that was reported stuck by the previous
+    /// check and still is (so the health endpoint shows it for a check
+    /// interval at least): its pipeline parks for the swap — the processor
+    /// keeps its agents, the queue fills meanwhile — and resumes. Bounded
+    /// per pipeline (`MAX_RESOLVER_REPLACEMENTS`): each leaves a thread
+    /// blocked; past it the resolver stays reported.
+    fn replace_wedged_resolvers(&mut self, unhealthy: &[(String, String)]) {
+        let reported: Vec<String> = {
+            let report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            report.unhealthy.iter().map(|(c, _)| c.clone()).collect()
+        };
+        let stuck = |p: &Pipeline| {
+            p.resolver_id().is_some_and(|id| {
+                let component = format!("processors::{id}");
+                reported.contains(&component) && unhealthy.iter().any(|(c, _)| *c == component)
+            }) && p.can_replace_resolver()
+        };
+        let wedged: Vec<usize> = (0..self.pipelines.len()).filter(|&i| stuck(&self.pipelines[i])).collect();
+        if wedged.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.join_timeout;
+        for &i in &wedged {
+            self.pipelines[i].request_park();
+        }
+        for &i in &wedged {
+            let p = &mut self.pipelines[i];
+            p.park(deadline);
+            if let Err(e) = p.replace_resolver() {
+                tracing::error!(pipeline = %p.name, "cannot replace the stuck resolver: {e}");
+            }
+        }
+        self.resume();
+        self.restage();
     }
 
     /// Secure receivers' key handles, for key rotation.
@@ -425,6 +466,7 @@ impl Running {
             .filter_map(|s| s.check(now, timeout).map(|why| (s.component.clone(), why)))
             .collect();
         unhealthy.extend(self.broken.clone());
+        self.replace_wedged_resolvers(&unhealthy);
         let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
         report.phase = Phase::Running;
         if !unhealthy.is_empty() && report.unhealthy != unhealthy {
@@ -438,7 +480,8 @@ impl Running {
         report.healthy()
     }
 
-    /// Exporters whose tasks panicked and were restarted (`task_panics`).
+    /// What failed and was put right: exporter tasks that panicked and were
+    /// restarted (`task_panics`), resolvers replaced (`replacements`).
     fn recovered(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for c in self.view.components.iter().filter(|c| c.role == Role::Exporter) {
@@ -447,6 +490,19 @@ impl Running {
                     out.push((
                         format!("{}::{}", c.role.section(), c.id),
                         format!("{} task panic(s); restarted with its queue kept (see the log)", s.value),
+                    ));
+                }
+            });
+        }
+        for c in self.view.components.iter().filter(|c| c.role == Role::Processor) {
+            c.metrics.samples(&mut |s| {
+                if s.metric.name == "replacements" && s.value > 0 {
+                    out.push((
+                        format!("{}::{}", c.role.section(), c.id),
+                        format!(
+                            "replaced {} time(s) after making no progress for progress_timeout; its store and counters kept (see the log)",
+                            s.value
+                        ),
                     ));
                 }
             });

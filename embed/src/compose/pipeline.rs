@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use varta_agents::{AttributeStore, Resolver, ResolverConfig};
+use varta_agents::{AttributeStore, Resolver, ResolverConfig, ResolverStats};
 use varta_exporters::{ExporterQueue, Fanout};
 use varta_pipeline::Instrumented;
 use varta_pipeline::queue::{BatchReceiver, BatchSender, QueueDepth};
@@ -111,6 +111,10 @@ impl Helper {
     }
 }
 
+/// At most this many times per pipeline is a resolver that makes no
+/// progress replaced: each leaves a thread blocked where it stopped.
+pub const MAX_RESOLVER_REPLACEMENTS: u64 = 3;
+
 /// Distinguishes the pipeline states an exporter may read.
 static GENERATIONS: LazyLock<AtomicU64> = LazyLock::new(|| AtomicU64::new(1));
 
@@ -139,6 +143,8 @@ pub struct Pipeline {
     pub snapshots: SnapshotReader,
     pub attributes: Option<Arc<AttributeStore>>,
     resolver: Option<Helper>,
+    /// The running resolver's settings and counters (to replace it).
+    resolver_state: Option<(ResolverConfig, Arc<ResolverStats>)>,
     recovery: Option<Helper>,
     thread: Option<JoinHandle<ProcessorRun>>,
     processor: Option<Processor>,
@@ -173,6 +179,7 @@ impl Pipeline {
             snapshots: processor.snapshots(),
             attributes: None,
             resolver: None,
+            resolver_state: None,
             recovery: None,
             thread: None,
             processor: Some(processor),
@@ -258,6 +265,7 @@ impl Pipeline {
             if let Some(h) = self.resolver.take() {
                 h.join(deadline, &mut ended);
             }
+            self.resolver_state = None;
             self.attributes = None;
             // Cleared until the new one runs: a failed start is retried by
             // the next apply.
@@ -269,6 +277,7 @@ impl Pipeline {
                     Resolver::start(&self.name, *cfg).map_err(|e| BuildError::Resolver(e.to_string()))?;
                 processor.set_inspector(Some(Box::new(handle)));
                 self.attributes = Some(started.store);
+                self.resolver_state = Some((*cfg, Arc::clone(&started.stats)));
                 self.resolver = Some(Helper {
                     id: id.clone(),
                     stats: started.stats,
@@ -301,6 +310,43 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Its resolver's processor id, if it has one.
+    pub fn resolver_id(&self) -> Option<&str> {
+        self.resolver.as_ref().map(|h| h.id.as_str())
+    }
+
+    /// Replaces a resolver that makes no progress (see
+    /// [`Resolver::replace`]: its store and counters carry over, its thread
+    /// is left where it is blocked). Only on a parked pipeline, whose
+    /// processor then talks to the new one. `Ok(false)`: nothing was
+    /// replaced (no resolver, or [`MAX_RESOLVER_REPLACEMENTS`] reached).
+    /// Whether [`Pipeline::replace_resolver`] would replace its resolver.
+    pub fn can_replace_resolver(&self) -> bool {
+        self.resolver_state
+            .as_ref()
+            .is_some_and(|(_, stats)| Resolver::replacements(stats) < MAX_RESOLVER_REPLACEMENTS)
+    }
+
+    pub fn replace_resolver(&mut self) -> Result<bool, BuildError> {
+        let Some((cfg, stats)) = self.resolver_state.clone() else { return Ok(false) };
+        if Resolver::replacements(&stats) >= MAX_RESOLVER_REPLACEMENTS {
+            return Ok(false);
+        }
+        let processor = self.processor.as_mut().ok_or(BuildError::NoProcessor)?;
+        let (started, handle) =
+            Resolver::replace(&self.name, cfg, &stats).map_err(|e| BuildError::Resolver(e.to_string()))?;
+        // Dropping the old handle tells a resolver that ever wakes up to end.
+        processor.set_inspector(Some(Box::new(handle)));
+        if let Some(old) = self.resolver.as_mut() {
+            let blocked = std::mem::replace(&mut old.thread, started.thread);
+            drop(blocked);
+            old.progress = Some(started.progress);
+            old.stats = started.stats;
+        }
+        tracing::warn!(pipeline = %self.name, "the resolver made no progress; a new one replaced it (the old thread is left blocked)");
+        Ok(true)
+    }
+
     fn drop_helpers(&mut self, deadline: Instant) {
         if let Some(p) = self.processor.as_mut() {
             p.set_recovery(None);
@@ -311,6 +357,7 @@ impl Pipeline {
         for h in [self.recovery.take(), self.resolver.take()].into_iter().flatten() {
             h.join(deadline, &mut ended);
         }
+        self.resolver_state = None;
         self.attributes = None;
         self.resolver_key.clear();
         self.recovery_key.clear();
