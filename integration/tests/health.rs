@@ -338,6 +338,85 @@ service:
     assert!(status.success(), "{log}");
 }
 
+/// The collector's resident set, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
+}
+
+/// 50 scrapers that ask and never read, at 50,000 agents, while the
+/// processor publishes a new snapshot every 50 ms: what they pin is
+/// bounded (each is cut off after `write_timeout`, releasing its answer),
+/// and the collector's memory stays within a bound (measured: see
+/// BENCHMARKS.md). The collector's RSS is its own process's, whatever else
+/// this test binary runs meanwhile.
+#[test]
+fn fifty_scrapers_that_never_read_at_50000_agents_stay_bounded() {
+    use std::io::Write;
+    let (metrics, udp) = (free_tcp_port(), varta_integration::free_udp_port());
+    let text = format!(
+        r#"receivers:
+  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 67108864 }}
+processors:
+  tracker: {{ threshold: 1h, snapshot_interval: 50ms }}
+exporters:
+  prometheus: {{ endpoint: "127.0.0.1:{metrics}", auth: none, write_timeout: 3s, max_agent_series: 100000, max_connections: 256, max_connections_per_source: 100, max_connections_per_range: 100, rate_limit: {{ rate: 1000, burst: 1000 }} }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [prometheus] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    );
+    let c = Collector::start(&text);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for pid in 100_000..150_000u32 {
+        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, 1, 1, 0).encode();
+        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
+            std::thread::yield_now();
+        }
+    }
+    wait_for("the fleet tracked", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") >= 49_000).then_some(())
+    });
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    // One whole scrape first: the answer's buffers exist before the baseline.
+    let answer = http::request("GET", &url, &[]).expect("scrape");
+    assert_eq!(answer.status, 200);
+    let body = answer.text().len();
+    let baseline = rss_kib(c.pid());
+    let stalled: Vec<_> = (0..50)
+        .map(|_| {
+            let socket = socket2_like_small_rcvbuf();
+            let mut s = socket.connect(([127, 0, 0, 1], metrics).into()).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            s
+        })
+        .collect();
+    // While they hang (3 s each), the highest resident set seen.
+    let mut peak = baseline;
+    let cut = wait_for("all 50 cut off", || {
+        peak = peak.max(rss_kib(c.pid()));
+        let n = c.counter("exporters::prometheus", "write_timeouts", "");
+        (n >= 50).then_some(n)
+    });
+    assert_eq!(cut, 50, "each non-reading scraper cut off once");
+    let grown = peak.saturating_sub(baseline);
+    println!(
+        "50 stuck scrapers, 50,000 agents, answer {body} B: RSS {baseline} KiB → peak {peak} KiB (+{grown} KiB)"
+    );
+    // Were each to keep its own copy of the answer (or its own snapshot),
+    // 50 of them would hold 50 × the answer; they hold a fraction of one.
+    assert!(
+        grown * 1024 < 4 * body as u64,
+        "50 stuck scrapers grew the collector by {grown} KiB (an answer is {body} B)"
+    );
+    assert_eq!(http::request("GET", &url, &[]).expect("scrape").status, 200, "scrapes go on");
+    drop(stalled);
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
+
 /// A blocking TCP socket with a 4 KiB receive buffer (set before connect).
 fn socket2_like_small_rcvbuf() -> SmallSocket {
     use std::os::fd::FromRawFd;
