@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod otlp_server;
 pub mod peers;
 pub mod rotel;
 
@@ -46,6 +47,27 @@ pub fn example(name: &str) -> PathBuf {
 pub fn send_signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) takes any pid and signal number; it only reports errors.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Sends signal `sig` to `child`.
+pub fn signal(child: &Child, sig: i32) {
+    send_signal(child.id(), sig);
+}
+
+/// Kills `child` (SIGKILL) and waits for it, so no zombie is left.
+pub fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Tests that load the machine (thousands of agents, floods of datagrams
+/// or connections) take turns through this lock, so that on a small CI
+/// machine they do not starve each other; the other tests run beside them.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the turn of a heavy test until dropped.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Polls `f` until it returns Some, or panics after [`PATIENCE`].
@@ -242,8 +264,7 @@ impl Collector {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        send_signal(self.pid(), sig);
     }
 
     /// Sends SIGTERM and waits for exit; returns the status and final log.

@@ -6,11 +6,16 @@
 //! tests fail — unless `VARTA_TEST_NO_NAMESPACES=<why>` says this machine
 //! cannot (CI never sets it); then each is reported as *skipped* with that
 //! reason, never as passed.
+//!
+//! Why this is a test binary of its own, not a module of `end_to_end`:
+//! libtest has no "skipped, because…" outcome (an ignored test is decided
+//! at compile time, an early return passes), so reporting a skip with its
+//! reason needs this `harness = false` `main`, and a binary has one `main`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use varta_integration::{Collector, binary, read_events, wait_for};
+use varta_integration::{Collector, binary, read_events, reap, send_signal, wait_for};
 
 const CONFIG: &str = r#"receivers:
   vlp/uds: { transport: uds, path: "@DIR@/varta.sock", allow_cross_namespace: @CROSS@ }
@@ -56,16 +61,6 @@ fn namespaced_agent(socket: &Path, as_init: bool) -> Child {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("unshare")
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (inside its namespace).
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
 /// Host pids of agents that beat, in order of first beat.
 fn beating_pids(c: &Collector) -> Vec<String> {
     let mut pids = Vec::new();
@@ -94,13 +89,13 @@ fn same_frame_pid_in_two_namespaces_is_two_agents() {
     });
     // Freeze the first; the second keeps beating.
     let frozen: u32 = pids[0].parse().expect("host pid");
-    signal(frozen, libc::SIGSTOP);
+    send_signal(frozen, libc::SIGSTOP);
     wait_for("the frozen agent's stall", || (count(&c, "stall", &pids[0]) == 1).then_some(()));
-    signal(frozen, libc::SIGCONT);
+    send_signal(frozen, libc::SIGCONT);
     wait_for("the frozen agent's resume", || (count(&c, "resume", &pids[0]) == 1).then_some(()));
     assert_eq!(count(&c, "stall", &pids[1]), 0, "the other agent never stalled");
-    stop(a);
-    stop(b);
+    reap(a);
+    reap(b);
     wait_for("both stall once their namespaces are gone", || {
         (count(&c, "stall", &pids[0]) == 2 && count(&c, "stall", &pids[1]) == 1).then_some(())
     });
@@ -119,7 +114,7 @@ fn namespace_init_agent_is_tracked_only_with_cross_namespace() {
     let pid = wait_for("the pid-1 agent beating", || beating_pids(&c).into_iter().next());
     assert_ne!(pid, "1", "keyed by its host pid");
     assert_eq!(c.counter("receivers::vlp/uds", "refused", "bad_pid"), 0);
-    stop(agent);
+    reap(agent);
     wait_for("its stall after the namespace died", || (count(&c, "stall", &pid) == 1).then_some(()));
 
     let c = collector(false);
@@ -128,7 +123,7 @@ fn namespace_init_agent_is_tracked_only_with_cross_namespace() {
         (c.counter("receivers::vlp/uds", "refused", "bad_pid") >= 2).then_some(())
     });
     assert!(beating_pids(&c).is_empty());
-    stop(agent);
+    reap(agent);
 }
 
 fn main() {

@@ -8,9 +8,9 @@
 //!   deployment chain through a real OpenTelemetry Collector gateway to
 //!   Jaeger and Prometheus is `otelcol.rs` (it replaced the rotel-as-gateway
 //!   test that was here);
-//! * an OTLP/gRPC server inside the test, built from the official protos
-//!   (`opentelemetry-proto`), to assert exact structure and to kill and
-//!   restart the backend at will.
+//! * an OTLP/gRPC server inside the test process, built from the official
+//!   protos (`opentelemetry-proto`, `varta_integration::otlp_server`), to
+//!   assert exact structure and to kill and restart the backend at will.
 //!
 //! No timing thresholds: everything is polled with bounded timeouts.
 
@@ -20,18 +20,6 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -39,153 +27,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use tonic::codec::CompressionEncoding;
-use varta_integration::{Collector, final_counter, free_udp_port, read_events, varta, wait_for};
+use varta_integration::otlp_server::{OtlpServer, Sink};
+use varta_integration::{
+    Collector, final_counter, free_tcp_port, free_udp_port, heavy, read_events, signal, varta, wait_for,
+};
 use varta_proto::{Frame, Status};
-
-// ---------------------------------------------------------------------------
-// An OTLP/gRPC server inside the test.
-
-#[derive(Debug, Default)]
-struct Received {
-    spans: Vec<Span>,
-    /// The resource attributes each span of `spans` arrived under.
-    span_resources: Vec<Vec<KeyValue>>,
-    /// The instrumentation scope of each span.
-    span_scopes: Vec<String>,
-    metrics: Vec<Metric>,
-    /// The resource attributes each metric of `metrics` arrived under.
-    metric_resources: Vec<Vec<KeyValue>>,
-    /// Values of the `x-varta-tenant` header, per request.
-    tenants: Vec<String>,
-    /// Whether any request carried an `authorization` header (it must reach
-    /// the backend; the test never prints it).
-    authorized: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Sink(Arc<Mutex<Received>>);
-
-impl Sink {
-    fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
-        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn note_headers(&self, md: &tonic::metadata::MetadataMap) {
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = md.get("x-varta-tenant").and_then(|v| v.to_str().ok()) {
-            r.tenants.push(t.to_owned());
-        }
-        r.authorized |= md.get("authorization").is_some();
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.note_headers(request.metadata());
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for rs in request.into_inner().resource_spans {
-            let resource = rs.resource.unwrap_or_default();
-            assert!(
-                resource.attributes.iter().any(|kv| kv.key == "service.name"),
-                "every resource names its service"
-            );
-            for ss in rs.scope_spans {
-                let scope = ss.scope.map(|s| s.name).unwrap_or_default();
-                for span in ss.spans {
-                    r.spans.push(span);
-                    r.span_resources.push(resource.attributes.clone());
-                    r.span_scopes.push(scope.clone());
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.note_headers(request.metadata());
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for rm in request.into_inner().resource_metrics {
-            let resource = rm.resource.unwrap_or_default();
-            for m in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
-                r.metrics.push(m);
-                r.metric_resources.push(resource.attributes.clone());
-            }
-        }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-/// A running in-test OTLP server on a fixed loopback port.
-struct OtlpServer {
-    runtime: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl OtlpServer {
-    fn start(port: u16, sink: &Sink) -> OtlpServer {
-        Self::start_with_tls(port, sink, None)
-    }
-
-    fn start_with_tls(port: u16, sink: &Sink, tls: Option<tonic::transport::ServerTlsConfig>) -> OtlpServer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("test runtime");
-        let listener = wait_for("the OTLP port to be free", || {
-            runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).ok()
-        });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let traces = TraceServiceServer::new(sink.clone())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 << 20);
-        let metrics = MetricsServiceServer::new(sink.clone())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 << 20);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).expect("server TLS config");
-        }
-        let task = runtime.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = builder
-                .add_service(traces)
-                .add_service(metrics)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        OtlpServer { runtime, stop: Some(stop), task: Some(task) }
-    }
-
-    /// Kills the server: stops listening and drops every connection.
-    fn kill(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
 
 // ---------------------------------------------------------------------------
 // Reading spans and metrics.
@@ -332,11 +178,6 @@ fn uds_agent(c: &Collector) -> Child {
         .expect("spawn varta beat")
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a child we spawned, with a valid signal number.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-}
-
 /// Sends one beat for each pid in `pids` over plain UDP (simulated agents).
 fn udp_beats(port: u16, pids: impl IntoIterator<Item = u32>, nonce: u64) {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -352,14 +193,6 @@ fn udp_beats(port: u16, pids: impl IntoIterator<Item = u32>, nonce: u64) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-}
-
-/// Tests that load the machine (thousands of agents, floods) take turns,
-/// so that on a small CI machine they do not starve each other.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn counter(c: &Collector, name: &str, label: &str) -> u64 {

@@ -5,7 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Child;
 
-use varta_integration::{Collector, collector_cmd, free_udp_port, read_events, varta, wait_for};
+use varta_integration::{
+    Collector, collector_cmd, free_udp_port, read_events, reap, send_signal, varta, wait_for,
+};
 
 fn config(dir: &Path, port: u16, keys: &[&str], threshold: &str) -> String {
     let d = dir.display();
@@ -65,11 +67,6 @@ fn beats_of(c: &Collector, pid: u32) -> usize {
     read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "beat" && e.pid == pid.to_string()).count()
 }
 
-fn kill(mut a: Child) {
-    let _ = a.kill();
-    let _ = a.wait();
-}
-
 #[test]
 fn a_key_rotates_while_agents_beat() {
     let port = free_udp_port();
@@ -96,7 +93,7 @@ fn a_key_rotates_while_agents_beat() {
         0,
         "no beat with a configured key refused"
     );
-    kill(old_agent);
+    reap(old_agent);
 
     // The old key is removed: frames sealed with it are refused from now on.
     reload(&c, &config(&dir, port, &["new.key"], "500ms"));
@@ -107,8 +104,8 @@ fn a_key_rotates_while_agents_beat() {
     });
     assert_eq!(beats_of(&c, late.id()), 0);
     assert!(never_stalled(&c, new_agent.id()), "the agent on the new key never stalled");
-    kill(late);
-    kill(new_agent);
+    reap(late);
+    reap(new_agent);
 
     // Rotation by rewriting the same file (the config does not change): the
     // reload re-reads it, and the key it now holds is in effect.
@@ -119,7 +116,7 @@ fn a_key_rotates_while_agents_beat() {
     wait_for("beats sealed with the rewritten file's key", || {
         (beats_of(&c, rewritten.id()) >= 2).then_some(())
     });
-    kill(rewritten);
+    reap(rewritten);
 }
 
 fn never_stalled(c: &Collector, pid: u32) -> bool {
@@ -183,8 +180,7 @@ fn components_change_live_and_what_did_not_change_keeps_running() {
     let mut agent = uds_agent(&c, &["--every", "50ms"]);
     let pid = agent.id();
     wait_for("beats", || (beats_of(&c, pid) >= 2).then_some(()));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    send_signal(pid, libc::SIGSTOP);
     wait_for("its stall", || (c.counter("pipelines::liveness", "stalls", "") == 1).then_some(()));
 
     // A broken configuration changes nothing.
@@ -206,7 +202,7 @@ fn components_change_live_and_what_did_not_change_keeps_running() {
     });
     // The tracker kept the open incident: the agent resumes from the same
     // stall (no second one), and the new exporter sees the resume.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    send_signal(pid, libc::SIGCONT);
     wait_for("the resume of the same incident", || {
         (c.counter("pipelines::liveness", "resumes", "") == 1).then_some(())
     });
@@ -388,7 +384,7 @@ service:
         assert!(never_stalled(&c, a.id()), "live agent {} reported stalled", a.id());
     }
     for a in agents {
-        kill(a);
+        reap(a);
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::process::{Child, Command, Stdio};
 
-use varta_integration::{Collector, binary, collector_cmd, free_udp_port, read_events, wait_for};
+use varta_integration::{
+    Collector, binary, collector_cmd, free_udp_port, read_events, reap, send_signal, wait_for,
+};
 use varta_proto::Status;
 
 fn config(exec: &str, extra: &str, udp_port: u16) -> String {
@@ -63,11 +65,6 @@ fn verify(files: &[&std::path::Path]) -> std::process::Output {
     args.extend(files.iter().map(|f| f.display().to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     collector_cmd(&refs)
-}
-
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A `sleep` stall-agent whose `OTEL_SERVICE_NAME` is `service`.
@@ -136,7 +133,7 @@ fn hostile_service_names_are_refused_and_a_well_named_agent_is_recovered_once() 
     let spawn = records(&text).into_iter().find(|r| r[2] == "spawn").expect("a spawn record");
     assert_eq!((spawn[4].as_str(), spawn[8].as_str()), (good_pid.to_string().as_str(), "/bin/sh"));
     for agent in agents {
-        kill(agent);
+        reap(agent);
     }
 }
 
@@ -174,7 +171,7 @@ fn a_command_group_that_ignores_sigterm_is_gone_after_timeout_and_kill_grace() {
         wait_for("the timeout", || recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "timed_out"));
     assert!(done.1.contains("exit=signal=9"), "SIGTERM was ignored, SIGKILL ended it: {done:?}");
     assert!(!alive(bg), "the background sleep {bg} outlived its command's timeout");
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -196,7 +193,7 @@ fn shutdown_with_default_settings_kills_the_command_group_and_records_it() {
     assert_eq!(complete[4], pid.to_string(), "{text}");
     assert_eq!(complete[9], "timed_out", "{text}");
     assert_eq!(verify(&[&audit_path]).status.code(), Some(0));
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -240,7 +237,7 @@ fn a_stalled_local_agent_is_recovered_once_with_its_pid() {
     assert_eq!(c.counter("pipelines::liveness", "recovery_outcomes", "succeeded"), 1);
     let text = audit(&c);
     assert!(text.contains("\tspawn\t") && text.contains("\tcomplete\t"), "{text}");
-    kill(agent);
+    reap(agent);
     let (status, _) = c.stop();
     assert!(status.success());
 }
@@ -268,8 +265,7 @@ fn unauthenticated_and_stopped_agents_are_refused_and_audited() {
             .then_some(())
             .or_else(|| (c.counter("pipelines::liveness", "agents_tracked", "") >= 2).then_some(()))
     });
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    send_signal(pid, libc::SIGSTOP);
     let refused = wait_for("the stopped agent's refusal", || {
         recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused")
     });
@@ -279,8 +275,8 @@ fn unauthenticated_and_stopped_agents_are_refused_and_audited() {
     assert_eq!(c.counter("pipelines::liveness", "recovery_refused", "stopped"), 1);
     let text = audit(&c);
     assert!(text.contains("refused:unauthenticated") && text.contains("refused:stopped"), "{text}");
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-    kill(agent);
+    send_signal(pid, libc::SIGCONT);
+    reap(agent);
 }
 
 #[test]
@@ -296,7 +292,7 @@ fn a_hanging_command_is_killed_at_its_timeout() {
         wait_for("the timeout", || recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "timed_out"));
     assert!(done.1.contains("exit=signal=15"), "SIGTERM first: {done:?}");
     assert_eq!(c.counter("pipelines::liveness", "recovery_outcomes", "timed_out"), 1);
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -352,7 +348,7 @@ fn the_audit_log_survives_kill_9_and_detects_edits() {
     let agent = stall_agent(&c, "sleep");
     let pid = agent.id();
     wait_for("a finished recovery", || recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "succeeded"));
-    kill(agent);
+    reap(agent);
     // kill -9 the collector, then tear the last record as a crash mid-write would.
     c.signal(libc::SIGKILL);
     drop(c); // reaps it
@@ -407,7 +403,7 @@ fn an_excluded_cause_is_refused_even_when_its_diagnosis_takes_longer_than_two_se
     });
     assert!(refused.0 == "refused" && refused.1.contains("reason=cause"), "{refused:?}");
     assert!(!c.path("runs").exists(), "nothing was run");
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -422,7 +418,7 @@ fn a_stall_without_a_cause_is_refused_when_on_causes_is_given() {
     });
     assert!(refused.0 == "refused" && refused.1.contains("reason=cause_unknown"), "{refused:?}");
     assert!(!c.path("runs").exists(), "nothing was run");
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -437,15 +433,14 @@ fn a_stopped_agent_whose_diagnosis_never_comes_is_still_not_recovered() {
     wait_for("the agent's first beat", || {
         (c.counter("pipelines::liveness", "agents_tracked", "") >= 1).then_some(())
     });
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    send_signal(pid, libc::SIGSTOP);
     let refused = wait_for("the decision", || {
         recovery_lines(&c, pid).into_iter().find(|(o, _)| o == "refused" || o == "started")
     });
     assert!(refused.0 == "refused" && refused.1.contains("reason=stopped"), "{refused:?}");
     assert!(!c.path("runs").exists(), "nothing was run");
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-    kill(agent);
+    send_signal(pid, libc::SIGCONT);
+    reap(agent);
 }
 
 #[test]
@@ -471,7 +466,7 @@ fn a_reload_during_a_running_recovery_leaves_one_verifiable_chain() {
     assert_eq!(complete[4], pid.to_string(), "{text}");
     let out = verify(&[&c.path("audit.tsv")]);
     assert_eq!(out.status.code(), Some(0), "one writer, one chain: {out:?}\n{text}");
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -488,7 +483,7 @@ fn audit_verify_refuses_a_fifo_and_catches_bad_bytes_a_cut_newest_file_and_a_for
     wait_for("a finished recovery", || {
         recovery_lines(&c, agent.id()).into_iter().find(|(o, _)| o == "succeeded")
     });
-    kill(agent);
+    reap(agent);
     let (status, _) = c.stop();
     assert!(status.success());
     let older = keep.path().join("audit.tsv.1");
@@ -572,7 +567,7 @@ fn output_written_right_before_exit_is_captured_and_logged_escaped() {
     });
     // One log line; the newline inside the output is escaped (JSON then escapes the backslash).
     assert!(line.contains(r"line one\\nline two"), "{line}");
-    kill(agent);
+    reap(agent);
 }
 
 #[test]
@@ -660,7 +655,7 @@ fn an_agent_chosen_target_without_an_allow_list_fails_validate_and_never_runs() 
     let log = c.log();
     assert_eq!(log.matches("with no `allowed_values.service` list").count(), 1, "logged once:\n{log}");
     for a in agents {
-        kill(a);
+        reap(a);
     }
 }
 
@@ -684,8 +679,8 @@ fn an_allow_list_recovers_good_svc_and_refuses_systemd_reboot_audited() {
     // The chain verifies with the refusal and its value in it.
     let out = verify(&[&c.path("audit.tsv")]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    kill(good);
-    kill(evil);
+    reap(good);
+    reap(evil);
     let (status, _) = c.stop();
     assert!(status.success());
 }
@@ -752,7 +747,7 @@ fn an_agent_in_a_system_service_is_recovered_as_its_unit_whatever_it_calls_itsel
     refused_for(&c, stray.id(), "no_target");
     let _ = agent.kill();
     let _ = agent.wait();
-    kill(stray);
+    reap(stray);
 }
 
 #[test]

@@ -6,13 +6,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use varta_integration::{Collector, binary, free_udp_port, read_events, wait_for};
+use varta_integration::{Collector, binary, free_udp_port, heavy, read_events, wait_for};
 
 const FLOOD: Duration = Duration::from_secs(10);
 const BULK_PER_SECOND: usize = 100;
 
 #[test]
 fn a_flood_is_summarised_and_no_stall_is_lost() {
+    let _turn = heavy(); // 10 s of datagrams as fast as one thread sends them
     let udp_port = free_udp_port();
     // The event file outlives the collector (its last summaries are written at stop).
     let keep = tempfile::tempdir().expect("tempdir");

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use varta_integration::http::{self, get, sample};
 use varta_integration::{
-    Collector, PATIENCE, free_tcp_port, free_udp_port, peers, read_events, varta, wait_for, write_secret,
+    Collector, PATIENCE, free_tcp_port, free_udp_port, heavy, peers, read_events, reap, signal, varta,
+    wait_for, write_secret,
 };
 use varta_pipeline::clock::monotonic_ns;
 use varta_proto::Status;
@@ -219,16 +220,10 @@ fn agents(c: &Collector, udp_port: u16) -> (Child, u32) {
 fn freeze_until_stalled(c: &Collector, agent: &Child) {
     let pid = agent.id().to_string();
     wait_for("first beat", || read_events(&c.path("events.tsv")).iter().any(|e| e.pid == pid).then_some(()));
-    // SAFETY: kill(2) on our own child process.
-    unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGSTOP) };
+    signal(agent, libc::SIGSTOP);
     wait_for("stall", || {
         read_events(&c.path("events.tsv")).iter().any(|e| e.kind == "stall" && e.pid == pid).then_some(())
     });
-}
-
-fn reap(mut agent: Child) {
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 #[test]
@@ -376,6 +371,7 @@ fn a_real_prometheus_scrapes_with_its_token_and_sees_the_stall() {
 
 #[test]
 fn a_flood_of_connections_never_costs_a_beat() {
+    let _turn = heavy(); // thousands of connections, 2,000 of them held open
     let port = free_tcp_port();
     let c = start(
         port,

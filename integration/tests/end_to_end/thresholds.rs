@@ -3,27 +3,16 @@
 //! own beat, and rule changes applied by reload to the tracked agents.
 
 use std::net::UdpSocket;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use varta_integration::http::get;
 use varta_integration::{
-    Collector, collector_cmd, free_tcp_port, free_udp_port, read_events, service_agent, wait_for,
-    write_secret,
+    Collector, collector_cmd, free_tcp_port, free_udp_port, read_events, reap, service_agent, signal,
+    wait_for, write_secret,
 };
 use varta_proto::{Frame, Status};
 
 const TOKEN: &str = "8899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677";
-
-fn signal(agent: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child process with a valid signal.
-    unsafe { libc::kill(agent.id() as libc::pid_t, sig) };
-}
-
-fn reap(mut agent: Child) {
-    let _ = agent.kill();
-    let _ = agent.wait();
-}
 
 fn lines_of<'a>(c: &Collector, kind: &'a str, pid: &'a str) -> Vec<varta_integration::EventLine> {
     read_events(&c.path("events.tsv")).into_iter().filter(|e| e.kind == kind && e.pid == pid).collect()

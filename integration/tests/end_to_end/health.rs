@@ -2,7 +2,7 @@
 //! watchdog both notice a wedged pipeline from outside.
 
 use varta_integration::http::{self, get};
-use varta_integration::{Collector, free_tcp_port, varta, wait_for};
+use varta_integration::{Collector, free_tcp_port, heavy, varta, wait_for};
 
 fn config(port: u16) -> String {
     format!(
@@ -206,6 +206,7 @@ fn endpoints_keeping_idle_connections() -> (Collector, u16, u16, String, String)
 /// refused at once and counted (`connections_refused{reason="per_source"}`).
 #[test]
 fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
+    let _turn = heavy(); // 400 sockets of this process held open
     let (c, health, metrics, health_url, metrics_url) = endpoints_keeping_idle_connections();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let flood = |port: u16| -> Vec<tokio::net::TcpStream> {
@@ -253,6 +254,7 @@ fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
 /// 127.0.0.1 is answered.
 #[test]
 fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
+    let _turn = heavy(); // 768 sockets of this process held open
     let (c, health, metrics, health_url, metrics_url) = endpoints_keeping_idle_connections();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let flood = |port: u16, address: &dyn Fn(u8) -> std::net::Ipv4Addr| -> Vec<tokio::net::TcpStream> {

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 
 use varta_integration::http::{get, sample};
-use varta_integration::{Collector, binary, free_tcp_port, read_events, varta, wait_for};
+use varta_integration::{Collector, binary, free_tcp_port, read_events, reap, send_signal, varta, wait_for};
 
 fn config(port: u16) -> String {
     format!(
@@ -37,11 +37,6 @@ fn stall_agent(c: &Collector, mode: &str) -> Child {
         .expect("stall-agent")
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
 /// The `diagnosis` line for `pid`: (cause, details).
 fn diagnosis(c: &Collector, pid: u32) -> (String, String) {
     let pid = pid.to_string();
@@ -58,11 +53,6 @@ fn beat_seen(c: &Collector, pid: u32) {
     wait_for("first beat", || read_events(&c.path("events.tsv")).iter().any(|e| e.pid == pid).then_some(()));
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 #[test]
 fn every_way_of_stalling_is_diagnosed_for_what_it_is() {
     let c = Collector::start(&config(free_tcp_port()));
@@ -74,7 +64,7 @@ fn every_way_of_stalling_is_diagnosed_for_what_it_is() {
     for a in [&spin, &lock, &io, &stopped, &killed] {
         beat_seen(&c, a.id());
     }
-    signal(stopped.id(), libc::SIGSTOP);
+    send_signal(stopped.id(), libc::SIGSTOP);
     let killed_pid = killed.id();
     let _ = killed.kill();
     let _ = killed.wait(); // reaped: gone, not a zombie
@@ -101,9 +91,9 @@ fn every_way_of_stalling_is_diagnosed_for_what_it_is() {
     assert_eq!(c.counter("pipelines::liveness", "stall_causes", "spinning"), 1);
     assert_eq!(c.counter("pipelines::liveness", "stall_causes", "exited"), 1);
     assert_eq!(c.counter("processors::resolver", "undiagnosed", "budget"), 0);
-    signal(stopped.id(), libc::SIGCONT);
+    send_signal(stopped.id(), libc::SIGCONT);
     for a in [spin, lock, io, stopped] {
-        kill(a);
+        reap(a);
     }
 }
 
@@ -125,7 +115,7 @@ fn agents_carry_program_service_and_container() {
     // The debug exporter logs the same, on the agent's events.
     let pid = agent.id();
     beat_seen(&c, pid);
-    signal(pid, libc::SIGSTOP);
+    send_signal(pid, libc::SIGSTOP);
     let line = wait_for("the stall logged with attributes", || {
         c.log()
             .lines()
@@ -133,8 +123,8 @@ fn agents_carry_program_service_and_container() {
             .map(str::to_owned)
     });
     assert!(line.contains("\"program\":\"varta\"") && line.contains("\"service\":\"checkout\""), "{line}");
-    signal(pid, libc::SIGCONT);
-    kill(agent);
+    send_signal(pid, libc::SIGCONT);
+    reap(agent);
 }
 
 /// A cgroup named like a container runtime's, made for the test (cgroup v1
@@ -183,7 +173,7 @@ fn a_containerised_agent_gets_its_container_id() {
     let agent = Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("agent");
     let pid = agent.id();
     beat_seen(&c, pid);
-    signal(pid, libc::SIGSTOP);
+    send_signal(pid, libc::SIGSTOP);
     let line = wait_for("the stall logged with its container", || {
         c.log()
             .lines()
@@ -191,7 +181,7 @@ fn a_containerised_agent_gets_its_container_id() {
             .map(str::to_owned)
     });
     assert!(line.contains(&format!("\"container\":\"{CONTAINER_ID}\"")), "{line}");
-    signal(pid, libc::SIGCONT);
-    kill(agent);
+    send_signal(pid, libc::SIGCONT);
+    reap(agent);
     drop(container);
 }

@@ -7,7 +7,7 @@ use std::process::Child;
 
 use varta_integration::{
     Collector, EventLine, collector_cmd, final_counter, free_tcp_port, free_udp_port, pipeline_config,
-    read_events, varta, wait_for,
+    read_events, signal, varta, wait_for,
 };
 use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
 
@@ -60,11 +60,6 @@ fn beating_agent(socket: &std::path::Path, every: &str) -> Child {
         .expect("spawn agent")
 }
 
-fn kill(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a child we spawned.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-}
-
 #[test]
 fn uds_agent_beats_stalls_when_frozen_and_resumes() {
     let c = Collector::start(&uds_config(""));
@@ -72,7 +67,7 @@ fn uds_agent_beats_stalls_when_frozen_and_resumes() {
     let pid = agent.id();
     wait_events(&c, "beat", pid, 3);
 
-    kill(&agent, libc::SIGSTOP); // a wedged process: alive, silent
+    signal(&agent, libc::SIGSTOP); // a wedged process: alive, silent
     let stall = wait_events(&c, "stall", pid, 1).remove(0);
     let last_beat = events_of(&c, "beat", pid).into_iter().map(|e| e.ns).max().expect("beats");
     assert!(
@@ -82,7 +77,7 @@ fn uds_agent_beats_stalls_when_frozen_and_resumes() {
     );
     assert_eq!(stall.status, "stall");
 
-    kill(&agent, libc::SIGCONT);
+    signal(&agent, libc::SIGCONT);
     let resume = wait_events(&c, "resume", pid, 1).remove(0);
     let silence: u64 = resume.payload.parse().expect("silence ns");
     assert!(silence >= THRESHOLD_MS * 1_000_000, "silence {silence}");
@@ -397,7 +392,7 @@ fn agents_killed_with_frames_in_flight_do_not_disturb_the_collector() {
         wait_events(&c, "beat", a.id(), 1);
     }
     for a in &agents {
-        kill(a, libc::SIGKILL);
+        signal(a, libc::SIGKILL);
     }
     for a in &mut agents {
         let _ = a.wait();
@@ -752,7 +747,7 @@ fn twenty_live_agents_survive_a_pause_of_the_collector_and_a_frozen_one_is_repor
     for a in live.iter().chain([&frozen]) {
         wait_events(&c, "beat", a.id(), 2);
     }
-    kill(&frozen, libc::SIGSTOP);
+    signal(&frozen, libc::SIGSTOP);
     std::thread::sleep(std::time::Duration::from_millis(300));
     c.signal(libc::SIGSTOP);
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -768,7 +763,7 @@ fn twenty_live_agents_survive_a_pause_of_the_collector_and_a_frozen_one_is_repor
     assert!(c.counter("pipelines::liveness", "blind_windows", "stopped") >= 1);
     let window = read_events(&c.path("events.tsv")).into_iter().find(|e| e.kind == "blind_window");
     assert!(window.is_some_and(|w| w.payload.starts_with("cause=stopped")), "a blind_window line");
-    kill(&frozen, libc::SIGCONT);
+    signal(&frozen, libc::SIGCONT);
     for a in live.iter_mut().chain([&mut frozen]) {
         let _ = a.kill();
         let _ = a.wait();
@@ -802,7 +797,7 @@ fn the_open_file_limit_is_raised_and_connection_caps_fit_it() {
     let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[3..5], ["4096", "4096"], "{line}");
-    kill(&child, libc::SIGTERM);
+    signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().expect("exit");
     assert!(out.status.success());
     let logs = String::from_utf8_lossy(&out.stderr);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use varta_integration::{Collector, free_tcp_port, http, peers, span_blocks, wait_for};
+use varta_integration::{Collector, free_tcp_port, http, peers, reap, signal, span_blocks, wait_for};
 
 /// A third-party program running with its output in a log file, killed on drop.
 struct Peer {
@@ -299,11 +299,6 @@ service:
     (c, agent)
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a child we spawned, with a valid signal number.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-}
-
 fn liveness(c: &Collector, name: &str) -> u64 {
     c.counter("pipelines::liveness", name, "")
 }
@@ -317,11 +312,6 @@ fn stall(c: &Collector, agent: &Child, n: u64) {
     wait_for("its diagnosis", || (c.counter("processors::resolver", "diagnoses", "") >= n).then_some(()));
     signal(agent, libc::SIGCONT);
     wait_for("the agent to resume", || (liveness(c, "resumes") >= n).then_some(()));
-}
-
-fn reap(mut agent: Child) {
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! ordinary agent afterwards still gets its attributes (its service name in
 //! its stall), with the string table small and nothing refused.
 
-use varta_integration::{Collector, varta, wait_for};
+use varta_integration::{Collector, heavy, send_signal, varta, wait_for};
 
 const CONFIG: &str = r#"receivers:
   vlp/uds: { transport: uds, path: "@DIR@/varta.sock" }
@@ -20,6 +20,7 @@ service:
 
 #[test]
 fn huge_agent_values_are_cut_and_churn_does_not_fill_the_string_table() {
+    let _turn = heavy(); // 700 short-lived agent processes
     let c = Collector::start(CONFIG);
     let sock = c.path("varta.sock");
     let sock = sock.to_str().expect("utf8");
@@ -60,8 +61,7 @@ fn huge_agent_values_are_cut_and_churn_does_not_fill_the_string_table() {
         .expect("spawn agent");
     let pid = agent.id();
     wait_for("the agent resolved", || (count("agents_resolved") > resolved).then_some(()));
-    // SAFETY: kill(2) on our own child with a valid signal.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    send_signal(pid, libc::SIGSTOP);
     let line = wait_for("the stall line with its service", || {
         c.log()
             .lines()
@@ -69,8 +69,7 @@ fn huge_agent_values_are_cut_and_churn_does_not_fill_the_string_table() {
             .map(str::to_owned)
     });
     assert!(line.contains("\"service\":\"checkout\""), "{line}");
-    // SAFETY: as above.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    send_signal(pid, libc::SIGCONT);
     let _ = agent.kill();
     let _ = agent.wait();
     let (status, log) = c.stop();
