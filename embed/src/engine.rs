@@ -282,6 +282,11 @@ impl Engine {
             receivers.push(Receiver::bind(id, cfg.clone(), cfg, vec![b.name.clone()])?);
         }
         let capacity = b.tracker.capacity;
+        // As the collector does: plain UDP beside attested receivers gets
+        // its share of the tracker, the rate and the queue.
+        let plain = |c: &VlpReceiverConfig| c.transport == varta_receiver::TransportKind::Udp;
+        b.tracker.shared_with_attested =
+            b.receivers.iter().any(|(_, c)| plain(c)) && b.receivers.iter().any(|(_, c)| !plain(c));
         let plan = PipelinePlan {
             name: b.name.clone(),
             ratelimit: b.ratelimit,
@@ -333,9 +338,9 @@ impl Engine {
             view,
             _instruments: None,
         };
-        let sender = engine.pipeline.as_ref().map(Pipeline::sender);
         for mut receiver in receivers {
-            if let Err(e) = receiver.resume(sender.iter().cloned().collect()) {
+            let sender = engine.pipeline.as_ref().map(|p| p.sender(receiver.attested()));
+            if let Err(e) = receiver.resume(sender.into_iter().collect()) {
                 engine.receivers.push(receiver);
                 engine.shutdown(ABANDON_WITHIN);
                 return Err(EmbedError::Thread(e));

@@ -10,6 +10,10 @@
 //!   [`BatchReceiver::recycle`] and receivers take it back with
 //!   [`BatchSender::empty_batch`]. A new box is allocated only while the
 //!   pool is still filling (at most `capacity` + [`SPARE_BATCHES`] exist).
+//! * **Budgets.** A sender may be given a budget
+//!   ([`BatchSender::with_budget`]): it queues only while fewer batches
+//!   than that wait, so an untrusted receiver sharing the queue can never
+//!   fill it for the others.
 //! * **Ordered shutdown.** When every [`BatchSender`] is dropped, the
 //!   receiver side drains what is queued and then reports disconnection.
 
@@ -29,7 +33,7 @@ pub fn batch_queue(capacity: usize) -> (BatchSender, BatchReceiver) {
     let capacity = capacity.max(1);
     let (tx, rx) = bounded(capacity);
     let (free_tx, free_rx) = bounded(capacity + SPARE_BATCHES);
-    (BatchSender { tx, free: free_rx }, BatchReceiver { rx, free: free_tx })
+    (BatchSender { tx, free: free_rx, budget: None }, BatchReceiver { rx, free: free_tx })
 }
 
 /// The receivers' end; clone one per receiver.
@@ -37,6 +41,8 @@ pub fn batch_queue(capacity: usize) -> (BatchSender, BatchReceiver) {
 pub struct BatchSender {
     tx: Sender<Box<Batch>>,
     free: Receiver<Box<Batch>>,
+    /// Queues only while fewer batches than this wait (see [`BatchSender::with_budget`]).
+    budget: Option<usize>,
 }
 
 impl BatchSender {
@@ -51,9 +57,20 @@ impl BatchSender {
         }
     }
 
-    /// Queues `batch` without blocking; gives it back when full or closed.
+    /// Queues `batch` without blocking; gives it back when full or closed
+    /// (full also when this sender's budget is used up).
     pub fn try_send(&self, batch: Box<Batch>) -> Result<(), TrySendError<Box<Batch>>> {
+        if self.budget.is_some_and(|budget| self.tx.len() >= budget) {
+            return Err(TrySendError::Full(batch));
+        }
         self.tx.try_send(batch)
+    }
+
+    /// A sender of the same queue that queues only while fewer than
+    /// `batches` (at least 1) wait, whoever sent them: the rest of the
+    /// queue stays for the other senders.
+    pub fn with_budget(&self, batches: usize) -> BatchSender {
+        BatchSender { budget: Some(batches.max(1)), ..self.clone() }
     }
 }
 
@@ -155,6 +172,22 @@ mod tests {
         let again = tx.empty_batch();
         assert_eq!(&*again as *const Batch, first, "the handled box comes back");
         assert!(again.is_empty(), "recycled batches are cleared");
+    }
+
+    #[test]
+    fn a_budgeted_sender_leaves_the_rest_of_the_queue_to_the_others() {
+        let (tx, rx) = batch_queue(4);
+        let untrusted = tx.with_budget(2);
+        assert!(untrusted.try_send(untrusted.empty_batch()).is_ok());
+        assert!(untrusted.try_send(untrusted.empty_batch()).is_ok());
+        assert!(matches!(untrusted.try_send(untrusted.empty_batch()), Err(TrySendError::Full(_))), "its 2");
+        assert!(tx.try_send(tx.empty_batch()).is_ok());
+        assert!(tx.try_send(tx.empty_batch()).is_ok(), "the others still have theirs");
+        assert!(matches!(tx.try_send(tx.empty_batch()), Err(TrySendError::Full(_))), "capacity 4");
+        drop(rx.recv().expect("one"));
+        drop(rx.recv().expect("two"));
+        drop(rx.recv().expect("three"));
+        assert!(untrusted.try_send(untrusted.empty_batch()).is_ok(), "room under its budget again");
     }
 
     #[test]

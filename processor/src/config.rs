@@ -330,6 +330,12 @@ impl TrackerConfig {
         u64::try_from(self.snapshot_interval.as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Plain UDP's share of the pipeline's budgets (tracker capacity, rate,
+    /// queue) when it shares the pipeline with attested receivers.
+    pub fn unauthenticated_share_if_shared(&self) -> Option<f64> {
+        self.shared_with_attested.then_some(self.unauthenticated_share)
+    }
+
     /// How many plain-UDP agents may be tracked at once.
     pub fn unauthenticated_limit(&self) -> usize {
         if self.shared_with_attested {

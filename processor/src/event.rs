@@ -69,15 +69,20 @@ impl BlindCause {
 pub enum RateLimitReason {
     PerAgent,
     Global,
+    /// Plain-UDP beats past their share of the global rate, in a pipeline
+    /// that also has attested receivers.
+    UnauthenticatedShare,
 }
 
 impl RateLimitReason {
-    pub const ALL: [RateLimitReason; 2] = [RateLimitReason::PerAgent, RateLimitReason::Global];
+    pub const ALL: [RateLimitReason; 3] =
+        [RateLimitReason::PerAgent, RateLimitReason::Global, RateLimitReason::UnauthenticatedShare];
 
     pub const fn label(self) -> &'static str {
         match self {
             RateLimitReason::PerAgent => "per_agent",
             RateLimitReason::Global => "global",
+            RateLimitReason::UnauthenticatedShare => "unauthenticated_share",
         }
     }
 }

@@ -159,8 +159,10 @@ impl Processor {
         tracker.validate()?;
         let thresholds = tracker.thresholds();
         let stats = Arc::new(ProcessorStats::new());
+        let mut limiter = RateLimiter::new(ratelimit.as_ref());
+        limiter.set_unauthenticated_share(tracker.unauthenticated_share_if_shared());
         Ok(Processor {
-            limiter: RateLimiter::new(ratelimit.as_ref()),
+            limiter,
             tracker: Tracker::new(tracker.capacity, thresholds.class_ns()),
             probe,
             clock: tracker.clock,
@@ -194,6 +196,7 @@ impl Processor {
         self.thresholds = tracker.thresholds();
         self.blind_after_ns = blind_after(&self.thresholds);
         self.unauthenticated_limit = tracker.unauthenticated_limit();
+        self.limiter.set_unauthenticated_share(tracker.unauthenticated_share_if_shared());
         self.eviction_after = u64::from(tracker.eviction_after);
         let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
         let mut waiting = Vec::new();
@@ -619,8 +622,8 @@ impl Processor {
         if !self.limiter.admits_agent(Some(slot.last_admitted_ns), now) {
             return self.rate_limited(RateLimitReason::PerAgent, agent, now, out);
         }
-        if !self.limiter.take_global(now) {
-            return self.rate_limited(RateLimitReason::Global, agent, now, out);
+        if let Err(reason) = self.limiter.take(now, beat.transport == Transport::Udp) {
+            return self.rate_limited(reason, agent, now, out);
         }
         let slot = self.tracker.slot_mut(idx);
         slot.last_admitted_ns = now;
@@ -672,8 +675,8 @@ impl Processor {
             host_pid: beat.host_pid,
             transport: beat.transport,
         };
-        if !self.limiter.take_global(now) {
-            return self.rate_limited(RateLimitReason::Global, unpinned, now, out);
+        if let Err(reason) = self.limiter.take(now, beat.transport == Transport::Udp) {
+            return self.rate_limited(reason, unpinned, now, out);
         }
         if beat.transport == Transport::Udp && self.unauthenticated >= self.unauthenticated_limit {
             // Their share is taken: a flood of fake pids never keeps an

@@ -10,6 +10,12 @@
 //!   `global_rate` tokens/s (exact integer arithmetic in nano-tokens), full
 //!   at start. Each admitted beat takes one token.
 //!
+//! * Shared with attested receivers: plain-UDP beats (whose pids nobody
+//!   proves) take their token from a second bucket too, of
+//!   `unauthenticated_share` of the global rate and burst, so a flood of
+//!   them can spend at most that share of the global budget: attested
+//!   agents keep the rest (`rate_limited{reason="unauthenticated_share"}`).
+//!
 //! Zero disables either limit.
 
 use crate::config::RateLimitConfig;
@@ -21,18 +27,34 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub struct RateLimiter {
     min_interval_ns: u64,
     bucket: Option<TokenBucket>,
+    /// Plain UDP's share of `bucket`, when it shares the pipeline with
+    /// attested receivers.
+    unauthenticated: Option<TokenBucket>,
+    global: Option<(u64, u64)>,
 }
 
 impl RateLimiter {
     /// A limiter for a validated config; `None` admits everything.
     pub fn new(config: Option<&RateLimitConfig>) -> RateLimiter {
         let Some(config) = config else {
-            return RateLimiter { min_interval_ns: 0, bucket: None };
+            return RateLimiter { min_interval_ns: 0, bucket: None, unauthenticated: None, global: None };
         };
         let min_interval_ns = u64::try_from(config.per_agent_min_interval.as_nanos()).unwrap_or(u64::MAX);
-        let bucket =
-            (config.global_rate > 0).then(|| TokenBucket::new(config.global_rate, config.global_burst));
-        RateLimiter { min_interval_ns, bucket }
+        let global = (config.global_rate > 0).then_some((config.global_rate, config.global_burst));
+        let bucket = global.map(|(rate, burst)| TokenBucket::new(rate, burst));
+        RateLimiter { min_interval_ns, bucket, unauthenticated: None, global }
+    }
+
+    /// Gives plain-UDP beats `share` of the global bucket (`None`: they
+    /// share it freely, as when the pipeline has no attested receiver).
+    pub fn set_unauthenticated_share(&mut self, share: Option<f64>) {
+        self.unauthenticated = match (share, self.global) {
+            (Some(share), Some((rate, burst))) if share < 1.0 => {
+                let part = |n: u64| ((n as f64 * share) as u64).max(1);
+                Some(TokenBucket::new(part(rate), part(burst)))
+            }
+            _ => None,
+        };
     }
 
     /// Whether an agent whose previous admitted beat was at `last_admitted_ns`
@@ -53,6 +75,28 @@ impl RateLimiter {
             None => true,
         }
     }
+
+    /// Takes a token for a beat at `now_ns`: from plain UDP's share first
+    /// when `unauthenticated`, then from the global bucket. The reason
+    /// when refused.
+    #[inline]
+    pub fn take(&mut self, now_ns: u64, unauthenticated: bool) -> Result<(), crate::RateLimitReason> {
+        if unauthenticated && let Some(share) = &mut self.unauthenticated {
+            if !share.peek(now_ns) {
+                return Err(crate::RateLimitReason::UnauthenticatedShare);
+            }
+            let global = match &mut self.bucket {
+                Some(bucket) => bucket.take(now_ns),
+                None => true,
+            };
+            if !global {
+                return Err(crate::RateLimitReason::Global);
+            }
+            share.take(now_ns);
+            return Ok(());
+        }
+        if self.take_global(now_ns) { Ok(()) } else { Err(crate::RateLimitReason::Global) }
+    }
 }
 
 /// A token bucket counted in nano-tokens (1 token = 10⁹) so that refills of
@@ -71,14 +115,19 @@ impl TokenBucket {
         TokenBucket { rate_per_sec, capacity_nano, tokens_nano: capacity_nano, last_ns: None }
     }
 
-    fn take(&mut self, now_ns: u64) -> bool {
+    /// Refills up to `now_ns`; whether a whole token is there.
+    fn peek(&mut self, now_ns: u64) -> bool {
         if let Some(last) = self.last_ns {
             let elapsed = now_ns.saturating_sub(last);
             let refill = elapsed.saturating_mul(self.rate_per_sec);
             self.tokens_nano = self.tokens_nano.saturating_add(refill).min(self.capacity_nano);
         }
         self.last_ns = Some(self.last_ns.map_or(now_ns, |last| last.max(now_ns)));
-        if self.tokens_nano >= NANOS_PER_SEC {
+        self.tokens_nano >= NANOS_PER_SEC
+    }
+
+    fn take(&mut self, now_ns: u64) -> bool {
+        if self.peek(now_ns) {
             self.tokens_nano -= NANOS_PER_SEC;
             true
         } else {

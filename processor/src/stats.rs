@@ -74,7 +74,7 @@ pub struct ProcessorStats {
     resumes: Cell,
     agents_tracked: Cell,
     agents_stalled: Cell,
-    rate_limited: [Cell; 2],
+    rate_limited: [Cell; 3],
     capacity_exceeded: Cell,
     unauthenticated_share_exceeded: Cell,
     evicted_stale: Cell,
@@ -127,6 +127,7 @@ pub struct StatsSnapshot {
     pub agents_stalled: u64,
     pub rate_limited_per_agent: u64,
     pub rate_limited_global: u64,
+    pub rate_limited_unauthenticated_share: u64,
     pub capacity_exceeded: u64,
     /// Of those, plain-UDP agents over their share of the tracker.
     pub unauthenticated_share_exceeded: u64,
@@ -271,6 +272,7 @@ impl ProcessorStats {
             agents_stalled: self.agents_stalled.get(),
             rate_limited_per_agent: self.rate_limited[0].get(),
             rate_limited_global: self.rate_limited[1].get(),
+            rate_limited_unauthenticated_share: self.rate_limited[2].get(),
             capacity_exceeded: self.capacity_exceeded.get(),
             unauthenticated_share_exceeded: self.unauthenticated_share_exceeded.get(),
             evicted_stale: self.evicted_stale.get(),
@@ -429,6 +431,11 @@ impl StatsSnapshot {
         }
         out(Sample::labelled(&RATE_LIMITED, RateLimitReason::PerAgent.label(), self.rate_limited_per_agent));
         out(Sample::labelled(&RATE_LIMITED, RateLimitReason::Global.label(), self.rate_limited_global));
+        out(Sample::labelled(
+            &RATE_LIMITED,
+            RateLimitReason::UnauthenticatedShare.label(),
+            self.rate_limited_unauthenticated_share,
+        ));
         out(Sample::labelled(&EVICTED, EvictionReason::Stale.label(), self.evicted_stale));
         out(Sample::labelled(&EVICTED, EvictionReason::PidRecycled.label(), self.evicted_pid_recycled));
         for (cause, n) in Cause::ALL.iter().zip(self.stall_causes) {
@@ -458,7 +465,7 @@ mod tests {
         stats.snapshot().samples(&mut |s| samples.push(s));
         assert_eq!(
             samples.len(),
-            22 + BlindCause::ALL.len()
+            23 + BlindCause::ALL.len()
                 + Cause::COUNT
                 + 1
                 + RecoveryOutcome::FINAL.len()

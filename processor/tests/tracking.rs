@@ -484,6 +484,37 @@ fn global_rate_limit() {
     assert_eq!((snap.rate_limited_global, snap.beats_accepted), (3, 4));
 }
 
+/// Beside attested receivers, plain UDP takes its tokens from its share
+/// of the global bucket too: a flood of it spends at most that share, and
+/// UDS agents still get the rest.
+#[test]
+fn plain_udp_spends_at_most_its_share_of_the_global_rate() {
+    let shared = TrackerConfig { shared_with_attested: true, unauthenticated_share: 0.5, ..tracker(2000) };
+    let mut p = processor(limits(0, 1000, 10), shared);
+    let mut out = Recorder::default();
+    let flood: Vec<_> = (1..=20).map(|pid| net(ip(9), Transport::Udp, pid, 1, 1)).collect();
+    p.handle_batch(&batch(&flood), T0, &mut out);
+    let refused = kinds(&out.take());
+    assert_eq!(refused.len(), 15, "5 of the burst of 10 admitted: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|k| *k == EventKind::RateLimited { reason: RateLimitReason::UnauthenticatedShare })
+    );
+    let attested: Vec<_> = (100..105).map(|pid| uds(pid, 1)).collect();
+    p.handle_batch(&batch(&attested), T0, &mut out);
+    assert!(out.take().is_empty(), "the other half is the attested agents'");
+    assert_eq!(p.agents(), 10);
+    let snap = p.stats().snapshot();
+    assert_eq!((snap.rate_limited_unauthenticated_share, snap.rate_limited_global), (15, 0));
+
+    // Alone in its pipeline, plain UDP may take the whole bucket.
+    let mut p = processor(limits(0, 1000, 10), tracker(2000));
+    p.handle_batch(&batch(&flood), T0, &mut out);
+    assert_eq!(out.take().len(), 10);
+    assert_eq!(p.agents(), 10);
+}
+
 #[test]
 fn zero_disables_rate_limits() {
     let mut p = processor(limits(0, 0, 0), tracker(2000));

@@ -330,11 +330,12 @@ impl Running {
             }
         }
         for r in &mut self.receivers {
+            let attested = r.attested();
             let queues: Vec<_> = r
                 .feeds
                 .iter()
                 .filter_map(|f| self.pipelines.iter().find(|p| p.name == *f))
-                .map(Pipeline::sender)
+                .map(|p| p.sender(attested))
                 .collect();
             if let Err(e) = r.resume(queues) {
                 self.broken = Some((format!("receivers::{}", r.id), e));

@@ -135,6 +135,9 @@ pub struct Pipeline {
     /// Changes whenever the state exporters read (snapshots, attributes) is replaced.
     pub generation: u64,
     tx: BatchSender,
+    /// The queue's share an unattested receiver may fill (plain UDP beside
+    /// attested receivers), in batches.
+    unattested_budget: Option<usize>,
     pub depth: QueueDepth,
     /// A replaced queue still holding batches, drained on resume.
     stale: Option<BatchReceiver>,
@@ -150,6 +153,11 @@ pub struct Pipeline {
     processor: Option<Processor>,
     rx: Option<BatchReceiver>,
     wedge_after: Option<u64>,
+}
+
+fn unattested_budget(plan: &PipelinePlan) -> Option<usize> {
+    let share = plan.tracker.as_ref()?.unauthenticated_share_if_shared()?;
+    Some(((plan.queue_batches as f64 * share) as usize).max(1))
 }
 
 fn new_processor(plan: &PipelinePlan) -> Result<Processor, BuildError> {
@@ -173,6 +181,7 @@ impl Pipeline {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             depth: rx.depth(),
             tx,
+            unattested_budget: unattested_budget(plan),
             stale: None,
             pause: Arc::new(AtomicBool::new(false)),
             stats: processor.stats(),
@@ -214,6 +223,7 @@ impl Pipeline {
     /// tracker or rate limit settings changed.
     pub fn update(&mut self, plan: &PipelinePlan, deadline: Instant) -> Result<(), BuildError> {
         self.exporters = plan.exporters.clone();
+        self.unattested_budget = unattested_budget(plan);
         if self.needs_queue(plan) {
             let (tx, rx) = varta_pipeline::queue::batch_queue(plan.queue_batches);
             self.tx = tx;
@@ -383,9 +393,14 @@ impl Pipeline {
             .collect()
     }
 
-    /// A sender for a receiver feeding this pipeline.
-    pub fn sender(&self) -> BatchSender {
-        self.tx.clone()
+    /// A sender for a receiver feeding this pipeline: an unattested one
+    /// (plain UDP) beside attested receivers fills at most its share of
+    /// the queue (the tracker's `unauthenticated_share`).
+    pub fn sender(&self, attested: bool) -> BatchSender {
+        match self.unattested_budget {
+            Some(batches) if !attested => self.tx.with_budget(batches),
+            _ => self.tx.clone(),
+        }
     }
 
     /// Asks the processor thread to park, waking it if it sleeps.

@@ -59,6 +59,12 @@ impl Receiver {
         })
     }
 
+    /// Whether it proves who its senders are (UDS, secure UDP); plain UDP
+    /// does not, and gets a share of what it shares with those that do.
+    pub fn attested(&self) -> bool {
+        self.key.transport != varta_receiver::TransportKind::Udp
+    }
+
     fn component(&self) -> String {
         format!("receivers::{}", self.id)
     }

@@ -243,6 +243,7 @@ impl Scrape<'_> {
             Family::counter("varta_rate_limited_total", "Beats refused by rate limits, by reason.");
         limited.push(&[("reason", "per_pid")], total(|s| s.rate_limited_per_agent));
         limited.push(&[("reason", "global")], total(|s| s.rate_limited_global));
+        limited.push(&[("reason", "unauthenticated_share")], total(|s| s.rate_limited_unauthenticated_share));
         out.push(limited.0);
         out.push(
             Family::counter(
