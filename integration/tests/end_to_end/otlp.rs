@@ -624,6 +624,67 @@ fn str_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     }
 }
 
+/// An evicted agent's series end at once: the next collection sends a
+/// staleness point (no value, flag NoRecordedValue) on each of them under
+/// the agent's own resource, its service included (the resolver keeps a
+/// departed agent's attributes long enough), instead of its last status
+/// (3, stalled) lingering until the backend's staleness timeout.
+#[test]
+fn an_evicted_agent_s_series_end_with_a_staleness_point() {
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let _server = OtlpServer::start(port, &sink);
+    let text = config(
+        &format!("http://127.0.0.1:{port}"),
+        free_udp_port(),
+        "300ms",
+        "    metrics: { interval: 200ms }",
+    )
+    .replace(
+        "  tracker:\n    threshold: 300ms\n",
+        "  tracker:\n    threshold: 300ms\n    capacity: 1\n    eviction_after: 1\n  resolver: {}\n",
+    )
+    .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let c = Collector::start(&text);
+    let mut agent = varta_integration::service_agent(&c, "checkout");
+    let pid = agent.id();
+    wait_for("the agent's metric point under its service", || {
+        agent_point(&sink, "varta.agent.status", pid)
+            .filter(|(res, _)| str_attr(res, "service.name") == Some("checkout"))
+    });
+    signal(&agent, libc::SIGSTOP);
+    wait_for("the stall span", || agent_spans(&sink, "varta.stall", pid).pop());
+    // A newcomer when the tracker is full: the stalled agent is evicted.
+    let mut newcomer = varta_integration::service_agent(&c, "newcomer");
+    let stale = |name: &'static str| {
+        wait_for("a staleness point", || {
+            sink.with(|r| {
+                r.metrics.iter().zip(&r.metric_resources).find_map(|(m, res)| {
+                    if m.name != name || int_attr(res, "process.pid") != Some(i64::from(pid)) {
+                        return None;
+                    }
+                    let points = match &m.data {
+                        Some(Data::Gauge(g)) => &g.data_points,
+                        Some(Data::Sum(s)) => &s.data_points,
+                        _ => return None,
+                    };
+                    points.iter().find(|p| p.flags & 1 == 1).map(|p| (res.clone(), p.clone()))
+                })
+            })
+        })
+    };
+    for name in ["varta.agent.status", "varta.agent.beats", "varta.agent.stalls"] {
+        let (resource, point) = stale(name);
+        assert!(point.value.is_none(), "{name}: no value");
+        assert_eq!(str_attr(&resource, "service.name"), Some("checkout"), "{name}: the series it had");
+    }
+    assert_eq!(c.counter("exporters::otlp", "stale_markers", ""), 1);
+    for a in [&mut agent, &mut newcomer] {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}
+
 /// With the resolver in the pipeline, a local agent's spans and metric
 /// points carry its program and service, and its stall's diagnosis arrives
 /// as a child span of the same trace.
