@@ -50,16 +50,21 @@ pub enum BlindCause {
     Suspend,
     /// A reload parked the pipeline.
     Reload,
+    /// The collector was not running: from its last checkpoint (or its
+    /// stop) to the first read of the process that restored it.
+    Restart,
 }
 
 impl BlindCause {
-    pub const ALL: [BlindCause; 3] = [BlindCause::Stopped, BlindCause::Suspend, BlindCause::Reload];
+    pub const ALL: [BlindCause; 4] =
+        [BlindCause::Stopped, BlindCause::Suspend, BlindCause::Reload, BlindCause::Restart];
 
     pub const fn label(self) -> &'static str {
         match self {
             BlindCause::Stopped => "stopped",
             BlindCause::Suspend => "suspend",
             BlindCause::Reload => "reload",
+            BlindCause::Restart => "restart",
         }
     }
 }

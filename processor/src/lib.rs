@@ -31,6 +31,7 @@
 //! * [`processor`]: ties them together ([`Processor`]) and runs the loop.
 
 pub mod agent;
+pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod event;

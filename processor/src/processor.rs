@@ -198,6 +198,43 @@ impl Processor {
         self.unauthenticated_limit = tracker.unauthenticated_limit();
         self.limiter.set_unauthenticated_share(tracker.unauthenticated_share_if_shared());
         self.eviction_after = u64::from(tracker.eviction_after);
+        self.reclassify();
+        Ok(())
+    }
+
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    pub(crate) fn tracker_mut(&mut self) -> &mut Tracker {
+        &mut self.tracker
+    }
+
+    /// How many agents it may track.
+    pub fn capacity(&self) -> usize {
+        self.tracker.capacity()
+    }
+
+    /// Puts a restored agent in the tracker (its class follows from the
+    /// rules: see [`Processor::reclassify`]) and tells the resolver.
+    pub(crate) fn insert_restored(&mut self, slot: Slot) -> Option<u32> {
+        let agent = slot.agent_ref();
+        let hash = self.tracker.hash(&agent.id.source, agent.id.pid);
+        if self.tracker.find(hash, &agent.id.source, agent.id.pid).is_some() {
+            return None;
+        }
+        let last_beat_ns = slot.last_beat_ns;
+        let idx = self.tracker.insert(hash, slot)?;
+        if agent.transport == Transport::Udp {
+            self.unauthenticated += 1;
+        }
+        self.agent_started(idx, last_beat_ns, false);
+        Some(idx)
+    }
+
+    /// Every agent's class from the rules again (after new thresholds, or
+    /// agents restored from a checkpoint).
+    pub(crate) fn reclassify(&mut self) {
         let (thresholds, inspector) = (&self.thresholds, self.inspector.as_deref());
         let mut waiting = Vec::new();
         let mut index = 0u32;
@@ -220,7 +257,6 @@ impl Processor {
         }
         self.publisher.set_classes(self.thresholds.class_ns());
         self.publisher.mark_dirty();
-        Ok(())
     }
 
     /// Attaches the inspector told about agents and asked for stall
@@ -261,7 +297,7 @@ impl Processor {
     /// The incident whose low 32 bits a slot keeps: the latest incident
     /// number ending in them. Exact while fewer than 2³² incidents open
     /// during one agent's stall (at 100,000 stalls a second, 12 hours).
-    fn incident_of(&self, low: u32) -> u64 {
+    pub(crate) fn incident_of(&self, low: u32) -> u64 {
         let latest = self.next_incident.saturating_sub(1);
         latest - u64::from((latest as u32).wrapping_sub(low)).min(latest)
     }

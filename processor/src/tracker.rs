@@ -416,6 +416,16 @@ impl Tracker {
         &mut self.slots[idx as usize]
     }
 
+    /// How many agents it may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The slots from index `from` on.
+    pub fn slots_from(&self, from: usize) -> impl Iterator<Item = &Slot> {
+        self.slots.get(from..).unwrap_or_default().iter()
+    }
+
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter()
     }

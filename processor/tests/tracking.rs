@@ -664,3 +664,49 @@ fn a_blind_window_gives_every_agent_a_full_threshold_after_it() {
     let snap = p.stats().snapshot();
     assert_eq!((snap.blind_windows[0], snap.blind_ns, snap.stalls), (1, 3 * S, 2));
 }
+
+/// A checkpoint taken into a new processor: agents re-armed by time, a
+/// stalled one still stalled under its incident (its resume closes it),
+/// a live one whose deadline fell while nothing listened gets a full
+/// threshold from the first read — the restart is a blind window.
+#[test]
+fn a_checkpoint_restores_agents_deadlines_and_open_incidents() {
+    let mut old = processor(no_limits(), tracker(2000));
+    let mut out = Recorder::default();
+    old.handle_batch(&batch(&[uds(7, 1), uds(8, 1)]), T0, &mut out);
+    old.handle_batch(&batch(&[uds(8, 2)]), T0 + S, &mut out);
+    old.fire_due(T0 + 2 * S, &mut out); // 7 stalls: incident 1
+    assert!(matches!(kinds(&out.take())[..], [EventKind::Stall { incident: 1, .. }]));
+    let checkpoint = old.checkpoint_of({
+        let mut agents = Vec::new();
+        assert_eq!(old.export_agents(0, 1, &mut agents), Some(1), "a bounded range at a time");
+        assert_eq!(old.export_agents(1, 1, &mut agents), None, "then the end");
+        agents
+    });
+    assert_eq!(checkpoint.agents.len(), 2);
+    let checkpoint = varta_processor::checkpoint::Checkpoint { taken_ns: T0 + 2 * S + 1, ..checkpoint };
+    drop(old);
+
+    // Restored 2.5 s later: 8's deadline (T0 + 3 s) fell in the window.
+    let mut new = processor(no_limits(), tracker(2000));
+    let now = T0 + 4 * S + S / 2;
+    let restored = new.restore(&checkpoint, now, &mut out);
+    assert_eq!((restored.agents, restored.stalled, restored.dropped), (2, 1, 0));
+    let k = kinds(&out.take());
+    assert!(matches!(k[..], [EventKind::BlindWindow { cause: BlindCause::Restart, .. }]), "{k:?}");
+    assert_eq!(new.fire_due(now + 2 * S - 1, &mut out), Some(now + 2 * S), "a full threshold from now");
+    assert!(out.take().is_empty());
+    new.fire_due(now + 2 * S, &mut out);
+    let k = kinds(&out.take());
+    assert!(matches!(k[..], [EventKind::Stall { incident: 2, blind: true, .. }]), "8 stalls, marked: {k:?}");
+    // 7 was stalled before the restart: its resume closes incident 1.
+    new.handle_batch(&batch(&[uds(7, 2)]), now + 3 * S, &mut out);
+    let k = kinds(&out.take());
+    assert!(matches!(k[..], [EventKind::Resume { incident: 1, .. }]), "{k:?}");
+
+    // A smaller capacity keeps the most recently heard.
+    let mut small = processor(no_limits(), TrackerConfig { capacity: 1, ..tracker(2000) });
+    let restored = small.restore(&checkpoint, now, &mut out);
+    assert_eq!((restored.agents, restored.dropped), (1, 1));
+    assert_eq!(small.agent_states()[0].id.pid, 8, "8 beat last");
+}

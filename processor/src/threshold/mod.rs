@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use learned::Code;
+pub(crate) use learned::Code;
 pub use learned::Learned;
 pub use rules::{AgentAttributes, AttributeKey, Cidr, Glob, Match, ThresholdRule, TransportSet, Unresolved};
 

@@ -1,0 +1,177 @@
+//! Agent state that outlives the process: what a checkpoint keeps of each
+//! tracked agent, and how a new processor takes it back.
+//!
+//! Promises:
+//! * **Values, not indices.** A record holds its agent's identity, last
+//!   beat (on the processor's clock, which the whole system shares within
+//!   one boot), sequence, transport, status, counters, open incident and
+//!   what it learned of its own beat; never a class index (the next
+//!   configuration may order its rules differently): its class is found
+//!   again from the rules, as for a new agent.
+//! * **Never blocks the processor for long.** [`Processor::export_agents`]
+//!   copies a bounded range of slots; the caller spreads a checkpoint over
+//!   loop iterations and encodes and writes it elsewhere.
+//! * **Restores honestly.** [`Processor::restore`] re-arms every agent by
+//!   time at once (their remaining deadlines), keeps stalled ones stalled
+//!   under their open incident, continues the incident numbering, and then
+//!   reports the gap since the checkpoint as a blind window (cause
+//!   `restart`): an agent whose deadline fell inside it gets a full
+//!   threshold from the first read, as for any other window in which the
+//!   collector could not listen.
+
+use varta_proto::{Source, Status, Transport};
+
+use crate::clock::Clock;
+use crate::event::{BlindCause, EventSink};
+use crate::processor::Processor;
+use crate::threshold::{Code, Learned};
+use crate::tracker::Slot;
+
+/// One agent as a checkpoint keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentState {
+    pub source: Source,
+    pub pid: u32,
+    pub start_time: u64,
+    pub frame_pid: u32,
+    pub transport: Transport,
+    pub status: Status,
+    pub stalled: bool,
+    /// Processor time (its clock) of its last accepted beat.
+    pub last_beat_ns: u64,
+    pub last_nonce: Option<u64>,
+    pub last_timestamp: u64,
+    pub last_payload: u32,
+    pub beats: u64,
+    pub stalls: u32,
+    /// Its current (or last) incident, whole.
+    pub incident: u64,
+    pub first_seen_s: u32,
+    /// What it learned of its own beat (interval code, gaps seen).
+    pub learned: (u16, u8),
+}
+
+/// A whole checkpoint: when it was taken and every agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Processor time it was taken at.
+    pub taken_ns: u64,
+    pub clock: Clock,
+    /// The next incident number.
+    pub next_incident: u64,
+    pub agents: Vec<AgentState>,
+}
+
+/// What [`Processor::restore`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub agents: usize,
+    /// Agents left out: the tracker was full (a smaller `capacity`).
+    pub dropped: usize,
+    pub stalled: usize,
+}
+
+impl AgentState {
+    fn of(slot: &Slot, incident: u64) -> AgentState {
+        let agent = slot.agent_ref();
+        let (interval, gaps) = slot.learned().parts();
+        AgentState {
+            source: agent.id.source,
+            pid: agent.id.pid,
+            start_time: agent.id.start_time,
+            frame_pid: agent.frame_pid,
+            transport: agent.transport,
+            status: slot.status,
+            stalled: slot.is_stalled(),
+            last_beat_ns: slot.last_beat_ns,
+            last_nonce: slot.last_nonce(),
+            last_timestamp: slot.last_timestamp,
+            last_payload: slot.last_payload,
+            beats: slot.beats,
+            stalls: slot.stalls,
+            incident,
+            first_seen_s: slot.first_seen_s,
+            learned: (interval.raw(), gaps),
+        }
+    }
+}
+
+impl Processor {
+    /// Copies at most `max` agents from slot `from` on into `out`; the
+    /// slot to continue from, or `None` when every agent was copied.
+    pub fn export_agents(&self, from: usize, max: usize, out: &mut Vec<AgentState>) -> Option<usize> {
+        let slots = self.tracker().slots_from(from);
+        let mut copied = 0;
+        for slot in slots.take(max) {
+            out.push(AgentState::of(slot, self.incident_of(slot.incident)));
+            copied += 1;
+        }
+        let next = from + copied;
+        (next < self.tracker().len()).then_some(next)
+    }
+
+    /// Every agent, now (at shutdown, when nothing else waits).
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut agents = Vec::with_capacity(self.tracker().len());
+        let _ = self.export_agents(0, usize::MAX, &mut agents);
+        self.checkpoint_of(agents)
+    }
+
+    /// A checkpoint of `agents`, stamped now.
+    pub fn checkpoint_of(&self, agents: Vec<AgentState>) -> Checkpoint {
+        Checkpoint {
+            taken_ns: self.clock().now_ns(),
+            clock: self.clock(),
+            next_incident: self.next_incident(),
+            agents,
+        }
+    }
+
+    /// Takes back a checkpoint of the same boot and clock (the caller
+    /// checks both) into an empty processor, at `now_ns` (see the module
+    /// docs). Agents beyond the capacity are left out, the least recently
+    /// heard first.
+    pub fn restore(&mut self, checkpoint: &Checkpoint, now_ns: u64, out: &mut dyn EventSink) -> Restored {
+        let mut agents: Vec<&AgentState> = checkpoint.agents.iter().collect();
+        // The recency lists are in last-beat order; the newest kept.
+        agents.sort_by_key(|a| std::cmp::Reverse(a.last_beat_ns));
+        let mut done = Restored::default();
+        let mut kept = Vec::new();
+        for a in agents {
+            if kept.len() >= self.capacity() {
+                done.dropped += 1;
+            } else {
+                kept.push(a);
+            }
+        }
+        kept.reverse();
+        self.continue_incidents_from(checkpoint.next_incident);
+        for a in kept {
+            let mut slot = Slot::new(a.source, a.pid, a.start_time, a.transport, a.last_beat_ns.min(now_ns), 0)
+                .with_frame_pid(a.frame_pid);
+            slot.status = a.status;
+            if let Some(nonce) = a.last_nonce {
+                slot.set_last_nonce(nonce);
+            }
+            slot.last_timestamp = a.last_timestamp;
+            slot.last_payload = a.last_payload;
+            slot.beats = a.beats;
+            slot.stalls = a.stalls;
+            slot.incident = a.incident as u32;
+            slot.first_seen_s = a.first_seen_s;
+            slot.set_learned(Learned::from_parts(Code::from_raw(a.learned.0), a.learned.1));
+            let Some(idx) = self.insert_restored(slot) else {
+                done.dropped += 1;
+                continue;
+            };
+            if a.stalled {
+                self.tracker_mut().mark_stalled(idx);
+                done.stalled += 1;
+            }
+            done.agents += 1;
+        }
+        self.reclassify();
+        self.blind_window(BlindCause::Restart, checkpoint.taken_ns.min(now_ns), now_ns, out);
+        done
+    }
+}
