@@ -84,6 +84,7 @@ pub struct EngineBuilder {
     output_queue: usize,
     incidents: Option<IncidentCallback>,
     telemetry: Option<OpenTelemetry>,
+    storage: Option<crate::compose::StorageSpec>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -115,6 +116,7 @@ impl Default for EngineBuilder {
             output_queue: DEFAULT_OUTPUT_QUEUE,
             incidents: None,
             telemetry: None,
+            storage: None,
         }
     }
 }
@@ -155,6 +157,19 @@ impl EngineBuilder {
     /// The recovery runner (operator commands on stalls, audit log); off by default.
     pub fn recovery(mut self, config: Option<RecoveryConfig>) -> Self {
         self.recovery = config;
+        self
+    }
+
+    /// Keeps the agents' state in `directory` (created 0700 if missing; an
+    /// existing one must be ours and 0700), checkpointed every `interval`
+    /// and at shutdown, restored at the next start (see
+    /// [`crate::compose::storage`]).
+    pub fn state_directory(mut self, directory: impl Into<std::path::PathBuf>, interval: Duration) -> Self {
+        self.storage = Some(crate::compose::StorageSpec {
+            directory: directory.into(),
+            interval,
+            component: "tracker".into(),
+        });
         self
     }
 
@@ -295,6 +310,7 @@ impl Engine {
             recovery: b.recovery.take().map(|c| ("recovery".to_owned(), c)),
             exporters: Vec::new(),
             queue_batches: b.queue_batches,
+            storage: b.storage.take(),
         };
         let mut pipeline = Pipeline::build(&plan)?;
         let mut outputs = Outputs::default();

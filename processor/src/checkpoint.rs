@@ -62,6 +62,51 @@ pub struct Checkpoint {
     pub agents: Vec<AgentState>,
 }
 
+/// Where the processor hands finished checkpoints (a writer thread's
+/// queue). `offer` must not block: a busy writer skips one.
+pub trait CheckpointSink: Send {
+    fn offer(&mut self, checkpoint: Checkpoint);
+}
+
+/// Agents copied per step of a checkpoint in progress (≈ 0.1 ms of the
+/// processor's time; the rest of the loop iteration goes on as usual).
+pub const STEP: usize = 8192;
+
+/// A processor's periodic checkpoints: every `interval_ns`, copied
+/// [`STEP`] agents per loop iteration, handed to `sink` when whole.
+pub(crate) struct Checkpoints {
+    pub(crate) sink: Box<dyn CheckpointSink>,
+    pub(crate) interval_ns: u64,
+    pub(crate) next_due_ns: u64,
+    /// In progress: the next slot to copy, what was copied.
+    pub(crate) job: Option<(usize, Vec<AgentState>)>,
+}
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoints").field("interval_ns", &self.interval_ns).finish_non_exhaustive()
+    }
+}
+
+impl Checkpoint {
+    /// The same agents with their times moved from clock `from` to clock
+    /// `to` (a reload that changed `clock`): each time keeps its distance
+    /// from now.
+    pub fn rebased(mut self, from: Clock, to: Clock) -> Checkpoint {
+        if from == to {
+            return self;
+        }
+        let (was, is) = (from.now_ns() as i128, to.now_ns() as i128);
+        let move_ns = |t: u64| (t as i128 - was + is).clamp(0, i128::from(u64::MAX)) as u64;
+        self.taken_ns = move_ns(self.taken_ns);
+        for a in &mut self.agents {
+            a.last_beat_ns = move_ns(a.last_beat_ns);
+        }
+        self.clock = to;
+        self
+    }
+}
+
 /// What [`Processor::restore`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -97,6 +142,39 @@ impl AgentState {
 }
 
 impl Processor {
+    /// Checkpoints every `interval` into `sink` (`None`: none).
+    pub fn set_checkpoints(&mut self, sink: Option<Box<dyn CheckpointSink>>, interval: std::time::Duration) {
+        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let next_due_ns = self.clock().now_ns().saturating_add(interval_ns);
+        self.checkpoints = sink.map(|sink| Checkpoints { sink, interval_ns, next_due_ns, job: None });
+    }
+
+    /// When the run loop must wake for its checkpoint: now while one is
+    /// being copied, else at the next one.
+    pub(crate) fn checkpoint_due(&self, now_ns: u64) -> Option<u64> {
+        let c = self.checkpoints.as_ref()?;
+        Some(if c.job.is_some() { now_ns } else { c.next_due_ns })
+    }
+
+    /// One step of the periodic checkpoint (see [`Checkpoints`]).
+    pub(crate) fn checkpoint_step(&mut self, now_ns: u64) {
+        let Some(mut c) = self.checkpoints.take() else { return };
+        if c.job.is_none() && now_ns >= c.next_due_ns {
+            c.job = Some((0, Vec::with_capacity(self.tracker().len())));
+            c.next_due_ns = now_ns.saturating_add(c.interval_ns);
+        }
+        if let Some((from, mut agents)) = c.job.take() {
+            match self.export_agents(from, STEP, &mut agents) {
+                Some(next) => c.job = Some((next, agents)),
+                None => {
+                    let checkpoint = self.checkpoint_of(agents);
+                    c.sink.offer(checkpoint);
+                }
+            }
+        }
+        self.checkpoints = Some(c);
+    }
+
     /// Copies at most `max` agents from slot `from` on into `out`; the
     /// slot to continue from, or `None` when every agent was copied.
     pub fn export_agents(&self, from: usize, max: usize, out: &mut Vec<AgentState>) -> Option<usize> {

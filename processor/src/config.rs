@@ -207,6 +207,13 @@ pub struct TrackerConfig {
     /// pipeline has plain-UDP and other receivers, so the share applies.
     #[serde(skip)]
     pub shared_with_attested: bool,
+    /// A `file_storage` extension keeping the agents' state across
+    /// restarts (its component id); none by default.
+    pub storage: Option<String>,
+    /// How often the agents' state is checkpointed into `storage` (and at
+    /// every shutdown): what a crash can lose at most.
+    #[serde(deserialize_with = "varta_pipeline::config::duration")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -221,6 +228,8 @@ impl Default for TrackerConfig {
             adaptive: AdaptiveConfig::default(),
             unauthenticated_share: 0.5,
             shared_with_attested: false,
+            storage: None,
+            checkpoint_interval: Duration::from_secs(5),
         }
     }
 }
@@ -251,6 +260,12 @@ impl TrackerConfig {
             return Err(ConfigError::invalid(
                 "tracker.snapshot_interval",
                 format!("must be between 10ms and 1m (got {:?})", self.snapshot_interval),
+            ));
+        }
+        if self.checkpoint_interval < Duration::from_millis(100) || self.checkpoint_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "tracker.checkpoint_interval",
+                format!("must be between 100ms and 1h (got {:?})", self.checkpoint_interval),
             ));
         }
         if !(self.unauthenticated_share > 0.0 && self.unauthenticated_share <= 1.0) {

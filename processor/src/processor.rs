@@ -98,6 +98,8 @@ pub struct Processor {
     /// Agents armed at a provisional rule (see [`Thresholds::provisional_rule`])
     /// until the resolver answers: slot → when it falls back without an answer.
     provisional: hashbrown::HashMap<u32, u64>,
+    /// Periodic checkpoints of the agents' state, when configured.
+    pub(crate) checkpoints: Option<crate::checkpoint::Checkpoints>,
     /// How late the loop may run before the gap is a blind window: a
     /// quarter of the smallest threshold in force, at least 50 ms.
     blind_after_ns: u64,
@@ -175,6 +177,7 @@ impl Processor {
             next_incident: 1,
             resolved: Vec::new(),
             provisional: hashbrown::HashMap::new(),
+            checkpoints: None,
             blind_after_ns: blind_after(&thresholds),
             thresholds,
             expected_wake: None,
@@ -502,7 +505,8 @@ impl Processor {
             if self.publisher.is_due(now) {
                 self.publish_snapshot(now);
             }
-            let deadline = earliest(stall, self.publisher.due_at());
+            self.checkpoint_step(now);
+            let deadline = earliest(earliest(stall, self.publisher.due_at()), self.checkpoint_due(now));
             self.expected_wake = deadline.map(|at| (at, BlindCause::Stopped));
             let received = match deadline {
                 Some(deadline) => {

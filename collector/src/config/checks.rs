@@ -46,6 +46,18 @@ impl Config {
                 "`progress_timeout` must be at least 100ms".into(),
             ));
         }
+        for c in &self.processors.0 {
+            let Some((storage, _)) = c.config.storage() else { continue };
+            let known = self.extensions.get(storage).is_some_and(|e| e.config.state_directory().is_some());
+            if !known {
+                return Err(self.error_on(
+                    &["processors", &c.id.to_string(), "storage"],
+                    Some(c.at),
+                    Some(format!("processors::{}", c.id)),
+                    format!("`storage: {storage}` names no `file_storage` extension in the top-level `extensions:` section"),
+                ));
+            }
+        }
         self.check_components(&self.extensions)?;
         self.check_components(&self.receivers)?;
         self.check_components(&self.processors)?;
@@ -134,6 +146,9 @@ impl Config {
         }
         for c in &self.exporters.0 {
             c.config.check_files().map_err(|m| at("exporters", c.at, &c.id, m))?;
+        }
+        for c in &self.extensions.0 {
+            c.config.check_files().map_err(|m| at("extensions", c.at, &c.id, m))?;
         }
         Ok(())
     }

@@ -80,7 +80,7 @@ service:
 
     fn caps(c: &Config) -> (usize, usize) {
         let ExporterConfig::Prometheus(p) = &c.exporters.0[0].config else { panic!("prometheus") };
-        let ExtensionConfig::HealthCheck(h) = &c.extensions.0[0].config;
+        let ExtensionConfig::HealthCheck(h) = &c.extensions.0[0].config else { panic!("health_check") };
         (p.max_connections, h.max_connections)
     }
 

@@ -573,7 +573,7 @@ service:
         .expect("valid");
         let ExporterConfig::Prometheus(p) = &c.exporters.0[0].config else { panic!("prometheus") };
         assert_eq!(p.header_timeout, std::time::Duration::from_secs(7));
-        let ExtensionConfig::HealthCheck(h) = &c.extensions.0[0].config;
+        let ExtensionConfig::HealthCheck(h) = &c.extensions.0[0].config else { panic!("health_check") };
         assert_eq!(h.header_timeout, std::time::Duration::from_secs(3));
     }
 }

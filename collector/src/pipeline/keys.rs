@@ -32,6 +32,7 @@ pub fn plan(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
         recovery: None,
         exporters: p.exporters.clone(),
         queue_batches: p.queue_batches,
+        storage: None,
     };
     // Unattested receivers (plain UDP) beside attested ones: their agents
     // get their share of the tracker only.
@@ -41,6 +42,14 @@ pub fn plan(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
     for id in &p.processors {
         if let Some(c) = config.processors.get(id) {
             c.config.plan_into(id, &mut plan, shared_with_attested);
+            if let Some((storage, interval)) = c.config.storage() {
+                let directory = config.extensions.get(storage).and_then(|e| e.config.state_directory());
+                plan.storage = directory.map(|directory| varta_embed::compose::StorageSpec {
+                    directory: directory.to_path_buf(),
+                    interval,
+                    component: id.clone(),
+                });
+            }
         }
     }
     plan

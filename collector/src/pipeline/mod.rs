@@ -274,6 +274,7 @@ impl Running {
         // The health extension.
         let wanted = config.service.extensions.iter().find_map(|id| {
             let c = config.extensions.get(id)?;
+            c.config.health_check()?;
             Some((id.clone(), c.at, &c.config))
         });
         let keep = match (&self.health, &wanted) {

@@ -243,7 +243,8 @@ impl HealthSlot {
         report: SharedReport,
         runtime: &Handle,
     ) -> Result<HealthSlot, String> {
-        let server = HealthServer::start(config.health_check(), report, runtime)?;
+        let health = config.health_check().ok_or("not a health check")?;
+        let server = HealthServer::start(health, report, runtime)?;
         Ok(HealthSlot { id: id.to_owned(), key: config.clone(), server })
     }
 

@@ -65,12 +65,13 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// The listing is part of the interface (scripts read it): unchanged.
+    /// The listing is part of the interface (scripts read it): unchanged by
+    /// the reshaping (issue 28); `file_storage` came with restart state.
     #[test]
     fn the_listing_is_unchanged() {
         assert_eq!(
             components_listing(),
-            "receivers:\n  vlp\nprocessors:\n  ratelimit\n  tracker\n  resolver\n  recovery\nexporters:\n  file\n  debug\n  prometheus\n  otlp_grpc\n  otlp_http\n  otlp\n  otlphttp\nextensions:\n  health_check\n"
+            "receivers:\n  vlp\nprocessors:\n  ratelimit\n  tracker\n  resolver\n  recovery\nexporters:\n  file\n  debug\n  prometheus\n  otlp_grpc\n  otlp_http\n  otlp\n  otlphttp\nextensions:\n  health_check\n  file_storage\n"
         );
     }
 

@@ -87,6 +87,14 @@ impl ProcessorConfig {
         }
     }
 
+    /// The `file_storage` extension it keeps state in, and how often.
+    pub fn storage(&self) -> Option<(&str, std::time::Duration)> {
+        match self {
+            ProcessorConfig::Tracker(cfg) => cfg.storage.as_deref().map(|s| (s, cfg.checkpoint_interval)),
+            _ => None,
+        }
+    }
+
     /// Puts it into the plan of the pipeline it belongs to, as `id`.
     /// `shared_with_attested`: the pipeline has plain UDP receivers beside
     /// attested ones (see `TrackerConfig::unauthenticated_share`).

@@ -17,6 +17,7 @@
 
 mod pipeline;
 mod receiver;
+pub mod storage;
 mod wedge;
 
 use std::thread::JoinHandle;
@@ -24,7 +25,7 @@ use std::time::Instant;
 
 use varta_pipeline::threads::join_by;
 
-pub use pipeline::{BuildError, Finishing, Pipeline, PipelinePlan};
+pub use pipeline::{BuildError, Finishing, Pipeline, PipelinePlan, StorageSpec};
 pub use receiver::Receiver;
 
 /// A progress probe: (work done so far, whether work is waiting). A stage

@@ -18,6 +18,7 @@ use varta_processor::{
     Processor, ProcessorStats, RateLimitConfig, RecoveryConfig, SnapshotReader, TrackerConfig,
 };
 
+use super::storage::{self, StateFile, StorageStats, Writer};
 use super::wedge::Wedge;
 use super::{Stopped, Watch, take_parked};
 
@@ -35,6 +36,18 @@ pub struct PipelinePlan {
     pub exporters: Vec<String>,
     /// Bound of the receiver → processor queue, in batches.
     pub queue_batches: usize,
+    /// Where its agents' state survives the process, if anywhere.
+    pub storage: Option<StorageSpec>,
+}
+
+/// A pipeline's state storage: the directory (see [`storage::open_dir`]),
+/// how often to checkpoint, and the component its counters report under
+/// (its tracker's id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSpec {
+    pub directory: std::path::PathBuf,
+    pub interval: Duration,
+    pub component: String,
 }
 
 impl PipelinePlan {
@@ -88,6 +101,8 @@ pub enum BuildError {
     Recovery(String),
     #[error("{0}")]
     Thread(String),
+    #[error("state storage: {0}")]
+    Storage(String),
 }
 
 /// A resolver or recovery runner thread, with its metrics.
@@ -153,11 +168,20 @@ pub struct Pipeline {
     processor: Option<Processor>,
     rx: Option<BatchReceiver>,
     wedge_after: Option<u64>,
+    /// Its checkpoint writer and the component its counters report under.
+    storage: Option<(Writer, String, Arc<StorageStats>)>,
+    /// A checkpoint to take back when the processor first runs (at start),
+    /// or carried across a reload that rebuilt the processor.
+    restore: Option<varta_processor::checkpoint::Checkpoint>,
 }
 
 fn unattested_budget(plan: &PipelinePlan) -> Option<usize> {
     let share = plan.tracker.as_ref()?.unauthenticated_share_if_shared()?;
     Some(((plan.queue_batches as f64 * share) as usize).max(1))
+}
+
+fn new_clock(plan: &PipelinePlan) -> varta_processor::clock::Clock {
+    plan.tracker.as_ref().map(|t| t.clock).unwrap_or_default()
 }
 
 fn new_processor(plan: &PipelinePlan) -> Result<Processor, BuildError> {
@@ -194,12 +218,52 @@ impl Pipeline {
             processor: Some(processor),
             rx: Some(rx),
             wedge_after: None,
+            storage: None,
+            restore: None,
         };
+        if let Err(e) = pipeline.set_storage(plan) {
+            pipeline.close(Instant::now() + Duration::from_secs(5));
+            return Err(e);
+        }
         if let Err(e) = pipeline.set_helpers(plan, Instant::now()) {
             pipeline.close(Instant::now() + Duration::from_secs(5));
             return Err(e);
         }
         Ok(pipeline)
+    }
+
+    /// Starts (or stops) checkpointing as `plan` says; at start, reads the
+    /// checkpoint to restore when the processor first runs.
+    fn set_storage(&mut self, plan: &PipelinePlan) -> Result<(), BuildError> {
+        let same = match (&self.storage, &plan.storage) {
+            (Some((w, component, _)), Some(spec)) => {
+                w.file().path().parent() == Some(spec.directory.as_path()) && *component == spec.component
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        let processor = self.processor.as_mut().ok_or(BuildError::NoProcessor)?;
+        if same {
+            if let (Some((w, _, _)), Some(spec)) = (&self.storage, &plan.storage) {
+                processor.set_checkpoints(Some(w.sink()), spec.interval);
+            }
+            return Ok(());
+        }
+        processor.set_checkpoints(None, Duration::ZERO);
+        if let Some((writer, _, _)) = self.storage.take() {
+            writer.finish(Some(processor.checkpoint()));
+        }
+        let Some(spec) = &plan.storage else { return Ok(()) };
+        let dir = storage::open_dir(&spec.directory).map_err(BuildError::Storage)?;
+        let file = StateFile::new(&dir, &self.name);
+        if self.restore.is_none() && processor.agents() == 0 {
+            self.restore = file.load(processor.clock());
+        }
+        let stats = file.stats();
+        let writer = Writer::start(file, &self.name).map_err(|e| BuildError::Storage(e.to_string()))?;
+        processor.set_checkpoints(Some(writer.sink()), spec.interval);
+        self.storage = Some((writer, spec.component.clone(), stats));
+        Ok(())
     }
 
     /// Test hook (debug builds of the collector only): the processor
@@ -235,18 +299,24 @@ impl Pipeline {
             // Helpers first: a recovery runner must have closed its audit
             // file before the new one opens it.
             let numbered = self.processor.as_ref().map_or(1, Processor::next_incident);
+            // Its agents go across, by value, into the new processor.
+            let carried = self.processor.as_ref().map(|p| p.checkpoint().rebased(p.clock(), new_clock(plan)));
             self.drop_helpers(deadline);
             let mut processor = new_processor(plan)?;
             processor.continue_incidents_from(numbered);
+            if let Some(carried) = carried {
+                self.restore = Some(carried);
+            }
             self.stats = processor.stats();
             self.snapshots = processor.snapshots();
             self.processor = Some(processor);
             self.processor_key = plan.processor_key();
             self.thresholds_key = plan.thresholds_key();
             self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(pipeline = %self.name, "reload: tracker capacity, clock, snapshot interval or rate limit changed; the pipeline starts with no agents");
+            tracing::info!(pipeline = %self.name, "reload: tracker capacity, clock, snapshot interval or rate limit changed; the agents are carried into the new tracker");
         }
         self.set_helpers(plan, deadline)?;
+        self.set_storage(plan)?;
         if self.thresholds_key != plan.thresholds_key() {
             // After the helpers: rules on attributes read the (new) resolver.
             let tracker = plan.tracker.as_ref().ok_or(BuildError::NoTracker)?;
@@ -384,12 +454,16 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
-    /// The resolver's and recovery runner's metrics, by processor id.
+    /// The resolver's and recovery runner's metrics, by processor id, and
+    /// the checkpoints' under the tracker's.
     pub fn helper_metrics(&self) -> Vec<(String, Arc<dyn Instrumented>)> {
+        let storage =
+            self.storage.iter().map(|(_, id, stats)| (id.clone(), stats.clone() as Arc<dyn Instrumented>));
         [&self.resolver, &self.recovery]
             .into_iter()
             .flatten()
             .map(|h| (h.id.clone(), h.stats.clone()))
+            .chain(storage)
             .collect()
     }
 
@@ -430,6 +504,17 @@ impl Pipeline {
             return Err(BuildError::NoProcessor);
         };
         let mut fanout = Fanout::new(producers);
+        if let Some(checkpoint) = self.restore.take() {
+            let now = processor.clock().now_ns();
+            let restored = processor.restore(&checkpoint, now, &mut fanout);
+            tracing::info!(
+                pipeline = %self.name,
+                agents = restored.agents,
+                stalled = restored.stalled,
+                dropped = restored.dropped,
+                "agents restored and re-armed; the time since the checkpoint is a blind window"
+            );
+        }
         if let Some(stale) = self.stale.take() {
             while let Some(batch) = stale.try_recv() {
                 processor.handle_batch(&batch, processor.clock().now_ns(), &mut fanout);
@@ -491,10 +576,18 @@ impl Pipeline {
     /// Shutdown: drops the pipeline's own sender, so its queue closes once
     /// the receivers have stopped.
     pub fn finish(self) -> Finishing {
-        let Pipeline { name, thread, processor, resolver, recovery, .. } = self;
-        // A parked processor (never resumed) ends here: that ends its helpers.
-        drop(processor);
-        Finishing { name, thread, helpers: [resolver, recovery].into_iter().flatten().collect() }
+        let Pipeline { name, thread, processor, resolver, recovery, storage, .. } = self;
+        // A parked processor (never resumed) ends here: that ends its
+        // helpers; its agents are written first.
+        let writer = storage.map(|(writer, _, _)| writer);
+        let writer = match (processor, writer) {
+            (Some(p), Some(w)) => {
+                w.finish(Some(p.checkpoint()));
+                None
+            }
+            (_, w) => w,
+        };
+        Finishing { name, thread, helpers: [resolver, recovery].into_iter().flatten().collect(), writer }
     }
 }
 
@@ -504,6 +597,8 @@ pub struct Finishing {
     name: String,
     thread: Option<JoinHandle<ProcessorRun>>,
     helpers: Vec<Helper>,
+    /// Writes the processor's last checkpoint once it has drained its queue.
+    writer: Option<Writer>,
 }
 
 impl Finishing {
@@ -512,8 +607,15 @@ impl Finishing {
     pub fn join(self, deadline: Instant) -> Stopped {
         // The processor ends first; dropping it ends its helpers.
         let mut stopped = Stopped::default();
-        if let Some(t) = self.thread {
-            stopped.join(format!("pipelines::{}", self.name), t, deadline);
+        let mut last = None;
+        if let Some(t) = self.thread
+            && let Some((processor, _)) = stopped.join(format!("pipelines::{}", self.name), t, deadline)
+        {
+            last = Some(processor.checkpoint());
+        }
+        if let Some(writer) = self.writer {
+            // Every agent, as the processor left them: nothing lost at a stop.
+            writer.finish(last);
         }
         for h in self.helpers {
             h.join(deadline, &mut stopped);
