@@ -268,6 +268,12 @@ impl Collector {
     }
 
     /// Sends SIGTERM and waits for exit; returns the status and final log.
+    /// SIGKILL (a crash): nothing runs at exit; waits for it to be gone.
+    pub fn kill(mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait()
+    }
+
     pub fn stop(mut self) -> (ExitStatus, String) {
         self.signal(libc::SIGTERM);
         let status = self.wait();

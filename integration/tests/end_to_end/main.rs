@@ -27,4 +27,5 @@ mod otlp;
 mod prometheus;
 mod recovery;
 mod reload;
+mod restart;
 mod thresholds;

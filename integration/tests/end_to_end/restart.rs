@@ -1,0 +1,166 @@
+//! Agent state across restarts (a `file_storage` extension): the real
+//! collector stopped (SIGTERM) or killed (SIGKILL) and started again on
+//! the same state directory, with real agent processes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use varta_integration::{Collector, collector_cmd, read_events, signal, varta, wait_for};
+
+/// A pipeline on a UDS socket at `socket` keeping its agents in `state`,
+/// threshold 1 s, checkpoints every `every`.
+fn config(socket: &Path, state: &Path, every: &str) -> String {
+    format!(
+        r#"receivers:
+  vlp/uds: {{ transport: uds, path: "{}" }}
+processors:
+  tracker: {{ threshold: 1s, storage: file_storage/state, checkpoint_interval: {every} }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+extensions:
+  file_storage/state: {{ directory: "{}" }}
+service:
+  extensions: [file_storage/state]
+  pipelines:
+    liveness: {{ receivers: [vlp/uds], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#,
+        socket.display(),
+        state.display()
+    )
+}
+
+fn stalls_of(c: &Collector, pid: u32) -> usize {
+    let pid = pid.to_string();
+    read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "stall" && e.pid == pid).count()
+}
+
+fn tracked(c: &Collector) -> u64 {
+    c.counter("pipelines::liveness", "agents_tracked", "")
+}
+
+/// An agent frozen just before the collector stops is reported by the
+/// next one (it never beats again, so without the checkpoint it would
+/// never be seen); one that keeps beating across the restart is not.
+#[test]
+fn an_agent_frozen_across_a_sigterm_restart_is_reported_and_a_live_one_is_not() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let text = config(&socket, &state, "5s");
+    let first = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut frozen = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    let mut live = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    wait_for("both tracked", || (tracked(&first) == 2).then_some(()));
+    signal(&frozen, libc::SIGSTOP);
+    assert_eq!(stalls_of(&first, frozen.id()), 0, "stopped before the threshold passed");
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    assert!(state.join("liveness.state").exists(), "the last checkpoint is written at the stop");
+
+    let second = Collector::start(&text);
+    assert_eq!(second.counter("processors::tracker", "agents_restored", ""), 2);
+    let window = wait_for("the restart's blind window", || {
+        read_events(&second.path("events.tsv")).into_iter().find(|e| e.kind == "blind_window")
+    });
+    assert!(window.payload.starts_with("cause=restart"), "{window:?}");
+    wait_for("the frozen agent reported by the new process", || {
+        (stalls_of(&second, frozen.id()) == 1).then_some(())
+    });
+    // The live one beat to the same socket all along: never stalled,
+    // though the new process only heard of it from the checkpoint first.
+    let beats = second.counter("pipelines::liveness", "beats_accepted", "");
+    wait_for("the live agent heard again", || {
+        (second.counter("pipelines::liveness", "beats_accepted", "") > beats + 10).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(stalls_of(&second, live.id()), 0, "a live agent across a restart is not reported");
+    for a in [&mut frozen, &mut live] {
+        signal(a, libc::SIGCONT);
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// SIGKILL: what the last periodic checkpoint held survives.
+#[test]
+fn an_agent_in_the_last_checkpoint_survives_a_sigkill() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let text = config(&socket, &state, "200ms");
+    let first = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut frozen = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    wait_for("tracked", || (tracked(&first) == 1).then_some(()));
+    let written = first.counter("processors::tracker", "checkpoints_written", "");
+    wait_for("a checkpoint with the agent", || {
+        (first.counter("processors::tracker", "checkpoints_written", "") > written).then_some(())
+    });
+    signal(&frozen, libc::SIGSTOP);
+    first.kill();
+    let second = Collector::start(&text);
+    wait_for("the frozen agent reported after the crash", || {
+        (stalls_of(&second, frozen.id()) == 1).then_some(())
+    });
+    signal(&frozen, libc::SIGCONT);
+    let _ = frozen.kill();
+    let _ = frozen.wait();
+}
+
+/// Whatever lies in the state directory, the collector starts (empty),
+/// says why, counts it, and stops cleanly.
+#[test]
+fn garbage_truncated_and_other_boot_state_files_are_set_aside() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let text = config(&socket, &state, "5s");
+    // A real checkpoint first, to cut short and to move to another boot.
+    let first = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut agent = varta(&["beat", "--socket", &sock, "--count", "3", "--every", "20ms"]).spawn().expect("agent");
+    let _ = agent.wait();
+    wait_for("tracked", || (tracked(&first) == 1).then_some(()));
+    let (status, _) = first.stop();
+    assert!(status.success());
+    let file = state.join("liveness.state");
+    let good = std::fs::read(&file).expect("checkpoint");
+    let mut other_boot = good.clone();
+    other_boot[12] ^= 0xff; // the boot id
+    let crc = crc32c::crc32c(&other_boot[..other_boot.len() - 4]).to_le_bytes();
+    let n = other_boot.len();
+    other_boot[n - 4..].copy_from_slice(&crc);
+    for (contents, reason) in [
+        (b"not a checkpoint at all".to_vec(), "format"),
+        (good[..good.len() / 2].to_vec(), "corrupt"),
+        (other_boot, "other_boot"),
+    ] {
+        std::fs::write(&file, &contents).expect("write");
+        let c = Collector::start(&text);
+        assert_eq!(c.counter("processors::tracker", "checkpoints_set_aside", reason), 1, "{reason}");
+        assert_eq!(c.counter("processors::tracker", "agents_restored", ""), 0, "{reason}");
+        assert!(state.join("liveness.state.set-aside").exists(), "{reason}: kept aside for a look");
+        let (status, log) = c.stop();
+        assert!(status.success(), "{reason}: {log}");
+    }
+}
+
+/// A state directory someone else could write is a configuration error.
+#[test]
+fn a_state_directory_with_the_wrong_mode_is_refused() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let path = shared.path().join("collector.yaml");
+    std::fs::write(&path, config(&socket, &state, "5s").replace("@DIR@", &shared.path().display().to_string()))
+        .expect("config");
+    let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("extensions::file_storage/state") && said.contains("0700"), "{said}");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
