@@ -120,6 +120,15 @@ pub fn write_secret(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).expect("write secret file");
 }
 
+/// `varta keygen --out DIR/NAME`: a new key file (mode 0600), and the key in it.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, varta_proto::Key) {
+    let path = dir.join(name);
+    let out = varta(&["keygen", "--out", path.to_str().expect("utf8")]).output().expect("keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = varta_proto::Key::from_hex(&std::fs::read_to_string(&path).expect("key")).expect("hex key");
+    (path, key)
+}
+
 /// A loopback UDP port that was free a moment ago.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")

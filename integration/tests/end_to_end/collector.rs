@@ -6,10 +6,10 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 
 use varta_integration::{
-    Collector, EventLine, collector_cmd, final_counter, free_tcp_port, free_udp_port, pipeline_config,
-    read_events, signal, varta, wait_for,
+    Collector, EventLine, collector_cmd, final_counter, free_tcp_port, free_udp_port, keygen,
+    pipeline_config, read_events, signal, varta, wait_for,
 };
-use varta_proto::{Frame, FrameCipher, Iv, Key, Status};
+use varta_proto::{Frame, FrameCipher, Iv, Status};
 
 const THRESHOLD_MS: u64 = 300;
 
@@ -211,14 +211,6 @@ fn secure_agent(addr: &str, key_flag: &str, key: &std::path::Path) -> Child {
     varta(&["beat", "--secure-udp", addr, key_flag, key, "--count", "2", "--every", "10ms"])
         .spawn()
         .expect("agent")
-}
-
-fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Key) {
-    let path = dir.join(name);
-    let out = varta(&["keygen", "--out", path.to_str().expect("utf8")]).output().expect("keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = Key::from_hex(&std::fs::read_to_string(&path).expect("key")).expect("hex key");
-    (path, key)
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use reference_client::{BeatOutcome, Varta};
 use reference_vlp::Status;
 use reference_vlp::crypto::Key;
-use varta_integration::{Collector, free_udp_port as free_port, pipeline_config, read_events, wait_for};
+use varta_integration::{
+    Collector, free_udp_port as free_port, pipeline_config, read_events, wait_for, write_secret,
+};
 
 fn config(receiver: &str) -> String {
     pipeline_config("in", receiver, "5s")
@@ -59,17 +61,8 @@ fn secure(kind: &str, key: [u8; 32]) -> (Collector, SocketAddr, tempfile::TempDi
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("k");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .expect("key");
-        std::io::Write::write_all(&mut f, hex.as_bytes()).expect("write key");
-    }
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_secret(&key_path, &hex);
     let c = Collector::start(&config(&format!(
         "    transport: secure_udp\n    endpoint: \"127.0.0.1:{port}\"\n    {kind}: {}",
         if kind == "key_files" {

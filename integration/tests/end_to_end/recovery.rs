@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 
 use varta_integration::{
-    Collector, binary, collector_cmd, free_udp_port, read_events, reap, send_signal, wait_for,
+    Collector, binary, collector_cmd, free_udp_port, keygen, read_events, reap, send_signal, wait_for,
 };
 use varta_proto::Status;
 
@@ -775,12 +775,7 @@ fn a_user_owned_scope_named_like_dockers_never_yields_a_container() {
 #[test]
 fn a_master_key_agents_pid_is_a_claim_and_is_never_acted_on() {
     let keydir = tempfile::tempdir().expect("tempdir");
-    let key_path = keydir.path().join("master.key");
-    let out = varta_integration::varta(&["keygen", "--out", key_path.to_str().expect("utf8")])
-        .output()
-        .expect("keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = varta_proto::Key::from_hex(&std::fs::read_to_string(&key_path).expect("key")).expect("hex");
+    let (key_path, key) = keygen(keydir.path(), "master.key");
     let port = free_udp_port();
     let text = config(r#"["/bin/kill", "-0", "{pid}"]"#, "", free_udp_port()).replace(
         "  vlp/udp:",

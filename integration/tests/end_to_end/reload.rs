@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Child;
 
 use varta_integration::{
-    Collector, collector_cmd, free_udp_port, read_events, reap, send_signal, varta, wait_for,
+    Collector, collector_cmd, free_udp_port, keygen, read_events, reap, send_signal, varta, wait_for,
 };
 
 fn config(dir: &Path, port: u16, keys: &[&str], threshold: &str) -> String {
@@ -28,11 +28,6 @@ service:
 "#,
         key_files.join(", ")
     )
-}
-
-fn keygen(dir: &Path, name: &str) {
-    let out = varta(&["keygen", "--out", dir.join(name).to_str().expect("utf8")]).output().expect("keygen");
-    assert!(out.status.success(), "{out:?}");
 }
 
 fn secure_agent(port: u16, key: &Path) -> Child {
