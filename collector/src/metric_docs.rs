@@ -28,6 +28,7 @@ fn metrics_of(list: impl FnOnce(&mut dyn FnMut(Sample))) -> Vec<&'static Metric>
 fn owners() -> Vec<Owner> {
     let mut processor = metrics_of(|out| varta_processor::ProcessorStats::new().snapshot().samples(out));
     processor.extend(samples_of(&varta_processor::recovery::RecoveryStats::default()));
+    processor.extend(samples_of(&varta_embed::compose::storage::StorageStats::default()));
 
     let mut exporters = samples_of(&varta_exporters::otlp::stats::OtlpStats::default());
     exporters.extend(samples_of(&varta_exporters::httpd::ConnectionStats::default()));

@@ -358,6 +358,11 @@ fn spawn(
     let child = cmd
         .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("RUST_LOG")
+        // Each collector keeps its agents' state (the default
+        // configuration's file_storage) in its own directory: tests never
+        // restore each other's agents, nor this machine's.
+        .env_remove("STATE_DIRECTORY")
+        .env("XDG_STATE_HOME", dir.path().join("state"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -225,8 +225,9 @@ impl Processor {
         kept.reverse();
         self.continue_incidents_from(checkpoint.next_incident);
         for a in kept {
-            let mut slot = Slot::new(a.source, a.pid, a.start_time, a.transport, a.last_beat_ns.min(now_ns), 0)
-                .with_frame_pid(a.frame_pid);
+            let mut slot =
+                Slot::new(a.source, a.pid, a.start_time, a.transport, a.last_beat_ns.min(now_ns), 0)
+                    .with_frame_pid(a.frame_pid);
             slot.status = a.status;
             if let Some(nonce) = a.last_nonce {
                 slot.set_last_nonce(nonce);

@@ -262,7 +262,9 @@ impl TrackerConfig {
                 format!("must be between 10ms and 1m (got {:?})", self.snapshot_interval),
             ));
         }
-        if self.checkpoint_interval < Duration::from_millis(100) || self.checkpoint_interval > Duration::from_secs(3600) {
+        if self.checkpoint_interval < Duration::from_millis(100)
+            || self.checkpoint_interval > Duration::from_secs(3600)
+        {
             return Err(ConfigError::invalid(
                 "tracker.checkpoint_interval",
                 format!("must be between 100ms and 1h (got {:?})", self.checkpoint_interval),

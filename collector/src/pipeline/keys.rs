@@ -45,7 +45,7 @@ pub fn plan(config: &Config, name: &str, p: &Pipeline) -> PipelinePlan {
             if let Some((storage, interval)) = c.config.storage() {
                 let directory = config.extensions.get(storage).and_then(|e| e.config.state_directory());
                 plan.storage = directory.map(|directory| varta_embed::compose::StorageSpec {
-                    directory: directory.to_path_buf(),
+                    directory,
                     interval,
                     component: id.clone(),
                 });

@@ -174,7 +174,10 @@ pub fn open_dir(dir: &Path) -> Result<PathBuf, String> {
 /// A state directory must be ours alone (see the module docs).
 pub fn check_own_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.file_type().is_dir() {
-        return Err(format!("the state directory {} is not a directory (a symlink is refused)", dir.display()));
+        return Err(format!(
+            "the state directory {} is not a directory (a symlink is refused)",
+            dir.display()
+        ));
     }
     // SAFETY: geteuid(2) has no failure mode.
     let euid = unsafe { libc::geteuid() };
@@ -340,8 +343,10 @@ impl StateFile {
     /// `<dir>/<pipeline>.state` (the pipeline name is a config key: it
     /// holds no `/`).
     pub fn new(dir: &Path, pipeline: &str) -> StateFile {
-        let name: String =
-            pipeline.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let name: String = pipeline
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .collect();
         StateFile { path: dir.join(format!("{name}.state")), stats: Arc::default() }
     }
 

@@ -119,7 +119,8 @@ fn garbage_truncated_and_other_boot_state_files_are_set_aside() {
     // A real checkpoint first, to cut short and to move to another boot.
     let first = Collector::start(&text);
     let sock = socket.display().to_string();
-    let mut agent = varta(&["beat", "--socket", &sock, "--count", "3", "--every", "20ms"]).spawn().expect("agent");
+    let mut agent =
+        varta(&["beat", "--socket", &sock, "--count", "3", "--every", "20ms"]).spawn().expect("agent");
     let _ = agent.wait();
     wait_for("tracked", || (tracked(&first) == 1).then_some(()));
     let (status, _) = first.stop();
@@ -154,8 +155,11 @@ fn a_state_directory_with_the_wrong_mode_is_refused() {
     std::fs::create_dir(&state).expect("mkdir");
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let path = shared.path().join("collector.yaml");
-    std::fs::write(&path, config(&socket, &state, "5s").replace("@DIR@", &shared.path().display().to_string()))
-        .expect("config");
+    std::fs::write(
+        &path,
+        config(&socket, &state, "5s").replace("@DIR@", &shared.path().display().to_string()),
+    )
+    .expect("config");
     let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{said}");
