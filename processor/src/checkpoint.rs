@@ -59,6 +59,10 @@ pub struct Checkpoint {
     pub clock: Clock,
     /// The next incident number.
     pub next_incident: u64,
+    /// The exporters' trace-id salt when it was written (opaque here):
+    /// with the incident numbers it keeps an incident's trace across a
+    /// restart. Filled in by whoever writes the checkpoint.
+    pub trace_salt: u64,
     pub agents: Vec<AgentState>,
 }
 
@@ -201,6 +205,7 @@ impl Processor {
             taken_ns: self.clock().now_ns(),
             clock: self.clock(),
             next_incident: self.next_incident(),
+            trace_salt: 0,
             agents,
         }
     }

@@ -75,8 +75,16 @@ impl IdSource {
 /// (still different per start) if the OS source fails.
 /// The salt of this process's trace ids, drawn once.
 pub fn process_salt() -> u64 {
-    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SALT.get_or_init(random_salt)
+}
+
+static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Takes `salt` (a checkpoint's) as this process's, so incidents carried
+/// across a restart keep their traces; `false` when a salt was already
+/// drawn (then that one stays).
+pub fn adopt_process_salt(salt: u64) -> bool {
+    SALT.set(salt).is_ok() || process_salt() == salt
 }
 
 pub fn random_salt() -> u64 {

@@ -258,6 +258,13 @@ impl Pipeline {
         let file = StateFile::new(&dir, &self.name);
         if self.restore.is_none() && processor.agents() == 0 {
             self.restore = file.load(processor.clock());
+            // Before any exporter draws its own: an incident open across
+            // the restart stays one trace.
+            if let Some(checkpoint) = &self.restore
+                && !varta_telemetry::ids::adopt_process_salt(checkpoint.trace_salt)
+            {
+                tracing::warn!(pipeline = %self.name, "trace ids were already salted; incidents carried across the restart start new traces");
+            }
         }
         let stats = file.stats();
         let writer = Writer::start(file, &self.name).map_err(|e| BuildError::Storage(e.to_string()))?;

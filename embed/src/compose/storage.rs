@@ -45,7 +45,7 @@ pub const MAX_STATE_BYTES: u64 = 2 << 30;
 /// Bytes of one agent record.
 const RECORD: usize = 96;
 /// Bytes of the header.
-const HEADER: usize = 8 + 4 + 16 + 1 + 8 + 8 + 4;
+const HEADER: usize = 8 + 4 + 16 + 1 + 8 + 8 + 8 + 4;
 
 /// Why a state file was not restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +243,7 @@ pub fn encode(checkpoint: &Checkpoint, boot: [u8; 16]) -> Vec<u8> {
     out.push(clock_byte(checkpoint.clock));
     out.extend_from_slice(&checkpoint.taken_ns.to_le_bytes());
     out.extend_from_slice(&checkpoint.next_incident.to_le_bytes());
+    out.extend_from_slice(&checkpoint.trace_salt.to_le_bytes());
     out.extend_from_slice(&(checkpoint.agents.len() as u32).to_le_bytes());
     for a in &checkpoint.agents {
         let start = out.len();
@@ -299,7 +300,8 @@ pub fn decode(bytes: &[u8], boot: [u8; 16], clock: Clock) -> Result<Checkpoint, 
     }
     let taken_ns = u64_at(body, 29);
     let next_incident = u64_at(body, 37);
-    let count = u32_at(body, 45) as usize;
+    let trace_salt = u64_at(body, 45);
+    let count = u32_at(body, 53) as usize;
     if body.len() != HEADER + count * RECORD {
         return Err(SetAside::Corrupt);
     }
@@ -329,7 +331,7 @@ pub fn decode(bytes: &[u8], boot: [u8; 16], clock: Clock) -> Result<Checkpoint, 
             learned: (u16::from_le_bytes([r[88], r[89]]), r[90]),
         });
     }
-    Ok(Checkpoint { taken_ns, clock, next_incident, agents })
+    Ok(Checkpoint { taken_ns, clock, next_incident, trace_salt, agents })
 }
 
 /// One pipeline's state file in a state directory.
@@ -446,7 +448,8 @@ impl Writer {
         let (tx, rx): (Sender<Checkpoint>, Receiver<Checkpoint>) = bounded(1);
         let writer = file.clone();
         let thread = std::thread::Builder::new().name(format!("state-{name}")).spawn(move || {
-            for checkpoint in rx {
+            for mut checkpoint in rx {
+                checkpoint.trace_salt = varta_telemetry::ids::process_salt();
                 writer.wrote(writer.write(&checkpoint));
             }
         })?;

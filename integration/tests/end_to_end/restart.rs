@@ -168,3 +168,59 @@ fn a_state_directory_with_the_wrong_mode_is_refused() {
     let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// An incident open across a restart is one trace: its stall span before
+/// the stop and its resolved span after it share the trace id (the
+/// checkpoint keeps the incident number and the trace-id salt).
+#[test]
+fn an_incident_open_across_a_restart_ends_in_the_same_trace() {
+    use varta_integration::free_tcp_port;
+    use varta_integration::otlp_server::{OtlpServer, Sink};
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let port = free_tcp_port();
+    let sink = Sink::default();
+    let _server = OtlpServer::start(port, &sink);
+    let text = config(&socket, &state, "5s")
+        .replace(
+            "exporters:\n  file: { path: \"@DIR@/events.tsv\" }\n",
+            &format!(
+                "exporters:\n  file: {{ path: \"@DIR@/events.tsv\" }}\n  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", metrics: {{ enabled: false }} }}\n"
+            ),
+        )
+        .replace("exporters: [file]", "exporters: [file, otlp]");
+    let first = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut agent = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    let pid = i64::from(agent.id());
+    wait_for("tracked", || (tracked(&first) == 1).then_some(()));
+    signal(&agent, libc::SIGSTOP);
+    let span = |name: &'static str| {
+        let sink = sink.clone();
+        move || {
+            sink.with(|r| {
+                r.spans.iter().zip(&r.span_resources).find_map(|(s, res)| {
+                    let ours = res.iter().any(|kv| {
+                        kv.key == "process.pid"
+                            && matches!(
+                                kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(p)) if *p == pid
+                            )
+                    });
+                    (s.name == name && ours).then(|| s.trace_id.clone())
+                })
+            })
+        }
+    };
+    let stalled = wait_for("the stall span", span("varta.stall"));
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    let second = Collector::start(&text);
+    signal(&agent, libc::SIGCONT);
+    let resolved = wait_for("the resolved span from the new process", span("varta.stall.resolved"));
+    assert_eq!(resolved, stalled, "one incident, one trace, across the restart");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+}
