@@ -300,6 +300,9 @@ fn run(mut config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Sockets systemd bound for us (socket activation): taken before any
+    // thread runs, matched to UDS receivers by path.
+    varta_receiver::activation::adopt_from_env();
     if let Err(e) = config.check_files() {
         eprintln!("varta-collector: configuration error: {e}");
         return ExitCode::from(EXIT_CONFIG);

@@ -73,12 +73,17 @@ fn checkpoint_cost_at_100_000_and_1_000_000_agents() {
         let load = t.elapsed();
         let mut q = Processor::new(
             None,
-            TrackerConfig { capacity: agents as usize, threshold: Duration::from_secs(60), ..TrackerConfig::default() },
+            TrackerConfig {
+                capacity: agents as usize,
+                threshold: Duration::from_secs(60),
+                ..TrackerConfig::default()
+            },
             Box::new(|pid| Some(u64::from(pid))),
         )
         .expect("processor");
         let t = Instant::now();
-        let restored = q.restore(&back, q.clock().now_ns(), &mut DiscardSink);
+        let restored =
+            q.restore(&back, q.clock().now_ns(), varta_processor::BlindCause::Restart, &mut DiscardSink);
         let rearm = t.elapsed();
         assert_eq!(restored.agents, agents as usize);
         assert_eq!(back.agents, checkpoint.agents, "what comes back is what went in");

@@ -212,9 +212,17 @@ impl Processor {
 
     /// Takes back a checkpoint of the same boot and clock (the caller
     /// checks both) into an empty processor, at `now_ns` (see the module
-    /// docs). Agents beyond the capacity are left out, the least recently
-    /// heard first.
-    pub fn restore(&mut self, checkpoint: &Checkpoint, now_ns: u64, out: &mut dyn EventSink) -> Restored {
+    /// docs); `cause` is what kept the collector from listening meanwhile
+    /// ([`BlindCause::Restart`], or [`BlindCause::Reload`] for agents carried
+    /// into a rebuilt tracker). Agents beyond the capacity are left out,
+    /// the least recently heard first.
+    pub fn restore(
+        &mut self,
+        checkpoint: &Checkpoint,
+        now_ns: u64,
+        cause: BlindCause,
+        out: &mut dyn EventSink,
+    ) -> Restored {
         let mut agents: Vec<&AgentState> = checkpoint.agents.iter().collect();
         // The recency lists are in last-beat order; the newest kept.
         agents.sort_by_key(|a| std::cmp::Reverse(a.last_beat_ns));
@@ -255,7 +263,11 @@ impl Processor {
             done.agents += 1;
         }
         self.reclassify();
-        self.blind_window(BlindCause::Restart, checkpoint.taken_ns.min(now_ns), now_ns, out);
+        if cause == BlindCause::Restart {
+            // Silent since now: stopped while the collector was down.
+            self.restored_at_ns = Some(now_ns);
+        }
+        self.blind_window(cause, checkpoint.taken_ns.min(now_ns), now_ns, out);
         done
     }
 }

@@ -98,6 +98,9 @@ pub struct Processor {
     /// Agents armed at a provisional rule (see [`Thresholds::provisional_rule`])
     /// until the resolver answers: slot → when it falls back without an answer.
     provisional: hashbrown::HashMap<u32, u64>,
+    /// When agents were last restored from a checkpoint: one silent since
+    /// then stopped while the collector was down.
+    pub(crate) restored_at_ns: Option<u64>,
     /// Periodic checkpoints of the agents' state, when configured.
     pub(crate) checkpoints: Option<crate::checkpoint::Checkpoints>,
     /// How late the loop may run before the gap is a blind window: a
@@ -178,6 +181,7 @@ impl Processor {
             resolved: Vec::new(),
             provisional: hashbrown::HashMap::new(),
             checkpoints: None,
+            restored_at_ns: None,
             blind_after_ns: blind_after(&thresholds),
             thresholds,
             expected_wake: None,
@@ -629,8 +633,11 @@ impl Processor {
                 },
             );
             let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));
+            // Silent since it was restored from a checkpoint: it stopped
+            // while the collector was down (`on_restore`).
+            let restored = self.restored_at_ns.is_some_and(|at| last_beat_ns < at);
             if let Some(recovery) = self.recovery.as_mut() {
-                recovery.stalled(&agent, incident, diagnosing);
+                recovery.stalled(&agent, incident, diagnosing, restored);
             }
         }
     }

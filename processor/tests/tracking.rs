@@ -690,7 +690,7 @@ fn a_checkpoint_restores_agents_deadlines_and_open_incidents() {
     // Restored 2.5 s later: 8's deadline (T0 + 3 s) fell in the window.
     let mut new = processor(no_limits(), tracker(2000));
     let now = T0 + 4 * S + S / 2;
-    let restored = new.restore(&checkpoint, now, &mut out);
+    let restored = new.restore(&checkpoint, now, BlindCause::Restart, &mut out);
     assert_eq!((restored.agents, restored.stalled, restored.dropped), (2, 1, 0));
     let k = kinds(&out.take());
     assert!(matches!(k[..], [EventKind::BlindWindow { cause: BlindCause::Restart, .. }]), "{k:?}");
@@ -706,7 +706,7 @@ fn a_checkpoint_restores_agents_deadlines_and_open_incidents() {
 
     // A smaller capacity keeps the most recently heard.
     let mut small = processor(no_limits(), TrackerConfig { capacity: 1, ..tracker(2000) });
-    let restored = small.restore(&checkpoint, now, &mut out);
+    let restored = small.restore(&checkpoint, now, BlindCause::Restart, &mut out);
     assert_eq!((restored.agents, restored.dropped), (1, 1));
     assert_eq!(small.agent_states()[0].id.pid, 8, "8 beat last");
 }

@@ -30,6 +30,7 @@
 //! [`replay`] (secure-UDP replay table), [`stats`]; transports in `uds`,
 //! `udp`, `secure`.
 
+pub mod activation;
 pub mod config;
 pub mod error;
 pub mod mmsg;

@@ -19,7 +19,10 @@
 //! which is a non-socket file (never deleted); a socket file that answers a
 //! connect belongs to a live receiver (error); one that refuses is stale and
 //! is removed. The socket is chmod-ed to `socket_mode` right after bind, and
-//! unlinked on drop if the path still holds our inode.
+//! unlinked on drop if the path still holds our inode. A socket systemd
+//! passed for the path (socket activation, see [`crate::activation`]) is
+//! taken instead: never bound, chmod-ed or unlinked by us, and given back
+//! when the receiver is dropped (a reload may take it again).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -49,6 +52,8 @@ pub(crate) struct UdsReceiver {
     pid_max: u32,
     pub(crate) granted: u64,
     mode: u32,
+    /// Passed by systemd: given back, never unlinked, on drop.
+    activated: bool,
 }
 
 impl UdsReceiver {
@@ -61,6 +66,9 @@ impl UdsReceiver {
         };
         if !dir.is_dir() {
             return Err(ReceiverError::MissingDirectory { id: id.to_owned(), dir });
+        }
+        if let Some(socket) = crate::activation::take(&path) {
+            return Self::activated(id, cfg, path, socket);
         }
         clear_stale(id, &path)?;
         let socket = UnixDatagram::bind(&path).map_err(io_err(format!("bind {}", path.display())))?;
@@ -83,11 +91,39 @@ impl UdsReceiver {
             pid_max: procfs::pid_max().unwrap_or(PID_MAX_LIMIT),
             granted: 0,
             mode,
+            activated: false,
         };
         // From here on, dropping `me` unlinks the socket file on error.
         let fd = me.socket.as_raw_fd();
         mmsg::set_pass_credentials(fd).map_err(io_err("set SO_PASSCRED".into()))?;
         me.granted = mmsg::set_recv_buffer(fd, cfg.recv_buffer()).map_err(io_err("set SO_RCVBUF".into()))?;
+        Ok(me)
+    }
+
+    /// A receiver on the socket systemd passed for `path`.
+    fn activated(
+        id: &str,
+        cfg: &VlpReceiverConfig,
+        path: PathBuf,
+        socket: UnixDatagram,
+    ) -> Result<UdsReceiver, ReceiverError> {
+        let io_err = |what: String| move |source| ReceiverError::Io { id: id.to_owned(), what, source };
+        let mode = std::fs::metadata(&path).map(|m| m.mode() & 0o7777).unwrap_or(0);
+        let mut me = UdsReceiver {
+            socket,
+            path,
+            inode: (0, 0),
+            allowed_uids: cfg.allowed_uids.clone().unwrap_or_else(|| vec![varta_secrets::effective_uid()]),
+            allow_cross_namespace: cfg.allow_cross_namespace.unwrap_or(false),
+            pid_max: procfs::pid_max().unwrap_or(PID_MAX_LIMIT),
+            granted: 0,
+            mode,
+            activated: true,
+        };
+        let fd = me.socket.as_raw_fd();
+        mmsg::set_pass_credentials(fd).map_err(io_err("set SO_PASSCRED".into()))?;
+        me.granted = mmsg::set_recv_buffer(fd, cfg.recv_buffer()).map_err(io_err("set SO_RCVBUF".into()))?;
+        tracing::info!(receiver = id, path = %me.path.display(), "using the socket systemd passed (never bound or unlinked here)");
         Ok(me)
     }
 
@@ -203,6 +239,13 @@ fn clear_stale(id: &str, path: &Path) -> Result<(), ReceiverError> {
 
 impl Drop for UdsReceiver {
     fn drop(&mut self) {
+        if self.activated {
+            // systemd's socket: back for the next receiver on this path.
+            if let Ok(socket) = self.socket.try_clone() {
+                crate::activation::give_back(self.path.clone(), socket);
+            }
+            return;
+        }
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.inode);
         if !ours {

@@ -170,9 +170,9 @@ pub struct Pipeline {
     wedge_after: Option<u64>,
     /// Its checkpoint writer and the component its counters report under.
     storage: Option<(Writer, String, Arc<StorageStats>)>,
-    /// A checkpoint to take back when the processor first runs (at start),
-    /// or carried across a reload that rebuilt the processor.
-    restore: Option<varta_processor::checkpoint::Checkpoint>,
+    /// A checkpoint to take back when the processor first runs (at start:
+    /// a restart), or carried across a reload that rebuilt the processor.
+    restore: Option<(varta_processor::checkpoint::Checkpoint, varta_processor::BlindCause)>,
 }
 
 fn unattested_budget(plan: &PipelinePlan) -> Option<usize> {
@@ -257,10 +257,10 @@ impl Pipeline {
         let dir = storage::open_dir(&spec.directory).map_err(BuildError::Storage)?;
         let file = StateFile::new(&dir, &self.name);
         if self.restore.is_none() && processor.agents() == 0 {
-            self.restore = file.load(processor.clock());
+            self.restore = file.load(processor.clock()).map(|c| (c, varta_processor::BlindCause::Restart));
             // Before any exporter draws its own: an incident open across
             // the restart stays one trace.
-            if let Some(checkpoint) = &self.restore
+            if let Some((checkpoint, _)) = &self.restore
                 && !varta_telemetry::ids::adopt_process_salt(checkpoint.trace_salt)
             {
                 tracing::warn!(pipeline = %self.name, "trace ids were already salted; incidents carried across the restart start new traces");
@@ -312,7 +312,7 @@ impl Pipeline {
             let mut processor = new_processor(plan)?;
             processor.continue_incidents_from(numbered);
             if let Some(carried) = carried {
-                self.restore = Some(carried);
+                self.restore = Some((carried, varta_processor::BlindCause::Reload));
             }
             self.stats = processor.stats();
             self.snapshots = processor.snapshots();
@@ -511,9 +511,9 @@ impl Pipeline {
             return Err(BuildError::NoProcessor);
         };
         let mut fanout = Fanout::new(producers);
-        if let Some(checkpoint) = self.restore.take() {
+        if let Some((checkpoint, cause)) = self.restore.take() {
             let now = processor.clock().now_ns();
-            let restored = processor.restore(&checkpoint, now, &mut fanout);
+            let restored = processor.restore(&checkpoint, now, cause, &mut fanout);
             tracing::info!(
                 pipeline = %self.name,
                 agents = restored.agents,

@@ -66,6 +66,34 @@ fn the_systemd_unit_verifies() {
     assert!(!verify_unit(&broken).0, "a broken unit must not verify");
 }
 
+/// The socket unit (socket activation) verifies beside the service, hands
+/// the agents' socket to it, and the service keeps its runtime directory
+/// (where the socket lives) across restarts.
+#[test]
+fn the_systemd_socket_unit_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = std::fs::read_to_string(kit("systemd/varta-collector.service")).expect("unit");
+    assert!(service.contains("RuntimeDirectoryPreserve=yes"), "the socket must outlive a restart");
+    std::fs::write(
+        dir.path().join("varta-collector.service"),
+        service.replace("/usr/local/bin/varta-collector", &binary("varta-collector").display().to_string()),
+    )
+    .expect("write");
+    let socket = std::fs::read_to_string(kit("systemd/varta-collector.socket")).expect("socket unit");
+    for key in
+        ["ListenDatagram=/run/varta/varta.sock", "PassCredentials=yes", "Service=varta-collector.service"]
+    {
+        assert!(socket.contains(key), "the socket unit lacks {key:?}");
+    }
+    let unit = dir.path().join("varta-collector.socket");
+    std::fs::write(&unit, &socket).expect("write");
+    let (ok, said) = verify_unit(&unit);
+    assert!(ok, "systemd-analyze verify: {said}");
+    let broken = dir.path().join("broken.socket");
+    std::fs::write(&broken, socket.replace("ListenDatagram=", "ListenDatagramm=")).expect("write");
+    assert!(!verify_unit(&broken).0, "a broken unit must not verify");
+}
+
 fn kubernetes_validate(path: &Path) -> (bool, String) {
     run(Command::new(peers::kubernetes_validate()).args(["--strict", "--quiet"]).arg(path))
 }

@@ -224,3 +224,150 @@ fn an_incident_open_across_a_restart_ends_in_the_same_trace() {
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Socket activation with the real `systemd-socket-activate --datagram`:
+/// the collector takes the socket bound for it (agents' beats queued
+/// before it started are read), never binds or unlinks the path, and the
+/// path is still there, still a socket, after it stopped.
+#[test]
+fn socket_activation_hands_the_agents_socket_to_the_collector() {
+    use std::os::unix::fs::FileTypeExt;
+    use std::process::{Command, Stdio};
+    let shared = tempfile::tempdir().expect("tempdir");
+    let socket = shared.path().join("varta.sock");
+    let events = shared.path().join("events.tsv");
+    let text = config(&socket, &shared.path().join("state"), "5s")
+        .replace("@DIR@/events.tsv", &events.display().to_string());
+    let cfg = shared.path().join("collector.yaml");
+    std::fs::write(&cfg, text).expect("config");
+    let log = shared.path().join("collector.log");
+    let mut activator = Command::new("systemd-socket-activate")
+        .args(["--datagram", "-l"])
+        .arg(&socket)
+        .args(["-E", "XDG_STATE_HOME"])
+        .arg(varta_integration::binary("varta-collector"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("XDG_STATE_HOME", shared.path().join("xdg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package)");
+    wait_for("the socket bound by the activator", || socket.exists().then_some(()));
+    // The first datagram starts the collector; these beats wait in the
+    // socket meanwhile, then it reads them.
+    let mut agent =
+        varta(&["beat", "--socket", &socket.display().to_string(), "--count", "3", "--every", "50ms"])
+            .spawn()
+            .expect("agent");
+    let pid = agent.id().to_string();
+    let _ = agent.wait();
+    wait_for("the agent's stall from the activated collector", || {
+        read_events(&events).iter().any(|e| e.kind == "stall" && e.pid == pid).then_some(())
+    });
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("using the socket systemd passed"), "{said}");
+    signal(&activator, libc::SIGTERM);
+    let status = wait_for("the collector's exit", || activator.try_wait().ok().flatten());
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{said}");
+    let meta = std::fs::symlink_metadata(&socket).expect("the path outlives the collector");
+    assert!(meta.file_type().is_socket(), "still systemd's socket");
+}
+
+/// An agent killed while the collector is down: the new process reports
+/// it (its diagnosis says `exited`), and recovery does not run by default
+/// (refused and audited as `restored`); with `on_restore: run`, it does.
+#[test]
+fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recovered_by_default() {
+    for (on_restore, runs) in [("", false), ("    on_restore: run\n", true)] {
+        let shared = tempfile::tempdir().expect("tempdir");
+        let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+        let runs_file = shared.path().join("runs");
+        let text = config(&socket, &state, "5s")
+            .replace(
+                "  tracker: { threshold: 1s,",
+                &format!(
+                    "  resolver: {{ diagnosis: {{ window: 100ms }} }}\n  recovery:\n    exec: [\"/bin/sh\", \"-c\", \"echo $1 >> {}\", \"recover\", \"{{pid}}\"]\n    audit_file: \"@DIR@/audit.tsv\"\n{on_restore}  tracker: {{ threshold: 1s,",
+                    runs_file.display()
+                ),
+            )
+            .replace("processors: [tracker]", "processors: [tracker, resolver, recovery]");
+        let first = Collector::start(&text);
+        let sock = socket.display().to_string();
+        let mut agent = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+        let pid = agent.id();
+        wait_for("tracked", || (tracked(&first) == 1).then_some(()));
+        let (status, log) = first.stop();
+        assert!(status.success(), "{log}");
+        // Gone while nobody watched.
+        let _ = agent.kill();
+        let _ = agent.wait();
+        let second = Collector::start(&text);
+        let events = second.path("events.tsv");
+        let pid_s = pid.to_string();
+        wait_for("the gone agent reported", || {
+            read_events(&events).iter().any(|e| e.kind == "stall" && e.pid == pid_s).then_some(())
+        });
+        let diagnosis = wait_for("its diagnosis", || {
+            read_events(&events).into_iter().find(|e| e.kind == "diagnosis" && e.pid == pid_s)
+        });
+        assert_eq!(diagnosis.status, "exited", "{diagnosis:?}");
+        let decision = wait_for("the recovery decision", || {
+            read_events(&events).into_iter().find(|e| {
+                e.kind == "recovery" && e.pid == pid_s && (e.status == "refused" || e.status == "started")
+            })
+        });
+        if runs {
+            assert_eq!(decision.status, "started", "on_restore: run: {decision:?}");
+            wait_for("the command's run", || runs_file.exists().then_some(()));
+        } else {
+            assert_eq!(decision.status, "refused", "{decision:?}");
+            assert!(decision.payload.contains("reason=restored"), "{decision:?}");
+            let audit = std::fs::read_to_string(second.path("audit.tsv")).unwrap_or_default();
+            assert!(audit.contains("refused:restored"), "audited: {audit}");
+            assert!(!runs_file.exists(), "no recovery ran");
+        }
+        let (status, log) = second.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
+/// A reload that rebuilds the tracker (a new `capacity`) carries its
+/// agents across: an agent frozen just before it is still reported, and a
+/// live one is not (it once started with no agents: the frozen one was
+/// never reported).
+#[test]
+fn a_reload_changing_capacity_keeps_a_frozen_agent_reported() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let text = config(&socket, &state, "5s")
+        .replace("service:\n", "service:\n  pid_file: \"@DIR@/collector.pid\"\n");
+    let c = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut frozen = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    let mut live = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
+    wait_for("both tracked", || (tracked(&c) == 2).then_some(()));
+    signal(&frozen, libc::SIGSTOP);
+    let dir = c.dir.path().display().to_string();
+    let bigger = text.replace("threshold: 1s,", "threshold: 1s, capacity: 1000,").replace("@DIR@", &dir);
+    std::fs::write(c.path("collector.yaml"), bigger).expect("rewrite config");
+    let out = collector_cmd(&["reload", "--pid-file", c.path("collector.pid").to_str().expect("utf8")]);
+    assert!(out.status.success(), "{out:?}");
+    let log = wait_for("the reload finished", || {
+        let log = c.log();
+        log.contains("reload finished").then_some(log)
+    });
+    assert!(log.contains("agents are carried into the new tracker"), "{log}");
+    wait_for("both agents carried into the new tracker", || (tracked(&c) == 2).then_some(()));
+    wait_for("the frozen agent reported after the reload", || {
+        (stalls_of(&c, frozen.id()) == 1).then_some(())
+    });
+    assert_eq!(stalls_of(&c, live.id()), 0, "the live one is not");
+    for a in [&mut frozen, &mut live] {
+        signal(a, libc::SIGCONT);
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}

@@ -115,6 +115,19 @@ pub enum OnUnknownCause {
     Refuse,
 }
 
+/// What a stall of an agent found silent at a restore (restored from a
+/// checkpoint and never heard since: it stopped while the collector was
+/// down) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRestore {
+    /// Acts as on any stall.
+    Run,
+    /// Refused and audited (`restored`): a maintenance stop is not an outage.
+    #[default]
+    Refuse,
+}
+
 /// `processors: recovery:` — see the recovery how-to in `processor/README.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +157,9 @@ pub struct RecoveryConfig {
     /// given, `run` otherwise).
     #[serde(default)]
     pub on_unknown_cause: Option<OnUnknownCause>,
+    /// A stall of an agent found silent at a restore (default `refuse`).
+    #[serde(default)]
+    pub on_restore: OnRestore,
     #[serde(default)]
     pub allow_unauthenticated: bool,
     #[serde(default)]
@@ -299,6 +315,11 @@ impl RecoveryConfig {
         }
     }
 
+    /// Whether a stall of an agent silent since a restore runs.
+    pub fn runs_on_restore(&self) -> bool {
+        self.on_restore == OnRestore::Run
+    }
+
     /// Whether a stall whose cause is unknown runs.
     pub fn runs_on_unknown_cause(&self) -> bool {
         let default = if self.on_causes.is_some() { OnUnknownCause::Refuse } else { OnUnknownCause::Run };
@@ -339,10 +360,12 @@ pub enum RecoveryRefusal {
     Rate,
     /// The runner's queue was full.
     QueueFull,
+    /// Silent since a restore, and `on_restore` is `refuse`.
+    Restored,
 }
 
 impl RecoveryRefusal {
-    pub const ALL: [RecoveryRefusal; 15] = [
+    pub const ALL: [RecoveryRefusal; 16] = [
         RecoveryRefusal::Unauthenticated,
         RecoveryRefusal::CrossNamespace,
         RecoveryRefusal::IdentityUnknown,
@@ -358,6 +381,7 @@ impl RecoveryRefusal {
         RecoveryRefusal::Outstanding,
         RecoveryRefusal::Rate,
         RecoveryRefusal::QueueFull,
+        RecoveryRefusal::Restored,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -377,6 +401,7 @@ impl RecoveryRefusal {
             RecoveryRefusal::Outstanding => "outstanding",
             RecoveryRefusal::Rate => "rate",
             RecoveryRefusal::QueueFull => "queue_full",
+            RecoveryRefusal::Restored => "restored",
         }
     }
 }

@@ -53,7 +53,7 @@ pub const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(10);
 
 enum Notice {
-    Stalled { agent: AgentRef, incident: u64, diagnosis_pending: bool },
+    Stalled { agent: AgentRef, incident: u64, diagnosis_pending: bool, restored: bool },
     Diagnosed { incident: u64, cause: Cause },
     Resumed { incident: u64 },
 }
@@ -180,9 +180,10 @@ impl RecoveryHandle {
     }
 
     /// A stall: to be acted on once its diagnosis is in (when one is
-    /// pending), else now.
-    pub fn stalled(&mut self, agent: &AgentRef, incident: u64, diagnosis_pending: bool) {
-        if self.send(Notice::Stalled { agent: *agent, incident, diagnosis_pending }) {
+    /// pending), else now. `restored`: the agent has been silent since the
+    /// collector restored it from a checkpoint (see `on_restore`).
+    pub fn stalled(&mut self, agent: &AgentRef, incident: u64, diagnosis_pending: bool, restored: bool) {
+        if self.send(Notice::Stalled { agent: *agent, incident, diagnosis_pending, restored }) {
             self.outstanding += 1;
         } else {
             let report =
@@ -231,6 +232,7 @@ struct Pending {
     since: Instant,
     cause: Option<Cause>,
     ready: bool,
+    restored: bool,
 }
 
 /// A command the runner started, and for which stall.
@@ -347,12 +349,13 @@ impl Runner {
 
     fn handle(&mut self, notice: Notice) {
         match notice {
-            Notice::Stalled { agent, incident, diagnosis_pending } => self.pending.push(Pending {
+            Notice::Stalled { agent, incident, diagnosis_pending, restored } => self.pending.push(Pending {
                 agent,
                 incident,
                 since: Instant::now(),
                 cause: None,
                 ready: !diagnosis_pending,
+                restored,
             }),
             Notice::Diagnosed { incident, cause } => {
                 if let Some(p) = self.pending.iter_mut().find(|p| p.incident == incident) {
@@ -427,6 +430,14 @@ impl Runner {
     }
 
     fn decide(&mut self, p: Pending) {
+        if p.restored && !self.config.runs_on_restore() {
+            // A maintenance stop is not an outage: the operator decides.
+            return self.refuse_because(
+                &p,
+                RecoveryRefusal::Restored,
+                "silent since the collector restored it: it stopped while the collector was down (on_restore: refuse)",
+            );
+        }
         let a = p.agent;
         let local = a.transport == Transport::Uds;
         let authenticated = matches!(a.transport, Transport::Uds | Transport::SecureMaster);
@@ -688,7 +699,7 @@ mod tests {
             host_pid: 4242,
             transport: Transport::Uds,
         };
-        handle.stalled(&agent, 1, false);
+        handle.stalled(&agent, 1, false, false);
         handle.resumed(1);
         let thread = std::thread::spawn(move || runner.run(notices));
         let deadline = Instant::now() + Duration::from_secs(10);
