@@ -72,9 +72,11 @@ pub trait CheckpointSink: Send {
     fn offer(&mut self, checkpoint: Checkpoint);
 }
 
-/// Agents copied per step of a checkpoint in progress (≈ 0.1 ms of the
-/// processor's time; the rest of the loop iteration goes on as usual).
-pub const STEP: usize = 8192;
+/// Agents copied per step of a checkpoint in progress: the longest step
+/// measured 0.3–0.7 ms of the processor's time at a million agents
+/// (release build, a 2-core VM; see BENCHMARKS.md), inside the 1 ms the
+/// processor may be held; the rest of the loop iteration goes on as usual.
+pub const STEP: usize = 4096;
 
 /// A processor's periodic checkpoints: every `interval_ns`, copied
 /// [`STEP`] agents per loop iteration, handed to `sink` when whole.
