@@ -265,6 +265,7 @@ impl Processor {
             done.agents += 1;
         }
         self.reclassify();
+        self.note_agents();
         if cause == BlindCause::Restart {
             // Silent since now: stopped while the collector was down.
             self.restored_at_ns = Some(now_ns);

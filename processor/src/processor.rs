@@ -357,7 +357,7 @@ impl Processor {
         self.publisher.publish(now_ns, &mut self.tracker, self.stats.snapshot());
     }
 
-    fn note_agents(&mut self) {
+    pub(crate) fn note_agents(&mut self) {
         self.stats.set_agents(self.tracker.len(), self.tracker.stalled_len());
         self.publisher.mark_dirty();
     }

@@ -692,6 +692,8 @@ fn a_checkpoint_restores_agents_deadlines_and_open_incidents() {
     let now = T0 + 4 * S + S / 2;
     let restored = new.restore(&checkpoint, now, BlindCause::Restart, &mut out);
     assert_eq!((restored.agents, restored.stalled, restored.dropped), (2, 1, 0));
+    let snap = new.stats().snapshot();
+    assert_eq!((snap.agents_tracked, snap.agents_stalled), (2, 1), "the gauges follow");
     let k = kinds(&out.take());
     assert!(matches!(k[..], [EventKind::BlindWindow { cause: BlindCause::Restart, .. }]), "{k:?}");
     assert_eq!(new.fire_due(now + 2 * S - 1, &mut out), Some(now + 2 * S), "a full threshold from now");

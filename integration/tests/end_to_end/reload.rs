@@ -249,8 +249,13 @@ fn components_change_live_and_what_did_not_change_keeps_running() {
     assert!(status.success(), "{log}");
 }
 
+/// A reload that needs a new tracker (a new capacity) carries its agents
+/// into it (issue 31: they were once dropped, and a frozen agent was then
+/// never reported): the stalled agent is still tracked, still stalled;
+/// the pipeline's counters start from zero (a counter reset to
+/// Prometheus), and the log says why.
 #[test]
-fn a_changed_tracker_starts_its_pipeline_afresh() {
+fn a_changed_tracker_carries_its_agents_into_the_new_one() {
     let port = free_udp_port();
     let c = Collector::start_prepared(&config(Path::new("@DIR@"), port, &["old.key"], "300ms"), &[], |dir| {
         keygen(dir, "old.key");
@@ -262,13 +267,14 @@ fn a_changed_tracker_starts_its_pipeline_afresh() {
     // Thresholds are applied in place (tests/thresholds.rs); a new capacity is a new tracker.
     reload(&c, &config(&dir, port, &["old.key"], "300ms, capacity: 99"));
     wait_for("the reload", || (c.counter("service::service", "reloads", "ok") == 1).then_some(()));
-    // A new tracker: no agents, counters from zero (a counter reset to
-    // Prometheus), and the log says why.
-    wait_for("the fresh pipeline", || {
-        (c.counter("pipelines::liveness", "agents_tracked", "") == 0).then_some(())
+    wait_for("the new tracker's counters", || {
+        (c.counter("pipelines::liveness", "stalls", "") == 0).then_some(())
     });
-    assert_eq!(c.counter("pipelines::liveness", "stalls", ""), 0);
-    assert!(c.log().contains("the pipeline starts with no agents"), "{}", c.log());
+    wait_for("the agent carried across", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") == 1).then_some(())
+    });
+    assert_eq!(c.counter("pipelines::liveness", "agents_stalled", ""), 1, "still stalled");
+    assert!(c.log().contains("the agents are carried into the new tracker"), "{}", c.log());
 }
 
 /// A reload that fails part way, and whose way back fails too (the old
