@@ -32,6 +32,7 @@
 
 pub mod agent;
 pub mod checkpoint;
+mod checkpointing;
 pub mod clock;
 pub mod config;
 pub mod event;

@@ -32,7 +32,6 @@
 mod keys;
 mod slots;
 
-pub use slots::AsyncWiring;
 mod wedge;
 
 use std::sync::{Arc, OnceLock};
@@ -46,6 +45,7 @@ use varta_receiver::KeyHandle;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::health::{self, Phase, SharedReport, Stage};
+use crate::registry::exporters::AsyncWiring;
 use crate::reload_outcome::ReloadStats;
 use crate::runtime::AsyncRuntime;
 use slots::{EndpointSlot, ExporterSlot, HealthSlot, Keyed, keep_wanted, retire_unwanted};
@@ -312,8 +312,8 @@ impl Running {
         Ok(())
     }
 
-    fn wiring(&self, config: &Config) -> slots::AsyncWiring {
-        slots::AsyncWiring {
+    fn wiring(&self, config: &Config) -> AsyncWiring {
+        AsyncWiring {
             runtime: self.runtime.as_ref().map(AsyncRuntime::handle),
             view: self.otlp_view.clone(),
             shutdown_timeout: config.service.shutdown_timeout,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use varta_embed::compose::Pipeline;
-use varta_exporters::otlp::{ShutdownDeadline, ViewCell};
 use varta_exporters::prometheus::PrometheusServer;
 use varta_exporters::{ExporterQueue, LiveView};
 use varta_pipeline::Instrumented;
@@ -19,6 +18,7 @@ use varta_pipeline::threads::join_by;
 use super::keys::ExporterKey;
 use crate::config::{ExporterConfig, ExtensionConfig};
 use crate::health::{HealthServer, SharedReport, Stage};
+use crate::registry::exporters::AsyncWiring;
 use crate::registry::exporters::Built;
 
 /// Joins a thread that should be ending; says whether it ended cleanly in time.
@@ -78,15 +78,6 @@ pub fn retire_unwanted<S: Keyed>(
     }
     let new = wanted.into_iter().filter(|(id, _)| !slots.iter().any(|s| s.id() == id)).collect();
     (retired, new)
-}
-
-/// What async exporters are given besides their configuration.
-#[derive(Debug, Clone)]
-pub struct AsyncWiring {
-    pub runtime: Option<Handle>,
-    pub view: ViewCell,
-    pub shutdown_timeout: Duration,
-    pub shutdown_deadline: ShutdownDeadline,
 }
 
 /// An event exporter: its thread behind its queue.

@@ -22,7 +22,6 @@ use varta_pipeline::config::FieldError;
 
 use super::Factory;
 use crate::config::components::{ComponentFamily, spanned_body};
-use crate::pipeline::AsyncWiring;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExporterConfig {
@@ -96,6 +95,16 @@ fn digest(files: &[&Path]) -> [u8; 32] {
         contents.iter_mut().for_each(|b| *b = 0);
     }
     hash.finalize().into()
+}
+
+/// What async exporters are given besides their configuration (the
+/// collector's runtime and shared views).
+#[derive(Debug, Clone)]
+pub struct AsyncWiring {
+    pub runtime: Option<tokio::runtime::Handle>,
+    pub view: varta_exporters::otlp::ViewCell,
+    pub shutdown_timeout: std::time::Duration,
+    pub shutdown_deadline: varta_exporters::otlp::ShutdownDeadline,
 }
 
 /// An event exporter, built: what its queue runs.
