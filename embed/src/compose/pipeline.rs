@@ -251,7 +251,13 @@ impl Pipeline {
         }
         processor.set_checkpoints(None, Duration::ZERO);
         if let Some((writer, _, _)) = self.storage.take() {
-            writer.finish(Some(processor.checkpoint()));
+            // The agents as they are: those carried into a rebuilt
+            // processor are still waiting to be restored into it.
+            let last = match &self.restore {
+                Some((carried, _)) => carried.clone(),
+                None => processor.checkpoint(),
+            };
+            writer.finish(Some(last));
         }
         let Some(spec) = &plan.storage else { return Ok(()) };
         let dir = storage::open_dir(&spec.directory).map_err(BuildError::Storage)?;
