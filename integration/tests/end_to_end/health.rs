@@ -299,32 +299,8 @@ fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
 #[test]
 fn a_scraper_that_never_reads_is_cut_off_after_write_timeout() {
     use std::io::Write;
-    let (metrics, udp) = (free_tcp_port(), varta_integration::free_udp_port());
-    let text = format!(
-        r#"receivers:
-  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 67108864 }}
-processors:
-  tracker: {{ threshold: 1h, snapshot_interval: 50ms }}
-exporters:
-  prometheus: {{ endpoint: "127.0.0.1:{metrics}", auth: none, write_timeout: 500ms, max_agent_series: 100000 }}
-service:
-  pipelines:
-    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [prometheus] }}
-  telemetry: {{ logs: {{ format: json }} }}
-"#
-    );
-    let c = Collector::start(&text);
     // 20,000 agents: an answer of megabytes, far more than socket buffers hold.
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    for pid in 100_000..120_000u32 {
-        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, 1, 1, 0).encode();
-        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
-            std::thread::yield_now();
-        }
-    }
-    wait_for("the fleet tracked", || {
-        (c.counter("pipelines::liveness", "agents_tracked", "") >= 19_000).then_some(())
-    });
+    let (c, metrics) = udp_fleet_behind_prometheus(20_000, "write_timeout: 500ms");
     let url = format!("http://127.0.0.1:{metrics}/metrics");
     // The one that never reads (a small receive buffer, so the server blocks soon).
     let socket = socket2_like_small_rcvbuf();
@@ -338,6 +314,38 @@ service:
     drop(stalled);
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
+}
+
+/// A collector whose one pipeline tracks `agents` plain-UDP agents (one
+/// beat each, a snapshot every 50 ms) behind a Prometheus endpoint with
+/// `endpoint_extra` settings; the collector and the endpoint's port.
+fn udp_fleet_behind_prometheus(agents: u32, endpoint_extra: &str) -> (Collector, u16) {
+    let (metrics, udp) = (free_tcp_port(), varta_integration::free_udp_port());
+    let c = Collector::start(&format!(
+        r#"receivers:
+  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 67108864 }}
+processors:
+  tracker: {{ threshold: 1h, snapshot_interval: 50ms }}
+exporters:
+  prometheus: {{ endpoint: "127.0.0.1:{metrics}", auth: none, max_agent_series: 100000, {endpoint_extra} }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [prometheus] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    ));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for pid in 100_000..100_000 + agents {
+        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, 1, 1, 0).encode();
+        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
+            std::thread::yield_now();
+        }
+    }
+    let most = u64::from(agents) * 19 / 20;
+    wait_for("the fleet tracked", || {
+        (c.counter("pipelines::liveness", "agents_tracked", "") >= most).then_some(())
+    });
+    (c, metrics)
 }
 
 /// The collector's resident set, in KiB.
@@ -356,31 +364,10 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn fifty_scrapers_that_never_read_at_50000_agents_stay_bounded() {
     use std::io::Write;
-    let (metrics, udp) = (free_tcp_port(), varta_integration::free_udp_port());
-    let text = format!(
-        r#"receivers:
-  vlp/udp: {{ transport: udp, endpoint: "127.0.0.1:{udp}", accept_unauthenticated: true, recv_buffer_bytes: 67108864 }}
-processors:
-  tracker: {{ threshold: 1h, snapshot_interval: 50ms }}
-exporters:
-  prometheus: {{ endpoint: "127.0.0.1:{metrics}", auth: none, write_timeout: 3s, max_agent_series: 100000, max_connections: 256, max_connections_per_source: 100, max_connections_per_range: 100, rate_limit: {{ rate: 1000, burst: 1000 }} }}
-service:
-  pipelines:
-    liveness: {{ receivers: [vlp/udp], processors: [tracker], exporters: [prometheus] }}
-  telemetry: {{ logs: {{ format: json }} }}
-"#
+    let (c, metrics) = udp_fleet_behind_prometheus(
+        50_000,
+        "write_timeout: 3s, max_connections: 256, max_connections_per_source: 100, max_connections_per_range: 100, rate_limit: { rate: 1000, burst: 1000 }",
     );
-    let c = Collector::start(&text);
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    for pid in 100_000..150_000u32 {
-        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, 1, 1, 0).encode();
-        while sock.send_to(&frame, ("127.0.0.1", udp)).is_err() {
-            std::thread::yield_now();
-        }
-    }
-    wait_for("the fleet tracked", || {
-        (c.counter("pipelines::liveness", "agents_tracked", "") >= 49_000).then_some(())
-    });
     let url = format!("http://127.0.0.1:{metrics}/metrics");
     // One whole scrape first: the answer's buffers exist before the baseline.
     let answer = http::request("GET", &url, &[]).expect("scrape");

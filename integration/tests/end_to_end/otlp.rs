@@ -81,22 +81,30 @@ fn metric(sink: &Sink, name: &str) -> Option<Metric> {
     })
 }
 
-/// The newest point of the per-agent metric `name` about agent `pid`, with
-/// the resource it arrived under.
-fn agent_point(sink: &Sink, name: &str, pid: u32) -> Option<(Vec<KeyValue>, NumberDataPoint)> {
+/// Every point of the per-agent metric `name` about agent `pid`, with the
+/// resource it arrived under, in arrival order.
+fn agent_points(sink: &Sink, name: &str, pid: u32) -> Vec<(Vec<KeyValue>, NumberDataPoint)> {
     sink.with(|r| {
-        r.metrics.iter().zip(&r.metric_resources).rev().find_map(|(m, res)| {
+        let mut out = Vec::new();
+        for (m, res) in r.metrics.iter().zip(&r.metric_resources) {
             if m.name != name || int_attr(res, "process.pid") != Some(i64::from(pid)) {
-                return None;
+                continue;
             }
             let points = match &m.data {
                 Some(Data::Gauge(g)) => &g.data_points,
                 Some(Data::Sum(s)) => &s.data_points,
-                _ => return None,
+                _ => continue,
             };
-            points.first().map(|p| (res.clone(), p.clone()))
-        })
+            out.extend(points.iter().map(|p| (res.clone(), p.clone())));
+        }
+        out
     })
+}
+
+/// The newest point of the per-agent metric `name` about agent `pid`, with
+/// the resource it arrived under.
+fn agent_point(sink: &Sink, name: &str, pid: u32) -> Option<(Vec<KeyValue>, NumberDataPoint)> {
+    agent_points(sink, name, pid).pop()
 }
 
 fn unix_ns() -> i128 {
@@ -658,19 +666,7 @@ fn an_evicted_agent_s_series_end_with_a_staleness_point() {
     let mut newcomer = varta_integration::service_agent(&c, "newcomer");
     let stale = |name: &'static str| {
         wait_for("a staleness point", || {
-            sink.with(|r| {
-                r.metrics.iter().zip(&r.metric_resources).find_map(|(m, res)| {
-                    if m.name != name || int_attr(res, "process.pid") != Some(i64::from(pid)) {
-                        return None;
-                    }
-                    let points = match &m.data {
-                        Some(Data::Gauge(g)) => &g.data_points,
-                        Some(Data::Sum(s)) => &s.data_points,
-                        _ => return None,
-                    };
-                    points.iter().find(|p| p.flags & 1 == 1).map(|p| (res.clone(), p.clone()))
-                })
-            })
+            agent_points(&sink, name, pid).into_iter().find(|(_, p)| p.flags & 1 == 1)
         })
     };
     for name in ["varta.agent.status", "varta.agent.beats", "varta.agent.stalls"] {
