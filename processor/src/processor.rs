@@ -868,8 +868,9 @@ impl Processor {
         let (was_stalled, previous_beat_ns, class) = (slot.is_stalled(), slot.last_beat_ns, slot.class());
         self.tracker.touch(idx, now, class);
         let slot = self.tracker.slot(idx);
-        let (agent, incident) = (Some(slot.agent_ref()), self.incident_of(slot.incident));
+        let (agent, incident) = (Some(slot.agent_ref()), slot.incident);
         if was_stalled {
+            let incident = self.incident_of(incident);
             self.resumed(incident, now.saturating_sub(previous_beat_ns), agent, beat.frame, now, out);
         }
         if wants_beats {
@@ -924,11 +925,10 @@ impl Processor {
         if !frame.is_panic() {
             slot.set_last_nonce(frame.nonce);
         }
-        let agent = Some(slot.agent_ref());
-        let incident = slot.incident;
-        let incident = self.incident_of(incident);
+        let (agent, incident) = (Some(slot.agent_ref()), slot.incident);
         self.stats.beat_accepted();
         if was_stalled {
+            let incident = self.incident_of(incident);
             self.resumed(incident, now.saturating_sub(previous_beat_ns), agent, frame, now, out);
         }
         if wants_beats {
