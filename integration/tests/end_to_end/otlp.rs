@@ -639,20 +639,13 @@ fn str_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
 /// (3, stalled) lingering until the backend's staleness timeout.
 #[test]
 fn an_evicted_agent_s_series_end_with_a_staleness_point() {
-    let port = free_tcp_port();
-    let sink = Sink::default();
-    let _server = OtlpServer::start(port, &sink);
-    let text = config(
-        &format!("http://127.0.0.1:{port}"),
-        free_udp_port(),
-        "300ms",
-        "    metrics: { interval: 200ms }",
-    )
-    .replace(
-        "  tracker:\n    threshold: 300ms\n",
-        "  tracker:\n    threshold: 300ms\n    capacity: 1\n    eviction_after: 1\n  resolver: {}\n",
-    )
-    .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let Rig { sink, server: _server, config: text, .. } = rig("300ms", "    metrics: { interval: 200ms }");
+    let text = text
+        .replace(
+            "  tracker:\n    threshold: 300ms\n",
+            "  tracker:\n    threshold: 300ms\n    capacity: 1\n    eviction_after: 1\n  resolver: {}\n",
+        )
+        .replace("processors: [tracker]", "processors: [tracker, resolver]");
     let c = Collector::start(&text);
     let mut agent = varta_integration::service_agent(&c, "checkout");
     let pid = agent.id();
