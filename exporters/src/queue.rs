@@ -567,8 +567,12 @@ mod tests {
         assert_eq!(stats.incidents_dropped.load(Relaxed), 0);
         assert!(stats.notices_dropped.load(Relaxed) >= 2 * cap, "the crowd overflowed its own lane");
         drop(queue);
+        // One permit per event it may still hold; it ends (closing the gate)
+        // once what is queued is written, which may take fewer.
         for _ in 0..3 * cap {
-            open.send(()).expect("gate");
+            if open.send(()).is_err() {
+                break;
+            }
         }
         thread.join().expect("exporter thread");
         let seen = seen.lock().expect("lock");
