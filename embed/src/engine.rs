@@ -294,7 +294,7 @@ impl Engine {
         // until the receiver threads start, last.
         let mut receivers = Vec::new();
         for (id, cfg) in &b.receivers {
-            receivers.push(Receiver::bind(id, cfg.clone(), cfg, vec![b.name.clone()])?);
+            receivers.push(Receiver::bind(id, cfg.clone(), cfg, vec![b.name.clone()], None)?);
         }
         let capacity = b.tracker.capacity;
         // As the collector does: plain UDP beside attested receivers gets

@@ -12,6 +12,7 @@
 //!   with the count in between.
 //! * [`clock`]: `CLOCK_MONOTONIC` in nanoseconds.
 //! * [`procfs`]: small readers of Linux `/proc` (start time, pid namespaces, pid_max).
+//! * [`state_file`]: files that outlive the process, written whole or not at all.
 //! * [`threads`]: named threads and joins bounded by a deadline.
 //! * [`testing`]: helpers for the tests of the crates above (a small disk).
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod metrics;
 pub mod procfs;
 pub mod queue;
+pub mod state_file;
 pub mod testing;
 pub mod threads;
 pub mod throttle;

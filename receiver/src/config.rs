@@ -16,6 +16,8 @@
 //!     master_key_file: /etc/varta/m  # secure_udp; at least one of key_files / master_key_file
 //!     max_senders: 65536             # secure_udp; replay-table bound
 //!     sender_idle_timeout: 10m       # secure_udp; senders idle this long may be evicted when full
+//!     storage: file_storage          # secure_udp; keep replay sessions across restarts
+//!     checkpoint_interval: 5s        # secure_udp with storage; how often they are written
 //! ```
 //! Plain `udp` additionally requires `accept_unauthenticated: true`.
 //! Fields that do not apply to the chosen transport are refused by
@@ -94,6 +96,12 @@ pub struct VlpReceiverConfig {
     pub max_senders_per_source: Option<usize>,
     #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
     pub sender_idle_timeout: Option<Duration>,
+    /// The `file_storage` extension its replay sessions are kept in.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// How often admitted sessions are written (with `storage`).
+    #[serde(default, deserialize_with = "varta_pipeline::config::opt_duration")]
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// A Unix permission mode, written in octal: `"0600"`, `"660"`, or an
@@ -161,6 +169,8 @@ impl VlpReceiverConfig {
             ("max_senders", self.max_senders.is_some()),
             ("max_senders_per_source", self.max_senders_per_source.is_some()),
             ("sender_idle_timeout", self.sender_idle_timeout.is_some()),
+            ("storage", self.storage.is_some()),
+            ("checkpoint_interval", self.checkpoint_interval.is_some()),
         ];
         match self.transport {
             TransportKind::Uds => {
@@ -212,6 +222,12 @@ impl VlpReceiverConfig {
                 if self.sender_idle_timeout.is_some_and(|d| d.is_zero()) {
                     return Err(invalid("sender_idle_timeout", "must be greater than zero"));
                 }
+                if self.checkpoint_interval.is_some() && self.storage.is_none() {
+                    return Err(invalid("checkpoint_interval", "applies only with `storage`"));
+                }
+                if self.checkpoint_interval.is_some_and(|d| d < Duration::from_millis(100)) {
+                    return Err(invalid("checkpoint_interval", "must be at least 100ms"));
+                }
             }
         }
         if self.endpoint.as_ref().is_some_and(|e| !e.contains(':')) {
@@ -234,6 +250,11 @@ impl VlpReceiverConfig {
 
     pub(crate) fn idle_timeout(&self) -> Duration {
         self.sender_idle_timeout.unwrap_or(DEFAULT_SENDER_IDLE_TIMEOUT)
+    }
+
+    /// How often its replay sessions are written (with `storage`).
+    pub fn sessions_interval(&self) -> Duration {
+        self.checkpoint_interval.unwrap_or(crate::sessions::DEFAULT_INTERVAL)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod error;
 pub mod mmsg;
 pub mod replay;
 mod secure;
+pub mod sessions;
 pub mod stats;
 mod udp;
 mod uds;
@@ -198,6 +199,16 @@ pub struct VlpReceiver {
     endpoint: Endpoint,
     stats: Arc<ReceiverStats>,
     stop: StopHandle,
+    /// A secure receiver's replay sessions kept in a file (`storage`).
+    sessions: Option<sessions::SessionKeeper>,
+}
+
+impl Drop for VlpReceiver {
+    /// A receiver dropped without running to its stop (parked, then
+    /// closed) still writes its sessions.
+    fn drop(&mut self) {
+        self.save_sessions();
+    }
 }
 
 impl VlpReceiver {
@@ -228,7 +239,13 @@ impl VlpReceiver {
             what: "duplicate socket descriptor".into(),
             source,
         })?;
-        let me = VlpReceiver { id: id.to_owned(), endpoint, stats: Arc::new(ReceiverStats::default()), stop };
+        let me = VlpReceiver {
+            id: id.to_owned(),
+            endpoint,
+            stats: Arc::new(ReceiverStats::default()),
+            stop,
+            sessions: None,
+        };
         let granted = match &me.endpoint {
             Endpoint::Uds(u) => u.granted,
             Endpoint::Udp(u) => u.socket.granted,
@@ -260,6 +277,44 @@ impl VlpReceiver {
     }
 
     /// Counters, shared with whoever wants to read them.
+    /// Keeps a secure receiver's replay sessions in `<dir>/<id>.sessions`
+    /// across restarts (see [`sessions`]): restores them now, writes them
+    /// at most every `interval` while frames are admitted and when it
+    /// stops. Other transports keep no sessions (an error).
+    pub fn keep_sessions(&mut self, dir: &std::path::Path, interval: Duration) -> Result<(), ReceiverError> {
+        let Endpoint::Secure(s) = &mut self.endpoint else {
+            return Err(ReceiverError::Io {
+                id: self.id.clone(),
+                what: "keep sessions".into(),
+                source: std::io::Error::other("only a secure_udp receiver has sessions to keep"),
+            });
+        };
+        let path = sessions::path_in(dir, &self.id);
+        let keeper = sessions::SessionKeeper::start(
+            &self.id,
+            path,
+            interval,
+            &mut s.replay,
+            monotonic_ns(),
+            Arc::clone(&self.stats),
+        )
+        .map_err(|source| ReceiverError::Io {
+            id: self.id.clone(),
+            what: "start the sessions writer".into(),
+            source,
+        })?;
+        self.sessions = Some(keeper);
+        Ok(())
+    }
+
+    /// The last write of its sessions, if it keeps them (once).
+    fn save_sessions(&mut self) {
+        if let (Some(keeper), Endpoint::Secure(s)) = (self.sessions.as_mut(), &mut self.endpoint) {
+            keeper.finish(&mut s.replay);
+        }
+        self.sessions = None;
+    }
+
     pub fn stats(&self) -> Arc<ReceiverStats> {
         Arc::clone(&self.stats)
     }
@@ -389,6 +444,9 @@ impl VlpReceiver {
             }
             ReceiverStats::add(&stats.datagrams, (round - woken) as u64);
             ReceiverStats::add(&stats.beats, beats);
+            if let (Some(keeper), Endpoint::Secure(s)) = (self.sessions.as_mut(), &mut self.endpoint) {
+                keeper.tick(&mut s.replay, now);
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -418,6 +476,7 @@ impl VlpReceiver {
                 }
             }
         }
+        self.save_sessions();
         tracing::debug!(receiver = %self.id, "vlp receiver stopped");
         Ok(())
     }

@@ -211,6 +211,8 @@ pub struct ReplayTable {
     idle_ns: u64,
     sweep_interval_ns: u64,
     next_sweep_ns: u64,
+    /// Something was admitted since the last [`ReplayTable::save`].
+    changed: bool,
 }
 
 impl ReplayTable {
@@ -225,6 +227,7 @@ impl ReplayTable {
             idle_ns,
             sweep_interval_ns: idle_ns.min(MAX_SWEEP_INTERVAL_NS),
             next_sweep_ns: 0,
+            changed: false,
         }
     }
 
@@ -247,7 +250,9 @@ impl ReplayTable {
     /// records it if so. `now` is the receiver's monotonic clock (ns).
     pub fn admit(&mut self, id: SenderId, iv: Iv, frame: &Frame, now: u64) -> Result<Admitted, Refusal> {
         if let Some(s) = self.senders.get_mut(&id) {
-            return s.admit(iv, frame, now).map(|restarted| Admitted { restarted, evicted: 0 });
+            let admitted = s.admit(iv, frame, now).map(|restarted| Admitted { restarted, evicted: 0 });
+            self.changed |= admitted.is_ok();
+            return admitted;
         }
         let mut evicted = 0;
         if self.senders.len() >= self.max_senders {
@@ -263,9 +268,74 @@ impl ReplayTable {
                 return Err(Refusal::SenderTableFull);
             }
         }
-        self.senders.insert(id, SenderState::new(iv, frame, now));
-        *self.per_source.entry(id.ip).or_insert(0) += 1;
+        self.insert(id, SenderState::new(iv, frame, now));
         Ok(Admitted { restarted: false, evicted })
+    }
+
+    fn insert(&mut self, id: SenderId, state: SenderState) {
+        self.senders.insert(id, state);
+        *self.per_source.entry(id.ip).or_insert(0) += 1;
+        self.changed = true;
+    }
+
+    /// Whether anything was admitted since the last [`ReplayTable::save`].
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Every sender's sessions and retired `iv_random`s, as bytes
+    /// [`ReplayTable::restore`] reads (see [`crate::sessions`] for the file
+    /// around them). Times are not kept: a session's place among its
+    /// sender's (which one is retired next) is.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.changed = false;
+        let mut out = Vec::with_capacity(4 + self.senders.len() * 64);
+        out.extend_from_slice(&(self.senders.len() as u32).to_le_bytes());
+        for (id, s) in &self.senders {
+            let ip = match id.ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            out.extend_from_slice(&ip.octets());
+            out.push(u8::from(id.ip.is_ipv4()));
+            out.extend_from_slice(&id.pid.to_le_bytes());
+            out.push(u8::from(id.master));
+            let mut live: Vec<&Session> = s.sessions[..s.len].iter().collect();
+            live.sort_by_key(|s| s.last_seen_ns);
+            out.push(live.len() as u8);
+            out.push(s.retired_len);
+            for session in live {
+                out.extend_from_slice(&session.iv_random);
+                out.extend_from_slice(&session.iv_counter.to_le_bytes());
+                out.extend_from_slice(&session.nonce_high.to_le_bytes());
+                out.push(u8::from(session.terminal_seen));
+            }
+            for (random, counter) in &s.retired[..usize::from(s.retired_len)] {
+                out.extend_from_slice(random);
+                out.extend_from_slice(&counter.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Takes back senders [`ReplayTable::save`] wrote, as heard from at
+    /// `now` (their idle time starts over). Senders beyond `max_senders`
+    /// (or their source's share) are left out. `Err`: the bytes are not
+    /// such a table (nothing is taken then). `Ok((taken, left_out))`.
+    pub fn restore(&mut self, bytes: &[u8], now: u64) -> Result<(usize, usize), &'static str> {
+        let senders = parse_saved(bytes, now).ok_or("not a saved sender table")?;
+        let (mut taken, mut left_out) = (0, 0);
+        for (id, state) in senders {
+            let full = self.senders.len() >= self.max_senders
+                || self.per_source.get(&id.ip).is_some_and(|&n| n >= self.max_per_source);
+            if full || self.senders.contains_key(&id) {
+                left_out += 1;
+                continue;
+            }
+            self.insert(id, state);
+            taken += 1;
+        }
+        Ok((taken, left_out))
     }
 
     /// Evicts idle senders (at most once per sweep interval); how many.
@@ -288,6 +358,62 @@ impl ReplayTable {
         });
         self.next_sweep_ns = now.saturating_add(self.sweep_interval_ns);
         before - self.senders.len()
+    }
+}
+
+/// Reads [`ReplayTable::save`]'s bytes; `None` if they are cut short,
+/// too long or out of range.
+fn parse_saved(bytes: &[u8], now: u64) -> Option<Vec<(SenderId, SenderState)>> {
+    let mut r = Reader(bytes);
+    let count = u32::from_le_bytes(r.take()?);
+    let mut senders = Vec::with_capacity((count as usize).min(bytes.len() / 26));
+    for _ in 0..count {
+        let ip = std::net::Ipv6Addr::from(r.take::<16>()?);
+        let v4 = r.take::<1>()?[0] == 1;
+        let ip = match (v4, ip.to_ipv4_mapped()) {
+            (true, Some(v4)) => IpAddr::V4(v4),
+            (true, None) => return None,
+            (false, _) => IpAddr::V6(ip),
+        };
+        let pid = u32::from_le_bytes(r.take()?);
+        let master = r.take::<1>()?[0] == 1;
+        let [live, retired] = r.take::<2>()?;
+        let (live, retired) = (usize::from(live), usize::from(retired));
+        if live == 0 || live > SESSIONS || retired > RETIRED {
+            return None;
+        }
+        let mut state = SenderState {
+            sessions: [Session::default(); SESSIONS],
+            len: live,
+            retired: [([0; 8], 0); RETIRED],
+            retired_len: retired as u8,
+        };
+        for (k, s) in state.sessions[..live].iter_mut().enumerate() {
+            *s = Session {
+                iv_random: r.take()?,
+                iv_counter: u32::from_le_bytes(r.take()?),
+                nonce_high: u64::from_le_bytes(r.take()?),
+                terminal_seen: r.take::<1>()?[0] == 1,
+                // Oldest first: the order decides which one retires next.
+                last_seen_ns: now.saturating_sub((live - 1 - k) as u64),
+            };
+        }
+        for slot in &mut state.retired[..retired] {
+            *slot = (r.take()?, u32::from_le_bytes(r.take()?));
+        }
+        senders.push((SenderId { ip, pid, master }, state));
+    }
+    r.0.is_empty().then_some(senders)
+}
+
+/// Fixed-size reads off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
     }
 }
 
@@ -437,6 +563,45 @@ mod tests {
             .count();
         assert_eq!(refused, 40, "ten admitted from that address, the rest refused");
         assert!(t.admit(id(42), iv(A, 0), &frame(1), 2).is_ok(), "another source is still admitted");
+    }
+
+    /// What a restart keeps: a frame of any remembered or retired session
+    /// is still refused, the live sessions go on, a new one is admitted.
+    #[test]
+    fn a_saved_table_refuses_the_same_replays_after_restore() {
+        let mut t = table();
+        let v6 = SenderId { ip: "::1".parse().expect("ip"), pid: 7, master: true };
+        assert!(t.admit(v6, iv(B, 3), &frame(3), 1).is_ok());
+        for k in 0..(SESSIONS + 2) as u8 {
+            assert!(t.admit(id(42), iv([k + 1; 8], 5), &frame(10 + u64::from(k)), 1 + u64::from(k)).is_ok());
+        }
+        let panic = Frame::new(Status::Critical, 42, 2, NONCE_TERMINAL, 0);
+        assert!(t.admit(id(42), iv([6; 8], 6), &panic, 20).is_ok());
+        assert!(t.changed());
+        let saved = t.save();
+        assert!(!t.changed());
+        let mut back = table();
+        assert_eq!(back.restore(&saved, 1_000), Ok((2, 0)));
+        for k in 0..(SESSIONS + 2) as u8 {
+            let replay = back.admit(id(42), iv([k + 1; 8], 5), &frame(10 + u64::from(k)), 1_001);
+            assert_eq!(replay, Err(Refusal::Replay), "session {k}");
+        }
+        assert_eq!(back.admit(id(42), iv([6; 8], 7), &panic, 1_002), Err(Refusal::Replay), "terminal once");
+        assert_eq!(back.admit(v6, iv(B, 3), &frame(3), 1_003), Err(Refusal::Replay));
+        assert!(back.admit(v6, iv(B, 4), &frame(4), 1_004).is_ok(), "the live session goes on");
+        assert!(back.admit(id(42), iv([9; 8], 0), &frame(1), 1_005).is_ok(), "a new session");
+        // The oldest live session (k = 2) is the one the new session
+        // retired: it comes back on its counter alone (live, its nonce
+        // high-water mark of 12 would refuse nonce 5).
+        assert!(back.admit(id(42), iv([3; 8], 6), &frame(5), 1_006).is_ok());
+        // The same bytes again: every sender is already known.
+        assert_eq!(back.restore(&saved, 2_000), Ok((0, 2)));
+        // Cut short or with bytes left over: refused whole.
+        assert!(table().restore(&saved[..saved.len() - 1], 1).is_err());
+        assert!(table().restore(&[saved.as_slice(), &[0]].concat(), 1).is_err());
+        assert_eq!(table().restore(&[], 1), Err("not a saved sender table"));
+        // Room for one sender only: the other is left out, counted.
+        assert_eq!(ReplayTable::new(1, Duration::from_secs(9)).restore(&saved, 1), Ok((1, 1)));
     }
 
     #[test]

@@ -36,6 +36,21 @@ pub struct ReceiverStats {
     pub batches: AtomicU64,
     /// SO_RCVBUF as granted by the kernel (gauge, set at bind).
     pub recv_buffer_granted: AtomicU64,
+    /// Secure UDP with `storage`: replay sessions written whole (by the
+    /// writer thread; see [`crate::sessions`]).
+    pub session_saves: AtomicU64,
+    /// … that could not be written (the previous file stays).
+    pub session_saves_failed: AtomicU64,
+    /// … not taken because the writer was still writing (receiver thread).
+    pub session_saves_skipped: AtomicU64,
+    /// Size of the last sessions file written.
+    pub session_bytes: AtomicU64,
+    /// Senders taken back from the sessions file at start.
+    pub senders_restored: AtomicU64,
+    /// Sessions files not restored (other version, damaged, too large).
+    pub session_files_set_aside: AtomicU64,
+    /// Whether it keeps sessions (only then are the session metrics reported).
+    pub keeps_sessions: std::sync::atomic::AtomicBool,
 }
 
 impl ReceiverStats {
@@ -96,6 +111,29 @@ pub mod metric {
     pub static RECV_BUFFER: Metric =
         Metric::gauge("recv_buffer_bytes", "Socket receive buffer granted by the kernel, in bytes.")
             .unit("By");
+    pub static SESSION_SAVES: Metric =
+        Metric::counter("session_saves", "Secure UDP with storage: replay sessions written whole.")
+            .unit("{file}");
+    pub static SESSION_SAVES_FAILED: Metric = Metric::counter(
+        "session_saves_failed",
+        "Replay sessions that could not be written (disk full, I/O error); the previous file stays.",
+    )
+    .unit("{file}");
+    pub static SESSION_SAVES_SKIPPED: Metric = Metric::counter(
+        "session_saves_skipped",
+        "Replay session writes not taken because the writer was still writing the previous one.",
+    )
+    .unit("{file}");
+    pub static SESSION_BYTES: Metric =
+        Metric::gauge("session_bytes", "Size of the last replay sessions file written.").unit("By");
+    pub static SENDERS_RESTORED: Metric =
+        Metric::counter("senders_restored", "Secure UDP senders taken back from the sessions file at start.")
+            .unit("{sender}");
+    pub static SESSION_FILES_SET_ASIDE: Metric = Metric::counter(
+        "session_files_set_aside",
+        "Sessions files not restored (other version, damaged, too large); the receiver started with none.",
+    )
+    .unit("{file}");
 }
 
 impl Instrumented for ReceiverStats {
@@ -117,6 +155,19 @@ impl Instrumented for ReceiverStats {
         }
         for (label, value) in self.refusals() {
             out(Sample::labelled(&REFUSED, label, value));
+        }
+        if self.keeps_sessions.load(Relaxed) {
+            let sessions: [(&'static Metric, &AtomicU64); 6] = [
+                (&SESSION_SAVES, &self.session_saves),
+                (&SESSION_SAVES_FAILED, &self.session_saves_failed),
+                (&SESSION_SAVES_SKIPPED, &self.session_saves_skipped),
+                (&SESSION_BYTES, &self.session_bytes),
+                (&SENDERS_RESTORED, &self.senders_restored),
+                (&SESSION_FILES_SET_ASIDE, &self.session_files_set_aside),
+            ];
+            for (metric, value) in sessions {
+                out(Sample::new(metric, value.load(Relaxed)));
+            }
         }
     }
 }

@@ -46,14 +46,21 @@ impl Config {
                 "`progress_timeout` must be at least 100ms".into(),
             ));
         }
-        for c in &self.processors.0 {
-            let Some((storage, _)) = c.config.storage() else { continue };
+        let processors = self
+            .processors
+            .0
+            .iter()
+            .map(|c| ("processors", c.id.to_string(), c.at, c.config.storage().map(|s| s.0)));
+        let receivers =
+            self.receivers.0.iter().map(|c| ("receivers", c.id.to_string(), c.at, c.config.storage()));
+        for (section, id, at, storage) in processors.chain(receivers) {
+            let Some(storage) = storage else { continue };
             let known = self.extensions.get(storage).is_some_and(|e| e.config.state_directory().is_some());
             if !known {
                 return Err(self.error_on(
-                    &["processors", &c.id.to_string(), "storage"],
-                    Some(c.at),
-                    Some(format!("processors::{}", c.id)),
+                    &[section, &id, "storage"],
+                    Some(at),
+                    Some(format!("{section}::{id}")),
                     format!("`storage: {storage}` names no `file_storage` extension in the top-level `extensions:` section"),
                 ));
             }

@@ -302,7 +302,18 @@ impl Running {
                 continue;
             }
             // ReceiverError messages already name the receiver.
-            let slot = c.config.bind(&id, feeds).map_err(|m| config.error(Some(c.at), None, m))?;
+            let state_dir = c
+                .config
+                .storage()
+                .and_then(|s| config.extensions.get(s))
+                .and_then(|e| e.config.state_directory())
+                .map(|dir| varta_embed::compose::storage::open_dir(&dir))
+                .transpose()
+                .map_err(|m| config.error(Some(c.at), Some(format!("receivers::{id}")), m))?;
+            let slot = c
+                .config
+                .bind(&id, feeds, state_dir.as_deref())
+                .map_err(|m| config.error(Some(c.at), None, m))?;
             self.receivers.push(slot);
         }
         for r in &mut self.receivers {

@@ -80,9 +80,16 @@ impl ReceiverConfig {
         self.vlp().transport == TransportKind::Udp
     }
 
-    /// Binds its socket (parked), feeding the pipelines `feeds`.
-    pub fn bind(&self, id: &str, feeds: Vec<String>) -> Result<Receiver, String> {
-        Receiver::bind(id, self.reload_key(), self.vlp(), feeds).map_err(|e| e.to_string())
+    /// The `file_storage` extension it keeps state in (a secure
+    /// receiver's replay sessions).
+    pub fn storage(&self) -> Option<&str> {
+        self.vlp().storage.as_deref()
+    }
+
+    /// Binds its socket (parked), feeding the pipelines `feeds`; its state
+    /// (if it has `storage`) in `state_dir`.
+    pub fn bind(&self, id: &str, feeds: Vec<String>, state_dir: Option<&Path>) -> Result<Receiver, String> {
+        Receiver::bind(id, self.reload_key(), self.vlp(), feeds, state_dir).map_err(|e| e.to_string())
     }
 
     /// A secure receiver's keys read again (a reload: keys are usually

@@ -37,14 +37,20 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Binds the socket (parked: [`Receiver::resume`] starts it).
+    /// Binds the socket (parked: [`Receiver::resume`] starts it). A
+    /// secure receiver given a state directory keeps its replay sessions
+    /// there (see [`varta_receiver::sessions`]).
     pub fn bind(
         id: &str,
         key: VlpReceiverConfig,
         cfg: &VlpReceiverConfig,
         feeds: Vec<String>,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Receiver, ReceiverError> {
-        let receiver = VlpReceiver::bind(id, cfg)?;
+        let mut receiver = VlpReceiver::bind(id, cfg)?;
+        if let Some(dir) = state_dir {
+            receiver.keep_sessions(dir, cfg.sessions_interval())?;
+        }
         Ok(Receiver {
             id: id.to_owned(),
             key,

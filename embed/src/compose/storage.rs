@@ -22,9 +22,8 @@
 //!   when the writer is still busy with the previous checkpoint the new
 //!   one is dropped and counted, never waited for.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -363,20 +362,15 @@ impl StateFile {
     /// The checkpoint to restore, if there is one worth restoring (see
     /// the module docs); a file that is not is set aside, counted, logged.
     pub fn load(&self, clock: Clock) -> Option<Checkpoint> {
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        use varta_pipeline::state_file::{Found, read_bounded};
+        let result = match read_bounded(&self.path, MAX_STATE_BYTES) {
+            Ok(Found::Missing) => return None,
+            Ok(Found::TooLarge) => Err(SetAside::TooLarge),
+            Ok(Found::Bytes(bytes)) => decode(&bytes, boot_id(), clock),
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), "cannot read the state file, starting without it: {e}");
                 return None;
             }
-        };
-        let mut bytes = Vec::new();
-        let read = file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes);
-        let result = match read {
-            Ok(_) if bytes.len() as u64 > MAX_STATE_BYTES => Err(SetAside::TooLarge),
-            Ok(_) => decode(&bytes, boot_id(), clock),
-            Err(_) => Err(SetAside::Corrupt),
         };
         match result {
             Ok(checkpoint) => {
@@ -385,8 +379,7 @@ impl StateFile {
             }
             Err(why) => {
                 self.stats.set_aside[why as usize].fetch_add(1, Relaxed);
-                let aside = self.path.with_extension("state.set-aside");
-                let _ = std::fs::rename(&self.path, &aside);
+                let aside = varta_pipeline::state_file::set_aside(&self.path);
                 tracing::warn!(
                     path = %self.path.display(),
                     set_aside = %aside.display(),
@@ -400,22 +393,7 @@ impl StateFile {
 
     /// Writes `checkpoint` whole or not at all (see the module docs).
     pub fn write(&self, checkpoint: &Checkpoint) -> std::io::Result<u64> {
-        let bytes = encode(checkpoint, boot_id());
-        let tmp = self.path.with_extension("state.tmp");
-        let written = (|| {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(bytes.len() as u64)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        varta_pipeline::state_file::write_whole(&self.path, &encode(checkpoint, boot_id()))
     }
 
     fn wrote(&self, result: std::io::Result<u64>) {

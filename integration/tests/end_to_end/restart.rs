@@ -371,3 +371,80 @@ fn a_reload_changing_capacity_keeps_a_frozen_agent_reported() {
         let _ = a.wait();
     }
 }
+
+/// A secure frame recorded before a restart is refused after it: the
+/// receiver's replay sessions are kept in the state directory. On SIGTERM
+/// they are written at the stop; on SIGKILL what the last write held
+/// survives. The live session goes on after the restart.
+#[test]
+fn a_secure_frame_recorded_before_a_restart_is_refused_after_it() {
+    use std::net::UdpSocket;
+    use varta_proto::{Frame, FrameCipher, Iv, Status};
+
+    for crash in [false, true] {
+        let shared = tempfile::tempdir().expect("tempdir");
+        let state = shared.path().join("state");
+        let (key_path, key) = varta_integration::keygen(shared.path(), "shared.key");
+        let port = varta_integration::free_udp_port();
+        let text = format!(
+            r#"receivers:
+  vlp/secure:
+    transport: secure_udp
+    endpoint: "127.0.0.1:{port}"
+    key_files: ["{}"]
+    storage: file_storage/state
+    checkpoint_interval: 100ms
+processors:
+  tracker: {{ threshold: 1s }}
+exporters:
+  file: {{ path: "@DIR@/events.tsv" }}
+extensions:
+  file_storage/state: {{ directory: "{}" }}
+service:
+  extensions: [file_storage/state]
+  pipelines:
+    liveness: {{ receivers: [vlp/secure], processors: [tracker], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#,
+            key_path.display(),
+            state.display()
+        );
+        let (addr, me) = (format!("127.0.0.1:{port}"), std::process::id());
+        let (cipher, sock) = (FrameCipher::new(&key), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        let sealed = |counter: u32, nonce: u64| {
+            cipher.seal_shared(
+                Iv { random: [7; 8], counter },
+                &Frame::new(Status::Ok, me, nonce, nonce, 0).encode(),
+            )
+        };
+        let beats = |c: &Collector| {
+            let me = me.to_string();
+            read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "beat" && e.pid == me).count()
+        };
+        let first = Collector::start(&text);
+        let recorded = sealed(0, 1);
+        sock.send_to(&recorded, &addr).expect("send");
+        wait_for("the recorded frame accepted", || (beats(&first) == 1).then_some(()));
+        if crash {
+            wait_for("the sessions written", || {
+                (first.counter("receivers::vlp/secure", "session_saves", "") >= 1).then_some(())
+            });
+            first.kill();
+        } else {
+            let (status, log) = first.stop();
+            assert!(status.success(), "{log}");
+        }
+        assert!(state.join("vlp_secure.sessions").exists(), "crash={crash}");
+
+        let second = Collector::start(&text);
+        assert_eq!(second.counter("receivers::vlp/secure", "senders_restored", ""), 1, "crash={crash}");
+        sock.send_to(&recorded, &addr).expect("replay");
+        wait_for("the replay refused", || {
+            (second.counter("receivers::vlp/secure", "refused", "replay") == 1).then_some(())
+        });
+        sock.send_to(&sealed(1, 2), &addr).expect("live");
+        wait_for("the live session goes on", || (beats(&second) == 1).then_some(()));
+        let (status, log) = second.stop();
+        assert!(status.success(), "crash={crash}: {log}");
+    }
+}
