@@ -15,6 +15,13 @@
 //!   socket's takes it instead of binding: it never unlinks or binds the
 //!   path, at start, stop or reload (a receiver closed by a reload gives
 //!   the socket back for the next one).
+//! * **Kept in the file-descriptor store.** Under a unit with
+//!   `FileDescriptorStoreMax=` (systemd then sets `$FDSTORE`), a UDS socket
+//!   the collector bound itself is handed to systemd once
+//!   (`FDSTORE=1` over `$NOTIFY_SOCKET`, with the descriptor attached) and
+//!   from then on treated as passed: never unlinked. systemd hands it to
+//!   the next start as `LISTEN_FDS`, so a restart neither unlinks nor
+//!   rebinds the path even without a `.socket` unit.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -28,9 +35,106 @@ static PASSED: Mutex<Vec<(PathBuf, UnixDatagram)>> = Mutex::new(Vec::new());
 /// The first descriptor systemd passes.
 const SD_LISTEN_FDS_START: i32 = 3;
 
+/// The name stored sockets are given (`FDNAME=`): systemd passes it back
+/// in `LISTEN_FDNAMES`; sockets are matched by path, not by name.
+const FD_NAME: &str = "varta-uds";
+
+/// Where to store sockets (`$NOTIFY_SOCKET`), when `$FDSTORE` allows it.
+static STORE: Mutex<Option<std::os::unix::net::SocketAddr>> = Mutex::new(None);
+
+/// Reads `$FDSTORE` (the unit's `FileDescriptorStoreMax=`, set by systemd
+/// ≥ 254) and `$NOTIFY_SOCKET`: whether sockets can be stored.
+fn read_store_env() {
+    use std::os::linux::net::SocketAddrExt;
+    let allowed = std::env::var("FDSTORE").ok().and_then(|v| v.parse::<u32>().ok()).is_some_and(|n| n > 0);
+    let addr = std::env::var("NOTIFY_SOCKET").ok().filter(|_| allowed).and_then(|path| {
+        match path.strip_prefix('@') {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok(),
+            None => std::os::unix::net::SocketAddr::from_pathname(&path).ok(),
+        }
+    });
+    *STORE.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+}
+
+/// Hands `socket` to systemd's file-descriptor store, if the unit has
+/// one (see the module docs). Whether systemd now holds it.
+pub(crate) fn store(path: &Path, socket: &UnixDatagram) -> bool {
+    let Some(addr) = STORE.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return false };
+    let message = format!("FDSTORE=1\nFDNAME={FD_NAME}");
+    let sent =
+        UnixDatagram::unbound().and_then(|notify| send_with_fd(&notify, &addr, message.as_bytes(), socket));
+    match sent {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "socket kept in systemd's file-descriptor store: the next start takes it, the path is never unlinked here");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "could not store the socket with systemd (FDSTORE=1), it is unlinked at the stop as usual: {e}");
+            false
+        }
+    }
+}
+
+/// `sendmsg(2)` of `message` to `addr` with `fd`'s descriptor attached
+/// (SCM_RIGHTS), as `sd_pid_notify_with_fds` does it.
+fn send_with_fd(
+    notify: &UnixDatagram,
+    addr: &std::os::unix::net::SocketAddr,
+    message: &[u8],
+    fd: &impl AsRawFd,
+) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    // SAFETY: a zeroed sockaddr_un is a valid value; we fill it below.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (name, offset) = match (addr.as_pathname(), addr.as_abstract_name()) {
+        (Some(p), _) => (p.as_os_str().as_bytes(), 0),
+        (None, Some(n)) => (n, 1),
+        _ => return Err(std::io::Error::other("NOTIFY_SOCKET is an unnamed socket")),
+    };
+    if offset + name.len() >= sun.sun_path.len() {
+        return Err(std::io::Error::other("NOTIFY_SOCKET path too long"));
+    }
+    for (dst, src) in sun.sun_path[offset..].iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    let sun_len = std::mem::size_of::<libc::sa_family_t>() + offset + name.len() + usize::from(offset == 0);
+    let mut iov = libc::iovec { iov_base: message.as_ptr() as *mut libc::c_void, iov_len: message.len() };
+    // Room for one descriptor, aligned as cmsghdr wants.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32),
+            libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32),
+        )
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut sun).cast();
+    msg.msg_namelen = sun_len as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as usize;
+    // SAFETY: msg_control has `space` bytes (≤ 32), so the first header
+    // and its data fit.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = len as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
+    }
+    // SAFETY: sendmsg(2) reads the structures set up above.
+    let sent = unsafe { libc::sendmsg(notify.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Reads and clears the socket-activation variables (see the module
 /// docs); how many sockets were kept. Call once, early, before threads.
 pub fn adopt_from_env() -> usize {
+    read_store_env();
     let pid = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<u32>().ok());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();

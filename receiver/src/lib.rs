@@ -90,6 +90,10 @@ pub struct StopHandle {
     socket: Arc<OwnedFd>,
     /// Where a wake datagram reaches the socket, and what it holds.
     wake: Arc<(WakeTarget, WakeToken)>,
+    /// The socket outlives us (systemd passed it, or holds it in its
+    /// file-descriptor store): a stop must leave it as the next process
+    /// finds it, so it is woken, never shut down.
+    shared: bool,
 }
 
 /// A random datagram body that wakes an idle receiver for a pause; the
@@ -113,7 +117,7 @@ enum WakeTarget {
 }
 
 impl StopHandle {
-    fn new(fd: RawFd, wake: WakeTarget) -> std::io::Result<StopHandle> {
+    fn new(fd: RawFd, wake: WakeTarget, shared: bool) -> std::io::Result<StopHandle> {
         // SAFETY: `fd` is a valid open socket owned by the receiver; F_DUPFD_CLOEXEC
         // returns a new descriptor (or -1) that we then own exclusively.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -127,6 +131,7 @@ impl StopHandle {
             paused: Arc::new(AtomicBool::new(false)),
             socket: Arc::new(socket),
             wake: Arc::new((wake, wake_token())),
+            shared,
         })
     }
 
@@ -138,6 +143,12 @@ impl StopHandle {
         self.paused.store(true, Ordering::Release);
         // Best effort and never blocking: if the socket's queue is full the
         // receiver is busy and sees the request after its current round.
+        self.wake(None);
+    }
+
+    /// Sends the wake datagram: without waiting (`None`), or waiting at
+    /// most `patience` for room in the socket's queue.
+    fn wake(&self, patience: Option<Duration>) {
         let (target, token) = &*self.wake;
         let sent = match target {
             WakeTarget::Ip(addr) => {
@@ -149,12 +160,15 @@ impl StopHandle {
                 std::net::UdpSocket::bind(any).and_then(|s| s.send_to(token, addr))
             }
             WakeTarget::Path(path) => std::os::unix::net::UnixDatagram::unbound()
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| match patience {
+                    None => s.set_nonblocking(true).map(|()| s),
+                    Some(t) => s.set_write_timeout(Some(t)).map(|()| s),
+                })
                 .and_then(|s| s.send_to(token, path)),
         };
         if let Err(e) = sent {
             tracing::debug!(
-                "pause: no wake datagram sent ({e}); the receiver sees the request after its current round"
+                "no wake datagram sent ({e}); the receiver sees the request after its current round"
             );
         }
     }
@@ -181,6 +195,14 @@ impl StopHandle {
     /// Asks the receiver to stop; it returns from [`VlpReceiver::run`] promptly.
     pub fn stop(&self) {
         self.requested.store(true, Ordering::Release);
+        if self.shared {
+            // Shutting a shared socket down would shut it down for the
+            // next process too (it would read empty datagrams forever):
+            // the receiver reads up to this datagram instead, and what
+            // arrives after it waits in the socket for the next process.
+            self.wake(Some(Duration::from_secs(1)));
+            return;
+        }
         // Linux wakes blocked receivers on shutdown even for unconnected
         // datagram sockets (the call itself may report ENOTCONN; harmless).
         // SAFETY: shutdown on a descriptor we own; no memory is involved.
@@ -234,7 +256,8 @@ impl VlpReceiver {
             Endpoint::Udp(u) => WakeTarget::Ip(reachable(u.socket.local)),
             Endpoint::Secure(s) => WakeTarget::Ip(reachable(s.socket.local)),
         };
-        let stop = StopHandle::new(fd, wake).map_err(|source| ReceiverError::Io {
+        let shared = matches!(&endpoint, Endpoint::Uds(u) if u.outlives_us());
+        let stop = StopHandle::new(fd, wake, shared).map_err(|source| ReceiverError::Io {
             id: id.to_owned(),
             what: "duplicate socket descriptor".into(),
             source,
@@ -399,7 +422,10 @@ impl VlpReceiver {
             // end-of-stream read that follows (no datagram, or an empty one
             // — never counted) ends the loop.
             let mut round = rx.len();
-            if stop.is_requested() {
+            if stop.is_requested() && stop.shared {
+                // Read up to our wake datagram (see StopHandle::stop).
+                drain_rounds += 1;
+            } else if stop.is_requested() {
                 round = (0..round).take_while(|&i| rx.get(i).is_some_and(|d| d.len > 0)).count();
                 drain_rounds += 1;
                 // Bounded: a sender flooding a stopped socket cannot hold shutdown up.
@@ -444,10 +470,15 @@ impl VlpReceiver {
             }
             ReceiverStats::add(&stats.datagrams, (round - woken) as u64);
             ReceiverStats::add(&stats.beats, beats);
+            let last_round =
+                stop.shared && stop.is_requested() && (woken > 0 || drain_rounds > MAX_DRAIN_ROUNDS);
             if let (Some(keeper), Endpoint::Secure(s)) = (self.sessions.as_mut(), &mut self.endpoint) {
                 keeper.tick(&mut s.replay, now);
             }
             if batch.is_empty() {
+                if last_round {
+                    break;
+                }
                 continue;
             }
             if let Some(left) = wedge.as_mut() {
@@ -466,6 +497,7 @@ impl VlpReceiver {
                 closed |= deliver(extra, copy, beats, stats).is_err();
             }
             match deliver(&queue, batch, beats, stats) {
+                Ok(_) if last_round => break,
                 Ok(back) if !closed => batch = back.unwrap_or_else(|| queue.empty_batch()),
                 _ => {
                     if stop.is_requested() {

@@ -52,7 +52,8 @@ pub(crate) struct UdsReceiver {
     pid_max: u32,
     pub(crate) granted: u64,
     mode: u32,
-    /// Passed by systemd: given back, never unlinked, on drop.
+    /// Passed by systemd, or kept in its file-descriptor store: given
+    /// back, never unlinked, on drop.
     activated: bool,
 }
 
@@ -97,6 +98,8 @@ impl UdsReceiver {
         let fd = me.socket.as_raw_fd();
         mmsg::set_pass_credentials(fd).map_err(io_err("set SO_PASSCRED".into()))?;
         me.granted = mmsg::set_recv_buffer(fd, cfg.recv_buffer()).map_err(io_err("set SO_RCVBUF".into()))?;
+        // Held by systemd from now on: like a passed socket, never unlinked.
+        me.activated = crate::activation::store(&me.path, &me.socket);
         Ok(me)
     }
 
@@ -125,6 +128,12 @@ impl UdsReceiver {
         me.granted = mmsg::set_recv_buffer(fd, cfg.recv_buffer()).map_err(io_err("set SO_RCVBUF".into()))?;
         tracing::info!(receiver = id, path = %me.path.display(), "using the socket systemd passed (never bound or unlinked here)");
         Ok(me)
+    }
+
+    /// Whether the socket outlives this process (systemd passed it or
+    /// holds it in its store).
+    pub(crate) fn outlives_us(&self) -> bool {
+        self.activated
     }
 
     /// The socket file's path.

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use varta_integration::{Collector, collector_cmd, read_events, signal, varta, wait_for};
 
@@ -447,4 +448,169 @@ service:
         let (status, log) = second.stop();
         assert!(status.success(), "crash={crash}: {log}");
     }
+}
+
+/// Receives one datagram on `notify` and the descriptors attached to it
+/// (SCM_RIGHTS), as systemd's notify socket does; `None` on the timeout.
+fn recv_with_fds(notify: &std::os::unix::net::UnixDatagram) -> Option<(String, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut buf = [0u8; 512];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: a zeroed msghdr is valid; its pointers outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg(2) writes within the buffers described by msg.
+    let n = unsafe { libc::recvmsg(notify.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return None;
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let count =
+                    ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                for k in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Some((String::from_utf8_lossy(&buf[..n as usize]).into_owned(), fds))
+}
+
+/// The file-descriptor store, with this test as systemd: the first
+/// collector (`FDSTORE=1` in its environment) binds the agents' socket and
+/// stores it (`FDSTORE=1` with the descriptor over `NOTIFY_SOCKET`); it
+/// stops without unlinking the path; the next one is handed the stored
+/// socket as `LISTEN_FDS` and takes it (storing nothing again). An agent
+/// beating all along never finds the path gone or refused.
+#[test]
+fn the_fd_store_keeps_the_socket_across_a_restart() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    let shared = tempfile::tempdir().expect("tempdir");
+    let socket = shared.path().join("varta.sock");
+    let events = shared.path().join("events.tsv");
+    let text = config(&socket, &shared.path().join("state"), "5s")
+        .replace("@DIR@/events.tsv", &events.display().to_string());
+    let cfg = shared.path().join("collector.yaml");
+    std::fs::write(&cfg, text).expect("config");
+    let notify_path = shared.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let start = |passed: Option<&OwnedFd>, log: &str| {
+        let mut cmd = Command::new("/bin/sh");
+        // `$$` is the shell's pid, which `exec` makes the collector's.
+        cmd.args(["-c", r#"if [ -n "$PASS" ]; then export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=varta-uds; fi; exec "$0" --config "$1""#])
+            .arg(varta_integration::binary("varta-collector"))
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("FDSTORE", "4")
+            .env("XDG_STATE_HOME", shared.path().join("xdg"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(shared.path().join(log)).expect("log"));
+        if let Some(fd) = passed {
+            let raw = fd.as_raw_fd();
+            cmd.env("PASS", "1");
+            // SAFETY: dup2(2) is async-signal-safe; the stored socket
+            // becomes descriptor 3 (SD_LISTEN_FDS_START), without CLOEXEC.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("varta-collector");
+        // Every notification up to READY=1, with the descriptors stored.
+        let mut stored = Vec::new();
+        wait_for("READY=1", || {
+            let (message, fds) = recv_with_fds(&notify)?;
+            if message.lines().any(|l| l == "FDSTORE=1") {
+                assert!(message.lines().any(|l| l == "FDNAME=varta-uds"), "{message}");
+                stored.extend(fds);
+            }
+            message.lines().any(|l| l == "READY=1").then_some(())
+        });
+        (child, stored)
+    };
+
+    let (mut first, mut stored) = start(None, "first.log");
+    assert_eq!(stored.len(), 1, "the socket it bound is stored");
+    let store = stored.pop().expect("stored socket");
+
+    // The agent: one beat every 20 ms, every send's outcome counted.
+    let (stop, refused, sent) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let beater = {
+        let (stop, refused, sent, socket) = (stop.clone(), refused.clone(), sent.clone(), socket.clone());
+        std::thread::spawn(move || {
+            let me = std::process::id();
+            let tx = UnixDatagram::unbound().expect("agent socket");
+            let mut nonce = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let frame = varta_proto::Frame::new(varta_proto::Status::Ok, me, nonce, nonce, 0).encode();
+                match tx.send_to(&frame, &socket) {
+                    Ok(_) => {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Nobody reads while the collector restarts: the queue
+                    // fills (EAGAIN); the path is never gone or refused.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        eprintln!("agent send: {e}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                nonce += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let me = std::process::id().to_string();
+    let beats = || read_events(&events).iter().filter(|e| e.kind == "beat" && e.pid == me).count();
+    wait_for("beats read by the first collector", || (beats() >= 3).then_some(()));
+
+    signal(&first, libc::SIGTERM);
+    let status = first.wait().expect("first collector");
+    let log = std::fs::read_to_string(shared.path().join("first.log")).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("file-descriptor store"), "{log}");
+    let meta = std::fs::symlink_metadata(&socket).expect("the path outlives the collector");
+    assert!(meta.file_type().is_socket());
+    std::thread::sleep(Duration::from_millis(200)); // the agent beats into the held socket
+
+    let before = beats();
+    let (mut second, stored_again) = start(Some(&store), "second.log");
+    assert!(stored_again.is_empty(), "a passed socket is not stored again");
+    let log = || std::fs::read_to_string(shared.path().join("second.log")).unwrap_or_default();
+    let read = std::panic::catch_unwind(|| {
+        wait_for("beats read by the next collector", || (beats() >= before + 3).then_some(()))
+    });
+    assert!(read.is_ok(), "{} beats before; log:\n{}", before, log());
+    let log = log();
+    assert!(log.contains("using the socket systemd passed"), "{log}");
+
+    stop.store(true, Ordering::Relaxed);
+    beater.join().expect("agent");
+    signal(&second, libc::SIGTERM);
+    assert!(second.wait().expect("second collector").success());
+    assert!(sent.load(Ordering::Relaxed) > 10);
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "the agent never saw the path gone or refused");
 }
