@@ -24,6 +24,7 @@ use varta_proto::Transport;
 
 use crate::attributes::{self, AttributeStore, Host};
 use crate::diagnose;
+use crate::proc::ProcError;
 
 fn default_true() -> bool {
     true
@@ -127,6 +128,8 @@ pub struct ResolverStats {
     /// Times a resolver that made no progress was replaced by a new one
     /// (kept by the one after it: the counters carry over).
     replacements: AtomicU64,
+    /// Restored agents found gone (or their pid recycled) at the restore.
+    restored_exited: AtomicU64,
 }
 
 /// The resolver's metrics.
@@ -146,6 +149,11 @@ pub mod metric {
         "New-agent and stall notices dropped (the resolver's backlog was full), and resolved-agent notices the processor did not take.",
     ).unit("{notice}");
     pub static DIAGNOSES: Metric = Metric::counter("diagnoses", "Stalls diagnosed.").unit("{diagnosis}");
+    pub static RESTORED_EXITED: Metric = Metric::counter(
+        "restored_exited",
+        "Agents restored after a restart whose process was gone (or its pid another process's): reported stalled at once.",
+    )
+    .unit("{agent}");
     pub static UNDIAGNOSED: Metric = Metric::labelled(
         "undiagnosed",
         "reason",
@@ -186,7 +194,8 @@ pub mod metric {
 impl Instrumented for ResolverStats {
     fn samples(&self, out: &mut dyn FnMut(Sample)) {
         use metric::*;
-        let plain: [(&'static Metric, &AtomicU64); 5] = [
+        let plain: [(&'static Metric, &AtomicU64); 6] = [
+            (&RESTORED_EXITED, &self.restored_exited),
             (&REPLACEMENTS, &self.replacements),
             (&RESOLVED, &self.resolved),
             (&RESOLVE_FAILED, &self.resolve_failed),
@@ -211,6 +220,9 @@ impl Instrumented for ResolverStats {
 
 enum Notice {
     Started(AgentRef),
+    /// Taken back from a checkpoint after a restart: resolved, and its
+    /// identity checked at once.
+    Restored(AgentRef),
     Stalled { agent: AgentRef, incident: u64 },
     Gone(AgentId),
 }
@@ -281,6 +293,7 @@ impl Resolver {
         let (tx, notices) = bounded(config.queue_size);
         let (results_tx, results) = bounded(config.queue_size);
         let (resolved_tx, resolved) = bounded(config.queue_size);
+        let (checked_tx, checked) = bounded(config.queue_size);
         let memory =
             crate::memory_reads::MemoryReads::new(crate::memory_reads::READ_TIMEOUT, stats.memory.clone());
         let worker = Worker {
@@ -291,6 +304,7 @@ impl Resolver {
             stats: Arc::clone(&stats),
             results: results_tx,
             resolved: resolved_tx,
+            checked: checked_tx,
             pending: VecDeque::new(),
             lingering: Lingering::default(),
         };
@@ -307,6 +321,8 @@ impl Resolver {
             tx,
             results,
             resolved,
+            checked,
+            checks: 0,
             stats: Arc::clone(&stats),
             diagnose: config.diagnosis.enabled,
             window_ns,
@@ -333,6 +349,10 @@ pub struct ResolverHandle {
     results: Receiver<Diagnosed>,
     /// Agents whose attributes were stored (for threshold rules on them).
     resolved: Receiver<AgentId>,
+    /// Identity checks of restored agents: whether each is gone.
+    checked: Receiver<(AgentId, bool)>,
+    /// Identity checks asked for and not answered yet.
+    checks: usize,
     stats: Arc<ResolverStats>,
     diagnose: bool,
     window_ns: u64,
@@ -349,6 +369,7 @@ impl std::fmt::Debug for Notice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Notice::Started(a) => write!(f, "Started({})", a.id.pid),
+            Notice::Restored(a) => write!(f, "Restored({})", a.id.pid),
             Notice::Stalled { agent, incident } => write!(f, "Stalled({}, {incident})", agent.id.pid),
             Notice::Gone(id) => write!(f, "Gone({})", id.pid),
         }
@@ -402,6 +423,15 @@ impl Inspector for ResolverHandle {
         true
     }
 
+    fn agent_restored(&mut self, agent: &AgentRef, now_ns: u64, restart: bool) {
+        if !restart {
+            return self.agent_started(agent, now_ns);
+        }
+        if agent.transport == Transport::Uds && self.send(Notice::Restored(*agent)) {
+            self.checks += 1;
+        }
+    }
+
     fn agent_gone(&mut self, agent: &AgentId) {
         if agent.source == varta_proto::Source::Local {
             self.send(Notice::Gone(*agent));
@@ -417,11 +447,23 @@ impl Inspector for ResolverHandle {
     }
 
     fn next_poll(&self) -> Option<u64> {
-        self.due.front().map(|&due| due.max(self.last_poll_ns.saturating_add(REPOLL_NS)))
+        let repoll = self.last_poll_ns.saturating_add(REPOLL_NS);
+        let diagnosis = self.due.front().map(|&due| due.max(repoll));
+        let checks = (self.checks > 0).then_some(repoll);
+        [diagnosis, checks].into_iter().flatten().min()
     }
 
     fn take_resolved(&mut self, out: &mut Vec<AgentId>) {
         out.extend(self.resolved.try_iter());
+    }
+
+    fn take_exited(&mut self, out: &mut Vec<AgentId>) {
+        for (id, exited) in self.checked.try_iter() {
+            self.checks = self.checks.saturating_sub(1);
+            if exited {
+                out.push(id);
+            }
+        }
     }
 
     fn with_attributes(&self, agent: &AgentId, f: &mut dyn FnMut(&dyn AgentAttributes)) {
@@ -430,6 +472,21 @@ impl Inspector for ResolverHandle {
             Some(attrs) => f(&attrs),
             None => f(&varta_processor::threshold::Unresolved),
         }
+    }
+}
+
+/// Whether a restored agent's process is verifiably gone, or its pid now
+/// another process's (another start time). An agent whose start time was
+/// never read, or whose `/proc` cannot be read for another reason, is not
+/// judged (it is reported, if at all, when its deadline passes).
+fn exited_while_away(agent: &AgentRef) -> bool {
+    if agent.id.start_time == 0 {
+        return false;
+    }
+    match crate::proc::stat_checked(agent.host_pid) {
+        Ok(stat) => stat.start_time != agent.id.start_time,
+        Err(ProcError::Gone) => varta_pipeline::procfs::verified_gone(agent.host_pid),
+        Err(_) => false,
     }
 }
 
@@ -449,6 +506,7 @@ struct Worker {
     stats: Arc<ResolverStats>,
     results: Sender<Diagnosed>,
     resolved: Sender<AgentId>,
+    checked: Sender<(AgentId, bool)>,
     pending: VecDeque<Pending>,
     lingering: Lingering,
 }
@@ -547,6 +605,17 @@ impl Worker {
             Notice::Started(agent) => {
                 self.lingering.returned(&agent.id);
                 self.resolve(&agent)
+            }
+            Notice::Restored(agent) => {
+                self.resolve(&agent);
+                let exited = exited_while_away(&agent);
+                if exited {
+                    self.stats.restored_exited.fetch_add(1, Relaxed);
+                    tracing::info!(pid = agent.host_pid, "a restored agent's process is gone (or its pid is another process's): reported stalled now");
+                }
+                if self.checked.try_send((agent.id, exited)).is_err() {
+                    self.stats.notices_dropped.fetch_add(1, Relaxed);
+                }
             }
             Notice::Stalled { agent, incident } => {
                 let before = diagnose::sample(agent.host_pid);

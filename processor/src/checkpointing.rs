@@ -138,7 +138,7 @@ impl Processor {
             slot.incident = a.incident as u32;
             slot.first_seen_s = a.first_seen_s;
             slot.set_learned(Learned::from_parts(Code::from_raw(a.learned.0), a.learned.1));
-            let Some(idx) = self.insert_restored(slot) else {
+            let Some(idx) = self.insert_restored(slot, cause == BlindCause::Restart) else {
                 done.dropped += 1;
                 continue;
             };

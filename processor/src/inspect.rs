@@ -158,6 +158,13 @@ pub trait Inspector: Send {
     /// the stall will not be diagnosed (budget spent, not a local agent,
     /// backlog full).
     fn agent_stalled(&mut self, agent: &AgentRef, incident: u64, now_ns: u64) -> bool;
+    /// An agent was taken back from a checkpoint (last heard at
+    /// `last_beat_ns`). After a `restart` its identity is checked at once:
+    /// one found gone, or its pid another process's, is handed back by
+    /// [`Inspector::take_exited`]. Otherwise as [`Inspector::agent_started`].
+    fn agent_restored(&mut self, agent: &AgentRef, last_beat_ns: u64, _restart: bool) {
+        self.agent_started(agent, last_beat_ns);
+    }
     /// The agent's state was dropped.
     fn agent_gone(&mut self, agent: &AgentId);
     /// Hands over every finished diagnosis (`now_ns`: processor time).
@@ -169,6 +176,9 @@ pub trait Inspector: Send {
     /// resolved, or found unreadable — so threshold rules on attributes
     /// apply to them (or their provisional rule falls back).
     fn take_resolved(&mut self, _out: &mut Vec<AgentId>) {}
+    /// Appends restored agents found gone, or whose pid is now another
+    /// process's, since the last call (see [`Inspector::agent_restored`]).
+    fn take_exited(&mut self, _out: &mut Vec<AgentId>) {}
     /// Calls `f` with the agent's resolved attributes ([`Unresolved`] when
     /// there are none). Returns at once: a short read, no I/O.
     fn with_attributes(&self, _agent: &AgentId, f: &mut dyn FnMut(&dyn AgentAttributes)) {

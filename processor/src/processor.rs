@@ -224,7 +224,9 @@ impl Processor {
 
     /// Puts a restored agent in the tracker (its class follows from the
     /// rules: see [`Processor::reclassify`]) and tells the resolver.
-    pub(crate) fn insert_restored(&mut self, slot: Slot) -> Option<u32> {
+    /// `restart`: taken back after a restart (not carried across a
+    /// reload), so its identity is checked at once.
+    pub(crate) fn insert_restored(&mut self, slot: Slot, restart: bool) -> Option<u32> {
         let agent = slot.agent_ref();
         let hash = self.tracker.hash(&agent.id.source, agent.id.pid);
         if self.tracker.find(hash, &agent.id.source, agent.id.pid).is_some() {
@@ -235,7 +237,10 @@ impl Processor {
         if agent.transport == Transport::Udp {
             self.unauthenticated += 1;
         }
-        self.agent_started(idx, last_beat_ns, false);
+        self.provisional.remove(&idx);
+        if let Some(inspector) = self.inspector.as_mut() {
+            inspector.agent_restored(&agent, last_beat_ns, restart);
+        }
         Some(idx)
     }
 
@@ -388,6 +393,7 @@ impl Processor {
         let now = self.advance_clock(now_ns, out);
         self.fire_stalls(now, out);
         self.apply_resolved();
+        self.apply_exited(now, out);
         self.emit_diagnoses(now, out);
         self.emit_recoveries(now, out);
         let wake =
@@ -599,46 +605,73 @@ impl Processor {
 
     fn fire_stalls(&mut self, now: u64, out: &mut dyn EventSink) {
         while let Some(idx) = self.tracker.due(now) {
-            self.tracker.mark_stalled(idx);
-            let incident = self.next_incident;
-            self.next_incident += 1;
-            let threshold_ns = self.tracker.threshold_ns(self.tracker.slot(idx).class());
-            let warmup = self.thresholds.warmup();
-            let slot = self.tracker.slot_mut(idx);
-            slot.incident = incident as u32;
-            slot.stalls = slot.stalls.saturating_add(1);
-            let learned_interval_ns = warmup.and_then(|w| slot.learned().interval_ns(w)).unwrap_or(0);
-            let last_beat_ns = slot.last_beat_ns;
-            let last_nonce = slot.last_nonce().unwrap_or(0);
-            let (last_status, last_payload) = (slot.status, slot.last_payload);
-            let agent = slot.agent_ref();
-            self.stats.stall();
-            self.note_agents();
-            let silence_ns = now.saturating_sub(last_beat_ns);
-            let blind = last_beat_ns < self.tracker.floor();
-            Self::emit(
-                out,
-                now,
-                Some(agent),
-                EventKind::Stall {
-                    incident,
-                    last_beat_ns,
-                    last_nonce,
-                    silence_ns,
-                    last_status,
-                    last_payload,
-                    threshold_ns,
-                    learned_interval_ns,
-                    blind,
-                },
-            );
-            let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));
-            // Silent since it was restored from a checkpoint: it stopped
-            // while the collector was down (`on_restore`).
-            let restored = self.restored_at_ns.is_some_and(|at| last_beat_ns < at);
-            if let Some(recovery) = self.recovery.as_mut() {
-                recovery.stalled(&agent, incident, diagnosing, restored);
+            self.stall(idx, now, out);
+        }
+    }
+
+    /// Reports restored agents the inspector found gone (or their pid
+    /// recycled) stalled now, rather than a threshold after the restart:
+    /// they will never beat again. Only agents still silent since the
+    /// restore and still the incarnation that was checked.
+    fn apply_exited(&mut self, now: u64, out: &mut dyn EventSink) {
+        let Some(inspector) = self.inspector.as_mut() else { return };
+        let mut exited = std::mem::take(&mut self.resolved);
+        inspector.take_exited(&mut exited);
+        for id in &exited {
+            let hash = self.tracker.hash(&id.source, id.pid);
+            let Some(idx) = self.tracker.find(hash, &id.source, id.pid) else { continue };
+            let slot = self.tracker.slot(idx);
+            let silent_since_restore = self.restored_at_ns.is_some_and(|at| slot.last_beat_ns < at);
+            if slot.start_time() == id.start_time && !slot.is_stalled() && silent_since_restore {
+                self.stall(idx, now, out);
             }
+        }
+        exited.clear();
+        self.resolved = exited;
+    }
+
+    /// Opens an incident for the live agent `idx`: its stall is reported,
+    /// diagnosed and handed to recovery.
+    fn stall(&mut self, idx: u32, now: u64, out: &mut dyn EventSink) {
+        self.tracker.mark_stalled(idx);
+        let incident = self.next_incident;
+        self.next_incident += 1;
+        let threshold_ns = self.tracker.threshold_ns(self.tracker.slot(idx).class());
+        let warmup = self.thresholds.warmup();
+        let slot = self.tracker.slot_mut(idx);
+        slot.incident = incident as u32;
+        slot.stalls = slot.stalls.saturating_add(1);
+        let learned_interval_ns = warmup.and_then(|w| slot.learned().interval_ns(w)).unwrap_or(0);
+        let last_beat_ns = slot.last_beat_ns;
+        let last_nonce = slot.last_nonce().unwrap_or(0);
+        let (last_status, last_payload) = (slot.status, slot.last_payload);
+        let agent = slot.agent_ref();
+        self.stats.stall();
+        self.note_agents();
+        let silence_ns = now.saturating_sub(last_beat_ns);
+        let blind = last_beat_ns < self.tracker.floor();
+        Self::emit(
+            out,
+            now,
+            Some(agent),
+            EventKind::Stall {
+                incident,
+                last_beat_ns,
+                last_nonce,
+                silence_ns,
+                last_status,
+                last_payload,
+                threshold_ns,
+                learned_interval_ns,
+                blind,
+            },
+        );
+        let diagnosing = self.inspector.as_mut().is_some_and(|i| i.agent_stalled(&agent, incident, now));
+        // Silent since it was restored from a checkpoint: it stopped
+        // while the collector was down (`on_restore`).
+        let restored = self.restored_at_ns.is_some_and(|at| last_beat_ns < at);
+        if let Some(recovery) = self.recovery.as_mut() {
+            recovery.stalled(&agent, incident, diagnosing, restored);
         }
     }
 

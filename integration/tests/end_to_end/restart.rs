@@ -278,7 +278,8 @@ fn socket_activation_hands_the_agents_socket_to_the_collector() {
 }
 
 /// An agent killed while the collector is down: the new process reports
-/// it (its diagnosis says `exited`), and recovery does not run by default
+/// it at once, found gone by the identity check right after the restore
+/// (its diagnosis says `exited`), and recovery does not run by default
 /// (refused and audited as `restored`); with `on_restore: run`, it does.
 #[test]
 fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recovered_by_default() {
@@ -294,7 +295,10 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
                     runs_file.display()
                 ),
             )
-            .replace("processors: [tracker]", "processors: [tracker, resolver, recovery]");
+            .replace("processors: [tracker]", "processors: [tracker, resolver, recovery]")
+            // A threshold the test never waits out: the stall comes from
+            // the identity check right after the restore.
+            .replace("threshold: 1s", "threshold: 10m");
         let first = Collector::start(&text);
         let sock = socket.display().to_string();
         let mut agent = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
@@ -315,6 +319,7 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
             read_events(&events).into_iter().find(|e| e.kind == "diagnosis" && e.pid == pid_s)
         });
         assert_eq!(diagnosis.status, "exited", "{diagnosis:?}");
+        assert_eq!(second.counter("processors::resolver", "restored_exited", ""), 1);
         let decision = wait_for("the recovery decision", || {
             read_events(&events).into_iter().find(|e| {
                 e.kind == "recovery" && e.pid == pid_s && (e.status == "refused" || e.status == "started")
