@@ -223,7 +223,10 @@ enum Notice {
     /// Taken back from a checkpoint after a restart: resolved, and its
     /// identity checked at once.
     Restored(AgentRef),
-    Stalled { agent: AgentRef, incident: u64 },
+    Stalled {
+        agent: AgentRef,
+        incident: u64,
+    },
     Gone(AgentId),
 }
 
@@ -611,7 +614,10 @@ impl Worker {
                 let exited = exited_while_away(&agent);
                 if exited {
                     self.stats.restored_exited.fetch_add(1, Relaxed);
-                    tracing::info!(pid = agent.host_pid, "a restored agent's process is gone (or its pid is another process's): reported stalled now");
+                    tracing::info!(
+                        pid = agent.host_pid,
+                        "a restored agent's process is gone (or its pid is another process's): reported stalled now"
+                    );
                 }
                 if self.checked.try_send((agent.id, exited)).is_err() {
                     self.stats.notices_dropped.fetch_add(1, Relaxed);

@@ -93,6 +93,7 @@ fn ingest(attached: Attached, secs: u64, dir: &std::path::Path) -> (f64, u64) {
             probe,
             Box::new(|_| varta_processor::recovery::TargetFacts::default()),
             None,
+            None,
         )
         .expect("recovery");
         p = p.with_recovery(handle);

@@ -47,6 +47,19 @@ pub fn read(path: &str) -> Result<String, ProcError> {
     fs::read_to_string(path).map_err(|e| ProcError::of(&e))
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`, 16 bytes; zeros if
+/// unreadable): times of one boot mean nothing in another.
+pub fn boot_id() -> [u8; 16] {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+    let mut id = [0u8; 16];
+    for (i, pair) in hex.chunks(2).take(16).enumerate() {
+        let s = std::str::from_utf8(pair).unwrap_or("0");
+        id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
+    }
+    id
+}
+
 /// Whether `pid` is verifiably gone: `kill(pid, 0)` answers ESRCH (no such
 /// process in our pid namespace). EPERM means it exists; any other answer
 /// is not a verification.

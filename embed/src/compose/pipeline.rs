@@ -388,8 +388,13 @@ impl Pipeline {
             let labels = varta_agents::recovery_targets(self.attributes.clone(), cfg.trusted_slices.clone());
             let window = plan.resolver.as_ref().map(|(_, r)| r.diagnosis.window);
             let probe = Box::new(varta_agents::proc::process_facts);
-            let (started, handle) = Recovery::start(&self.name, cfg.clone(), probe, labels, window)
-                .map_err(|e| BuildError::Recovery(e.to_string()))?;
+            let debounce_file = plan
+                .storage
+                .as_ref()
+                .map(|s| varta_processor::recovery::debounce_file_in(&s.directory, &self.name));
+            let (started, handle) =
+                Recovery::start(&self.name, cfg.clone(), probe, labels, window, debounce_file)
+                    .map_err(|e| BuildError::Recovery(e.to_string()))?;
             processor.set_recovery(Some(handle));
             self.recovery = Some(Helper {
                 id: id.clone(),

@@ -133,19 +133,9 @@ impl Instrumented for StorageStats {
     }
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), 16 bytes; zeros
-/// when it cannot be read (then no file of another boot can match it
-/// either, unless it too was written without one).
-pub fn boot_id() -> [u8; 16] {
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-    let mut id = [0u8; 16];
-    for (i, pair) in hex.chunks(2).take(16).enumerate() {
-        let s = std::str::from_utf8(pair).unwrap_or("0");
-        id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
-    }
-    id
-}
+/// This boot's id; zeros when it cannot be read (then no file of another
+/// boot can match it either, unless it too was written without one).
+pub use varta_pipeline::procfs::boot_id;
 
 /// Opens (creating, mode 0700) a state directory of our own.
 pub fn open_dir(dir: &Path) -> Result<PathBuf, String> {

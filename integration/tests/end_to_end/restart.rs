@@ -619,3 +619,77 @@ fn the_fd_store_keeps_the_socket_across_a_restart() {
     assert!(sent.load(Ordering::Relaxed) > 10);
     assert_eq!(refused.load(Ordering::Relaxed), 0, "the agent never saw the path gone or refused");
 }
+
+/// `debounce` outlives a restart: a recovery that ran just before the
+/// collector restarted is not run again for the same agent's next stall
+/// within `debounce` (this test process is the agent).
+#[test]
+fn a_recovery_just_before_a_restart_keeps_its_debounce() {
+    use varta_client::{BeatOutcome, Client};
+    use varta_proto::Status;
+    let shared = tempfile::tempdir().expect("tempdir");
+    let state = shared.path().join("state");
+    let text = format!(
+        r#"receivers:
+  vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
+processors:
+  tracker: {{ threshold: 300ms, storage: file_storage/state }}
+  resolver: {{ diagnosis: {{ window: 100ms }} }}
+  recovery:
+    exec: ["/bin/sh", "-c", "echo $1 >> @DIR@/runs", "recover", "{{pid}}"]
+    audit_file: "@DIR@/audit.tsv"
+    debounce: 1h
+exporters:
+  file: {{ path: "@DIR@/events.tsv", beats: false }}
+extensions:
+  file_storage/state: {{ directory: "{}" }}
+service:
+  extensions: [file_storage/state]
+  pipelines:
+    liveness: {{ receivers: [vlp/uds], processors: [tracker, resolver, recovery], exporters: [file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#,
+        state.display()
+    );
+    let me = std::process::id().to_string();
+    let decisions = |c: &Collector| -> Vec<(String, String)> {
+        read_events(&c.path("events.tsv"))
+            .into_iter()
+            .filter(|e| {
+                e.kind == "recovery" && e.pid == me && (e.status == "started" || e.status == "refused")
+            })
+            .map(|e| (e.status, e.payload))
+            .collect()
+    };
+    let first = Collector::start(&text);
+    let client = Client::connect_uds(first.path("varta.sock")).expect("uds client");
+    assert!(matches!(client.beat(Status::Ok, 0), BeatOutcome::Sent));
+    wait_for("the first recovery", || decisions(&first).into_iter().find(|(s, _)| s == "started"));
+    wait_for("its run", || first.path("runs").exists().then_some(()));
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    assert!(state.join("liveness.recovery").exists(), "the run is kept");
+
+    let second = Collector::start(&text);
+    // Beats once more (its sequence goes on), then stalls again: a new
+    // stall of the same agent.
+    let next = varta_proto::Frame::new(Status::Ok, std::process::id(), 2, client.next_nonce(), 0);
+    std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.send_to(&next.encode(), second.path("varta.sock")))
+        .expect("beat");
+    let decided = std::panic::catch_unwind(|| {
+        wait_for("the next stall's decision", || decisions(&second).into_iter().next())
+    });
+    let decided = decided.unwrap_or_else(|_| {
+        panic!(
+            "no decision; events:\n{}\nlog:\n{}",
+            std::fs::read_to_string(second.path("events.tsv")).unwrap_or_default(),
+            std::fs::read_to_string(second.path("collector.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(decided.0, "refused", "{decided:?}");
+    assert!(decided.1.contains("reason=debounce"), "{decided:?}");
+    assert!(!second.path("runs").exists(), "not run again");
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+}

@@ -41,6 +41,7 @@
 pub mod argv;
 pub mod audit;
 mod children;
+mod debounce;
 pub mod gate;
 mod runner;
 
@@ -52,6 +53,7 @@ use serde::Deserialize;
 
 use crate::inspect::{Cause, Wchan};
 
+pub use debounce::file_in as debounce_file_in;
 pub use gate::{Placeholder, TargetFacts};
 pub use runner::{
     AgentLabels, ProcessFacts, ProcessProbe, Recovery, RecoveryHandle, RecoveryStats, SHUTDOWN_MARGIN,

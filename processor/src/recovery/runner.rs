@@ -15,7 +15,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
-use hashbrown::HashMap;
 use varta_pipeline::procfs::{ProcError, verified_gone};
 use varta_pipeline::{Instrumented, Metric, Sample};
 use varta_proto::Transport;
@@ -24,7 +23,7 @@ use super::audit::{AuditLog, Record};
 use super::children::{self, Launch, Running, escaped};
 use super::gate::{Gate, Stall, TargetFacts};
 use super::{Recovered, RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
-use crate::agent::{AgentId, AgentRef};
+use crate::agent::AgentRef;
 use crate::inspect::{Cause, Wchan};
 
 /// What the host says about a process right before a spawn.
@@ -150,15 +149,19 @@ impl std::fmt::Debug for Notice {
 impl Recovery {
     /// Opens the audit log (a `boot` record) and starts the runner thread.
     /// `diagnosis_window`: the resolver's, when stalls get a diagnosis
-    /// (a stall waits that long plus a margin for it).
+    /// (a stall waits that long plus a margin for it). `debounce_file`:
+    /// where the last runs are kept across restarts and reloads (see
+    /// [`super::debounce`]), if the pipeline keeps state.
     pub fn start(
         name: &str,
         config: RecoveryConfig,
         probe: ProcessProbe,
         labels: AgentLabels,
         diagnosis_window: Option<Duration>,
+        debounce_file: Option<std::path::PathBuf>,
     ) -> std::io::Result<(Recovery, RecoveryHandle)> {
-        let (runner, notices, handle) = Runner::prepare(config, probe, labels, diagnosis_window)?;
+        let (runner, notices, handle) =
+            Runner::prepare(config, probe, labels, diagnosis_window, debounce_file)?;
         let stats = Arc::clone(&runner.stats);
         let thread =
             std::thread::Builder::new().name(format!("recover-{name}")).spawn(move || runner.run(notices))?;
@@ -252,7 +255,7 @@ struct Runner {
     results: Sender<Recovered>,
     pending: Vec<Pending>,
     children: Vec<Child>,
-    last_run: HashMap<AgentId, Instant>,
+    debounce: super::debounce::Debounce,
     rate_tokens: f64,
     rate_last: Instant,
     program: Wchan,
@@ -272,7 +275,9 @@ impl Runner {
         probe: ProcessProbe,
         labels: AgentLabels,
         diagnosis_window: Option<Duration>,
+        debounce_file: Option<std::path::PathBuf>,
     ) -> std::io::Result<(Runner, Receiver<Notice>, RecoveryHandle)> {
+        let config_debounce = config.debounce;
         let key = match &config.audit_key_file {
             Some(path) => Some(varta_secrets::load_key_file(path).map_err(std::io::Error::other)?),
             None => None,
@@ -306,7 +311,7 @@ impl Runner {
             results: results_tx,
             pending: Vec::new(),
             children: Vec::new(),
-            last_run: HashMap::new(),
+            debounce: super::debounce::Debounce::load(debounce_file, config_debounce),
             program,
         };
         let handle = RecoveryHandle {
@@ -473,9 +478,7 @@ impl Runner {
             }
         };
         let now = Instant::now();
-        let debounce = self.config.debounce;
-        self.last_run.retain(|_, t| now.duration_since(*t) < debounce);
-        if self.last_run.contains_key(&a.id) {
+        if self.debounce.recent(&a.id, now, self.config.debounce) {
             return self.refuse(&p, RecoveryRefusal::Debounce);
         }
         if self.children.len() >= self.config.max_outstanding {
@@ -506,7 +509,7 @@ impl Runner {
                 Err(_) => return self.refuse(&p, RecoveryRefusal::IdentityUnknown),
             }
         }
-        self.last_run.insert(a.id, now);
+        self.debounce.ran(a.id, now);
         self.spawn(p, argv);
     }
 
@@ -692,9 +695,9 @@ mod tests {
         config.validate().expect("valid");
         let probe: ProcessProbe = Box::new(|_| Ok(ProcessFacts { start_time: 7, stopped: false }));
         let (runner, notices, mut handle) =
-            Runner::prepare(config, probe, Box::new(|_| TargetFacts::default()), None).expect("runner");
+            Runner::prepare(config, probe, Box::new(|_| TargetFacts::default()), None, None).expect("runner");
         let agent = AgentRef {
-            id: AgentId { source: Source::Local, pid: 4242, start_time: 7 },
+            id: crate::agent::AgentId { source: Source::Local, pid: 4242, start_time: 7 },
             frame_pid: 4242,
             host_pid: 4242,
             transport: Transport::Uds,
