@@ -262,15 +262,23 @@ impl Binary {
                 out.push(Symbolized { function, location });
             }
         }
-        if out.iter().all(|s| s.function.is_none()) {
-            let i = self.symbols.partition_point(|s| s.addr <= svma);
-            let sym = i.checked_sub(1).and_then(|i| self.symbols.get(i));
-            let function =
-                sym.filter(|s| svma < s.addr.saturating_add(s.size.max(1))).map(|s| s.name.to_string());
-            let location = out.last().and_then(|s| s.location.clone());
-            out = vec![Symbolized { function, location }];
+        // The symbol table names the containing function in full (a Rust
+        // path with its module, where DWARF line tables may only have the
+        // short name); DWARF adds the inlined frames and file:line.
+        let symbol = self.symbol_for(svma).map(str::to_owned);
+        match out.last_mut() {
+            Some(outer) if symbol.is_some() => outer.function = symbol,
+            Some(_) => {}
+            None => out.push(Symbolized { function: symbol, location: None }),
         }
         out
+    }
+
+    /// The function symbol containing `svma`; never one it lies beyond.
+    fn symbol_for(&self, svma: u64) -> Option<&str> {
+        let i = self.symbols.partition_point(|s| s.addr <= svma);
+        let sym = self.symbols.get(i.checked_sub(1)?)?;
+        (svma < sym.addr.saturating_add(sym.size.max(1))).then_some(&*sym.name)
     }
 }
 

@@ -459,6 +459,11 @@ fn own_function(stack: &Stack) -> Option<&str> {
 }
 
 fn own_frame_name(f: &Frame) -> Option<&str> {
+    // Inlined frames carry DWARF's short names ("lock"); the real function
+    // frame has the symbol table's full name.
+    if f.inlined {
+        return None;
+    }
     let module = f.module.as_deref()?;
     let name = f.function.as_deref()?;
     let system_module = module.starts_with("libc.so")
