@@ -81,6 +81,8 @@ pub(crate) fn own_userns() -> Option<String> {
 pub(crate) fn confirm(pid: u32, before: &Identity) -> Result<(), Skip> {
     match read(pid) {
         Ok(now) if now == *before => Ok(()),
+        // Exited (a zombie has no executable and no memory map left).
+        Ok(now) if now.exe.is_none() && before.exe.is_some() => Err(Skip::Gone),
         Ok(now) if now.start_time != before.start_time => Err(Skip::IdentityMismatch),
         Ok(_) => Err(Skip::Changed),
         Err(skip) => Err(skip),
