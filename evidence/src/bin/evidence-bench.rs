@@ -1,4 +1,4 @@
-//! evidence-bench PID [--stacks] [--no-dwarf] [--quiet]
+//! evidence-bench PID [--stacks] [--stack-threads N] [--no-dwarf] [--quiet]
 //!
 //! Captures PID twice with one `Capturer` (cold, then warm symbol cache),
 //! prints the evidence of the cold capture and one `SUMMARY key=value…`
@@ -14,11 +14,19 @@ use varta_evidence::{Capturer, Config};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let Some(pid) = args.get(1).and_then(|s| s.parse::<u32>().ok()) else {
-        eprintln!("usage: evidence-bench PID [--stacks] [--no-dwarf] [--quiet]");
+        eprintln!("usage: evidence-bench PID [--stacks] [--stack-threads N] [--no-dwarf] [--quiet]");
         return ExitCode::from(2);
     };
     let flag = |f: &str| args.iter().any(|a| a == f);
-    let config = Config { stacks: flag("--stacks"), dwarf: !flag("--no-dwarf"), ..Config::default() };
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)?.parse().ok());
+    let defaults = Config::default();
+    let config = Config {
+        stacks: flag("--stacks"),
+        dwarf: !flag("--no-dwarf"),
+        stack_threads: value("--stack-threads").unwrap_or(defaults.stack_threads),
+        max_threads: value("--stack-threads").map_or(defaults.max_threads, |n: usize| n.max(defaults.max_threads)),
+        ..defaults
+    };
     let Some(start_time) = varta_pipeline::procfs::start_time(pid) else {
         eprintln!("evidence-bench: no such process {pid}");
         return ExitCode::from(1);
