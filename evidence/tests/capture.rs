@@ -462,3 +462,28 @@ fn a_wrong_start_time_or_a_traced_process_is_refused() {
     assert_eq!(ev.counts.stacks_taken, 7);
     assert_untraced(target.pid);
 }
+
+#[test]
+fn a_thread_in_uninterruptible_sleep_keeps_its_kernel_stack_and_is_not_stopped() {
+    let _serial = serial();
+    let target = Target::start(&[path(c_deadlock()), "4", "-", "dstate"], |p| p);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let vforker = loop {
+        let ev = capture(Config::default(), &target);
+        if let Some(t) = ev.threads.iter().find(|t| t.name == "vforker" && t.state == 'D') {
+            break t.tid;
+        }
+        assert!(Instant::now() < deadline, "the vforker thread never entered D");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let ev = capture(stacks(), &target);
+    assert_untraced(target.pid);
+    let t = ev.thread(vforker).expect("vforker");
+    println!("vforker {} wchan {:?} kernel stack {:?}", t.state, t.wchan, t.kernel_stack);
+    assert_eq!(t.state, 'D');
+    assert!(t.stack.is_none(), "a D thread is never stopped");
+    assert!(!t.kernel_stack.is_empty(), "root reads the kernel stack of a D thread");
+    assert!(ev.counts.stacks_skipped.uninterruptible >= 1, "{:?}", ev.counts.stacks_skipped);
+    assert!(ev.threads.iter().filter(|t| t.state != 'D').all(|t| t.kernel_stack.is_empty()));
+    assert_eq!(ev.counts.stacks_taken, ev.counts.threads_seen - 1);
+}

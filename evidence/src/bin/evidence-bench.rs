@@ -24,7 +24,8 @@ fn main() -> ExitCode {
         stacks: flag("--stacks"),
         dwarf: !flag("--no-dwarf"),
         stack_threads: value("--stack-threads").unwrap_or(defaults.stack_threads),
-        max_threads: value("--stack-threads").map_or(defaults.max_threads, |n: usize| n.max(defaults.max_threads)),
+        max_threads: value("--stack-threads")
+            .map_or(defaults.max_threads, |n: usize| n.max(defaults.max_threads)),
         ..defaults
     };
     let Some(start_time) = varta_pipeline::procfs::start_time(pid) else {

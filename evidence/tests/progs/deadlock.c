@@ -18,6 +18,9 @@
  *   stop shows up in full) and logs gaps > 100 us.
  *   With "churn" a further thread creates short-lived threads (each sleeps
  *   100 us and exits) in a loop, so threads appear and vanish during a capture.
+ *   With "dstate" a thread named "vforker" calls vfork(); its child (which
+ *   dies with that thread: PR_SET_PDEATHSIG) pauses forever, so the thread
+ *   stays in a killable vfork wait, which /proc shows as state D.
  *   The all-time max gap is also printed to stderr every 10 s.
  *
  * The main thread prints "READY <pid>" once every waiter has been created and
@@ -32,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 static pthread_mutex_t the_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -99,6 +104,18 @@ static void *churn_main(void *arg) {
     return NULL;
 }
 
+/* Sits in the vfork wait (state D) for as long as the child pauses. */
+static void *vforker_main(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "vforker");
+    pid_t child = vfork();
+    if (child == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;) pause();
+    }
+    return NULL;
+}
+
 static void *ticker_main(void *arg) {
     (void)arg;
     pthread_setname_np(pthread_self(), "ticker");
@@ -131,6 +148,7 @@ int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4;
     ticker_spin = argc > 3 && strcmp(argv[3], "spin") == 0;
     int churn = argc > 3 && strcmp(argv[3], "churn") == 0;
+    int dstate = argc > 3 && strcmp(argv[3], "dstate") == 0;
     if (argc > 2 && strcmp(argv[2], "-") != 0) {
         ticker_fd = open(argv[2], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (ticker_fd < 0) { perror("open ticker log"); return 1; }
@@ -146,6 +164,10 @@ int main(int argc, char **argv) {
     pthread_mutex_unlock(&ready_lock);
 
     pthread_create(&ticker, &attr, ticker_main, NULL);
+    if (dstate) {
+        pthread_t v;
+        pthread_create(&v, &attr, vforker_main, NULL);
+    }
     if (churn) {
         pthread_t c;
         pthread_create(&c, &attr, churn_main, NULL);
