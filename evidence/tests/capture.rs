@@ -116,6 +116,12 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // Under `unshare` the target is the child's child (pid 1 of its
+        // namespace): killing `unshare` alone would leave it running.
+        if self.pid != self.child.id() {
+            // SAFETY: kill with a valid signal to the target we started.
+            unsafe { libc::kill(libc::pid_t::try_from(self.pid).unwrap_or(0), libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
