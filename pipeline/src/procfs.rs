@@ -60,6 +60,22 @@ pub fn boot_id() -> [u8; 16] {
     id
 }
 
+/// Where a `/proc` symlink points (`fd/N`, `ns/user`, `exe`), or why it
+/// could not be read. Only `readlink`: the target is never opened or
+/// stat'ed, so a file on a dead network mount cannot hang the caller.
+pub fn read_link(path: &str) -> Result<String, ProcError> {
+    fs::read_link(path).map(|p| p.to_string_lossy().into_owned()).map_err(|e| ProcError::of(&e))
+}
+
+/// The thread ids of `pid` (the names under `/proc/<pid>/task`, as seen
+/// from our pid namespace), ascending. Threads may exit right after.
+pub fn task_ids(pid: u32) -> Result<Vec<u32>, ProcError> {
+    let dir = fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| ProcError::of(&e))?;
+    let mut tids: Vec<u32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
 /// Whether `pid` is verifiably gone: `kill(pid, 0)` answers ESRCH (no such
 /// process in our pid namespace). EPERM means it exists; any other answer
 /// is not a verification.
@@ -130,6 +146,16 @@ mod tests {
         );
         assert_eq!(read("/proc/self/definitely-not-a-file"), Err(ProcError::Gone));
         assert!(read("/proc/self/stat").is_ok());
+    }
+
+    #[test]
+    fn links_and_tasks_of_our_own_process() {
+        let me = std::process::id();
+        assert!(read_link("/proc/self/ns/user").is_ok_and(|l| l.starts_with("user:[")));
+        assert_eq!(read_link("/proc/self/fd/999999"), Err(ProcError::Gone));
+        let tids = task_ids(me).expect("own tasks");
+        assert!(tids.contains(&me));
+        assert!(tids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
