@@ -98,6 +98,7 @@ pub fn diagnose(
         involuntary_switches: 0,
         tracer_pid: 0,
         wchan: Wchan::default(),
+        took_ms: u16::try_from(window_ns / 1_000_000).unwrap_or(u16::MAX),
     };
     if pinned_start == 0 {
         // Unknown identity: whatever the pid shows may be another process.
@@ -135,6 +136,7 @@ pub fn diagnose(
             .unwrap_or(u32::MAX),
         tracer_pid: a.tracer_pid,
         wchan: dominant_wchan(a.pid, t),
+        took_ms: exited.took_ms,
     };
     d.cause = if a.state == 'Z' || a.state == 'X' {
         Cause::Zombie

@@ -15,6 +15,8 @@
 //!   read; repeated strings are interned.
 //! * [`diagnose`]: two looks at a stalled process (at detection and a window
 //!   later) turned into a [`varta_processor::Diagnosis`].
+//! * [`evidence`]: where a stalled agent is stuck (threads, locks, stacks),
+//!   captured after its diagnosis on a worker of its own.
 //! * [`resolver`]: the thread, its bounded backlog, its budget and counters.
 //!
 //! (A crate of its own because it does I/O on `/proc` — which neither the
@@ -24,6 +26,7 @@
 pub mod attributes;
 pub mod cgroup;
 pub mod diagnose;
+pub mod evidence;
 pub mod memory_reads;
 pub mod proc;
 pub mod resolver;

@@ -172,13 +172,22 @@ pub fn threads(pid: u32) -> Result<Vec<Thread>, ProcError> {
 /// recycled?) and whether the process is stopped or traced — or why it
 /// cannot be said (recovery acts on "gone" only once [`varta_pipeline::procfs::verified_gone`]
 /// confirms it).
+/// Our own evidence capture (stacks: one thread stopped briefly under a
+/// thread of ours) is not a debugger: it never makes recovery refuse.
 pub fn process_facts(pid: u32) -> Result<varta_processor::recovery::ProcessFacts, ProcError> {
     let st = stat_checked(pid)?;
-    let traced = status_checked(pid)?.tracer_pid != 0;
+    let tracer = status_checked(pid)?.tracer_pid;
+    let ours = tracer != 0 && traced_by_us(tracer);
     Ok(varta_processor::recovery::ProcessFacts {
         start_time: st.start_time,
-        stopped: matches!(st.state, 'T' | 't') || traced,
+        stopped: st.state == 'T' || (st.state == 't' && !ours) || (tracer != 0 && !ours),
     })
+}
+
+/// Whether `tracer` (a `TracerPid`: the tracing *thread*) is one of this
+/// process's threads — the evidence capture.
+pub fn traced_by_us(tracer: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tracer}")).exists()
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 when unknown).

@@ -54,11 +54,78 @@ pub struct DiagnosisConfig {
     /// Time between the two looks at a stalled process.
     #[serde(default = "default_window", deserialize_with = "varta_pipeline::config::duration")]
     pub window: Duration,
+    /// Thread evidence after the diagnosis (see [`crate::evidence`]).
+    #[serde(default = "default_true")]
+    pub evidence: bool,
+    /// Captures per second at most (a budget of their own).
+    #[serde(default = "default_evidence_per_second")]
+    pub evidence_per_second: u32,
+    /// Threads read per capture; the rest are counted.
+    #[serde(default = "default_max_threads")]
+    pub max_threads: usize,
+    /// Time per capture for reading threads.
+    #[serde(default = "default_evidence_budget", deserialize_with = "varta_pipeline::config::duration")]
+    pub evidence_budget: Duration,
+    /// User-space stacks (stops one thread at a time, briefly).
+    #[serde(default)]
+    pub stacks: bool,
+    /// Threads whose stacks are taken per capture.
+    #[serde(default = "default_stack_threads")]
+    pub stack_threads: usize,
+    /// Time per capture for taking stacks.
+    #[serde(default = "default_stack_budget", deserialize_with = "varta_pipeline::config::duration")]
+    pub stack_budget: Duration,
+    /// Binaries larger than this are not parsed for symbols.
+    #[serde(default = "default_max_binary_bytes")]
+    pub max_binary_bytes: u64,
+    /// Time per capture for parsing binaries not yet cached (their
+    /// frames show `module+offset` beyond it).
+    #[serde(default = "default_symbol_budget", deserialize_with = "varta_pipeline::config::duration")]
+    pub symbol_budget: Duration,
+    /// Capture agents in another user namespace.
+    #[serde(default)]
+    pub allow_cross_userns: bool,
+}
+
+fn default_evidence_per_second() -> u32 {
+    4
+}
+fn default_max_threads() -> usize {
+    256
+}
+fn default_evidence_budget() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_stack_threads() -> usize {
+    64
+}
+fn default_stack_budget() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_max_binary_bytes() -> u64 {
+    256 << 20
+}
+fn default_symbol_budget() -> Duration {
+    Duration::from_millis(500)
 }
 
 impl Default for DiagnosisConfig {
     fn default() -> Self {
-        DiagnosisConfig { enabled: true, max_per_second: default_max_per_second(), window: default_window() }
+        DiagnosisConfig {
+            enabled: true,
+            max_per_second: default_max_per_second(),
+            window: default_window(),
+            evidence: true,
+            evidence_per_second: default_evidence_per_second(),
+            max_threads: default_max_threads(),
+            evidence_budget: default_evidence_budget(),
+            stacks: false,
+            stack_threads: default_stack_threads(),
+            stack_budget: default_stack_budget(),
+            max_binary_bytes: default_max_binary_bytes(),
+            symbol_budget: default_symbol_budget(),
+            allow_cross_userns: false,
+        }
     }
 }
 
@@ -102,6 +169,28 @@ impl ResolverConfig {
                 "`diagnosis.max_per_second` must be at least 1 (or set `diagnosis.enabled: false`)".into()
             );
         }
+        let d = &self.diagnosis;
+        if d.evidence && d.evidence_per_second == 0 {
+            return Err(
+                "`diagnosis.evidence_per_second` must be at least 1 (or set `diagnosis.evidence: false`)"
+                    .into(),
+            );
+        }
+        if d.max_threads == 0 || d.max_threads > 65_536 {
+            return Err("`diagnosis.max_threads` must be between 1 and 65536".into());
+        }
+        if d.stack_threads > d.max_threads {
+            return Err("`diagnosis.stack_threads` must not exceed `diagnosis.max_threads`".into());
+        }
+        for (key, t) in [
+            ("evidence_budget", d.evidence_budget),
+            ("stack_budget", d.stack_budget),
+            ("symbol_budget", d.symbol_budget),
+        ] {
+            if t < Duration::from_millis(1) || t > Duration::from_secs(10) {
+                return Err(format!("`diagnosis.{key}` must be between 1ms and 10s (got {t:?})"));
+            }
+        }
         if self.queue_size == 0 || self.queue_size > 1 << 24 {
             return Err("`queue_size` must be between 1 and 16777216".into());
         }
@@ -128,6 +217,8 @@ pub struct ResolverStats {
     /// Times a resolver that made no progress was replaced by a new one
     /// (kept by the one after it: the counters carry over).
     replacements: AtomicU64,
+    /// Stall evidence (see [`crate::evidence`]).
+    evidence: Arc<crate::evidence::EvidenceStats>,
     /// Restored agents found gone (or their pid recycled) at the restore.
     restored_exited: AtomicU64,
 }
@@ -215,6 +306,7 @@ impl Instrumented for ResolverStats {
         out(Sample::new(&TRUNCATED, self.store.truncated()));
         out(Sample::new(&MEMORY_READS_ABANDONED, self.memory.abandoned.load(Relaxed)));
         out(Sample::new(&MEMORY_READS_SKIPPED, self.memory.skipped.load(Relaxed)));
+        self.evidence.samples(out);
     }
 }
 
@@ -297,6 +389,10 @@ impl Resolver {
         let (results_tx, results) = bounded(config.queue_size);
         let (resolved_tx, resolved) = bounded(config.queue_size);
         let (checked_tx, checked) = bounded(config.queue_size);
+        let evidence =
+            crate::evidence::start(name, &config.diagnosis, store.evidence(), Arc::clone(&stats.evidence))?;
+        let (evidence_requests, evidence_results) =
+            evidence.map_or((None, None), |(q, r)| (Some(q), Some(r)));
         let memory =
             crate::memory_reads::MemoryReads::new(crate::memory_reads::READ_TIMEOUT, stats.memory.clone());
         let worker = Worker {
@@ -308,6 +404,7 @@ impl Resolver {
             results: results_tx,
             resolved: resolved_tx,
             checked: checked_tx,
+            evidence: evidence_requests,
             pending: VecDeque::new(),
             lingering: Lingering::default(),
         };
@@ -326,6 +423,7 @@ impl Resolver {
             resolved,
             checked,
             checks: 0,
+            evidence: evidence_results,
             stats: Arc::clone(&stats),
             diagnose: config.diagnosis.enabled,
             window_ns,
@@ -356,6 +454,8 @@ pub struct ResolverHandle {
     checked: Receiver<(AgentId, bool)>,
     /// Identity checks asked for and not answered yet.
     checks: usize,
+    /// Finished evidence captures.
+    evidence: Option<crate::evidence::EvidenceResults>,
     stats: Arc<ResolverStats>,
     diagnose: bool,
     window_ns: u64,
@@ -453,11 +553,18 @@ impl Inspector for ResolverHandle {
         let repoll = self.last_poll_ns.saturating_add(REPOLL_NS);
         let diagnosis = self.due.front().map(|&due| due.max(repoll));
         let checks = (self.checks > 0).then_some(repoll);
-        [diagnosis, checks].into_iter().flatten().min()
+        let evidence = self.evidence.as_ref().is_some_and(|e| e.outstanding()).then_some(repoll);
+        [diagnosis, checks, evidence].into_iter().flatten().min()
     }
 
     fn take_resolved(&mut self, out: &mut Vec<AgentId>) {
         out.extend(self.resolved.try_iter());
+    }
+
+    fn poll_evidence(&mut self, out: &mut dyn FnMut(varta_processor::Evidenced)) {
+        if let Some(e) = self.evidence.as_mut() {
+            e.poll(out);
+        }
     }
 
     fn take_exited(&mut self, out: &mut Vec<AgentId>) {
@@ -496,6 +603,8 @@ fn exited_while_away(agent: &AgentRef) -> bool {
 /// A diagnosis waiting for its second look.
 struct Pending {
     at: Instant,
+    /// When the first look was taken.
+    first: Instant,
     agent: AgentRef,
     incident: u64,
     before: Result<diagnose::Sample, crate::proc::ProcError>,
@@ -510,6 +619,8 @@ struct Worker {
     results: Sender<Diagnosed>,
     resolved: Sender<AgentId>,
     checked: Sender<(AgentId, bool)>,
+    /// Asks for evidence after a diagnosis (`diagnosis.evidence`).
+    evidence: Option<crate::evidence::EvidenceRequests>,
     pending: VecDeque<Pending>,
     lingering: Lingering,
 }
@@ -627,6 +738,7 @@ impl Worker {
                 let before = diagnose::sample(agent.host_pid);
                 self.pending.push_back(Pending {
                     at: Instant::now() + self.config.diagnosis.window,
+                    first: Instant::now(),
                     agent,
                     incident,
                     before,
@@ -671,7 +783,9 @@ impl Worker {
         while self.pending.front().is_some_and(|p| p.at <= now) {
             let Some(p) = self.pending.pop_front() else { break };
             let after = diagnose::sample(p.agent.host_pid);
-            let window_ns = u64::try_from(self.config.diagnosis.window.as_nanos()).unwrap_or(u64::MAX);
+            // The time the two looks really lay apart (the CPU share and
+            // the diagnosis span's length).
+            let window_ns = u64::try_from(p.first.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
             let diagnosis = diagnose::diagnose(
                 p.agent.id.start_time,
                 p.before.as_ref().map_err(|e| *e),
@@ -683,6 +797,9 @@ impl Worker {
             if self.results.try_send(Diagnosed { agent: p.agent, incident: p.incident, diagnosis }).is_err() {
                 // Only when the processor stopped reading: count it as a backlog loss.
                 self.stats.undiagnosed_backlog.fetch_add(1, Relaxed);
+            } else if let Some(evidence) = self.evidence.as_mut() {
+                // After the cause is out: evidence never delays it.
+                evidence.ask(p.agent, p.incident, diagnosis.cause);
             }
         }
     }

@@ -79,6 +79,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ClockAnomaly { .. } => "clock",
         EventKind::BlindWindow { .. } => "blind_window",
         EventKind::Diagnosis { .. } => "diagnosis",
+        EventKind::Evidence { .. } => "evidence",
         EventKind::Recovery { .. } => "recovery",
         EventKind::Refused(_) => "refused",
     }
@@ -142,6 +143,9 @@ impl Display for Describe<'_> {
                 diagnosis.cause.label(),
                 diagnosis.details()
             ),
+            EventKind::Evidence { incident, duration_ns } => {
+                write!(f, "stall evidence (incident {incident}) captured in {:.1} ms", ms(*duration_ns))
+            }
             EventKind::Refused(r) => match r.refusal {
                 Refusal::Decode(kind) => write!(f, "frame refused: {}", kind.name()),
                 other => write!(f, "frame refused: {} (claimed pid {})", other.label(), r.claimed_pid),
@@ -171,10 +175,17 @@ impl Exporter for DebugExporter {
             Some((name, attributes)) => (name.as_str(), attributes.as_ref()),
             None => ("-", None),
         };
+        let evidence = match (&ev.kind, &ev.agent, attributes) {
+            (EventKind::Evidence { incident, .. }, Some(a), Some(store)) => {
+                store.evidence().get(&a.id, *incident).map(|c| describe_evidence(*incident, &c.evidence))
+            }
+            _ => None,
+        };
         match &ev.agent {
             Some(a) => {
                 let view = attributes.map(|s| s.read());
                 let attrs = view.as_ref().and_then(|v| v.get(&a.id));
+                let message = evidence.unwrap_or_else(|| Describe(&ev.kind).to_string());
                 tracing::info!(
                     target: "varta::event",
                     kind,
@@ -187,8 +198,7 @@ impl Exporter for DebugExporter {
                     service = attrs.and_then(|x| x.service_name()).unwrap_or("-"),
                     container = attrs.and_then(|x| x.container_id()).unwrap_or("-"),
                     at_ns = ev.at_ns,
-                    "{}",
-                    Describe(&ev.kind)
+                    "{message}"
                 )
             }
             None => {
@@ -207,6 +217,34 @@ impl Exporter for DebugExporter {
         Ok(())
     }
 }
+
+/// The evidence summary and, per group (largest first, at most
+/// [`EVIDENCE_GROUPS`]), its threads and top frames (innermost first,
+/// `<` between them) — one line, as every event.
+fn describe_evidence(incident: u64, e: &varta_agents::evidence::Evidence) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("stall evidence (incident {incident}): {}", e.summary());
+    for g in e.groups.iter().take(EVIDENCE_GROUPS) {
+        let _ = write!(out, " | {} thread(s) [{}]", g.tids.len(), g.kind.label());
+        if !g.key.is_empty() {
+            let _ = write!(out, " on {}", g.key);
+        }
+        let first = g.tids.first().and_then(|t| e.thread(*t)).and_then(|t| t.stack.as_ref());
+        let frames = if g.common_frames.is_empty() {
+            first.map_or(&[][..], |s| &s.frames[..])
+        } else {
+            &g.common_frames
+        };
+        for f in frames.iter().take(EVIDENCE_FRAMES) {
+            let _ = write!(out, " < {}", f.render());
+        }
+    }
+    out
+}
+
+/// Groups and frames per group the debug exporter prints of evidence.
+const EVIDENCE_GROUPS: usize = 4;
+const EVIDENCE_FRAMES: usize = 5;
 
 fn log_summary(s: &Summary) {
     let source = s.source.map_or_else(|| "other".to_owned(), |src| src.to_string());

@@ -44,8 +44,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+use varta_agents::AttributeStore;
 use varta_processor::{Event, EventKind};
 use varta_proto::Refusal;
 
@@ -182,8 +184,14 @@ impl FileExporter {
         if admit == Admit::Aggregated {
             return Ok(());
         }
+        let compact = match (&ev.kind, &ev.agent, self.stores.get(self.source)) {
+            (EventKind::Evidence { incident, .. }, Some(a), Some(Some(store))) => {
+                store.evidence().get(&a.id, *incident).map(|c| c.evidence.compact_line())
+            }
+            _ => None,
+        };
         let mut w = Counting { inner: &mut self.out, n: 0 };
-        write_line(&mut w, ev)?;
+        write_line_with(&mut w, ev, compact.as_deref())?;
         let n = w.n;
         self.account(n)
     }
@@ -217,6 +225,11 @@ pub struct FileExporter {
     lost: u64,
     budget: BulkBudget,
     summaries: Vec<Summary>,
+    /// Each served pipeline's resolver store, by source index (evidence
+    /// lines carry the capture's grouping from it).
+    stores: Vec<Option<Arc<AttributeStore>>>,
+    /// The source of the event being written.
+    source: usize,
 }
 
 /// Opens the event file for appending: created 0600, never through a
@@ -253,7 +266,15 @@ impl FileExporter {
             lost: 0,
             budget,
             summaries: Vec::new(),
+            stores: Vec::new(),
+            source: 0,
         })
+    }
+
+    /// The resolver stores of the pipelines it serves, by source index.
+    pub fn with_stores(mut self, stores: Vec<Option<Arc<AttributeStore>>>) -> FileExporter {
+        self.stores = stores;
+        self
     }
 
     /// The new file is opened first, under a temporary name; only then are
@@ -304,6 +325,12 @@ impl<W: Write> Write for Counting<'_, W> {
 
 /// Writes one TSV line for `ev`.
 pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
+    write_line_with(w, ev, None)
+}
+
+/// [`write_line`], with an `evidence` event's compact grouping (from the
+/// pipeline's evidence board) when it is still there.
+pub fn write_line_with(w: &mut impl Write, ev: &Event, evidence: Option<&str>) -> io::Result<()> {
     let ns = ev.at_ns;
     let pid = ev.agent.as_ref().map_or(0, |a| a.id.pid);
     match &ev.kind {
@@ -355,6 +382,16 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
                 diagnosis.details()
             )
         }
+        EventKind::Evidence { incident, duration_ns } => {
+            write!(w, "{ns}\tevidence\t{pid}\t{incident}\tcaptured\tduration_ns={duration_ns}")?;
+            if let Some(compact) = evidence {
+                // One TSV column: no tabs or line breaks, whatever a
+                // thread name or fd target held.
+                let compact: String = compact.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+                write!(w, ";{compact}")?;
+            }
+            writeln!(w)
+        }
         EventKind::Refused(r) => {
             let claimed = r.claimed_pid;
             match r.refusal {
@@ -376,6 +413,11 @@ pub fn write_line(w: &mut impl Write, ev: &Event) -> io::Result<()> {
 impl Exporter for FileExporter {
     fn wants_beats(&self) -> bool {
         self.config.beats
+    }
+
+    fn export_from(&mut self, source: usize, ev: &Event) -> io::Result<()> {
+        self.source = source;
+        self.export(ev)
     }
 
     fn export(&mut self, ev: &Event) -> io::Result<()> {

@@ -36,6 +36,7 @@ pub fn is_incident(kind: &EventKind) -> bool {
             | EventKind::ClockAnomaly { .. }
             | EventKind::BlindWindow { .. }
             | EventKind::Diagnosis { .. }
+            | EventKind::Evidence { .. }
             | EventKind::Recovery { .. }
     )
 }

@@ -147,6 +147,10 @@ pub enum EventKind {
     BlindWindow { cause: BlindCause, start_ns: u64, duration_ns: u64 },
     /// What the stalled agent of `incident` was doing (follows its `Stall`).
     Diagnosis { incident: u64, diagnosis: Diagnosis },
+    /// Where the stalled agent of `incident` is stuck was captured, in
+    /// `duration_ns` (follows its `Diagnosis`; the details are the
+    /// resolver's evidence board's, by agent and incident).
+    Evidence { incident: u64, duration_ns: u64 },
     /// A recovery step for `incident`: started, finished, refused or skipped.
     Recovery { incident: u64, report: RecoveryReport },
 }

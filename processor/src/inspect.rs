@@ -67,7 +67,7 @@ impl Cause {
 /// The kernel wait channel most sleeping threads wait in (`/proc/…/wchan`,
 /// e.g. `futex_wait_queue`), truncated to fit a `Copy` event.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub struct Wchan([u8; 23], u8);
+pub struct Wchan([u8; 22], u8);
 
 impl Wchan {
     pub fn new(name: &str) -> Wchan {
@@ -108,6 +108,9 @@ pub struct Diagnosis {
     /// Pid of the tracer (debugger) attached, 0 if none.
     pub tracer_pid: u32,
     pub wchan: Wchan,
+    /// From the first look to the second, in milliseconds (the diagnosis
+    /// span lasts this long; `window` is at most 10 s).
+    pub took_ms: u16,
 }
 
 impl Diagnosis {
@@ -150,6 +153,16 @@ pub struct Diagnosed {
     pub diagnosis: Diagnosis,
 }
 
+/// Evidence of where a stalled agent is stuck was captured (its details
+/// are the inspector's: exporters read them by agent and incident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidenced {
+    pub agent: AgentRef,
+    pub incident: u64,
+    /// How long the capture took.
+    pub duration_ns: u64,
+}
+
 /// Told about agents by the processor thread; see the module docs.
 pub trait Inspector: Send {
     /// A new agent (or a new incarnation) was admitted at `now_ns`.
@@ -169,6 +182,9 @@ pub trait Inspector: Send {
     fn agent_gone(&mut self, agent: &AgentId);
     /// Hands over every finished diagnosis (`now_ns`: processor time).
     fn poll(&mut self, now_ns: u64, out: &mut dyn FnMut(Diagnosed));
+    /// Hands over every finished evidence capture (after the diagnoses:
+    /// evidence follows its stall's diagnosis).
+    fn poll_evidence(&mut self, _out: &mut dyn FnMut(Evidenced)) {}
     /// When the processor should poll again at the latest (processor time),
     /// while diagnoses are outstanding.
     fn next_poll(&self) -> Option<u64>;

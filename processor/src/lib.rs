@@ -49,7 +49,7 @@ pub use agent::{AgentId, AgentRef};
 pub use clock::{Clock, ClockAnomalyKind};
 pub use config::{ConfigError, RateLimitConfig, TrackerConfig};
 pub use event::{BlindCause, DiscardSink, Event, EventKind, EventSink, EvictionReason, RateLimitReason};
-pub use inspect::{Cause, Diagnosed, Diagnosis, Inspector, Wchan};
+pub use inspect::{Cause, Diagnosed, Diagnosis, Evidenced, Inspector, Wchan};
 pub use processor::{Ended, Processor, StartTimeProbe};
 pub use recovery::{RecoveryConfig, RecoveryOutcome, RecoveryRefusal, RecoveryReport};
 pub use snapshot::{AgentState, AgentView, Snapshot, SnapshotReader};

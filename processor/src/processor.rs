@@ -482,6 +482,10 @@ impl Processor {
             let kind = EventKind::Diagnosis { incident: d.incident, diagnosis: d.diagnosis };
             out.emit(&Event { at_ns: now, agent: Some(d.agent), kind });
         });
+        inspector.poll_evidence(&mut |e| {
+            let kind = EventKind::Evidence { incident: e.incident, duration_ns: e.duration_ns };
+            out.emit(&Event { at_ns: now, agent: Some(e.agent), kind });
+        });
         if any {
             self.publisher.mark_dirty();
         }

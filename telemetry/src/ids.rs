@@ -19,6 +19,7 @@ pub enum SpanRole {
     Panic = 3,
     Diagnosis = 4,
     Recovery = 5,
+    Evidence = 6,
 }
 
 /// Derives ids for one exporter instance.

@@ -16,9 +16,15 @@
 //!   never if the collector stops) would delay or lose it. The stall that
 //!   follows carries `varta.last_status = critical` and the panic nonce.
 //! * `Diagnosis` → span `varta.stall.diagnosis`, child of the incident's
-//!   `varta.stall` span, at the moment the diagnosis was taken (zero
-//!   length), with `varta.stall.cause` and the details (threads by state,
-//!   CPU ‰, RSS, context switches, tracer pid, wchan).
+//!   `varta.stall` span, lasting what the diagnosis took (from its first
+//!   look to its second), with `varta.stall.cause` and the details
+//!   (threads by state, CPU ‰, RSS, context switches, tracer pid, wchan).
+//! * `Evidence` → span `varta.stall.evidence`, child of the diagnosis
+//!   span, lasting the capture, with a one-line `varta.evidence.summary`
+//!   and one span event per group of threads waiting on the same thing
+//!   (`thread.id`, `thread.name`, `code.stacktrace`, the lock address or
+//!   fd target, the number of threads), from the resolver's evidence
+//!   board (no span when the capture is no longer there).
 //! * `Recovery` (finished, refused or skipped; not `started`) → span
 //!   `varta.recovery`, child of the incident's `varta.stall` span: from
 //!   spawn to completion for a command that ran (program, child pid, exit
@@ -54,6 +60,8 @@ pub mod name {
     pub const PANIC: &str = "varta.agent.panic";
     pub const DIAGNOSIS: &str = "varta.stall.diagnosis";
     pub const RECOVERY: &str = "varta.recovery";
+    pub const EVIDENCE: &str = "varta.stall.evidence";
+    pub const EVIDENCE_GROUP: &str = "varta.stall.evidence.group";
 }
 
 /// Turns incident events into spans for one pipeline.
@@ -237,9 +245,41 @@ impl SpanBuilder {
                     parent_span_id: self.ids.span_id(incident, SpanRole::Stall).to_vec(),
                     name: name::DIAGNOSIS.into(),
                     kind: SpanKind::Internal as i32,
-                    start_time_unix_nano: at,
+                    start_time_unix_nano: at.saturating_sub(u64::from(d.took_ms) * 1_000_000),
                     end_time_unix_nano: at,
                     attributes: a,
+                    ..Default::default()
+                })
+            }
+            EventKind::Evidence { incident, duration_ns } => {
+                let captured = self.attributes.as_ref()?.evidence().get(&agent.id, incident)?;
+                let e = &captured.evidence;
+                let mut a = self.common(agent);
+                a.push(attrs::uint("varta.incident.id", incident));
+                a.push(attrs::string("varta.evidence.summary", e.summary()));
+                a.push(attrs::uint("varta.evidence.threads", u64::from(e.counts.threads_seen)));
+                a.push(attrs::uint("varta.evidence.threads_omitted", u64::from(e.counts.threads_omitted)));
+                a.push(attrs::uint("varta.evidence.stacks", u64::from(e.counts.stacks_taken)));
+                if let Some(p) = &e.pauses {
+                    a.push(attrs::uint("varta.evidence.pause_total_ns", p.total.as_nanos() as u64));
+                    a.push(attrs::uint("varta.evidence.pause_max_ns", p.max.as_nanos() as u64));
+                }
+                let events = e.groups.iter().map(|g| SpanEvent {
+                    time_unix_nano: at,
+                    name: name::EVIDENCE_GROUP.into(),
+                    attributes: evidence_group(g, e),
+                    dropped_attributes_count: 0,
+                });
+                Some(Span {
+                    trace_id: self.ids.trace_id(incident).to_vec(),
+                    span_id: self.ids.span_id(incident, SpanRole::Evidence).to_vec(),
+                    parent_span_id: self.ids.span_id(incident, SpanRole::Diagnosis).to_vec(),
+                    name: name::EVIDENCE.into(),
+                    kind: SpanKind::Internal as i32,
+                    start_time_unix_nano: at.saturating_sub(duration_ns),
+                    end_time_unix_nano: at,
+                    attributes: a,
+                    events: events.collect(),
                     ..Default::default()
                 })
             }
@@ -289,6 +329,42 @@ impl SpanBuilder {
             _ => None,
         }
     }
+}
+
+/// One group's span event attributes: its first thread, how many wait
+/// with it, on what (and who holds that lock), and where (the frames the
+/// group shares, else its first thread's stack).
+fn evidence_group(
+    g: &varta_agents::evidence::WaitGroup,
+    e: &varta_agents::evidence::Evidence,
+) -> Vec<KeyValue> {
+    let tid = g.tids.first().copied().unwrap_or(0);
+    let mut a = vec![
+        attrs::int("thread.id", i64::from(tid)),
+        attrs::string("varta.wait.kind", g.kind.label()),
+        attrs::int("varta.threads", g.tids.len() as i64),
+    ];
+    if let Some(t) = e.thread(tid) {
+        a.push(attrs::string("thread.name", t.name.as_str()));
+    }
+    match g.kind {
+        varta_agents::evidence::WaitKind::Futex => {
+            if let Some(addr) = g.futex {
+                a.push(attrs::string("varta.lock.address", format!("{addr:#x}")));
+            }
+        }
+        varta_agents::evidence::WaitKind::Fd => a.push(attrs::string("varta.fd.target", g.key.as_str())),
+        _ if !g.key.is_empty() => a.push(attrs::string("varta.wait.on", g.key.as_str())),
+        _ => {}
+    }
+    if let Some(holder) = g.holder {
+        a.push(attrs::int("varta.lock.holder", i64::from(holder)));
+    }
+    let first = || e.thread(tid).and_then(|t| t.stack.as_ref()).map(|s| s.render());
+    if let Some(trace) = g.stacktrace().or_else(first) {
+        a.push(attrs::string("code.stacktrace", trace));
+    }
+    a
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! tracked local agent, removed when the agent's state is dropped.
 
 use std::hash::BuildHasher;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use opentelemetry_semantic_conventions::resource::{
@@ -57,6 +57,9 @@ impl Attributes {
 pub struct AttributeStore {
     inner: RwLock<Inner>,
     host: Host,
+    /// The last stall evidence captured (see [`crate::evidence`]): what
+    /// the resolver found out about its agents' stalls, read by exporters.
+    evidence: Arc<crate::evidence::EvidenceBoard>,
 }
 
 impl Default for AttributeStore {
@@ -225,7 +228,12 @@ impl StoreView<'_> {
 
 impl AttributeStore {
     pub fn new(host: Host) -> AttributeStore {
-        AttributeStore { inner: RwLock::default(), host }
+        AttributeStore { inner: RwLock::default(), host, evidence: Arc::default() }
+    }
+
+    /// The last stall evidence captured of these agents.
+    pub fn evidence(&self) -> Arc<crate::evidence::EvidenceBoard> {
+        Arc::clone(&self.evidence)
     }
 
     /// Values are cut to `limit` bytes (at least 1).

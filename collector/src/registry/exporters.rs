@@ -194,10 +194,11 @@ impl ExporterConfig {
             closes_late: false,
         };
         match self {
-            ExporterConfig::File(cfg) => Ok(events(
-                Box::new(FileExporter::open(cfg.clone()).map_err(|e| e.to_string())?),
-                cfg.queue_size,
-            )),
+            ExporterConfig::File(cfg) => {
+                let stores = serves.iter().map(|p| p.attributes.clone()).collect();
+                let file = FileExporter::open(cfg.clone()).map_err(|e| e.to_string())?.with_stores(stores);
+                Ok(events(Box::new(file), cfg.queue_size))
+            }
             ExporterConfig::Debug(cfg) => {
                 let pipelines = serves.iter().map(|p| (p.name.clone(), p.attributes.clone())).collect();
                 Ok(events(Box::new(DebugExporter::new(cfg.clone(), pipelines)), 4096))

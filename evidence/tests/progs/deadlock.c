@@ -24,7 +24,10 @@
  *   The all-time max gap is also printed to stderr every 10 s.
  *
  * The main thread prints "READY <pid>" once every waiter has been created and
- * then joins the holder forever.
+ * then joins the holder forever. With VARTA_SOCKET set it first reads 32-byte
+ * VLP frames from stdin until EOF and sends each to that Unix datagram
+ * socket (the collector's end-to-end test encodes them with this pid), so
+ * the deadlocked process is a tracked agent that then goes silent.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +40,8 @@
 #include <time.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static pthread_mutex_t the_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -182,6 +187,18 @@ int main(int argc, char **argv) {
     }
     printf("READY %d\n", (int)getpid());
     fflush(stdout);
+    const char *sock = getenv("VARTA_SOCKET");
+    if (sock) {
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un to = { .sun_family = AF_UNIX };
+        strncpy(to.sun_path, sock, sizeof to.sun_path - 1);
+        unsigned char frame[32];
+        while (fread(frame, 1, sizeof frame, stdin) == sizeof frame) {
+            if (sendto(fd, frame, sizeof frame, 0, (struct sockaddr *)&to, sizeof to) != sizeof frame) {
+                perror("sendto");
+            }
+        }
+    }
     pthread_join(holder, NULL);
     return 0;
 }

@@ -507,3 +507,159 @@ fn as_the_collector_read_it(file: &Path, pid_line: &str, encoding: &str) {
     }
     assert!(checked > 10, "{encoding}: cumulative points read: {checked}");
 }
+
+// ---------------------------------------------------------------------------
+// Stall evidence.
+
+/// `evidence/tests/progs/deadlock.c` built as the issue asks (`-O2 -g`,
+/// frame pointers not forced): four waiters on one mutex whose holder
+/// sleeps in `holdout_hold_lock`; with `VARTA_SOCKET` it first sends the
+/// frames it reads from stdin.
+fn deadlock_program(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../evidence/tests/progs/deadlock.c");
+    let bin = dir.join("deadlock");
+    let out =
+        Command::new("cc").args(["-O2", "-g", "-pthread", "-o"]).arg(&bin).arg(&source).output().expect("cc");
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
+
+/// The deadlocked C program as an agent: it beats three times, then its
+/// four waiters and the lock's holder are stuck. The stall's evidence
+/// span, as the real Collector received it (its `file` exporter), groups
+/// the four waiters on one lock and names the waiting and the holding
+/// functions; the diagnosis span lasts its window; the event file has the
+/// compact line; and no thread of the agent is left traced.
+#[test]
+fn stall_evidence_names_the_lock_and_functions_at_the_real_collector() {
+    use std::io::{BufRead, Write};
+    let grpc = free_tcp_port();
+    let gateway = otelcol(&format!(
+        r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{grpc}
+exporters:
+  file:
+    path: ./traces.jsonl
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [file]
+"#
+    ));
+    let c = Collector::start(&format!(
+        r#"receivers:
+  vlp/uds: {{ transport: uds, path: "@DIR@/varta.sock" }}
+processors:
+  tracker: {{ threshold: 300ms }}
+  # A symbol budget no loaded test machine outruns: this test is about
+  # what is named, not how fast.
+  resolver: {{ diagnosis: {{ window: 100ms, stacks: true, symbol_budget: 10s }} }}
+exporters:
+  otlp: {{ endpoint: "http://127.0.0.1:{grpc}", metrics: {{ enabled: false }} }}
+  file: {{ path: "@DIR@/events.tsv", beats: false }}
+service:
+  pipelines:
+    liveness: {{ receivers: [vlp/uds], processors: [tracker, resolver], exporters: [otlp, file] }}
+  telemetry: {{ logs: {{ format: json }} }}
+"#
+    ));
+    let bin = deadlock_program(c.dir.path());
+    let mut agent = Command::new(&bin)
+        .args(["4", "-"])
+        .env("VARTA_SOCKET", c.path("varta.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("deadlock program");
+    let mut ready = String::new();
+    std::io::BufReader::new(agent.stdout.take().expect("stdout")).read_line(&mut ready).expect("READY");
+    let pid = agent.id();
+    assert_eq!(ready.trim(), format!("READY {pid}"));
+    let mut beats = agent.stdin.take().expect("stdin");
+    for nonce in 1..=3 {
+        let frame = varta_proto::Frame::new(varta_proto::Status::Ok, pid, nonce, nonce, 0);
+        beats.write_all(&frame.encode()).expect("frame");
+    }
+    drop(beats);
+
+    let spans = || -> Vec<Value> {
+        let text = std::fs::read_to_string(gateway.path("traces.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .flat_map(|r| r["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .filter(|rs| {
+                rs["resource"]["attributes"].as_array().into_iter().flatten().any(|a| {
+                    a["key"] == "process.pid" && a["value"]["intValue"].as_str() == Some(&pid.to_string())
+                })
+            })
+            .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let evidence = wait_for("the evidence span at the Collector", || {
+        spans().into_iter().find(|s| s["name"] == "varta.stall.evidence")
+    });
+    let attr = |v: &Value, key: &str| -> Value {
+        v["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == key)
+            .map_or(Value::Null, |a| a["value"].clone())
+    };
+    let summary =
+        attr(&evidence, "varta.evidence.summary")["stringValue"].as_str().unwrap_or_default().to_owned();
+    assert!(summary.contains("4 threads wait on one lock"), "{summary}");
+    assert!(summary.contains("holdout_hold_lock"), "the holder's function: {summary}\n{}", c.log());
+    let groups: Vec<&Value> = evidence["events"].as_array().into_iter().flatten().collect();
+    let lock = groups
+        .iter()
+        .find(|g| {
+            attr(g, "varta.wait.kind")["stringValue"] == "futex"
+                && attr(g, "varta.threads")["intValue"] == "4"
+        })
+        .unwrap_or_else(|| panic!("no group of four on one lock: {evidence:#}"));
+    assert!(
+        attr(lock, "varta.lock.address")["stringValue"].as_str().is_some_and(|a| a.starts_with("0x")),
+        "{lock:#}"
+    );
+    assert!(attr(lock, "varta.lock.holder")["intValue"].as_str().is_some(), "the holder named: {lock:#}");
+    assert!(
+        attr(lock, "thread.name")["stringValue"].as_str().is_some_and(|n| n.starts_with("waiter-")),
+        "{lock:#}"
+    );
+    let trace = attr(lock, "code.stacktrace")["stringValue"].as_str().unwrap_or_default().to_owned();
+    assert!(trace.contains("waiter_take_lock"), "the waiting function: {trace}");
+    // One incident, one trace: the evidence hangs under its diagnosis,
+    // which lasts from its first look to its second.
+    let diagnosis =
+        spans().into_iter().find(|s| s["name"] == "varta.stall.diagnosis").expect("diagnosis span");
+    assert_eq!(evidence["traceId"], diagnosis["traceId"]);
+    assert_eq!(evidence["parentSpanId"], diagnosis["spanId"]);
+    let nanos = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    assert!(nanos(&diagnosis["endTimeUnixNano"]) > nanos(&diagnosis["startTimeUnixNano"]), "{diagnosis:#}");
+    assert!(nanos(&evidence["endTimeUnixNano"]) > nanos(&evidence["startTimeUnixNano"]), "{evidence:#}");
+
+    let line = wait_for("the event file's evidence line", || {
+        let text = std::fs::read_to_string(c.path("events.tsv")).unwrap_or_default();
+        text.lines().find(|l| l.contains("\tevidence\t")).map(str::to_owned)
+    });
+    assert!(line.contains(&format!("\tevidence\t{pid}\t")), "{line}");
+    assert!(line.contains("groups=futex:") && line.contains("=4,holder="), "{line}");
+    eprintln!("evidence line: {line}\nsummary: {summary}");
+    assert!(c.counter("processors::resolver", "evidence_captured", "") >= 1);
+    assert!(c.counter("processors::resolver", "evidence_stacks", "") >= 5, "every thread's stack");
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status = std::fs::read_to_string(task.expect("task").path().join("status")).unwrap_or_default();
+        assert!(status.lines().any(|l| l == "TracerPid:\t0"), "left traced: {status}");
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+}
