@@ -187,14 +187,21 @@ pub(crate) fn start(
         allow_cross_userns: config.allow_cross_userns,
         ..varta_evidence::Config::default()
     };
-    if capture.stacks
-        && let Err(why) = may_attach()
-    {
-        tracing::warn!(
-            pipeline = name,
-            "diagnosis.stacks: true, but {why}: stacks are not taken; thread evidence only"
-        );
-        capture.stacks = false;
+    if capture.stacks {
+        match attach_rights(yama_scope(), effective_caps()) {
+            AttachRights::Any => {}
+            AttachRights::OwnUser => tracing::warn!(
+                pipeline = name,
+                "diagnosis.stacks: true without CAP_SYS_PTRACE: stacks are taken of agents running as the collector's user only (others count as stack skips `denied`)"
+            ),
+            AttachRights::None(why) => {
+                tracing::warn!(
+                    pipeline = name,
+                    "diagnosis.stacks: true, but {why}: stacks are not taken; thread evidence only"
+                );
+                capture.stacks = false;
+            }
+        }
     }
     let (tx, rx) = bounded::<Request>(BACKLOG);
     let (done_tx, done_rx) = bounded::<Option<Evidenced>>(BACKLOG + 1);
@@ -287,26 +294,87 @@ fn run(
     }
 }
 
-/// Whether this process may ptrace-attach to processes it did not start,
-/// or why not.
-fn may_attach() -> Result<(), String> {
-    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .and_then(|s| s.trim().parse::<u8>().ok())
-        .unwrap_or(0);
-    if scope >= 3 {
-        return Err("ptrace is disabled on this host (kernel.yama.ptrace_scope = 3)".into());
+/// Which agents this process may ptrace-attach to (agents are not its
+/// children, so Yama's scope 1 rules them out).
+#[derive(Debug, PartialEq, Eq)]
+enum AttachRights {
+    /// CAP_SYS_PTRACE (scope ≤ 2).
+    Any,
+    /// Only processes of our own user (no capability; no Yama, or scope 0).
+    OwnUser,
+    /// None, and why.
+    None(String),
+}
+
+const CAP_SYS_PTRACE: u64 = 1 << 19;
+
+/// `scope`: `kernel.yama.ptrace_scope` (`None` without Yama);
+/// `effective`: our effective capability set.
+fn attach_rights(scope: Option<u8>, effective: u64) -> AttachRights {
+    let privileged = effective & CAP_SYS_PTRACE != 0;
+    match scope.unwrap_or(0) {
+        s if s >= 3 => AttachRights::None("ptrace is disabled on this host (kernel.yama.ptrace_scope = 3)".into()),
+        2 if !privileged => {
+            AttachRights::None("the collector lacks CAP_SYS_PTRACE (kernel.yama.ptrace_scope = 2)".into())
+        }
+        1 if !privileged => AttachRights::None(
+            "the collector lacks CAP_SYS_PTRACE and kernel.yama.ptrace_scope = 1 allows only its own children".into(),
+        ),
+        _ if privileged => AttachRights::Any,
+        _ => AttachRights::OwnUser,
     }
-    let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = caps
+}
+
+fn yama_scope() -> Option<u8> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?.trim().parse().ok()
+}
+
+fn effective_caps() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_PTRACE: u64 = 1 << 19;
-    if effective & CAP_SYS_PTRACE != 0 || scope == 0 {
-        Ok(())
-    } else {
-        Err(format!("the collector lacks CAP_SYS_PTRACE (kernel.yama.ptrace_scope = {scope})"))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_rights_follow_yama_and_the_capability() {
+        assert_eq!(attach_rights(None, CAP_SYS_PTRACE), AttachRights::Any);
+        assert_eq!(attach_rights(Some(2), CAP_SYS_PTRACE), AttachRights::Any);
+        assert_eq!(attach_rights(None, 0), AttachRights::OwnUser);
+        assert_eq!(attach_rights(Some(0), !CAP_SYS_PTRACE), AttachRights::OwnUser);
+        assert!(matches!(attach_rights(Some(1), 0), AttachRights::None(w) if w.contains("children")));
+        assert!(matches!(attach_rights(Some(2), 0), AttachRights::None(w) if w.contains("CAP_SYS_PTRACE")));
+        assert!(matches!(attach_rights(Some(3), CAP_SYS_PTRACE), AttachRights::None(w) if w.contains("= 3")));
+    }
+
+    #[test]
+    fn the_board_keeps_the_last_captures_by_agent_and_incident() {
+        let board = EvidenceBoard::default();
+        let agent = |pid| AgentRef {
+            id: AgentId { source: varta_proto::Source::Local, pid, start_time: 1 },
+            transport: varta_proto::Transport::Uds,
+            host_pid: pid,
+            frame_pid: pid,
+        };
+        let evidence = || Evidence {
+            pid: 1,
+            threads: vec![],
+            groups: vec![],
+            counts: varta_evidence::Counts::default(),
+            pauses: None,
+            duration: std::time::Duration::ZERO,
+        };
+        for n in 0..(EvidenceBoard::KEEP as u64 + 1) {
+            board.put(Captured { agent: agent(7), incident: n, evidence: evidence() });
+        }
+        assert!(board.get(&agent(7).id, 0).is_none(), "the oldest is gone");
+        assert!(board.get(&agent(7).id, 1).is_some());
+        assert!(board.get(&agent(8).id, 1).is_none(), "another agent's incident");
     }
 }

@@ -81,13 +81,19 @@ impl Target {
         assert!(line.starts_with("READY"), "{argv:?} said {line:?}");
         let pid = pid_of(child.id());
         let target = Target { child, pid };
-        target.wait_for_blocked_waiters();
+        // The waiter count follows the program (after `chrt`'s or
+        // `unshare`'s arguments).
+        let program = argv.iter().position(|a| a.ends_with("deadlock")).expect("a deadlock program");
+        let expected = argv.get(program + 1).and_then(|a| a.parse::<usize>().ok()).expect("its waiter count");
+        target.wait_for_blocked_waiters(expected);
         target
     }
 
-    /// READY comes once the waiters exist; wait (bounded) until every
-    /// `waiter-N` thread sits in futex(2), so captures see them blocked.
-    fn wait_for_blocked_waiters(&self) {
+    /// READY comes once the waiters exist, not once they run: a Rust
+    /// thread names itself when it first runs, so on a loaded machine
+    /// some are not yet `waiter-N`. Wait (bounded) until `expected`
+    /// `waiter-N` threads all sit in futex(2), so captures see them blocked.
+    fn wait_for_blocked_waiters(&self, expected: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let tids = varta_pipeline::procfs::task_ids(self.pid).unwrap_or_default();
@@ -97,7 +103,7 @@ impl Target {
             };
             let waiters: Vec<u32> =
                 tids.into_iter().filter(|&t| task(t, "comm").starts_with("waiter-")).collect();
-            if !waiters.is_empty() && waiters.iter().all(|&t| task(t, "syscall").starts_with("202 ")) {
+            if waiters.len() >= expected && waiters.iter().all(|&t| task(t, "syscall").starts_with("202 ")) {
                 return;
             }
             assert!(Instant::now() < deadline, "the waiters of {} never blocked", self.pid);

@@ -561,9 +561,10 @@ processors:
 exporters:
   otlp: {{ endpoint: "http://127.0.0.1:{grpc}", metrics: {{ enabled: false }} }}
   file: {{ path: "@DIR@/events.tsv", beats: false }}
+  debug: {{}}
 service:
   pipelines:
-    liveness: {{ receivers: [vlp/uds], processors: [tracker, resolver], exporters: [otlp, file] }}
+    liveness: {{ receivers: [vlp/uds], processors: [tracker, resolver], exporters: [otlp, file, debug] }}
   telemetry: {{ logs: {{ format: json }} }}
 "#
     ));
@@ -652,6 +653,10 @@ service:
     assert!(line.contains(&format!("\tevidence\t{pid}\t")), "{line}");
     assert!(line.contains("groups=futex:") && line.contains("=4,holder="), "{line}");
     eprintln!("evidence line: {line}\nsummary: {summary}");
+    // The debug exporter: the summary and the groups' top frames, one line.
+    let logged = c.log().lines().find(|l| l.contains("stall evidence (incident")).map(str::to_owned);
+    let logged = logged.unwrap_or_else(|| panic!("no debug line:\n{}", c.log()));
+    assert!(logged.contains("4 thread(s) [futex]") && logged.contains("waiter_take_lock"), "{logged}");
     assert!(c.counter("processors::resolver", "evidence_captured", "") >= 1);
     assert!(c.counter("processors::resolver", "evidence_stacks", "") >= 5, "every thread's stack");
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
