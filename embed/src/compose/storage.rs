@@ -37,12 +37,15 @@ use varta_proto::{Source, Status, Transport};
 
 /// The magic at the start of every state file.
 const MAGIC: &[u8; 8] = b"VARTAST\0";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes; it reads this one and 1 (the
+/// fixed 96-byte records of the first release), so an upgrade keeps state.
+pub const FORMAT_VERSION: u32 = 2;
 /// State files larger than this are not read (16 M agents fit).
 pub const MAX_STATE_BYTES: u64 = 2 << 30;
-/// Bytes of one agent record.
-const RECORD: usize = 96;
+/// Bytes of one agent record in format 1.
+const RECORD_V1: usize = 96;
+/// Bytes of a local agent's record in format 2, about (sizing only).
+const TYPICAL_RECORD: usize = 48;
 /// Bytes of the header.
 const HEADER: usize = 8 + 4 + 16 + 1 + 8 + 8 + 8 + 4;
 
@@ -187,22 +190,6 @@ pub fn check_own_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), String>
     Ok(())
 }
 
-fn put_source(out: &mut Vec<u8>, source: &Source) {
-    let mut bytes = [0u8; 17];
-    match source {
-        Source::Local => {}
-        Source::Ip(std::net::IpAddr::V4(v4)) => {
-            bytes[0] = 4;
-            bytes[1..5].copy_from_slice(&v4.octets());
-        }
-        Source::Ip(std::net::IpAddr::V6(v6)) => {
-            bytes[0] = 6;
-            bytes[1..].copy_from_slice(&v6.octets());
-        }
-    }
-    out.extend_from_slice(&bytes);
-}
-
 fn get_source(b: &[u8; 17]) -> Option<Source> {
     match b[0] {
         0 => Some(Source::Local),
@@ -225,7 +212,7 @@ fn clock_byte(clock: Clock) -> u8 {
 
 /// The bytes of a state file for `checkpoint` (see [`decode`]).
 pub fn encode(checkpoint: &Checkpoint, boot: [u8; 16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + checkpoint.agents.len() * RECORD + 4);
+    let mut out = Vec::with_capacity(HEADER + checkpoint.agents.len() * TYPICAL_RECORD + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&boot);
@@ -235,25 +222,7 @@ pub fn encode(checkpoint: &Checkpoint, boot: [u8; 16]) -> Vec<u8> {
     out.extend_from_slice(&checkpoint.trace_salt.to_le_bytes());
     out.extend_from_slice(&(checkpoint.agents.len() as u32).to_le_bytes());
     for a in &checkpoint.agents {
-        let start = out.len();
-        put_source(&mut out, &a.source);
-        out.extend_from_slice(&a.pid.to_le_bytes());
-        out.extend_from_slice(&a.start_time.to_le_bytes());
-        out.extend_from_slice(&a.frame_pid.to_le_bytes());
-        out.push(a.transport as u8);
-        out.push(a.status as u8);
-        out.push(u8::from(a.stalled) | (u8::from(a.last_nonce.is_some()) << 1));
-        out.extend_from_slice(&a.last_beat_ns.to_le_bytes());
-        out.extend_from_slice(&a.last_nonce.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&a.last_timestamp.to_le_bytes());
-        out.extend_from_slice(&a.last_payload.to_le_bytes());
-        out.extend_from_slice(&a.beats.to_le_bytes());
-        out.extend_from_slice(&a.stalls.to_le_bytes());
-        out.extend_from_slice(&a.incident.to_le_bytes());
-        out.extend_from_slice(&a.first_seen_s.to_le_bytes());
-        out.extend_from_slice(&a.learned.0.to_le_bytes());
-        out.push(a.learned.1);
-        out.resize(start + RECORD, 0);
+        put_record(&mut out, a, checkpoint.taken_ns);
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -271,7 +240,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// A state file's checkpoint, if it is of this `boot` and `clock`, this
 /// format, and intact.
 pub fn decode(bytes: &[u8], boot: [u8; 16], clock: Clock) -> Result<Checkpoint, SetAside> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC || u32_at(bytes, 8) != FORMAT_VERSION {
+    let version = if bytes.len() < 12 || &bytes[..8] != MAGIC { 0 } else { u32_at(bytes, 8) };
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(SetAside::Format);
     }
     if bytes.len() < HEADER + 4 {
@@ -291,11 +261,19 @@ pub fn decode(bytes: &[u8], boot: [u8; 16], clock: Clock) -> Result<Checkpoint, 
     let next_incident = u64_at(body, 37);
     let trace_salt = u64_at(body, 45);
     let count = u32_at(body, 53) as usize;
-    if body.len() != HEADER + count * RECORD {
+    let records = &body[HEADER..];
+    let agents =
+        if version == 1 { v1_records(records, count)? } else { records_v2(records, count, taken_ns)? };
+    Ok(Checkpoint { taken_ns, clock, next_incident, trace_salt, agents })
+}
+
+/// Format 1: fixed records of [`RECORD_V1`] bytes.
+fn v1_records(records: &[u8], count: usize) -> Result<Vec<AgentState>, SetAside> {
+    if records.len() != count * RECORD_V1 {
         return Err(SetAside::Corrupt);
     }
     let mut agents = Vec::with_capacity(count);
-    for r in body[HEADER..].chunks_exact(RECORD) {
+    for r in records.chunks_exact(RECORD_V1) {
         let source_bytes: &[u8; 17] = r[..17].try_into().map_err(|_| SetAside::Corrupt)?;
         let source = get_source(source_bytes).ok_or(SetAside::Corrupt)?;
         let transport = *Transport::ALL.get(usize::from(r[33])).ok_or(SetAside::Corrupt)?;
@@ -320,7 +298,154 @@ pub fn decode(bytes: &[u8], boot: [u8; 16], clock: Clock) -> Result<Checkpoint, 
             learned: (u16::from_le_bytes([r[88], r[89]]), r[90]),
         });
     }
-    Ok(Checkpoint { taken_ns, clock, next_incident, trace_salt, agents })
+    Ok(agents)
+}
+
+// Format 2 records: a flags byte, transport, status, the source's address
+// (none for a local agent), then LEB128 varints — most values are small
+// (pids, counters, a last beat stored as its age at the checkpoint), so a
+// local agent takes ~40–50 bytes instead of 96.
+const STALLED: u8 = 1;
+const HAS_NONCE: u8 = 2;
+const OWN_FRAME_PID: u8 = 4;
+const SOURCE_V4: u8 = 8;
+const SOURCE_V6: u8 = 16;
+/// The last beat is after the checkpoint's time (stored as a lead).
+const BEAT_AHEAD: u8 = 32;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_record(out: &mut Vec<u8>, a: &AgentState, taken_ns: u64) {
+    let mut flags = 0;
+    if a.stalled {
+        flags |= STALLED;
+    }
+    if a.last_nonce.is_some() {
+        flags |= HAS_NONCE;
+    }
+    if a.frame_pid != a.pid {
+        flags |= OWN_FRAME_PID;
+    }
+    match a.source {
+        Source::Local => {}
+        Source::Ip(std::net::IpAddr::V4(_)) => flags |= SOURCE_V4,
+        Source::Ip(std::net::IpAddr::V6(_)) => flags |= SOURCE_V6,
+    }
+    if a.last_beat_ns > taken_ns {
+        flags |= BEAT_AHEAD;
+    }
+    out.push(flags);
+    out.push(a.transport as u8);
+    out.push(a.status as u8);
+    match a.source {
+        Source::Local => {}
+        Source::Ip(std::net::IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
+        Source::Ip(std::net::IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
+    }
+    put_varint(out, u64::from(a.pid));
+    if flags & OWN_FRAME_PID != 0 {
+        put_varint(out, u64::from(a.frame_pid));
+    }
+    put_varint(out, a.start_time);
+    put_varint(out, taken_ns.abs_diff(a.last_beat_ns));
+    if let Some(nonce) = a.last_nonce {
+        put_varint(out, nonce);
+    }
+    for v in [a.last_timestamp, u64::from(a.last_payload), a.beats, u64::from(a.stalls), a.incident] {
+        put_varint(out, v);
+    }
+    put_varint(out, u64::from(a.first_seen_s));
+    put_varint(out, u64::from(a.learned.0));
+    out.push(a.learned.1);
+}
+
+/// Reads format-2 records off the front of a byte slice; any overrun,
+/// overlong varint or value out of range is `Corrupt`.
+struct Records<'a>(&'a [u8]);
+
+impl Records<'_> {
+    fn byte(&mut self) -> Result<u8, SetAside> {
+        let (&b, rest) = self.0.split_first().ok_or(SetAside::Corrupt)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], SetAside> {
+        let (head, rest) = self.0.split_first_chunk::<N>().ok_or(SetAside::Corrupt)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn varint(&mut self) -> Result<u64, SetAside> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f).checked_shl(shift).ok_or(SetAside::Corrupt)?;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(SetAside::Corrupt)
+    }
+
+    fn small<T: TryFrom<u64>>(&mut self) -> Result<T, SetAside> {
+        T::try_from(self.varint()?).map_err(|_| SetAside::Corrupt)
+    }
+}
+
+fn records_v2(records: &[u8], count: usize, taken_ns: u64) -> Result<Vec<AgentState>, SetAside> {
+    // A record is at least 13 bytes: a count beyond that is a lie.
+    if count > records.len() / 13 {
+        return Err(SetAside::Corrupt);
+    }
+    let mut r = Records(records);
+    let mut agents = Vec::with_capacity(count);
+    for _ in 0..count {
+        let flags = r.byte()?;
+        let transport = *Transport::ALL.get(usize::from(r.byte()?)).ok_or(SetAside::Corrupt)?;
+        let status = Status::from_byte(r.byte()?).ok_or(SetAside::Corrupt)?;
+        let source = match (flags & SOURCE_V4 != 0, flags & SOURCE_V6 != 0) {
+            (false, false) => Source::Local,
+            (true, false) => Source::Ip(std::net::IpAddr::V4(r.bytes::<4>()?.into())),
+            (false, true) => Source::Ip(std::net::IpAddr::V6(r.bytes::<16>()?.into())),
+            (true, true) => return Err(SetAside::Corrupt),
+        };
+        let pid: u32 = r.small()?;
+        let frame_pid = if flags & OWN_FRAME_PID != 0 { r.small()? } else { pid };
+        let start_time = r.varint()?;
+        let offset = r.varint()?;
+        let last_beat_ns = if flags & BEAT_AHEAD != 0 {
+            taken_ns.saturating_add(offset)
+        } else {
+            taken_ns.saturating_sub(offset)
+        };
+        let last_nonce = if flags & HAS_NONCE != 0 { Some(r.varint()?) } else { None };
+        agents.push(AgentState {
+            source,
+            pid,
+            start_time,
+            frame_pid,
+            transport,
+            status,
+            stalled: flags & STALLED != 0,
+            last_beat_ns,
+            last_nonce,
+            last_timestamp: r.varint()?,
+            last_payload: r.small()?,
+            beats: r.varint()?,
+            stalls: r.small()?,
+            incident: r.varint()?,
+            first_seen_s: r.small()?,
+            learned: (r.small()?, r.byte()?),
+        });
+    }
+    if r.0.is_empty() { Ok(agents) } else { Err(SetAside::Corrupt) }
 }
 
 /// One pipeline's state file in a state directory.
@@ -454,5 +579,137 @@ impl varta_processor::checkpoint::CheckpointSink for Offer {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(checkpoint) {
             self.stats.skipped.fetch_add(1, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_source(out: &mut Vec<u8>, source: &Source) {
+        let mut bytes = [0u8; 17];
+        match source {
+            Source::Local => {}
+            Source::Ip(std::net::IpAddr::V4(v4)) => {
+                bytes[0] = 4;
+                bytes[1..5].copy_from_slice(&v4.octets());
+            }
+            Source::Ip(std::net::IpAddr::V6(v6)) => {
+                bytes[0] = 6;
+                bytes[1..].copy_from_slice(&v6.octets());
+            }
+        }
+        out.extend_from_slice(&bytes);
+    }
+
+    fn agent(source: Source, pid: u32) -> AgentState {
+        AgentState {
+            source,
+            pid,
+            start_time: 123_456_789,
+            frame_pid: pid,
+            transport: Transport::Uds,
+            status: Status::Ok,
+            stalled: false,
+            last_beat_ns: 9_000_000_000,
+            last_nonce: Some(4_321),
+            last_timestamp: 1_765_000_000_123,
+            last_payload: 7,
+            beats: 86_400,
+            stalls: 2,
+            incident: 41,
+            first_seen_s: 1_200,
+            learned: (513, 9),
+        }
+    }
+
+    fn checkpoint(agents: Vec<AgentState>) -> Checkpoint {
+        Checkpoint {
+            taken_ns: 10_000_000_000,
+            clock: Clock::Monotonic,
+            next_incident: 42,
+            trace_salt: 99,
+            agents,
+        }
+    }
+
+    /// Every kind of record comes back as it went, and a local agent
+    /// takes at most 64 bytes.
+    #[test]
+    fn records_round_trip_compactly() {
+        let boot = [7; 16];
+        let v4 = Source::Ip("10.1.2.3".parse().expect("ip"));
+        let v6 = Source::Ip("2001:db8::1".parse().expect("ip"));
+        let mut odd = agent(v6, u32::MAX);
+        odd.frame_pid = 1;
+        odd.last_nonce = None;
+        odd.stalled = true;
+        odd.last_beat_ns = 10_000_000_001; // after the checkpoint's time
+        odd.beats = u64::MAX;
+        odd.transport = Transport::SecureMaster;
+        odd.status = Status::Critical;
+        let agents = vec![agent(Source::Local, 4242), agent(v4, 7), odd];
+        let c = checkpoint(agents);
+        let bytes = encode(&c, boot);
+        assert_eq!(decode(&bytes, boot, Clock::Monotonic), Ok(c.clone()));
+        let local = encode(&checkpoint(vec![agent(Source::Local, 4242)]), boot).len() - HEADER - 4;
+        assert!(local <= 64, "a local agent's record: {local} bytes");
+        // Damage inside the records, CRC fixed up: refused, never misread.
+        let mut cut = bytes[..bytes.len() - 4].to_vec();
+        cut.pop();
+        let crc = crc32c::crc32c(&cut).to_le_bytes();
+        cut.extend_from_slice(&crc);
+        assert_eq!(decode(&cut, boot, Clock::Monotonic), Err(SetAside::Corrupt));
+        let mut lie = bytes[..bytes.len() - 4].to_vec();
+        lie[53..57].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&lie).to_le_bytes();
+        lie.extend_from_slice(&crc);
+        assert_eq!(decode(&lie, boot, Clock::Monotonic), Err(SetAside::Corrupt));
+    }
+
+    /// A state file of the first release (format 1, fixed records) is
+    /// still taken back: an upgrade keeps its agents.
+    #[test]
+    fn format_one_files_are_still_read() {
+        let boot = [3; 16];
+        let c = checkpoint(vec![
+            agent(Source::Local, 4242),
+            agent(Source::Ip("10.0.0.9".parse().expect("ip")), 8),
+        ]);
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&boot);
+        out.push(clock_byte(c.clock));
+        out.extend_from_slice(&c.taken_ns.to_le_bytes());
+        out.extend_from_slice(&c.next_incident.to_le_bytes());
+        out.extend_from_slice(&c.trace_salt.to_le_bytes());
+        out.extend_from_slice(&(c.agents.len() as u32).to_le_bytes());
+        for a in &c.agents {
+            let start = out.len();
+            put_source(&mut out, &a.source);
+            out.extend_from_slice(&a.pid.to_le_bytes());
+            out.extend_from_slice(&a.start_time.to_le_bytes());
+            out.extend_from_slice(&a.frame_pid.to_le_bytes());
+            out.push(a.transport as u8);
+            out.push(a.status as u8);
+            out.push(u8::from(a.stalled) | (u8::from(a.last_nonce.is_some()) << 1));
+            out.extend_from_slice(&a.last_beat_ns.to_le_bytes());
+            out.extend_from_slice(&a.last_nonce.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&a.last_timestamp.to_le_bytes());
+            out.extend_from_slice(&a.last_payload.to_le_bytes());
+            out.extend_from_slice(&a.beats.to_le_bytes());
+            out.extend_from_slice(&a.stalls.to_le_bytes());
+            out.extend_from_slice(&a.incident.to_le_bytes());
+            out.extend_from_slice(&a.first_seen_s.to_le_bytes());
+            out.extend_from_slice(&a.learned.0.to_le_bytes());
+            out.push(a.learned.1);
+            out.resize(start + RECORD_V1, 0);
+        }
+        let crc = crc32c::crc32c(&out).to_le_bytes();
+        out.extend_from_slice(&crc);
+        assert_eq!(decode(&out, boot, Clock::Monotonic), Ok(c));
+        out[8] = 3; // a version this build does not know
+        assert_eq!(decode(&out, boot, Clock::Monotonic), Err(SetAside::Format));
     }
 }
