@@ -122,16 +122,27 @@ ours_config() {
         prom_def="  prometheus: { endpoint: \"127.0.0.1:$PROM_PORT\", bearer_token_file: $WORK/prom.token, rate_limit: { rate: 100, burst: 100 }, max_agent_series: 1000000 }"
         prom_ref=", prometheus"
     fi
+    # With OURS_STORAGE=1 the tracker keeps its agents in a file_storage
+    # extension, checkpointing every second (the `storage` scenario).
+    local storage="" extensions="" service_extensions=""
+    if [[ "${OURS_STORAGE:-0}" == 1 ]]; then
+        rm -rf "$WORK/state"
+        storage=", storage: file_storage, checkpoint_interval: 1s"
+        extensions="extensions: { file_storage: { directory: $WORK/state } }"
+        service_extensions="  extensions: [file_storage]"
+    fi
     cat >"$1" <<EOF
 receivers:
   vlp/bench: $2
 processors:
   ratelimit: { per_agent_min_interval: "0", global_rate: 0 }
-  tracker: { threshold: ${THRESHOLD_MS}ms, capacity: $3${OURS_TRACKER_EXTRA:-} }
+  tracker: { threshold: ${THRESHOLD_MS}ms, capacity: $3${OURS_TRACKER_EXTRA:-}$storage }
 exporters:
   file: { path: $5, beats: $4 }
 $prom_def
+$extensions
 service:
+$service_extensions
   pipelines:
     liveness: { receivers: [vlp/bench], processors: [ratelimit, tracker], exporters: [file$prom_ref], queue_batches: 4096 }
   telemetry: { logs: { level: info, format: json } }
@@ -244,7 +255,11 @@ ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
     # UDS: two blocking senders (back-pressure, nothing dropped), as an agent SDK would send.
     [[ $t == uds ]] && agents=2 && on_full=wait
     k0=$(udp_rcvbuf_errors)
-    if [[ $impl == ours ]]; then start_ours "$t" 1000000 false "$WORK/ours.events"; else start_vw "$t" "$VW_READ_TIMEOUT_MS"; fi
+    case $impl in
+    ours) OURS_STORAGE=0 start_ours "$t" 1000000 false "$WORK/ours.events" ;;
+    ours-storage) OURS_STORAGE=1 start_ours "$t" 1000000 false "$WORK/ours.events" ;;
+    *) start_vw "$t" "$VW_READ_TIMEOUT_MS" ;;
+    esac
     local c0 c1
     c0=$(cpu_ns "$CPID")
     # shellcheck disable=SC2046
@@ -253,7 +268,7 @@ ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
     sleep 0.5
     c1=$(cpu_ns "$CPID")
     local accepted counted
-    if [[ $impl == ours ]]; then
+    if [[ $impl == ours* ]]; then
         stop_ours
         accepted=$(ours_stat '^beats_accepted$' pipelines)
         counted=$(ours_stat 'full|drop|refus|limited|capacity|decode|auth|replay|mismatch|conflict|stale|evict' '.')
@@ -315,6 +330,36 @@ scenario_ingest() {
                 "$(awk -F'\t' -v t="$t" '$1 == t && $3 == "paced" { printf "%s / %s / %s", $5, $6, $8 }' "$RESULTS/ingest.tsv")"
         done
     } >>"$RESULTS/ingest.md"
+}
+
+# ---------------------------------------------------------------- storage
+
+# The per-beat cost of keeping agents across restarts: ours flat out with
+# and without a file_storage checkpoint every second, alternating.
+scenario_storage() {
+    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\tcollector_cpu_percent\tcpu_ns_per_beat\n' >"$RESULTS/ingest.tsv"
+    local t rep
+    for t in uds udp; do
+        for rep in $(seq "$REPS"); do
+            ingest_once ours "$t" "$rep"
+            ingest_once ours-storage "$t" "$rep"
+        done
+    done
+    header storage "Storage: per-beat cost with a checkpoint every second, ${INGEST_SECS}s per run"
+    {
+        echo "Ours flat out (as in *ingest*), without and with \`storage: file_storage\`, \`checkpoint_interval: 1s\`."
+        echo
+        echo "| transport | without (beats/s) | with (beats/s) | with/without | without: ns/beat | with: ns/beat | with/without |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for t in uds udp; do
+            local a b na nb
+            a=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 4))
+            b=$(med $(col "$RESULTS/ingest.tsv" "$t" ours-storage 4))
+            na=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 12))
+            nb=$(med $(col "$RESULTS/ingest.tsv" "$t" ours-storage 12))
+            printf '| %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$t" "$a" "$b" "$(ratio "$b" "$a")" "$na" "$nb" "$(ratio "$nb" "$na")"
+        done
+    } >>"$RESULTS/storage.md"
 }
 
 # ---------------------------------------------------------------- stall latency
@@ -697,9 +742,9 @@ main() {
     ((${#scenarios[@]})) || scenarios=(ingest stall-latency fleet idle)
     for s in "${scenarios[@]}"; do
         case $s in
-        ingest | stall-latency | fleet | idle | profile | scrape) ;;
+        ingest | storage | stall-latency | fleet | idle | profile | scrape) ;;
         *)
-            echo "unknown scenario: $s (ingest, stall-latency, fleet, idle, scrape, profile)" >&2
+            echo "unknown scenario: $s (ingest, storage, stall-latency, fleet, idle, scrape, profile)" >&2
             exit 2
             ;;
         esac
@@ -714,6 +759,7 @@ main() {
         log "scenario $s"
         case $s in
         ingest) scenario_ingest ;;
+        storage) scenario_storage ;;
         stall-latency) scenario_stall_latency ;;
         fleet) scenario_fleet ;;
         idle) scenario_idle ;;

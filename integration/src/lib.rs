@@ -60,6 +60,32 @@ pub fn reap(mut child: Child) {
     let _ = child.wait();
 }
 
+/// A child process killed and reaped when dropped — also when the test
+/// panics first (a leftover collector or agent would load the machine for
+/// every test after it).
+#[derive(Debug)]
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Tests that load the machine (thousands of agents, floods of datagrams
 /// or connections) take turns through this lock, so that on a small CI
 /// machine they do not starve each other; the other tests run beside them.

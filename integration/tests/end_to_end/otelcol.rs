@@ -569,14 +569,16 @@ service:
 "#
     ));
     let bin = deadlock_program(c.dir.path());
-    let mut agent = Command::new(&bin)
-        .args(["4", "-"])
-        .env("VARTA_SOCKET", c.path("varta.sock"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("deadlock program");
+    let mut agent = varta_integration::Reaped(
+        Command::new(&bin)
+            .args(["4", "-"])
+            .env("VARTA_SOCKET", c.path("varta.sock"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("deadlock program"),
+    );
     let mut ready = String::new();
     std::io::BufReader::new(agent.stdout.take().expect("stdout")).read_line(&mut ready).expect("READY");
     let pid = agent.id();
@@ -663,8 +665,7 @@ service:
         let status = std::fs::read_to_string(task.expect("task").path().join("status")).unwrap_or_default();
         assert!(status.lines().any(|l| l == "TracerPid:\t0"), "left traced: {status}");
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }

@@ -542,7 +542,7 @@ fn the_fd_store_keeps_the_socket_across_a_restart() {
                 });
             }
         }
-        let child = cmd.spawn().expect("varta-collector");
+        let child = varta_integration::Reaped(cmd.spawn().expect("varta-collector"));
         // Every notification up to READY=1, with the descriptors stored.
         let mut stored = Vec::new();
         wait_for("READY=1", || {
