@@ -148,9 +148,10 @@ fn garbage_truncated_and_other_boot_state_files_are_set_aside() {
     }
 }
 
-/// A state directory someone else could write is a configuration error.
+/// A state directory someone else could write, or that someone else
+/// owns, is a configuration error.
 #[test]
-fn a_state_directory_with_the_wrong_mode_is_refused() {
+fn a_state_directory_with_the_wrong_mode_or_owner_is_refused() {
     let shared = tempfile::tempdir().expect("tempdir");
     let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
     std::fs::create_dir(&state).expect("mkdir");
@@ -168,6 +169,42 @@ fn a_state_directory_with_the_wrong_mode_is_refused() {
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Mode 0700, but another user's (nobody): they could plant our state.
+    std::os::unix::fs::chown(&state, Some(65_534), None).expect("chown (tests run as root)");
+    let out = collector_cmd(&["validate", "--config", &path.display().to_string()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("belongs to uid 65534"), "{said}");
+}
+
+/// A full disk under the state directory: every checkpoint fails and is
+/// counted, beats keep being accepted, and the stop is clean.
+#[test]
+fn a_full_disk_fails_checkpoints_without_blocking_ingestion() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let disk = varta_pipeline::testing::SmallDisk::mount(shared.path(), "64k");
+    let (socket, state) = (shared.path().join("varta.sock"), disk.path().join("state"));
+    let c = Collector::start(&config(&socket, &state, "100ms"));
+    // Fill what is left of the disk.
+    let mut filler = std::fs::File::create(disk.path().join("filler")).expect("filler");
+    let block = [0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let _ = filler.sync_all();
+    let sock = socket.display().to_string();
+    let mut agent = varta_integration::Reaped(
+        varta(&["beat", "--socket", &sock, "--every", "20ms"]).spawn().expect("agent"),
+    );
+    let beats = |c: &Collector| c.counter("pipelines::liveness", "beats_accepted", "");
+    wait_for("checkpoints failing", || {
+        (c.counter("processors::tracker", "checkpoints_failed", "") >= 2).then_some(())
+    });
+    let before = beats(&c);
+    wait_for("beats accepted meanwhile", || (beats(&c) > before + 5).then_some(()));
+    assert_eq!(tracked(&c), 1);
+    let _ = agent.kill();
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("cannot write the checkpoint"), "said why: {log}");
 }
 
 /// An incident open across a restart is one trace: its stall span before
