@@ -170,7 +170,9 @@ vw_transport_args() {
 }
 
 target_for() { # target_for IMPL TRANSPORT
-    if [[ $2 == uds ]]; then echo "$WORK/$1.sock"; else echo "127.0.0.1:$UDP_PORT"; fi
+    local sock=$1
+    [[ $1 == ours* ]] && sock=ours # ours-storage: the same collector binary and socket
+    if [[ $2 == uds ]]; then echo "$WORK/$sock.sock"; else echo "127.0.0.1:$UDP_PORT"; fi
 }
 
 key_for() {
@@ -289,7 +291,7 @@ ingest_once() { # ingest_once IMPL TRANSPORT REP [RATE]
         "$sent" "$accepted" "$eagain" "$kernel" "$counted" "$unacc" \
         "$(awk -v d=$((c1 - c0)) -v s="$secs" 'BEGIN { printf "%.1f", 100 * d / 1e9 / s }')" \
         "$(awk -v d=$((c1 - c0)) -v a="$accepted" 'BEGIN { if (a > 0) printf "%.0f", d / a; else print "nan" }')" \
-        >>"$RESULTS/ingest.tsv"
+        >>"${INGEST_TSV:-$RESULTS/ingest.tsv}"
     log "ingest $t $impl rep $rep: accepted=$accepted sent=$sent eagain=$eagain kernel_drops=$kernel counted=$counted unaccounted=$unacc"
 }
 
@@ -337,12 +339,12 @@ scenario_ingest() {
 # The per-beat cost of keeping agents across restarts: ours flat out with
 # and without a file_storage checkpoint every second, alternating.
 scenario_storage() {
-    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\tcollector_cpu_percent\tcpu_ns_per_beat\n' >"$RESULTS/ingest.tsv"
+    printf 'transport\timpl\trep\taccepted_per_s\tsent\taccepted\tsender_eagain\tkernel_drops\tcollector_drops\tunaccounted\tcollector_cpu_percent\tcpu_ns_per_beat\n' >"$RESULTS/storage.tsv"
     local t rep
     for t in uds udp; do
         for rep in $(seq "$REPS"); do
-            ingest_once ours "$t" "$rep"
-            ingest_once ours-storage "$t" "$rep"
+            INGEST_TSV=$RESULTS/storage.tsv ingest_once ours "$t" "$rep"
+            INGEST_TSV=$RESULTS/storage.tsv ingest_once ours-storage "$t" "$rep"
         done
     done
     header storage "Storage: per-beat cost with a checkpoint every second, ${INGEST_SECS}s per run"
@@ -353,10 +355,10 @@ scenario_storage() {
         echo "|---|---:|---:|---:|---:|---:|---:|"
         for t in uds udp; do
             local a b na nb
-            a=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 4))
-            b=$(med $(col "$RESULTS/ingest.tsv" "$t" ours-storage 4))
-            na=$(med $(col "$RESULTS/ingest.tsv" "$t" ours 12))
-            nb=$(med $(col "$RESULTS/ingest.tsv" "$t" ours-storage 12))
+            a=$(med $(col "$RESULTS/storage.tsv" "$t" ours 4))
+            b=$(med $(col "$RESULTS/storage.tsv" "$t" ours-storage 4))
+            na=$(med $(col "$RESULTS/storage.tsv" "$t" ours 12))
+            nb=$(med $(col "$RESULTS/storage.tsv" "$t" ours-storage 12))
             printf '| %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$t" "$a" "$b" "$(ratio "$b" "$a")" "$na" "$nb" "$(ratio "$nb" "$na")"
         done
     } >>"$RESULTS/storage.md"
