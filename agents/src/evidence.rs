@@ -31,8 +31,6 @@ use varta_processor::{AgentId, AgentRef, Cause, Evidenced};
 
 pub use varta_evidence::{Evidence, Skip, WaitGroup, WaitKind, sanitize};
 
-use crate::resolver::DiagnosisConfig;
-
 /// One capture as exporters read it.
 #[derive(Debug)]
 pub struct Captured {
@@ -166,27 +164,15 @@ impl EvidenceResults {
 /// Captures waiting at most (beyond the one running).
 const BACKLOG: usize = 4;
 
-/// Starts the evidence worker when `config.evidence` is on.
+/// Starts the evidence worker for pipeline `name`: captures with
+/// `capture`, at most `per_second` a second.
 pub(crate) fn start(
     name: &str,
-    config: &DiagnosisConfig,
+    mut capture: varta_evidence::Config,
+    per_second: u32,
     board: Arc<EvidenceBoard>,
     stats: Arc<EvidenceStats>,
-) -> std::io::Result<Option<(EvidenceRequests, EvidenceResults)>> {
-    if !config.enabled || !config.evidence {
-        return Ok(None);
-    }
-    let mut capture = varta_evidence::Config {
-        max_threads: config.max_threads,
-        budget: config.evidence_budget,
-        stacks: config.stacks,
-        stack_threads: config.stack_threads,
-        stack_budget: config.stack_budget,
-        max_binary_bytes: config.max_binary_bytes,
-        parse_budget: config.symbol_budget,
-        allow_cross_userns: config.allow_cross_userns,
-        ..varta_evidence::Config::default()
-    };
+) -> std::io::Result<(EvidenceRequests, EvidenceResults)> {
     if capture.stacks {
         match attach_rights(yama_scope(), effective_caps()) {
             AttachRights::Any => {}
@@ -210,7 +196,7 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name(format!("evidence-{name}"))
         .spawn(move || run(capture, &rx, &done_tx, &board, &worker_stats))?;
-    let per_second = f64::from(config.evidence_per_second);
+    let per_second = f64::from(per_second);
     let requests = EvidenceRequests {
         tx,
         per_second,
@@ -219,7 +205,7 @@ pub(crate) fn start(
         stats,
         pending: Arc::clone(&pending),
     };
-    Ok(Some((requests, EvidenceResults { rx: done_rx, pending })))
+    Ok((requests, EvidenceResults { rx: done_rx, pending }))
 }
 
 impl EvidenceRequests {

@@ -109,6 +109,26 @@ fn default_symbol_budget() -> Duration {
     Duration::from_millis(500)
 }
 
+impl DiagnosisConfig {
+    /// The evidence capture's settings and rate, when evidence is on.
+    fn capture_config(&self) -> Option<(varta_evidence::Config, u32)> {
+        (self.enabled && self.evidence).then(|| {
+            let capture = varta_evidence::Config {
+                max_threads: self.max_threads,
+                budget: self.evidence_budget,
+                stacks: self.stacks,
+                stack_threads: self.stack_threads,
+                stack_budget: self.stack_budget,
+                max_binary_bytes: self.max_binary_bytes,
+                parse_budget: self.symbol_budget,
+                allow_cross_userns: self.allow_cross_userns,
+                ..varta_evidence::Config::default()
+            };
+            (capture, self.evidence_per_second)
+        })
+    }
+}
+
 impl Default for DiagnosisConfig {
     fn default() -> Self {
         DiagnosisConfig {
@@ -389,8 +409,16 @@ impl Resolver {
         let (results_tx, results) = bounded(config.queue_size);
         let (resolved_tx, resolved) = bounded(config.queue_size);
         let (checked_tx, checked) = bounded(config.queue_size);
-        let evidence =
-            crate::evidence::start(name, &config.diagnosis, store.evidence(), Arc::clone(&stats.evidence))?;
+        let evidence = match config.diagnosis.capture_config() {
+            Some((capture, per_second)) => Some(crate::evidence::start(
+                name,
+                capture,
+                per_second,
+                store.evidence(),
+                Arc::clone(&stats.evidence),
+            )?),
+            None => None,
+        };
         let (evidence_requests, evidence_results) =
             evidence.map_or((None, None), |(q, r)| (Some(q), Some(r)));
         let memory =
