@@ -832,3 +832,38 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<ResolverConfig, String> {
+        let cfg: ResolverConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        cfg.validate().map(|()| cfg)
+    }
+
+    #[test]
+    fn evidence_settings_parse_with_defaults_and_bounds() {
+        let cfg = parse("diagnosis: { stacks: true, stack_budget: 20ms }\n").expect("valid");
+        let (capture, per_second) = cfg.diagnosis.capture_config().expect("evidence on by default");
+        assert!(capture.stacks);
+        assert_eq!(capture.stack_budget, Duration::from_millis(20));
+        assert_eq!((capture.max_threads, capture.stack_threads, per_second), (256, 64, 4));
+        assert!(
+            parse("diagnosis: { evidence: false }\n").expect("valid").diagnosis.capture_config().is_none()
+        );
+        assert!(
+            parse("diagnosis: { enabled: false }\n").expect("valid").diagnosis.capture_config().is_none()
+        );
+        for bad in [
+            "diagnosis: { evidence_per_second: 0 }\n",
+            "diagnosis: { max_threads: 0 }\n",
+            "diagnosis: { max_threads: 8, stack_threads: 9 }\n",
+            "diagnosis: { stack_budget: 0s }\n",
+            "diagnosis: { symbol_budget: 11s }\n",
+            "diagnosis: { stack: true }\n",
+        ] {
+            assert!(parse(bad).is_err(), "accepted: {bad}");
+        }
+    }
+}

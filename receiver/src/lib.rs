@@ -299,7 +299,6 @@ impl VlpReceiver {
         }
     }
 
-    /// Counters, shared with whoever wants to read them.
     /// Keeps a secure receiver's replay sessions in `<dir>/<id>.sessions`
     /// across restarts (see [`sessions`]): restores them now, writes them
     /// at most every `interval` while frames are admitted and when it
@@ -338,6 +337,7 @@ impl VlpReceiver {
         self.sessions = None;
     }
 
+    /// Counters, shared with whoever wants to read them.
     pub fn stats(&self) -> Arc<ReceiverStats> {
         Arc::clone(&self.stats)
     }
