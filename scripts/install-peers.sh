@@ -58,6 +58,16 @@ if ! command -v systemd-analyze >/dev/null; then
                 -o DPkg::Lock::Timeout=300 systemd >&2; }
 fi
 
+# The evidence tests refuse a process a real debugger holds: strace.
+if ! command -v strace >/dev/null; then
+    say "installing Debian package strace (a tracer for the evidence tests)"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 strace >&2 ||
+        { sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2 &&
+            sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                -o DPkg::Lock::Timeout=300 strace >&2; }
+fi
+
 venv=${CARGO_TARGET_DIR:-$PWD/target}/peers/venv
 rotel=$venv/lib/python3*/site-packages/rotel/rotel-agent
 # shellcheck disable=SC2086

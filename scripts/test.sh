@@ -3,7 +3,8 @@
 # and the whole test suite (unit, property, CLI and end-to-end tests against
 # the real binaries and real peers). Installs the peers the end-to-end tests
 # talk to when they are missing (Debian `prometheus` for prometheus and
-# promtool, Debian `systemd` for systemd-analyze, PyPI `rotel` and
+# promtool, Debian `systemd` for systemd-analyze, Debian `strace` for the
+# evidence tests, PyPI `rotel` and
 # `kubernetes-validate` in a virtualenv under target/, an OpenTelemetry
 # Collector and Jaeger built with Go into target/peers/): see
 # scripts/install-peers.sh.
