@@ -615,8 +615,11 @@ impl Processor {
 
     /// Reports restored agents the inspector found gone (or their pid
     /// recycled) stalled now, rather than a threshold after the restart:
-    /// they will never beat again. Only agents still silent since the
-    /// restore and still the incarnation that was checked.
+    /// they will never beat again. One already stalled before the restart
+    /// continues its open incident: that incident is diagnosed again (it
+    /// now says `exited`); recovery, decided before, is not asked again.
+    /// Only agents still silent since the restore and still the
+    /// incarnation that was checked.
     fn apply_exited(&mut self, now: u64, out: &mut dyn EventSink) {
         let Some(inspector) = self.inspector.as_mut() else { return };
         let mut exited = std::mem::take(&mut self.resolved);
@@ -626,7 +629,15 @@ impl Processor {
             let Some(idx) = self.tracker.find(hash, &id.source, id.pid) else { continue };
             let slot = self.tracker.slot(idx);
             let silent_since_restore = self.restored_at_ns.is_some_and(|at| slot.last_beat_ns < at);
-            if slot.start_time() == id.start_time && !slot.is_stalled() && silent_since_restore {
+            if slot.start_time() != id.start_time || !silent_since_restore {
+                continue;
+            }
+            if slot.is_stalled() {
+                let (agent, incident) = (slot.agent_ref(), self.incident_of(slot.incident));
+                if let Some(inspector) = self.inspector.as_mut() {
+                    inspector.agent_stalled(&agent, incident, now);
+                }
+            } else {
                 self.stall(idx, now, out);
             }
         }

@@ -730,3 +730,46 @@ service:
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
 }
+
+/// An agent already stalled when the collector stops, and killed while it
+/// is down: after the restart its open incident continues — diagnosed
+/// again, now `exited`, under the same incident number — and no second
+/// stall is reported.
+#[test]
+fn an_open_incident_whose_agent_died_while_down_is_diagnosed_exited() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let text = config(&socket, &state, "5s")
+        .replace(
+            "  tracker: { threshold: 1s,",
+            "  resolver: { diagnosis: { window: 100ms } }\n  tracker: { threshold: 1s,",
+        )
+        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let first = Collector::start(&text);
+    let sock = socket.display().to_string();
+    let mut agent = varta_integration::Reaped(
+        varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent"),
+    );
+    let pid = agent.id().to_string();
+    wait_for("tracked", || (tracked(&first) == 1).then_some(()));
+    signal(&agent, libc::SIGSTOP);
+    let before = wait_for("its stall diagnosed", || {
+        read_events(&first.path("events.tsv")).into_iter().find(|e| e.kind == "diagnosis" && e.pid == pid)
+    });
+    assert_eq!(before.status, "stopped", "{before:?}");
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // A threshold the test never waits out: only the identity check can speak.
+    let second = Collector::start(&text.replace("threshold: 1s", "threshold: 10m"));
+    let after = wait_for("the open incident diagnosed again", || {
+        read_events(&second.path("events.tsv")).into_iter().find(|e| e.kind == "diagnosis" && e.pid == pid)
+    });
+    assert_eq!(after.status, "exited", "{after:?}");
+    assert_eq!(after.nonce, before.nonce, "the same incident: {before:?} {after:?}");
+    assert_eq!(stalls_of(&second, agent.id()), 0, "no second stall");
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+}
