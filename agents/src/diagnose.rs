@@ -40,13 +40,16 @@ pub fn sample(pid: u32) -> Result<Sample, ProcError> {
     let stat = proc::stat_checked(pid)?;
     let status = proc::status_checked(pid)?;
     let threads = proc::threads(pid)?;
+    // Our own evidence capture holding the main thread for a moment is no
+    // debugger: the process is not `stopped` for it.
+    let ours = status.tracer_pid != 0 && proc::traced_by_us(status.tracer_pid);
     Ok(Sample {
         pid,
         start_time: stat.start_time,
-        state: stat.state,
+        state: if ours && stat.state == 't' { 'S' } else { stat.state },
         cpu_ticks: stat.cpu_ticks,
         rss_kib: status.rss_kib,
-        tracer_pid: status.tracer_pid,
+        tracer_pid: if ours { 0 } else { status.tracer_pid },
         voluntary_switches: status.voluntary_switches,
         involuntary_switches: status.involuntary_switches,
         threads,

@@ -163,7 +163,15 @@ pub fn threads(pid: u32) -> Result<Vec<Thread>, ProcError> {
         };
         let wchan = fs::read_to_string(path.join("wchan")).ok().filter(|w| !w.is_empty() && w != "0");
         let tid = entry.file_name().to_str().and_then(|t| t.parse().ok()).unwrap_or(0);
-        out.push(Thread { tid, state: st.state, cpu_ticks: st.cpu_ticks, wchan });
+        // A thread held for a moment by our own evidence capture is asleep
+        // as far as a diagnosis is concerned, not stopped by a debugger.
+        let ours = st.state == 't'
+            && fs::read_to_string(path.join("status"))
+                .ok()
+                .and_then(|s| parse_status(&s))
+                .is_some_and(|s| s.tracer_pid != 0 && traced_by_us(s.tracer_pid));
+        let state = if ours { 'S' } else { st.state };
+        out.push(Thread { tid, state, cpu_ticks: st.cpu_ticks, wchan });
     }
     if out.is_empty() { Err(ProcError::Gone) } else { Ok(out) }
 }
@@ -171,8 +179,7 @@ pub fn threads(pid: u32) -> Result<Vec<Thread>, ProcError> {
 /// What recovery checks right before spawning: the start time (pid
 /// recycled?) and whether the process is stopped or traced — or why it
 /// cannot be said (recovery acts on "gone" only once [`varta_pipeline::procfs::verified_gone`]
-/// confirms it).
-/// Our own evidence capture (stacks: one thread stopped briefly under a
+/// confirms it). Our own evidence capture (stacks: one thread stopped briefly under a
 /// thread of ours) is not a debugger: it never makes recovery refuse.
 pub fn process_facts(pid: u32) -> Result<varta_processor::recovery::ProcessFacts, ProcError> {
     let st = stat_checked(pid)?;
@@ -217,6 +224,44 @@ pub fn user_name(uid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process one of our threads holds stopped (as the evidence capture
+    /// does for a moment) is neither `stopped` for recovery nor for a
+    /// diagnosis; the same stop by a signal is.
+    #[test]
+    fn our_own_brief_attachment_is_not_a_stop() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        let mut status = 0;
+        // SAFETY: ptrace(2) and waitpid(2) on our own child, from this
+        // thread (the tracer); it is detached before the checks end.
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0), 0, "seize (tests run as root)");
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0), 0);
+            assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        }
+        let held = stat(child.id()).expect("stat").state;
+        let facts = process_facts(child.id()).expect("facts");
+        let sample = crate::diagnose::sample(child.id()).expect("sample");
+        // SAFETY: as above.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+        assert_eq!(held, 't', "held in a ptrace stop");
+        assert!(!facts.stopped, "recovery must not see our capture as a debugger");
+        assert_ne!(sample.state, 't');
+        assert_eq!(sample.tracer_pid, 0);
+        assert!(sample.threads.iter().all(|t| t.state != 't'), "{:?}", sample.threads);
+        // A real stop still is one.
+        // SAFETY: SIGSTOP to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stat(child.id()).is_some_and(|s| s.state != 'T') {
+            assert!(std::time::Instant::now() < deadline, "SIGSTOP not seen");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(process_facts(child.id()).expect("facts").stopped);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     /// The shared known answer, with utime 11, stime 22 and 3 threads.
     const STAT: &str = "4242 (evil) name) (x) S 1 4242 4242 0 -1 4194560 100 0 0 0 11 22 0 0 20 0 3 0 \
