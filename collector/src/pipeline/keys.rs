@@ -10,6 +10,13 @@ use varta_embed::compose::PipelinePlan;
 
 use crate::config::{Config, Pipeline};
 pub use crate::registry::exporters::ExporterKey;
+use crate::registry::receivers::ReceiverConfig;
+
+/// The state directory a receiver keeps its state in (its `storage`
+/// extension's), if it keeps any.
+pub fn state_dir(config: &Config, receiver: &ReceiverConfig) -> Option<std::path::PathBuf> {
+    receiver.storage().and_then(|s| config.extensions.get(s)).and_then(|e| e.config.state_directory())
+}
 
 /// The pipelines a receiver feeds, in configuration order.
 pub fn feeds(config: &Config, receiver: &str) -> Vec<String> {
@@ -86,9 +93,31 @@ service:
         let b = parse(&BASE.replace("key_files: [k1]", "key_files: [k2, k3]"));
         let c =
             parse(&BASE.replace("secure_udp, endpoint: 127.0.0.1:0", "secure_udp, endpoint: 127.0.0.1:1"));
-        let key = |c: &Config| c.receivers.get("vlp/b").unwrap().config.reload_key();
+        let key = |c: &Config| c.receivers.get("vlp/b").unwrap().config.reload_key(None);
         assert_eq!(key(&a), key(&b));
         assert_ne!(key(&a), key(&c));
+    }
+
+    /// A secure receiver's `storage` compares by the directory: the same
+    /// extension name with a new directory is a change (the sessions move).
+    #[test]
+    fn receiver_key_follows_its_state_directory() {
+        let with = |dir: &str| {
+            parse(
+                &BASE
+                    .replace("key_files: [k1] }", "key_files: [k1], storage: file_storage }")
+                    .replace("service:\n", &format!("extensions:\n  file_storage: {{ directory: {dir} }}\nservice:\n  extensions: [file_storage]\n")),
+            )
+        };
+        let key = |c: &Config| {
+            let r = &c.receivers.get("vlp/b").unwrap().config;
+            r.reload_key(state_dir(c, r).as_deref())
+        };
+        let (a, b) = (with("/tmp/state-a"), with("/tmp/state-b"));
+        assert_eq!(state_dir(&a, &a.receivers.get("vlp/b").unwrap().config), Some("/tmp/state-a".into()));
+        assert_ne!(key(&a), key(&b));
+        assert_eq!(key(&a), key(&with("/tmp/state-a")));
+        assert_ne!(key(&a), key(&parse(BASE)), "storage added or removed is a change too");
     }
 
     #[test]

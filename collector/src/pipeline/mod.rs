@@ -141,7 +141,8 @@ impl Running {
         for r in &mut self.receivers {
             let Some(c) = config.receivers.get(&r.id) else { continue };
             let feeds = keys::feeds(config, &r.id);
-            let stays = c.config.in_place(&r.key) && !feeds.is_empty();
+            let stays =
+                c.config.in_place(&r.key, keys::state_dir(config, &c.config).as_deref()) && !feeds.is_empty();
             let rewire = feeds != r.feeds
                 || feeds.iter().any(|f| requeued.contains(&f.as_str()))
                 || r.feeds.iter().any(|f| removed.contains(&f.as_str()));
@@ -178,8 +179,10 @@ impl Running {
         // sockets first (the new one may bind the same address).
         let before = std::mem::take(&mut self.receivers);
         for r in before {
-            let keep = config.receivers.get(&r.id).is_some_and(|c| c.config.in_place(&r.key))
-                && !keys::feeds(config, &r.id).is_empty();
+            let keep =
+                config.receivers.get(&r.id).is_some_and(|c| {
+                    c.config.in_place(&r.key, keys::state_dir(config, &c.config).as_deref())
+                }) && !keys::feeds(config, &r.id).is_empty();
             if keep {
                 self.receivers.push(r);
             } else {
@@ -302,11 +305,7 @@ impl Running {
                 continue;
             }
             // ReceiverError messages already name the receiver.
-            let state_dir = c
-                .config
-                .storage()
-                .and_then(|s| config.extensions.get(s))
-                .and_then(|e| e.config.state_directory())
+            let state_dir = keys::state_dir(config, &c.config)
                 .map(|dir| varta_embed::compose::storage::open_dir(&dir))
                 .transpose()
                 .map_err(|m| config.error(Some(c.at), Some(format!("receivers::{id}")), m))?;

@@ -61,17 +61,21 @@ impl ReceiverConfig {
     /// Its settings as a reload compares them, by value: everything but
     /// its key files, which a running receiver takes in place
     /// ([`ReceiverConfig::key_ring`]); anything else rebinds the socket.
-    pub fn reload_key(&self) -> VlpReceiverConfig {
+    /// `storage` compares by the directory it names (`state_dir`), not by
+    /// the extension's name: a new directory rebinds (and so moves its
+    /// sessions there).
+    pub fn reload_key(&self, state_dir: Option<&Path>) -> VlpReceiverConfig {
         let mut cfg = self.vlp().clone();
         cfg.key_files = None;
         cfg.master_key_file = None;
+        cfg.storage = state_dir.map(|d| d.display().to_string());
         cfg
     }
 
     /// Whether a running receiver with settings `running` can take these
-    /// in place (only its keys differ).
-    pub fn in_place(&self, running: &VlpReceiverConfig) -> bool {
-        self.reload_key() == *running
+    /// (its state in `state_dir`) in place: only its keys differ.
+    pub fn in_place(&self, running: &VlpReceiverConfig, state_dir: Option<&Path>) -> bool {
+        self.reload_key(state_dir) == *running
     }
 
     /// Senders it cannot attest (plain UDP): beside attested receivers in
@@ -89,7 +93,8 @@ impl ReceiverConfig {
     /// Binds its socket (parked), feeding the pipelines `feeds`; its state
     /// (if it has `storage`) in `state_dir`.
     pub fn bind(&self, id: &str, feeds: Vec<String>, state_dir: Option<&Path>) -> Result<Receiver, String> {
-        Receiver::bind(id, self.reload_key(), self.vlp(), feeds, state_dir).map_err(|e| e.to_string())
+        Receiver::bind(id, self.reload_key(state_dir), self.vlp(), feeds, state_dir)
+            .map_err(|e| e.to_string())
     }
 
     /// A secure receiver's keys read again (a reload: keys are usually
