@@ -226,7 +226,9 @@ impl EvidenceRequests {
         match self.tx.try_send(Request { agent, incident }) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // Not taken: its token goes back.
                 self.pending.fetch_sub(1, Relaxed);
+                self.tokens += 1.0;
                 self.stats.skip("busy");
             }
         }

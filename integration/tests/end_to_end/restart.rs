@@ -31,6 +31,17 @@ service:
     )
 }
 
+/// [`config`] with a resolver (diagnosis window 100ms) after the tracker,
+/// and `more` (processor YAML, two-space indented) before it, listed as
+/// `chain` in the pipeline.
+fn with_resolver(text: &str, more: &str, chain: &str) -> String {
+    text.replace(
+        "  tracker: { threshold: 1s,",
+        &format!("  resolver: {{ diagnosis: {{ window: 100ms }} }}\n{more}  tracker: {{ threshold: 1s,"),
+    )
+    .replace("processors: [tracker]", &format!("processors: [{chain}]"))
+}
+
 fn stalls_of(c: &Collector, pid: u32) -> usize {
     let pid = pid.to_string();
     read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "stall" && e.pid == pid).count()
@@ -324,15 +335,11 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
         let shared = tempfile::tempdir().expect("tempdir");
         let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
         let runs_file = shared.path().join("runs");
-        let text = config(&socket, &state, "5s")
-            .replace(
-                "  tracker: { threshold: 1s,",
-                &format!(
-                    "  resolver: {{ diagnosis: {{ window: 100ms }} }}\n  recovery:\n    exec: [\"/bin/sh\", \"-c\", \"echo $1 >> {}\", \"recover\", \"{{pid}}\"]\n    audit_file: \"@DIR@/audit.tsv\"\n{on_restore}  tracker: {{ threshold: 1s,",
-                    runs_file.display()
-                ),
-            )
-            .replace("processors: [tracker]", "processors: [tracker, resolver, recovery]")
+        let recovery = format!(
+            "  recovery:\n    exec: [\"/bin/sh\", \"-c\", \"echo $1 >> {}\", \"recover\", \"{{pid}}\"]\n    audit_file: \"@DIR@/audit.tsv\"\n{on_restore}",
+            runs_file.display()
+        );
+        let text = with_resolver(&config(&socket, &state, "5s"), &recovery, "tracker, resolver, recovery")
             // A threshold the test never waits out: the stall comes from
             // the identity check right after the restore.
             .replace("threshold: 1s", "threshold: 10m");
@@ -739,12 +746,7 @@ service:
 fn an_open_incident_whose_agent_died_while_down_is_diagnosed_exited() {
     let shared = tempfile::tempdir().expect("tempdir");
     let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
-    let text = config(&socket, &state, "5s")
-        .replace(
-            "  tracker: { threshold: 1s,",
-            "  resolver: { diagnosis: { window: 100ms } }\n  tracker: { threshold: 1s,",
-        )
-        .replace("processors: [tracker]", "processors: [tracker, resolver]");
+    let text = with_resolver(&config(&socket, &state, "5s"), "", "tracker, resolver");
     let first = Collector::start(&text);
     let sock = socket.display().to_string();
     let mut agent = varta_integration::Reaped(
