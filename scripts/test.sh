@@ -11,6 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean checkout builds everything once: incremental caches would only
+# double the target's size on disk (CI ran out of space with them).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Say up front how much room the run has, so a full disk reads as one.
+df -h . | sed 's/^/disk: /' >&2
+
 cargo fmt --all -- --check
 ./scripts/check-doc-links.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -22,3 +28,4 @@ export PROMETHEUS PROMTOOL ROTEL SYSTEMD_ANALYZE KUBERNETES_VALIDATE OTELCOL JAE
 # Integration tests drive the real binaries (and the embedding example); build them first.
 cargo build --workspace --bins --examples --locked
 cargo test --workspace --locked
+du -sh target | sed 's/^/target size: /' >&2
