@@ -1,6 +1,6 @@
 /*
- * deadlock.c - test target for varta-evidence (copied from the spike in
- * docs/spikes/evidence/progs, plus the "churn" mode).
+ * deadlock.c - test target for varta-evidence (grown from the spike's, see
+ * docs/spikes/evidence, plus the "churn" mode).
  *
  * Built by the tests with `cc -O2 -g -pthread` (no -fno-omit-frame-pointer:
  * -O2 omits frame pointers, so an unwinder must use .eh_frame).
