@@ -87,6 +87,13 @@ fi
 # dependency versions never meet); lean builds (-trimpath, no symbols).
 peers=${CARGO_TARGET_DIR:-$PWD/target}/peers
 peers=$(mkdir -p "$peers" && cd "$peers" && pwd)
+# The peers are built once per target directory, so Go's build cache (GBs
+# for the Collector and Jaeger) is only dead weight on a CI disk afterwards:
+# unless the caller chose a GOCACHE, build in a throwaway one and drop it.
+if [[ -z ${GOCACHE:-} ]]; then
+    export GOCACHE=$peers/.gocache
+    trap 'rm -rf "$GOCACHE"' EXIT
+fi
 go_peer() { # name package-in-module
     # Rebuilt whenever its module's sources change (a stamp of their hash).
     local stamp
