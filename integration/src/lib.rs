@@ -315,6 +315,14 @@ impl Collector {
         (status, self.log())
     }
 
+    /// [`stop`](Self::stop), asserting a clean exit (its log if not);
+    /// returns the final log.
+    pub fn stop_cleanly(self) -> String {
+        let (status, log) = self.stop();
+        assert!(status.success(), "{log}");
+        log
+    }
+
     fn wait(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
         let status = wait_for("collector exit", || child.try_wait().ok().flatten());

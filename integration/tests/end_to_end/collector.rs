@@ -85,8 +85,7 @@ fn uds_agent_beats_stalls_when_frozen_and_resumes() {
 
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     let beats = final_counter(&log, "pipelines::liveness", "beats_accepted", "").expect("counter");
     assert!(beats >= 4, "beats_accepted {beats}");
 }
@@ -358,8 +357,7 @@ fn sigterm_exits_zero_and_removes_the_socket() {
     let sock = c.path("varta.sock");
     assert!(sock.exists());
     let dir = c.dir.path().to_path_buf();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     assert!(!dir.join("varta.sock").exists(), "socket file left behind");
 }
 
@@ -395,8 +393,7 @@ fn agents_killed_with_frames_in_flight_do_not_disturb_the_collector() {
     assert!(fresh.wait().expect("exit").success());
     wait_events(&c, "beat", fresh.id(), 1);
     wait_events(&c, "stall", agents[0].id(), 1);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -412,8 +409,7 @@ fn default_config_listens_on_the_user_runtime_dir() {
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
     let mut agent = varta(&["beat", "--socket", socket.to_str().expect("utf8")]).spawn().expect("agent");
     assert!(agent.wait().expect("exit").success());
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(!socket.exists());
     // The default config logs text, plain since stderr is a file here (it
     // once carried colour codes into files and the journal); the shutdown
@@ -486,8 +482,7 @@ fn several_config_files_and_set_overrides_merge_and_reload_together() {
     c.signal(libc::SIGHUP);
     wait_for("the changed reload", || (c.counter("service::service", "reloads", "ok") == 2).then_some(()));
     beat_into("moved.tsv");
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 #[test]
@@ -594,8 +589,7 @@ service:
     assert_eq!(c.counter("pipelines::b", "stalls", ""), 2);
     // The exporter runs once (one set of counters) and its thread ends at
     // shutdown once both pipelines have stopped.
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     let exported = final_counter(&log, "exporters::file", "exported", "").expect("exporter counters");
     assert!(exported >= 8, "exported {exported}");
 }

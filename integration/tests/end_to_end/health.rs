@@ -68,8 +68,7 @@ fn a_panicked_exporter_task_is_shown_on_health_and_stays_healthy() {
         "{shown}"
     );
     assert_eq!(c.counter("exporters::otlp", "task_panics", ""), 4);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(log.contains("the span sender panicked and is restarted"), "{log}");
 }
 
@@ -241,8 +240,7 @@ fn idle_connections_from_one_neighbour_do_not_starve_probes_and_scrapes() {
         "the cap is 4 per source (health) and 8 (metrics): the rest refused, exactly"
     );
     drop((held_health, held_metrics));
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// Idle connections spread over many loopback addresses (a local user can
@@ -288,8 +286,7 @@ fn idle_connections_from_many_addresses_never_starve_probes_and_scrapes() {
     }
     assert!(c.counter("extensions::health_check", "connections_evicted", "") > 0);
     assert!(c.counter("exporters::prometheus", "connections_evicted", "") > 0);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// A scraper that asks for `/metrics` and never reads once pinned the
@@ -312,8 +309,7 @@ fn a_scraper_that_never_reads_is_cut_off_after_write_timeout() {
     // Scrapes from others are answered all along.
     assert_eq!(http::request("GET", &url, &[]).expect("scrape").status, 200);
     drop(stalled);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// A collector whose one pipeline tracks `agents` plain-UDP agents (one
@@ -402,8 +398,7 @@ fn fifty_scrapers_that_never_read_at_50000_agents_stay_bounded() {
     );
     assert_eq!(http::request("GET", &url, &[]).expect("scrape").status, 200, "scrapes go on");
     drop(stalled);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// A blocking TCP socket with a 4 KiB receive buffer (set before connect).
@@ -487,6 +482,5 @@ fn a_blocked_memory_read_never_stops_diagnoses() {
     assert!(c.counter("processors::resolver", "memory_reads_abandoned", "") >= 1);
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }

@@ -379,8 +379,7 @@ fn checkout_stalls_reach_jaeger_and_prometheus_through_the_real_gateway_across_i
     assert_eq!(three, 3.0);
     assert_eq!(c.counter("exporters::otlp", "spans_dropped", "queue_full"), 0);
     reap(agent);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 #[test]
@@ -432,8 +431,7 @@ service:
                 .then_some(())
         });
         reap(agent);
-        let (status, log) = c.stop();
-        assert!(status.success(), "{log}");
+        let log = c.stop_cleanly();
         assert_eq!(
             varta_integration::final_counter(&log, "exporters::otlphttp", "spans_failed", "").unwrap_or(0),
             0,
@@ -666,6 +664,5 @@ service:
         assert!(status.lines().any(|l| l == "TracerPid:\t0"), "left traced: {status}");
     }
     drop(agent);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }

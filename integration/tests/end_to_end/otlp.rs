@@ -263,8 +263,7 @@ fn rotel_receives_stall_span_metrics_and_resolution() {
     assert_eq!(trace_id_of(&resolved), trace_id_of(&stall), "one trace per incident");
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert_eq!(
         final_counter(&log, "exporters::otlp", "spans_failed", "").unwrap_or(0),
         0,
@@ -350,8 +349,7 @@ fn rotel_sees_stalls_under_the_agents_resource_over_grpc_and_http_proto_and_json
         let _ = child.kill();
         let _ = child.wait();
     }
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     for exporter in ["exporters::otlp", "exporters::otlphttp/proto", "exporters::otlphttp/json"] {
         assert_eq!(final_counter(&log, exporter, "spans_failed", "").unwrap_or(0), 0, "{exporter}: {log}");
         assert!(final_counter(&log, exporter, "spans_exported", "").unwrap_or(0) >= 5, "{exporter}: {log}");
@@ -410,8 +408,7 @@ fn no_config_and_otel_exporter_otlp_endpoint_deliver_the_stall_span() {
     signal(&agent, libc::SIGCONT);
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(final_counter(&log, "exporters::otlp/env", "spans_exported", "").unwrap_or(0) >= 1, "{log}");
     server.kill();
 }
@@ -443,8 +440,7 @@ fn otlphttp_backend_killed_and_restarted_loses_nothing() {
     wait_for("the second stall span once a backend is back", || {
         second.span_blocks("varta.stall").into_iter().find(|b| b.contains("-> process.pid: Int(9102)"))
     });
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     let get = |name: &str, label: &str| final_counter(&log, "exporters::otlphttp", name, label).unwrap_or(0);
     assert_eq!(get("spans_exported", ""), stalls, "{log}");
     assert_eq!(get("spans_failed", ""), 0, "{log}");
@@ -619,8 +615,7 @@ fn spans_and_metrics_have_the_promised_structure() {
     assert!(sink.with(|r| r.authorized && r.tenants.iter().all(|t| t == "team-a") && !r.tenants.is_empty()));
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(!log.contains("never-logged-token"), "a header value was logged");
     server.kill();
 }
@@ -748,8 +743,7 @@ fn delta_temporality_sends_differences() {
         (sum >= 3).then_some(sum)
     });
     assert_eq!(total, 3, "a delta series never counts a beat twice");
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     server.kill();
 }
 
@@ -808,8 +802,7 @@ fn backend_absent_then_killed_and_restarted_export_resumes() {
     let exported = counter(&c, "spans_exported", "");
     let failed = counter(&c, "spans_failed", "");
     assert!(exported >= 2 && failed >= 2, "exported {exported}, failed {failed}");
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("OTLP span export failed"), "failures are logged: {log}");
     server.kill();
@@ -843,8 +836,7 @@ fn ten_thousand_agents_stalling_at_once_are_all_exported_or_counted() {
         (pids.len() as u64 >= tracked).then_some(pids.len() as u64)
     });
     assert_eq!(reported, tracked);
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     let stalls = final_counter(&log, "pipelines::liveness", "stalls", "").unwrap_or(0);
     let count = |name: &str, label: &str| final_counter(&log, "exporters::otlp", name, label).unwrap_or(0);
     let received = sink.with(|r| r.spans.iter().filter(|s| s.name == "varta.stall").count()) as u64;
@@ -904,8 +896,7 @@ fn beat_flood_alongside_stalls_loses_no_stall_event() {
         Some(stall_lines()).filter(|m| m.values().sum::<usize>() as u64 >= stalls)
     });
     assert_eq!(stalled.values().sum::<usize>() as u64, stalls, "every stall event is in the file, once");
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     for pid in &stalling {
         assert!(stalled.contains_key(&pid.to_string()), "no stall line for {pid}");
     }
@@ -961,8 +952,7 @@ fn three_hundred_agents_flipping_status_never_push_out_a_real_stall() {
     wait_for("the real stall's span", || {
         (!spans_of(&sink, "varta.stall", stalling).is_empty()).then_some(())
     });
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     let get = |name: &str, label: &str| final_counter(&log, "exporters::otlp", name, label).unwrap_or(0);
     assert_eq!(get("incidents_dropped", ""), 0, "{log}");
     let panics = final_counter(&log, "pipelines::liveness", "panics", "").unwrap_or(0);
@@ -1066,8 +1056,7 @@ fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
         (!spans_of(&sink, "varta.stall", 6001).is_empty()).then_some(())
     });
     wait_for("metrics over mutual TLS", || metric(&sink, "varta.beats"));
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 
     // Same server, no client certificate: refused by the server, counted.
     let c = Collector::start(&config(
@@ -1081,8 +1070,7 @@ fn mutual_tls_exports_and_a_missing_client_certificate_is_counted_as_failure() {
     udp_beats(udp, [6002], 1);
     wait_for("the refused export to be counted", || (counter(&c, "spans_failed", "") >= 1).then_some(()));
     assert!(spans_of(&sink, "varta.stall", 6002).is_empty());
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     server.kill();
 }
 
@@ -1148,8 +1136,7 @@ fn host_port_endpoints_verify_the_server_unless_told_not_to() {
         (counter(&c, "spans_failed", "") >= 1).then_some(())
     });
     assert!(spans_of(&sink, "varta.stall", 6101).is_empty());
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     let c = Collector::start(&config(
         &endpoint,
         udp,
@@ -1160,8 +1147,7 @@ fn host_port_endpoints_verify_the_server_unless_told_not_to() {
     wait_for("the stall span over unverified TLS", || {
         (!spans_of(&sink, "varta.stall", 6102).is_empty()).then_some(())
     });
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     server.kill();
 }
 
@@ -1196,8 +1182,7 @@ fn a_hung_backend_cannot_hold_up_shutdown_and_its_span_is_counted() {
     wait_for("the exporter to connect", || {
         (!held.lock().unwrap_or_else(|p| p.into_inner()).is_empty()).then_some(())
     });
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert_eq!(final_counter(&log, "exporters::otlp", "spans_dropped", "shutdown"), Some(1), "{log}");
     assert_eq!(final_counter(&log, "exporters::otlp", "spans_exported", "").unwrap_or(0), 0);
 }
@@ -1245,8 +1230,7 @@ fn one_otlp_exporter_serves_two_pipelines() {
     signal(&agent, libc::SIGCONT);
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// The Collector names its exporters `otlp_grpc` and `otlp_http` now (our
@@ -1357,8 +1341,7 @@ fn a_retry_after_of_two_to_the_64_never_stops_the_exporter() {
         udp_beats(udp, [pid], 1);
         wait_for("a later stall exported", || (traces(&seen) >= 2 + k).then_some(()));
     }
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(!log.contains("panicked"), "{log}");
     assert!(final_counter(&log, "exporters::otlphttp", "spans_failed", "").unwrap_or(0) >= 1, "{log}");
 }
@@ -1404,8 +1387,7 @@ fn a_header_only_reload_sends_the_new_value() {
     udp_beats(udp, [92_003], 1);
     wait_for("another request with the new key", || (keyed(&seen, "new-key") >= 2).then_some(()));
     assert_eq!(keyed(&seen, "old-key"), before, "the old key is never sent again");
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
 }
 
 /// No configuration, two backends named by the per-signal `OTEL_*`
@@ -1451,8 +1433,7 @@ fn per_signal_otel_variables_reach_their_own_backend_with_their_own_key() {
     signal(&agent, libc::SIGCONT);
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     let traces = requests(&traces_seen, "/v1/traces");
     let metrics = requests(&metrics_seen, "/v1/metrics");
     assert!(
@@ -1499,8 +1480,7 @@ fn an_incident_open_across_an_exporter_rebuild_is_one_trace() {
     let mut agent = agent;
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     server.kill();
 }
 
@@ -1522,7 +1502,6 @@ fn local_agents_carry_the_node_name_the_kit_passes() {
     signal(&agent, libc::SIGCONT);
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    c.stop_cleanly();
     server.kill();
 }

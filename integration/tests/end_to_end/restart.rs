@@ -3,7 +3,7 @@
 //! the same state directory, with real agent processes.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use varta_integration::{Collector, collector_cmd, read_events, signal, varta, wait_for};
@@ -42,6 +42,14 @@ fn with_resolver(text: &str, more: &str, chain: &str) -> String {
     .replace("processors: [tracker]", &format!("processors: [{chain}]"))
 }
 
+/// A directory shared by the collectors of one test (it outlives each),
+/// with the UDS path and the state directory inside it.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    (shared, socket, state)
+}
+
 fn stalls_of(c: &Collector, pid: u32) -> usize {
     let pid = pid.to_string();
     read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "stall" && e.pid == pid).count()
@@ -56,8 +64,7 @@ fn tracked(c: &Collector) -> u64 {
 /// never be seen); one that keeps beating across the restart is not.
 #[test]
 fn an_agent_frozen_across_a_sigterm_restart_is_reported_and_a_live_one_is_not() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let text = config(&socket, &state, "5s");
     let first = Collector::start(&text);
     let sock = socket.display().to_string();
@@ -66,8 +73,7 @@ fn an_agent_frozen_across_a_sigterm_restart_is_reported_and_a_live_one_is_not() 
     wait_for("both tracked", || (tracked(&first) == 2).then_some(()));
     signal(&frozen, libc::SIGSTOP);
     assert_eq!(stalls_of(&first, frozen.id()), 0, "stopped before the threshold passed");
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_cleanly();
     assert!(state.join("liveness.state").exists(), "the last checkpoint is written at the stop");
 
     let second = Collector::start(&text);
@@ -92,15 +98,13 @@ fn an_agent_frozen_across_a_sigterm_restart_is_reported_and_a_live_one_is_not() 
         let _ = a.kill();
         let _ = a.wait();
     }
-    let (status, log) = second.stop();
-    assert!(status.success(), "{log}");
+    second.stop_cleanly();
 }
 
 /// SIGKILL: what the last periodic checkpoint held survives.
 #[test]
 fn an_agent_in_the_last_checkpoint_survives_a_sigkill() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let text = config(&socket, &state, "200ms");
     let first = Collector::start(&text);
     let sock = socket.display().to_string();
@@ -125,8 +129,7 @@ fn an_agent_in_the_last_checkpoint_survives_a_sigkill() {
 /// says why, counts it, and stops cleanly.
 #[test]
 fn garbage_truncated_and_other_boot_state_files_are_set_aside() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let text = config(&socket, &state, "5s");
     // A real checkpoint first, to cut short and to move to another boot.
     let first = Collector::start(&text);
@@ -163,8 +166,7 @@ fn garbage_truncated_and_other_boot_state_files_are_set_aside() {
 /// owns, is a configuration error.
 #[test]
 fn a_state_directory_with_the_wrong_mode_or_owner_is_refused() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (shared, socket, state) = dirs();
     std::fs::create_dir(&state).expect("mkdir");
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let path = shared.path().join("collector.yaml");
@@ -213,8 +215,7 @@ fn a_full_disk_fails_checkpoints_without_blocking_ingestion() {
     wait_for("beats accepted meanwhile", || (beats(&c) > before + 5).then_some(()));
     assert_eq!(tracked(&c), 1);
     let _ = agent.kill();
-    let (status, log) = c.stop();
-    assert!(status.success(), "{log}");
+    let log = c.stop_cleanly();
     assert!(log.contains("cannot write the checkpoint"), "said why: {log}");
 }
 
@@ -225,8 +226,7 @@ fn a_full_disk_fails_checkpoints_without_blocking_ingestion() {
 fn an_incident_open_across_a_restart_ends_in_the_same_trace() {
     use varta_integration::free_tcp_port;
     use varta_integration::otlp_server::{OtlpServer, Sink};
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let port = free_tcp_port();
     let sink = Sink::default();
     let _server = OtlpServer::start(port, &sink);
@@ -262,16 +262,14 @@ fn an_incident_open_across_a_restart_ends_in_the_same_trace() {
         }
     };
     let stalled = wait_for("the stall span", span("varta.stall"));
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_cleanly();
     let second = Collector::start(&text);
     signal(&agent, libc::SIGCONT);
     let resolved = wait_for("the resolved span from the new process", span("varta.stall.resolved"));
     assert_eq!(resolved, stalled, "one incident, one trace, across the restart");
     let _ = agent.kill();
     let _ = agent.wait();
-    let (status, log) = second.stop();
-    assert!(status.success(), "{log}");
+    second.stop_cleanly();
 }
 
 /// Socket activation with the real `systemd-socket-activate --datagram`:
@@ -332,8 +330,7 @@ fn socket_activation_hands_the_agents_socket_to_the_collector() {
 #[test]
 fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recovered_by_default() {
     for (on_restore, runs) in [("", false), ("    on_restore: run\n", true)] {
-        let shared = tempfile::tempdir().expect("tempdir");
-        let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+        let (shared, socket, state) = dirs();
         let runs_file = shared.path().join("runs");
         let recovery = format!(
             "  recovery:\n    exec: [\"/bin/sh\", \"-c\", \"echo $1 >> {}\", \"recover\", \"{{pid}}\"]\n    audit_file: \"@DIR@/audit.tsv\"\n{on_restore}",
@@ -348,8 +345,7 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
         let mut agent = varta(&["beat", "--socket", &sock, "--every", "50ms"]).spawn().expect("agent");
         let pid = agent.id();
         wait_for("tracked", || (tracked(&first) == 1).then_some(()));
-        let (status, log) = first.stop();
-        assert!(status.success(), "{log}");
+        first.stop_cleanly();
         // Gone while nobody watched.
         let _ = agent.kill();
         let _ = agent.wait();
@@ -379,8 +375,7 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
             assert!(audit.contains("refused:restored"), "audited: {audit}");
             assert!(!runs_file.exists(), "no recovery ran");
         }
-        let (status, log) = second.stop();
-        assert!(status.success(), "{log}");
+        second.stop_cleanly();
     }
 }
 
@@ -390,8 +385,7 @@ fn an_agent_killed_while_the_collector_is_down_is_reported_exited_and_not_recove
 /// never reported).
 #[test]
 fn a_reload_changing_capacity_keeps_a_frozen_agent_reported() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let text = config(&socket, &state, "5s")
         .replace("service:\n", "service:\n  pid_file: \"@DIR@/collector.pid\"\n");
     let c = Collector::start(&text);
@@ -481,8 +475,7 @@ service:
             });
             first.kill();
         } else {
-            let (status, log) = first.stop();
-            assert!(status.success(), "{log}");
+            first.stop_cleanly();
         }
         assert!(state.join("vlp_secure.sessions").exists(), "crash={crash}");
 
@@ -710,8 +703,7 @@ service:
     assert!(matches!(client.beat(Status::Ok, 0), BeatOutcome::Sent));
     wait_for("the first recovery", || decisions(&first).into_iter().find(|(s, _)| s == "started"));
     wait_for("its run", || first.path("runs").exists().then_some(()));
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_cleanly();
     assert!(state.join("liveness.recovery").exists(), "the run is kept");
 
     let second = Collector::start(&text);
@@ -734,8 +726,7 @@ service:
     assert_eq!(decided.0, "refused", "{decided:?}");
     assert!(decided.1.contains("reason=debounce"), "{decided:?}");
     assert!(!second.path("runs").exists(), "not run again");
-    let (status, log) = second.stop();
-    assert!(status.success(), "{log}");
+    second.stop_cleanly();
 }
 
 /// An agent already stalled when the collector stops, and killed while it
@@ -744,8 +735,7 @@ service:
 /// stall is reported.
 #[test]
 fn an_open_incident_whose_agent_died_while_down_is_diagnosed_exited() {
-    let shared = tempfile::tempdir().expect("tempdir");
-    let (socket, state) = (shared.path().join("varta.sock"), shared.path().join("state"));
+    let (_shared, socket, state) = dirs();
     let text = with_resolver(&config(&socket, &state, "5s"), "", "tracker, resolver");
     let first = Collector::start(&text);
     let sock = socket.display().to_string();
@@ -759,8 +749,7 @@ fn an_open_incident_whose_agent_died_while_down_is_diagnosed_exited() {
         read_events(&first.path("events.tsv")).into_iter().find(|e| e.kind == "diagnosis" && e.pid == pid)
     });
     assert_eq!(before.status, "stopped", "{before:?}");
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_cleanly();
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -772,6 +761,5 @@ fn an_open_incident_whose_agent_died_while_down_is_diagnosed_exited() {
     assert_eq!(after.status, "exited", "{after:?}");
     assert_eq!(after.nonce, before.nonce, "the same incident: {before:?} {after:?}");
     assert_eq!(stalls_of(&second, agent.id()), 0, "no second stall");
-    let (status, log) = second.stop();
-    assert!(status.success(), "{log}");
+    second.stop_cleanly();
 }
