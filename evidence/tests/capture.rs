@@ -404,6 +404,49 @@ fn a_process_that_exits_during_a_capture_is_a_skip_or_partial_evidence() {
     assert_untraced(target.pid);
 }
 
+/// A real exec (another program) landing during a stacks capture: the
+/// capture ends as a skip (`exec` once the identity check sees the new
+/// image, or `gone` for the thread it held), never a panic or a hang, and
+/// the new program is left untraced.
+#[test]
+fn a_process_that_execs_during_a_capture_is_refused_as_changed_and_left_untraced() {
+    let _serial = serial();
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..12u64 {
+        let target = Target::start(&[path(c_deadlock()), "64", "-", "exec"], |p| p);
+        let (pid, start) = (target.pid, target.start_time());
+        let execer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_micros(200 * round));
+            // SAFETY: kill with a valid signal; the pid is our own child
+            // (not yet reaped, so not reused). Its handler execs.
+            unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap_or(0), libc::SIGUSR1) };
+        });
+        let result = Capturer::new(stacks()).capture(pid, start);
+        execer.join().expect("execer");
+        let label = match &result {
+            Ok(ev) => format!("evidence ({} of 67 stacks)", ev.counts.stacks_taken),
+            Err(skip) => skip.label().to_owned(),
+        };
+        *outcomes.entry(label).or_default() += 1;
+        if let Err(skip) = result {
+            assert!(matches!(skip, Skip::Changed | Skip::Gone | Skip::Error(_)), "{skip:?}");
+        }
+        wait_for_exec(pid);
+        assert_untraced(pid);
+    }
+    println!("outcomes: {outcomes:?}");
+    assert!(outcomes.contains_key("exec"), "no capture saw the exec: {outcomes:?}");
+}
+
+/// Waits (bounded) until `pid` runs `/bin/sleep`: its exec is complete.
+fn wait_for_exec(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("sleep")) {
+        assert!(Instant::now() < deadline, "{pid} never executed /bin/sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn an_agent_in_another_pid_namespace_is_captured_by_its_host_pid() {
     let _serial = serial();

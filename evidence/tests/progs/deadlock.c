@@ -5,7 +5,7 @@
  * Built by the tests with `cc -O2 -g -pthread` (no -fno-omit-frame-pointer:
  * -O2 omits frame pointers, so an unwinder must use .eh_frame).
  *
- *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn]]
+ *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec]]
  *
  * - one "holder" thread takes the mutex and sleeps forever inside the noinline
  *   function holdout_hold_lock() (nanosleep loop);
@@ -21,6 +21,9 @@
  *   With "dstate" a thread named "vforker" calls vfork(); its child (which
  *   dies with that thread: PR_SET_PDEATHSIG) pauses forever, so the thread
  *   stays in a killable vfork wait, which /proc shows as state D.
+ *   With "exec" a SIGUSR1 makes whichever thread takes it execute
+ *   /bin/sleep 600 (another program: the exe link changes), so a harness
+ *   can have the process exec while it is being captured.
  *   The all-time max gap is also printed to stderr every 10 s.
  *
  * The main thread prints "READY <pid>" once every waiter has been created and
@@ -149,11 +152,20 @@ static void *ticker_main(void *arg) {
     return NULL;
 }
 
+/* execv is async-signal-safe; the other threads die in the exec. */
+static void exec_sleep(int sig) {
+    (void)sig;
+    char *const argv[] = { "sleep", "600", NULL };
+    execv("/bin/sleep", argv);
+    _exit(127);
+}
+
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4;
     ticker_spin = argc > 3 && strcmp(argv[3], "spin") == 0;
     int churn = argc > 3 && strcmp(argv[3], "churn") == 0;
     int dstate = argc > 3 && strcmp(argv[3], "dstate") == 0;
+    if (argc > 3 && strcmp(argv[3], "exec") == 0) signal(SIGUSR1, exec_sleep);
     if (argc > 2 && strcmp(argv[2], "-") != 0) {
         ticker_fd = open(argv[2], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (ticker_fd < 0) { perror("open ticker log"); return 1; }
