@@ -267,6 +267,9 @@ pub struct Counts {
     pub unreadable: Unreadable,
     pub stacks_taken: u32,
     pub stacks_skipped: StackSkips,
+    /// Threads that stopped for a signal of their own while we held them
+    /// (a signal-delivery-stop); each signal went on at detach, not lost.
+    pub signals_passed_on: u32,
     pub binaries_skipped: BinarySkips,
 }
 

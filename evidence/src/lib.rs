@@ -239,6 +239,7 @@ impl Capturer {
         counts.stacks_skipped.over_budget += skips.over_budget;
         counts.stacks_skipped.error += skips.error;
         counts.stacks_taken = count(phase.captured.len());
+        counts.signals_passed_on = count(phase.captured.iter().filter(|c| c.passed_on_signal).count());
         if phase.captured.is_empty() {
             return None;
         }

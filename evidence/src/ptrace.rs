@@ -40,6 +40,9 @@ pub(crate) struct Captured {
     stack: Vec<u8>,
     /// PTRACE_INTERRUPT sent to PTRACE_DETACH returned.
     pub pause: Duration,
+    /// The thread stopped for a signal of its own (a signal-delivery-stop)
+    /// rather than our interrupt; the signal went on at detach.
+    pub passed_on_signal: bool,
 }
 
 impl Captured {
@@ -160,10 +163,11 @@ fn capture_one(
     first_interrupt.get_or_insert(interrupted);
     ptrace(libc::PTRACE_INTERRUPT, raw_tid, 0).map_err(|e| gone_or_error(&e))?;
     seized.signal = wait_for_stop(raw_tid, limits.stop_timeout)?;
+    let passed_on_signal = seized.signal != 0;
     let regs = registers(raw_tid).map_err(|e| gone_or_error(&e))?;
     let stack = copy_stack(pid, regs.sp, maps, limits.stack_bytes);
     seized.detach().map_err(|e| gone_or_error(&e))?;
-    Ok(Captured { tid, regs, stack, pause: interrupted.elapsed() })
+    Ok(Captured { tid, regs, stack, pause: interrupted.elapsed(), passed_on_signal })
 }
 
 fn gone_or_error(e: &io::Error) -> ThreadSkip {

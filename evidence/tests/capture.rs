@@ -438,6 +438,65 @@ fn a_process_that_execs_during_a_capture_is_refused_as_changed_and_left_untraced
     assert!(outcomes.contains_key("exec"), "no capture saw the exec: {outcomes:?}");
 }
 
+/// Signals of the target's own that arrive while we hold one of its threads
+/// (a signal-delivery-stop instead of our interrupt's stop) go on at
+/// detach: a storm of queued real-time signals at the waiters during
+/// captures, and every one sent is handled by the target, none lost.
+#[test]
+fn signals_that_arrive_while_a_thread_is_held_are_passed_on_not_lost() {
+    let _serial = serial();
+    let log = out_dir().join("signals.log");
+    let _ = std::fs::remove_file(&log);
+    let target = Target::start(&[path(c_deadlock()), "16", path(&log), "signals"], |p| p);
+    let (pid, start) = (target.pid, target.start_time());
+    let ev = Capturer::new(Config::default()).capture(pid, start).expect("captured");
+    let waiters = waiters(&ev);
+    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for &tid in &waiters {
+                    // SAFETY: tgkill with a valid signal to our own child's
+                    // threads; nothing else is passed.
+                    let r = unsafe {
+                        libc::syscall(
+                            libc::SYS_tgkill,
+                            pid as libc::c_long,
+                            tid as libc::c_long,
+                            libc::SIGRTMIN(),
+                        )
+                    };
+                    // EAGAIN (the queue is full) sends nothing: not counted.
+                    if r == 0 {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let mut capturer = Capturer::new(stacks());
+    let (mut passed_on, mut captures) = (0, 0);
+    while passed_on < 3 && captures < 300 {
+        passed_on += capturer.capture(pid, start).expect("captured").counts.signals_passed_on;
+        captures += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    let sent = sent.load(Ordering::Relaxed);
+    let handled =
+        || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| *l == "S").count() as u32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled() < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{captures} captures, {passed_on} signal-delivery-stops, {sent} signals sent");
+    assert!(passed_on > 0, "no capture held a thread as its own signal arrived ({captures} captures)");
+    assert_eq!(handled(), sent, "signals handled by the target vs sent");
+    assert_untraced(pid);
+}
+
 /// Waits (bounded) until `pid` runs `/bin/sleep`: its exec is complete.
 fn wait_for_exec(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);

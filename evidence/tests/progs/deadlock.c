@@ -5,7 +5,7 @@
  * Built by the tests with `cc -O2 -g -pthread` (no -fno-omit-frame-pointer:
  * -O2 omits frame pointers, so an unwinder must use .eh_frame).
  *
- *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec]]
+ *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec|signals]]
  *
  * - one "holder" thread takes the mutex and sleeps forever inside the noinline
  *   function holdout_hold_lock() (nanosleep loop);
@@ -24,6 +24,9 @@
  *   With "exec" a SIGUSR1 makes whichever thread takes it execute
  *   /bin/sleep 600 (another program: the exe link changes), so a harness
  *   can have the process exec while it is being captured.
+ *   With "signals" every SIGRTMIN (real-time: each one queued, none merged)
+ *   a thread takes appends the line "S" to TICKER_LOG, so a harness can
+ *   check that no signal sent during captures was lost.
  *   The all-time max gap is also printed to stderr every 10 s.
  *
  * The main thread prints "READY <pid>" once every waiter has been created and
@@ -152,6 +155,12 @@ static void *ticker_main(void *arg) {
     return NULL;
 }
 
+/* write is async-signal-safe; O_APPEND keeps each line whole. */
+static void count_signal(int sig) {
+    (void)sig;
+    if (ticker_fd >= 0 && write(ticker_fd, "S\n", 2) < 0) { /* ignore */ }
+}
+
 /* execv is async-signal-safe; the other threads die in the exec. */
 static void exec_sleep(int sig) {
     (void)sig;
@@ -166,6 +175,11 @@ int main(int argc, char **argv) {
     int churn = argc > 3 && strcmp(argv[3], "churn") == 0;
     int dstate = argc > 3 && strcmp(argv[3], "dstate") == 0;
     if (argc > 3 && strcmp(argv[3], "exec") == 0) signal(SIGUSR1, exec_sleep);
+    if (argc > 3 && strcmp(argv[3], "signals") == 0) {
+        struct sigaction sa = { .sa_handler = count_signal, .sa_flags = SA_RESTART };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGRTMIN, &sa, NULL);
+    }
     if (argc > 2 && strcmp(argv[2], "-") != 0) {
         ticker_fd = open(argv[2], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (ticker_fd < 0) { perror("open ticker log"); return 1; }
