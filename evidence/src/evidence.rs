@@ -80,7 +80,8 @@ impl WaitKind {
 pub struct WaitGroup {
     pub kind: WaitKind,
     /// What they share: `0x7f…` for a futex, the fd's `readlink` target
-    /// (`pipe:[123]`, `socket:[9]`, a path), `epoll fd 5`, a system call or
+    /// (`pipe:[123]`, `socket:[9]`, a path), `epoll_wait fd 5 watching
+    /// socket:[9]`, a system call or
     /// `wchan` name; empty for sleeps and running threads. Sanitized.
     pub key: String,
     /// The futex word's address, for [`WaitKind::Futex`].

@@ -1,11 +1,13 @@
 //! Groups threads by what they wait on, from the zero-stop reading alone:
 //! the same futex word, the same file descriptor target (resolved only with
 //! `readlink` on `/proc/<pid>/fd/N`: never stat or open, which could hang
-//! on a dead network mount or block on a FIFO), the same epoll fd, sleeps,
-//! running threads, and the rest by system call or `wchan`. Largest group
-//! first; ties keep a stable order.
+//! on a dead network mount or block on a FIFO), the same epoll fd (named
+//! with what it watches, from its `fdinfo`), sleeps, running threads, and
+//! the rest by system call or `wchan`. Largest group first; ties keep a
+//! stable order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 
 use varta_pipeline::procfs;
 
@@ -24,18 +26,37 @@ pub(crate) struct WaitKey {
 /// Resolves fd numbers to their `readlink` targets, once per capture.
 pub(crate) trait FdTargets {
     fn target(&mut self, fd: u64) -> String;
+
+    /// What the epoll instance `epfd` watches (`pipe:[9], socket:[12]
+    /// (+3 more)`, or `nothing`); `None` when that cannot be read.
+    fn watched(&mut self, _epfd: u64) -> Option<String> {
+        None
+    }
 }
 
-/// `readlink /proc/<pid>/fd/N`, cached for one capture.
+/// Watched fds named per epoll instance; the rest are counted.
+const WATCHED_SHOWN: usize = 4;
+/// An `fdinfo` file read at most this far (~800 watched fds): the agent
+/// decides how many it watches.
+const FDINFO_BYTES: u64 = 64 * 1024;
+
+/// `readlink /proc/<pid>/fd/N`, cached for one capture; an epoll
+/// instance's watch list from `/proc/<pid>/fdinfo/N` (its `tfd:` lines).
 pub(crate) struct ProcFdTargets {
     pid: u32,
     seen: HashMap<u64, String>,
+    watching: HashMap<u64, Option<String>>,
 }
 
 impl ProcFdTargets {
     pub(crate) fn new(pid: u32) -> ProcFdTargets {
-        ProcFdTargets { pid, seen: HashMap::new() }
+        ProcFdTargets { pid, seen: HashMap::new(), watching: HashMap::new() }
     }
+}
+
+/// The fd numbers an epoll `fdinfo` text lists (`tfd:  5 events: …`).
+fn epoll_targets(fdinfo: &str) -> Vec<u64> {
+    fdinfo.lines().filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse().ok()).collect()
 }
 
 impl FdTargets for ProcFdTargets {
@@ -49,6 +70,42 @@ impl FdTargets for ProcFdTargets {
             })
             .clone()
     }
+
+    fn watched(&mut self, epfd: u64) -> Option<String> {
+        if let Some(known) = self.watching.get(&epfd) {
+            return known.clone();
+        }
+        let mut text = String::new();
+        let read = std::fs::File::open(format!("/proc/{}/fdinfo/{epfd}", self.pid))
+            .and_then(|f| f.take(FDINFO_BYTES).read_to_string(&mut text));
+        let named = read.ok().map(|_| {
+            let fds = epoll_targets(&text);
+            let cut = text.len() as u64 >= FDINFO_BYTES;
+            // Named while the list stays within one target's cap.
+            let (mut s, mut named) = (String::new(), 0);
+            for &fd in fds.iter().take(WATCHED_SHOWN) {
+                let target = self.target(fd);
+                if named > 0 {
+                    if s.chars().count() + 2 + target.chars().count() > MAX_CHARS {
+                        break;
+                    }
+                    s.push_str(", ");
+                }
+                s.push_str(&target);
+                named += 1;
+            }
+            let more = fds.len() - named;
+            if fds.is_empty() && !cut {
+                s.push_str("nothing");
+            }
+            if more > 0 || cut {
+                s.push_str(&format!(" (+{more}{} more)", if cut { " or" } else { "" }));
+            }
+            s
+        });
+        self.watching.insert(epfd, named.clone());
+        named
+    }
 }
 
 /// The wait key of one thread.
@@ -61,11 +118,14 @@ pub(crate) fn wait_key(t: &ThreadEvidence, fds: &mut dyn FdTargets) -> WaitKey {
                 WaitKey { kind: WaitKind::Futex, key: format!("{:#x}", args[0]), futex: Some(args[0]) }
             }
             WaitClass::Fd => WaitKey { kind: WaitKind::Fd, key: fds.target(args[0]), futex: None },
-            WaitClass::Epoll => WaitKey {
-                kind: WaitKind::Poll,
-                key: format!("{} fd {}", syscall::name(nr), args[0]),
-                futex: None,
-            },
+            WaitClass::Epoll => {
+                let key = format!("{} fd {}", syscall::name(nr), args[0]);
+                let key = match fds.watched(args[0]) {
+                    Some(what) => format!("{key} watching {what}"),
+                    None => key,
+                };
+                WaitKey { kind: WaitKind::Poll, key, futex: None }
+            }
             WaitClass::Poll => {
                 WaitKey { kind: WaitKind::Poll, key: syscall::name(nr).to_owned(), futex: None }
             }
@@ -189,5 +249,59 @@ mod tests {
         let mut fds = ProcFdTargets::new(std::process::id());
         assert!(fds.target(u64::try_from(fd).expect("fd")).ends_with("/stat"));
         assert_eq!(fds.target(999_999), "fd 999999 (gone)");
+    }
+
+    #[test]
+    fn an_epoll_instance_is_named_by_what_it_watches() {
+        let fdinfo = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
+                      tfd:        5 events:       19 data:                5  pos:0 ino:1a sdev:d\n\
+                      tfd:       12 events:       19 data:                c  pos:0 ino:2b sdev:d\n";
+        assert_eq!(epoll_targets(fdinfo), vec![5, 12]);
+
+        // A real epoll instance of ours watching a pipe, then nothing.
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two fds into our local array; epoll_create1
+        // and epoll_ctl take integers and a pointer to our local event.
+        let (ep, rc) = unsafe {
+            assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+            (ep, libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, pipe[0], &mut ev))
+        };
+        assert!(ep >= 0 && rc == 0);
+        let epfd = u64::try_from(ep).expect("fd");
+        let watched = ProcFdTargets::new(std::process::id()).watched(epfd).expect("readable");
+        assert!(watched.starts_with("pipe:[") && !watched.contains(','), "{watched}");
+        // Six watched: four named, two counted.
+        let mut more = [0; 10];
+        for pair in more.chunks_mut(2) {
+            // SAFETY: as above, with locals of this test.
+            unsafe {
+                assert_eq!(libc::pipe(pair.as_mut_ptr()), 0);
+                let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, pair[0], &mut ev), 0);
+            }
+        }
+        let watched = ProcFdTargets::new(std::process::id()).watched(epfd).expect("readable");
+        assert_eq!(watched.matches("pipe:[").count(), 4, "{watched}");
+        assert!(watched.ends_with(" (+2 more)"), "{watched}");
+        for pair in more.chunks(2) {
+            // SAFETY: unregisters and closes this test's pipes.
+            unsafe {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, pair[0], std::ptr::null_mut());
+                libc::close(pair[0]);
+                libc::close(pair[1]);
+            }
+        }
+        // SAFETY: removes the pipe from our own epoll instance.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, pipe[0], std::ptr::null_mut()) };
+        assert_eq!(ProcFdTargets::new(std::process::id()).watched(epfd).as_deref(), Some("nothing"));
+        assert_eq!(ProcFdTargets::new(std::process::id()).watched(999_999), None);
+        // SAFETY: closes the three fds this test opened.
+        unsafe {
+            libc::close(ep);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+        }
     }
 }

@@ -506,6 +506,27 @@ fn wait_for_exec(pid: u32) {
     }
 }
 
+/// An idle event loop is named by what its epoll instance watches (from
+/// `fdinfo`, no stop): here the read end of a pipe.
+#[test]
+fn a_thread_in_epoll_wait_is_grouped_with_what_it_watches() {
+    let _serial = serial();
+    let target = Target::start(&[path(c_deadlock()), "4", "-", "epoll"], |p| p);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let group = loop {
+        let ev = Capturer::new(Config::default()).capture(target.pid, target.start_time()).expect("captured");
+        let looper = ev.groups.iter().find(|g| g.names.iter().any(|n| n == "looper")).cloned();
+        if let Some(g) = looper.filter(|g| g.kind == WaitKind::Poll) {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "the looper never waited in epoll: {:?}", ev.groups);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(group.key.starts_with("epoll_") && group.key.contains(" watching pipe:["), "{}", group.key);
+    assert!(!group.key.contains(','), "one fd watched: {}", group.key);
+    println!("{}", group.key);
+}
+
 #[test]
 fn an_agent_in_another_pid_namespace_is_captured_by_its_host_pid() {
     let _serial = serial();

@@ -5,7 +5,7 @@
  * Built by the tests with `cc -O2 -g -pthread` (no -fno-omit-frame-pointer:
  * -O2 omits frame pointers, so an unwinder must use .eh_frame).
  *
- *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec|signals]]
+ *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec|signals|epoll]]
  *
  * - one "holder" thread takes the mutex and sleeps forever inside the noinline
  *   function holdout_hold_lock() (nanosleep loop);
@@ -24,6 +24,8 @@
  *   With "exec" a SIGUSR1 makes whichever thread takes it execute
  *   /bin/sleep 600 (another program: the exe link changes), so a harness
  *   can have the process exec while it is being captured.
+ *   With "epoll" a thread named "looper" waits in epoll_wait on a pipe
+ *   nobody writes (an idle event loop).
  *   With "signals" every SIGRTMIN (real-time: each one queued, none merged)
  *   a thread takes appends the line "S" to TICKER_LOG, so a harness can
  *   check that no signal sent during captures was lost.
@@ -45,6 +47,7 @@
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -112,6 +115,19 @@ static void *churn_main(void *arg) {
         pthread_t t;
         if (pthread_create(&t, NULL, short_lived_main, NULL) == 0) pthread_join(t, NULL);
     }
+    return NULL;
+}
+
+/* An event loop with nothing to do: epoll_wait on a pipe nobody writes. */
+static void *looper_main(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "looper");
+    int p[2];
+    if (pipe(p) != 0) return NULL;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev);
+    for (;;) epoll_wait(ep, &ev, 1, -1);
     return NULL;
 }
 
@@ -202,6 +218,10 @@ int main(int argc, char **argv) {
     if (churn) {
         pthread_t c;
         pthread_create(&c, &attr, churn_main, NULL);
+    }
+    if (argc > 3 && strcmp(argv[3], "epoll") == 0) {
+        pthread_t l;
+        pthread_create(&l, &attr, looper_main, NULL);
     }
     for (int i = 0; i < n; i++) {
         pthread_t t;
