@@ -81,7 +81,7 @@ pub struct WaitGroup {
     pub kind: WaitKind,
     /// What they share: `0x7f…` for a futex, the fd's `readlink` target
     /// (`pipe:[123]`, `socket:[9]`, a path), `epoll_wait fd 5 watching
-    /// socket:[9]`, a system call or
+    /// socket:[9]`, `poll on pipe:[7]`, a system call or
     /// `wchan` name; empty for sleeps and running threads. Sanitized.
     pub key: String,
     /// The futex word's address, for [`WaitKind::Futex`].

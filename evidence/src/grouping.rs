@@ -12,6 +12,7 @@ use std::io::Read;
 use varta_pipeline::procfs;
 
 use crate::evidence::{ThreadEvidence, WaitGroup, WaitKind};
+use crate::memory;
 use crate::sanitize::{MAX_CHARS, sanitize};
 use crate::syscall::{self, SyscallState, WaitClass};
 
@@ -32,7 +33,18 @@ pub(crate) trait FdTargets {
     fn watched(&mut self, _epfd: u64) -> Option<String> {
         None
     }
+
+    /// What a poll/select system call `nr` with `args` waits on, from its
+    /// fd array or sets in the target's memory; `None` when unreadable.
+    fn polled(&mut self, _nr: u64, _args: &[u64; 6]) -> Option<String> {
+        None
+    }
 }
+
+/// At most this many `pollfd`s are read (8 bytes each); the rest counted.
+const POLLFDS_READ: u64 = 64;
+/// `select`'s sets cover at most FD_SETSIZE descriptors.
+const FD_SETSIZE: u64 = 1024;
 
 /// Watched fds named per epoll instance; the rest are counted.
 const WATCHED_SHOWN: usize = 4;
@@ -81,31 +93,85 @@ impl FdTargets for ProcFdTargets {
         let named = read.ok().map(|_| {
             let fds = epoll_targets(&text);
             let cut = text.len() as u64 >= FDINFO_BYTES;
-            // Named while the list stays within one target's cap.
-            let (mut s, mut named) = (String::new(), 0);
-            for &fd in fds.iter().take(WATCHED_SHOWN) {
-                let target = self.target(fd);
-                if named > 0 {
-                    if s.chars().count() + 2 + target.chars().count() > MAX_CHARS {
-                        break;
-                    }
-                    s.push_str(", ");
-                }
-                s.push_str(&target);
-                named += 1;
-            }
-            let more = fds.len() - named;
-            if fds.is_empty() && !cut {
-                s.push_str("nothing");
-            }
-            if more > 0 || cut {
-                s.push_str(&format!(" (+{more}{} more)", if cut { " or" } else { "" }));
-            }
-            s
+            let total = fds.len() as u64;
+            self.name_list(&fds, total, cut)
         });
         self.watching.insert(epfd, named.clone());
         named
     }
+
+    fn polled(&mut self, nr: u64, args: &[u64; 6]) -> Option<String> {
+        let (fds, total) = match syscall::name(nr) {
+            "poll" | "ppoll" => {
+                let mut buf = vec![0u8; 8 * usize::try_from(args[1].min(POLLFDS_READ)).ok()?];
+                let got = memory::read(self.pid, args[0], &mut buf).ok()?;
+                (pollfd_targets(buf.get(..got)?), args[1])
+            }
+            "select" | "pselect6" if cfg!(target_endian = "little") => {
+                let nfds = args[0].min(FD_SETSIZE);
+                let mut fds = Vec::new();
+                for &set in args.get(1..4)?.iter().filter(|&&a| a != 0) {
+                    let mut bits = vec![0u8; usize::try_from(nfds.div_ceil(8)).ok()?];
+                    if memory::read(self.pid, set, &mut bits).ok()? == bits.len() {
+                        fds.extend(fd_set_members(&bits, nfds));
+                    }
+                }
+                fds.sort_unstable();
+                fds.dedup();
+                let total = fds.len() as u64;
+                (fds, total)
+            }
+            _ => return None,
+        };
+        Some(self.name_list(&fds, total, false))
+    }
+}
+
+impl ProcFdTargets {
+    /// `pipe:[9], socket:[12] (+3 more)` for `fds` of `total` (more may
+    /// exist if `cut`): targets named while the list stays within one
+    /// target's cap, and at most [`WATCHED_SHOWN`]; `nothing` for none.
+    fn name_list(&mut self, fds: &[u64], total: u64, cut: bool) -> String {
+        let (mut s, mut named) = (String::new(), 0u64);
+        for &fd in fds.iter().take(WATCHED_SHOWN) {
+            let target = self.target(fd);
+            if named > 0 {
+                if s.chars().count() + 2 + target.chars().count() > MAX_CHARS {
+                    break;
+                }
+                s.push_str(", ");
+            }
+            s.push_str(&target);
+            named += 1;
+        }
+        let more = total.saturating_sub(named);
+        if total == 0 && !cut {
+            s.push_str("nothing");
+        }
+        if more > 0 || cut {
+            s.push_str(&format!(" (+{more}{} more)", if cut { " or" } else { "" }));
+        }
+        s
+    }
+}
+
+/// The fds of an array of `struct pollfd { int fd; short events, revents; }`
+/// (a negative fd is ignored by poll, and here).
+fn pollfd_targets(raw: &[u8]) -> Vec<u64> {
+    raw.chunks_exact(8)
+        .filter_map(|p| u64::try_from(i32::from_ne_bytes([p[0], p[1], p[2], p[3]])).ok())
+        .collect()
+}
+
+/// The members below `nfds` of a `fd_set` bitmap (bit `fd % 8` of byte
+/// `fd / 8` on little-endian, as the kernel's `unsigned long` words are).
+fn fd_set_members(bits: &[u8], nfds: u64) -> Vec<u64> {
+    (0..nfds)
+        .filter(|&fd| {
+            let (byte, bit) = (usize::try_from(fd / 8).unwrap_or(usize::MAX), fd % 8);
+            bits.get(byte).is_some_and(|b| b & (1 << bit) != 0)
+        })
+        .collect()
 }
 
 /// The wait key of one thread.
@@ -127,7 +193,11 @@ pub(crate) fn wait_key(t: &ThreadEvidence, fds: &mut dyn FdTargets) -> WaitKey {
                 WaitKey { kind: WaitKind::Poll, key, futex: None }
             }
             WaitClass::Poll => {
-                WaitKey { kind: WaitKind::Poll, key: syscall::name(nr).to_owned(), futex: None }
+                let key = match fds.polled(nr, &args) {
+                    Some(what) => format!("{} on {what}", syscall::name(nr)),
+                    None => syscall::name(nr).to_owned(),
+                };
+                WaitKey { kind: WaitKind::Poll, key, futex: None }
             }
             WaitClass::Sleep => plain(WaitKind::Sleep),
             WaitClass::Child => plain(WaitKind::Child),
@@ -249,6 +319,22 @@ mod tests {
         let mut fds = ProcFdTargets::new(std::process::id());
         assert!(fds.target(u64::try_from(fd).expect("fd")).ends_with("/stat"));
         assert_eq!(fds.target(999_999), "fd 999999 (gone)");
+    }
+
+    #[test]
+    fn poll_arrays_and_select_sets_list_their_fds() {
+        let mut raw = Vec::new();
+        for fd in [3i32, -1, 12] {
+            raw.extend_from_slice(&fd.to_ne_bytes());
+            raw.extend_from_slice(&[1, 0, 0, 0]); // events POLLIN, revents 0
+        }
+        assert_eq!(pollfd_targets(&raw), vec![3, 12]);
+        assert_eq!(pollfd_targets(&raw[..12]), vec![3], "a partial pollfd is not read");
+        let mut set = [0u8; 128];
+        set[0] = 0b0000_1001; // fds 0 and 3
+        set[8] = 0b0000_0010; // fd 65
+        assert_eq!(fd_set_members(&set, 1024), vec![0, 3, 65]);
+        assert_eq!(fd_set_members(&set, 64), vec![0, 3], "nfds bounds the members");
     }
 
     #[test]

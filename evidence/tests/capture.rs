@@ -506,25 +506,31 @@ fn wait_for_exec(pid: u32) {
     }
 }
 
-/// An idle event loop is named by what its epoll instance watches (from
-/// `fdinfo`, no stop): here the read end of a pipe.
+/// Idle event loops are named by what they wait on, with no stop: an
+/// epoll instance by what it watches (its `fdinfo`), a poll by its fd
+/// array (read from the target's memory); here each a pipe's read end.
 #[test]
-fn a_thread_in_epoll_wait_is_grouped_with_what_it_watches() {
+fn threads_in_epoll_wait_and_poll_are_grouped_with_what_they_wait_on() {
     let _serial = serial();
-    let target = Target::start(&[path(c_deadlock()), "4", "-", "epoll"], |p| p);
+    let target = Target::start(&[path(c_deadlock()), "4", "-", "loops"], |p| p);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let group = loop {
+    let (looper, poller) = loop {
         let ev = Capturer::new(Config::default()).capture(target.pid, target.start_time()).expect("captured");
-        let looper = ev.groups.iter().find(|g| g.names.iter().any(|n| n == "looper")).cloned();
-        if let Some(g) = looper.filter(|g| g.kind == WaitKind::Poll) {
-            break g;
+        let group_of = |name: &str| {
+            ev.groups.iter().find(|g| g.kind == WaitKind::Poll && g.names.iter().any(|n| n == name)).cloned()
+        };
+        if let (Some(l), Some(p)) = (group_of("looper"), group_of("poller")) {
+            break (l, p);
         }
-        assert!(Instant::now() < deadline, "the looper never waited in epoll: {:?}", ev.groups);
+        assert!(Instant::now() < deadline, "the loops never waited: {:?}", ev.groups);
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert!(group.key.starts_with("epoll_") && group.key.contains(" watching pipe:["), "{}", group.key);
-    assert!(!group.key.contains(','), "one fd watched: {}", group.key);
-    println!("{}", group.key);
+    println!("{} / {}", looper.key, poller.key);
+    assert!(looper.key.starts_with("epoll_") && looper.key.contains(" watching pipe:["), "{}", looper.key);
+    assert!(poller.key.starts_with("poll on pipe:["), "{}", poller.key);
+    for key in [&looper.key, &poller.key] {
+        assert!(!key.contains(','), "one fd each: {key}");
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
  * Built by the tests with `cc -O2 -g -pthread` (no -fno-omit-frame-pointer:
  * -O2 omits frame pointers, so an unwinder must use .eh_frame).
  *
- *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec|signals|epoll]]
+ *   usage: deadlock N_WAITERS [TICKER_LOG [spin|churn|dstate|exec|signals|loops]]
  *
  * - one "holder" thread takes the mutex and sleeps forever inside the noinline
  *   function holdout_hold_lock() (nanosleep loop);
@@ -24,8 +24,8 @@
  *   With "exec" a SIGUSR1 makes whichever thread takes it execute
  *   /bin/sleep 600 (another program: the exe link changes), so a harness
  *   can have the process exec while it is being captured.
- *   With "epoll" a thread named "looper" waits in epoll_wait on a pipe
- *   nobody writes (an idle event loop).
+ *   With "loops" a thread named "looper" waits in epoll_wait and one named
+ *   "poller" in poll, each on a pipe nobody writes (idle event loops).
  *   With "signals" every SIGRTMIN (real-time: each one queued, none merged)
  *   a thread takes appends the line "S" to TICKER_LOG, so a harness can
  *   check that no signal sent during captures was lost.
@@ -47,6 +47,7 @@
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -128,6 +129,17 @@ static void *looper_main(void *arg) {
     struct epoll_event ev = { .events = EPOLLIN };
     epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev);
     for (;;) epoll_wait(ep, &ev, 1, -1);
+    return NULL;
+}
+
+/* A poll loop with nothing to do: poll on a pipe nobody writes. */
+static void *poller_main(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "poller");
+    int p[2];
+    if (pipe(p) != 0) return NULL;
+    struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+    for (;;) poll(&pfd, 1, -1);
     return NULL;
 }
 
@@ -219,9 +231,10 @@ int main(int argc, char **argv) {
         pthread_t c;
         pthread_create(&c, &attr, churn_main, NULL);
     }
-    if (argc > 3 && strcmp(argv[3], "epoll") == 0) {
-        pthread_t l;
+    if (argc > 3 && strcmp(argv[3], "loops") == 0) {
+        pthread_t l, p;
         pthread_create(&l, &attr, looper_main, NULL);
+        pthread_create(&p, &attr, poller_main, NULL);
     }
     for (int i = 0; i < n; i++) {
         pthread_t t;
