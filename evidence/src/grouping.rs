@@ -14,6 +14,7 @@ use varta_pipeline::procfs;
 use crate::evidence::{ThreadEvidence, WaitGroup, WaitKind};
 use crate::memory;
 use crate::sanitize::{MAX_CHARS, sanitize};
+use crate::sockets::Sockets;
 use crate::syscall::{self, SyscallState, WaitClass};
 
 /// What two threads must share to be in one group.
@@ -52,17 +53,19 @@ const WATCHED_SHOWN: usize = 4;
 /// decides how many it watches.
 const FDINFO_BYTES: u64 = 64 * 1024;
 
-/// `readlink /proc/<pid>/fd/N`, cached for one capture; an epoll
-/// instance's watch list from `/proc/<pid>/fdinfo/N` (its `tfd:` lines).
+/// `readlink /proc/<pid>/fd/N` (a socket described from the process's
+/// network tables), cached for one capture; an epoll instance's watch list
+/// from `/proc/<pid>/fdinfo/N` (its `tfd:` lines).
 pub(crate) struct ProcFdTargets {
     pid: u32,
     seen: HashMap<u64, String>,
     watching: HashMap<u64, Option<String>>,
+    sockets: Sockets,
 }
 
 impl ProcFdTargets {
     pub(crate) fn new(pid: u32) -> ProcFdTargets {
-        ProcFdTargets { pid, seen: HashMap::new(), watching: HashMap::new() }
+        ProcFdTargets { pid, seen: HashMap::new(), watching: HashMap::new(), sockets: Sockets::new(pid) }
     }
 }
 
@@ -73,14 +76,21 @@ fn epoll_targets(fdinfo: &str) -> Vec<u64> {
 
 impl FdTargets for ProcFdTargets {
     fn target(&mut self, fd: u64) -> String {
-        let pid = self.pid;
-        self.seen
-            .entry(fd)
-            .or_insert_with(|| match procfs::read_link(&format!("/proc/{pid}/fd/{fd}")) {
-                Ok(t) => sanitize(&t, MAX_CHARS),
-                Err(e) => format!("fd {fd} ({})", e.label()),
-            })
-            .clone()
+        if let Some(known) = self.seen.get(&fd) {
+            return known.clone();
+        }
+        let named = match procfs::read_link(&format!("/proc/{}/fd/{fd}", self.pid)) {
+            Ok(t) => {
+                let inode = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'));
+                match inode.and_then(|i| i.parse().ok()).and_then(|i| self.sockets.describe(i)) {
+                    Some(what) => sanitize(&format!("{t} ({what})"), MAX_CHARS),
+                    None => sanitize(&t, MAX_CHARS),
+                }
+            }
+            Err(e) => format!("fd {fd} ({})", e.label()),
+        };
+        self.seen.insert(fd, named.clone());
+        named
     }
 
     fn watched(&mut self, epfd: u64) -> Option<String> {

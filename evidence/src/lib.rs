@@ -29,6 +29,7 @@ mod maps;
 mod memory;
 mod ptrace;
 pub mod sanitize;
+mod sockets;
 pub mod syscall;
 mod threads;
 mod unwind;

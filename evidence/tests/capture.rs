@@ -509,23 +509,31 @@ fn wait_for_exec(pid: u32) {
 /// Idle event loops are named by what they wait on, with no stop: an
 /// epoll instance by what it watches (its `fdinfo`), a poll by its fd
 /// array (read from the target's memory); here each a pipe's read end.
+/// A read on a socket says what the socket is (its network tables).
 #[test]
-fn threads_in_epoll_wait_and_poll_are_grouped_with_what_they_wait_on() {
+fn threads_in_epoll_wait_poll_and_read_are_grouped_with_what_they_wait_on() {
     let _serial = serial();
     let target = Target::start(&[path(c_deadlock()), "4", "-", "loops"], |p| p);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (looper, poller) = loop {
+    let (looper, poller, reader) = loop {
         let ev = Capturer::new(Config::default()).capture(target.pid, target.start_time()).expect("captured");
         let group_of = |name: &str| {
             ev.groups.iter().find(|g| g.kind == WaitKind::Poll && g.names.iter().any(|n| n == name)).cloned()
         };
-        if let (Some(l), Some(p)) = (group_of("looper"), group_of("poller")) {
-            break (l, p);
+        let reader =
+            ev.groups.iter().find(|g| g.kind == WaitKind::Fd && g.names.iter().any(|n| n == "reader"));
+        if let (Some(l), Some(p), Some(r)) = (group_of("looper"), group_of("poller"), reader) {
+            break (l, p, r.clone());
         }
         assert!(Instant::now() < deadline, "the loops never waited: {:?}", ev.groups);
         std::thread::sleep(Duration::from_millis(10));
     };
-    println!("{} / {}", looper.key, poller.key);
+    println!("{} / {} / {}", looper.key, poller.key, reader.key);
+    assert!(
+        reader.key.starts_with("socket:[") && reader.key.ends_with("] (unix, unnamed)"),
+        "{}",
+        reader.key
+    );
     assert!(looper.key.starts_with("epoll_") && looper.key.contains(" watching pipe:["), "{}", looper.key);
     assert!(poller.key.starts_with("poll on pipe:["), "{}", poller.key);
     for key in [&looper.key, &poller.key] {

@@ -25,7 +25,8 @@
  *   /bin/sleep 600 (another program: the exe link changes), so a harness
  *   can have the process exec while it is being captured.
  *   With "loops" a thread named "looper" waits in epoll_wait and one named
- *   "poller" in poll, each on a pipe nobody writes (idle event loops).
+ *   "poller" in poll, each on a pipe nobody writes (idle event loops), and
+ *   one named "reader" in read on a Unix socketpair nobody writes.
  *   With "signals" every SIGRTMIN (real-time: each one queued, none merged)
  *   a thread takes appends the line "S" to TICKER_LOG, so a harness can
  *   check that no signal sent during captures was lost.
@@ -143,6 +144,17 @@ static void *poller_main(void *arg) {
     return NULL;
 }
 
+/* A reader waiting for a peer that never writes: read on a socketpair. */
+static void *reader_main(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "reader");
+    int sv[2];
+    char c;
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return NULL;
+    for (;;) if (read(sv[0], &c, 1) <= 0) break;
+    return NULL;
+}
+
 /* Sits in the vfork wait (state D) for as long as the child pauses. */
 static void *vforker_main(void *arg) {
     (void)arg;
@@ -232,9 +244,10 @@ int main(int argc, char **argv) {
         pthread_create(&c, &attr, churn_main, NULL);
     }
     if (argc > 3 && strcmp(argv[3], "loops") == 0) {
-        pthread_t l, p;
+        pthread_t l, p, r;
         pthread_create(&l, &attr, looper_main, NULL);
         pthread_create(&p, &attr, poller_main, NULL);
+        pthread_create(&r, &attr, reader_main, NULL);
     }
     for (int i = 0; i < n; i++) {
         pthread_t t;
