@@ -115,7 +115,11 @@ impl FdTargets for ProcFdTargets {
             "poll" | "ppoll" => {
                 let mut buf = vec![0u8; 8 * usize::try_from(args[1].min(POLLFDS_READ)).ok()?];
                 let got = memory::read(self.pid, args[0], &mut buf).ok()?;
-                (pollfd_targets(buf.get(..got)?), args[1])
+                let fds = pollfd_targets(buf.get(..got)?);
+                // Entries poll ignores (a negative fd) are not "more".
+                let ignored = (got / 8 - fds.len()) as u64;
+                let total = args[1].saturating_sub(ignored);
+                (fds, total)
             }
             "select" | "pselect6" if cfg!(target_endian = "little") => {
                 let nfds = args[0].min(FD_SETSIZE);
@@ -345,6 +349,25 @@ mod tests {
         set[8] = 0b0000_0010; // fd 65
         assert_eq!(fd_set_members(&set, 1024), vec![0, 3, 65]);
         assert_eq!(fd_set_members(&set, 64), vec![0, 3], "nfds bounds the members");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_poll_array_is_read_from_memory_and_its_ignored_entries_are_not_more() {
+        let f = std::fs::File::open("/proc/self/stat").expect("open");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let pollfds = [
+            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: -1, events: 0, revents: 0 },
+        ];
+        let addr = pollfds.as_ptr() as u64;
+        let mut fds = ProcFdTargets::new(std::process::id());
+        let on = fds.polled(7, &[addr, 2, 0, 0, 0, 0]).expect("our own memory reads");
+        assert!(on.ends_with("/stat") && !on.contains("more"), "{on}");
+        let on = fds.polled(7, &[addr, 0, 0, 0, 0, 0]).expect("an empty array");
+        assert_eq!(on, "nothing");
+        // A select with no sets is a sleep.
+        assert_eq!(fds.polled(23, &[0, 0, 0, 0, 0, 0]).as_deref(), Some("nothing"));
     }
 
     #[test]
