@@ -87,8 +87,8 @@ fi
 # dependency versions never meet); lean builds (-trimpath, no symbols).
 peers=${CARGO_TARGET_DIR:-$PWD/target}/peers
 peers=$(mkdir -p "$peers" && cd "$peers" && pwd)
-# The peers are built once per target directory, so Go's build cache (GBs
-# for the Collector and Jaeger) is only dead weight on a CI disk afterwards:
+# The peers are built once per target directory, so Go's build cache (over
+# 1 GB for the Collector and Jaeger) is only dead weight on a CI disk afterwards:
 # unless the caller chose a GOCACHE, build in a throwaway one and drop it.
 if [[ -z ${GOCACHE:-} ]]; then
     export GOCACHE=$peers/.gocache

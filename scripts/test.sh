@@ -11,8 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A clean checkout builds everything once: incremental caches would only
-# double the target's size on disk (CI ran out of space with them).
+# A clean checkout builds everything once: incremental caches are dead
+# weight there (they were 29 GB of a 64 GB dev target here, and CI ran out
+# of space with them).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Say up front how much room the run has, so a full disk reads as one.
 df -h . | sed 's/^/disk: /' >&2

@@ -116,14 +116,16 @@ fn tcp_state(s: u8) -> &'static str {
 }
 
 /// One line of `net/unix`: `Num RefCount Protocol Flags Type St Inode
-/// [Path]` (an abstract name starts with `@`).
+/// [Path]` (an abstract name starts with `@`; a path may hold spaces).
 fn unix(line: &str) -> Option<(u64, String)> {
-    let mut f = line.split_whitespace();
-    let inode: u64 = f.nth(6)?.parse().ok()?;
-    let what = match f.next() {
-        Some(path) => format!("unix {path}"),
-        None => "unix, unnamed".to_owned(),
-    };
+    let mut rest = line.trim_start();
+    let mut field = "";
+    for _ in 0..7 {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        (field, rest) = (&rest[..end], rest[end..].trim_start());
+    }
+    let inode: u64 = field.parse().ok()?;
+    let what = if rest.is_empty() { "unix, unnamed".to_owned() } else { format!("unix {rest}") };
     Some((inode, what))
 }
 
@@ -158,6 +160,9 @@ mod tests {
             unix("0000000000000000: 00000002 00000000 00000000 0002 01 556"),
             Some((556, "unix, unnamed".to_owned()))
         );
+        let spaced = "0000000000000000: 00000002 00000000 00010000 0001 01 557 /run/my app.sock";
+        assert_eq!(unix(spaced), Some((557, "unix /run/my app.sock".to_owned())));
+        assert_eq!(unix("0000000000000000: 00000002"), None);
     }
 
     #[test]
