@@ -50,6 +50,18 @@ fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (shared, socket, state)
 }
 
+/// [`dirs`] for a collector that a stand-in for systemd starts: the
+/// config written to `collector.yaml`, naming the event file by its path
+/// (`@DIR@` is only filled in by [`Collector::start`]).
+fn systemd_dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let (shared, socket, state) = dirs();
+    let events = shared.path().join("events.tsv");
+    let text = config(&socket, &state, "5s").replace("@DIR@/events.tsv", &events.display().to_string());
+    let cfg = shared.path().join("collector.yaml");
+    std::fs::write(&cfg, text).expect("config");
+    (shared, socket, events, cfg)
+}
+
 fn stalls_of(c: &Collector, pid: u32) -> usize {
     let pid = pid.to_string();
     read_events(&c.path("events.tsv")).iter().filter(|e| e.kind == "stall" && e.pid == pid).count()
@@ -280,13 +292,7 @@ fn an_incident_open_across_a_restart_ends_in_the_same_trace() {
 fn socket_activation_hands_the_agents_socket_to_the_collector() {
     use std::os::unix::fs::FileTypeExt;
     use std::process::{Command, Stdio};
-    let shared = tempfile::tempdir().expect("tempdir");
-    let socket = shared.path().join("varta.sock");
-    let events = shared.path().join("events.tsv");
-    let text = config(&socket, &shared.path().join("state"), "5s")
-        .replace("@DIR@/events.tsv", &events.display().to_string());
-    let cfg = shared.path().join("collector.yaml");
-    std::fs::write(&cfg, text).expect("config");
+    let (shared, socket, events, cfg) = systemd_dirs();
     let log = shared.path().join("collector.log");
     let mut activator = Command::new("systemd-socket-activate")
         .args(["--datagram", "-l"])
@@ -545,13 +551,7 @@ fn the_fd_store_keeps_the_socket_across_a_restart() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
-    let shared = tempfile::tempdir().expect("tempdir");
-    let socket = shared.path().join("varta.sock");
-    let events = shared.path().join("events.tsv");
-    let text = config(&socket, &shared.path().join("state"), "5s")
-        .replace("@DIR@/events.tsv", &events.display().to_string());
-    let cfg = shared.path().join("collector.yaml");
-    std::fs::write(&cfg, text).expect("config");
+    let (shared, socket, events, cfg) = systemd_dirs();
     let notify_path = shared.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
     notify.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
