@@ -19,6 +19,14 @@ cd "$(dirname "$0")/.."
 say() { echo "install-peers: $*" >&2; }
 sudo_if_needed() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
+# Installs a Debian package, refreshing the package lists once if the
+# first try fails (a fresh machine may have none).
+deb_install() { # package
+    local apt=(sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300)
+    "${apt[@]}" install -y --no-install-recommends "$1" >&2 ||
+        { "${apt[@]}" update >&2 && "${apt[@]}" install -y --no-install-recommends "$1" >&2; }
+}
+
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     say "installing Debian package prometheus"
     # Keep maintainer scripts from starting the packaged service.
@@ -31,14 +39,7 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
         # Removed however the install ends.
         trap 'sudo_if_needed rm -f "$policy"' EXIT
     fi
-    install() {
-        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            -o DPkg::Lock::Timeout=300 prometheus >&2
-    }
-    if ! install; then
-        sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2
-        install
-    fi
+    deb_install prometheus
     if [[ $created_policy == 1 ]]; then
         sudo_if_needed rm -f "$policy"
         trap - EXIT
@@ -51,21 +52,13 @@ fi
 
 if ! command -v systemd-analyze >/dev/null; then
     say "installing Debian package systemd (for systemd-analyze)"
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 systemd >&2 ||
-        { sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2 &&
-            sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                -o DPkg::Lock::Timeout=300 systemd >&2; }
+    deb_install systemd
 fi
 
 # The evidence tests refuse a process a real debugger holds: strace.
 if ! command -v strace >/dev/null; then
     say "installing Debian package strace (a tracer for the evidence tests)"
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 strace >&2 ||
-        { sudo_if_needed apt-get update -q -o DPkg::Lock::Timeout=300 >&2 &&
-            sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                -o DPkg::Lock::Timeout=300 strace >&2; }
+    deb_install strace
 fi
 
 venv=${CARGO_TARGET_DIR:-$PWD/target}/peers/venv
