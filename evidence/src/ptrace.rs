@@ -78,6 +78,10 @@ enum ThreadSkip {
     Denied,
     Timeout,
     Error,
+    /// Died while we held it: the process exits or execs.
+    Vanished,
+    /// A ptrace step failed while we held it.
+    HeldError,
 }
 
 /// Captures `tids` of `pid` in order, one at a time, on a dedicated
@@ -126,6 +130,23 @@ fn capture_on_this_thread(pid: u32, tids: &[u32], maps: &[Mapping], limits: Limi
                         s.over_budget += u32::try_from(tids.len() - i - 1).unwrap_or(u32::MAX);
                         break;
                     }
+                    // A thread that died while ours and could not be reaped in
+                    // time. If an exec killed it, the exec waits, holding the
+                    // lock any PTRACE_SEIZE takes, for that thread to be
+                    // reaped — by us, its tracer: one more SEIZE and agent and
+                    // collector wait on each other for ever (seen in the exec
+                    // test before reaping). So no further attach: the phase
+                    // ends, and this thread's exit releases what it holds.
+                    ThreadSkip::Vanished => {
+                        s.gone += u32::try_from(tids.len() - i).unwrap_or(u32::MAX);
+                        break;
+                    }
+                    // Likewise after any failure while holding a thread:
+                    // it may still be ours.
+                    ThreadSkip::HeldError => {
+                        s.error += u32::try_from(tids.len() - i).unwrap_or(u32::MAX);
+                        break;
+                    }
                 }
             }
         }
@@ -161,17 +182,41 @@ fn capture_one(
     })?;
     let interrupted = Instant::now();
     first_interrupt.get_or_insert(interrupted);
-    ptrace(libc::PTRACE_INTERRUPT, raw_tid, 0).map_err(|e| gone_or_error(&e))?;
-    seized.signal = wait_for_stop(raw_tid, limits.stop_timeout)?;
+    // From here on the thread is ours until detached (or reaped: a thread
+    // that exits while traced waits for its tracer, wait_for_stop reaps it).
+    let failed = |e: io::Error| held_failure(&e, raw_tid, limits.stop_timeout);
+    ptrace(libc::PTRACE_INTERRUPT, raw_tid, 0).map_err(failed)?;
+    seized.signal = wait_for_stop(raw_tid, limits.stop_timeout).map_err(|skip| match skip {
+        ThreadSkip::Error => ThreadSkip::HeldError,
+        other => other,
+    })?;
     let passed_on_signal = seized.signal != 0;
-    let regs = registers(raw_tid).map_err(|e| gone_or_error(&e))?;
+    let regs = registers(raw_tid).map_err(failed)?;
     let stack = copy_stack(pid, regs.sp, maps, limits.stack_bytes);
-    seized.detach().map_err(|e| gone_or_error(&e))?;
+    seized.detach().map_err(failed)?;
     Ok(Captured { tid, regs, stack, pause: interrupted.elapsed(), passed_on_signal })
 }
 
-fn gone_or_error(e: &io::Error) -> ThreadSkip {
-    if e.raw_os_error() == Some(libc::ESRCH) { ThreadSkip::Gone } else { ThreadSkip::Error }
+/// A ptrace step on a thread we hold failed. ESRCH means it died (it
+/// cannot leave our stop otherwise): reaped within `timeout` it is simply
+/// `Gone`; a zombie still waiting for us is `Vanished`.
+fn held_failure(e: &io::Error, tid: libc::pid_t, timeout: Duration) -> ThreadSkip {
+    if e.raw_os_error() != Some(libc::ESRCH) {
+        return ThreadSkip::HeldError;
+    }
+    let started = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our local integer.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == -1 || (r == tid && !libc::WIFSTOPPED(status)) {
+            return ThreadSkip::Gone; // reaped, or not ours to reap
+        }
+        if started.elapsed() > timeout {
+            return ThreadSkip::Vanished;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
 }
 
 /// A seized thread; detached when dropped.

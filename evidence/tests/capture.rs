@@ -422,7 +422,15 @@ fn a_process_that_execs_during_a_capture_is_refused_as_changed_and_left_untraced
             // (not yet reaped, so not reused). Its handler execs.
             unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap_or(0), libc::SIGUSR1) };
         });
-        let result = Capturer::new(stacks()).capture(pid, start);
+        // Bounded: an exec and our attach once waited on each other for
+        // ever (see ptrace.rs); fail rather than hang the suite.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Capturer::new(stacks()).capture(pid, start));
+        });
+        let result = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!("round {round}: the capture of {pid} hung (exec and ptrace deadlocked?)")
+        });
         execer.join().expect("execer");
         let label = match &result {
             Ok(ev) => format!("evidence ({} of 67 stacks)", ev.counts.stacks_taken),
