@@ -60,27 +60,24 @@ def max_gap(log, t0, t1):
         pass
     return best
 
-def traced(pid):
+def count_threads(pid, test):
+    """Threads of pid for which test(read) holds, where read(name) returns
+    /proc/<pid>/task/<tid>/<name>; a thread that exits meanwhile is skipped."""
     n = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            for l in open(f"/proc/{pid}/task/{tid}/status"):
-                if l.startswith("TracerPid:") and int(l.split()[1]) != 0:
-                    n += 1
-        except FileNotFoundError:
-            pass
-    return n
-
-def blocked_waiters(pid):
-    n = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            if open(f"/proc/{pid}/task/{tid}/comm").read().startswith("waiter-") and \
-               open(f"/proc/{pid}/task/{tid}/syscall").read().startswith("202 "):
-                n += 1
+            n += bool(test(lambda name: open(f"/proc/{pid}/task/{tid}/{name}").read()))
         except OSError:
             pass
     return n
+
+def traced(pid):
+    return count_threads(pid, lambda read: any(
+        l.startswith("TracerPid:") and int(l.split()[1]) != 0 for l in read("status").splitlines()))
+
+def blocked_waiters(pid):
+    return count_threads(pid, lambda read:
+        read("comm").startswith("waiter-") and read("syscall").startswith("202 "))
 
 def gap_str(ns):
     return "<1.5" if ns == 0 else f"{ns / 1e6:.1f}"
